@@ -1,0 +1,843 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/nodemgr"
+)
+
+// Defaults applied by New to zero Options fields.
+const (
+	DefaultCPUs        = 16
+	DefaultMemMB       = 65536
+	DefaultEventBuffer = 1024
+)
+
+// Sentinel errors; the errors returned by Hypervisor match them with
+// errors.Is and carry a more specific message.
+var (
+	ErrNoSuchDomain         = errors.New("no such domain")
+	ErrExists               = errors.New("domain already exists")
+	ErrInsufficientCapacity = errors.New("insufficient capacity")
+	ErrInvalidTransition    = errors.New("invalid state transition")
+	ErrClosed               = errors.New("sim: hypervisor closed")
+)
+
+// Options configure a simulated hypervisor.
+type Options struct {
+	Node      string        // node name (NodeInfo.Name); required
+	Address   string        // advertised address (NodeInfo.Address)
+	CPUs      int           // capacity in vCPUs (default 16)
+	MemMB     int           // capacity in MiB (default 65536)
+	BootDelay time.Duration // time from Start to running (default 0); ops and Migrate take BootDelay/4
+	// StateFile is "" to keep domains in memory only; otherwise domains
+	// persist in this JSON file so they outlive the LNM process, and other
+	// processes can inject faults through it (Inject).
+	StateFile string
+	Seed      int64 // synthetic load RNG seed
+	// EventBuffer is the events channel size (default 1024). A negative
+	// value disables events: Events returns nil and the LNM relies on
+	// scans. At 10,000 nodes per process the default buffers cost ~0.5 GiB,
+	// so scale tests should pick a small buffer or none.
+	EventBuffer int
+}
+
+// domain is one simulated VM.
+type domain struct {
+	name     string
+	state    core.VMState
+	reason   string
+	mem      int
+	vcpus    int
+	data     map[string]string
+	incoming bool    // created by PrepareIncoming and not yet operated on
+	base     float64 // synthetic CPU load the random walk reverts to (cores)
+	load     float64 // current synthetic CPU load (cores)
+	rs       uint64  // the domain's own RNG state, so samples do not depend on map order
+}
+
+// rand returns a pseudo-random float in [0,1) (splitmix64).
+func (d *domain) rand() float64 {
+	d.rs += 0x9e3779b97f4a7c15
+	z := d.rs
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	z ^= z >> 31
+	return float64(z>>11) / float64(1<<53)
+}
+
+// consumes reports whether a domain in state s holds memory and vCPUs.
+func consumes(s core.VMState) bool { return s == core.StateRunning || s == core.StatePaused }
+
+// Hypervisor is a simulated VMM implementing nodemgr.Driver. All methods are
+// safe for concurrent use.
+type Hypervisor struct {
+	opts Options
+
+	mu       sync.Mutex // guards everything below; held while sending events
+	closed   bool
+	doms     map[string]*domain
+	reserved map[string]nodemgr.Spec // Starts sleeping through BootDelay
+	usedMem  int                     // running+paused domains and reservations
+	usedCPU  int
+	pins     map[string]float64       // SetLoad pins by domain name
+	events   chan nodemgr.DomainEvent // nil when disabled
+	file     *stateFile               // nil in memory mode
+
+	dropped atomic.Uint64
+}
+
+var _ nodemgr.Driver = (*Hypervisor)(nil)
+
+// New creates a simulated hypervisor. With a StateFile that already exists,
+// the domains recorded there are resumed as they were.
+func New(opts Options) (*Hypervisor, error) {
+	if opts.Node == "" {
+		return nil, errors.New("sim: Options.Node is required")
+	}
+	if opts.CPUs < 0 || opts.MemMB < 0 || opts.BootDelay < 0 {
+		return nil, errors.New("sim: negative CPUs, MemMB or BootDelay")
+	}
+	if opts.CPUs == 0 {
+		opts.CPUs = DefaultCPUs
+	}
+	if opts.MemMB == 0 {
+		opts.MemMB = DefaultMemMB
+	}
+	if opts.EventBuffer == 0 {
+		opts.EventBuffer = DefaultEventBuffer
+	}
+	h := &Hypervisor{
+		opts:     opts,
+		doms:     make(map[string]*domain),
+		reserved: make(map[string]nodemgr.Spec),
+		pins:     make(map[string]float64),
+	}
+	if opts.EventBuffer > 0 {
+		h.events = make(chan nodemgr.DomainEvent, opts.EventBuffer)
+	}
+	if opts.StateFile != "" {
+		f, err := openStateFile(opts.StateFile)
+		if err != nil {
+			return nil, err
+		}
+		if err := h.loadInitial(f); err != nil {
+			f.close()
+			return nil, err
+		}
+		h.file = f
+	}
+	return h, nil
+}
+
+// loadInitial adopts the domains of an existing state file (or creates the
+// file) and records this node's name and capacity in it.
+func (h *Hypervisor) loadInitial(f *stateFile) error {
+	unlock, err := f.lock(true)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, _, err := f.read()
+	if err != nil {
+		return err
+	}
+	if st.Node != "" && st.Node != h.opts.Node {
+		return fmt.Errorf("sim: state file %s belongs to node %q, not %q", f.path, st.Node, h.opts.Node)
+	}
+	for _, fd := range st.Domains {
+		d := h.newDomain(fd.Name, fd.MemMB, fd.VCPUs, fd.Data)
+		d.state, d.reason, d.incoming = fd.State, fd.Reason, fd.Incoming
+		h.doms[d.name] = d
+		if consumes(d.state) {
+			h.usedMem += d.mem
+			h.usedCPU += d.vcpus
+		}
+	}
+	return h.persistLocked(f)
+}
+
+func (h *Hypervisor) newDomain(name string, mem, vcpus int, data map[string]string) *domain {
+	hs := fnv.New64a()
+	hs.Write([]byte(name))
+	x := hs.Sum64() ^ uint64(h.opts.Seed)*0x9e3779b97f4a7c15
+	frac := float64(x>>11) / float64(1<<53) // [0,1)
+	base := (0.05 + 0.6*frac) * float64(vcpus)
+	return &domain{name: name, mem: mem, vcpus: vcpus, data: copyMap(data), base: base, load: base, rs: x}
+}
+
+func copyMap(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	c := make(map[string]string, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+// begin takes the hypervisor lock (and, with a state file, the file lock,
+// exclusive when write is set) after re-reading the file if another
+// process changed it. The returned func releases both.
+func (h *Hypervisor) begin(ctx context.Context, write bool) (func(), error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if h.file == nil {
+		return h.mu.Unlock, nil
+	}
+	funlock, err := h.file.lock(write)
+	if err != nil {
+		h.mu.Unlock()
+		return nil, err
+	}
+	if err := h.syncLocked(true); err != nil {
+		funlock()
+		h.mu.Unlock()
+		return nil, err
+	}
+	return func() { funlock(); h.mu.Unlock() }, nil
+}
+
+// syncLocked re-reads the state file if it changed since this hypervisor
+// last read or wrote it, and reconciles memory with it, emitting an event
+// for every difference when emit is set. Caller holds h.mu and the file lock.
+func (h *Hypervisor) syncLocked(emit bool) error {
+	id, err := h.file.stat()
+	if err != nil {
+		return err
+	}
+	if id == h.file.last {
+		return nil
+	}
+	st, id, err := h.file.read()
+	if err != nil {
+		return err
+	}
+	seen := make(map[string]bool, len(st.Domains))
+	for _, fd := range st.Domains {
+		seen[fd.Name] = true
+		d, ok := h.doms[fd.Name]
+		if !ok {
+			d = h.newDomain(fd.Name, fd.MemMB, fd.VCPUs, fd.Data)
+			h.doms[d.name] = d
+		} else if d.state == fd.State && d.reason == fd.Reason {
+			d.mem, d.vcpus, d.data, d.incoming = fd.MemMB, fd.VCPUs, copyMap(fd.Data), fd.Incoming
+			continue
+		}
+		d.state, d.reason, d.mem, d.vcpus, d.data, d.incoming = fd.State, fd.Reason, fd.MemMB, fd.VCPUs, copyMap(fd.Data), fd.Incoming
+		if emit {
+			h.emitLocked(nodemgr.DomainEvent{Name: d.name, State: d.state, Reason: d.reason})
+		}
+	}
+	for name := range h.doms {
+		if !seen[name] {
+			delete(h.doms, name)
+			if emit {
+				h.emitLocked(nodemgr.DomainEvent{Name: name, Gone: true, Reason: "vanished"})
+			}
+		}
+	}
+	h.recountLocked()
+	h.file.last = id
+	return nil
+}
+
+// recountLocked recomputes the capacity in use from scratch.
+func (h *Hypervisor) recountLocked() {
+	h.usedMem, h.usedCPU = 0, 0
+	for _, d := range h.doms {
+		if consumes(d.state) {
+			h.usedMem += d.mem
+			h.usedCPU += d.vcpus
+		}
+	}
+	for _, s := range h.reserved {
+		h.usedMem += s.MemMB
+		h.usedCPU += s.VCPUs
+	}
+}
+
+// persistLocked writes every domain to the state file. Caller holds h.mu
+// and the exclusive file lock.
+func (h *Hypervisor) persistLocked(f *stateFile) error {
+	st := fileState{Version: 1, Node: h.opts.Node, CPUs: h.opts.CPUs, MemMB: h.opts.MemMB}
+	st.Domains = make([]fileDomain, 0, len(h.doms))
+	for _, d := range h.doms {
+		st.Domains = append(st.Domains, fileDomain{Name: d.name, State: d.state, Reason: d.reason,
+			MemMB: d.mem, VCPUs: d.vcpus, Data: d.data, Incoming: d.incoming})
+	}
+	id, err := f.write(&st)
+	if err != nil {
+		return err
+	}
+	f.last = id
+	return nil
+}
+
+// commitLocked persists a mutation already applied in memory and then
+// emits its events. If the file cannot be written, memory is reloaded from
+// the file (silently: nothing was announced) and the error returned.
+func (h *Hypervisor) commitLocked(evs ...nodemgr.DomainEvent) error {
+	if h.file != nil {
+		if err := h.persistLocked(h.file); err != nil {
+			h.file.last = fileID{}
+			if rerr := h.syncLocked(false); rerr != nil {
+				h.file.last = fileID{} // retry the reload next time
+			}
+			return fmt.Errorf("sim: saving state: %w", err)
+		}
+	}
+	for _, ev := range evs {
+		h.emitLocked(ev)
+	}
+	return nil
+}
+
+// emitLocked sends an event without blocking; a full channel drops it.
+// Holding h.mu serialises senders with Close, so a send never hits a
+// closed channel.
+func (h *Hypervisor) emitLocked(ev nodemgr.DomainEvent) {
+	if h.events == nil || h.closed {
+		return
+	}
+	select {
+	case h.events <- ev:
+	default:
+		h.dropped.Add(1)
+	}
+}
+
+// CapacityError says which resource is short when a domain cannot run.
+type CapacityError struct {
+	Node                 string
+	FreeMemMB, NeedMemMB int
+	FreeVCPUs, NeedVCPUs int
+	ShortMem, ShortVCPUs bool
+}
+
+func (e *CapacityError) Error() string {
+	msg := fmt.Sprintf("insufficient capacity on node %s:", e.Node)
+	if e.ShortMem {
+		msg += fmt.Sprintf(" memory: %d MiB free, %d MiB needed;", e.FreeMemMB, e.NeedMemMB)
+	}
+	if e.ShortVCPUs {
+		msg += fmt.Sprintf(" vCPUs: %d free, %d needed;", e.FreeVCPUs, e.NeedVCPUs)
+	}
+	return msg[:len(msg)-1]
+}
+
+// Is makes errors.Is(err, ErrInsufficientCapacity) true.
+func (e *CapacityError) Is(target error) bool { return target == ErrInsufficientCapacity }
+
+// TransitionError is an operation that the domain's state does not allow.
+type TransitionError struct {
+	Name  string
+	Op    string
+	State core.VMState
+}
+
+func (e *TransitionError) Error() string {
+	return fmt.Sprintf("cannot %s: domain is %s (domain %q)", e.Op, e.State, e.Name)
+}
+
+// Is makes errors.Is(err, ErrInvalidTransition) true.
+func (e *TransitionError) Is(target error) bool { return target == ErrInvalidTransition }
+
+// checkCapacityLocked fails if mem/vcpus more would exceed capacity.
+func (h *Hypervisor) checkCapacityLocked(mem, vcpus int) error {
+	freeMem, freeCPU := h.opts.MemMB-h.usedMem, h.opts.CPUs-h.usedCPU
+	e := &CapacityError{Node: h.opts.Node, FreeMemMB: freeMem, NeedMemMB: mem, FreeVCPUs: freeCPU, NeedVCPUs: vcpus,
+		ShortMem: mem > freeMem, ShortVCPUs: vcpus > freeCPU}
+	if e.ShortMem || e.ShortVCPUs {
+		return e
+	}
+	return nil
+}
+
+func noSuch(name string) error { return fmt.Errorf("%w: %q", ErrNoSuchDomain, name) }
+
+func (h *Hypervisor) existsLocked(name string) error {
+	if _, ok := h.doms[name]; ok {
+		return fmt.Errorf("%w: %q", ErrExists, name)
+	}
+	if _, ok := h.reserved[name]; ok {
+		return fmt.Errorf("%w: %q (being started)", ErrExists, name)
+	}
+	return nil
+}
+
+// setStateLocked moves d to state s, keeping the capacity counters right.
+// The caller has checked capacity if s consumes and d's state did not.
+func (h *Hypervisor) setStateLocked(d *domain, s core.VMState, reason string) nodemgr.DomainEvent {
+	was, now := consumes(d.state), consumes(s)
+	if was && !now {
+		h.usedMem -= d.mem
+		h.usedCPU -= d.vcpus
+	} else if now && !was {
+		h.usedMem += d.mem
+		h.usedCPU += d.vcpus
+	}
+	d.state, d.reason = s, reason
+	return nodemgr.DomainEvent{Name: d.name, State: s, Reason: reason}
+}
+
+// addLocked creates a running domain (capacity already checked).
+func (h *Hypervisor) addLocked(spec nodemgr.Spec, reason string, incoming bool) nodemgr.DomainEvent {
+	d := h.newDomain(spec.Name, spec.MemMB, spec.VCPUs, spec.Data)
+	d.incoming = incoming
+	h.doms[d.name] = d
+	return h.setStateLocked(d, core.StateRunning, reason)
+}
+
+// removeLocked deletes a domain, releasing its capacity.
+func (h *Hypervisor) removeLocked(d *domain, reason string) nodemgr.DomainEvent {
+	if consumes(d.state) {
+		h.usedMem -= d.mem
+		h.usedCPU -= d.vcpus
+	}
+	delete(h.doms, d.name)
+	return nodemgr.DomainEvent{Name: d.name, Gone: true, Reason: reason}
+}
+
+func validSpec(spec nodemgr.Spec) error {
+	if spec.Name == "" {
+		return errors.New("sim: spec has no name")
+	}
+	if spec.MemMB <= 0 || spec.VCPUs <= 0 {
+		return fmt.Errorf("sim: domain %q needs positive memory and vCPUs (got %d MiB, %d vCPUs)", spec.Name, spec.MemMB, spec.VCPUs)
+	}
+	return nil
+}
+
+// sleep waits d or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Kind returns "sim".
+func (h *Hypervisor) Kind() string { return "sim" }
+
+// NodeInfo describes the simulated node.
+func (h *Hypervisor) NodeInfo(ctx context.Context) (core.NodeInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return core.NodeInfo{}, err
+	}
+	return core.NodeInfo{Name: h.opts.Node, Address: h.opts.Address, Driver: "sim",
+		CPUs: h.opts.CPUs, MemMB: h.opts.MemMB, Hostname: h.opts.Node, Model: "usher simulated node"}, nil
+}
+
+// List returns every domain, in no particular order. Domains still inside
+// their BootDelay are not listed yet.
+func (h *Hypervisor) List(ctx context.Context) ([]nodemgr.DomainInfo, error) {
+	unlock, err := h.begin(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	out := make([]nodemgr.DomainInfo, 0, len(h.doms))
+	for _, d := range h.doms {
+		out = append(out, nodemgr.DomainInfo{Name: d.name, State: d.state, Reason: d.reason, MemMB: d.mem, VCPUs: d.vcpus})
+	}
+	return out, nil
+}
+
+// Start creates a domain and returns once it runs, after BootDelay. The
+// name and capacity are reserved while booting; if ctx ends first the
+// reservation is dropped, ctx.Err() returned and the domain never exists.
+func (h *Hypervisor) Start(ctx context.Context, spec nodemgr.Spec) error {
+	if err := validSpec(spec); err != nil {
+		return err
+	}
+	delay := h.opts.BootDelay
+	unlock, err := h.begin(ctx, delay <= 0)
+	if err != nil {
+		return err
+	}
+	if err := h.existsLocked(spec.Name); err != nil {
+		unlock()
+		return err
+	}
+	if err := h.checkCapacityLocked(spec.MemMB, spec.VCPUs); err != nil {
+		unlock()
+		return err
+	}
+	if delay <= 0 {
+		defer unlock()
+		return h.commitLocked(h.addLocked(spec, "booted", false))
+	}
+	h.reserved[spec.Name] = spec
+	h.usedMem += spec.MemMB
+	h.usedCPU += spec.VCPUs
+	unlock()
+
+	if err := sleep(ctx, delay); err != nil {
+		h.mu.Lock()
+		h.unreserveLocked(spec)
+		h.mu.Unlock()
+		return err
+	}
+	// Re-check: another process may have changed the state file meanwhile.
+	unlock, err = h.begin(context.WithoutCancel(ctx), true)
+	if err != nil {
+		h.mu.Lock()
+		h.unreserveLocked(spec)
+		h.mu.Unlock()
+		return err
+	}
+	defer unlock()
+	h.unreserveLocked(spec)
+	if _, ok := h.doms[spec.Name]; ok {
+		return fmt.Errorf("%w: %q", ErrExists, spec.Name)
+	}
+	if err := h.checkCapacityLocked(spec.MemMB, spec.VCPUs); err != nil {
+		return err
+	}
+	return h.commitLocked(h.addLocked(spec, "booted", false))
+}
+
+func (h *Hypervisor) unreserveLocked(spec nodemgr.Spec) {
+	if _, ok := h.reserved[spec.Name]; ok {
+		delete(h.reserved, spec.Name)
+		h.usedMem -= spec.MemMB
+		h.usedCPU -= spec.VCPUs
+	}
+}
+
+// transition computes the result of op on a domain in state s: the new
+// state and reason, gone for destroy, and whether capacity must be
+// acquired. It does not change anything.
+func transition(name string, s core.VMState, op core.Op) (to core.VMState, reason string, gone, acquire bool, err error) {
+	bad := func() (core.VMState, string, bool, bool, error) {
+		return "", "", false, false, &TransitionError{Name: name, Op: string(op), State: s}
+	}
+	switch op {
+	case core.OpPause:
+		if s != core.StateRunning {
+			return bad()
+		}
+		return core.StatePaused, "paused", false, false, nil
+	case core.OpResume:
+		if s != core.StatePaused {
+			return bad()
+		}
+		return core.StateRunning, "resumed", false, false, nil
+	case core.OpShutdown:
+		if !consumes(s) {
+			return bad()
+		}
+		return core.StateShutoff, "shutdown", false, false, nil
+	case core.OpReboot:
+		if !consumes(s) {
+			return bad()
+		}
+		return core.StateRunning, "rebooted", false, false, nil
+	case core.OpHibernate:
+		if !consumes(s) {
+			return bad()
+		}
+		return core.StateHibernated, "hibernated", false, false, nil
+	case core.OpRestore:
+		if s != core.StateHibernated {
+			return bad()
+		}
+		return core.StateRunning, "restored", false, true, nil
+	case core.OpDestroy:
+		return "", "destroyed", true, false, nil
+	case core.OpCycle:
+		return core.StateRunning, "cycled", false, !consumes(s), nil
+	}
+	_, err = core.ParseOp(string(op))
+	return "", "", false, false, fmt.Errorf("sim: %w", err)
+}
+
+// Op applies a Table 3 operation, taking BootDelay/4. Invalid transitions
+// fail at once; the transition is checked again after the delay in case
+// the domain changed meanwhile. args are ignored.
+func (h *Hypervisor) Op(ctx context.Context, name string, op core.Op, args map[string]string) error {
+	if delay := h.opts.BootDelay / 4; delay > 0 {
+		unlock, err := h.begin(ctx, false)
+		if err != nil {
+			return err
+		}
+		d, ok := h.doms[name]
+		if !ok {
+			unlock()
+			return noSuch(name)
+		}
+		_, _, _, _, err = transition(name, d.state, op)
+		unlock()
+		if err != nil {
+			return err
+		}
+		if err := sleep(ctx, delay); err != nil {
+			return err
+		}
+		ctx = context.WithoutCancel(ctx) // the op is done; record it
+	}
+	unlock, err := h.begin(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	d, ok := h.doms[name]
+	if !ok {
+		return noSuch(name)
+	}
+	to, reason, gone, acquire, err := transition(name, d.state, op)
+	if err != nil {
+		return err
+	}
+	if gone {
+		return h.commitLocked(h.removeLocked(d, reason))
+	}
+	if acquire {
+		if err := h.checkCapacityLocked(d.mem, d.vcpus); err != nil {
+			return err
+		}
+	}
+	if op == core.OpCycle {
+		d.load = d.base // a fresh boot
+	}
+	d.incoming = false
+	return h.commitLocked(h.setStateLocked(d, to, reason))
+}
+
+// PrepareIncoming creates the destination copy of a migrating domain,
+// running, if capacity allows.
+func (h *Hypervisor) PrepareIncoming(ctx context.Context, spec nodemgr.Spec) error {
+	if err := validSpec(spec); err != nil {
+		return err
+	}
+	unlock, err := h.begin(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := h.existsLocked(spec.Name); err != nil {
+		return err
+	}
+	if err := h.checkCapacityLocked(spec.MemMB, spec.VCPUs); err != nil {
+		return err
+	}
+	return h.commitLocked(h.addLocked(spec, "incoming migration", true))
+}
+
+// AbortIncoming removes a domain created by PrepareIncoming that has not
+// been operated on since. It is a no-op for a domain that does not exist
+// (abort is cleanup), and an error for one that was not prepared.
+func (h *Hypervisor) AbortIncoming(ctx context.Context, name string) error {
+	unlock, err := h.begin(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	d, ok := h.doms[name]
+	if !ok {
+		return nil
+	}
+	if !d.incoming {
+		return fmt.Errorf("sim: domain %q is not an incoming migration", name)
+	}
+	return h.commitLocked(h.removeLocked(d, "incoming migration aborted"))
+}
+
+// Migrate hands a running or paused domain over to target: after
+// BootDelay/4 the local copy is removed (the controller has already made
+// the destination copy with PrepareIncoming). If ctx ends first, the
+// domain keeps running here.
+func (h *Hypervisor) Migrate(ctx context.Context, name, target, address string) error {
+	check := func() (*domain, error) {
+		d, ok := h.doms[name]
+		if !ok {
+			return nil, noSuch(name)
+		}
+		if !consumes(d.state) {
+			return nil, &TransitionError{Name: name, Op: "migrate", State: d.state}
+		}
+		return d, nil
+	}
+	if delay := h.opts.BootDelay / 4; delay > 0 {
+		unlock, err := h.begin(ctx, false)
+		if err != nil {
+			return err
+		}
+		_, err = check()
+		unlock()
+		if err != nil {
+			return err
+		}
+		if err := sleep(ctx, delay); err != nil {
+			return err
+		}
+		ctx = context.WithoutCancel(ctx)
+	}
+	unlock, err := h.begin(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	d, err := check()
+	if err != nil {
+		return err
+	}
+	return h.commitLocked(h.removeLocked(d, "migrated to "+target))
+}
+
+// Stats samples synthetic usage: each active domain's CPU load does a
+// seeded random walk around a per-domain base (or sits at its SetLoad pin);
+// memory is its allocation; network and disk rates follow the CPU load.
+// Inactive domains read zero. The node sample is the sum.
+func (h *Hypervisor) Stats(ctx context.Context) (nodemgr.Stats, error) {
+	unlock, err := h.begin(ctx, false)
+	if err != nil {
+		return nodemgr.Stats{}, err
+	}
+	defer unlock()
+	st := nodemgr.Stats{Domains: make(map[string]core.Sample, len(h.doms))}
+	for _, d := range h.doms {
+		var s core.Sample
+		if consumes(d.state) {
+			s.MemBytes = float64(d.mem) * (1 << 20)
+		}
+		if d.state == core.StateRunning {
+			if pin, ok := h.pins[d.name]; ok {
+				d.load = pin
+			} else {
+				v := float64(d.vcpus)
+				d.load += (d.base-d.load)*0.2 + (d.rand()-0.5)*0.1*v
+				d.load = min(max(d.load, 0), v)
+			}
+			s.CPU = d.load
+			s.NetRx = 2e3 + 4e4*d.load
+			s.NetTx = 1e3 + 2e4*d.load
+			s.DiskRead = 4e3 + 3e4*d.load
+			s.DiskWrite = 2e3 + 1e4*d.load
+		}
+		st.Domains[d.name] = s
+		st.Node.CPU += s.CPU
+		st.Node.MemBytes += s.MemBytes
+		st.Node.NetRx += s.NetRx
+		st.Node.NetTx += s.NetTx
+		st.Node.DiskRead += s.DiskRead
+		st.Node.DiskWrite += s.DiskWrite
+	}
+	return st, nil
+}
+
+// Events returns the lifecycle event channel (nil if EventBuffer < 0). It
+// is closed by Close. Events that find it full are dropped (see Dropped);
+// the LNM's periodic scans recover from that.
+func (h *Hypervisor) Events() <-chan nodemgr.DomainEvent {
+	if h.events == nil {
+		return nil
+	}
+	return h.events
+}
+
+// Dropped counts the events dropped because the channel was full.
+func (h *Hypervisor) Dropped() uint64 { return h.dropped.Load() }
+
+// Close closes the events channel and the state file lock. Domains keep
+// existing (in the state file, when there is one). Later calls fail with
+// ErrClosed; closing twice is harmless.
+func (h *Hypervisor) Close() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil
+	}
+	h.closed = true
+	if h.events != nil {
+		close(h.events)
+	}
+	if h.file != nil {
+		return h.file.close()
+	}
+	return nil
+}
+
+// Crash makes a running or paused domain crash, as the guest or QEMU might.
+func (h *Hypervisor) Crash(name string) error {
+	unlock, err := h.begin(context.Background(), true)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	d, ok := h.doms[name]
+	if !ok {
+		return noSuch(name)
+	}
+	if !consumes(d.state) {
+		return &TransitionError{Name: name, Op: "crash", State: d.state}
+	}
+	return h.commitLocked(h.setStateLocked(d, core.StateCrashed, "crashed"))
+}
+
+// Vanish removes a domain behind Usher's back (someone ran virsh undefine).
+func (h *Hypervisor) Vanish(name string) error {
+	unlock, err := h.begin(context.Background(), true)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	d, ok := h.doms[name]
+	if !ok {
+		return noSuch(name)
+	}
+	return h.commitLocked(h.removeLocked(d, "vanished"))
+}
+
+// Appear creates a running domain from outside Usher, subject to capacity.
+func (h *Hypervisor) Appear(spec nodemgr.Spec) error {
+	if err := validSpec(spec); err != nil {
+		return err
+	}
+	unlock, err := h.begin(context.Background(), true)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := h.existsLocked(spec.Name); err != nil {
+		return err
+	}
+	if err := h.checkCapacityLocked(spec.MemMB, spec.VCPUs); err != nil {
+		return err
+	}
+	return h.commitLocked(h.addLocked(spec, "appeared", false))
+}
+
+// SetLoad pins the synthetic CPU load (cores) of a domain, which need not
+// exist yet; a negative cpu removes the pin.
+func (h *Hypervisor) SetLoad(name string, cpu float64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if cpu < 0 {
+		delete(h.pins, name)
+		return
+	}
+	h.pins[name] = cpu
+}
