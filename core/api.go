@@ -94,12 +94,12 @@ type StartArgs struct {
 
 // VMResult is what happened to one VM of a request.
 type VMResult struct {
-	Name   string  `json:"name"`
-	OK     bool    `json:"ok"`
-	State  VMState `json:"state,omitempty"`
-	LNM    string  `json:"lnm,omitempty"`
-	Error  string  `json:"error,omitempty"`
-	VM     *VM     `json:"vm,omitempty"`
+	Name  string  `json:"name"`
+	OK    bool    `json:"ok"`
+	State VMState `json:"state,omitempty"`
+	LNM   string  `json:"lnm,omitempty"`
+	Error string  `json:"error,omitempty"`
+	VM    *VM     `json:"vm,omitempty"`
 }
 
 // Result reports exactly what a request did: per-VM outcomes and the VMs

@@ -61,16 +61,16 @@ const (
 // ReqVM is one VM inside a request. For start requests the VM is new and a
 // placement handler sets LNM; for op and migrate it names an existing VM.
 type ReqVM struct {
-	Name    string            `json:"name"`              // full name
-	Short   string            `json:"short"`             // short name
-	Owner   string            `json:"owner"`             // owner
-	Cluster string            `json:"cluster"`           // cluster
-	LNM     string            `json:"lnm,omitempty"`     // chosen (start) or current (op/migrate) node
-	Target  string            `json:"target,omitempty"`  // migrate: destination node
-	MemMB   int               `json:"mem_mb,omitempty"`  // requested memory
-	VCPUs   int               `json:"vcpus,omitempty"`   // requested vCPUs
-	State   VMState           `json:"state,omitempty"`   // current state (op/migrate)
-	Data    map[string]string `json:"data,omitempty"`    // attached by policies (ip, …)
+	Name    string            `json:"name"`             // full name
+	Short   string            `json:"short"`            // short name
+	Owner   string            `json:"owner"`            // owner
+	Cluster string            `json:"cluster"`          // cluster
+	LNM     string            `json:"lnm,omitempty"`    // chosen (start) or current (op/migrate) node
+	Target  string            `json:"target,omitempty"` // migrate: destination node
+	MemMB   int               `json:"mem_mb,omitempty"` // requested memory
+	VCPUs   int               `json:"vcpus,omitempty"`  // requested vCPUs
+	State   VMState           `json:"state,omitempty"`  // current state (op/migrate)
+	Data    map[string]string `json:"data,omitempty"`   // attached by policies (ip, …)
 }
 
 // Drop records a VM removed from a request and why.
@@ -168,3 +168,11 @@ type Hooks interface {
 	// Notify delivers a notification event. It must not block the caller.
 	Notify(ev Event)
 }
+
+// Sentinel errors the transport maps to wire error codes.
+var (
+	ErrBadRequest  = errors.New("bad request")
+	ErrNotFound    = errors.New("not found")
+	ErrForbidden   = errors.New("forbidden")
+	ErrUnavailable = errors.New("unavailable")
+)

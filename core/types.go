@@ -81,19 +81,19 @@ type Usage struct {
 // VM is the VM object of the paper: the controller holds the authoritative
 // copy; LNMs and clients hold cached copies that the controller updates.
 type VM struct {
-	Name     string            `json:"name"`               // full name <short>.<owner>.<domain>
-	Short    string            `json:"short"`              // e.g. sneetch3
-	Owner    string            `json:"owner"`              // user name
-	Cluster  string            `json:"cluster"`            // virtual cluster name (per owner)
-	LNM      string            `json:"lnm"`                // node the VM runs on
-	State    VMState           `json:"state"`              // run state
-	Reason   string            `json:"reason,omitempty"`   // why the last state change happened
-	MemMB    int               `json:"mem_mb"`             // memory allocation
-	VCPUs    int               `json:"vcpus"`              // virtual CPUs
-	Data     map[string]string `json:"data,omitempty"`     // policy data (ip, mac, image…)
-	Usage    *Usage            `json:"usage,omitempty"`    // latest averages, when asked for
-	Version  uint64            `json:"version"`            // bumped on every controller update
-	Created  time.Time         `json:"created"`            // when it was registered
+	Name     string            `json:"name"`                // full name <short>.<owner>.<domain>
+	Short    string            `json:"short"`               // e.g. sneetch3
+	Owner    string            `json:"owner"`               // user name
+	Cluster  string            `json:"cluster"`             // virtual cluster name (per owner)
+	LNM      string            `json:"lnm"`                 // node the VM runs on
+	State    VMState           `json:"state"`               // run state
+	Reason   string            `json:"reason,omitempty"`    // why the last state change happened
+	MemMB    int               `json:"mem_mb"`              // memory allocation
+	VCPUs    int               `json:"vcpus"`               // virtual CPUs
+	Data     map[string]string `json:"data,omitempty"`      // policy data (ip, mac, image…)
+	Usage    *Usage            `json:"usage,omitempty"`     // latest averages, when asked for
+	Version  uint64            `json:"version"`             // bumped on every controller update
+	Created  time.Time         `json:"created"`             // when it was registered
 	Unmanage bool              `json:"unmanaged,omitempty"` // on the unmanaged list
 }
 

@@ -1,0 +1,664 @@
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/transport"
+)
+
+// Config says how to reach and authenticate with a controller.
+type Config struct {
+	Addr        string        // controller host:port
+	CAFile      string        // site CA certificate (PEM)
+	ServerName  string        // name in the controller's certificate; default the host of Addr
+	TLS         *tls.Config   // overrides CAFile/ServerName when set
+	User        string        // user name
+	Password    string        // password
+	Cluster     string        // only cache this virtual cluster's VMs
+	NoReconnect bool          // do not reconnect after an unexpected disconnect
+	MinBackoff  time.Duration // reconnect backoff bounds (exponential, with jitter)
+	MaxBackoff  time.Duration
+	CallTimeout time.Duration // default deadline of calls whose ctx has none
+	Limits      transport.Limits
+	Logger      *slog.Logger
+}
+
+// ErrNotConnected is returned by calls made while the client has no session.
+var ErrNotConnected = errors.New("not connected to the controller")
+
+// ConnState is the client's connection state, reported to OnConn callbacks.
+type ConnState string
+
+// Connection states.
+const (
+	Connected    ConnState = "connected"
+	Disconnected ConnState = "disconnected"
+	Reconnected  ConnState = "reconnected"
+	Closed       ConnState = "closed"
+)
+
+// Client is the paper's client API: an authenticated session with the
+// controller, the cached VM objects of the user (kept current by pushed
+// events), and the Table 4 calls. All methods are safe for concurrent use;
+// many calls may be in flight at once (each is its own stream). Use Go for
+// the paper's asynchronous style.
+type Client struct {
+	cfg Config
+	tls *tls.Config
+	log *slog.Logger
+
+	mu       sync.RWMutex
+	sess     *transport.Session
+	id       core.Identity
+	domain   string
+	cache    map[string]*core.VM
+	handlers map[int]func(core.Event)
+	connCB   map[int]func(ConnState, error)
+	nextH    int
+	closed   bool
+	closeCh  chan struct{}
+	sessWG   sync.WaitGroup
+}
+
+// Connect dials the controller over TLS, authenticates, loads the cached VM
+// objects and starts the event loop that keeps them current.
+func Connect(ctx context.Context, cfg Config) (*Client, error) {
+	if cfg.Addr == "" {
+		return nil, errors.New("client: no controller address")
+	}
+	if cfg.User == "" {
+		return nil, errors.New("client: no user name")
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 250 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = 10 * time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	tlsCfg := cfg.TLS
+	if tlsCfg == nil {
+		if cfg.CAFile == "" {
+			return nil, errors.New("client: no CA certificate (ca_file) to verify the controller with")
+		}
+		sn := cfg.ServerName
+		if sn == "" {
+			host, _, err := net.SplitHostPort(cfg.Addr)
+			if err != nil {
+				return nil, fmt.Errorf("client: controller address %q: %w", cfg.Addr, err)
+			}
+			sn = host
+		}
+		var err error
+		if tlsCfg, err = transport.ClientTLS(cfg.CAFile, "", "", sn); err != nil {
+			return nil, fmt.Errorf("client: %w", err)
+		}
+	}
+	c := &Client{cfg: cfg, tls: tlsCfg, log: cfg.Logger, cache: map[string]*core.VM{},
+		handlers: map[int]func(core.Event){}, connCB: map[int]func(ConnState, error){}, closeCh: make(chan struct{})}
+	if err := c.dial(ctx); err != nil {
+		return nil, err
+	}
+	c.notifyConn(Connected, nil)
+	return c, nil
+}
+
+// dial establishes a session, authenticates and (re)loads the cache.
+func (c *Client) dial(ctx context.Context) error {
+	s, err := transport.Dial(ctx, c.cfg.Addr, c.tls, c.cfg.Limits, c.log)
+	if err != nil {
+		return err
+	}
+	s.SetMux(transport.NewMux())
+	go s.Serve(context.Background())
+	var rep core.AuthReply
+	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = s.Call(actx, core.MAuth, core.AuthArgs{User: c.cfg.User, Password: c.cfg.Password, Cluster: c.cfg.Cluster}, &rep)
+	cancel()
+	if err != nil {
+		s.Close()
+		return fmt.Errorf("authenticating as %s: %w", c.cfg.User, err)
+	}
+	evs, err := s.OpenStream(ctx, core.MEvents, map[string]any{"cluster": c.cfg.Cluster})
+	if err != nil {
+		s.Close()
+		return err
+	}
+	// Wait until the feed is live so no change between load and feed is lost.
+	if env, err := evs.Recv(30 * time.Second); err != nil || env.Method != "ready" {
+		s.Close()
+		if err == nil {
+			err = fmt.Errorf("event stream: %s", env.Method)
+		}
+		return fmt.Errorf("opening event stream: %w", err)
+	}
+	// Reload after the feed is live: the authoritative list wins.
+	var lst core.ListReply
+	lctx, lcancel := context.WithTimeout(ctx, 60*time.Second)
+	err = s.Call(lctx, core.MList, core.ListArgs{Cluster: c.cfg.Cluster}, &lst)
+	lcancel()
+	if err != nil {
+		s.Close()
+		return fmt.Errorf("loading VMs: %w", err)
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		s.Close()
+		return errors.New("client closed")
+	}
+	old := c.sess
+	c.sess = s
+	c.id = rep.Identity
+	c.domain = rep.Domain
+	c.cache = make(map[string]*core.VM, len(lst.VMs))
+	for _, v := range lst.VMs {
+		c.cache[v.Name] = v
+	}
+	c.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	c.sessWG.Add(1)
+	go c.eventLoop(s, evs)
+	return nil
+}
+
+func (c *Client) eventLoop(s *transport.Session, st *transport.Stream) {
+	defer c.sessWG.Done()
+	bound := 3*s.Limits().KeepAlive + 5*time.Second
+	var err error
+	for {
+		var env *transport.Envelope
+		env, err = st.Recv(bound)
+		if err != nil {
+			break
+		}
+		switch env.Method {
+		case "event":
+			var ev core.Event
+			if json.Unmarshal(env.Args, &ev) == nil {
+				c.apply(ev)
+			}
+		case "overflow":
+			err = errors.New("event feed overflowed; reloading")
+		}
+		if err != nil {
+			break
+		}
+	}
+	st.Close()
+	s.Close()
+	c.mu.RLock()
+	current := c.sess == s
+	closed := c.closed
+	c.mu.RUnlock()
+	if !current || closed {
+		return
+	}
+	c.notifyConn(Disconnected, err)
+	if c.cfg.NoReconnect {
+		return
+	}
+	go c.reconnectLoop()
+}
+
+func (c *Client) reconnectLoop() {
+	backoff := c.cfg.MinBackoff
+	for {
+		jitter := time.Duration(rand.Int64N(int64(backoff)/2 + 1))
+		select {
+		case <-c.closeCh:
+			return
+		case <-time.After(backoff + jitter):
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		err := c.dial(ctx)
+		cancel()
+		if err == nil {
+			c.notifyConn(Reconnected, nil)
+			return
+		}
+		c.log.Info("reconnect failed", "err", err, "next_in", backoff)
+		var werr *transport.Error
+		if errors.As(err, &werr) && werr.Code == transport.CodeUnauthorized {
+			c.notifyConn(Disconnected, err)
+			return
+		}
+		backoff *= 2
+		if backoff > c.cfg.MaxBackoff {
+			backoff = c.cfg.MaxBackoff
+		}
+	}
+}
+
+// apply updates the cache from a pushed event and runs the callbacks.
+func (c *Client) apply(ev core.Event) {
+	c.mu.Lock()
+	if v := ev.VM; v != nil && !v.Unmanage && v.Owner == c.id.User {
+		switch {
+		case v.State == core.StateDestroyed || (ev.Type == core.EvStartComplete && !ev.OK && v.State == core.StateFailed):
+			delete(c.cache, v.Name)
+		default:
+			if old := c.cache[v.Name]; old == nil || old.Version <= v.Version {
+				if c.cfg.Cluster == "" || v.Cluster == c.cfg.Cluster {
+					cv := v.Clone()
+					if old != nil && cv.Usage == nil {
+						cv.Usage = old.Usage
+					}
+					c.cache[v.Name] = cv
+				}
+			}
+		}
+	}
+	hs := make([]func(core.Event), 0, len(c.handlers))
+	for _, h := range c.handlers {
+		hs = append(hs, h)
+	}
+	c.mu.Unlock()
+	for _, h := range hs {
+		h(ev)
+	}
+}
+
+func (c *Client) notifyConn(st ConnState, err error) {
+	c.mu.RLock()
+	cbs := make([]func(ConnState, error), 0, len(c.connCB))
+	for _, f := range c.connCB {
+		cbs = append(cbs, f)
+	}
+	c.mu.RUnlock()
+	for _, f := range cbs {
+		f(st, err)
+	}
+}
+
+// OnEvent registers a callback for every pushed event (state changes of
+// the user's VMs, completions). Callbacks run on the event goroutine after
+// the cache is updated; keep them short. The returned func unregisters.
+func (c *Client) OnEvent(f func(core.Event)) (cancel func()) {
+	c.mu.Lock()
+	id := c.nextH
+	c.nextH++
+	c.handlers[id] = f
+	c.mu.Unlock()
+	return func() {
+		c.mu.Lock()
+		delete(c.handlers, id)
+		c.mu.Unlock()
+	}
+}
+
+// OnConn registers a callback for connection state changes.
+func (c *Client) OnConn(f func(ConnState, error)) (cancel func()) {
+	c.mu.Lock()
+	id := c.nextH
+	c.nextH++
+	c.connCB[id] = f
+	c.mu.Unlock()
+	return func() {
+		c.mu.Lock()
+		delete(c.connCB, id)
+		c.mu.Unlock()
+	}
+}
+
+// Reconnect drops the current session and connects again with the stored
+// credentials, flushing and reloading the cache.
+func (c *Client) Reconnect(ctx context.Context) error {
+	if err := c.dial(ctx); err != nil {
+		return err
+	}
+	c.notifyConn(Reconnected, nil)
+	return nil
+}
+
+// Disconnect closes the session but keeps the client usable by Reconnect.
+func (c *Client) Disconnect() {
+	c.mu.Lock()
+	s := c.sess
+	c.sess = nil
+	c.mu.Unlock()
+	if s != nil {
+		s.Close()
+	}
+}
+
+// Close ends the client for good.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	close(c.closeCh)
+	s := c.sess
+	c.sess = nil
+	c.mu.Unlock()
+	if s != nil {
+		s.Close()
+	}
+	c.sessWG.Wait()
+	c.notifyConn(Closed, nil)
+	return nil
+}
+
+// Connected reports whether a session is up.
+func (c *Client) Connected() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.sess != nil && !c.sess.IsClosed()
+}
+
+// Identity is who the session is authenticated as.
+func (c *Client) Identity() core.Identity {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.id
+}
+
+// Domain is the Usher domain of the controller.
+func (c *Client) Domain() string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.domain
+}
+
+// VMs returns the cached VM objects, sorted by cluster and index.
+func (c *Client) VMs() []*core.VM {
+	c.mu.RLock()
+	out := make([]*core.VM, 0, len(c.cache))
+	for _, v := range c.cache {
+		out = append(out, v.Clone())
+	}
+	c.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Cluster != out[j].Cluster {
+			return out[i].Cluster < out[j].Cluster
+		}
+		if len(out[i].Short) != len(out[j].Short) {
+			return len(out[i].Short) < len(out[j].Short)
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+// VM returns one cached VM.
+func (c *Client) VM(name string) (*core.VM, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	v, ok := c.cache[name]
+	if !ok {
+		return nil, false
+	}
+	return v.Clone(), true
+}
+
+// Clusters names the virtual clusters among the cached VMs.
+func (c *Client) CachedClusters() []string {
+	c.mu.RLock()
+	set := map[string]bool{}
+	for _, v := range c.cache {
+		set[v.Cluster] = true
+	}
+	c.mu.RUnlock()
+	out := make([]string, 0, len(set))
+	for k := range set {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Expand resolves a VM set expression against the cache (see ExpandVMs).
+func (c *Client) Expand(set string) ([]string, error) {
+	return ExpandVMs(set, c.VMs(), c.Domain())
+}
+
+func (c *Client) session() (*transport.Session, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.sess == nil || c.sess.IsClosed() {
+		return nil, ErrNotConnected
+	}
+	return c.sess, nil
+}
+
+// Call invokes any controller method directly (for tools that need a call
+// this package does not wrap).
+func (c *Client) Call(ctx context.Context, method string, args, reply any) error {
+	s, err := c.session()
+	if err != nil {
+		return err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.CallTimeout)
+		defer cancel()
+	}
+	return s.Call(ctx, method, args, reply)
+}
+
+// List implements list(vm list, status).
+func (c *Client) List(ctx context.Context, a core.ListArgs) (*core.ListReply, error) {
+	var r core.ListReply
+	if err := c.Call(ctx, core.MList, a, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// ListLNMs implements list_lnms(lnm list, status).
+func (c *Client) ListLNMs(ctx context.Context, names []string, status bool) ([]*core.LNM, error) {
+	var r core.ListLNMsReply
+	if err := c.Call(ctx, core.MListLNMs, core.ListLNMsArgs{Names: names, Status: status}, &r); err != nil {
+		return nil, err
+	}
+	return r.LNMs, nil
+}
+
+// Clusters lists virtual clusters (all: everyone's, for admins).
+func (c *Client) Clusters(ctx context.Context, all bool) ([]core.Cluster, error) {
+	var r core.ClustersReply
+	if err := c.Call(ctx, core.MClusters, map[string]bool{"all": all}, &r); err != nil {
+		return nil, err
+	}
+	return r.Clusters, nil
+}
+
+// Start implements start(vm list, lnm list): Count new VMs in Cluster on
+// the suggested LNMs. The result says exactly what was started.
+func (c *Client) Start(ctx context.Context, a core.StartArgs) (*core.Result, error) {
+	if err := core.ValidLabel(a.Cluster); err != nil {
+		return nil, fmt.Errorf("cluster name: %w", err)
+	}
+	if a.Count <= 0 && len(a.Names) == 0 {
+		return nil, errors.New("start: count must be at least 1")
+	}
+	var r core.Result
+	if err := c.Call(ctx, core.MStart, a, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// OpOn implements op_on(operation, vm list). vms is a set expression
+// resolved against the cache first.
+func (c *Client) OpOn(ctx context.Context, op core.Op, vms string, args map[string]string) (*core.Result, error) {
+	if _, err := core.ParseOp(string(op)); err != nil {
+		return nil, err
+	}
+	names, err := c.Expand(vms)
+	if err != nil {
+		return nil, err
+	}
+	return c.OpOnNames(ctx, op, names, args)
+}
+
+// OpOnNames is OpOn on already-resolved full names.
+func (c *Client) OpOnNames(ctx context.Context, op core.Op, names []string, args map[string]string) (*core.Result, error) {
+	var r core.Result
+	if err := c.Call(ctx, core.MOpOn, core.OpArgs{Op: op, VMs: names, Args: args}, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Pause pauses the VMs of a set.
+func (c *Client) Pause(ctx context.Context, vms string) (*core.Result, error) {
+	return c.OpOn(ctx, core.OpPause, vms, nil)
+}
+
+// Resume resumes paused VMs.
+func (c *Client) Resume(ctx context.Context, vms string) (*core.Result, error) {
+	return c.OpOn(ctx, core.OpResume, vms, nil)
+}
+
+// Shutdown halts VMs gracefully.
+func (c *Client) Shutdown(ctx context.Context, vms string) (*core.Result, error) {
+	return c.OpOn(ctx, core.OpShutdown, vms, nil)
+}
+
+// Reboot restarts VMs.
+func (c *Client) Reboot(ctx context.Context, vms string) (*core.Result, error) {
+	return c.OpOn(ctx, core.OpReboot, vms, nil)
+}
+
+// Hibernate saves VMs' memory to storage.
+func (c *Client) Hibernate(ctx context.Context, vms string) (*core.Result, error) {
+	return c.OpOn(ctx, core.OpHibernate, vms, nil)
+}
+
+// Restore brings hibernated VMs back.
+func (c *Client) Restore(ctx context.Context, vms string) (*core.Result, error) {
+	return c.OpOn(ctx, core.OpRestore, vms, nil)
+}
+
+// Destroy hard-stops and removes VMs.
+func (c *Client) Destroy(ctx context.Context, vms string) (*core.Result, error) {
+	return c.OpOn(ctx, core.OpDestroy, vms, nil)
+}
+
+// Cycle destroys and restarts VMs.
+func (c *Client) Cycle(ctx context.Context, vms string) (*core.Result, error) {
+	return c.OpOn(ctx, core.OpCycle, vms, nil)
+}
+
+// Migrate implements migrate(vm list, lnm list); both are set expressions.
+func (c *Client) Migrate(ctx context.Context, vms, lnms string) (*core.Result, error) {
+	names, err := c.Expand(vms)
+	if err != nil {
+		return nil, err
+	}
+	var targets []string
+	if lnms != "" {
+		all, err := c.ListLNMs(ctx, nil, false)
+		if err != nil {
+			return nil, err
+		}
+		known := make([]string, len(all))
+		for i, l := range all {
+			known[i] = l.Info.Name
+		}
+		if targets, err = ExpandLNMs(lnms, known); err != nil {
+			return nil, err
+		}
+	}
+	var r core.Result
+	if err := c.Call(ctx, core.MMigrate, core.MigrateArgs{VMs: names, LNMs: targets}, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Plan dry-runs a request through the controller's live policy chain.
+func (c *Client) Plan(ctx context.Context, a core.PlanArgs) (*core.Result, error) {
+	var r core.Result
+	if err := c.Call(ctx, core.MPlan, a, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Policy makes an admin call on the policy host; the reply is raw JSON.
+func (c *Client) Policy(ctx context.Context, a core.PolicyArgs) (json.RawMessage, error) {
+	var r json.RawMessage
+	if err := c.Call(ctx, core.MPolicy, a, &r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Watch streams every event the user may see (admins: all) to f until ctx
+// ends or the session drops.
+func (c *Client) Watch(ctx context.Context, f func(core.Event)) error {
+	s, err := c.session()
+	if err != nil {
+		return err
+	}
+	st, err := s.OpenStream(ctx, core.MEvents, core.EventsArgs{Watch: true})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	stop := context.AfterFunc(ctx, func() { st.Close() })
+	defer stop()
+	bound := 3*s.Limits().KeepAlive + 5*time.Second
+	for {
+		env, err := st.Recv(bound)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		switch env.Method {
+		case "event":
+			var ev core.Event
+			if json.Unmarshal(env.Args, &ev) == nil {
+				f(ev)
+			}
+		case "error":
+			var e transport.Error
+			json.Unmarshal(env.Args, &e)
+			return &e
+		case "overflow":
+			return errors.New("watch fell behind the event rate")
+		}
+	}
+}
+
+// Call is an asynchronous call in flight (the paper's deferred result).
+type Call struct {
+	Done   chan struct{}
+	Result any
+	Err    error
+}
+
+// Go runs f asynchronously and returns at once; Done closes when it ends.
+func (c *Client) Go(ctx context.Context, f func(ctx context.Context) (any, error)) *Call {
+	call := &Call{Done: make(chan struct{})}
+	go func() {
+		defer close(call.Done)
+		call.Result, call.Err = f(ctx)
+	}()
+	return call
+}

@@ -1,0 +1,1066 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// LNMLink is the controller's capability for one connected LNM: the LNM
+// remote API of Table 2, batched per node. transport implements it over a
+// yamux session; tests may use an in-process fake.
+type LNMLink interface {
+	Start(ctx context.Context, a LNMStartArgs) (LNMResults, error)
+	OpOn(ctx context.Context, a LNMOpArgs) (LNMResults, error)
+	Migrate(ctx context.Context, a LNMMigrateArgs) (LNMResults, error)
+	// Prepare readies (or, with Args["abort"]="1", abandons) incoming
+	// migrations of the given VMs.
+	Prepare(ctx context.Context, a LNMStartArgs) (LNMResults, error)
+	Receive(ctx context.Context, a ReceiveArgs) error
+	Details(ctx context.Context, a NamesArgs) (DetailsReply, error)
+}
+
+// Config holds the controller's mechanism parameters (policy lives in hooks).
+type Config struct {
+	Domain        string        // the Usher domain VM names end with
+	StartTimeout  time.Duration // how long an LNM may take to start a batch
+	OpTimeout     time.Duration // how long an LNM may take for an op or migration batch
+	DefaultMemMB  int           // memory of a VM when the request names none
+	DefaultVCPUs  int           // vCPUs of a VM when the request names none
+	MaxRequestVMs int           // largest VM list one request may carry
+	EventBuffer   int           // pushed events queued per client before it is cut off
+	OwnerOnly     bool          // baseline: non-admins see and touch only their own VMs
+	Logger        *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Domain == "" {
+		c.Domain = "usher.local"
+	}
+	if c.StartTimeout <= 0 {
+		c.StartTimeout = 5 * time.Minute
+	}
+	if c.OpTimeout <= 0 {
+		c.OpTimeout = 5 * time.Minute
+	}
+	if c.DefaultMemMB <= 0 {
+		c.DefaultMemMB = 128
+	}
+	if c.DefaultVCPUs <= 0 {
+		c.DefaultVCPUs = 1
+	}
+	if c.MaxRequestVMs <= 0 {
+		c.MaxRequestVMs = 100000
+	}
+	if c.EventBuffer <= 0 {
+		c.EventBuffer = 4096
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Controller is the mechanism of the Usher controller: the request pipeline,
+// the global state and event fan-out. It does no I/O of its own: LNMs reach
+// it through LNMLink, clients through transport.
+type Controller struct {
+	cfg   Config
+	hooks Hooks
+	st    *State
+	log   *slog.Logger
+	seq   atomic.Uint64
+	gen   atomic.Uint64
+
+	subMu  sync.RWMutex
+	byUser map[string]map[*Subscription]struct{}
+	watch  map[*Subscription]struct{}
+
+	idem *idemCache
+	wg   sync.WaitGroup
+}
+
+// New builds a controller. hooks must not be nil.
+func New(cfg Config, hooks Hooks) *Controller {
+	cfg = cfg.withDefaults()
+	return &Controller{
+		cfg: cfg, hooks: hooks, st: newState(cfg.Domain), log: cfg.Logger,
+		byUser: map[string]map[*Subscription]struct{}{}, watch: map[*Subscription]struct{}{},
+		idem: newIdemCache(10000, 10*time.Minute),
+	}
+}
+
+// State returns the read-only view of the global state.
+func (c *Controller) State() *State { return c.st }
+
+// Domain is the Usher domain.
+func (c *Controller) Domain() string { return c.cfg.Domain }
+
+// Wait blocks until background LNM batches have finished (for shutdown and
+// tests).
+func (c *Controller) Wait() { c.wg.Wait() }
+
+// Authenticate runs the authentication chain.
+func (c *Controller) Authenticate(ctx context.Context, cred Credentials) (Identity, error) {
+	if cred.User == "" || cred.Password == "" {
+		return Identity{}, fmt.Errorf("%w: user name and password required", ErrAuthFailed)
+	}
+	if err := ValidLabel(cred.User); err != nil {
+		return Identity{}, fmt.Errorf("%w: %v", ErrAuthFailed, err)
+	}
+	id, err := c.hooks.Authenticate(ctx, cred)
+	if err != nil {
+		c.log.Info("authentication refused", "user", cred.User, "remote", cred.Remote, "err", err)
+		if errors.Is(err, ErrAuthFailed) {
+			return Identity{}, err
+		}
+		return Identity{}, fmt.Errorf("%w: %v", ErrAuthFailed, err)
+	}
+	if id.User == "" {
+		id.User = cred.User
+	}
+	if id.User != cred.User {
+		return Identity{}, fmt.Errorf("%w: authentication handler returned another user", ErrAuthFailed)
+	}
+	return id, nil
+}
+
+// ---------------------------------------------------------------------------
+// Events
+
+func (c *Controller) emit(evs ...Event) {
+	for i := range evs {
+		ev := evs[i]
+		ev.Seq = c.seq.Add(1)
+		if ev.Time.IsZero() {
+			ev.Time = now()
+		}
+		c.hooks.Notify(ev)
+		c.fanout(ev)
+	}
+}
+
+func (c *Controller) fanout(ev Event) {
+	c.subMu.RLock()
+	defer c.subMu.RUnlock()
+	if ev.User != "" {
+		for s := range c.byUser[ev.User] {
+			s.offer(ev)
+		}
+	}
+	for s := range c.watch {
+		if ev.User == "" || ev.User != s.user {
+			s.offer(ev)
+		}
+	}
+}
+
+// Subscription is a client's pushed-event feed. C is closed when the
+// subscription ends; Overflowed then says whether it ended because the
+// client fell too far behind (it must reload its cache).
+type Subscription struct {
+	C       chan Event
+	user    string
+	cluster string
+	once    sync.Once
+	over    atomic.Bool
+	c       *Controller
+	watch   bool
+	mu      sync.Mutex
+	closed  bool
+}
+
+func (s *Subscription) offer(ev Event) {
+	if s.cluster != "" && ev.VM != nil && ev.VM.Cluster != s.cluster && ev.User == s.user {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	select {
+	case s.C <- ev:
+	default:
+		s.over.Store(true)
+		s.closed = true
+		close(s.C)
+		go s.c.Unsubscribe(s)
+	}
+}
+
+// Overflowed reports whether the feed was cut because the client lagged.
+func (s *Subscription) Overflowed() bool { return s.over.Load() }
+
+// Subscribe opens an event feed for a user: every change to their VMs
+// (optionally one cluster only). watch adds everyone's events and is for
+// admins only.
+func (c *Controller) Subscribe(id Identity, cluster string, watch bool) (*Subscription, error) {
+	if watch && !id.Admin {
+		return nil, fmt.Errorf("%w: watching every event needs an admin", ErrForbidden)
+	}
+	s := &Subscription{C: make(chan Event, c.cfg.EventBuffer), user: id.User, cluster: cluster, c: c, watch: watch}
+	c.subMu.Lock()
+	m := c.byUser[id.User]
+	if m == nil {
+		m = map[*Subscription]struct{}{}
+		c.byUser[id.User] = m
+	}
+	m[s] = struct{}{}
+	if watch {
+		c.watch[s] = struct{}{}
+	}
+	c.subMu.Unlock()
+	return s, nil
+}
+
+// Unsubscribe ends a feed.
+func (c *Controller) Unsubscribe(s *Subscription) {
+	c.subMu.Lock()
+	if m := c.byUser[s.user]; m != nil {
+		delete(m, s)
+		if len(m) == 0 {
+			delete(c.byUser, s.user)
+		}
+	}
+	delete(c.watch, s)
+	c.subMu.Unlock()
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.C)
+	}
+	s.mu.Unlock()
+}
+
+// ReportError publishes an error event (from policies or links).
+func (c *Controller) ReportError(ev Event) {
+	ev.Type = EvError
+	c.emit(ev)
+}
+
+// ---------------------------------------------------------------------------
+// Queries
+
+func (c *Controller) visible(id Identity, v *VM) bool {
+	return !c.cfg.OwnerOnly || id.Admin || v.Owner == id.User
+}
+
+// List implements list(vm list, status).
+func (c *Controller) List(ctx context.Context, id Identity, a ListArgs) (*ListReply, error) {
+	if len(a.Names) > c.cfg.MaxRequestVMs {
+		return nil, fmt.Errorf("%w: %d names in one list (limit %d)", ErrBadRequest, len(a.Names), c.cfg.MaxRequestVMs)
+	}
+	req := &Request{Kind: KindList, User: id, All: a.All, Cluster: a.Cluster}
+	if err := c.hooks.Authorize(ctx, req); err != nil {
+		return nil, err
+	}
+	all := req.All && (id.Admin || !c.cfg.OwnerOnly)
+	if req.All && !all {
+		return nil, fmt.Errorf("%w: listing everyone's VMs needs an admin", ErrForbidden)
+	}
+	keep := func(v *VM) bool {
+		if !all && v.Owner != id.User {
+			return false
+		}
+		return a.Cluster == "" || v.Cluster == a.Cluster
+	}
+	rep := &ListReply{}
+	c.st.mu.RLock()
+	defer c.st.mu.RUnlock()
+	switch {
+	case len(a.Names) > 0:
+		m := make(map[string]*VM, len(a.Names))
+		for _, n := range a.Names {
+			if v := c.st.vms[n]; v != nil && keep(v) {
+				m[n] = v
+			}
+		}
+		rep.VMs = cloneVMs(m, a.Status, nil)
+	case all:
+		rep.VMs = cloneVMs(c.st.vms, a.Status, keep)
+	case a.Cluster != "":
+		if cl := c.st.clusters[clusterKey{id.User, a.Cluster}]; cl != nil {
+			rep.VMs = cloneVMs(cl.vms, a.Status, nil)
+		}
+	default:
+		rep.VMs = cloneVMs(c.st.owners[id.User], a.Status, nil)
+	}
+	if a.Lists {
+		if !id.Admin && c.cfg.OwnerOnly {
+			rep.Lost = cloneVMs(c.st.lost, a.Status, keep)
+			rep.Missing = cloneVMs(c.st.missing, a.Status, keep)
+		} else {
+			rep.Lost = cloneVMs(c.st.lost, a.Status, nil)
+			rep.Missing = cloneVMs(c.st.missing, a.Status, nil)
+			um := map[string]*VM{}
+			for _, l := range c.st.lnms {
+				for n, v := range l.unmanaged {
+					um[n] = v
+				}
+			}
+			rep.Unmanaged = cloneVMs(um, a.Status, nil)
+		}
+	}
+	return rep, nil
+}
+
+// ListLNMs implements list_lnms(lnm list, status).
+func (c *Controller) ListLNMs(ctx context.Context, id Identity, a ListLNMsArgs) (*ListLNMsReply, error) {
+	req := &Request{Kind: KindListLNMs, User: id, LNMs: a.Names}
+	if err := c.hooks.Authorize(ctx, req); err != nil {
+		return nil, err
+	}
+	all := c.st.LNMs()
+	if len(a.Names) == 0 {
+		if !a.Status {
+			for _, l := range all {
+				l.Status.Usage = Usage{}
+			}
+		}
+		return &ListLNMsReply{LNMs: all}, nil
+	}
+	want := map[string]bool{}
+	for _, n := range a.Names {
+		want[n] = true
+	}
+	out := &ListLNMsReply{}
+	for _, l := range all {
+		if want[l.Info.Name] {
+			if !a.Status {
+				l.Status.Usage = Usage{}
+			}
+			out.LNMs = append(out.LNMs, l)
+		}
+	}
+	return out, nil
+}
+
+// Clusters lists the caller's virtual clusters (admins: everyone's with all).
+func (c *Controller) Clusters(id Identity, all bool) []Cluster {
+	if all && (id.Admin || !c.cfg.OwnerOnly) {
+		return c.st.Clusters("")
+	}
+	return c.st.Clusters(id.User)
+}
+
+// MyVMs returns the cached objects a client receives on connect.
+func (c *Controller) MyVMs(id Identity, cluster string) []*VM {
+	return c.st.VMsOf(id.User, cluster)
+}
+
+// ---------------------------------------------------------------------------
+// Request plumbing shared by start, op and migrate
+
+func (c *Controller) checkList(n int) error {
+	if n == 0 {
+		return fmt.Errorf("%w: empty VM list", ErrBadRequest)
+	}
+	if n > c.cfg.MaxRequestVMs {
+		return fmt.Errorf("%w: %d VMs in one request (limit %d)", ErrBadRequest, n, c.cfg.MaxRequestVMs)
+	}
+	return nil
+}
+
+// resolve turns VM names into request VMs, dropping unknown or invisible
+// ones with a reason.
+func (c *Controller) resolve(id Identity, names []string, req *Request) {
+	seen := make(map[string]bool, len(names))
+	c.st.mu.RLock()
+	defer c.st.mu.RUnlock()
+	for _, n := range names {
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
+		v := c.st.vms[n]
+		if v == nil || !c.visible(id, v) {
+			req.Dropped = append(req.Dropped, Drop{VM: n, Reason: "no such VM", By: "controller"})
+			continue
+		}
+		req.VMs = append(req.VMs, &ReqVM{Name: v.Name, Short: v.Short, Owner: v.Owner, Cluster: v.Cluster,
+			LNM: v.LNM, MemMB: v.MemMB, VCPUs: v.VCPUs, State: v.State, Data: cloneMap(v.Data)})
+	}
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	o := make(map[string]string, len(m))
+	for k, v := range m {
+		o[k] = v
+	}
+	return o
+}
+
+// runChain runs authorize then the request event, recording the trace.
+func (c *Controller) runChain(ctx context.Context, event string, req *Request) error {
+	if err := c.hooks.Authorize(ctx, req); err != nil {
+		return err
+	}
+	// Policies may not widen a request to VMs the caller cannot see.
+	if req.Kind != KindStart {
+		c.st.mu.RLock()
+		for i := 0; i < len(req.VMs); i++ {
+			v := c.st.vms[req.VMs[i].Name]
+			if v == nil || !c.visible(req.User, v) {
+				name := req.VMs[i].Name
+				req.VMs = append(req.VMs[:i], req.VMs[i+1:]...)
+				req.Dropped = append(req.Dropped, Drop{VM: name, Reason: "no such VM", By: "controller"})
+				i--
+			}
+		}
+		c.st.mu.RUnlock()
+	}
+	return c.hooks.Request(ctx, event, req)
+}
+
+func (c *Controller) bg() (context.Context, context.CancelFunc) {
+	return context.WithCancel(context.Background())
+}
+
+// batchWait waits for background LNM batches, or for ctx. It returns whether
+// everything finished.
+func batchWait(ctx context.Context, wg *sync.WaitGroup) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// outcome collects per-VM results from concurrent batches.
+type outcome struct {
+	mu   sync.Mutex
+	done map[string]VMResult
+}
+
+func (o *outcome) set(r VMResult) {
+	o.mu.Lock()
+	o.done[r.Name] = r
+	o.mu.Unlock()
+}
+
+func (o *outcome) result(id string, requested int, names []string, dropped []Drop, trace []TraceStep, pending string) *Result {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	res := &Result{ID: id, Requested: requested, Dropped: dropped, Trace: trace}
+	for _, n := range names {
+		r, ok := o.done[n]
+		if !ok {
+			r = VMResult{Name: n, OK: false, Error: pending}
+		}
+		res.Done = append(res.Done, r)
+	}
+	return res
+}
+
+// ---------------------------------------------------------------------------
+// start
+
+// Start implements start(vm list, lnm list): it allocates names, runs the
+// start_request chain, registers each VM, starts the batches on their LNMs
+// concurrently and reports exactly what was done.
+func (c *Controller) Start(ctx context.Context, id Identity, a StartArgs) (*Result, error) {
+	if a.ID != "" {
+		f, leader := c.idem.begin(id.User + "\x00start\x00" + a.ID)
+		if !leader {
+			return f.wait(ctx)
+		}
+		res, err := c.start(ctx, id, a, false)
+		f.finish(res, err)
+		return res, err
+	}
+	return c.start(ctx, id, a, false)
+}
+
+func (c *Controller) start(ctx context.Context, id Identity, a StartArgs, dry bool) (*Result, error) {
+	if err := ValidLabel(a.Cluster); err != nil {
+		return nil, fmt.Errorf("%w: cluster: %v", ErrBadRequest, err)
+	}
+	n := a.Count
+	if len(a.Names) > 0 {
+		n = len(a.Names)
+	}
+	if err := c.checkList(n); err != nil {
+		return nil, err
+	}
+	if a.MemMB < 0 || a.VCPUs < 0 || a.MemMB > 1<<24 || a.VCPUs > 4096 {
+		return nil, fmt.Errorf("%w: memory or vCPUs out of range", ErrBadRequest)
+	}
+	mem, cpus := a.MemMB, a.VCPUs
+	if mem == 0 {
+		mem = c.cfg.DefaultMemMB
+	}
+	if cpus == 0 {
+		cpus = c.cfg.DefaultVCPUs
+	}
+	req := &Request{ID: a.ID, Kind: KindStart, User: id, Cluster: a.Cluster, LNMs: a.LNMs, Args: a.Args, DryRun: dry}
+	c.st.mu.Lock()
+	var shorts []string
+	if len(a.Names) > 0 {
+		seen := map[string]bool{}
+		for _, s := range a.Names {
+			if err := ValidLabel(s); err != nil {
+				c.st.mu.Unlock()
+				return nil, fmt.Errorf("%w: VM name: %v", ErrBadRequest, err)
+			}
+			full := FullName(s, id.User, c.cfg.Domain)
+			if _, taken := c.st.vms[full]; taken || seen[s] {
+				req.Dropped = append(req.Dropped, Drop{VM: full, Reason: "already exists", By: "controller"})
+				continue
+			}
+			seen[s] = true
+			shorts = append(shorts, s)
+		}
+	} else {
+		shorts = c.st.allocLocked(id.User, a.Cluster, n)
+	}
+	c.st.mu.Unlock()
+	for _, s := range shorts {
+		req.VMs = append(req.VMs, &ReqVM{Name: FullName(s, id.User, c.cfg.Domain), Short: s, Owner: id.User,
+			Cluster: a.Cluster, MemMB: mem, VCPUs: cpus})
+	}
+	abandon := func() {
+		c.st.mu.Lock()
+		c.st.dropEmptyClusterLocked(id.User, a.Cluster)
+		c.st.mu.Unlock()
+	}
+	if err := c.runChain(ctx, EvStartRequest, req); err != nil {
+		abandon()
+		return nil, err
+	}
+	res := &outcome{done: map[string]VMResult{}}
+	var names []string
+	groups := map[string][]*VM{}
+	var order []string
+	// Validate what the chain decided and register each VM.
+	for _, rv := range req.VMs {
+		// Policies may attach data and choose nodes, never rename or re-own.
+		short, owner, ok := ParseFullName(rv.Name, c.cfg.Domain)
+		if !ok || owner != id.User || rv.Owner != id.User {
+			res.set(VMResult{Name: rv.Name, Error: "policy changed the VM's name or owner"})
+			names = append(names, rv.Name)
+			continue
+		}
+		names = append(names, rv.Name)
+		if rv.LNM == "" {
+			res.set(VMResult{Name: rv.Name, Error: "no placement policy chose an LNM"})
+			continue
+		}
+		l, known := c.st.LNM(rv.LNM)
+		if !known || l.State != LNMConnected {
+			res.set(VMResult{Name: rv.Name, Error: fmt.Sprintf("LNM %q is not connected", rv.LNM)})
+			continue
+		}
+		if rv.MemMB <= 0 {
+			rv.MemMB = mem
+		}
+		if rv.VCPUs <= 0 {
+			rv.VCPUs = cpus
+		}
+		if dry {
+			res.set(VMResult{Name: rv.Name, OK: true, LNM: rv.LNM, State: StatePending})
+			continue
+		}
+		if err := c.hooks.RegisterVM(ctx, req, rv); err != nil {
+			res.set(VMResult{Name: rv.Name, Error: "register_vm: " + err.Error()})
+			continue
+		}
+		vm := &VM{Name: rv.Name, Short: short, Owner: id.User, Cluster: a.Cluster, LNM: rv.LNM, State: StateStarting,
+			MemMB: rv.MemMB, VCPUs: rv.VCPUs, Data: cloneMap(rv.Data), Version: 1, Created: now()}
+		c.st.mu.Lock()
+		ok = c.st.insertLocked(vm)
+		var clone *VM
+		if ok {
+			clone = vm.Clone()
+		}
+		c.st.mu.Unlock()
+		if !ok {
+			res.set(VMResult{Name: rv.Name, Error: "already exists"})
+			continue
+		}
+		if _, seen := groups[rv.LNM]; !seen {
+			order = append(order, rv.LNM)
+		}
+		groups[rv.LNM] = append(groups[rv.LNM], clone)
+	}
+	if dry || len(groups) == 0 {
+		abandon()
+		return res.result(a.ID, n, names, req.Dropped, req.Trace, ""), nil
+	}
+	var wg sync.WaitGroup
+	for _, lnm := range order {
+		vms := groups[lnm]
+		wg.Add(1)
+		c.wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.wg.Done()
+			c.startBatch(lnm, vms, a.Args, a.ID, res)
+		}()
+	}
+	finished := batchWait(ctx, &wg)
+	pending := ""
+	if !finished {
+		pending = "still starting when the request's deadline passed; watch its state"
+	}
+	return res.result(a.ID, n, names, req.Dropped, req.Trace, pending), nil
+}
+
+func (c *Controller) link(lnm string) (LNMLink, uint64) {
+	c.st.mu.RLock()
+	defer c.st.mu.RUnlock()
+	l := c.st.lnms[lnm]
+	if l == nil || l.link == nil {
+		return nil, 0
+	}
+	return l.link, l.gen
+}
+
+func (c *Controller) startBatch(lnm string, vms []*VM, args map[string]string, reqID string, res *outcome) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.StartTimeout)
+	defer cancel()
+	link, _ := c.link(lnm)
+	var out LNMResults
+	var err error
+	if link == nil {
+		err = fmt.Errorf("LNM %q disconnected", lnm)
+	} else {
+		out, err = link.Start(ctx, LNMStartArgs{VMs: vms, Args: args})
+	}
+	byName := make(map[string]VMResult, len(out.Results))
+	for _, r := range out.Results {
+		byName[r.Name] = r
+	}
+	var evs []Event
+	var acks []*VM
+	c.st.mu.Lock()
+	for _, want := range vms {
+		r, got := byName[want.Name]
+		vm := c.st.vms[want.Name]
+		if vm == nil {
+			res.set(VMResult{Name: want.Name, Error: "removed while starting"})
+			continue
+		}
+		switch {
+		case err != nil && !got:
+			// The LNM's fate is unknown: the VM may or may not run there.
+			msg := fmt.Sprintf("start on LNM %s failed: %v", lnm, err)
+			c.st.setStateLocked(vm, StateLost, msg)
+			res.set(VMResult{Name: vm.Name, Error: msg + " (VM marked lost)", State: StateLost, LNM: lnm})
+			evs = append(evs, Event{Type: EvStartComplete, VM: vm.Clone(), User: vm.Owner, LNM: lnm, Req: reqID, Error: msg},
+				Event{Type: EvVMLost, VM: vm.Clone(), User: vm.Owner, LNM: lnm})
+		case r.OK:
+			st := r.State
+			if st == "" {
+				st = StateRunning
+			}
+			if vm.State == StateStarting || vm.State == StatePending {
+				c.st.setStateLocked(vm, st, "started")
+			}
+			cl := vm.Clone()
+			acks = append(acks, cl)
+			res.set(VMResult{Name: vm.Name, OK: true, State: vm.State, LNM: lnm, VM: cl})
+			evs = append(evs, Event{Type: EvStartComplete, VM: cl, User: vm.Owner, LNM: lnm, Req: reqID, OK: true},
+				Event{Type: EvStateChanged, VM: cl, User: vm.Owner, LNM: lnm})
+		default:
+			msg := r.Error
+			if msg == "" {
+				msg = "LNM returned no result"
+			}
+			c.st.setStateLocked(vm, StateFailed, msg)
+			cl := vm.Clone()
+			c.st.removeLocked(vm)
+			res.set(VMResult{Name: vm.Name, Error: msg, State: StateFailed, LNM: lnm})
+			evs = append(evs, Event{Type: EvStartComplete, VM: cl, User: vm.Owner, LNM: lnm, Req: reqID, Error: msg})
+		}
+	}
+	c.st.mu.Unlock()
+	c.ack(lnm, acks, nil)
+	c.emit(evs...)
+}
+
+// ---------------------------------------------------------------------------
+// op_on
+
+// OpOn implements op_on(operation, vm list).
+func (c *Controller) OpOn(ctx context.Context, id Identity, a OpArgs) (*Result, error) {
+	if a.ID != "" {
+		f, leader := c.idem.begin(id.User + "\x00op\x00" + a.ID)
+		if !leader {
+			return f.wait(ctx)
+		}
+		res, err := c.opOn(ctx, id, a, false)
+		f.finish(res, err)
+		return res, err
+	}
+	return c.opOn(ctx, id, a, false)
+}
+
+func (c *Controller) opOn(ctx context.Context, id Identity, a OpArgs, dry bool) (*Result, error) {
+	op, err := ParseOp(string(a.Op))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	if err := c.checkList(len(a.VMs)); err != nil {
+		return nil, err
+	}
+	req := &Request{ID: a.ID, Kind: KindOp, User: id, Op: op, Args: a.Args, DryRun: dry}
+	c.resolve(id, a.VMs, req)
+	if err := c.runChain(ctx, EvOpRequest, req); err != nil {
+		return nil, err
+	}
+	res := &outcome{done: map[string]VMResult{}}
+	groups := map[string][]string{}
+	var order, names []string
+	for _, rv := range req.VMs {
+		names = append(names, rv.Name)
+		vm, ok := c.st.VM(rv.Name)
+		if !ok {
+			res.set(VMResult{Name: rv.Name, Error: "no such VM"})
+			continue
+		}
+		l, known := c.st.LNM(vm.LNM)
+		if !known || l.State != LNMConnected {
+			res.set(VMResult{Name: rv.Name, Error: fmt.Sprintf("LNM %q is not connected (VM is %s)", vm.LNM, vm.State)})
+			continue
+		}
+		if dry {
+			res.set(VMResult{Name: rv.Name, OK: true, LNM: vm.LNM, State: vm.State})
+			continue
+		}
+		if _, seen := groups[vm.LNM]; !seen {
+			order = append(order, vm.LNM)
+		}
+		groups[vm.LNM] = append(groups[vm.LNM], vm.Name)
+	}
+	if dry || len(groups) == 0 {
+		return res.result(a.ID, len(a.VMs), names, req.Dropped, req.Trace, ""), nil
+	}
+	var wg sync.WaitGroup
+	for _, lnm := range order {
+		batch := groups[lnm]
+		wg.Add(1)
+		c.wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.wg.Done()
+			c.opBatch(lnm, op, batch, a.Args, a.ID, res)
+		}()
+	}
+	pending := ""
+	if !batchWait(ctx, &wg) {
+		pending = "still in progress when the request's deadline passed; watch its state"
+	}
+	return res.result(a.ID, len(a.VMs), names, req.Dropped, req.Trace, pending), nil
+}
+
+func (c *Controller) opBatch(lnm string, op Op, names []string, args map[string]string, reqID string, res *outcome) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.OpTimeout)
+	defer cancel()
+	link, _ := c.link(lnm)
+	var out LNMResults
+	var err error
+	if link == nil {
+		err = fmt.Errorf("LNM %q disconnected", lnm)
+	} else {
+		out, err = link.OpOn(ctx, LNMOpArgs{Op: op, Names: names, Args: args})
+	}
+	byName := make(map[string]VMResult, len(out.Results))
+	for _, r := range out.Results {
+		byName[r.Name] = r
+	}
+	var evs []Event
+	var acks []*VM
+	var forget []string
+	c.st.mu.Lock()
+	for _, n := range names {
+		r, got := byName[n]
+		vm := c.st.vms[n]
+		if vm == nil {
+			res.set(VMResult{Name: n, Error: "VM vanished during the operation"})
+			continue
+		}
+		detail := map[string]string{"op": string(op)}
+		switch {
+		case !got:
+			msg := "LNM returned no result"
+			if err != nil {
+				msg = fmt.Sprintf("%s on LNM %s failed: %v", op, lnm, err)
+			}
+			res.set(VMResult{Name: n, Error: msg, State: vm.State, LNM: lnm})
+			evs = append(evs, Event{Type: EvOpComplete, VM: vm.Clone(), User: vm.Owner, LNM: lnm, Req: reqID, Error: msg, Detail: detail})
+		case !r.OK:
+			res.set(VMResult{Name: n, Error: r.Error, State: vm.State, LNM: lnm})
+			evs = append(evs, Event{Type: EvOpComplete, VM: vm.Clone(), User: vm.Owner, LNM: lnm, Req: reqID, Error: r.Error, Detail: detail})
+		case op == OpDestroy:
+			c.st.setStateLocked(vm, StateDestroyed, "destroyed")
+			cl := vm.Clone()
+			c.st.removeLocked(vm)
+			forget = append(forget, n)
+			res.set(VMResult{Name: n, OK: true, State: StateDestroyed, LNM: lnm, VM: cl})
+			evs = append(evs, Event{Type: EvOpComplete, VM: cl, User: cl.Owner, LNM: lnm, Req: reqID, OK: true, Detail: detail},
+				Event{Type: EvStateChanged, VM: cl, User: cl.Owner, LNM: lnm})
+		default:
+			changed := c.st.setStateLocked(vm, r.State, string(op))
+			cl := vm.Clone()
+			acks = append(acks, cl)
+			res.set(VMResult{Name: n, OK: true, State: vm.State, LNM: lnm, VM: cl})
+			evs = append(evs, Event{Type: EvOpComplete, VM: cl, User: vm.Owner, LNM: lnm, Req: reqID, OK: true, Detail: detail})
+			if changed || op == OpReboot || op == OpCycle {
+				evs = append(evs, Event{Type: EvStateChanged, VM: cl, User: vm.Owner, LNM: lnm, Detail: detail})
+			}
+		}
+	}
+	c.st.mu.Unlock()
+	c.ack(lnm, acks, forget)
+	c.emit(evs...)
+}
+
+// ---------------------------------------------------------------------------
+// migrate
+
+// Migrate implements migrate(vm list, lnm list).
+func (c *Controller) Migrate(ctx context.Context, id Identity, a MigrateArgs) (*Result, error) {
+	if a.ID != "" {
+		f, leader := c.idem.begin(id.User + "\x00migrate\x00" + a.ID)
+		if !leader {
+			return f.wait(ctx)
+		}
+		res, err := c.migrate(ctx, id, a, false)
+		f.finish(res, err)
+		return res, err
+	}
+	return c.migrate(ctx, id, a, false)
+}
+
+type mkey struct{ src, dst string }
+
+func (c *Controller) migrate(ctx context.Context, id Identity, a MigrateArgs, dry bool) (*Result, error) {
+	if err := c.checkList(len(a.VMs)); err != nil {
+		return nil, err
+	}
+	req := &Request{ID: a.ID, Kind: KindMigrate, User: id, LNMs: a.LNMs, Args: a.Args, DryRun: dry}
+	c.resolve(id, a.VMs, req)
+	if err := c.runChain(ctx, EvMigrateRequest, req); err != nil {
+		return nil, err
+	}
+	res := &outcome{done: map[string]VMResult{}}
+	groups := map[mkey][]*VM{}
+	var order []mkey
+	var names []string
+	for _, rv := range req.VMs {
+		names = append(names, rv.Name)
+		vm, ok := c.st.VM(rv.Name)
+		if !ok {
+			res.set(VMResult{Name: rv.Name, Error: "no such VM"})
+			continue
+		}
+		if rv.Target == "" {
+			res.set(VMResult{Name: rv.Name, Error: "no migration target chosen by policy"})
+			continue
+		}
+		if rv.Target == vm.LNM {
+			res.set(VMResult{Name: rv.Name, Error: fmt.Sprintf("already on %s", vm.LNM)})
+			continue
+		}
+		if vm.State != StateRunning && vm.State != StatePaused {
+			res.set(VMResult{Name: rv.Name, Error: fmt.Sprintf("cannot migrate a VM that is %s", vm.State)})
+			continue
+		}
+		src, ok1 := c.st.LNM(vm.LNM)
+		dst, ok2 := c.st.LNM(rv.Target)
+		if !ok1 || src.State != LNMConnected {
+			res.set(VMResult{Name: rv.Name, Error: fmt.Sprintf("source LNM %q is not connected", vm.LNM)})
+			continue
+		}
+		if !ok2 || dst.State != LNMConnected {
+			res.set(VMResult{Name: rv.Name, Error: fmt.Sprintf("target LNM %q is not connected", rv.Target)})
+			continue
+		}
+		if dry {
+			res.set(VMResult{Name: rv.Name, OK: true, LNM: rv.Target, State: vm.State})
+			continue
+		}
+		k := mkey{vm.LNM, rv.Target}
+		if _, seen := groups[k]; !seen {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], vm)
+	}
+	if dry || len(groups) == 0 {
+		return res.result(a.ID, len(a.VMs), names, req.Dropped, req.Trace, ""), nil
+	}
+	var wg sync.WaitGroup
+	for _, k := range order {
+		vms := groups[k]
+		wg.Add(1)
+		c.wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.wg.Done()
+			c.migrateBatch(k.src, k.dst, vms, a.Args, a.ID, res)
+		}()
+	}
+	pending := ""
+	if !batchWait(ctx, &wg) {
+		pending = "still migrating when the request's deadline passed; watch its state"
+	}
+	return res.result(a.ID, len(a.VMs), names, req.Dropped, req.Trace, pending), nil
+}
+
+func (c *Controller) migrateBatch(src, dst string, vms []*VM, args map[string]string, reqID string, res *outcome) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.OpTimeout)
+	defer cancel()
+	slink, _ := c.link(src)
+	dlink, _ := c.link(dst)
+	dl, _ := c.st.LNM(dst)
+	fail := func(vmName, msg string) {
+		res.set(VMResult{Name: vmName, Error: msg, LNM: src})
+	}
+	if slink == nil || dlink == nil || dl == nil {
+		for _, v := range vms {
+			fail(v.Name, "source or target LNM disconnected")
+		}
+		return
+	}
+	prev := map[string]VMState{}
+	var evs []Event
+	c.st.mu.Lock()
+	for _, v := range vms {
+		if vm := c.st.vms[v.Name]; vm != nil {
+			prev[v.Name] = vm.State
+			c.st.setStateLocked(vm, StateMigrating, "to "+dst)
+			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Clone(), User: vm.Owner, LNM: src})
+		}
+	}
+	c.st.mu.Unlock()
+	c.emit(evs...)
+	evs = nil
+	// 1. The destination prepares (a no-op for peer-to-peer hypervisors).
+	prep, err := dlink.Prepare(ctx, LNMStartArgs{VMs: vms, Args: args})
+	ready := map[string]bool{}
+	for _, r := range prep.Results {
+		if r.OK {
+			ready[r.Name] = true
+		}
+	}
+	var names []string
+	for _, v := range vms {
+		if ready[v.Name] {
+			names = append(names, v.Name)
+		}
+	}
+	// 2. The source migrates.
+	var out LNMResults
+	var merr error
+	if len(names) > 0 {
+		out, merr = slink.Migrate(ctx, LNMMigrateArgs{Names: names, Target: dst, Address: dl.Info.Address, Args: args})
+	}
+	okm := map[string]VMResult{}
+	for _, r := range out.Results {
+		okm[r.Name] = r
+	}
+	var abort []*VM
+	var dstAcks []*VM
+	var srcForget []string
+	var srcAcks []*VM
+	c.st.mu.Lock()
+	for _, v := range vms {
+		vm := c.st.vms[v.Name]
+		if vm == nil {
+			fail(v.Name, "VM vanished during migration")
+			continue
+		}
+		r, got := okm[v.Name]
+		switch {
+		case !ready[v.Name]:
+			msg := "target could not prepare the migration"
+			if err != nil {
+				msg += ": " + err.Error()
+			}
+			for _, pr := range prep.Results {
+				if pr.Name == v.Name && pr.Error != "" {
+					msg = "target refused: " + pr.Error
+				}
+			}
+			c.st.setStateLocked(vm, prev[v.Name], "migration failed")
+			srcAcks = append(srcAcks, vm.Clone())
+			fail(v.Name, msg)
+		case got && r.OK:
+			c.st.moveLocked(vm, dst)
+			st := r.State
+			if st == "" {
+				st = prev[v.Name]
+			}
+			c.st.setStateLocked(vm, st, "migrated from "+src)
+			cl := vm.Clone()
+			dstAcks = append(dstAcks, cl)
+			srcForget = append(srcForget, v.Name)
+			res.set(VMResult{Name: v.Name, OK: true, State: vm.State, LNM: dst, VM: cl})
+			evs = append(evs, Event{Type: EvMigrateDone, VM: cl, User: vm.Owner, LNM: dst, Req: reqID, OK: true, Detail: map[string]string{"from": src, "to": dst}},
+				Event{Type: EvStateChanged, VM: cl, User: vm.Owner, LNM: dst, Detail: map[string]string{"from": src, "to": dst}})
+		default:
+			msg := r.Error
+			if msg == "" && merr != nil {
+				msg = merr.Error()
+			}
+			if msg == "" {
+				msg = "source returned no result"
+			}
+			c.st.setStateLocked(vm, prev[v.Name], "migration failed")
+			srcAcks = append(srcAcks, vm.Clone())
+			abort = append(abort, v)
+			fail(v.Name, "migration failed, VM stays on "+src+": "+msg)
+			evs = append(evs, Event{Type: EvMigrateDone, VM: vm.Clone(), User: vm.Owner, LNM: src, Req: reqID, Error: msg})
+		}
+	}
+	c.st.mu.Unlock()
+	if len(abort) > 0 {
+		actx, acancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if _, err := dlink.Prepare(actx, LNMStartArgs{VMs: abort, Args: map[string]string{"abort": "1"}}); err != nil {
+			c.log.Warn("aborting incoming migration failed", "lnm", dst, "err", err)
+		}
+		acancel()
+	}
+	c.ack(dst, dstAcks, nil)
+	c.ack(src, srcAcks, srcForget)
+	c.emit(evs...)
+}
+
+// ---------------------------------------------------------------------------
+// plan
+
+// Plan dry-runs a request through the live chain and returns the decision
+// trace; nothing changes.
+func (c *Controller) Plan(ctx context.Context, id Identity, a PlanArgs) (*Result, error) {
+	switch {
+	case a.Start != nil:
+		return c.start(ctx, id, *a.Start, true)
+	case a.Op != nil:
+		return c.opOn(ctx, id, *a.Op, true)
+	case a.Migrate != nil:
+		return c.migrate(ctx, id, *a.Migrate, true)
+	}
+	return nil, fmt.Errorf("%w: plan needs a start, op or migrate request", ErrBadRequest)
+}
+
+// sortedKeys is a helper for deterministic iteration.
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

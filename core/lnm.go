@@ -1,0 +1,367 @@
+package core
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// acker batches cached-object updates to one LNM: the controller's update of
+// a cached VM object is the acknowledgement of a state change. One goroutine
+// per LNM drains the batch, so acks never block the controller.
+type acker struct {
+	mu     sync.Mutex
+	vms    map[string]*VM
+	forget map[string]bool
+	kick   chan struct{}
+	stop   chan struct{}
+	link   LNMLink
+	c      *Controller
+	lnm    string
+}
+
+func newAcker(c *Controller, lnm string, link LNMLink) *acker {
+	a := &acker{vms: map[string]*VM{}, forget: map[string]bool{}, kick: make(chan struct{}, 1),
+		stop: make(chan struct{}), link: link, c: c, lnm: lnm}
+	go a.run()
+	return a
+}
+
+func (a *acker) add(vms []*VM, forget []string) {
+	if len(vms) == 0 && len(forget) == 0 {
+		return
+	}
+	a.mu.Lock()
+	for _, v := range vms {
+		a.vms[v.Name] = v
+		delete(a.forget, v.Name)
+	}
+	for _, n := range forget {
+		a.forget[n] = true
+		delete(a.vms, n)
+	}
+	a.mu.Unlock()
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (a *acker) run() {
+	for {
+		select {
+		case <-a.stop:
+			return
+		case <-a.kick:
+		}
+		a.mu.Lock()
+		args := ReceiveArgs{VMs: make([]*VM, 0, len(a.vms))}
+		for _, v := range a.vms {
+			args.VMs = append(args.VMs, v)
+		}
+		for n := range a.forget {
+			args.Forget = append(args.Forget, n)
+		}
+		a.vms = map[string]*VM{}
+		a.forget = map[string]bool{}
+		a.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := a.link.Receive(ctx, args)
+		cancel()
+		if err != nil {
+			// The LNM re-reports unacknowledged changes on its next scan.
+			a.c.log.Debug("receive to LNM failed", "lnm", a.lnm, "err", err)
+		}
+	}
+}
+
+func (a *acker) close() {
+	select {
+	case <-a.stop:
+	default:
+		close(a.stop)
+	}
+}
+
+func (c *Controller) ack(lnm string, vms []*VM, forget []string) {
+	if len(vms) == 0 && len(forget) == 0 {
+		return
+	}
+	c.st.mu.RLock()
+	l := c.st.lnms[lnm]
+	var a *acker
+	if l != nil {
+		a = l.acks
+	}
+	c.st.mu.RUnlock()
+	if a != nil {
+		a.add(vms, forget)
+	}
+}
+
+// AttachLNM records a connected LNM and rebuilds its part of the global
+// state from what it reports: each domain on the node with the cached VM
+// object it holds. Managed VMs (names ending in the Usher domain) are
+// adopted, others go on the unmanaged list, VMs the controller expected
+// there but the node lacks become missing. It returns a generation number
+// that DetachLNM must quote, so a stale session cannot detach a newer one.
+func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, link LNMLink, domains []Domain) (uint64, error) {
+	if err := ValidLabel(info.Name); err != nil {
+		return 0, fmt.Errorf("%w: LNM name: %v", ErrBadRequest, err)
+	}
+	gen := c.gen.Add(1)
+	var evs []Event
+	var acks []*VM
+	c.st.mu.Lock()
+	l := c.st.lnms[info.Name]
+	if l == nil {
+		l = &lnmRec{vms: map[string]*VM{}}
+		c.st.lnms[info.Name] = l
+	}
+	if l.acks != nil {
+		l.acks.close()
+	}
+	l.lnm.Info = info
+	l.lnm.State = LNMConnected
+	l.lnm.Since = now()
+	l.link = link
+	l.gen = gen
+	l.acks = newAcker(c, info.Name, link)
+	oldUnmanaged := l.unmanaged
+	l.unmanaged = map[string]*VM{}
+	seen := make(map[string]bool, len(domains))
+	for _, d := range domains {
+		seen[d.Name] = true
+		short, owner, managed := ParseFullName(d.Name, c.cfg.Domain)
+		vm := c.st.vms[d.Name]
+		switch {
+		case vm != nil:
+			if vm.LNM != info.Name {
+				c.st.moveLocked(vm, info.Name)
+			}
+			if c.st.setStateLocked(vm, d.State, d.Reason) {
+				evs = append(evs, Event{Type: EvStateChanged, VM: vm.Clone(), User: vm.Owner, LNM: info.Name})
+			}
+			acks = append(acks, vm.Clone())
+		case managed:
+			vm = &VM{Name: d.Name, Short: short, Owner: owner, Cluster: ClusterOf(short), LNM: info.Name,
+				State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs, Version: 1, Created: now()}
+			if cv := d.Cached; cv != nil && cv.Name == d.Name && cv.Owner == owner {
+				// Recovery: the LNM's cached object carries what the name cannot.
+				if ValidLabel(cv.Cluster) == nil {
+					vm.Cluster = cv.Cluster
+				}
+				vm.Data = cloneMap(cv.Data)
+				if !cv.Created.IsZero() {
+					vm.Created = cv.Created
+				}
+				if cv.Version > 0 {
+					vm.Version = cv.Version + 1
+				}
+			}
+			c.st.insertLocked(vm)
+			acks = append(acks, vm.Clone())
+			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Clone(), User: vm.Owner, LNM: info.Name,
+				Detail: map[string]string{"adopted": "true"}})
+		default:
+			u := &VM{Name: d.Name, LNM: info.Name, State: d.State, MemMB: d.MemMB, VCPUs: d.VCPUs, Unmanage: true, Created: now()}
+			if prev := oldUnmanaged[d.Name]; prev != nil {
+				u.Created = prev.Created
+			}
+			l.unmanaged[d.Name] = u
+			if oldUnmanaged[d.Name] == nil {
+				evs = append(evs, Event{Type: EvVMUnmanaged, VM: u.Clone(), LNM: info.Name})
+			}
+		}
+	}
+	for name, vm := range l.vms {
+		if seen[name] {
+			continue
+		}
+		if vm.State == StateMigrating {
+			continue
+		}
+		if c.st.setStateLocked(vm, StateMissing, "not found on "+info.Name+" when it reconnected") {
+			evs = append(evs, Event{Type: EvVMMissing, VM: vm.Clone(), User: vm.Owner, LNM: info.Name})
+		}
+	}
+	st := l.lnm
+	c.st.mu.Unlock()
+	evs = append([]Event{{Type: EvLNMConnected, LNM: info.Name, Detail: map[string]string{"address": st.Info.Address}}}, evs...)
+	// A full sync replaces the LNM's cache.
+	go func() {
+		rctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if err := link.Receive(rctx, ReceiveArgs{VMs: acks, Forget: []string{"*"}}); err != nil {
+			c.log.Warn("initial receive to LNM failed", "lnm", info.Name, "err", err)
+		}
+	}()
+	c.emit(evs...)
+	c.log.Info("LNM connected", "lnm", info.Name, "domains", len(domains))
+	return gen, nil
+}
+
+// DetachLNM marks an LNM disconnected and every VM on it lost; nothing else
+// is assumed about those VMs.
+func (c *Controller) DetachLNM(name string, gen uint64, reason string) {
+	var evs []Event
+	c.st.mu.Lock()
+	l := c.st.lnms[name]
+	if l == nil || l.gen != gen {
+		c.st.mu.Unlock()
+		return
+	}
+	if l.acks != nil {
+		l.acks.close()
+		l.acks = nil
+	}
+	l.link = nil
+	l.lnm.State = LNMDisconnected
+	l.lnm.Since = now()
+	for _, vm := range l.vms {
+		if vm.State == StateLost {
+			continue
+		}
+		c.st.setStateLocked(vm, StateLost, "LNM "+name+" failed: "+reason)
+		evs = append(evs, Event{Type: EvVMLost, VM: vm.Clone(), User: vm.Owner, LNM: name})
+	}
+	c.st.mu.Unlock()
+	c.log.Warn("LNM disconnected; its VMs are lost", "lnm", name, "vms", len(evs), "reason", reason)
+	c.emit(append([]Event{{Type: EvLNMLost, LNM: name, Error: reason}}, evs...)...)
+}
+
+// HandleReport applies one frame of an LNM's event stream: state changes of
+// its domains (acknowledged by updating the LNM's cached objects) and usage.
+func (c *Controller) HandleReport(lnm string, gen uint64, r LNMReport) {
+	var evs []Event
+	var acks []*VM
+	c.st.mu.Lock()
+	l := c.st.lnms[lnm]
+	if l == nil || l.gen != gen {
+		c.st.mu.Unlock()
+		return
+	}
+	if r.Node != nil {
+		l.lnm.Status = *r.Node
+	}
+	for name, u := range r.Usage {
+		if vm := l.vms[name]; vm != nil {
+			uc := u
+			vm.Usage = &uc
+		} else if um := l.unmanaged[name]; um != nil {
+			uc := u
+			um.Usage = &uc
+		}
+	}
+	for _, d := range r.Changes {
+		vm := c.st.vms[d.Name]
+		short, owner, managed := ParseFullName(d.Name, c.cfg.Domain)
+		switch {
+		case vm != nil && vm.LNM != lnm:
+			if vm.State == StateMigrating {
+				continue // the destination reports before the migration is recorded
+			}
+			if d.State == StateMissing || d.State == StateDestroyed {
+				continue // a stale copy on a node the VM left
+			}
+			c.st.moveLocked(vm, lnm)
+			if c.st.setStateLocked(vm, d.State, d.Reason) {
+				evs = append(evs, Event{Type: EvStateChanged, VM: vm.Clone(), User: vm.Owner, LNM: lnm})
+			}
+			acks = append(acks, vm.Clone())
+		case vm != nil:
+			if vm.State == StateMigrating && d.State != StateMissing {
+				continue
+			}
+			if d.State == StateMissing || d.State == StateDestroyed {
+				if vm.State == StateStarting || vm.State == StatePending {
+					continue // not booted yet
+				}
+				if c.st.setStateLocked(vm, StateMissing, d.Reason) {
+					evs = append(evs, Event{Type: EvVMMissing, VM: vm.Clone(), User: vm.Owner, LNM: lnm})
+				}
+				acks = append(acks, vm.Clone())
+				continue
+			}
+			if c.st.setStateLocked(vm, d.State, d.Reason) {
+				evs = append(evs, Event{Type: EvStateChanged, VM: vm.Clone(), User: vm.Owner, LNM: lnm})
+			}
+			acks = append(acks, vm.Clone())
+		case d.State == StateMissing || d.State == StateDestroyed:
+			delete(l.unmanaged, d.Name)
+		case managed:
+			vm = &VM{Name: d.Name, Short: short, Owner: owner, Cluster: ClusterOf(short), LNM: lnm, State: d.State,
+				Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs, Version: 1, Created: now()}
+			c.st.insertLocked(vm)
+			acks = append(acks, vm.Clone())
+			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Clone(), User: owner, LNM: lnm, Detail: map[string]string{"adopted": "true"}})
+		default:
+			u := l.unmanaged[d.Name]
+			if u == nil {
+				u = &VM{Name: d.Name, LNM: lnm, Unmanage: true, Created: now()}
+				l.unmanaged[d.Name] = u
+				u.State, u.MemMB, u.VCPUs = d.State, d.MemMB, d.VCPUs
+				evs = append(evs, Event{Type: EvVMUnmanaged, VM: u.Clone(), LNM: lnm})
+			} else {
+				u.State = d.State
+			}
+		}
+	}
+	c.st.mu.Unlock()
+	c.ack(lnm, acks, nil)
+	c.emit(evs...)
+}
+
+// ---------------------------------------------------------------------------
+// Idempotent requests: a retried request with the same id gets the first
+// attempt's result instead of running again.
+
+type future struct {
+	done chan struct{}
+	res  *Result
+	err  error
+	at   time.Time
+}
+
+func (f *future) finish(r *Result, err error) {
+	f.res, f.err = r, err
+	close(f.done)
+}
+
+func (f *future) wait(ctx context.Context) (*Result, error) {
+	select {
+	case <-f.done:
+		return f.res, f.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: waiting for the first attempt of this request: %v", ErrUnavailable, ctx.Err())
+	}
+}
+
+type idemCache struct {
+	mu    sync.Mutex
+	m     map[string]*future
+	order []string
+	max   int
+	ttl   time.Duration
+}
+
+func newIdemCache(max int, ttl time.Duration) *idemCache {
+	return &idemCache{m: map[string]*future{}, max: max, ttl: ttl}
+}
+
+func (c *idemCache) begin(key string) (*future, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f, ok := c.m[key]; ok && time.Since(f.at) < c.ttl {
+		return f, false
+	}
+	f := &future{done: make(chan struct{}), at: time.Now()}
+	c.m[key] = f
+	c.order = append(c.order, key)
+	for len(c.order) > c.max {
+		delete(c.m, c.order[0])
+		c.order = c.order[1:]
+	}
+	return f, true
+}

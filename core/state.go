@@ -1,0 +1,336 @@
+package core
+
+import (
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+type clusterKey struct{ owner, name string }
+
+type clusterRec struct {
+	vms  map[string]*VM
+	next int // next index handed out for <cluster><index> names
+}
+
+type lnmRec struct {
+	lnm       LNM
+	link      LNMLink
+	gen       uint64
+	vms       map[string]*VM
+	unmanaged map[string]*VM
+	acks      *acker
+}
+
+// State is the controller's global state: running VMs, LNMs, virtual
+// clusters and the lost, missing and unmanaged lists, with indices so that
+// no request scans every VM. All fields are guarded by mu.
+type State struct {
+	mu       sync.RWMutex
+	domain   string
+	vms      map[string]*VM
+	owners   map[string]map[string]*VM
+	clusters map[clusterKey]*clusterRec
+	lnms     map[string]*lnmRec
+	lost     map[string]*VM
+	missing  map[string]*VM
+}
+
+func newState(domain string) *State {
+	return &State{
+		domain:   domain,
+		vms:      map[string]*VM{},
+		owners:   map[string]map[string]*VM{},
+		clusters: map[clusterKey]*clusterRec{},
+		lnms:     map[string]*lnmRec{},
+		lost:     map[string]*VM{},
+		missing:  map[string]*VM{},
+	}
+}
+
+// indexOf parses the trailing index of short relative to cluster.
+func indexOf(short, cluster string) (int, bool) {
+	if !strings.HasPrefix(short, cluster) {
+		return 0, false
+	}
+	n, err := strconv.Atoi(short[len(cluster):])
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return n, true
+}
+
+// insertLocked adds a VM to every index. The caller holds mu.
+func (s *State) insertLocked(vm *VM) bool {
+	if _, ok := s.vms[vm.Name]; ok {
+		return false
+	}
+	s.vms[vm.Name] = vm
+	o := s.owners[vm.Owner]
+	if o == nil {
+		o = map[string]*VM{}
+		s.owners[vm.Owner] = o
+	}
+	o[vm.Name] = vm
+	k := clusterKey{vm.Owner, vm.Cluster}
+	c := s.clusters[k]
+	if c == nil {
+		c = &clusterRec{vms: map[string]*VM{}, next: 1}
+		s.clusters[k] = c
+	}
+	c.vms[vm.Name] = vm
+	if n, ok := indexOf(vm.Short, vm.Cluster); ok && n >= c.next {
+		c.next = n + 1
+	}
+	if l := s.lnms[vm.LNM]; l != nil {
+		l.vms[vm.Name] = vm
+	}
+	s.trackListsLocked(vm)
+	return true
+}
+
+// removeLocked deletes a VM from every index.
+func (s *State) removeLocked(vm *VM) {
+	delete(s.vms, vm.Name)
+	if o := s.owners[vm.Owner]; o != nil {
+		delete(o, vm.Name)
+		if len(o) == 0 {
+			delete(s.owners, vm.Owner)
+		}
+	}
+	k := clusterKey{vm.Owner, vm.Cluster}
+	if c := s.clusters[k]; c != nil {
+		delete(c.vms, vm.Name)
+		if len(c.vms) == 0 {
+			delete(s.clusters, k)
+		}
+	}
+	if l := s.lnms[vm.LNM]; l != nil {
+		delete(l.vms, vm.Name)
+	}
+	delete(s.lost, vm.Name)
+	delete(s.missing, vm.Name)
+}
+
+// moveLocked re-homes a VM on another LNM.
+func (s *State) moveLocked(vm *VM, lnm string) {
+	if l := s.lnms[vm.LNM]; l != nil {
+		delete(l.vms, vm.Name)
+	}
+	vm.LNM = lnm
+	if l := s.lnms[lnm]; l != nil {
+		l.vms[vm.Name] = vm
+	}
+}
+
+// setStateLocked changes a VM's state, keeping the lost/missing lists.
+// It reports whether anything changed.
+func (s *State) setStateLocked(vm *VM, st VMState, reason string) bool {
+	if vm.State == st && vm.Reason == reason {
+		return false
+	}
+	vm.State = st
+	vm.Reason = reason
+	vm.Version++
+	s.trackListsLocked(vm)
+	return true
+}
+
+func (s *State) trackListsLocked(vm *VM) {
+	if vm.State == StateLost {
+		s.lost[vm.Name] = vm
+	} else {
+		delete(s.lost, vm.Name)
+	}
+	if vm.State == StateMissing {
+		s.missing[vm.Name] = vm
+	} else {
+		delete(s.missing, vm.Name)
+	}
+}
+
+// allocLocked reserves count fresh short names in a cluster.
+func (s *State) allocLocked(owner, cluster string, count int) []string {
+	k := clusterKey{owner, cluster}
+	c := s.clusters[k]
+	if c == nil {
+		c = &clusterRec{vms: map[string]*VM{}, next: 1}
+		s.clusters[k] = c
+	}
+	out := make([]string, 0, count)
+	for len(out) < count {
+		short := cluster + strconv.Itoa(c.next)
+		c.next++
+		if _, taken := s.vms[FullName(short, owner, s.domain)]; taken {
+			continue
+		}
+		out = append(out, short)
+	}
+	return out
+}
+
+// dropEmptyClusterLocked forgets a cluster record that allocation created
+// but no VM joined.
+func (s *State) dropEmptyClusterLocked(owner, cluster string) {
+	k := clusterKey{owner, cluster}
+	if c := s.clusters[k]; c != nil && len(c.vms) == 0 {
+		delete(s.clusters, k)
+	}
+}
+
+func cloneVMs(m map[string]*VM, withUsage bool, keep func(*VM) bool) []*VM {
+	out := make([]*VM, 0, len(m))
+	for _, v := range m {
+		if keep != nil && !keep(v) {
+			continue
+		}
+		c := v.Clone()
+		if !withUsage {
+			c.Usage = nil
+		}
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return lessVM(out[i], out[j]) })
+	return out
+}
+
+// lessVM orders VMs by owner, cluster, then natural index.
+func lessVM(a, b *VM) bool {
+	if a.Owner != b.Owner {
+		return a.Owner < b.Owner
+	}
+	if a.Cluster != b.Cluster {
+		return a.Cluster < b.Cluster
+	}
+	ai, aok := indexOf(a.Short, a.Cluster)
+	bi, bok := indexOf(b.Short, b.Cluster)
+	if aok && bok && ai != bi {
+		return ai < bi
+	}
+	return a.Name < b.Name
+}
+
+// --- StateView implementation ---
+
+// VM implements StateView.
+func (s *State) VM(name string) (*VM, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	v, ok := s.vms[name]
+	if !ok {
+		return nil, false
+	}
+	return v.Clone(), true
+}
+
+// VMsOf implements StateView.
+func (s *State) VMsOf(owner, cluster string) []*VM {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if cluster != "" {
+		c := s.clusters[clusterKey{owner, cluster}]
+		if c == nil {
+			return nil
+		}
+		return cloneVMs(c.vms, true, nil)
+	}
+	return cloneVMs(s.owners[owner], true, nil)
+}
+
+// VMsOn implements StateView.
+func (s *State) VMsOn(lnm string) []*VM {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	l := s.lnms[lnm]
+	if l == nil {
+		return nil
+	}
+	return cloneVMs(l.vms, true, nil)
+}
+
+// CountOf implements StateView.
+func (s *State) CountOf(owner string) int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.owners[owner])
+}
+
+// LNM implements StateView.
+func (s *State) LNM(name string) (*LNM, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	l := s.lnms[name]
+	if l == nil {
+		return nil, false
+	}
+	c := l.lnm
+	return &c, true
+}
+
+// LNMs implements StateView.
+func (s *State) LNMs() []*LNM {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*LNM, 0, len(s.lnms))
+	for _, l := range s.lnms {
+		c := l.lnm
+		out = append(out, &c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Info.Name < out[j].Info.Name })
+	return out
+}
+
+// Clusters implements StateView.
+func (s *State) Clusters(owner string) []Cluster {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []Cluster
+	for k, c := range s.clusters {
+		if (owner != "" && k.owner != owner) || len(c.vms) == 0 {
+			continue
+		}
+		cl := Cluster{Name: k.name, Owner: k.owner}
+		for _, v := range cloneVMs(c.vms, false, nil) {
+			cl.VMs = append(cl.VMs, v.Name)
+		}
+		out = append(out, cl)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Owner != out[j].Owner {
+			return out[i].Owner < out[j].Owner
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+// Domain implements StateView.
+func (s *State) Domain() string { return s.domain }
+
+// Counts summarises the state (for status and benchmarks).
+type Counts struct {
+	VMs, Running, Lost, Missing, Unmanaged, LNMs, Connected, Clusters int
+}
+
+// Counts returns the sizes of the state's lists.
+func (s *State) Counts() Counts {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c := Counts{VMs: len(s.vms), Lost: len(s.lost), Missing: len(s.missing), LNMs: len(s.lnms), Clusters: len(s.clusters)}
+	for _, l := range s.lnms {
+		c.Unmanaged += len(l.unmanaged)
+		if l.lnm.State == LNMConnected {
+			c.Connected++
+		}
+	}
+	for _, v := range s.vms {
+		if v.State == StateRunning {
+			c.Running++
+		}
+	}
+	return c
+}
+
+func now() time.Time { return time.Now().UTC() }

@@ -1,0 +1,427 @@
+package usher
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/usher-vm/usher/client"
+	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/core/coretest"
+	"github.com/usher-vm/usher/nodemgr"
+	"github.com/usher-vm/usher/nodemgr/sim"
+	"path/filepath"
+)
+
+func testSite(t *testing.T, lnms int, mut func(*SiteOptions)) (*Site, *coretest.Hooks) {
+	t.Helper()
+	h := coretest.New(map[string]string{"alice": "alice-pw", "bob": "bob-pw", "root": "root-pw"}, "root")
+	o := SiteOptions{Dir: t.TempDir(), LNMs: lnms, Hooks: h, Bind: func(c *core.Controller) { h.View = c.State() },
+		ReportInterval: 100 * time.Millisecond, ScanInterval: 200 * time.Millisecond, KeepAlive: time.Second}
+	if mut != nil {
+		mut(&o)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := StartSite(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s, h
+}
+
+// recorder collects a client's pushed events.
+type recorder struct {
+	mu  sync.Mutex
+	evs []core.Event
+	ch  chan struct{}
+}
+
+func record(c *client.Client) *recorder {
+	r := &recorder{ch: make(chan struct{}, 1)}
+	c.OnEvent(func(ev core.Event) {
+		r.mu.Lock()
+		r.evs = append(r.evs, ev)
+		r.mu.Unlock()
+		select {
+		case r.ch <- struct{}{}:
+		default:
+		}
+	})
+	return r
+}
+
+// waitFor waits until some recorded event satisfies ok.
+func (r *recorder) waitFor(t *testing.T, what string, ok func(core.Event) bool) core.Event {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		r.mu.Lock()
+		for _, ev := range r.evs {
+			if ok(ev) {
+				r.mu.Unlock()
+				return ev
+			}
+		}
+		r.mu.Unlock()
+		select {
+		case <-r.ch:
+		case <-deadline:
+			t.Fatalf("no pushed event: %s", what)
+		}
+	}
+}
+
+func (r *recorder) all() []core.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]core.Event(nil), r.evs...)
+}
+
+func simState(t *testing.T, s *Site, lnm, vm string) core.VMState {
+	t.Helper()
+	doms, err := s.Sim(lnm).List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range doms {
+		if d.Name == vm {
+			return d.State
+		}
+	}
+	return "absent"
+}
+
+func TestEndToEnd(t *testing.T) {
+	s, _ := testSite(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	alice, err := s.Client(ctx, "alice", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	rec := record(alice)
+
+	// start 10 VMs in cluster sneetch on three LNMs
+	res, err := alice.Start(ctx, core.StartArgs{Cluster: "sneetch", Count: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.OK() != 10 || res.Requested != 10 {
+		t.Fatalf("started %d of %d: %+v", res.OK(), res.Requested, res)
+	}
+	nodes := map[string]int{}
+	for _, d := range res.Done {
+		nodes[d.LNM]++
+		if st := simState(t, s, d.LNM, d.Name); st != core.StateRunning {
+			t.Fatalf("%s on %s is %s in the hypervisor", d.Name, d.LNM, st)
+		}
+		if !strings.HasSuffix(d.Name, ".alice.usher.local") || d.VM.Data["registered"] != "yes" {
+			t.Fatalf("bad VM object %+v", d.VM)
+		}
+	}
+	if len(nodes) != 3 {
+		t.Fatalf("placement used %d nodes: %v", len(nodes), nodes)
+	}
+	for i := 1; i <= 10; i++ {
+		name := fmt.Sprintf("sneetch%d.alice.usher.local", i)
+		rec.waitFor(t, "start_complete of "+name, func(ev core.Event) bool {
+			return ev.Type == core.EvStartComplete && ev.OK && ev.VM.Name == name
+		})
+	}
+	if got := len(alice.VMs()); got != 10 {
+		t.Fatalf("client cache holds %d VMs", got)
+	}
+
+	// every Table 3 operation, checked in the hypervisor and in pushed events
+	steps := []struct {
+		op   core.Op
+		set  string
+		want core.VMState
+	}{
+		{core.OpPause, "sneetch[1-3]", core.StatePaused},
+		{core.OpResume, "sneetch[1-3]", core.StateRunning},
+		{core.OpShutdown, "sneetch4", core.StateShutoff},
+		{core.OpCycle, "sneetch4", core.StateRunning},
+		{core.OpReboot, "/sneetch[56]/", core.StateRunning},
+		{core.OpHibernate, "sneetch7,sneetch8", core.StateHibernated},
+		{core.OpRestore, "sneetch7 sneetch8", core.StateRunning},
+		{core.OpDestroy, "sneetch10", "absent"},
+	}
+	for _, st := range steps {
+		names, err := alice.Expand(st.set)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := alice.OpOn(ctx, st.op, st.set, nil)
+		if err != nil {
+			t.Fatalf("%s %s: %v", st.op, st.set, err)
+		}
+		if r.OK() != len(names) {
+			t.Fatalf("%s %s: %d of %d ok: %+v", st.op, st.set, r.OK(), len(names), r.Done)
+		}
+		for _, d := range r.Done {
+			if got := simState(t, s, d.LNM, d.Name); got != st.want {
+				t.Fatalf("%s: %s is %s in the hypervisor, want %s", st.op, d.Name, got, st.want)
+			}
+			rec.waitFor(t, fmt.Sprintf("op_complete %s %s", st.op, d.Name), func(ev core.Event) bool {
+				return ev.Type == core.EvOpComplete && ev.OK && ev.VM.Name == d.Name && ev.Detail["op"] == string(st.op)
+			})
+		}
+	}
+	rec.waitFor(t, "paused state pushed", func(ev core.Event) bool {
+		return ev.Type == core.EvStateChanged && ev.VM.State == core.StatePaused && ev.VM.Short == "sneetch1"
+	})
+	if _, ok := alice.VM("sneetch10.alice.usher.local"); ok {
+		t.Fatal("destroyed VM still cached")
+	}
+
+	// migrate one VM to another node
+	vm, _ := alice.VM("sneetch1.alice.usher.local")
+	target := "node1"
+	if vm.LNM == target {
+		target = "node2"
+	}
+	r, err := alice.Migrate(ctx, "sneetch1", target)
+	if err != nil || r.OK() != 1 {
+		t.Fatalf("migrate: %v %+v", err, r)
+	}
+	if got := simState(t, s, target, vm.Name); got != core.StateRunning {
+		t.Fatalf("migrated VM is %s on %s", got, target)
+	}
+	if got := simState(t, s, vm.LNM, vm.Name); got != "absent" {
+		t.Fatalf("migrated VM still %s on source %s", got, vm.LNM)
+	}
+	rec.waitFor(t, "migration pushed", func(ev core.Event) bool {
+		return ev.Type == core.EvMigrateDone && ev.OK && ev.VM.Name == vm.Name && ev.VM.LNM == target
+	})
+	if v, _ := alice.VM(vm.Name); v.LNM != target {
+		t.Fatalf("cache says %s is on %s", vm.Name, v.LNM)
+	}
+
+	// list with status: usage averages arrive from the LNMs' reports
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		lr, err := alice.List(ctx, core.ListArgs{Status: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(lr.VMs) != 9 {
+			t.Fatalf("list: %d VMs", len(lr.VMs))
+		}
+		withUsage := 0
+		for _, v := range lr.VMs {
+			if v.Usage != nil && v.Usage.MemBytes.M1 > 0 {
+				withUsage++
+			}
+		}
+		if withUsage == 9 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d VMs have usage figures", withUsage)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a monotone condition, not synchronising
+	}
+	lnms, err := alice.ListLNMs(ctx, nil, true)
+	if err != nil || len(lnms) != 3 {
+		t.Fatalf("list_lnms: %v %d", err, len(lnms))
+	}
+	for _, l := range lnms {
+		if l.State != core.LNMConnected || l.Info.MemMB == 0 || l.Status.ReportedAt == 0 {
+			t.Fatalf("LNM record incomplete: %+v", l)
+		}
+	}
+
+	// a second user neither sees nor touches alice's VMs
+	bob, err := s.Client(ctx, "bob", "bob-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bob.Close()
+	bobRec := record(bob)
+	if n := len(bob.VMs()); n != 0 {
+		t.Fatalf("bob sees %d VMs", n)
+	}
+	if _, err := bob.Pause(ctx, "sneetch2"); err == nil || !strings.Contains(err.Error(), "no such VM") {
+		t.Fatalf("client-side check: %v", err)
+	}
+	br, err := bob.OpOnNames(ctx, core.OpDestroy, []string{"sneetch2.alice.usher.local"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if br.OK() != 0 || len(br.Dropped) != 1 {
+		t.Fatalf("bob destroyed alice's VM: %+v", br)
+	}
+	if got := simState(t, s, nodeOf(t, alice, "sneetch2.alice.usher.local"), "sneetch2.alice.usher.local"); got != core.StateRunning {
+		t.Fatalf("alice's VM is %s after bob's attempt", got)
+	}
+	if _, err := bob.List(ctx, core.ListArgs{All: true}); err == nil {
+		t.Fatal("bob listed everyone's VMs")
+	}
+	if lr, _ := bob.List(ctx, core.ListArgs{}); len(lr.VMs) != 0 {
+		t.Fatalf("bob lists %d VMs", len(lr.VMs))
+	}
+	// alice acts once more; bob must receive nothing of it
+	if _, err := alice.Pause(ctx, "sneetch2"); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitFor(t, "pause of sneetch2", func(ev core.Event) bool {
+		return ev.Type == core.EvOpComplete && ev.VM.Short == "sneetch2"
+	})
+	for _, ev := range bobRec.all() {
+		if ev.VM != nil && ev.VM.Owner == "alice" {
+			t.Fatalf("bob received alice's event %+v", ev)
+		}
+	}
+	// the admin sees everything
+	root, err := s.Client(ctx, "root", "root-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	if lr, err := root.List(ctx, core.ListArgs{All: true}); err != nil || len(lr.VMs) != 9 {
+		t.Fatalf("admin list: %v", err)
+	}
+}
+
+func nodeOf(t *testing.T, c *client.Client, name string) string {
+	v, ok := c.VM(name)
+	if !ok {
+		t.Fatalf("%s not cached", name)
+	}
+	return v.LNM
+}
+
+func TestBadRequests(t *testing.T) {
+	s, _ := testSite(t, 1, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := s.Client(ctx, "alice", "wrong"); err == nil || !strings.Contains(err.Error(), "unauthorized") {
+		t.Fatalf("wrong password: %v", err)
+	}
+	if _, err := s.Client(ctx, "alice", ""); err == nil {
+		t.Fatal("empty password accepted")
+	}
+	alice, err := s.Client(ctx, "alice", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	cases := []struct {
+		name string
+		call func() error
+		want string
+	}{
+		{"unknown op", func() error {
+			return alice.Call(ctx, core.MOpOn, core.OpArgs{Op: "explode", VMs: []string{"x"}}, nil)
+		}, "unknown operation"},
+		{"empty list", func() error {
+			return alice.Call(ctx, core.MOpOn, core.OpArgs{Op: core.OpPause}, nil)
+		}, "empty VM list"},
+		{"huge list", func() error {
+			return alice.Call(ctx, core.MOpOn, core.OpArgs{Op: core.OpPause, VMs: make([]string, 200001)}, nil)
+		}, "limit"},
+		{"huge start", func() error {
+			return alice.Call(ctx, core.MStart, core.StartArgs{Cluster: "x", Count: 1 << 30}, nil)
+		}, "limit"},
+		{"bad cluster", func() error {
+			return alice.Call(ctx, core.MStart, core.StartArgs{Cluster: "../etc", Count: 1}, nil)
+		}, "cluster"},
+		{"unknown method", func() error { return alice.Call(ctx, "format_disk", nil, nil) }, "unknown method"},
+		{"malformed args", func() error { return alice.Call(ctx, core.MStart, []int{1, 2}, nil) }, "malformed"},
+		{"unknown LNM suggestion", func() error {
+			r, err := alice.Start(ctx, core.StartArgs{Cluster: "web", Count: 1, LNMs: []string{"nowhere"}})
+			if err != nil {
+				return err
+			}
+			return fmt.Errorf("%s", r.Done[0].Error)
+		}, "not connected"},
+	}
+	for _, c := range cases {
+		err := c.call()
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want error containing %q", c.name, err, c.want)
+		}
+	}
+	r, err := alice.OpOnNames(ctx, core.OpPause, []string{"ghost.alice.usher.local"}, nil)
+	if err != nil || len(r.Dropped) != 1 || r.Dropped[0].Reason != "no such VM" {
+		t.Fatalf("unknown VM: %v %+v", err, r)
+	}
+	// the controller keeps serving
+	if r, err := alice.Start(ctx, core.StartArgs{Cluster: "ok", Count: 2}); err != nil || r.OK() != 2 {
+		t.Fatalf("after bad input: %v %+v", err, r)
+	}
+}
+
+func TestQuotaTrimReportsWhatWasDone(t *testing.T) {
+	s, h := testSite(t, 2, nil)
+	h.MaxVMs = 3
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	alice, err := s.Client(ctx, "alice", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	r, err := alice.Start(ctx, core.StartArgs{Cluster: "web", Count: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Requested != 5 || r.OK() != 3 || len(r.Dropped) != 2 || !strings.Contains(r.Dropped[0].Reason, "quota") {
+		t.Fatalf("quota result: %+v", r)
+	}
+}
+
+func TestLNMLossAndReturn(t *testing.T) {
+	s, _ := testSite(t, 2, func(o *SiteOptions) { o.SimPersist = true })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	alice, err := s.Client(ctx, "alice", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	rec := record(alice)
+	r, err := alice.Start(ctx, core.StartArgs{Cluster: "db", Count: 4, LNMs: []string{"node2"}})
+	if err != nil || r.OK() != 4 {
+		t.Fatalf("%v %+v", err, r)
+	}
+	s.StopLNM("node2")
+	for _, d := range r.Done {
+		rec.waitFor(t, "lost "+d.Name, func(ev core.Event) bool { return ev.Type == core.EvVMLost && ev.VM.Name == d.Name })
+	}
+	lr, _ := alice.List(ctx, core.ListArgs{Lists: true})
+	if len(lr.Lost) != 4 {
+		t.Fatalf("lost list has %d", len(lr.Lost))
+	}
+	// Behind Usher's back one VM vanishes while the LNM is down.
+	gone := r.Done[0].Name
+	if err := injectVanish(s, "node2", gone); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddLNM("node2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range r.Done[1:] {
+		rec.waitFor(t, "back "+d.Name, func(ev core.Event) bool {
+			return ev.Type == core.EvStateChanged && ev.VM.Name == d.Name && ev.VM.State == core.StateRunning
+		})
+	}
+	rec.waitFor(t, "missing "+gone, func(ev core.Event) bool { return ev.Type == core.EvVMMissing && ev.VM.Name == gone })
+}
+
+func injectVanish(s *Site, node, vm string) error {
+	return simInject(s.Opts.Dir, node, "vanish", vm)
+}
+
+var _ nodemgr.Driver = nil
+
+func simInject(dir, node, action, vm string) error {
+	return sim.Inject(filepath.Join(dir, "sim", node+".json"), action, vm)
+}

@@ -1,0 +1,672 @@
+package nodemgr
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/transport"
+)
+
+// Options configure a local node manager.
+type Options struct {
+	Name         string        // node name; must match the certificate's CN
+	Address      string        // advertised address (migration target)
+	Controller   string        // controller address host:port
+	TLS          *tls.Config   // client TLS with the LNM certificate
+	Driver       Driver        // the VMM
+	ScanInterval time.Duration // how often to look for missing or unexpected VMs
+	Parallel     int           // VM operations run at once per batch
+	Limits       transport.Limits
+	MinBackoff   time.Duration // reconnect backoff bounds
+	MaxBackoff   time.Duration
+	Logger       *slog.Logger
+}
+
+// LNM is a local node manager: it serves the Table 2 API to the controller
+// over the session it dials, reports state changes and usage, and keeps
+// the cached VM objects the controller sends it.
+type LNM struct {
+	opts Options
+	log  *slog.Logger
+	drv  Driver
+
+	mu       sync.Mutex
+	cache    map[string]*core.VM     // controller's objects
+	reported map[string]core.VMState // unmanaged domains already reported
+	avg      map[string]*core.Averager
+	nodeAvg  core.Averager
+	lastStat time.Time
+	usage    map[string]core.Usage
+	info     core.NodeInfo
+
+	connected atomic.Bool
+	sessions  atomic.Int64
+	kick      chan struct{} // asks the reporter for an immediate scan
+}
+
+// New builds an LNM.
+func New(o Options) (*LNM, error) {
+	if o.Driver == nil {
+		return nil, errors.New("lnm: no driver")
+	}
+	if err := core.ValidLabel(o.Name); err != nil {
+		return nil, fmt.Errorf("lnm: node name: %w", err)
+	}
+	if o.ScanInterval <= 0 {
+		o.ScanInterval = 10 * time.Second
+	}
+	if o.Parallel <= 0 {
+		o.Parallel = 16
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 200 * time.Millisecond
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 30 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &LNM{opts: o, log: o.Logger.With("lnm", o.Name), drv: o.Driver,
+		cache: map[string]*core.VM{}, reported: map[string]core.VMState{},
+		avg: map[string]*core.Averager{}, usage: map[string]core.Usage{}, kick: make(chan struct{}, 1)}, nil
+}
+
+// Connected reports whether a controller session is up.
+func (l *LNM) Connected() bool { return l.connected.Load() }
+
+// Sessions counts controller sessions established so far.
+func (l *LNM) Sessions() int64 { return l.sessions.Load() }
+
+// Run connects to the controller and serves it until ctx ends, reconnecting
+// with exponential backoff and jitter whenever the session drops.
+func (l *LNM) Run(ctx context.Context) error {
+	backoff := l.opts.MinBackoff
+	for {
+		start := time.Now()
+		err := l.session(ctx)
+		l.connected.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = l.opts.MinBackoff
+		}
+		l.log.Warn("controller session ended; reconnecting", "err", err, "in", backoff)
+		jitter := time.Duration(rand.Int64N(int64(backoff)/2 + 1))
+		select {
+		case <-time.After(backoff + jitter):
+		case <-ctx.Done():
+			return nil
+		}
+		backoff *= 2
+		if backoff > l.opts.MaxBackoff {
+			backoff = l.opts.MaxBackoff
+		}
+	}
+}
+
+func (l *LNM) nodeInfo(ctx context.Context) (core.NodeInfo, error) {
+	info, err := l.drv.NodeInfo(ctx)
+	if err != nil {
+		return info, fmt.Errorf("node info from %s driver: %w", l.drv.Kind(), err)
+	}
+	info.Name = l.opts.Name
+	if l.opts.Address != "" {
+		info.Address = l.opts.Address
+	}
+	info.Driver = l.drv.Kind()
+	l.mu.Lock()
+	l.info = info
+	l.mu.Unlock()
+	return info, nil
+}
+
+func (l *LNM) session(ctx context.Context) error {
+	s, err := transport.Dial(ctx, l.opts.Controller, l.opts.TLS, l.opts.Limits, l.log)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	s.SetMux(l.mux())
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go s.Serve(sctx)
+	info, err := l.nodeInfo(ctx)
+	if err != nil {
+		return err
+	}
+	var hello core.LNMHelloReply
+	hctx, hcancel := context.WithTimeout(ctx, 2*time.Minute)
+	err = s.Call(hctx, core.MLNMHello, core.LNMHello{Node: info}, &hello)
+	hcancel()
+	if err != nil {
+		return fmt.Errorf("registering with controller: %w", err)
+	}
+	interval := time.Duration(hello.ReportInterval) * time.Millisecond
+	if interval <= 0 {
+		interval = 5 * time.Second
+	}
+	st, err := s.OpenStream(ctx, core.MLNMEvents, nil)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	l.connected.Store(true)
+	l.sessions.Add(1)
+	l.log.Info("connected to controller", "controller", l.opts.Controller, "report_interval", interval)
+	return l.report(sctx, s, st, interval)
+}
+
+// report is the one writer of the event stream: driver events, scans and
+// periodic usage reports.
+func (l *LNM) report(ctx context.Context, s *transport.Session, st *transport.Stream, interval time.Duration) error {
+	scan := time.NewTicker(l.opts.ScanInterval)
+	defer scan.Stop()
+	rep := time.NewTicker(interval)
+	defer rep.Stop()
+	events := l.drv.Events()
+	// An immediate usage report tells the controller the node's capacity.
+	if err := l.sendUsage(ctx, st); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.Done():
+			return errors.New("session closed")
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			if ch := l.diffOne(ev); ch != nil {
+				if err := st.Send("report", core.LNMReport{Changes: []core.Domain{*ch}}); err != nil {
+					return err
+				}
+			}
+		case <-l.kick:
+			if err := l.sendScan(ctx, st); err != nil {
+				return err
+			}
+		case <-scan.C:
+			if err := l.sendScan(ctx, st); err != nil {
+				return err
+			}
+		case <-rep.C:
+			if err := l.sendUsage(ctx, st); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (l *LNM) sendScan(ctx context.Context, st *transport.Stream) error {
+	changes, err := l.scan(ctx)
+	if err != nil {
+		l.log.Warn("scan failed", "err", err)
+		return st.Send("beat", struct{}{})
+	}
+	if len(changes) == 0 {
+		return nil
+	}
+	return st.Send("report", core.LNMReport{Changes: changes})
+}
+
+func (l *LNM) sendUsage(ctx context.Context, st *transport.Stream) error {
+	r, err := l.sample(ctx)
+	if err != nil {
+		l.log.Warn("usage sample failed", "err", err)
+		return st.Send("beat", struct{}{})
+	}
+	return st.Send("report", r)
+}
+
+// settled reports whether a cached state needs no domain to exist.
+func settled(s core.VMState) bool {
+	switch s {
+	case core.StatePending, core.StateStarting, core.StateDestroyed, core.StateMissing, core.StateFailed, core.StateMigrating:
+		return true
+	}
+	return false
+}
+
+// diffOne turns a hypervisor event into a change to report, if the cached
+// object disagrees.
+func (l *LNM) diffOne(ev DomainEvent) *core.Domain {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c := l.cache[ev.Name]
+	if ev.Gone {
+		if c != nil {
+			if settled(c.State) {
+				return nil
+			}
+			reason := ev.Reason
+			if reason == "" {
+				reason = "vanished from the hypervisor"
+			}
+			return &core.Domain{Name: ev.Name, State: core.StateMissing, Reason: reason}
+		}
+		if _, ok := l.reported[ev.Name]; ok {
+			delete(l.reported, ev.Name)
+			return &core.Domain{Name: ev.Name, State: core.StateDestroyed, Reason: ev.Reason}
+		}
+		return nil
+	}
+	if c != nil {
+		if c.State == ev.State || c.State == core.StateMigrating {
+			return nil
+		}
+		return &core.Domain{Name: ev.Name, State: ev.State, Reason: ev.Reason, MemMB: c.MemMB, VCPUs: c.VCPUs, Cached: c.Clone()}
+	}
+	if l.reported[ev.Name] == ev.State {
+		return nil
+	}
+	l.reported[ev.Name] = ev.State
+	return &core.Domain{Name: ev.Name, State: ev.State, Reason: ev.Reason}
+}
+
+// scan compares every domain with the cached objects and returns the
+// differences: the fallback for missed or unsupported hypervisor events.
+func (l *LNM) scan(ctx context.Context) ([]core.Domain, error) {
+	doms, err := l.drv.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []core.Domain
+	seen := make(map[string]bool, len(doms))
+	for _, d := range doms {
+		seen[d.Name] = true
+		if c := l.cache[d.Name]; c != nil {
+			if c.State != d.State && c.State != core.StateMigrating && c.State != core.StateStarting {
+				out = append(out, core.Domain{Name: d.Name, State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs, Cached: c.Clone()})
+			}
+			continue
+		}
+		if l.reported[d.Name] != d.State {
+			l.reported[d.Name] = d.State
+			out = append(out, core.Domain{Name: d.Name, State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs})
+		}
+	}
+	for n, c := range l.cache {
+		if !seen[n] && !settled(c.State) {
+			out = append(out, core.Domain{Name: n, State: core.StateMissing, Reason: "not found on the hypervisor by a scan"})
+		}
+	}
+	for n := range l.reported {
+		if !seen[n] {
+			delete(l.reported, n)
+			out = append(out, core.Domain{Name: n, State: core.StateDestroyed, Reason: "gone"})
+		}
+	}
+	return out, nil
+}
+
+func (l *LNM) sample(ctx context.Context) (core.LNMReport, error) {
+	stats, err := l.drv.Stats(ctx)
+	if err != nil {
+		return core.LNMReport{}, err
+	}
+	doms, err := l.drv.List(ctx)
+	if err != nil {
+		return core.LNMReport{}, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	dt := now.Sub(l.lastStat)
+	l.lastStat = now
+	l.nodeAvg.Add(stats.Node, dt)
+	usage := make(map[string]core.Usage, len(stats.Domains))
+	for n, s := range stats.Domains {
+		a := l.avg[n]
+		if a == nil {
+			a = &core.Averager{}
+			l.avg[n] = a
+		}
+		a.Add(s, dt)
+		usage[n] = a.Usage()
+	}
+	for n := range l.avg {
+		if _, ok := stats.Domains[n]; !ok {
+			delete(l.avg, n)
+		}
+	}
+	l.usage = usage
+	st := core.NodeStatus{Usage: l.nodeAvg.Usage(), ReportedAt: now.UnixMilli(), FreeMemMB: l.info.MemMB, FreeVCPUs: l.info.CPUs}
+	for _, d := range doms {
+		if d.State == core.StateRunning || d.State == core.StatePaused {
+			st.VMs++
+			st.FreeMemMB -= d.MemMB
+			st.FreeVCPUs -= d.VCPUs
+		}
+	}
+	return core.LNMReport{Node: &st, Usage: usage}, nil
+}
+
+// ---------------------------------------------------------------------------
+// Table 2: the remote API served to the controller
+
+func decodeArgs(raw json.RawMessage, v any) error {
+	if len(raw) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return transport.Errorf(transport.CodeBadRequest, "malformed arguments: %v", err)
+	}
+	return nil
+}
+
+func handle[A any](f func(ctx context.Context, a A) (any, error)) transport.Handler {
+	return func(ctx context.Context, raw json.RawMessage) (any, error) {
+		var a A
+		if err := decodeArgs(raw, &a); err != nil {
+			return nil, err
+		}
+		return f(ctx, a)
+	}
+}
+
+type none struct{}
+
+func (l *LNM) mux() *transport.Mux {
+	m := transport.NewMux()
+	m.Handle(core.LGetNodeInfo, handle(func(ctx context.Context, _ none) (any, error) {
+		return l.nodeInfo(ctx)
+	}))
+	m.Handle(core.LGetNodeStatus, handle(func(ctx context.Context, _ none) (any, error) {
+		r, err := l.sample(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return r.Node, nil
+	}))
+	m.Handle(core.LListVMs, handle(func(ctx context.Context, _ none) (any, error) {
+		doms, err := l.drv.List(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("listing domains: %w", err)
+		}
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		rep := core.ListVMsReply{Domains: make([]core.Domain, 0, len(doms))}
+		for _, d := range doms {
+			cd := core.Domain{Name: d.Name, State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs}
+			if c := l.cache[d.Name]; c != nil {
+				cd.Cached = c.Clone()
+			}
+			l.reported[d.Name] = d.State
+			rep.Domains = append(rep.Domains, cd)
+		}
+		return rep, nil
+	}))
+	m.Handle(core.LGetDetails, handle(func(ctx context.Context, a core.NamesArgs) (any, error) {
+		doms, err := l.drv.List(ctx)
+		if err != nil {
+			return nil, err
+		}
+		want := map[string]bool{}
+		for _, n := range a.Names {
+			want[n] = true
+		}
+		rep := core.DetailsReply{}
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for _, d := range doms {
+			if len(want) == 0 || want[d.Name] {
+				cd := core.Domain{Name: d.Name, State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs}
+				if c := l.cache[d.Name]; c != nil {
+					cd.Cached = c.Clone()
+				}
+				rep.Domains = append(rep.Domains, cd)
+			}
+		}
+		return rep, nil
+	}))
+	m.Handle(core.LGetStatus, handle(func(ctx context.Context, a core.NamesArgs) (any, error) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		rep := core.DetailsReply{Usage: map[string]core.Usage{}}
+		for _, n := range a.Names {
+			if u, ok := l.usage[n]; ok {
+				rep.Usage[n] = u
+			}
+		}
+		return rep, nil
+	}))
+	m.Handle(core.LReceive, handle(func(ctx context.Context, a core.ReceiveArgs) (any, error) {
+		l.receive(a)
+		return struct{}{}, nil
+	}))
+	m.Handle(core.LStart, handle(func(ctx context.Context, a core.LNMStartArgs) (any, error) {
+		return l.start(ctx, a), nil
+	}))
+	m.Handle(core.LOpOn, handle(func(ctx context.Context, a core.LNMOpArgs) (any, error) {
+		if _, err := core.ParseOp(string(a.Op)); err != nil {
+			return nil, transport.Errorf(transport.CodeBadRequest, "%v", err)
+		}
+		return l.opOn(ctx, a), nil
+	}))
+	m.Handle(core.LPrepare, handle(func(ctx context.Context, a core.LNMStartArgs) (any, error) {
+		return l.prepare(ctx, a), nil
+	}))
+	m.Handle(core.LMigrate, handle(func(ctx context.Context, a core.LNMMigrateArgs) (any, error) {
+		return l.migrate(ctx, a), nil
+	}))
+	return m
+}
+
+// receive stores cached VM objects: the controller's acknowledgement.
+func (l *LNM) receive(a core.ReceiveArgs) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, n := range a.Forget {
+		if n == "*" {
+			l.cache = map[string]*core.VM{}
+			continue
+		}
+		delete(l.cache, n)
+	}
+	for _, v := range a.VMs {
+		if v == nil || v.Name == "" {
+			continue
+		}
+		if old := l.cache[v.Name]; old != nil && old.Version > v.Version {
+			continue
+		}
+		l.cache[v.Name] = v
+		delete(l.reported, v.Name)
+	}
+}
+
+func specOf(v *core.VM, args map[string]string) Spec {
+	return Spec{Name: v.Name, MemMB: v.MemMB, VCPUs: v.VCPUs, Data: v.Data, Args: args}
+}
+
+// parallel runs f for n items, at most Parallel at once, in the calling
+// goroutine's batch (no goroutine per VM beyond the bound).
+func (l *LNM) parallel(n int, f func(i int)) {
+	sem := make(chan struct{}, l.opts.Parallel)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			f(i)
+		}()
+	}
+	wg.Wait()
+}
+
+func (l *LNM) start(ctx context.Context, a core.LNMStartArgs) core.LNMResults {
+	l.mu.Lock()
+	for _, v := range a.VMs {
+		if v != nil {
+			l.cache[v.Name] = v.Clone()
+		}
+	}
+	l.mu.Unlock()
+	res := make([]core.VMResult, len(a.VMs))
+	l.parallel(len(a.VMs), func(i int) {
+		v := a.VMs[i]
+		if v == nil {
+			return
+		}
+		err := l.drv.Start(ctx, specOf(v, a.Args))
+		if err != nil {
+			l.mu.Lock()
+			delete(l.cache, v.Name)
+			l.mu.Unlock()
+			res[i] = core.VMResult{Name: v.Name, Error: err.Error()}
+			return
+		}
+		// The start returned: from here on this LNM watches the VM.
+		l.mu.Lock()
+		if c := l.cache[v.Name]; c != nil && (c.State == core.StateStarting || c.State == core.StatePending) {
+			c.State = core.StateRunning
+		}
+		l.mu.Unlock()
+		res[i] = core.VMResult{Name: v.Name, OK: true, State: core.StateRunning}
+	})
+	return core.LNMResults{Results: res}
+}
+
+// stateAfter is the state an operation leaves a domain in.
+func stateAfter(op core.Op) core.VMState {
+	switch op {
+	case core.OpPause:
+		return core.StatePaused
+	case core.OpShutdown:
+		return core.StateShutoff
+	case core.OpHibernate:
+		return core.StateHibernated
+	case core.OpDestroy:
+		return core.StateDestroyed
+	}
+	return core.StateRunning
+}
+
+func (l *LNM) opOn(ctx context.Context, a core.LNMOpArgs) core.LNMResults {
+	res := make([]core.VMResult, len(a.Names))
+	l.parallel(len(a.Names), func(i int) {
+		n := a.Names[i]
+		if err := l.drv.Op(ctx, n, a.Op, a.Args); err != nil {
+			res[i] = core.VMResult{Name: n, Error: fmt.Sprintf("%s: %v", a.Op, err)}
+			return
+		}
+		st := stateAfter(a.Op)
+		if a.Op == core.OpDestroy {
+			l.mu.Lock()
+			delete(l.cache, n)
+			l.mu.Unlock()
+		}
+		res[i] = core.VMResult{Name: n, OK: true, State: st}
+	})
+	return core.LNMResults{Results: res}
+}
+
+func (l *LNM) prepare(ctx context.Context, a core.LNMStartArgs) core.LNMResults {
+	abort := a.Args["abort"] == "1"
+	res := make([]core.VMResult, len(a.VMs))
+	l.parallel(len(a.VMs), func(i int) {
+		v := a.VMs[i]
+		if v == nil {
+			return
+		}
+		var err error
+		if abort {
+			err = l.drv.AbortIncoming(ctx, v.Name)
+			l.mu.Lock()
+			if c := l.cache[v.Name]; c != nil && c.State == core.StateMigrating {
+				delete(l.cache, v.Name)
+			}
+			l.mu.Unlock()
+		} else {
+			c := v.Clone()
+			c.State = core.StateMigrating
+			l.mu.Lock()
+			l.cache[v.Name] = c
+			l.mu.Unlock()
+			err = l.drv.PrepareIncoming(ctx, specOf(v, a.Args))
+			if err != nil {
+				l.mu.Lock()
+				delete(l.cache, v.Name)
+				l.mu.Unlock()
+			}
+		}
+		if err != nil {
+			res[i] = core.VMResult{Name: v.Name, Error: err.Error()}
+			return
+		}
+		res[i] = core.VMResult{Name: v.Name, OK: true}
+	})
+	return core.LNMResults{Results: res}
+}
+
+func (l *LNM) migrate(ctx context.Context, a core.LNMMigrateArgs) core.LNMResults {
+	res := make([]core.VMResult, len(a.Names))
+	l.parallel(len(a.Names), func(i int) {
+		n := a.Names[i]
+		// Mark the cached object so a scan mid-migration reports nothing.
+		l.mu.Lock()
+		prev := l.cache[n]
+		if prev != nil {
+			c := prev.Clone()
+			c.State = core.StateMigrating
+			l.cache[n] = c
+		}
+		l.mu.Unlock()
+		err := l.drv.Migrate(ctx, n, a.Target, a.Address)
+		l.mu.Lock()
+		if err != nil {
+			if prev != nil {
+				l.cache[n] = prev
+			}
+		} else {
+			delete(l.cache, n)
+		}
+		l.mu.Unlock()
+		if err != nil {
+			res[i] = core.VMResult{Name: n, Error: err.Error()}
+			return
+		}
+		st := core.StateRunning
+		if prev != nil && prev.State == core.StatePaused {
+			st = core.StatePaused
+		}
+		res[i] = core.VMResult{Name: n, OK: true, State: st}
+	})
+	return core.LNMResults{Results: res}
+}
+
+// Scan asks the reporter for an immediate scan (tests, CLI).
+func (l *LNM) Scan() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// CachedVMs returns copies of the cached VM objects (for tests and status).
+func (l *LNM) CachedVMs() []*core.VM {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]*core.VM, 0, len(l.cache))
+	for _, v := range l.cache {
+		out = append(out, v.Clone())
+	}
+	return out
+}

@@ -1,0 +1,174 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// Peer describes who is on the other end of an accepted session.
+type Peer struct {
+	LNM    string // node name from a verified LNM certificate, or ""
+	Remote string // network address
+	IP     string // remote IP, the key of per-peer caps
+}
+
+// ServerOptions bound what connecting peers may cost.
+type ServerOptions struct {
+	Limits         Limits
+	MaxHandshaking int // connections allowed mid-handshake at once
+	MaxPerIP       int // sessions allowed per remote IP
+	Logger         *slog.Logger
+}
+
+// Server accepts TLS connections, runs yamux on them and hands each session
+// to OnSession. Handshakes have a deadline; a flood of connections that
+// never finish is shed beyond MaxHandshaking; each remote IP may hold at most
+// MaxPerIP sessions.
+type Server struct {
+	tls       *tls.Config
+	opts      ServerOptions
+	log       *slog.Logger
+	onSession func(ctx context.Context, s *Session, p Peer)
+
+	hs    chan struct{}
+	mu    sync.Mutex
+	perIP map[string]int
+	wg    sync.WaitGroup
+}
+
+// NewServer builds a server; onSession runs in its own goroutine per session
+// and owns it (the server closes it when onSession returns).
+func NewServer(tlsCfg *tls.Config, opts ServerOptions, onSession func(ctx context.Context, s *Session, p Peer)) *Server {
+	if opts.MaxHandshaking <= 0 {
+		opts.MaxHandshaking = 256
+	}
+	if opts.MaxPerIP <= 0 {
+		opts.MaxPerIP = 20000
+	}
+	opts.Limits = opts.Limits.withDefaults()
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{tls: tlsCfg, opts: opts, log: log, onSession: onSession,
+		hs: make(chan struct{}, opts.MaxHandshaking), perIP: map[string]int{}}
+}
+
+// Serve accepts on ln until ctx ends or ln is closed.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var delay time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				s.wg.Wait()
+				return nil
+			}
+			// Temporary failures (out of file descriptors): back off.
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+			} else if delay < time.Second {
+				delay *= 2
+			}
+			s.log.Warn("accept failed", "err", err, "retry_in", delay)
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		delay = 0
+		select {
+		case s.hs <- struct{}{}:
+		default:
+			s.log.Warn("shedding connection: too many handshakes in progress", "remote", conn.RemoteAddr().String())
+			conn.Close()
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.handle(ctx, conn)
+		}()
+	}
+}
+
+func (s *Server) handle(ctx context.Context, raw net.Conn) {
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			<-s.hs
+		}
+	}
+	defer release()
+	ip, _, _ := net.SplitHostPort(raw.RemoteAddr().String())
+	if !s.acquireIP(ip) {
+		s.log.Warn("refusing connection: per-peer session cap", "ip", ip, "cap", s.opts.MaxPerIP)
+		raw.Close()
+		return
+	}
+	defer s.releaseIP(ip)
+	conn := tls.Server(raw, s.tls)
+	hctx, cancel := context.WithTimeout(ctx, s.opts.Limits.HandshakeTimeout)
+	err := conn.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		s.log.Debug("TLS handshake failed", "remote", raw.RemoteAddr().String(), "err", err)
+		raw.Close()
+		return
+	}
+	release()
+	sess, err := NewSession(conn, true, s.opts.Limits, s.log)
+	if err != nil {
+		conn.Close()
+		return
+	}
+	defer sess.Close()
+	p := Peer{LNM: PeerLNM(conn.ConnectionState()), Remote: raw.RemoteAddr().String(), IP: ip}
+	s.onSession(ctx, sess, p)
+}
+
+func (s *Server) acquireIP(ip string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perIP[ip] >= s.opts.MaxPerIP {
+		return false
+	}
+	s.perIP[ip]++
+	return true
+}
+
+func (s *Server) releaseIP(ip string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perIP[ip]--; s.perIP[ip] <= 0 {
+		delete(s.perIP, ip)
+	}
+}
+
+// Dial connects to addr over TLS and starts a yamux client session.
+func Dial(ctx context.Context, addr string, tlsCfg *tls.Config, l Limits, log *slog.Logger) (*Session, error) {
+	l = l.withDefaults()
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: l.HandshakeTimeout, KeepAlive: 15 * time.Second}, Config: tlsCfg}
+	hctx, cancel := context.WithTimeout(ctx, l.HandshakeTimeout)
+	defer cancel()
+	c, err := d.DialContext(hctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to %s: %w", addr, err)
+	}
+	s, err := NewSession(c, false, l, log)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return s, nil
+}
