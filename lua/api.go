@@ -1,0 +1,506 @@
+package lua
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	glua "github.com/yuin/gopher-lua"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/usher-vm/usher/core"
+)
+
+// installAPI creates the usher module in ls. Functions close over ls; the
+// view and actions are read from the host at call time.
+func (ls *lstate) installAPI() {
+	L := ls.L
+	h := ls.v.h
+	ls.rejectUD = L.NewUserData()
+	ls.rejectUD.Value = &rejectMark{}
+	ls.dropFn = L.NewFunction(ls.apiDrop)
+	u := L.NewTable()
+	fns := map[string]glua.LGFunction{
+		"on": ls.apiOn, "every": ls.apiEvery, "off": ls.apiOff,
+		"reject": ls.apiReject, "drop": ls.apiDrop,
+		"vm": ls.apiVM, "vms": ls.apiVMs, "count": ls.apiCount, "lnm": ls.apiLNM, "lnms": ls.apiLNMs,
+		"clusters": ls.apiClusters, "domain": ls.apiDomain,
+		"op": ls.apiOp, "migrate": ls.apiMigrate,
+		"time": func(L *glua.LState) int { L.Push(unixf(time.Now())); return 1 },
+		"bcrypt_check": ls.apiBcrypt, "read_htpasswd": ls.apiHtpasswd,
+		"set_active": ls.apiSetActive,
+	}
+	for k, f := range fns {
+		u.RawSetString(k, L.NewFunction(f))
+	}
+	st := L.NewTable()
+	st.RawSetString("get", L.NewFunction(func(L *glua.LState) int {
+		L.Push(toLua(L, h.store.get(L.CheckString(1))))
+		return 1
+	}))
+	st.RawSetString("set", L.NewFunction(func(L *glua.LState) int {
+		k := L.CheckString(1)
+		val, err := fromLua(L.Get(2), 1)
+		if err != nil {
+			L.ArgError(2, err.Error())
+		}
+		if err := h.store.set(k, val); err != nil {
+			L.RaiseError("store: %v", err)
+		}
+		return 0
+	}))
+	u.RawSetString("store", st)
+	lg := L.NewTable()
+	logger := h.log.With("script", ls.v.file)
+	for name, lvl := range map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError} {
+		lvl := lvl
+		lg.RawSetString(name, L.NewFunction(func(L *glua.LState) int {
+			msg := L.ToStringMeta(L.Get(1)).String()
+			var attrs []any
+			for i := 2; i+1 <= L.GetTop(); i += 2 {
+				attrs = append(attrs, L.ToStringMeta(L.Get(i)).String(), luaAny(L.Get(i+1)))
+			}
+			logger.Log(context.Background(), lvl, msg, attrs...)
+			return 0
+		}))
+	}
+	u.RawSetString("log", lg)
+	cfg := ls.v.config
+	if cfg == nil {
+		cfg = map[string]any{}
+	}
+	u.RawSetString("config", toLua(L, cfg))
+	u.RawSetString("script", glua.LString(ls.v.name))
+	L.SetGlobal("usher", u)
+	lockTable(L, L.G.Global, "usher")
+}
+
+func luaAny(v glua.LValue) any {
+	switch x := v.(type) {
+	case glua.LString:
+		return string(x)
+	case glua.LNumber:
+		return float64(x)
+	case glua.LBool:
+		return bool(x)
+	}
+	return v.String()
+}
+
+func (ls *lstate) view() core.StateView { return ls.v.h.view.Load().view }
+
+// parseInterval accepts "30s", "5m" or a number of seconds.
+func parseInterval(v glua.LValue) (time.Duration, error) {
+	var d time.Duration
+	switch x := v.(type) {
+	case glua.LNumber:
+		d = time.Duration(float64(x) * float64(time.Second))
+	case glua.LString:
+		var err error
+		d, err = time.ParseDuration(string(x))
+		if err != nil {
+			return 0, fmt.Errorf("bad interval %q: %v", string(x), err)
+		}
+	default:
+		return 0, fmt.Errorf("interval must be a string like \"30s\" or a number of seconds")
+	}
+	if d < 10*time.Millisecond {
+		return 0, fmt.Errorf("interval %v is below the 10ms minimum", d)
+	}
+	return d, nil
+}
+
+// register records a top-level registration.
+func (ls *lstate) register(L *glua.LState, event string, fn *glua.LFunction, opts *glua.LTable, every time.Duration) int {
+	if !ls.top {
+		L.RaiseError("usher.on/usher.every may only be called while the script loads (top level); use Host.Register at run time")
+	}
+	order := 50
+	name := event
+	if opts != nil {
+		if o, ok := opts.RawGetString("order").(glua.LNumber); ok {
+			order = int(o)
+		}
+		if n, ok := opts.RawGetString("name").(glua.LString); ok && n != "" {
+			name = string(n)
+		}
+	}
+	if opts == nil || opts.RawGetString("name") == glua.LNil {
+		k := 1
+		for _, r := range ls.regs {
+			if r.event == event {
+				k++
+			}
+		}
+		if k > 1 {
+			name = fmt.Sprintf("%s#%d", event, k)
+		}
+	}
+	for _, r := range ls.regs {
+		if r.event == event && r.name == name && r.id >= 0 {
+			L.RaiseError("duplicate handler name %q for event %q", name, event)
+		}
+	}
+	id := len(ls.handlers)
+	ls.handlers = append(ls.handlers, fn)
+	ls.regs = append(ls.regs, regSpec{id: id, event: event, order: order, name: name, every: every})
+	return id
+}
+
+func (ls *lstate) apiOn(L *glua.LState) int {
+	event := L.CheckString(1)
+	fn := L.CheckFunction(2)
+	opts := L.OptTable(3, nil)
+	if !knownEvent(event) || event == core.EvTimer {
+		L.ArgError(1, fmt.Sprintf("unknown event %q (use usher.every for timers)", event))
+	}
+	L.Push(glua.LNumber(ls.register(L, event, fn, opts, 0)))
+	return 1
+}
+
+func (ls *lstate) apiEvery(L *glua.LState) int {
+	d, err := parseInterval(L.CheckAny(1))
+	if err != nil {
+		L.ArgError(1, err.Error())
+	}
+	fn := L.CheckFunction(2)
+	opts := L.OptTable(3, nil)
+	L.Push(glua.LNumber(ls.register(L, core.EvTimer, fn, opts, d)))
+	return 1
+}
+
+// apiOff removes a registration: at load time from this load, at run time
+// from the host (all states) until the script is reloaded.
+func (ls *lstate) apiOff(L *glua.LState) int {
+	id := L.CheckInt(1)
+	if ls.top {
+		for i := range ls.regs {
+			if ls.regs[i].id == id {
+				ls.regs = append(ls.regs[:i], ls.regs[i+1:]...)
+				L.Push(glua.LTrue)
+				return 1
+			}
+		}
+		L.Push(glua.LFalse)
+		return 1
+	}
+	h := ls.v.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, hd := range ls.v.handlers {
+		if hd.spec.id == id {
+			h.offs[hd.stats] = true
+			h.rebuildLocked()
+			L.Push(glua.LTrue)
+			return 1
+		}
+	}
+	L.Push(glua.LFalse)
+	return 1
+}
+
+func (ls *lstate) apiReject(L *glua.LState) int {
+	ud := L.NewUserData()
+	ud.Value = &rejectMark{reason: L.OptString(1, "rejected")}
+	L.Push(ud)
+	return 1
+}
+
+// apiDrop implements req:drop(name, reason) and usher.drop(req, name, reason).
+func (ls *lstate) apiDrop(L *glua.LState) int {
+	req := L.CheckTable(1)
+	name := L.CheckString(2)
+	reason := L.OptString(3, "dropped")
+	vms, ok := req.RawGetString("vms").(*glua.LTable)
+	if !ok {
+		L.ArgError(1, "not a request")
+	}
+	n := vms.Len()
+	for i := 1; i <= n; i++ {
+		e, ok := vms.RawGetInt(i).(*glua.LTable)
+		if ok && luaString(e.RawGetString("name")) == name {
+			for j := i; j < n; j++ {
+				vms.RawSetInt(j, vms.RawGetInt(j+1))
+			}
+			vms.RawSetInt(n, glua.LNil)
+			if ls.call != nil {
+				if ls.call.drops == nil {
+					ls.call.drops = map[string]string{}
+				}
+				ls.call.drops[name] = reason
+			}
+			L.Push(glua.LTrue)
+			return 1
+		}
+	}
+	L.Push(glua.LFalse)
+	return 1
+}
+
+func (ls *lstate) apiVM(L *glua.LState) int {
+	v, ok := ls.view().VM(L.CheckString(1))
+	if !ok {
+		L.Push(glua.LNil)
+		return 1
+	}
+	L.Push(vmTable(L, v))
+	return 1
+}
+
+// usher.vms{owner=, cluster=, lnm=}
+func (ls *lstate) apiVMs(L *glua.LState) int {
+	f := L.OptTable(1, L.NewTable())
+	owner := luaString(f.RawGetString("owner"))
+	cluster := luaString(f.RawGetString("cluster"))
+	lnm := luaString(f.RawGetString("lnm"))
+	var vms []*core.VM
+	switch {
+	case lnm != "":
+		for _, v := range ls.view().VMsOn(lnm) {
+			if (owner == "" || v.Owner == owner) && (cluster == "" || v.Cluster == cluster) {
+				vms = append(vms, v)
+			}
+		}
+	case owner != "":
+		vms = ls.view().VMsOf(owner, cluster)
+	default:
+		for _, n := range ls.view().LNMs() {
+			for _, v := range ls.view().VMsOn(n.Info.Name) {
+				if cluster == "" || v.Cluster == cluster {
+					vms = append(vms, v)
+				}
+			}
+		}
+	}
+	t := L.CreateTable(len(vms), 0)
+	for i, v := range vms {
+		t.RawSetInt(i+1, vmTable(L, v))
+	}
+	L.Push(t)
+	return 1
+}
+
+func (ls *lstate) apiCount(L *glua.LState) int {
+	L.Push(glua.LNumber(ls.view().CountOf(L.CheckString(1))))
+	return 1
+}
+
+func (ls *lstate) apiLNM(L *glua.LState) int {
+	n, ok := ls.view().LNM(L.CheckString(1))
+	if !ok {
+		L.Push(glua.LNil)
+		return 1
+	}
+	L.Push(lnmTable(L, n))
+	return 1
+}
+
+func (ls *lstate) apiLNMs(L *glua.LState) int {
+	ns := ls.view().LNMs()
+	t := L.CreateTable(len(ns), 0)
+	for i, n := range ns {
+		t.RawSetInt(i+1, lnmTable(L, n))
+	}
+	L.Push(t)
+	return 1
+}
+
+func (ls *lstate) apiClusters(L *glua.LState) int {
+	cs := ls.view().Clusters(L.OptString(1, ""))
+	t := L.CreateTable(len(cs), 0)
+	for i, c := range cs {
+		t.RawSetInt(i+1, clusterTable(L, c))
+	}
+	L.Push(t)
+	return 1
+}
+
+func (ls *lstate) apiDomain(L *glua.LState) int {
+	L.Push(glua.LString(ls.view().Domain()))
+	return 1
+}
+
+func (ls *lstate) checkAsync(L *glua.LState, what string) {
+	if ls.call == nil || ls.call.kind != kindAsync {
+		L.RaiseError("%s may only be called from timers and notification handlers (calling it from a request handler would deadlock)", what)
+	}
+}
+
+func resultTable(L *glua.LState, r *core.Result) *glua.LTable {
+	t := L.NewTable()
+	if r == nil {
+		return t
+	}
+	t.RawSetString("id", glua.LString(r.ID))
+	t.RawSetString("requested", glua.LNumber(r.Requested))
+	t.RawSetString("ok", glua.LNumber(r.OK()))
+	done := L.CreateTable(len(r.Done), 0)
+	for i, d := range r.Done {
+		e := L.NewTable()
+		e.RawSetString("name", glua.LString(d.Name))
+		e.RawSetString("ok", glua.LBool(d.OK))
+		setStr(e, "lnm", d.LNM)
+		setStr(e, "state", string(d.State))
+		setStr(e, "error", d.Error)
+		done.RawSetInt(i+1, e)
+	}
+	t.RawSetString("done", done)
+	dropped := L.CreateTable(len(r.Dropped), 0)
+	for i, d := range r.Dropped {
+		e := L.NewTable()
+		e.RawSetString("vm", glua.LString(d.VM))
+		e.RawSetString("reason", glua.LString(d.Reason))
+		setStr(e, "by", d.By)
+		dropped.RawSetInt(i+1, e)
+	}
+	t.RawSetString("dropped", dropped)
+	return t
+}
+
+// actionTimeout bounds one usher.op / usher.migrate call.
+const actionTimeout = 2 * time.Minute
+
+// usher.op(opname, {vm names}, args) → result | nil, err
+func (ls *lstate) apiOp(L *glua.LState) int {
+	ls.checkAsync(L, "usher.op")
+	op, err := core.ParseOp(L.CheckString(1))
+	if err != nil {
+		L.ArgError(1, err.Error())
+	}
+	names := luaStrings(L.CheckTable(2))
+	var args map[string]string
+	if t := L.OptTable(3, nil); t != nil {
+		args = luaStrMap(t)
+	}
+	var res *core.Result
+	ls.call.pause(func() {
+		ctx, cancel := context.WithTimeout(ls.v.ctx, actionTimeout)
+		defer cancel()
+		res, err = ls.v.h.view.Load().act.OpOn(ctx, core.SystemIdentity(), core.OpArgs{Op: op, VMs: names, Args: args})
+	})
+	if err != nil {
+		L.Push(glua.LNil)
+		L.Push(glua.LString(err.Error()))
+		return 2
+	}
+	L.Push(resultTable(L, res))
+	return 1
+}
+
+// usher.migrate({vm names}, {lnm names}, args) → result | nil, err
+func (ls *lstate) apiMigrate(L *glua.LState) int {
+	ls.checkAsync(L, "usher.migrate")
+	names := luaStrings(L.CheckTable(1))
+	var lnms []string
+	if t := L.OptTable(2, nil); t != nil {
+		lnms = luaStrings(t)
+	}
+	var args map[string]string
+	if t := L.OptTable(3, nil); t != nil {
+		args = luaStrMap(t)
+	}
+	var res *core.Result
+	var err error
+	ls.call.pause(func() {
+		ctx, cancel := context.WithTimeout(ls.v.ctx, actionTimeout)
+		defer cancel()
+		res, err = ls.v.h.view.Load().act.Migrate(ctx, core.SystemIdentity(), core.MigrateArgs{VMs: names, LNMs: lnms, Args: args})
+	})
+	if err != nil {
+		L.Push(glua.LNil)
+		L.Push(glua.LString(err.Error()))
+		return 2
+	}
+	L.Push(resultTable(L, res))
+	return 1
+}
+
+// maxBcryptCost bounds the work one password check may take.
+const maxBcryptCost = 14
+
+func (ls *lstate) apiBcrypt(L *glua.LState) int {
+	hash := L.CheckString(1)
+	pw := L.CheckString(2)
+	if pw == "" || hash == "" {
+		L.Push(glua.LFalse)
+		return 1
+	}
+	if cost, err := bcrypt.Cost([]byte(hash)); err != nil || cost > maxBcryptCost {
+		L.Push(glua.LFalse)
+		return 1
+	}
+	var err error
+	ls.call.pause(func() { err = bcrypt.CompareHashAndPassword([]byte(hash), []byte(pw)) })
+	L.Push(glua.LBool(err == nil))
+	return 1
+}
+
+// maxHtpasswd bounds the file read_htpasswd accepts.
+const maxHtpasswd = 4 << 20
+
+// usher.read_htpasswd(path) → {user=hash}, {user={groups}}
+func (ls *lstate) apiHtpasswd(L *glua.LState) int {
+	p := L.CheckString(1)
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(ls.v.dir, p)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		L.Push(glua.LNil)
+		L.Push(glua.LString(err.Error()))
+		return 2
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() > maxHtpasswd {
+		L.Push(glua.LNil)
+		L.Push(glua.LString("not a regular file under 4 MB: " + p))
+		return 2
+	}
+	users := L.NewTable()
+	groups := L.NewTable()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) < 2 || parts[0] == "" {
+			continue
+		}
+		users.RawSetString(parts[0], glua.LString(parts[1]))
+		var gs []string
+		if len(parts) == 3 {
+			for _, g := range strings.Split(parts[2], ",") {
+				if g = strings.TrimSpace(g); g != "" {
+					gs = append(gs, g)
+				}
+			}
+		}
+		groups.RawSetString(parts[0], strList(L, gs))
+	}
+	L.Push(users)
+	L.Push(groups)
+	return 2
+}
+
+// usher.set_active(event, target, on): target is a script or handler name;
+// event "" (or nil) switches every event of script target.
+func (ls *lstate) apiSetActive(L *glua.LState) int {
+	if ls.top {
+		L.RaiseError("usher.set_active may not be called while the script loads")
+	}
+	ev := L.OptString(1, "")
+	target := L.CheckString(2)
+	on := L.ToBool(3)
+	if ev != "" && !knownEvent(ev) {
+		L.ArgError(1, fmt.Sprintf("unknown event %q", ev))
+	}
+	ls.v.h.SetActive(ev, target, on)
+	return 0
+}

@@ -1,0 +1,312 @@
+package lua
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	glua "github.com/yuin/gopher-lua"
+)
+
+// This file holds the per-call budget: a context.Context implementation that
+// gopher-lua consults before every VM instruction (mainLoopWithContext calls
+// ctx.Done() per instruction). Done() runs on the goroutine executing the
+// script, so it may inspect the script's own state without data races. It
+// enforces:
+//
+//   - wall-clock budget (time spent inside usher.op/usher.migrate/bcrypt is
+//     not charged);
+//   - an allocation meter charged by our string/table library wrappers;
+//   - a reachability estimate of the state's memory (globals, handler
+//     closures and the live registers of every frame) taken at most once per
+//     clock tick (1ms) and never more often than 4x its own cost.
+//
+// Once any limit trips, the done channel is closed for good: every further
+// instruction raises, so pcall cannot swallow the cut-off, and the host
+// discards the state afterwards.
+
+// clock is a coarse 1ms tick that runs only while Lua calls are in flight.
+// Reading an atomic per instruction is cheap; calling time.Now() per
+// instruction is not. Without a tick, a loop like `s = s .. s` could double a
+// string many times between two instruction-count based checks.
+var clock struct {
+	once     sync.Once
+	tick     atomic.Uint32
+	inflight atomic.Int32
+	wake     chan struct{}
+}
+
+func clockEnter() {
+	clock.once.Do(func() {
+		clock.wake = make(chan struct{}, 1)
+		go func() {
+			t := time.NewTicker(time.Millisecond)
+			defer t.Stop()
+			for {
+				if clock.inflight.Load() == 0 {
+					<-clock.wake
+					continue
+				}
+				<-t.C
+				clock.tick.Add(1)
+			}
+		}()
+	})
+	if clock.inflight.Add(1) == 1 {
+		select {
+		case clock.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func clockExit() { clock.inflight.Add(-1) }
+
+// cutError is the error of a call that exceeded a limit.
+type cutError struct{ msg string }
+
+func (e *cutError) Error() string { return e.msg }
+
+type callKind int
+
+const (
+	kindLoad    callKind = iota // top level of a script
+	kindRequest                 // request chains and authenticate: must not call actions
+	kindAsync                   // timers and notifications: may call actions
+)
+
+// callCtx is the budget of one handler call. It is used only by the
+// goroutine running the call, except that outer cancellation is observed
+// through outer.Err().
+type callCtx struct {
+	outer    context.Context
+	ls       *lstate
+	kind     callKind
+	done     chan struct{}
+	err      error
+	n        uint32
+	lastTick uint32
+	start    time.Time
+	paused   time.Duration
+	budget   time.Duration
+	memLimit int64
+	alloc    int64 // bytes charged by library wrappers
+	nextScan time.Time
+	scanGap  time.Duration
+	drops    map[string]string // req:drop reasons by VM name
+	peakScan int64
+}
+
+func newCallCtx(outer context.Context, ls *lstate, kind callKind, budget time.Duration, memLimit int64) *callCtx {
+	now := time.Now()
+	return &callCtx{
+		outer: outer, ls: ls, kind: kind, done: make(chan struct{}),
+		start: now, budget: budget, memLimit: memLimit,
+		lastTick: clock.tick.Load(), nextScan: now.Add(time.Millisecond), scanGap: time.Millisecond,
+	}
+}
+
+func (c *callCtx) Deadline() (time.Time, bool) { return c.start.Add(c.budget + c.paused), true }
+func (c *callCtx) Value(any) any                { return nil }
+
+func (c *callCtx) Err() error {
+	select {
+	case <-c.done:
+		return c.err
+	default:
+		return nil
+	}
+}
+
+func (c *callCtx) Done() <-chan struct{} {
+	c.n++
+	if t := clock.tick.Load(); t != c.lastTick || c.n&1023 == 0 {
+		c.lastTick = t
+		c.check(true)
+	}
+	return c.done
+}
+
+// cut stops the call for good.
+func (c *callCtx) cut(format string, args ...any) {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	c.err = &cutError{fmt.Sprintf(format, args...)}
+	close(c.done)
+}
+
+func (c *callCtx) isCut() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// check tests every limit; scan allows the reachability walk.
+func (c *callCtx) check(scan bool) {
+	if c.isCut() {
+		return
+	}
+	if c.outer != nil && c.outer.Err() != nil {
+		c.cut("cancelled: %v", c.outer.Err())
+		return
+	}
+	now := time.Now()
+	if now.Sub(c.start)-c.paused > c.budget {
+		c.cut("budget exceeded (%v)", c.budget)
+		return
+	}
+	if c.alloc > 4*c.memLimit {
+		c.cut("memory limit: allocated %d MB in one call (limit %d MB)", c.alloc>>20, c.memLimit>>20)
+		return
+	}
+	if scan && !now.Before(c.nextScan) && c.ls != nil {
+		est := c.ls.estimate(c.memLimit)
+		took := time.Since(now)
+		if est > c.peakScan {
+			c.peakScan = est
+		}
+		if est > c.memLimit {
+			c.cut("memory limit: about %d MB reachable (limit %d MB)", est>>20, c.memLimit>>20)
+			return
+		}
+		gap := 4 * took
+		if gap < time.Millisecond {
+			gap = time.Millisecond
+		}
+		c.nextScan = time.Now().Add(gap)
+	}
+}
+
+// charge accounts n bytes about to be allocated by a library function and
+// raises if it would exceed the limit. Single results are capped at the memory
+// limit; the total per call at four times it.
+func (c *callCtx) charge(L *glua.LState, n int64) {
+	if c == nil {
+		return
+	}
+	if n > c.memLimit {
+		c.cut("memory limit: result of %d bytes exceeds %d MB", n, c.memLimit>>20)
+		L.RaiseError("%s", c.err.Error())
+	}
+	c.alloc += n
+	c.check(false)
+	if c.isCut() {
+		L.RaiseError("%s", c.err.Error())
+	}
+}
+
+// pause runs f without charging its wall time to the budget.
+func (c *callCtx) pause(f func()) {
+	if c == nil {
+		f()
+		return
+	}
+	t0 := time.Now()
+	defer func() { c.paused += time.Since(t0) }()
+	f()
+}
+
+// estimate walks what the state can reach and returns an approximate byte
+// count, stopping early once over limit.
+func (ls *lstate) estimate(limit int64) int64 {
+	w := walker{seen: map[unsafe.Pointer]struct{}{}, strs: map[*byte]struct{}{}, limit: limit, maxNodes: int(limit / 32)}
+	L := ls.L
+	w.value(L.G.Global)
+	for _, f := range ls.handlers {
+		if f != nil {
+			w.value(f)
+		}
+	}
+	for level := 0; level < 300 && !w.over(); level++ {
+		dbg, ok := L.GetStack(level)
+		if !ok {
+			break
+		}
+		for i := 1; i <= 256 && !w.over(); i++ {
+			name, v := L.GetLocal(dbg, i)
+			if name == "" {
+				break
+			}
+			w.value(v)
+		}
+	}
+	if w.nodes > w.maxNodes && w.total <= limit {
+		w.total = limit + 1
+	}
+	return w.total
+}
+
+type walker struct {
+	seen     map[unsafe.Pointer]struct{}
+	strs     map[*byte]struct{}
+	total    int64
+	nodes    int
+	limit    int64
+	maxNodes int
+}
+
+func (w *walker) over() bool { return w.total > w.limit || w.nodes > w.maxNodes }
+
+func (w *walker) value(v glua.LValue) {
+	if w.over() {
+		if w.nodes > w.maxNodes && w.total <= w.limit {
+			w.total = w.limit + 1 // too many objects to be under the limit
+		}
+		return
+	}
+	w.nodes++
+	switch x := v.(type) {
+	case glua.LString:
+		if len(x) >= 256 {
+			p := unsafe.StringData(string(x))
+			if _, ok := w.strs[p]; ok {
+				return
+			}
+			w.strs[p] = struct{}{}
+		}
+		w.total += int64(len(x)) + 16
+	case *glua.LTable:
+		p := unsafe.Pointer(x)
+		if _, ok := w.seen[p]; ok {
+			return
+		}
+		w.seen[p] = struct{}{}
+		w.total += 64
+		x.ForEach(func(k, val glua.LValue) {
+			if w.over() {
+				return
+			}
+			w.total += 40
+			w.value(k)
+			w.value(val)
+		})
+		if x.Metatable != nil {
+			w.value(x.Metatable)
+		}
+	case *glua.LFunction:
+		p := unsafe.Pointer(x)
+		if _, ok := w.seen[p]; ok {
+			return
+		}
+		w.seen[p] = struct{}{}
+		w.total += 64
+		for _, uv := range x.Upvalues {
+			if uv != nil {
+				w.value(uv.Value())
+			}
+		}
+	case *glua.LUserData:
+		w.total += 48
+	default:
+		w.total += 16
+	}
+}

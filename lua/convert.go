@@ -1,0 +1,476 @@
+package lua
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"time"
+
+	glua "github.com/yuin/gopher-lua"
+
+	"github.com/usher-vm/usher/core"
+)
+
+// Go values cross into Lua as plain tables keyed by the structs' JSON field
+// names. The hot types (Request, ReqVM, VM, LNM) are converted by hand; that
+// is several times faster than a JSON round trip (see BenchmarkConvert).
+
+func lstr(s string) glua.LValue { return glua.LString(s) }
+
+func setStr(t *glua.LTable, k, v string) {
+	if v != "" {
+		t.RawSetString(k, glua.LString(v))
+	}
+}
+
+func strList(L *glua.LState, xs []string) *glua.LTable {
+	t := L.CreateTable(len(xs), 0)
+	for i, x := range xs {
+		t.RawSetInt(i+1, glua.LString(x))
+	}
+	return t
+}
+
+func strMap(L *glua.LState, m map[string]string) *glua.LTable {
+	t := L.CreateTable(0, len(m))
+	for k, v := range m {
+		t.RawSetString(k, glua.LString(v))
+	}
+	return t
+}
+
+func identityTable(L *glua.LState, id core.Identity) *glua.LTable {
+	t := L.CreateTable(0, 3)
+	t.RawSetString("user", glua.LString(id.User))
+	t.RawSetString("groups", strList(L, id.Groups))
+	t.RawSetString("admin", glua.LBool(id.Admin))
+	return t
+}
+
+func reqVMTable(L *glua.LState, v *core.ReqVM) *glua.LTable {
+	t := L.CreateTable(0, 10)
+	t.RawSetString("name", glua.LString(v.Name))
+	t.RawSetString("short", glua.LString(v.Short))
+	t.RawSetString("owner", glua.LString(v.Owner))
+	t.RawSetString("cluster", glua.LString(v.Cluster))
+	setStr(t, "lnm", v.LNM)
+	setStr(t, "target", v.Target)
+	t.RawSetString("mem_mb", glua.LNumber(v.MemMB))
+	t.RawSetString("vcpus", glua.LNumber(v.VCPUs))
+	setStr(t, "state", string(v.State))
+	t.RawSetString("data", strMap(L, v.Data))
+	return t
+}
+
+// reqTable converts a request; req:drop is a field so the method syntax works.
+func (ls *lstate) reqTable(req *core.Request) *glua.LTable {
+	L := ls.L
+	t := L.CreateTable(0, 14)
+	t.RawSetString("id", glua.LString(req.ID))
+	t.RawSetString("kind", glua.LString(string(req.Kind)))
+	t.RawSetString("user", identityTable(L, req.User))
+	setStr(t, "op", string(req.Op))
+	setStr(t, "cluster", req.Cluster)
+	vms := L.CreateTable(len(req.VMs), 0)
+	for i, v := range req.VMs {
+		vms.RawSetInt(i+1, reqVMTable(L, v))
+	}
+	t.RawSetString("vms", vms)
+	t.RawSetString("lnms", strList(L, req.LNMs))
+	t.RawSetString("args", strMap(L, req.Args))
+	t.RawSetString("all", glua.LBool(req.All))
+	t.RawSetString("dry_run", glua.LBool(req.DryRun))
+	t.RawSetString("drop", ls.dropFn)
+	return t
+}
+
+// applyReq writes a handler's changes back into req. VMs keep the order of
+// the Lua array; VMs no longer present are recorded as dropped, with the
+// reason given to req:drop or "removed by <by>". Identity, id, kind and all
+// are read-only. It reports whether anything changed.
+func (ls *lstate) applyReq(t *glua.LTable, req *core.Request, by string) (bool, error) {
+	changed := false
+	byName := make(map[string]*core.ReqVM, len(req.VMs))
+	for _, v := range req.VMs {
+		byName[v.Name] = v
+	}
+	vt, ok := t.RawGetString("vms").(*glua.LTable)
+	if !ok {
+		return false, fmt.Errorf("req.vms must be a table")
+	}
+	n := vt.Len()
+	kept := make([]*core.ReqVM, 0, n)
+	seen := make(map[string]bool, n)
+	for i := 1; i <= n; i++ {
+		e, ok := vt.RawGetInt(i).(*glua.LTable)
+		if !ok {
+			return false, fmt.Errorf("req.vms[%d] is not a table", i)
+		}
+		name := luaString(e.RawGetString("name"))
+		orig := byName[name]
+		if orig == nil || seen[name] {
+			return false, fmt.Errorf("req.vms[%d]: handlers may not add VMs (%q)", i, name)
+		}
+		seen[name] = true
+		c, err := applyReqVM(e, orig)
+		if err != nil {
+			return false, fmt.Errorf("req.vms[%d] (%s): %v", i, name, err)
+		}
+		changed = changed || c
+		kept = append(kept, orig)
+	}
+	if len(kept) != len(req.VMs) {
+		changed = true
+		for _, v := range req.VMs {
+			if !seen[v.Name] {
+				reason := "removed by " + by
+				if ls.call != nil && ls.call.drops != nil && ls.call.drops[v.Name] != "" {
+					reason = ls.call.drops[v.Name]
+				}
+				req.Dropped = append(req.Dropped, core.Drop{VM: v.Name, Reason: reason, By: by})
+			}
+		}
+	} else {
+		for i := range kept {
+			if kept[i] != req.VMs[i] {
+				changed = true
+			}
+		}
+	}
+	req.VMs = kept
+	if l, ok := t.RawGetString("lnms").(*glua.LTable); ok {
+		nl := luaStrings(l)
+		if !equalStrings(nl, req.LNMs) {
+			req.LNMs, changed = nl, true
+		}
+	}
+	if a, ok := t.RawGetString("args").(*glua.LTable); ok {
+		na := luaStrMap(a)
+		if !equalMaps(na, req.Args) {
+			req.Args, changed = na, true
+		}
+	}
+	if c := luaString(t.RawGetString("cluster")); c != req.Cluster {
+		req.Cluster, changed = c, true
+	}
+	if o := luaString(t.RawGetString("op")); o != string(req.Op) {
+		op, err := core.ParseOp(o)
+		if err != nil {
+			return false, fmt.Errorf("req.op: %v", err)
+		}
+		req.Op, changed = op, true
+	}
+	return changed, nil
+}
+
+// applyReqVM copies the writable fields (lnm, target, mem_mb, vcpus, data).
+func applyReqVM(e *glua.LTable, v *core.ReqVM) (bool, error) {
+	changed := false
+	if s := luaString(e.RawGetString("lnm")); s != v.LNM {
+		v.LNM, changed = s, true
+	}
+	if s := luaString(e.RawGetString("target")); s != v.Target {
+		v.Target, changed = s, true
+	}
+	if n, ok := luaInt(e.RawGetString("mem_mb")); ok && n != v.MemMB {
+		v.MemMB, changed = n, true
+	}
+	if n, ok := luaInt(e.RawGetString("vcpus")); ok && n != v.VCPUs {
+		v.VCPUs, changed = n, true
+	}
+	if d, ok := e.RawGetString("data").(*glua.LTable); ok {
+		nd := luaStrMap(d)
+		if !equalMaps(nd, v.Data) {
+			v.Data, changed = nd, true
+		}
+	}
+	return changed, nil
+}
+
+func luaString(v glua.LValue) string {
+	switch x := v.(type) {
+	case glua.LString:
+		return string(x)
+	case glua.LNumber:
+		return x.String()
+	case glua.LBool:
+		if x {
+			return "true"
+		}
+		return "false"
+	}
+	return ""
+}
+
+func luaInt(v glua.LValue) (int, bool) {
+	switch x := v.(type) {
+	case glua.LNumber:
+		f := float64(x)
+		if math.IsNaN(f) || math.IsInf(f, 0) || f > math.MaxInt32 || f < math.MinInt32 {
+			return 0, false
+		}
+		return int(f), true
+	case glua.LString:
+		n, err := strconv.Atoi(string(x))
+		return n, err == nil
+	}
+	return 0, false
+}
+
+func luaStrings(t *glua.LTable) []string {
+	n := t.Len()
+	if n == 0 {
+		return nil
+	}
+	out := make([]string, 0, n)
+	for i := 1; i <= n; i++ {
+		out = append(out, luaString(t.RawGetInt(i)))
+	}
+	return out
+}
+
+func luaStrMap(t *glua.LTable) map[string]string {
+	var m map[string]string
+	t.ForEach(func(k, v glua.LValue) {
+		ks, ok := k.(glua.LString)
+		if !ok {
+			return
+		}
+		if m == nil {
+			m = map[string]string{}
+		}
+		m[string(ks)] = luaString(v)
+	})
+	return m
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func equalMaps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if bv, ok := b[k]; !ok || bv != v {
+			return false
+		}
+	}
+	return true
+}
+
+func avgTable(L *glua.LState, a core.Avg) *glua.LTable {
+	t := L.CreateTable(0, 3)
+	t.RawSetString("m1", glua.LNumber(a.M1))
+	t.RawSetString("m5", glua.LNumber(a.M5))
+	t.RawSetString("m15", glua.LNumber(a.M15))
+	return t
+}
+
+func usageTable(L *glua.LState, u core.Usage) *glua.LTable {
+	t := L.CreateTable(0, 6)
+	t.RawSetString("cpu", avgTable(L, u.CPU))
+	t.RawSetString("mem_bytes", avgTable(L, u.MemBytes))
+	t.RawSetString("net_rx", avgTable(L, u.NetRx))
+	t.RawSetString("net_tx", avgTable(L, u.NetTx))
+	t.RawSetString("disk_read", avgTable(L, u.DiskRead))
+	t.RawSetString("disk_write", avgTable(L, u.DiskWrite))
+	return t
+}
+
+func unixf(t time.Time) glua.LValue {
+	if t.IsZero() {
+		return glua.LNumber(0)
+	}
+	return glua.LNumber(float64(t.UnixNano()) / 1e9)
+}
+
+func vmTable(L *glua.LState, v *core.VM) *glua.LTable {
+	t := L.CreateTable(0, 14)
+	t.RawSetString("name", glua.LString(v.Name))
+	t.RawSetString("short", glua.LString(v.Short))
+	t.RawSetString("owner", glua.LString(v.Owner))
+	t.RawSetString("cluster", glua.LString(v.Cluster))
+	t.RawSetString("lnm", glua.LString(v.LNM))
+	t.RawSetString("state", glua.LString(string(v.State)))
+	setStr(t, "reason", v.Reason)
+	t.RawSetString("mem_mb", glua.LNumber(v.MemMB))
+	t.RawSetString("vcpus", glua.LNumber(v.VCPUs))
+	t.RawSetString("data", strMap(L, v.Data))
+	if v.Usage != nil {
+		t.RawSetString("usage", usageTable(L, *v.Usage))
+	}
+	t.RawSetString("version", glua.LNumber(v.Version))
+	t.RawSetString("created", unixf(v.Created))
+	t.RawSetString("unmanaged", glua.LBool(v.Unmanage))
+	return t
+}
+
+func lnmTable(L *glua.LState, n *core.LNM) *glua.LTable {
+	info := L.CreateTable(0, 7)
+	info.RawSetString("name", glua.LString(n.Info.Name))
+	setStr(info, "address", n.Info.Address)
+	info.RawSetString("driver", glua.LString(n.Info.Driver))
+	info.RawSetString("cpus", glua.LNumber(n.Info.CPUs))
+	info.RawSetString("mem_mb", glua.LNumber(n.Info.MemMB))
+	setStr(info, "hostname", n.Info.Hostname)
+	setStr(info, "model", n.Info.Model)
+	st := L.CreateTable(0, 5)
+	st.RawSetString("vms", glua.LNumber(n.Status.VMs))
+	st.RawSetString("free_mem_mb", glua.LNumber(n.Status.FreeMemMB))
+	st.RawSetString("free_vcpus", glua.LNumber(n.Status.FreeVCPUs))
+	st.RawSetString("usage", usageTable(L, n.Status.Usage))
+	st.RawSetString("reported_at", glua.LNumber(n.Status.ReportedAt))
+	t := L.CreateTable(0, 6)
+	t.RawSetString("info", info)
+	t.RawSetString("status", st)
+	t.RawSetString("state", glua.LString(string(n.State)))
+	t.RawSetString("since", unixf(n.Since))
+	// conveniences
+	t.RawSetString("name", glua.LString(n.Info.Name))
+	t.RawSetString("connected", glua.LBool(n.State == core.LNMConnected))
+	return t
+}
+
+func clusterTable(L *glua.LState, c core.Cluster) *glua.LTable {
+	t := L.CreateTable(0, 3)
+	t.RawSetString("name", glua.LString(c.Name))
+	t.RawSetString("owner", glua.LString(c.Owner))
+	t.RawSetString("vms", strList(L, c.VMs))
+	return t
+}
+
+func eventTable(L *glua.LState, ev core.Event) *glua.LTable {
+	t := L.CreateTable(0, 10)
+	t.RawSetString("type", glua.LString(ev.Type))
+	t.RawSetString("seq", glua.LNumber(ev.Seq))
+	t.RawSetString("time", unixf(ev.Time))
+	if ev.VM != nil {
+		t.RawSetString("vm", vmTable(L, ev.VM))
+	}
+	setStr(t, "lnm", ev.LNM)
+	setStr(t, "user", ev.User)
+	setStr(t, "req", ev.Req)
+	t.RawSetString("ok", glua.LBool(ev.OK))
+	setStr(t, "error", ev.Error)
+	t.RawSetString("detail", strMap(L, ev.Detail))
+	return t
+}
+
+// toLua converts plain Go data (config, store values): maps, slices,
+// strings, numbers, bools; anything else via a JSON round trip.
+func toLua(L *glua.LState, v any) glua.LValue {
+	switch x := v.(type) {
+	case nil:
+		return glua.LNil
+	case string:
+		return glua.LString(x)
+	case bool:
+		return glua.LBool(x)
+	case int:
+		return glua.LNumber(x)
+	case int64:
+		return glua.LNumber(x)
+	case float64:
+		return glua.LNumber(x)
+	case float32:
+		return glua.LNumber(x)
+	case json.Number:
+		f, _ := x.Float64()
+		return glua.LNumber(f)
+	case []string:
+		return strList(L, x)
+	case map[string]string:
+		return strMap(L, x)
+	case []any:
+		t := L.CreateTable(len(x), 0)
+		for i, e := range x {
+			t.RawSetInt(i+1, toLua(L, e))
+		}
+		return t
+	case map[string]any:
+		t := L.CreateTable(0, len(x))
+		for k, e := range x {
+			t.RawSetString(k, toLua(L, e))
+		}
+		return t
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return glua.LNil
+	}
+	var a any
+	if json.Unmarshal(b, &a) != nil {
+		return glua.LNil
+	}
+	return toLua(L, a)
+}
+
+// fromLua converts a Lua value to plain Go data. depth bounds nesting
+// (store values may be flat tables only: depth 1).
+func fromLua(v glua.LValue, depth int) (any, error) {
+	switch x := v.(type) {
+	case *glua.LNilType:
+		return nil, nil
+	case glua.LString:
+		return string(x), nil
+	case glua.LNumber:
+		return float64(x), nil
+	case glua.LBool:
+		return bool(x), nil
+	case *glua.LTable:
+		if depth <= 0 {
+			return nil, fmt.Errorf("nested tables are not allowed")
+		}
+		n := x.Len()
+		var err error
+		count := 0
+		x.ForEach(func(glua.LValue, glua.LValue) { count++ })
+		if n > 0 && n == count {
+			arr := make([]any, 0, n)
+			for i := 1; i <= n; i++ {
+				e, ferr := fromLua(x.RawGetInt(i), depth-1)
+				if ferr != nil {
+					return nil, ferr
+				}
+				arr = append(arr, e)
+			}
+			return arr, nil
+		}
+		m := map[string]any{}
+		x.ForEach(func(k, val glua.LValue) {
+			if err != nil {
+				return
+			}
+			e, ferr := fromLua(val, depth-1)
+			if ferr != nil {
+				err = ferr
+				return
+			}
+			m[luaString(k)] = e
+		})
+		return m, err
+	}
+	return nil, fmt.Errorf("cannot store a %s", v.Type().String())
+}
+
+// sortedKeys is used to make conversions deterministic where it matters.
+func sortedKeys(m map[string]any) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}

@@ -1,0 +1,307 @@
+package lua
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	glua "github.com/yuin/gopher-lua"
+
+	"github.com/usher-vm/usher/core"
+)
+
+// fixtureView is the in-memory core.StateView of policy tests. It is
+// exported to Go tests through NewFixtureView as well.
+type fixtureView struct {
+	mu     sync.RWMutex
+	domain string
+	vms    map[string]*core.VM
+	lnms   map[string]*core.LNM
+}
+
+func newFixtureView() *fixtureView {
+	return &fixtureView{domain: "usher.test", vms: map[string]*core.VM{}, lnms: map[string]*core.LNM{}}
+}
+
+// FixtureView is a simple in-memory core.StateView for tests and tools.
+type FixtureView = fixtureView
+
+// NewFixtureView returns an empty view with domain "usher.test".
+func NewFixtureView() *FixtureView { return newFixtureView() }
+
+// AddLNM adds or replaces a node.
+func (f *fixtureView) AddLNM(n *core.LNM) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lnms[n.Info.Name] = n
+}
+
+// AddVM adds or replaces a VM.
+func (f *fixtureView) AddVM(v *core.VM) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.vms[v.Name] = v
+}
+
+func (f *fixtureView) VM(name string) (*core.VM, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	v, ok := f.vms[name]
+	if !ok {
+		return nil, false
+	}
+	return v.Clone(), true
+}
+
+func (f *fixtureView) sortedVMs(keep func(*core.VM) bool) []*core.VM {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []*core.VM
+	for _, v := range f.vms {
+		if keep(v) {
+			out = append(out, v.Clone())
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (f *fixtureView) VMsOf(owner, cluster string) []*core.VM {
+	return f.sortedVMs(func(v *core.VM) bool { return v.Owner == owner && (cluster == "" || v.Cluster == cluster) })
+}
+
+func (f *fixtureView) VMsOn(lnm string) []*core.VM {
+	return f.sortedVMs(func(v *core.VM) bool { return v.LNM == lnm })
+}
+
+func (f *fixtureView) CountOf(owner string) int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n := 0
+	for _, v := range f.vms {
+		if v.Owner == owner {
+			n++
+		}
+	}
+	return n
+}
+
+func (f *fixtureView) LNM(name string) (*core.LNM, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n, ok := f.lnms[name]
+	if !ok {
+		return nil, false
+	}
+	c := *n
+	return &c, true
+}
+
+func (f *fixtureView) LNMs() []*core.LNM {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]*core.LNM, 0, len(f.lnms))
+	for _, n := range f.lnms {
+		c := *n
+		out = append(out, &c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Info.Name < out[j].Info.Name })
+	return out
+}
+
+func (f *fixtureView) Clusters(owner string) []core.Cluster {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	m := map[string]*core.Cluster{}
+	for _, v := range f.vms {
+		if owner != "" && v.Owner != owner {
+			continue
+		}
+		k := v.Owner + "/" + v.Cluster
+		c := m[k]
+		if c == nil {
+			c = &core.Cluster{Name: v.Cluster, Owner: v.Owner}
+			m[k] = c
+		}
+		c.VMs = append(c.VMs, v.Name)
+	}
+	out := make([]core.Cluster, 0, len(m))
+	for _, c := range m {
+		sort.Strings(c.VMs)
+		out = append(out, *c)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Owner != out[j].Owner {
+			return out[i].Owner < out[j].Owner
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+func (f *fixtureView) Domain() string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.domain
+}
+
+func num(t *glua.LTable, k string, def float64) float64 {
+	if n, ok := t.RawGetString(k).(glua.LNumber); ok {
+		return float64(n)
+	}
+	return def
+}
+
+func str(t *glua.LTable, k, def string) string {
+	if s := luaString(t.RawGetString(k)); s != "" {
+		return s
+	}
+	return def
+}
+
+// set replaces the fixture from usher_test.fixture{domain=, lnms=, vms=}.
+func (f *fixtureView) set(t *glua.LTable) error {
+	domain := str(t, "domain", "usher.test")
+	lnms := map[string]*core.LNM{}
+	vms := map[string]*core.VM{}
+	if lt, ok := t.RawGetString("lnms").(*glua.LTable); ok {
+		for i := 1; i <= lt.Len(); i++ {
+			e, ok := lt.RawGetInt(i).(*glua.LTable)
+			if !ok {
+				return fmt.Errorf("lnms[%d] is not a table", i)
+			}
+			name := str(e, "name", "")
+			if name == "" {
+				return fmt.Errorf("lnms[%d] has no name", i)
+			}
+			cpus := int(num(e, "cpus", 4))
+			mem := int(num(e, "mem_mb", 8192))
+			cpu := core.Avg{}
+			if c, ok := e.RawGetString("cpu").(glua.LNumber); ok {
+				cpu = core.Avg{M1: float64(c), M5: float64(c), M15: float64(c)}
+			}
+			cpu.M1 = num(e, "cpu_m1", cpu.M1)
+			cpu.M5 = num(e, "cpu_m5", cpu.M5)
+			cpu.M15 = num(e, "cpu_m15", cpu.M15)
+			lnms[name] = &core.LNM{
+				Info: core.NodeInfo{Name: name, Driver: "sim", CPUs: cpus, MemMB: mem, Address: name + ":7000"},
+				Status: core.NodeStatus{VMs: int(num(e, "vms", 0)), FreeMemMB: int(num(e, "free_mem_mb", float64(mem))),
+					FreeVCPUs: int(num(e, "free_vcpus", float64(cpus))), Usage: core.Usage{CPU: cpu}, ReportedAt: time.Now().UnixMilli()},
+				State: core.LNMState(str(e, "state", string(core.LNMConnected))),
+				Since: time.Now(),
+			}
+		}
+	}
+	if vt, ok := t.RawGetString("vms").(*glua.LTable); ok {
+		for i := 1; i <= vt.Len(); i++ {
+			e, ok := vt.RawGetInt(i).(*glua.LTable)
+			if !ok {
+				return fmt.Errorf("vms[%d] is not a table", i)
+			}
+			v := &core.VM{Short: str(e, "short", ""), Owner: str(e, "owner", ""), Name: str(e, "name", ""),
+				LNM: str(e, "lnm", ""), State: core.VMState(str(e, "state", string(core.StateRunning))),
+				MemMB: int(num(e, "mem_mb", 512)), VCPUs: int(num(e, "vcpus", 1)), Created: time.Now()}
+			if v.Name == "" {
+				if v.Short == "" || v.Owner == "" {
+					return fmt.Errorf("vms[%d] needs name or short and owner", i)
+				}
+				v.Name = core.FullName(v.Short, v.Owner, domain)
+			} else if v.Short == "" {
+				v.Short, v.Owner, _ = core.ParseFullName(v.Name, domain)
+			}
+			v.Cluster = str(e, "cluster", core.ClusterOf(v.Short))
+			if d, ok := e.RawGetString("data").(*glua.LTable); ok {
+				v.Data = luaStrMap(d)
+			}
+			vms[v.Name] = v
+		}
+	}
+	f.mu.Lock()
+	f.domain, f.lnms, f.vms = domain, lnms, vms
+	f.mu.Unlock()
+	return nil
+}
+
+// request builds a core.Request from a test's Lua table.
+func (f *fixtureView) request(event string, t *glua.LTable) (*core.Request, error) {
+	req := &core.Request{ID: str(t, "id", "test-req")}
+	switch event {
+	case core.EvStartRequest:
+		req.Kind = core.KindStart
+	case core.EvOpRequest:
+		req.Kind = core.KindOp
+	case core.EvMigrateRequest:
+		req.Kind = core.KindMigrate
+	default:
+		req.Kind = core.KindList
+	}
+	if k := str(t, "kind", ""); k != "" {
+		req.Kind = core.RequestKind(k)
+	}
+	switch u := t.RawGetString("user").(type) {
+	case glua.LString:
+		req.User = core.Identity{User: string(u)}
+	case *glua.LTable:
+		req.User = core.Identity{User: str(u, "user", ""), Admin: glua.LVAsBool(u.RawGetString("admin"))}
+		if g, ok := u.RawGetString("groups").(*glua.LTable); ok {
+			req.User.Groups = luaStrings(g)
+		}
+	default:
+		return nil, fmt.Errorf("request needs user")
+	}
+	if o := str(t, "op", ""); o != "" {
+		op, err := core.ParseOp(o)
+		if err != nil {
+			return nil, err
+		}
+		req.Op = op
+	}
+	req.Cluster = str(t, "cluster", "")
+	req.All = glua.LVAsBool(t.RawGetString("all"))
+	req.DryRun = glua.LVAsBool(t.RawGetString("dry_run"))
+	if l, ok := t.RawGetString("lnms").(*glua.LTable); ok {
+		req.LNMs = luaStrings(l)
+	}
+	if a, ok := t.RawGetString("args").(*glua.LTable); ok {
+		req.Args = luaStrMap(a)
+	}
+	domain := f.Domain()
+	if vt, ok := t.RawGetString("vms").(*glua.LTable); ok {
+		for i := 1; i <= vt.Len(); i++ {
+			var rv *core.ReqVM
+			switch e := vt.RawGetInt(i).(type) {
+			case glua.LString:
+				name := string(e)
+				if !strings.Contains(name, ".") {
+					name = core.FullName(name, req.User.User, domain)
+				}
+				rv = &core.ReqVM{Name: name}
+				if v, ok := f.VM(name); ok {
+					rv = &core.ReqVM{Name: v.Name, Short: v.Short, Owner: v.Owner, Cluster: v.Cluster, LNM: v.LNM,
+						MemMB: v.MemMB, VCPUs: v.VCPUs, State: v.State, Data: v.Data}
+				} else {
+					rv.Short, rv.Owner, _ = core.ParseFullName(name, domain)
+				}
+			case *glua.LTable:
+				rv = &core.ReqVM{Short: str(e, "short", ""), Owner: str(e, "owner", req.User.User), Name: str(e, "name", ""),
+					Cluster: str(e, "cluster", req.Cluster), LNM: str(e, "lnm", ""), Target: str(e, "target", ""),
+					MemMB: int(num(e, "mem_mb", 512)), VCPUs: int(num(e, "vcpus", 1)), State: core.VMState(str(e, "state", ""))}
+				if rv.Name == "" {
+					rv.Name = core.FullName(rv.Short, rv.Owner, domain)
+				}
+				if rv.Cluster == "" {
+					rv.Cluster = core.ClusterOf(rv.Short)
+				}
+				if d, ok := e.RawGetString("data").(*glua.LTable); ok {
+					rv.Data = luaStrMap(d)
+				}
+			default:
+				return nil, fmt.Errorf("vms[%d] must be a name or a table", i)
+			}
+			req.VMs = append(req.VMs, rv)
+		}
+	}
+	return req, nil
+}

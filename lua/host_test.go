@@ -1,0 +1,283 @@
+package lua
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/usher-vm/usher/core"
+)
+
+func writeScript(t testing.TB, dir, name, src string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// saveByRename writes like an editor: temp file, then rename over.
+func saveByRename(t testing.TB, dir, name, src string) {
+	t.Helper()
+	tmp := filepath.Join(dir, "."+name+".swp")
+	if err := os.WriteFile(tmp, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func testView() *FixtureView {
+	v := NewFixtureView()
+	for _, n := range []string{"n1", "n2", "n3"} {
+		v.AddLNM(&core.LNM{Info: core.NodeInfo{Name: n, CPUs: 8, MemMB: 16384},
+			Status: core.NodeStatus{FreeMemMB: 8192, FreeVCPUs: 8}, State: core.LNMConnected})
+	}
+	return v
+}
+
+func newHost(t testing.TB, opts Options) *Host {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = quietLogger()
+	}
+	h, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Bind(testView(), nil)
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+func startReq(names ...string) *core.Request {
+	r := &core.Request{ID: "r1", Kind: core.KindStart, User: core.Identity{User: "alice"}, Cluster: "c"}
+	for _, n := range names {
+		r.VMs = append(r.VMs, &core.ReqVM{Name: n + ".alice.usher.test", Short: n, Owner: "alice", Cluster: "c", MemMB: 512, VCPUs: 1})
+	}
+	return r
+}
+
+func TestChainOrderAndModification(t *testing.T) {
+	dir := t.TempDir()
+	writeScript(t, dir, "b.lua", `
+usher.on("start_request", function(req)
+  for _, vm in ipairs(req.vms) do vm.data.seen = (vm.data.seen or "") .. "b" end
+end, {order = 20, name = "second"})`)
+	writeScript(t, dir, "a.lua", `
+usher.on("start_request", function(req)
+  for _, vm in ipairs(req.vms) do vm.data.seen = (vm.data.seen or "") .. "a"; vm.lnm = "n2" end
+  req:drop(req.vms[2].name, "too many")
+end, {order = 10, name = "first"})
+usher.on("start_request", function(req) end, {order = 30, name = "third"})`)
+	h := newHost(t, Options{Dirs: []string{dir}})
+	req := startReq("c1", "c2", "c3")
+	if err := h.Request(context.Background(), core.EvStartRequest, req); err != nil {
+		t.Fatal(err)
+	}
+	if len(req.VMs) != 2 || req.VMs[0].Short != "c1" || req.VMs[1].Short != "c3" {
+		t.Fatalf("vms after chain: %+v", req.VMs)
+	}
+	for _, v := range req.VMs {
+		if v.Data["seen"] != "ab" || v.LNM != "n2" {
+			t.Fatalf("vm %s: data %v lnm %q", v.Name, v.Data, v.LNM)
+		}
+	}
+	if len(req.Dropped) != 1 || req.Dropped[0].VM != "c2.alice.usher.test" || req.Dropped[0].Reason != "too many" || req.Dropped[0].By != "a.lua:first" {
+		t.Fatalf("dropped: %+v", req.Dropped)
+	}
+	var got []string
+	for _, s := range req.Trace {
+		got = append(got, s.Handler+"="+s.Action)
+	}
+	want := "a.lua:first=modified b.lua:second=modified a.lua:third=approved"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("trace %q, want %q", strings.Join(got, " "), want)
+	}
+}
+
+func TestRejectNamesHandler(t *testing.T) {
+	dir := t.TempDir()
+	writeScript(t, dir, "deny.lua", `
+usher.on("op_request", function(req)
+  if req.op == "destroy" then return usher.reject("no destroying on fridays") end
+end, {name = "friday"})
+usher.on("migrate_request", function(req) error("boom") end, {name = "broken"})`)
+	h := newHost(t, Options{Dirs: []string{dir}})
+	req := startReq("c1")
+	req.Kind, req.Op = core.KindOp, core.OpDestroy
+	err := h.Request(context.Background(), core.EvOpRequest, req)
+	var re *core.RejectError
+	if !errors.As(err, &re) || re.Handler != "deny.lua:friday" || re.Reason != "no destroying on fridays" {
+		t.Fatalf("err = %#v", err)
+	}
+	if req.Rejected != "no destroying on fridays" || req.Trace[len(req.Trace)-1].Action != "rejected" {
+		t.Fatalf("req: %+v", req)
+	}
+	req = startReq("c1")
+	err = h.Request(context.Background(), core.EvMigrateRequest, req)
+	if !errors.As(err, &re) || re.Handler != "deny.lua:broken" || !strings.Contains(re.Reason, "deny.lua:5: boom") {
+		t.Fatalf("err = %v", err)
+	}
+	req = startReq("c1")
+	req.Kind, req.Op = core.KindOp, core.OpPause
+	if err := h.Request(context.Background(), core.EvOpRequest, req); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAuthenticateChain(t *testing.T) {
+	dir := t.TempDir()
+	writeScript(t, dir, "a1.lua", `usher.on("authenticate", function(c) error("ldap down") end, {order = 1})`)
+	writeScript(t, dir, "a2.lua", `usher.on("authenticate", function(c)
+  if c.user == "bob" and c.password == "pw" then return true, {groups = {"staff"}, admin = false} end
+  return false
+end, {order = 2})`)
+	var mu sync.Mutex
+	var sunk []core.Event
+	h, _ := New(Options{Dirs: []string{dir}, Logger: quietLogger()})
+	h.SetErrorSink(func(e core.Event) { mu.Lock(); sunk = append(sunk, e); mu.Unlock() })
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	id, err := h.Authenticate(context.Background(), core.Credentials{User: "bob", Password: "pw"})
+	if err != nil || id.User != "bob" || len(id.Groups) != 1 || id.Groups[0] != "staff" {
+		t.Fatalf("id %+v err %v", id, err)
+	}
+	if _, err := h.Authenticate(context.Background(), core.Credentials{User: "bob", Password: "no"}); !errors.Is(err, core.ErrAuthFailed) {
+		t.Fatalf("err %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sunk) == 0 || sunk[0].Type != core.EvError || sunk[0].Detail["script"] != "a1.lua" || sunk[0].Detail["line"] != "1" {
+		t.Fatalf("error events: %+v", sunk)
+	}
+}
+
+func TestSandbox(t *testing.T) {
+	dir := t.TempDir()
+	writeScript(t, dir, "probe.lua", `
+usher.on("authorize", function(req)
+  local absent = {}
+  for _, n in ipairs({"os", "io", "debug", "require", "load", "loadstring", "dofile", "loadfile",
+                      "package", "coroutine", "collectgarbage", "getfenv", "setfenv", "newproxy", "module", "_printregs"}) do
+    if _G[n] ~= nil then error("present: " .. n) end
+  end
+  if getmetatable("") ~= "locked" then error("string metatable exposed") end
+  local ok = pcall(setmetatable, getmetatable(""), {})
+  if ok then error("string metatable replaceable") end
+  ok = pcall(function() string.upper = function() return "pwned" end end)
+  if ok then error("string table writable") end
+  ok = pcall(function() usher.vm = nil end)
+  if ok then error("usher table writable") end
+  if string.dump ~= nil then error("string.dump present") end
+end)`)
+	h := newHost(t, Options{Dirs: []string{dir}})
+	if err := h.Authorize(context.Background(), startReq("c1")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStatusCounts(t *testing.T) {
+	dir := t.TempDir()
+	writeScript(t, dir, "s.lua", `
+usher.on("start_request", function(req) end, {name = "ok"})
+usher.on("op_request", function(req) error("x") end, {name = "bad", order = 7})
+usher.every("1h", function() end, {name = "hourly"})`)
+	h := newHost(t, Options{Dirs: []string{dir}})
+	for i := 0; i < 5; i++ {
+		h.Request(context.Background(), core.EvStartRequest, startReq("c1"))
+	}
+	h.Request(context.Background(), core.EvOpRequest, startReq("c1"))
+	st := h.Status()
+	if len(st) != 1 || !st[0].Loaded || st[0].Hash == "" || len(st[0].Handlers) != 3 {
+		t.Fatalf("status %+v", st)
+	}
+	hs := map[string]HandlerStatus{}
+	for _, x := range st[0].Handlers {
+		hs[x.Name] = x
+	}
+	if hs["ok"].Calls != 5 || hs["ok"].Errors != 0 || hs["ok"].MeanUS <= 0 || hs["ok"].P50US <= 0 {
+		t.Fatalf("ok: %+v", hs["ok"])
+	}
+	if hs["bad"].Calls != 1 || hs["bad"].Errors != 1 || hs["bad"].Order != 7 {
+		t.Fatalf("bad: %+v", hs["bad"])
+	}
+	if hs["hourly"].Event != "timer" || hs["hourly"].Every != "1h0m0s" {
+		t.Fatalf("timer: %+v", hs["hourly"])
+	}
+}
+
+func TestRegisterUnregisterSetActive(t *testing.T) {
+	dir := t.TempDir()
+	writeScript(t, dir, "p.lua", `
+usher.on("start_request", function(req) for _, v in ipairs(req.vms) do v.lnm = "n1" end end, {name = "pack"})
+function spread(req) for _, v in ipairs(req.vms) do v.lnm = "n3" end end`)
+	h := newHost(t, Options{Dirs: []string{dir}})
+	run := func() string {
+		r := startReq("c1")
+		if err := h.Request(context.Background(), core.EvStartRequest, r); err != nil {
+			t.Fatal(err)
+		}
+		return r.VMs[0].LNM
+	}
+	if got := run(); got != "n1" {
+		t.Fatalf("got %q", got)
+	}
+	if err := h.Unregister("p", "start_request"); err != nil {
+		t.Fatal(err)
+	}
+	if got := run(); got != "" {
+		t.Fatalf("after unregister got %q", got)
+	}
+	if err := h.Register("p", "start_request", "spread", 60); err != nil {
+		t.Fatal(err)
+	}
+	if got := run(); got != "n3" {
+		t.Fatalf("after register got %q", got)
+	}
+	if err := h.Register("p", "start_request", "nope", 60); err == nil {
+		t.Fatal("registering a missing function succeeded")
+	}
+	h.SetActive("start_request", "spread", false)
+	if got := run(); got != "n1" {
+		t.Fatalf("after set_active(false) got %q", got)
+	}
+}
+
+func TestLogAndPrint(t *testing.T) {
+	dir := t.TempDir()
+	writeScript(t, dir, "l.lua", `print("hello", 1) usher.log.warn("careful", "vm", "x", "n", 3)
+usher.on("authorize", function() end)`)
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	h, _ := New(Options{Dirs: []string{dir}, Logger: slog.New(slog.NewTextHandler(&syncWriter{w: &buf}, nil))})
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	out := buf.String()
+	if !strings.Contains(out, `msg="hello\t1"`) || !strings.Contains(out, "script=l.lua") || !strings.Contains(out, "msg=careful") || !strings.Contains(out, "vm=x") {
+		t.Fatalf("log: %s", out)
+	}
+}
+
+var _ = time.Second

@@ -1,0 +1,103 @@
+package lua
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// kvStore is the persistent key-value store behind usher.store. Values are
+// plain JSON data (strings, numbers, bools, flat tables). With a path,
+// every set rewrites the file atomically (temp file in the same directory,
+// fsync, rename).
+type kvStore struct {
+	mu   sync.Mutex
+	path string
+	m    map[string]any
+}
+
+// maxStoreValue bounds one stored value (encoded).
+const maxStoreValue = 64 << 10
+
+func openStore(path string) (*kvStore, error) {
+	s := &kvStore{path: path, m: map[string]any{}}
+	if path == "" {
+		return s, nil
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lua store: %w", err)
+	}
+	if len(b) > 0 {
+		if err := json.Unmarshal(b, &s.m); err != nil {
+			return nil, fmt.Errorf("lua store %s: %w", path, err)
+		}
+	}
+	return s, nil
+}
+
+func (s *kvStore) get(k string) any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.m[k]
+}
+
+func (s *kvStore) set(k string, v any) error {
+	if v != nil {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		if len(b) > maxStoreValue {
+			return fmt.Errorf("value of %d bytes exceeds %d", len(b), maxStoreValue)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v == nil {
+		delete(s.m, k)
+	} else {
+		s.m[k] = v
+	}
+	return s.writeLocked()
+}
+
+func (s *kvStore) flush() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.writeLocked()
+}
+
+func (s *kvStore) writeLocked() error {
+	if s.path == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(s.m, "", " ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(s.path), ".store-*.tmp")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(b)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), s.path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
+}

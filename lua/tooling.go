@@ -1,0 +1,433 @@
+package lua
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	glua "github.com/yuin/gopher-lua"
+
+	"github.com/usher-vm/usher/core"
+)
+
+// Check compiles each file and runs its top level in a sandbox with an
+// empty view and no actions, which validates registrations (known event
+// names, valid intervals, duplicate handler names). Errors name file:line.
+func Check(files []string) []error {
+	h, err := New(Options{PoolSize: 1, Budget: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		return []error{err}
+	}
+	defer h.Close()
+	var errs []error
+	for _, f := range files {
+		src, err := os.ReadFile(f)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		base := strings.TrimSuffix(filepath.Base(f), ".lua")
+		sum := sha256.Sum256(src)
+		v, err := h.newVersion(base, f, src, hex.EncodeToString(sum[:])[:12])
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if len(v.regs) == 0 {
+			errs = append(errs, fmt.Errorf("%s: registers no handler (no usher.on or usher.every call)", filepath.Base(f)))
+		}
+		v.cancel()
+	}
+	return errs
+}
+
+// RunTests runs every *_test.lua file of dir. See docs/lua-api.md
+// ("Testing policies") for the usher_test API.
+func RunTests(dir string, w io.Writer) (passed, failed int, err error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*_test.lua"))
+	if err != nil {
+		return 0, 0, err
+	}
+	sort.Strings(files)
+	if len(files) == 0 {
+		return 0, 0, fmt.Errorf("no *_test.lua files in %s", dir)
+	}
+	for _, f := range files {
+		p, fl := runTestFile(dir, f, w)
+		passed += p
+		failed += fl
+	}
+	fmt.Fprintf(w, "%d passed, %d failed\n", passed, failed)
+	return passed, failed, nil
+}
+
+// testRun is the state of one test file.
+type testRun struct {
+	dir     string
+	file    string
+	w       io.Writer
+	load    []string
+	config  map[string]map[string]any
+	view    *fixtureView
+	acts    *recorder
+	host    *Host
+	cases   int
+	passed  int
+	failed  int
+	logs    *strings.Builder
+	logger  *slog.Logger
+}
+
+func runTestFile(dir, path string, w io.Writer) (int, int) {
+	file := filepath.Base(path)
+	logs := &strings.Builder{}
+	tr := &testRun{dir: dir, file: file, w: w, view: newFixtureView(), acts: &recorder{},
+		config: map[string]map[string]any{}, logs: logs,
+		logger: slog.New(slog.NewTextHandler(&syncWriter{w: logs}, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	tr.load = []string{strings.TrimSuffix(file, "_test.lua")}
+	defer tr.closeHost()
+	src, err := os.ReadFile(path)
+	if err != nil {
+		fmt.Fprintf(w, "FAIL %s: %v\n", file, err)
+		return 0, 1
+	}
+	proto, err := compile(src, file)
+	if err != nil {
+		fmt.Fprintf(w, "FAIL %s\n", err)
+		return 0, 1
+	}
+	// The runner state is a sandbox like a policy's, plus usher_test.
+	h, _ := New(Options{Logger: tr.logger})
+	defer h.Close()
+	v := &version{h: h, name: strings.TrimSuffix(file, ".lua"), file: file, dir: dir, ctx: h.ctx, cancel: func() {}}
+	ls := &lstate{v: v, memLimit: 256 << 20}
+	ls.L = newSandbox(ls, tr.logger, file)
+	defer ls.L.Close()
+	tr.install(ls.L)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ls.L.SetContext(ctx)
+	ls.L.Push(ls.L.NewFunctionFromProto(proto))
+	if err := ls.L.PCall(0, 0, nil); err != nil {
+		fmt.Fprintf(w, "FAIL %s: %s\n", file, luaErrMessage(err))
+		tr.failed++
+	} else if tr.cases == 0 {
+		fmt.Fprintf(w, "ok   %s\n", file)
+		tr.passed++
+	}
+	return tr.passed, tr.failed
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
+}
+
+func (tr *testRun) closeHost() {
+	if tr.host != nil {
+		tr.host.Close()
+		tr.host = nil
+	}
+}
+
+// ensureHost (re)creates the policy host with the current load list and config.
+func (tr *testRun) ensureHost(L *glua.LState) *Host {
+	if tr.host != nil {
+		return tr.host
+	}
+	h, err := New(Options{Dirs: []string{tr.dir}, Enabled: tr.load, Config: tr.config, PoolSize: 2, Logger: tr.logger})
+	if err != nil {
+		L.RaiseError("usher_test: %v", err)
+	}
+	h.Bind(tr.view, tr.acts)
+	if err := h.Start(context.Background()); err != nil {
+		h.Close()
+		L.RaiseError("usher_test: loading policies: %v", err)
+	}
+	for _, n := range tr.load {
+		found := false
+		for _, s := range h.Status() {
+			if s.Name == n && s.Loaded {
+				found = true
+			}
+		}
+		if !found {
+			h.Close()
+			L.RaiseError("usher_test: policy %q not found in %s", n, tr.dir)
+		}
+	}
+	tr.host = h
+	return h
+}
+
+func (tr *testRun) install(L *glua.LState) {
+	t := L.NewTable()
+	fns := map[string]glua.LGFunction{
+		"load": func(L *glua.LState) int {
+			tr.load = luaStrings(L.CheckTable(1))
+			tr.closeHost()
+			return 0
+		},
+		"config": func(L *glua.LState) int {
+			tb := L.CheckTable(1)
+			tr.config = map[string]map[string]any{}
+			tb.ForEach(func(k, v glua.LValue) {
+				if vt, ok := v.(*glua.LTable); ok {
+					m, err := fromLua(vt, 8)
+					if mm, ok := m.(map[string]any); ok && err == nil {
+						tr.config[luaString(k)] = mm
+					}
+				}
+			})
+			tr.closeHost()
+			return 0
+		},
+		"fixture": func(L *glua.LState) int {
+			if err := tr.view.set(L.CheckTable(1)); err != nil {
+				L.RaiseError("usher_test.fixture: %v", err)
+			}
+			tr.acts.reset()
+			return 0
+		},
+		"request": func(L *glua.LState) int {
+			event := L.CheckString(1)
+			req, err := tr.view.request(event, L.CheckTable(2))
+			if err != nil {
+				L.RaiseError("usher_test.request: %v", err)
+			}
+			h := tr.ensureHost(L)
+			var rerr error
+			if event == core.EvAuthorize {
+				rerr = h.Authorize(context.Background(), req)
+			} else {
+				rerr = h.Request(context.Background(), event, req)
+			}
+			L.Push(resultOf(L, req))
+			if rerr != nil {
+				L.Push(glua.LString(rerr.Error()))
+				return 2
+			}
+			return 1
+		},
+		"register_vm": func(L *glua.LState) int {
+			req, err := tr.view.request(core.EvStartRequest, L.CheckTable(1))
+			if err != nil || len(req.VMs) == 0 {
+				L.RaiseError("usher_test.register_vm: need a request with one VM: %v", err)
+			}
+			h := tr.ensureHost(L)
+			vm := req.VMs[0]
+			if err := h.RegisterVM(context.Background(), req, vm); err != nil {
+				L.Push(glua.LNil)
+				L.Push(glua.LString(err.Error()))
+				return 2
+			}
+			L.Push(reqVMTable(L, vm))
+			return 1
+		},
+		"authenticate": func(L *glua.LState) int {
+			h := tr.ensureHost(L)
+			id, err := h.Authenticate(context.Background(), core.Credentials{User: L.CheckString(1), Password: L.OptString(2, ""), Remote: "test"})
+			if err != nil {
+				L.Push(glua.LNil)
+				L.Push(glua.LString(err.Error()))
+				return 2
+			}
+			L.Push(identityTable(L, id))
+			return 1
+		},
+		"tick": func(L *glua.LState) int {
+			h := tr.ensureHost(L)
+			if err := h.RunTimers(context.Background(), L.CheckString(1)); err != nil {
+				L.Push(glua.LString(err.Error()))
+				return 1
+			}
+			return 0
+		},
+		"actions": func(L *glua.LState) int {
+			L.Push(tr.acts.table(L))
+			return 1
+		},
+		"case": func(L *glua.LState) int {
+			name := L.CheckString(1)
+			fn := L.CheckFunction(2)
+			tr.cases++
+			L.Push(fn)
+			if err := L.PCall(0, 0, nil); err != nil {
+				tr.failed++
+				fmt.Fprintf(tr.w, "FAIL %s: %s: %s\n", tr.file, name, luaErrMessage(err))
+				if tr.logs.Len() > 0 {
+					fmt.Fprintf(tr.w, "     log: %s", tr.logs.String())
+				}
+			} else {
+				tr.passed++
+				fmt.Fprintf(tr.w, "ok   %s: %s\n", tr.file, name)
+			}
+			tr.logs.Reset()
+			return 0
+		},
+		"eq": func(L *glua.LState) int {
+			a, b := L.Get(1), L.Get(2)
+			if !deepEqual(a, b) {
+				L.RaiseError("%s: expected %s, got %s", L.OptString(3, "eq"), show(b), show(a))
+			}
+			return 0
+		},
+		"ok": func(L *glua.LState) int {
+			if !glua.LVAsBool(L.Get(1)) {
+				L.RaiseError("%s", L.OptString(2, "assertion failed"))
+			}
+			return 0
+		},
+	}
+	for k, f := range fns {
+		t.RawSetString(k, L.NewFunction(f))
+	}
+	t.RawSetString("dir", glua.LString(tr.dir))
+	L.SetGlobal("usher_test", t)
+}
+
+// resultOf converts a request after the chain into a table.
+func resultOf(L *glua.LState, req *core.Request) *glua.LTable {
+	t := L.NewTable()
+	vms := L.CreateTable(len(req.VMs), 0)
+	byName := L.NewTable()
+	for i, v := range req.VMs {
+		vt := reqVMTable(L, v)
+		vms.RawSetInt(i+1, vt)
+		byName.RawSetString(v.Short, vt)
+	}
+	t.RawSetString("vms", vms)
+	t.RawSetString("by_short", byName)
+	dr := L.CreateTable(len(req.Dropped), 0)
+	for i, d := range req.Dropped {
+		e := L.NewTable()
+		e.RawSetString("vm", glua.LString(d.VM))
+		e.RawSetString("reason", glua.LString(d.Reason))
+		e.RawSetString("by", glua.LString(d.By))
+		dr.RawSetInt(i+1, e)
+	}
+	t.RawSetString("dropped", dr)
+	tr := L.CreateTable(len(req.Trace), 0)
+	for i, s := range req.Trace {
+		e := L.NewTable()
+		e.RawSetString("event", glua.LString(s.Event))
+		e.RawSetString("handler", glua.LString(s.Handler))
+		e.RawSetString("action", glua.LString(s.Action))
+		e.RawSetString("detail", glua.LString(s.Detail))
+		tr.RawSetInt(i+1, e)
+	}
+	t.RawSetString("trace", tr)
+	setStr(t, "rejected", req.Rejected)
+	t.RawSetString("lnms", strList(L, req.LNMs))
+	t.RawSetString("args", strMap(L, req.Args))
+	setStr(t, "op", string(req.Op))
+	return t
+}
+
+func deepEqual(a, b glua.LValue) bool {
+	ta, ok1 := a.(*glua.LTable)
+	tb, ok2 := b.(*glua.LTable)
+	if !ok1 || !ok2 {
+		if n1, ok := a.(glua.LNumber); ok {
+			if n2, ok := b.(glua.LNumber); ok {
+				return n1 == n2
+			}
+		}
+		return a == b
+	}
+	eq := true
+	count := 0
+	ta.ForEach(func(k, v glua.LValue) {
+		count++
+		if !deepEqual(v, tb.RawGet(k)) {
+			eq = false
+		}
+	})
+	tb.ForEach(func(glua.LValue, glua.LValue) { count-- })
+	return eq && count == 0
+}
+
+func show(v glua.LValue) string {
+	t, ok := v.(*glua.LTable)
+	if !ok {
+		if s, ok := v.(glua.LString); ok {
+			return fmt.Sprintf("%q", string(s))
+		}
+		return v.String()
+	}
+	var parts []string
+	n := t.Len()
+	for i := 1; i <= n; i++ {
+		parts = append(parts, show(t.RawGetInt(i)))
+	}
+	var keys []string
+	t.ForEach(func(k, val glua.LValue) {
+		if kn, ok := k.(glua.LNumber); ok && int(kn) >= 1 && int(kn) <= n {
+			return
+		}
+		keys = append(keys, fmt.Sprintf("%s=%s", luaString(k), show(val)))
+	})
+	sort.Strings(keys)
+	return "{" + strings.Join(append(parts, keys...), ", ") + "}"
+}
+
+// recorder is the test Actions: it records what timers ask for.
+type recorder struct {
+	mu  sync.Mutex
+	log []map[string]any
+}
+
+func (r *recorder) reset() {
+	r.mu.Lock()
+	r.log = nil
+	r.mu.Unlock()
+}
+
+func (r *recorder) OpOn(_ context.Context, _ core.Identity, a core.OpArgs) (*core.Result, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.log = append(r.log, map[string]any{"kind": "op", "op": string(a.Op), "vms": toAnys(a.VMs)})
+	return &core.Result{Requested: len(a.VMs)}, nil
+}
+
+func (r *recorder) Migrate(_ context.Context, _ core.Identity, a core.MigrateArgs) (*core.Result, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.log = append(r.log, map[string]any{"kind": "migrate", "vms": toAnys(a.VMs), "lnms": toAnys(a.LNMs)})
+	return &core.Result{Requested: len(a.VMs)}, nil
+}
+
+func toAnys(xs []string) []any {
+	out := make([]any, len(xs))
+	for i, x := range xs {
+		out[i] = x
+	}
+	return out
+}
+
+func (r *recorder) table(L *glua.LState) *glua.LTable {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := L.CreateTable(len(r.log), 0)
+	for i, e := range r.log {
+		t.RawSetInt(i+1, toLua(L, e))
+	}
+	return t
+}
+
+
