@@ -17,6 +17,7 @@ type kvStore struct {
 	mu   sync.Mutex
 	path string
 	m    map[string]any
+	hook func(k string, v any) // test hook, called after each set
 }
 
 // maxStoreValue bounds one stored value (encoded).
@@ -64,6 +65,9 @@ func (s *kvStore) set(k string, v any) error {
 		delete(s.m, k)
 	} else {
 		s.m[k] = v
+	}
+	if s.hook != nil {
+		s.hook(k, v)
 	}
 	return s.writeLocked()
 }

@@ -1,0 +1,142 @@
+package lua
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"runtime/metrics"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/usher-vm/usher/core"
+)
+
+// hostile handlers, each registered on op_request of its own script with a
+// distinct handler name; the well-behaved script handles start_request.
+var hostile = map[string]string{
+	"spin":    `while true do end`,
+	"membomb": `local t = {} while true do t[#t+1] = string.rep("x", 1e6) end`,
+	"bigrep":  `local s = string.rep("x", 1e12) return #s`,
+	"recurse": `local function f(n) return 1 + f(n + 1) end return f(1)`,
+	"pattern": `return string.find(string.rep("a", 1e5), ".-.-.-.-.-b")`,
+	"concat":  `local s = "x" while true do s = s .. s end`,
+	"tables":  `local t = {} local i = 0 while true do i = i + 1 t[i] = {i, i, i} end`,
+	"pcallspin": `while true do pcall(function() while true do end end) end`,
+	"gsubbomb": `local s = string.rep("x", 1e6) while true do s = s:gsub("x", "xx") end`,
+	"fmtwidth": `return string.format("%999999999d", 1)`,
+	"concattbl": `local t = {} for i = 1, 100 do t[i] = string.rep("y", 1e6) end
+	              local s = table.concat(t) while true do s = table.concat({s, s}) end`,
+}
+
+func heapBytes() uint64 {
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+func TestBudgetsCutOffHostileScripts(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range hostile {
+		writeScript(t, dir, name+".lua", `usher.on("op_request", function(req)`+"\n"+body+"\nend, {name = \"evil\"})")
+	}
+	writeScript(t, dir, "good.lua", `usher.on("start_request", function(req) for _, v in ipairs(req.vms) do v.lnm = "n1" end end)`)
+	budget := 200 * time.Millisecond
+	h := newHost(t, Options{Dirs: []string{dir}, Budget: budget, MemLimitMB: 64, PoolSize: 2})
+
+	// Run each hostile script alone (so the chain stops at it) while
+	// well-behaved requests keep flowing concurrently.
+	for name := range hostile {
+		name := name
+		t.Run(name, func(t *testing.T) {
+			h.SetActive("", name, true)
+			for other := range hostile {
+				if other != name {
+					h.SetActive("", other, false)
+				}
+			}
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			var served, failed int
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					r := startReq("c1")
+					if err := h.Request(context.Background(), core.EvStartRequest, r); err != nil || r.VMs[0].LNM != "n1" {
+						failed++
+					} else {
+						served++
+					}
+				}
+			}()
+			runtime.GC()
+			heap0 := heapBytes()
+			t0 := time.Now()
+			req := startReq("c1")
+			req.Kind, req.Op = core.KindOp, core.OpPause
+			err := h.Request(context.Background(), core.EvOpRequest, req)
+			took := time.Since(t0)
+			close(stop)
+			wg.Wait()
+			var re *core.RejectError
+			if !errors.As(err, &re) {
+				t.Fatalf("%s: not rejected: %v", name, err)
+			}
+			if re.Handler != name+".lua:evil" || !strings.Contains(re.Reason, name+".lua") {
+				t.Fatalf("%s: error does not name script/handler: %v", name, err)
+			}
+			if took > 4*budget+time.Second {
+				t.Fatalf("%s: took %v with budget %v", name, took, budget)
+			}
+			if failed > 0 || served == 0 {
+				t.Fatalf("%s: concurrent good requests served=%d failed=%d", name, served, failed)
+			}
+			t.Logf("%s: cut after %v: %s (good requests meanwhile: %d; heap now +%d MB)", name, took.Round(time.Millisecond), re.Reason, served, int64(heapBytes()-heap0)>>20)
+		})
+	}
+	// After cut-offs the hostile scripts still load fresh states and a benign
+	// request through them works when they are switched off.
+	for name := range hostile {
+		h.SetActive("", name, false)
+	}
+	req := startReq("c1")
+	req.Kind, req.Op = core.KindOp, core.OpPause
+	if err := h.Request(context.Background(), core.EvOpRequest, req); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMemoryBound checks the reachability meter directly: a handler that
+// keeps a growing table of 1 MB strings is cut near the limit, well before
+// the process heap grows by many times the limit.
+func TestMemoryBound(t *testing.T) {
+	dir := t.TempDir()
+	writeScript(t, dir, "hog.lua", `usher.on("op_request", function(req)
+  local t = {}
+  for i = 1, 100000 do t[#t+1] = string.rep(tostring(i), 100000 / #tostring(i)) end
+end)`)
+	h := newHost(t, Options{Dirs: []string{dir}, Budget: 5 * time.Second, MemLimitMB: 16, PoolSize: 1})
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	before := ms.TotalAlloc
+	req := startReq("c1")
+	req.Kind, req.Op = core.KindOp, core.OpPause
+	err := h.Request(context.Background(), core.EvOpRequest, req)
+	if err == nil || !strings.Contains(err.Error(), "memory limit") {
+		t.Fatalf("err = %v", err)
+	}
+	runtime.ReadMemStats(&ms)
+	alloc := ms.TotalAlloc - before
+	t.Logf("cut with %v after allocating %d MB in total", err, alloc>>20)
+	if alloc > 16*4<<20+32<<20 {
+		t.Fatalf("allocated %d MB for a 16 MB limit", alloc>>20)
+	}
+}
