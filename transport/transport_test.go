@@ -1,0 +1,324 @@
+package transport_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/core/coretest"
+	"github.com/usher-vm/usher/transport"
+)
+
+type env struct {
+	addr   string
+	dir    string
+	ca     *transport.CA
+	caFile string
+	lim    transport.Limits
+	c      *core.Controller
+}
+
+func start(t *testing.T, mutate func(*transport.ServerOptions)) *env {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := transport.CreateCA(dir, "test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := ca.Issue(transport.RoleController, "controller", []string{"localhost", "127.0.0.1"}, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, transport.CACertFile)
+	tlsCfg, err := transport.ServerTLS(cert, key, caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := coretest.New(map[string]string{"alice": "pw"})
+	c := core.New(core.Config{}, h)
+	lim := transport.DefaultLimits()
+	lim.HandshakeTimeout = 500 * time.Millisecond
+	lim.MaxStreams = 16
+	lim.KeepAlive = 500 * time.Millisecond
+	so := transport.ServerOptions{Limits: lim, MaxHandshaking: 8}
+	if mutate != nil {
+		mutate(&so)
+	}
+	srv := transport.NewControllerServer(c, tlsCfg, transport.ControllerOptions{Server: so, ReportInterval: 200 * time.Millisecond})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx, ln); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return &env{addr: ln.Addr().String(), dir: dir, ca: ca, caFile: caFile, lim: so.Limits, c: c}
+}
+
+func (e *env) dialUser(t *testing.T) *transport.Session {
+	t.Helper()
+	cfg, err := transport.ClientTLS(e.caFile, "", "", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := transport.Dial(context.Background(), e.addr, cfg, e.lim, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetMux(transport.NewMux())
+	go s.Serve(context.Background())
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func (e *env) login(t *testing.T) *transport.Session {
+	s := e.dialUser(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Call(ctx, core.MAuth, core.AuthArgs{User: "alice", Password: "pw"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// waitClosed waits for the peer to close conn, failing after d.
+func waitClosed(t *testing.T, conn net.Conn, d time.Duration) {
+	t.Helper()
+	conn.SetReadDeadline(time.Now().Add(d))
+	buf := make([]byte, 4096)
+	for {
+		_, err := conn.Read(buf)
+		if err == nil {
+			continue
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("connection still open after %v", d)
+		}
+		return
+	}
+}
+
+func TestHandshakeDeadline(t *testing.T) {
+	e := start(t, nil)
+	conn, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Never send a ClientHello: the server must cut us off.
+	waitClosed(t, conn, 5*time.Second)
+}
+
+func TestUnauthenticatedFloodIsShed(t *testing.T) {
+	e := start(t, nil)
+	var conns []net.Conn
+	for i := 0; i < 40; i++ {
+		c, err := net.Dial("tcp", e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	// Every stalled connection is closed within the handshake bound (the
+	// excess at once), and afterwards a real user is served.
+	for _, c := range conns {
+		waitClosed(t, c, 5*time.Second)
+	}
+	s := e.login(t)
+	var who core.Identity
+	if err := s.Call(context.Background(), core.MWhoami, nil, &who); err != nil || who.User != "alice" {
+		t.Fatalf("after flood: %v %+v", err, who)
+	}
+}
+
+func TestCallsNeedAuthentication(t *testing.T) {
+	e := start(t, nil)
+	s := e.dialUser(t)
+	err := s.Call(context.Background(), core.MList, core.ListArgs{}, nil)
+	var we *transport.Error
+	if !errors.As(err, &we) || we.Code != transport.CodeUnauthorized {
+		t.Fatalf("unauthenticated list: %v", err)
+	}
+	// and a session that never authenticates is closed
+	select {
+	case <-s.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("unauthenticated session left open")
+	}
+}
+
+func TestRepeatedWrongPasswordsCutSession(t *testing.T) {
+	e := start(t, nil)
+	s := e.dialUser(t)
+	for i := 0; i < 3; i++ {
+		err := s.Call(context.Background(), core.MAuth, core.AuthArgs{User: "alice", Password: "nope"}, nil)
+		if err == nil || !strings.Contains(err.Error(), "unauthorized") {
+			t.Fatalf("wrong password %d: %v", i, err)
+		}
+	}
+	select {
+	case <-s.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("session survives repeated failures")
+	}
+}
+
+func TestStreamFloodIsCapped(t *testing.T) {
+	e := start(t, nil)
+	s := e.login(t)
+	// Open many streams that each start a call and never read the answer:
+	// beyond MaxStreams the server answers too_many; it keeps serving.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var streams []*transport.Stream
+	for i := 0; i < 200; i++ {
+		st, err := s.OpenStream(ctx, core.MEvents, nil)
+		if err != nil {
+			break
+		}
+		streams = append(streams, st)
+	}
+	tooMany := 0
+	for _, st := range streams {
+		env, err := st.Recv(5 * time.Second)
+		if err == nil && env.Error != nil && env.Error.Code == transport.CodeTooMany {
+			tooMany++
+		}
+	}
+	if tooMany == 0 {
+		t.Fatal("no stream was refused")
+	}
+	for _, st := range streams {
+		st.Close()
+	}
+	// A fresh session is served normally.
+	s2 := e.login(t)
+	if err := s2.Call(context.Background(), core.MWhoami, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStuckStreamIsCutOff(t *testing.T) {
+	e := start(t, nil)
+	s := e.login(t)
+	// Open a raw stream and send nothing: the server's per-stream deadline
+	// closes it (yamux's keepalive would not notice).
+	st, err := s.OpenStream(context.Background(), "", nil)
+	if err == nil {
+		// OpenStream always sends a call frame; the empty method is refused.
+		env, rerr := st.Recv(5 * time.Second)
+		if rerr == nil && env.Error == nil {
+			t.Fatal("empty method accepted")
+		}
+	}
+	raw, err := transport.RawStream(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = io.ReadAll(raw)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("stuck stream not closed by the server")
+	}
+}
+
+func TestOversizedFrameRefused(t *testing.T) {
+	e := start(t, func(o *transport.ServerOptions) { o.Limits.MaxFrame = 1024 })
+	s := e.login(t)
+	big := strings.Repeat("a", 4096)
+	err := s.Call(context.Background(), core.MList, core.ListArgs{Names: []string{big}}, nil)
+	if err == nil || !strings.Contains(err.Error(), "too large") {
+		t.Fatalf("oversized frame: %v", err)
+	}
+}
+
+func lnmSession(t *testing.T, e *env, certName string) *transport.Session {
+	t.Helper()
+	cert, key, err := e.ca.Issue(transport.RoleLNM, certName, nil, e.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := transport.ClientTLS(e.caFile, cert, key, "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := transport.Dial(context.Background(), e.addr, cfg, e.lim, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestLNMCertificateNamesItsNode(t *testing.T) {
+	e := start(t, nil)
+	s := lnmSession(t, e, "nodeA")
+	s.SetMux(transport.NewMux())
+	go s.Serve(context.Background())
+	err := s.Call(context.Background(), core.MLNMHello, core.LNMHello{Node: core.NodeInfo{Name: "nodeB"}}, nil)
+	var we *transport.Error
+	if !errors.As(err, &we) || we.Code != transport.CodeForbidden {
+		t.Fatalf("nodeA registering as nodeB: %v", err)
+	}
+	if _, ok := e.c.State().LNM("nodeB"); ok {
+		t.Fatal("nodeB registered")
+	}
+}
+
+func TestLNMCertificateCannotPoseAsController(t *testing.T) {
+	e := start(t, nil)
+	cert, key, err := e.ca.Issue(transport.RoleLNM, "evil", nil, e.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS13})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { c.(*tls.Conn).Handshake(); c.Close() }()
+		}
+	}()
+	cfg, err := transport.ClientTLS(e.caFile, "", "", "evil")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := transport.Dial(context.Background(), ln.Addr().String(), cfg, e.lim, nil); err == nil {
+		t.Fatal("client accepted an LNM certificate as the controller")
+	}
+}
+
+func TestUserWithoutCertificateCannotRegisterAsLNM(t *testing.T) {
+	e := start(t, nil)
+	s := e.dialUser(t)
+	err := s.Call(context.Background(), core.MLNMHello, core.LNMHello{Node: core.NodeInfo{Name: "node1"}}, nil)
+	if err == nil {
+		t.Fatal("a peer without an LNM certificate registered as an LNM")
+	}
+}
