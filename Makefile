@@ -1,0 +1,40 @@
+# Usher — the two commands that matter: `make demo` and `make test`.
+GO      ?= go
+BIN     := bin
+PKGS    := ./...
+FUZZTIME ?= 10s
+
+.PHONY: all build demo test test-unit test-libvirt test-fuzz bench vet fmt-check clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/usher ./cmd/usher
+	@if [ -d cmd/ush ]; then $(GO) build -o $(BIN)/ush ./cmd/ush; fi
+
+# An embedded site: controller + simulated LNMs + shipped policies + the shell.
+demo: build
+	$(BIN)/usher demo
+
+# Every test, with the race detector, plus vet, a formatting check and a
+# short fuzz pass over each decoder.
+test: vet fmt-check test-unit test-fuzz
+
+test-unit:
+	$(GO) test -race -count=1 $(PKGS)
+
+test-fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzReadEnvelope$$' -fuzztime $(FUZZTIME) ./transport/
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./core/config/
+
+vet:
+	$(GO) vet $(PKGS)
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2x -benchmem .
+
+clean:
+	rm -rf $(BIN)
