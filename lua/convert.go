@@ -44,13 +44,46 @@ func strMap(L *glua.LState, m map[string]string) *glua.LTable {
 func identityTable(L *glua.LState, id core.Identity) *glua.LTable {
 	t := L.CreateTable(0, 3)
 	t.RawSetString("user", glua.LString(id.User))
-	t.RawSetString("groups", strList(L, id.Groups))
+	if len(id.Groups) > 0 {
+		t.RawSetString("groups", strList(L, id.Groups))
+	} else {
+		t.Metatable = lazyMT(L)
+	}
 	t.RawSetString("admin", glua.LBool(id.Admin))
 	return t
 }
 
+// lazyMT is a per-state metatable whose __index creates the empty tables
+// "data", "args", "lnms" and "groups" on first access, so conversions do
+// not allocate them for every call (they are the bulk of the cost).
+func lazyMT(L *glua.LState) *glua.LTable {
+	if mt, ok := L.G.Registry.RawGetString("usher.lazy").(*glua.LTable); ok {
+		return mt
+	}
+	mt := L.CreateTable(0, 2)
+	mt.RawSetString("__index", L.NewFunction(func(L *glua.LState) int {
+		t := L.CheckTable(1)
+		switch k := L.Get(2).(type) {
+		case glua.LString:
+			switch k {
+			case "data", "args", "lnms", "groups":
+				nt := L.NewTable()
+				t.RawSetString(string(k), nt)
+				L.Push(nt)
+				return 1
+			}
+		}
+		L.Push(glua.LNil)
+		return 1
+	}))
+	mt.RawSetString("__metatable", glua.LString("locked"))
+	L.G.Registry.RawSetString("usher.lazy", mt)
+	return mt
+}
+
 func reqVMTable(L *glua.LState, v *core.ReqVM) *glua.LTable {
-	t := L.CreateTable(0, 10)
+	t := L.CreateTable(0, 8)
+	t.Metatable = lazyMT(L)
 	t.RawSetString("name", glua.LString(v.Name))
 	t.RawSetString("short", glua.LString(v.Short))
 	t.RawSetString("owner", glua.LString(v.Owner))
@@ -60,14 +93,17 @@ func reqVMTable(L *glua.LState, v *core.ReqVM) *glua.LTable {
 	t.RawSetString("mem_mb", glua.LNumber(v.MemMB))
 	t.RawSetString("vcpus", glua.LNumber(v.VCPUs))
 	setStr(t, "state", string(v.State))
-	t.RawSetString("data", strMap(L, v.Data))
+	if len(v.Data) > 0 {
+		t.RawSetString("data", strMap(L, v.Data))
+	}
 	return t
 }
 
 // reqTable converts a request; req:drop is a field so the method syntax works.
 func (ls *lstate) reqTable(req *core.Request) *glua.LTable {
 	L := ls.L
-	t := L.CreateTable(0, 14)
+	t := L.CreateTable(0, 8)
+	t.Metatable = lazyMT(L)
 	t.RawSetString("id", glua.LString(req.ID))
 	t.RawSetString("kind", glua.LString(string(req.Kind)))
 	t.RawSetString("user", identityTable(L, req.User))
@@ -78,10 +114,18 @@ func (ls *lstate) reqTable(req *core.Request) *glua.LTable {
 		vms.RawSetInt(i+1, reqVMTable(L, v))
 	}
 	t.RawSetString("vms", vms)
-	t.RawSetString("lnms", strList(L, req.LNMs))
-	t.RawSetString("args", strMap(L, req.Args))
-	t.RawSetString("all", glua.LBool(req.All))
-	t.RawSetString("dry_run", glua.LBool(req.DryRun))
+	if len(req.LNMs) > 0 {
+		t.RawSetString("lnms", strList(L, req.LNMs))
+	}
+	if len(req.Args) > 0 {
+		t.RawSetString("args", strMap(L, req.Args))
+	}
+	if req.All {
+		t.RawSetString("all", glua.LTrue)
+	}
+	if req.DryRun {
+		t.RawSetString("dry_run", glua.LTrue)
+	}
 	t.RawSetString("drop", ls.dropFn)
 	return t
 }

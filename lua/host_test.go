@@ -281,3 +281,38 @@ usher.on("authorize", function() end)`)
 }
 
 var _ = time.Second
+
+func TestActionsOnlyFromAsyncHandlers(t *testing.T) {
+	dir := t.TempDir()
+	writeScript(t, dir, "act.lua", `
+usher.on("start_request", function(req) usher.op("pause", {"x"}) end)
+usher.every("1h", function() local r, err = usher.migrate({"v1.alice.usher.test"}, {"n2"}); usher.store.set("res", r and r.requested or err) end, {name = "mover"})
+usher.every("1h", function() usher.set_active("start_request", "act", false) end, {name = "night"})`)
+	rec := &recorder{}
+	h, _ := New(Options{Dirs: []string{dir}, Logger: quietLogger(), StorePath: filepath.Join(dir, "store.json")})
+	h.Bind(testView(), rec)
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	err := h.Request(context.Background(), core.EvStartRequest, startReq("c1"))
+	if err == nil || !strings.Contains(err.Error(), "usher.op may only be called from timers") || !strings.Contains(err.Error(), "act.lua:2:") {
+		t.Fatalf("err = %v", err)
+	}
+	if err := h.RunTimers(context.Background(), "act"); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.log) != 1 || rec.log[0]["kind"] != "migrate" {
+		t.Fatalf("actions %+v", rec.log)
+	}
+	// the night timer switched the failing start handler off
+	if err := h.Request(context.Background(), core.EvStartRequest, startReq("c1")); err != nil {
+		t.Fatalf("set_active did not switch off: %v", err)
+	}
+	// the store was written atomically to disk and reloads
+	h.Close()
+	st, err := openStore(filepath.Join(dir, "store.json"))
+	if err != nil || st.get("res") != float64(1) {
+		t.Fatalf("store reload: %v %v", st.get("res"), err)
+	}
+}

@@ -1,0 +1,119 @@
+package lua
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	glua "github.com/yuin/gopher-lua"
+
+	"github.com/usher-vm/usher/core"
+)
+
+// BenchmarkChain5 runs a start request with two VMs through five handlers
+// (five scripts, so five pools) that read and modify it.
+func BenchmarkChain5(b *testing.B) {
+	dir := b.TempDir()
+	for i := 1; i <= 5; i++ {
+		writeScript(b, dir, fmt.Sprintf("h%d.lua", i), fmt.Sprintf(`
+usher.on("start_request", function(req)
+  for _, vm in ipairs(req.vms) do
+    if vm.mem_mb > 0 then vm.data.h%d = "ok" end
+  end
+end, {order = %d})`, i, i*10))
+	}
+	h := newHost(b, Options{Dirs: []string{dir}})
+	ctx := context.Background()
+	lat := make([]time.Duration, 0, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		r := startReq("c1", "c2")
+		t0 := time.Now()
+		if err := h.Request(ctx, core.EvStartRequest, r); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
+}
+
+// BenchmarkPoolParallel measures throughput of one script's pool under
+// parallel requests.
+func BenchmarkPoolParallel(b *testing.B) {
+	dir := b.TempDir()
+	writeScript(b, dir, "p.lua", `usher.on("start_request", function(req) for _, v in ipairs(req.vms) do v.lnm = "n1" end end)`)
+	h := newHost(b, Options{Dirs: []string{dir}})
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := h.Request(context.Background(), core.EvStartRequest, startReq("c1")); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkSlowScriptIsolation: one script's handler busy-loops for 20ms on
+// op_request while start_request (another script) is measured: its latency
+// must not include the slow script's.
+func BenchmarkSlowScriptIsolation(b *testing.B) {
+	dir := b.TempDir()
+	writeScript(b, dir, "slow.lua", `usher.on("op_request", function(req) local t = usher.time() while usher.time() - t < 0.02 do end end)`)
+	writeScript(b, dir, "fast.lua", `usher.on("start_request", function(req) for _, v in ipairs(req.vms) do v.lnm = "n1" end end)`)
+	h := newHost(b, Options{Dirs: []string{dir}, PoolSize: 8})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				r := startReq("c1")
+				r.Kind, r.Op = core.KindOp, core.OpPause
+				h.Request(context.Background(), core.EvOpRequest, r)
+			}
+		}()
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := h.Request(context.Background(), core.EvStartRequest, startReq("c1")); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	close(stop)
+	wg.Wait()
+}
+
+// BenchmarkConvert compares the hand-written LNM conversion with a JSON
+// round trip, the alternative the design considered.
+func BenchmarkConvert(b *testing.B) {
+	L := glua.NewState()
+	defer L.Close()
+	n := &core.LNM{Info: core.NodeInfo{Name: "n1", CPUs: 8, MemMB: 16384, Driver: "sim"}, State: core.LNMConnected}
+	b.Run("direct", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			lnmTable(L, n)
+		}
+	})
+	b.Run("json", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			bs, _ := json.Marshal(n)
+			var m map[string]any
+			json.Unmarshal(bs, &m)
+			toLua(L, m)
+		}
+	})
+}
