@@ -504,6 +504,14 @@ func (c *Controller) start(ctx context.Context, id Identity, a StartArgs, dry bo
 	if cpus == 0 {
 		cpus = c.cfg.DefaultVCPUs
 	}
+	if a.ID != "" && !dry {
+		// A retry of a request whose VMs exist (also after a controller
+		// restart: the id travels in the VM objects the LNMs cache) creates
+		// nothing and reports what the first attempt did.
+		if res := c.replay(id, a); res != nil {
+			return res, nil
+		}
+	}
 	req := &Request{ID: a.ID, Kind: KindStart, User: id, Cluster: a.Cluster, LNMs: a.LNMs, Args: a.Args, DryRun: dry}
 	c.st.mu.Lock()
 	var shorts []string
@@ -577,7 +585,7 @@ func (c *Controller) start(ctx context.Context, id Identity, a StartArgs, dry bo
 			continue
 		}
 		vm := &VM{Name: rv.Name, Short: short, Owner: id.User, Cluster: a.Cluster, LNM: rv.LNM, State: StateStarting,
-			MemMB: rv.MemMB, VCPUs: rv.VCPUs, Data: cloneMap(rv.Data), Version: 1, Created: now()}
+			MemMB: rv.MemMB, VCPUs: rv.VCPUs, Data: cloneMap(rv.Data), Version: 1, Created: now(), Request: a.ID}
 		c.st.mu.Lock()
 		ok = c.st.insertLocked(vm)
 		var clone *VM
@@ -615,6 +623,39 @@ func (c *Controller) start(ctx context.Context, id Identity, a StartArgs, dry bo
 		pending = "still starting when the request's deadline passed; watch its state"
 	}
 	return res.result(a.ID, n, names, req.Dropped, req.Trace, pending), nil
+}
+
+// replay answers a retried start request from the VMs it created.
+func (c *Controller) replay(id Identity, a StartArgs) *Result {
+	c.st.mu.RLock()
+	defer c.st.mu.RUnlock()
+	vms := c.st.requests[id.User+"\x00"+a.ID]
+	if len(vms) == 0 {
+		return nil
+	}
+	n := a.Count
+	if len(a.Names) > 0 {
+		n = len(a.Names)
+	}
+	res := &Result{ID: a.ID, Requested: n}
+	for _, v := range cloneVMs(map[string]*VM(indexByName(vms)), false, nil) {
+		ok := v.State != StateFailed && v.State != StateLost && v.State != StateMissing
+		r := VMResult{Name: v.Name, OK: ok, State: v.State, LNM: v.LNM, VM: v}
+		if !ok {
+			r.Error = "VM is " + string(v.State)
+		}
+		res.Done = append(res.Done, r)
+	}
+	res.Trace = []TraceStep{{Event: EvStartRequest, Handler: "controller", Action: "replayed", Detail: "request id seen before; nothing started"}}
+	return res
+}
+
+func indexByName(vms []*VM) map[string]*VM {
+	m := make(map[string]*VM, len(vms))
+	for _, v := range vms {
+		m[v.Name] = v
+	}
+	return m
 }
 
 func (c *Controller) link(lnm string) (LNMLink, uint64) {

@@ -153,6 +153,7 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, link LNMLink,
 					vm.Cluster = cv.Cluster
 				}
 				vm.Data = cloneMap(cv.Data)
+				vm.Request = cv.Request
 				if !cv.Created.IsZero() {
 					vm.Created = cv.Created
 				}
@@ -364,4 +365,43 @@ func (c *idemCache) begin(key string) (*future, bool) {
 		c.order = c.order[1:]
 	}
 	return f, true
+}
+
+// ExpectLNMs records LNMs known from before a controller restart as
+// recovering: they are listed, and they get a grace period to reconnect
+// before any is declared failed (see EndGrace), so a restart never marks the
+// whole site failed at once.
+func (c *Controller) ExpectLNMs(infos []NodeInfo) {
+	c.st.mu.Lock()
+	defer c.st.mu.Unlock()
+	for _, info := range infos {
+		if ValidLabel(info.Name) != nil {
+			continue
+		}
+		if _, ok := c.st.lnms[info.Name]; ok {
+			continue
+		}
+		c.st.lnms[info.Name] = &lnmRec{vms: map[string]*VM{}, unmanaged: map[string]*VM{},
+			lnm: LNM{Info: info, State: LNMRecovering, Since: now()}}
+	}
+}
+
+// EndGrace declares every LNM still recovering failed.
+func (c *Controller) EndGrace() []string {
+	var failed []string
+	c.st.mu.Lock()
+	for name, l := range c.st.lnms {
+		if l.lnm.State == LNMRecovering {
+			l.lnm.State = LNMDisconnected
+			l.lnm.Since = now()
+			failed = append(failed, name)
+		}
+	}
+	c.st.mu.Unlock()
+	var evs []Event
+	for _, n := range failed {
+		evs = append(evs, Event{Type: EvLNMLost, LNM: n, Error: "did not reconnect within the grace period after a controller restart"})
+	}
+	c.emit(evs...)
+	return failed
 }

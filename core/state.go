@@ -36,6 +36,7 @@ type State struct {
 	lnms     map[string]*lnmRec
 	lost     map[string]*VM
 	missing  map[string]*VM
+	requests map[string][]*VM // owner\x00request id → VMs it created
 }
 
 func newState(domain string) *State {
@@ -47,6 +48,7 @@ func newState(domain string) *State {
 		lnms:     map[string]*lnmRec{},
 		lost:     map[string]*VM{},
 		missing:  map[string]*VM{},
+		requests: map[string][]*VM{},
 	}
 }
 
@@ -88,6 +90,10 @@ func (s *State) insertLocked(vm *VM) bool {
 		l.vms[vm.Name] = vm
 	}
 	s.trackListsLocked(vm)
+	if vm.Request != "" {
+		k := vm.Owner + "\x00" + vm.Request
+		s.requests[k] = append(s.requests[k], vm)
+	}
 	return true
 }
 
@@ -112,6 +118,21 @@ func (s *State) removeLocked(vm *VM) {
 	}
 	delete(s.lost, vm.Name)
 	delete(s.missing, vm.Name)
+	if vm.Request != "" {
+		k := vm.Owner + "\x00" + vm.Request
+		list := s.requests[k]
+		for i, v := range list {
+			if v == vm {
+				list = append(list[:i], list[i+1:]...)
+				break
+			}
+		}
+		if len(list) == 0 {
+			delete(s.requests, k)
+		} else {
+			s.requests[k] = list
+		}
+	}
 }
 
 // moveLocked re-homes a VM on another LNM.

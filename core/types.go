@@ -94,6 +94,7 @@ type VM struct {
 	Usage    *Usage            `json:"usage,omitempty"`     // latest averages, when asked for
 	Version  uint64            `json:"version"`             // bumped on every controller update
 	Created  time.Time         `json:"created"`             // when it was registered
+	Request  string            `json:"request,omitempty"`   // id of the start request that created it
 	Unmanage bool              `json:"unmanaged,omitempty"` // on the unmanaged list
 }
 
@@ -116,8 +117,9 @@ func (v *VM) Clone() *VM {
 // NodeInfo describes a physical node (get_node_info).
 type NodeInfo struct {
 	Name     string `json:"name"`
-	Address  string `json:"address,omitempty"` // advertised address (migration target)
-	Driver   string `json:"driver"`            // sim, libvirt
+	Address  string `json:"address,omitempty"`  // advertised address (migration target)
+	Recovery string `json:"recovery,omitempty"` // where the LNM listens for recovery announcements
+	Driver   string `json:"driver"`             // sim, libvirt
 	CPUs     int    `json:"cpus"`
 	MemMB    int    `json:"mem_mb"`
 	Hostname string `json:"hostname,omitempty"`
@@ -140,6 +142,7 @@ type LNMState string
 const (
 	LNMConnected    LNMState = "connected"
 	LNMDisconnected LNMState = "disconnected"
+	LNMRecovering   LNMState = "recovering" // known from before a controller restart, not back yet
 )
 
 // LNM is the controller's record of a local node manager.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,7 +29,13 @@ type Options struct {
 	Limits       transport.Limits
 	MinBackoff   time.Duration // reconnect backoff bounds
 	MaxBackoff   time.Duration
-	Logger       *slog.Logger
+	// RecoveryListen is where the LNM listens for a restarted controller's
+	// recovery announcement ("" = no listener; the LNM still retries on
+	// its own). RecoveryTLS is its server configuration
+	// (transport.RecoveryServerTLS).
+	RecoveryListen string
+	RecoveryTLS    *tls.Config
+	Logger         *slog.Logger
 }
 
 // LNM is a local node manager: it serves the Table 2 API to the controller
@@ -51,6 +58,9 @@ type LNM struct {
 	connected atomic.Bool
 	sessions  atomic.Int64
 	kick      chan struct{} // asks the reporter for an immediate scan
+	wake      chan struct{} // a recovery announcement: reconnect now
+	target    atomic.Pointer[string]
+	recovery  atomic.Pointer[string] // the recovery listener's address
 }
 
 // New builds an LNM.
@@ -78,7 +88,49 @@ func New(o Options) (*LNM, error) {
 	}
 	return &LNM{opts: o, log: o.Logger.With("lnm", o.Name), drv: o.Driver,
 		cache: map[string]*core.VM{}, reported: map[string]core.VMState{},
-		avg: map[string]*core.Averager{}, usage: map[string]core.Usage{}, kick: make(chan struct{}, 1)}, nil
+		avg: map[string]*core.Averager{}, usage: map[string]core.Usage{}, kick: make(chan struct{}, 1),
+		wake: make(chan struct{}, 1)}, nil
+}
+
+// RecoveryAddr is the address of the recovery listener ("" if none).
+func (l *LNM) RecoveryAddr() string {
+	if p := l.recovery.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+func (l *LNM) controllerAddr() string {
+	if p := l.target.Load(); p != nil {
+		return *p
+	}
+	return l.opts.Controller
+}
+
+// listenRecovery serves recovery announcements: each one points the LNM at
+// the (possibly new) controller address and ends any backoff wait.
+func (l *LNM) listenRecovery(ctx context.Context) error {
+	if l.opts.RecoveryListen == "" || l.opts.RecoveryTLS == nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", l.opts.RecoveryListen)
+	if err != nil {
+		return fmt.Errorf("recovery listener: %w", err)
+	}
+	addr := ln.Addr().String()
+	l.recovery.Store(&addr)
+	go transport.ServeRecovery(ctx, ln, l.opts.RecoveryTLS, l.log, func(a transport.Announcement) {
+		l.log.Info("recovery announcement received", "controller", a.Controller)
+		if a.Controller != "" {
+			c := a.Controller
+			l.target.Store(&c)
+		}
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
+	})
+	return nil
 }
 
 // Connected reports whether a controller session is up.
@@ -90,6 +142,9 @@ func (l *LNM) Sessions() int64 { return l.sessions.Load() }
 // Run connects to the controller and serves it until ctx ends, reconnecting
 // with exponential backoff and jitter whenever the session drops.
 func (l *LNM) Run(ctx context.Context) error {
+	if err := l.listenRecovery(ctx); err != nil {
+		return err
+	}
 	backoff := l.opts.MinBackoff
 	for {
 		start := time.Now()
@@ -105,6 +160,9 @@ func (l *LNM) Run(ctx context.Context) error {
 		jitter := time.Duration(rand.Int64N(int64(backoff)/2 + 1))
 		select {
 		case <-time.After(backoff + jitter):
+		case <-l.wake:
+			backoff = l.opts.MinBackoff
+			continue
 		case <-ctx.Done():
 			return nil
 		}
@@ -125,6 +183,7 @@ func (l *LNM) nodeInfo(ctx context.Context) (core.NodeInfo, error) {
 		info.Address = l.opts.Address
 	}
 	info.Driver = l.drv.Kind()
+	info.Recovery = l.RecoveryAddr()
 	l.mu.Lock()
 	l.info = info
 	l.mu.Unlock()
@@ -132,7 +191,7 @@ func (l *LNM) nodeInfo(ctx context.Context) (core.NodeInfo, error) {
 }
 
 func (l *LNM) session(ctx context.Context) error {
-	s, err := transport.Dial(ctx, l.opts.Controller, l.opts.TLS, l.opts.Limits, l.log)
+	s, err := transport.Dial(ctx, l.controllerAddr(), l.opts.TLS, l.opts.Limits, l.log)
 	if err != nil {
 		return err
 	}
@@ -145,6 +204,7 @@ func (l *LNM) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	info.Recovery = advertised(info.Recovery, s.LocalAddr())
 	var hello core.LNMHelloReply
 	hctx, hcancel := context.WithTimeout(ctx, 2*time.Minute)
 	err = s.Call(hctx, core.MLNMHello, core.LNMHello{Node: info}, &hello)
@@ -163,7 +223,7 @@ func (l *LNM) session(ctx context.Context) error {
 	defer st.Close()
 	l.connected.Store(true)
 	l.sessions.Add(1)
-	l.log.Info("connected to controller", "controller", l.opts.Controller, "report_interval", interval)
+	l.log.Info("connected to controller", "controller", l.controllerAddr(), "report_interval", interval)
 	return l.report(sctx, s, st, interval)
 }
 
@@ -669,4 +729,21 @@ func (l *LNM) CachedVMs() []*core.VM {
 		out = append(out, v.Clone())
 	}
 	return out
+}
+
+// advertised turns a listener address on an unspecified host (":7071",
+// "0.0.0.0:7071") into one the controller can dial: the local IP of the
+// connection to the controller.
+func advertised(listen string, local net.Addr) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil || listen == "" {
+		return listen
+	}
+	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+		return listen
+	}
+	if ta, ok := local.(*net.TCPAddr); ok {
+		return net.JoinHostPort(ta.IP.String(), port)
+	}
+	return listen
 }

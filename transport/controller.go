@@ -25,6 +25,7 @@ type ControllerOptions struct {
 	AuthFailures   int           // failed logins before a session is cut
 	Policy         PolicyAdmin
 	ControllerID   string
+	Known          *KnownLNMs // persisted list of LNMs (nil: none)
 }
 
 // ControllerServer serves the controller's remote APIs: the client API of
@@ -353,6 +354,11 @@ func (cs *ControllerServer) serveLNM(ctx context.Context, s *Session, p Peer) {
 		}
 		gen.Store(g)
 		once.Do(func() { close(attached) })
+		if cs.opts.Known != nil {
+			if err := cs.opts.Known.Record(info); err != nil {
+				cs.log.Error("persisting known LNMs", "err", err)
+			}
+		}
 		return core.LNMHelloReply{Domain: cs.c.Domain(), ReportInterval: cs.opts.ReportInterval.Milliseconds(), ControllerID: cs.opts.ControllerID}, nil
 	}))
 	mux.HandleStream(core.MLNMEvents, func(ctx context.Context, raw json.RawMessage, st *Stream) error {
@@ -417,4 +423,49 @@ func (cs *ControllerServer) Connected() []string {
 		out = append(out, n)
 	}
 	return out
+}
+
+// Recover runs the controller's side of crash recovery: every LNM known
+// from before is listed as recovering, is sent a recovery announcement
+// naming self (the address LNMs should connect to), and gets grace to
+// reconnect before it is declared failed. It returns when the grace period
+// ends or ctx is done.
+func (cs *ControllerServer) Recover(ctx context.Context, tlsCfg *tls.Config, self string, grace time.Duration) {
+	if cs.opts.Known == nil {
+		return
+	}
+	known := cs.opts.Known.List()
+	if len(known) == 0 {
+		return
+	}
+	cs.c.ExpectLNMs(known)
+	cs.log.Info("announcing recovery to known LNMs", "lnms", len(known), "grace", grace)
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for _, n := range known {
+		if n.Recovery == "" {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			if err := Announce(actx, n.Recovery, tlsCfg, Announcement{Controller: self, ID: cs.opts.ControllerID}); err != nil {
+				cs.log.Info("recovery announcement not delivered; the LNM will retry on its own", "lnm", n.Name, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return
+	}
+	if failed := cs.c.EndGrace(); len(failed) > 0 {
+		cs.log.Warn("LNMs did not return after the controller restart", "lnms", failed)
+	}
 }

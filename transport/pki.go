@@ -117,9 +117,10 @@ func LoadCA(dir string) (*CA, error) {
 
 // Issue signs a certificate for role ("controller" or "lnm") and name, valid
 // for the given DNS names / IPs, and writes NAME.crt and NAME.key into dir.
-// Controller certificates are for servers only; LNM certificates identify a
-// node (CN = node name) and are for clients only, so no LNM certificate can
-// pose as the controller.
+// The role is recorded in the subject's OU and checked by every peer:
+// clients and LNMs accept only a controller-role certificate as the
+// controller, and the controller accepts an LNM-role certificate only for
+// the node its CN names, so no LNM certificate can pose as the controller.
 func (ca *CA) Issue(role, name string, hosts []string, dir string) (certPath, keyPath string, err error) {
 	if role != RoleController && role != RoleLNM {
 		return "", "", fmt.Errorf("issuing certificate: unknown role %q (controller or lnm)", role)
@@ -144,7 +145,8 @@ func (ca *CA) Issue(role, name string, hosts []string, dir string) (certPath, ke
 	}
 	switch role {
 	case RoleController:
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		// Client auth too: the controller dials LNMs to announce recovery.
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 		for _, h := range hosts {
 			if ip := net.ParseIP(h); ip != nil {
 				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
@@ -153,7 +155,9 @@ func (ca *CA) Issue(role, name string, hosts []string, dir string) (certPath, ke
 			}
 		}
 	case RoleLNM:
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		// Server auth too: the LNM listens for recovery announcements. The
+		// role (OU) is what clients check, so it never passes as controller.
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {

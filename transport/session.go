@@ -150,6 +150,9 @@ func NewSession(conn net.Conn, server bool, l Limits, log *slog.Logger) (*Sessio
 // Limits returns the session's limits.
 func (s *Session) Limits() Limits { return s.limits }
 
+// LocalAddr is this side's address.
+func (s *Session) LocalAddr() net.Addr { return s.ys.LocalAddr() }
+
 // RemoteAddr is the peer's address.
 func (s *Session) RemoteAddr() net.Addr { return s.ys.RemoteAddr() }
 

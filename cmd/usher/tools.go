@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	"github.com/usher-vm/usher/core/config"
+	"github.com/usher-vm/usher/lua"
+	"github.com/usher-vm/usher/nodemgr/sim"
+	"github.com/usher-vm/usher/transport"
+)
+
+type multi []string
+
+func (m *multi) String() string     { return strings.Join(*m, ",") }
+func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
+
+func runCA(ctx context.Context, args []string, out, errOut io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintln(out, `Usage: usher ca init --dir DIR [--name NAME]
+       usher ca issue --dir DIR --role controller|lnm --name NAME [--host H]... [--out DIR]
+
+init creates the site CA (ca.crt, ca.key with mode 0600) in DIR.
+issue signs a certificate: role controller for the controller's TLS server
+(--host for each DNS name or IP clients dial), role lnm for a node (its
+name is the node name it may register as; LNM certificates are client-only
+and can never pose as the controller).
+
+Example:
+  usher ca init --dir /etc/usher/pki
+  usher ca issue --dir /etc/usher/pki --role controller --name ctl --host ctl.example.org --host 10.0.0.1
+  usher ca issue --dir /etc/usher/pki --role lnm --name node1`)
+		if len(args) == 0 {
+			return errUsage
+		}
+		return nil
+	}
+	switch args[0] {
+	case "init":
+		fs := newFlags("ca init", "--dir DIR", "Creates a new site CA.", errOut)
+		dir := fs.String("dir", "", "directory for ca.crt and ca.key")
+		name := fs.String("name", "Usher site CA", "CA common name")
+		if err := parse(fs, args[1:]); err != nil {
+			return err
+		}
+		if *dir == "" {
+			return fmt.Errorf("--dir is required")
+		}
+		if _, err := transport.CreateCA(*dir, *name); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "CA created: %s\n", filepath.Join(*dir, transport.CACertFile))
+		return nil
+	case "issue":
+		fs := newFlags("ca issue", "--dir DIR --role ROLE --name NAME", "Issues a controller or LNM certificate signed by the site CA.", errOut)
+		dir := fs.String("dir", "", "CA directory")
+		role := fs.String("role", "", "controller or lnm")
+		name := fs.String("name", "", "certificate name (for lnm: the node name)")
+		outDir := fs.String("out", "", "where to write NAME.crt and NAME.key (default: the CA directory)")
+		var hosts multi
+		fs.Var(&hosts, "host", "DNS name or IP of the controller (repeatable)")
+		if err := parse(fs, args[1:]); err != nil {
+			return err
+		}
+		if *dir == "" || *role == "" || *name == "" {
+			return fmt.Errorf("--dir, --role and --name are required")
+		}
+		ca, err := transport.LoadCA(*dir)
+		if err != nil {
+			return err
+		}
+		if *outDir == "" {
+			*outDir = *dir
+		}
+		if *role == transport.RoleController && len(hosts) == 0 {
+			hosts = multi{"localhost", "127.0.0.1"}
+		}
+		c, k, err := ca.Issue(*role, *name, hosts, *outDir)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "certificate: %s\nkey: %s\n", c, k)
+		return nil
+	}
+	return fmt.Errorf("unknown ca command %q (init, issue)", args[0])
+}
+
+func runConfig(ctx context.Context, args []string, out, errOut io.Writer) error {
+	fs := newFlags("config", "show [--prefix P]", `Shows every configuration parameter's effective value and its source
+(default, a file, env or flag). Files are read in order: /etc/usher/usher.toml,
+the user's config folder (usher/usher.toml), then $USHER_CONFIG.
+
+Example:
+  usher config show --prefix controller.`, errOut)
+	prefix := fs.String("prefix", "", "only keys starting with this")
+	if len(args) == 0 || args[0] != "show" {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			fs.Usage()
+			return nil
+		}
+		fs.Usage()
+		return errUsage
+	}
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	cfg := params()
+	if err := cfg.LoadFiles(config.DefaultPaths()...); err != nil {
+		return err
+	}
+	if err := cfg.LoadEnv("USHER"); err != nil {
+		return err
+	}
+	cfg.Show(out, *prefix)
+	return nil
+}
+
+func runSim(ctx context.Context, args []string, out, errOut io.Writer) error {
+	fs := newFlags("sim", "crash|vanish|appear --state FILE VM", `Injects a fault into a simulated hypervisor through its state file, as if
+it happened on a real host: crash (the VM crashes), vanish (it disappears
+behind Usher's back), appear (a VM started outside Usher). The LNM running
+that hypervisor notices on its next look.
+
+Example:
+  usher sim crash --state /tmp/usher-demo/sim/node1.json web1.demo.usher.local`, errOut)
+	state := fs.String("state", "", "the simulated hypervisor's state file")
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fs.Usage()
+		if len(args) == 0 {
+			return errUsage
+		}
+		return nil
+	}
+	action := args[0]
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	if *state == "" || fs.NArg() != 1 {
+		fs.Usage()
+		return errUsage
+	}
+	if err := sim.Inject(*state, action, fs.Arg(0)); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%s: %s\n", action, fs.Arg(0))
+	return nil
+}
+
+func runPolicy(ctx context.Context, args []string, out, errOut io.Writer) error {
+	help := `Usage: usher policy check FILE...
+       usher policy test DIR
+       usher policy status [--json]
+
+check compiles each script and validates its registrations without a controller.
+test runs the *_test.lua files in DIR against fixture state.
+status asks the running controller (client configuration) for loaded scripts,
+their hashes, last errors and per-handler call counts and latency (admins).
+
+Example:
+  usher policy check /etc/usher/policies/place_night.lua
+  usher policy test /etc/usher/policies`
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintln(out, help)
+		if len(args) == 0 {
+			return errUsage
+		}
+		return nil
+	}
+	switch args[0] {
+	case "check":
+		if len(args) < 2 {
+			return fmt.Errorf("policy check needs at least one file")
+		}
+		errs := lua.Check(args[1:])
+		for _, e := range errs {
+			fmt.Fprintln(errOut, e)
+		}
+		if len(errs) > 0 {
+			return fmt.Errorf("%d problem(s)", len(errs))
+		}
+		fmt.Fprintf(out, "%d script(s) OK\n", len(args)-1)
+		return nil
+	case "test":
+		if len(args) != 2 {
+			return fmt.Errorf("policy test needs one directory")
+		}
+		passed, failed, err := lua.RunTests(args[1], out)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%d passed, %d failed\n", passed, failed)
+		if failed > 0 {
+			return fmt.Errorf("%d test(s) failed", failed)
+		}
+		return nil
+	case "status":
+		c, err := dialFromConfig(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		raw, err := c.Policy(ctx, policyStatusArgs())
+		if err != nil {
+			return err
+		}
+		var v any
+		json.Unmarshal(raw, &v)
+		b, _ := json.MarshalIndent(v, "", "  ")
+		fmt.Fprintln(out, string(b))
+		return nil
+	}
+	return fmt.Errorf("unknown policy command %q (check, test, status)", args[0])
+}
