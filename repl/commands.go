@@ -97,32 +97,32 @@ Examples:
 			},
 			run: cmdStart},
 	}
-	opDocs := map[core.Op]string{
-		core.OpPause:     "pauses execution; memory stays resident",
-		core.OpResume:    "resumes paused VMs",
-		core.OpShutdown:  "halts VMs gracefully",
-		core.OpReboot:    "reboots VMs",
-		core.OpHibernate: "saves VMs' memory to storage and stops them",
-		core.OpRestore:   "brings hibernated VMs back",
-		core.OpDestroy:   "hard-stops and removes VMs",
-		core.OpCycle:     "destroys and restarts VMs (power cycle)",
+	opDocs := map[core.Op][2]string{
+		core.OpPause:     {"pause running VMs (memory stays resident)", "Pauses the execution of the VMs of VMSET; their memory stays resident and resume continues them."},
+		core.OpResume:    {"resume paused VMs", "Resumes the paused VMs of VMSET."},
+		core.OpShutdown:  {"shut VMs down gracefully", "Asks the guests of VMSET to shut down; the VMs stay defined (state shutoff)."},
+		core.OpReboot:    {"reboot VMs", "Reboots the VMs of VMSET."},
+		core.OpHibernate: {"save VMs' memory to storage and stop them", "Saves the memory of the VMs of VMSET to storage and stops them; restore brings them back."},
+		core.OpRestore:   {"restore hibernated VMs", "Brings the hibernated VMs of VMSET back to running."},
+		core.OpDestroy:   {"hard-stop and remove VMs", "Hard-stops the VMs of VMSET and removes them; they are gone from your list."},
+		core.OpCycle:     {"destroy and restart VMs (power cycle)", "Power-cycles the VMs of VMSET: destroys and starts them again with the same names."},
 	}
 	for _, op := range core.Ops() {
 		op := op
 		commands = append(commands, &command{name: string(op), usage: "VMSET [key=value...]",
-			summary: opDocs[op],
-			doc: fmt.Sprintf(`%s %s.
+			summary: opDocs[op][0],
+			doc: fmt.Sprintf(`%s
 
 VMSET names VMs among yours (checked against the client's cache before
 anything is sent): short names (web1), short.owner or full names,
 ranges (web[1-3,7]), regular expressions (/web[0-9]+/), cluster names
 (web or @web), separated by commas or spaces. key=value arguments go
-to the policies.
+to the policies. The result lists each VM's outcome.
 
 Examples:
   %s web1
   %s web[1-3]
-  %s /db.*/ @batch`, strings.ToUpper(string(op[:1]))+string(op[1:]), strings.TrimSuffix(opDocs[op], "s VMs")+" the VMs of VMSET", op, op, op),
+  %s /db.*/ @batch`, opDocs[op][1], op, op, op),
 			pos: []argKind{argVMSet},
 			run: func(ctx context.Context, s *session, line string, a *parsed) (*step, error) {
 				return cmdOp(ctx, s, op, a)
@@ -204,7 +204,7 @@ Examples:
 			doc: "Without arguments lists the commands; help COMMAND shows one in detail.\n\nExamples:\n  help\n  help start",
 			pos: []argKind{argCommand}, run: cmdHelp},
 		&command{name: "exit", aliases: []string{"quit"}, summary: "leave the shell",
-			doc: "Leaves the shell (Ctrl-D too). Pending results are not waited for.", run: cmdExit},
+			doc: "Leaves the shell (Ctrl-D too). Pending results are not waited for.\n\nExample:\n  wait; exit", run: cmdExit},
 	)
 }
 
@@ -518,6 +518,7 @@ func cmdStart(ctx context.Context, s *session, line string, a *parsed) (*step, e
 		if err != nil {
 			return nil, err
 		}
+		syncCache(ctx, c, r)
 		return resultOutcome(r, "start", "started", "in cluster "+sa.Cluster), nil
 	}}, nil
 }
@@ -550,6 +551,7 @@ func cmdOp(ctx context.Context, s *session, op core.Op, a *parsed) (*step, error
 		if err != nil {
 			return nil, err
 		}
+		syncCache(ctx, c, r)
 		return resultOutcome(r, string(op), pastTense(op), ""), nil
 	}}, nil
 }
@@ -596,6 +598,7 @@ func cmdMigrate(ctx context.Context, s *session, line string, a *parsed) (*step,
 		if err := c.Call(ctx, core.MMigrate, core.MigrateArgs{VMs: names, LNMs: targets}, &r); err != nil {
 			return nil, err
 		}
+		syncCache(ctx, c, &r)
 		return resultOutcome(&r, "migrate", "migrated", "to "+strings.Join(targets, ",")), nil
 	}}, nil
 }
@@ -933,4 +936,50 @@ func cmdHelp(ctx context.Context, s *session, line string, a *parsed) (*step, er
 
 func cmdExit(ctx context.Context, s *session, line string, a *parsed) (*step, error) {
 	return &step{local: &outcome{}, quit: true}, nil
+}
+
+// cacheSyncWait bounds how long a result waits for the cache.
+const cacheSyncWait = 2 * time.Second
+
+// syncCache waits (briefly) until the client's cache reflects the VM
+// objects of a result, so that a cached answer given after "Command N
+// result" (list, clusters) already shows what the command did.
+func syncCache(ctx context.Context, c *client.Client, r *core.Result) {
+	current := func() bool {
+		for _, d := range r.Done {
+			if !d.OK || d.VM == nil {
+				continue
+			}
+			v, ok := c.VM(d.VM.Name)
+			if d.VM.State == core.StateDestroyed {
+				if ok {
+					return false
+				}
+				continue
+			}
+			if !ok || v.Version < d.VM.Version {
+				return false
+			}
+		}
+		return true
+	}
+	ch := make(chan struct{}, 1)
+	cancel := c.OnEvent(func(core.Event) {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	})
+	defer cancel()
+	timer := time.NewTimer(cacheSyncWait)
+	defer timer.Stop()
+	for !current() {
+		select {
+		case <-ch:
+		case <-timer.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }

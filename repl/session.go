@@ -96,6 +96,7 @@ type session struct {
 	watchWG  sync.WaitGroup
 	lnmCache []string
 	lnmAt    time.Time
+	seen     map[string]string // last state@lnm notified per VM
 	addr     string
 }
 
@@ -150,6 +151,21 @@ func (s *session) watching() bool {
 func (s *session) onEvent(ev core.Event) {
 	if s.watching() {
 		return // the watch prints everything
+	}
+	if ev.Type == core.EvStateChanged && ev.VM != nil && ev.Detail["from"] == "" {
+		// the controller may report one change twice (request and LNM
+		// report); print each state once
+		key := string(ev.VM.State) + "@" + ev.VM.LNM
+		s.mu.Lock()
+		if s.seen == nil {
+			s.seen = map[string]string{}
+		}
+		dup := s.seen[ev.VM.Name] == key
+		s.seen[ev.VM.Name] = key
+		s.mu.Unlock()
+		if dup {
+			return
+		}
 	}
 	if msg := describeEvent(ev, false); msg != "" {
 		s.out.notify(msg)
