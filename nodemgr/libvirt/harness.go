@@ -1,0 +1,211 @@
+//go:build libvirt
+
+package libvirt
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Harness is two real libvirt hosts on this machine, started by
+// testdata/libvirt/harness.sh: host1 and host2, each a libvirtd in its own
+// mount namespace with its own host UUID, so live migration between them
+// works. Guests boot the prepared kernel and busybox initramfs, whose /init
+// prints "USHER-GUEST-UP <hostname>" and then "tick N" every second on the
+// serial console (hostname from the kernel argument usher.hostname=).
+type Harness struct {
+	Sock1, Sock2 string // libvirtd unix sockets (reachable from the root namespace)
+	URI1, URI2   string // qemu+unix:///system?socket=… for each; also usable as MigrationURI
+	Kernel       string // guest kernel
+	Initrd       string // guest initramfs
+	RunDir       string // hosts' folders, pid files; StateDir(1|2) live here
+	Cache        string // <repo>/.cache/libvirt (kernel, initramfs)
+	Script       string // testdata/libvirt/harness.sh
+}
+
+// ErrHarnessSkip is returned by SetupHarness when the tests cannot run here
+// and CI is not "true" (not root). Under CI=true that is a failure instead.
+var ErrHarnessSkip = errors.New("libvirt harness: skipped")
+
+// RepoRoot is the module root (found from this file's location).
+func RepoRoot() string {
+	_, f, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(f), "..", ".."))
+}
+
+// GuestCmdline is the kernel command line for harness guests; the driver
+// replaces {name} with the domain name.
+const GuestCmdline = "console=ttyS0 quiet usher.hostname={name}"
+
+// SetupHarness installs the packages (if missing), prepares the guest and
+// starts both hosts in a fresh run folder. Call Stop when done. A watcher
+// process started here stops the hosts if this process dies first (panic,
+// go test -timeout). For TestMain; tests use StartHarness.
+func SetupHarness() (*Harness, error) {
+	root := RepoRoot()
+	h := &Harness{Script: filepath.Join(root, "testdata", "libvirt", "harness.sh"), Cache: filepath.Join(root, ".cache", "libvirt")}
+	if os.Getuid() != 0 {
+		msg := "libvirt harness needs root (system libvirtds in mount namespaces); Debian packages: libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils busybox-static"
+		if os.Getenv("CI") == "true" {
+			return nil, errors.New(msg)
+		}
+		return nil, fmt.Errorf("%w: %s", ErrHarnessSkip, msg)
+	}
+	if _, err := exec.LookPath("bash"); err != nil {
+		return nil, errors.New("libvirt harness: bash not found (Debian package bash)")
+	}
+	if _, err := h.run(15*time.Minute, "install"); err != nil {
+		return nil, err
+	}
+	out, err := h.run(10*time.Minute, "prepare", h.Cache)
+	if err != nil {
+		return nil, err
+	}
+	kv := parseKV(out)
+	h.Kernel, h.Initrd = kv["KERNEL"], kv["INITRD"]
+	if h.Kernel == "" || h.Initrd == "" {
+		return nil, fmt.Errorf("libvirt harness: prepare printed no KERNEL/INITRD:\n%s", out)
+	}
+	// Short path: unix socket paths are limited to 108 bytes.
+	h.RunDir, err = os.MkdirTemp("", "usher-lv-")
+	if err != nil {
+		return nil, err
+	}
+	// The watcher outlives us in its own session and stops the hosts if we die.
+	w := exec.Command("bash", h.Script, "watch", h.RunDir, strconv.Itoa(os.Getpid()))
+	w.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := w.Start(); err != nil {
+		return nil, fmt.Errorf("libvirt harness: watcher: %w", err)
+	}
+	go w.Wait()
+	out, err = h.run(3*time.Minute, "start", h.RunDir)
+	if err != nil {
+		h.Stop()
+		return nil, err
+	}
+	kv = parseKV(out)
+	h.Sock1, h.Sock2 = kv["SOCK1"], kv["SOCK2"]
+	h.URI1 = "qemu+unix:///system?socket=" + h.Sock1
+	h.URI2 = "qemu+unix:///system?socket=" + h.Sock2
+	return h, nil
+}
+
+// StartHarness is SetupHarness for one test: it skips (not root, CI unset)
+// or fails the test, and stops the hosts in t.Cleanup, also when the test
+// fails.
+func StartHarness(t testing.TB) *Harness {
+	t.Helper()
+	h, err := SetupHarness()
+	if errors.Is(err, ErrHarnessSkip) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := h.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return h
+}
+
+// Stop stops both hosts (destroying their guests) and removes RunDir.
+func (h *Harness) Stop() error {
+	if h.RunDir == "" {
+		return nil
+	}
+	_, err := h.run(2*time.Minute, "stop", h.RunDir)
+	if err == nil {
+		err = os.RemoveAll(h.RunDir)
+	}
+	return err
+}
+
+// StateDir returns (and creates) a state folder for a driver on host n.
+func (h *Harness) StateDir(n int) string {
+	p := filepath.Join(h.RunDir, fmt.Sprintf("state%d", n))
+	os.MkdirAll(p, 0o755)
+	return p
+}
+
+// Sock returns host n's socket; URI its libvirt URI.
+func (h *Harness) Sock(n int) string { return map[int]string{1: h.Sock1, 2: h.Sock2}[n] }
+func (h *Harness) URI(n int) string  { return map[int]string{1: h.URI1, 2: h.URI2}[n] }
+
+// Pid is host n's libvirtd pid.
+func (h *Harness) Pid(n int) (int, error) {
+	b, err := os.ReadFile(filepath.Join(h.RunDir, fmt.Sprintf("host%d.pid", n)))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// KillHost SIGKILLs host n's libvirtd (its QEMUs keep running).
+func (h *Harness) KillHost(n int) error {
+	_, err := h.run(time.Minute, "kill-host", h.RunDir, strconv.Itoa(n))
+	return err
+}
+
+// StartHost (re)starts host n's libvirtd and waits until it answers.
+func (h *Harness) StartHost(n int) error {
+	_, err := h.run(2*time.Minute, "start-host", h.RunDir, strconv.Itoa(n))
+	return err
+}
+
+// Options returns driver options for host n with the harness guest.
+func (h *Harness) Options(n int, node string) Options {
+	return Options{
+		Node: node, Socket: h.Sock(n), MigrationURI: h.URI(n), DomainType: "qemu",
+		Kernel: h.Kernel, Initrd: h.Initrd, Cmdline: GuestCmdline, StateDir: h.StateDir(n),
+		CallTimeout: 30 * time.Second, ShutdownTimeout: 3 * time.Second,
+	}
+}
+
+// Virsh runs virsh against host n (bounded to 60s) and returns its
+// trimmed standard output; errors carry standard error.
+func (h *Harness) Virsh(n int, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "virsh", append([]string{"-q", "-c", h.URI(n)}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return strings.TrimSpace(out.String()), fmt.Errorf("virsh %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return strings.TrimSpace(out.String()), nil
+}
+
+func (h *Harness) run(timeout time.Duration, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", append([]string{h.Script}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("libvirt harness %s: %w\n%s", strings.Join(args, " "), err, errb.String())
+	}
+	return out.String(), nil
+}
+
+func parseKV(s string) map[string]string {
+	m := map[string]string{}
+	for _, line := range strings.Split(s, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
