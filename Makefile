@@ -4,7 +4,7 @@ BIN     := bin
 PKGS    := ./...
 FUZZTIME ?= 10s
 
-.PHONY: all build demo test test-unit test-libvirt test-fuzz bench vet fmt-check clean
+.PHONY: all build demo test test-unit test-chaos test-libvirt test-fuzz bench vet fmt-check clean
 
 all: build
 
@@ -22,6 +22,11 @@ test: vet fmt-check test-unit test-fuzz
 
 test-unit:
 	$(GO) test -race -count=1 $(PKGS)
+
+# Chaos tests alone: real controller/LNM processes killed with -9, network
+# cuts, grace periods, recovery at scale.
+test-chaos:
+	$(GO) test -race -count=1 -run '^TestChaos' -v .
 
 test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadEnvelope$$' -fuzztime $(FUZZTIME) ./transport/

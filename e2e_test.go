@@ -56,7 +56,7 @@ func record(c *client.Client) *recorder {
 }
 
 // waitFor waits until some recorded event satisfies ok.
-func (r *recorder) waitFor(t *testing.T, what string, ok func(core.Event) bool) core.Event {
+func (r *recorder) waitFor(t testing.TB, what string, ok func(core.Event) bool) core.Event {
 	t.Helper()
 	deadline := time.After(10 * time.Second)
 	for {

@@ -5,7 +5,11 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
+	"sync"
 
 	"github.com/usher-vm/usher/core/config"
 	"github.com/usher-vm/usher/nodemgr"
@@ -26,6 +30,8 @@ Example:
   usher lnm --name node1 --controller ctl.example.org:7070 \
       --cert-file /etc/usher/pki/node1.crt --key-file /etc/usher/pki/node1.key \
       --ca-file /etc/usher/pki/ca.crt --driver sim --sim-state-file /var/lib/usher/node1.json`, errOut)
+	count := fs.Int("count", 1, "run this many simulated LNMs in one process, named <lnm.name>1…N (load generation; needs --ca-dir; lnm.sim_state_file is then a directory)")
+	caDir := fs.String("ca-dir", "", "with --count: the site CA directory, to issue one certificate per simulated node")
 	cfg.BindFlags(fs, "lnm.", "log.")
 	if err := cfg.LoadFiles(config.DefaultPaths()...); err != nil {
 		return err
@@ -44,10 +50,8 @@ Example:
 	if name == "" {
 		return fmt.Errorf("lnm.name is not set")
 	}
-	for _, k := range []string{"lnm.cert_file", "lnm.key_file", "lnm.ca_file"} {
-		if cfg.String(k) == "" {
-			return fmt.Errorf("%s is not set (see usher ca --help)", k)
-		}
+	if *count < 1 || *count > 100000 {
+		return fmt.Errorf("--count must be between 1 and 100000")
 	}
 	sn := cfg.String("lnm.server_name")
 	if sn == "" {
@@ -57,7 +61,61 @@ Example:
 		}
 		sn = host
 	}
-	tlsCfg, err := transport.ClientTLS(cfg.String("lnm.ca_file"), cfg.String("lnm.cert_file"), cfg.String("lnm.key_file"), sn)
+	if *count == 1 {
+		for _, k := range []string{"lnm.cert_file", "lnm.key_file", "lnm.ca_file"} {
+			if cfg.String(k) == "" {
+				return fmt.Errorf("%s is not set (see usher ca --help)", k)
+			}
+		}
+		return runOneLNM(ctx, cfg, name, sn, cfg.String("lnm.cert_file"), cfg.String("lnm.key_file"), cfg.String("lnm.sim_state_file"), log)
+	}
+	// Load-generator mode: N simulated LNMs in this process, each with its
+	// own certificate (minted from the CA in --ca-dir) and its own TLS +
+	// yamux connection.
+	if *caDir == "" {
+		return fmt.Errorf("--count needs --ca-dir to issue one certificate per simulated node")
+	}
+	if cfg.String("lnm.driver") != "sim" {
+		return fmt.Errorf("--count works with the sim driver only")
+	}
+	ca, err := transport.LoadCA(*caDir)
+	if err != nil {
+		return err
+	}
+	issued := filepath.Join(*caDir, "issued")
+	errc := make(chan error, *count)
+	var wg sync.WaitGroup
+	for i := 1; i <= *count; i++ {
+		n := fmt.Sprintf("%s%d", name, i)
+		cert, key, err := ca.Issue(transport.RoleLNM, n, nil, issued)
+		if err != nil {
+			return err
+		}
+		state := ""
+		if d := cfg.String("lnm.sim_state_file"); d != "" {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return err
+			}
+			state = filepath.Join(d, n+".json")
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := runOneLNM(ctx, cfg, n, sn, cert, key, state, log); err != nil {
+				errc <- fmt.Errorf("%s: %w", n, err)
+			}
+		}()
+	}
+	log.Info("simulated LNMs started", "count", *count, "prefix", name)
+	wg.Wait()
+	close(errc)
+	return <-errc
+}
+
+// runOneLNM runs one LNM until ctx ends.
+func runOneLNM(ctx context.Context, cfg *config.Set, name, serverName, certFile, keyFile, stateFile string, log *slog.Logger) error {
+	caFile := cfg.String("lnm.ca_file")
+	tlsCfg, err := transport.ClientTLS(caFile, certFile, keyFile, serverName)
 	if err != nil {
 		return err
 	}
@@ -65,7 +123,7 @@ Example:
 	switch d := cfg.String("lnm.driver"); d {
 	case "sim":
 		drv, err = sim.New(sim.Options{Node: name, Address: cfg.String("lnm.address"), CPUs: cfg.Int("lnm.sim_cpus"),
-			MemMB: cfg.Int("lnm.sim_mem_mb"), BootDelay: cfg.Duration("lnm.sim_boot_delay"), StateFile: cfg.String("lnm.sim_state_file")})
+			MemMB: cfg.Int("lnm.sim_mem_mb"), BootDelay: cfg.Duration("lnm.sim_boot_delay"), StateFile: stateFile})
 	default:
 		return fmt.Errorf("lnm.driver %q: this build knows the sim driver only", d)
 	}
@@ -75,7 +133,7 @@ Example:
 	defer drv.Close()
 	var recTLS *tls.Config
 	if cfg.String("lnm.recovery_listen") != "" {
-		if recTLS, err = transport.RecoveryServerTLS(cfg.String("lnm.ca_file"), cfg.String("lnm.cert_file"), cfg.String("lnm.key_file")); err != nil {
+		if recTLS, err = transport.RecoveryServerTLS(caFile, certFile, keyFile); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,785 @@
+package usher
+
+// Chaos tests: the controller, the LNMs and their simulated hypervisors run
+// as separate processes of the real `usher` binary; the test process is the
+// client. They kill -9 processes, cut the network without closing sockets,
+// and check that nothing is lost or duplicated.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/usher-vm/usher/client"
+	"github.com/usher-vm/usher/core"
+)
+
+var (
+	buildOnce sync.Once
+	buildBin  string
+	buildErr  error
+)
+
+// usherBinary builds cmd/usher once per test run.
+func usherBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "usher-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildBin = filepath.Join(dir, "usher")
+		out, err := exec.Command("go", "build", "-o", buildBin, "./cmd/usher").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/usher: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildBin
+}
+
+type chaos struct {
+	t       testing.TB
+	bin     string
+	dir     string
+	addr    string // controller address
+	ctlConf string
+	mu      sync.Mutex
+	procs   map[string]*proc
+}
+
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed once the process has been reaped
+}
+
+func freePort(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func (c *chaos) run(args ...string) {
+	c.t.Helper()
+	out, err := exec.Command(c.bin, args...).CombinedOutput()
+	if err != nil {
+		c.t.Fatalf("usher %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+func (c *chaos) write(name, content string) string {
+	p := filepath.Join(c.dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+	return p
+}
+
+func newChaos(t testing.TB) *chaos {
+	c := &chaos{t: t, bin: usherBinary(t), dir: t.TempDir(), procs: map[string]*proc{}}
+	c.addr = freePort(t)
+	pki := filepath.Join(c.dir, "pki")
+	c.run("ca", "init", "--dir", pki)
+	c.run("ca", "issue", "--dir", pki, "--role", "controller", "--name", "ctl", "--host", "127.0.0.1", "--host", "localhost")
+	var ht strings.Builder
+	for _, u := range []string{"alice", "root"} {
+		h, err := bcrypt.GenerateFromPassword([]byte(u+"-pw"), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&ht, "%s:%s\n", u, h)
+	}
+	htFile := c.write("users.htpasswd", ht.String())
+	c.ctlConf = c.write("controller.toml", fmt.Sprintf(`[controller]
+listen = %q
+cert_file = %q
+key_file = %q
+ca_file = %q
+state_dir = %q
+report_interval = "200ms"
+keepalive = "500ms"
+grace = "10s"
+max_request_vms = 100000
+
+[policy]
+enable = ["auth_htpasswd", "authz_owner", "place_roundrobin"]
+watch = false
+
+[policy.config.auth_htpasswd]
+file = %q
+admins = ["root"]
+`, c.addr, filepath.Join(pki, "ctl.crt"), filepath.Join(pki, "ctl.key"), filepath.Join(pki, "ca.crt"),
+		filepath.Join(c.dir, "ctl"), htFile))
+	t.Cleanup(c.stopAll)
+	return c
+}
+
+func (c *chaos) start(name string, args []string, conf string) {
+	c.t.Helper()
+	logf, err := os.Create(filepath.Join(c.dir, name+".log"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cmd := exec.Command(c.bin, args...)
+	cmd.Env = append(os.Environ(), "USHER_CONFIG="+conf)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	c.mu.Lock()
+	c.procs[name] = p
+	c.mu.Unlock()
+	go func() { cmd.Wait(); logf.Close(); close(p.done) }()
+}
+
+func (c *chaos) kill9(name string) {
+	c.t.Helper()
+	c.mu.Lock()
+	p := c.procs[name]
+	delete(c.procs, name)
+	c.mu.Unlock()
+	if p == nil {
+		c.t.Fatalf("no process %s", name)
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+func (c *chaos) stopAll() {
+	c.mu.Lock()
+	procs := c.procs
+	c.procs = map[string]*proc{}
+	c.mu.Unlock()
+	for _, p := range procs {
+		p.cmd.Process.Signal(syscall.SIGKILL)
+		<-p.done
+	}
+	if c.t.Failed() {
+		for name := range procs {
+			b, _ := os.ReadFile(filepath.Join(c.dir, name+".log"))
+			if len(b) > 4000 {
+				b = b[len(b)-4000:]
+			}
+			c.t.Logf("--- %s.log (tail) ---\n%s", name, b)
+		}
+	}
+}
+
+func (c *chaos) startController() {
+	c.start("controller", []string{"controller"}, c.ctlConf)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", c.addr, time.Second)
+		if err == nil {
+			conn.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("controller did not listen on %s", c.addr)
+		}
+		time.Sleep(20 * time.Millisecond) // polling for a port to open
+	}
+}
+
+// lnmConf writes the configuration of an LNM (or, with count > 1, of a
+// load-generator process hosting count simulated LNMs).
+func (c *chaos) lnmConf(name, controller string) string {
+	pki := filepath.Join(c.dir, "pki")
+	return c.write("lnm-"+name+".toml", fmt.Sprintf(`[lnm]
+name = %q
+controller = %q
+server_name = "localhost"
+cert_file = %q
+key_file = %q
+ca_file = %q
+driver = "sim"
+sim_state_file = %q
+sim_cpus = 100000
+sim_mem_mb = 100000000
+recovery_listen = "127.0.0.1:0"
+scan_interval = "300ms"
+`, name, controller, filepath.Join(pki, name+".crt"), filepath.Join(pki, name+".key"), filepath.Join(pki, "ca.crt"),
+		filepath.Join(c.dir, "sim", name+".json")))
+}
+
+func (c *chaos) startLNM(name string) {
+	c.t.Helper()
+	pki := filepath.Join(c.dir, "pki")
+	if _, err := os.Stat(filepath.Join(pki, name+".crt")); err != nil {
+		c.run("ca", "issue", "--dir", pki, "--role", "lnm", "--name", name)
+	}
+	os.MkdirAll(filepath.Join(c.dir, "sim"), 0o755)
+	c.start(name, []string{"lnm"}, c.lnmConf(name, c.addr))
+}
+
+// startLNMs starts one process hosting count simulated LNMs prefix1…N.
+func (c *chaos) startLNMs(prefix string, count int) {
+	conf := c.write("lnm-"+prefix+".toml", fmt.Sprintf(`[lnm]
+name = %q
+controller = %q
+server_name = "localhost"
+ca_file = %q
+driver = "sim"
+sim_state_file = %q
+sim_cpus = 100000
+sim_mem_mb = 100000000
+recovery_listen = "127.0.0.1:0"
+scan_interval = "2s"
+`, prefix, c.addr, filepath.Join(c.dir, "pki", "ca.crt"), filepath.Join(c.dir, "sim-"+prefix)))
+	c.start(prefix, []string{"lnm", "--count", fmt.Sprint(count), "--ca-dir", filepath.Join(c.dir, "pki")}, conf)
+}
+
+func (c *chaos) client(user string) *client.Client {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl, err := client.Connect(ctx, client.Config{Addr: c.addr, CAFile: filepath.Join(c.dir, "pki", "ca.crt"),
+		ServerName: "localhost", User: user, Password: user + "-pw", MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// simVMs reads every simulated hypervisor's state file: the ground truth of
+// which VMs exist where.
+func (c *chaos) simVMs(dirs ...string) map[string][]string {
+	c.t.Helper()
+	out := map[string][]string{}
+	for _, d := range dirs {
+		files, _ := filepath.Glob(filepath.Join(c.dir, d, "*.json"))
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				c.t.Fatal(err)
+			}
+			var st struct {
+				Node    string `json:"node"`
+				Domains []struct {
+					Name  string `json:"name"`
+					State string `json:"state"`
+				} `json:"domains"`
+			}
+			if err := json.Unmarshal(b, &st); err != nil {
+				c.t.Fatalf("%s: %v", f, err)
+			}
+			for _, d := range st.Domains {
+				out[d.Name] = append(out[d.Name], st.Node)
+			}
+		}
+	}
+	return out
+}
+
+type vmKey struct{ Name, Owner, Cluster, LNM string }
+
+// snapshot is the controller's view: VM set, owners, clusters, placement.
+func snapshot(t testing.TB, admin *client.Client) ([]vmKey, *core.ListReply) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lr, err := admin.List(ctx, core.ListArgs{All: true, Lists: true})
+	if err != nil {
+		return nil, nil
+	}
+	var out []vmKey
+	for _, v := range lr.VMs {
+		out = append(out, vmKey{v.Name, v.Owner, v.Cluster, v.LNM})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, lr
+}
+
+func equalKeys(a, b []vmKey) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// waitState polls the controller until its view equals want (or ok says so).
+func waitState(t testing.TB, admin *client.Client, d time.Duration, ok func([]vmKey, *core.ListReply) bool) ([]vmKey, *core.ListReply) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		if admin.Connected() {
+			keys, lr := snapshot(t, admin)
+			if lr != nil && ok(keys, lr) {
+				return keys, lr
+			}
+		}
+		if time.Now().After(deadline) {
+			keys, lr := snapshot(t, admin)
+			t.Fatalf("state not as expected after %v: %d VMs, lists %+v", d, len(keys), lr)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a converging state
+	}
+}
+
+func allRunning(n int) func([]vmKey, *core.ListReply) bool {
+	return func(keys []vmKey, lr *core.ListReply) bool {
+		if len(keys) != n || len(lr.Lost)+len(lr.Missing) != 0 {
+			return false
+		}
+		for _, v := range lr.VMs {
+			if v.State != core.StateRunning && v.State != core.StatePaused {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// retry runs f until it succeeds with a reply from the controller (the
+// controller may be down or restarting), bounded in time.
+func retry[T any](t testing.TB, what string, f func(ctx context.Context) (T, error)) T {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		v, err := f(ctx)
+		cancel()
+		if err == nil {
+			return v
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%s: still failing: %v", what, err)
+			return v
+		}
+		time.Sleep(50 * time.Millisecond) // back off before retrying
+	}
+}
+
+func TestChaosControllerKill9(t *testing.T) {
+	c := newChaos(t)
+	c.startController()
+	for i := 1; i <= 3; i++ {
+		c.startLNM(fmt.Sprintf("node%d", i))
+	}
+	alice := c.client("alice")
+	root := c.client("root")
+	waitLNMs(t, root, 3)
+
+	const requests, per = 30, 2
+	progress := make(chan int, requests)
+	started := map[string][]string{} // request id → VM names reported started
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 1; i <= requests; i++ {
+			id := fmt.Sprintf("req-%d", i)
+			res := retry(t, id, func(ctx context.Context) (*core.Result, error) {
+				return alice.Start(ctx, core.StartArgs{ID: id, Cluster: fmt.Sprintf("c%d", i%4), Count: per})
+			})
+			if res == nil {
+				return
+			}
+			var names []string
+			for _, d := range res.Done {
+				if d.OK {
+					names = append(names, d.Name)
+				}
+			}
+			mu.Lock()
+			started[id] = names
+			mu.Unlock()
+			if len(names) > 0 {
+				// an operation in the stream too (ops may hit the crash window)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				alice.OpOnNames(ctx, core.OpPause, names[:1], nil)
+				cancel()
+			}
+			progress <- i
+		}
+	}()
+	for n := 0; n < 8; n++ {
+		<-progress
+	}
+	c.kill9("controller")
+	c.startController()
+	go func() {
+		for range progress {
+		}
+	}()
+	wg.Wait()
+	close(progress)
+
+	// Every VM a request reported started exists exactly once, none lost.
+	keys, _ := waitState(t, root, 60*time.Second, func(keys []vmKey, lr *core.ListReply) bool {
+		return len(lr.Lost)+len(lr.Missing) == 0 && len(keys) == requests*per
+	})
+	truth := c.simVMs("sim")
+	if len(truth) != requests*per {
+		t.Fatalf("hypervisors hold %d VMs, want %d (duplicates or losses)", len(truth), requests*per)
+	}
+	for name, nodes := range truth {
+		if len(nodes) != 1 {
+			t.Fatalf("%s exists on %v", name, nodes)
+		}
+	}
+	byName := map[string]vmKey{}
+	for _, k := range keys {
+		byName[k.Name] = k
+	}
+	for id, names := range started {
+		if len(names) != per {
+			t.Errorf("%s reported %d of %d started", id, len(names), per)
+		}
+		for _, n := range names {
+			k, ok := byName[n]
+			if !ok || truth[n][0] != k.LNM || k.Owner != "alice" {
+				t.Errorf("%s (from %s): controller %+v, hypervisor %v", n, id, k, truth[n])
+			}
+		}
+	}
+
+	// A clean crash: the rebuilt state equals the state before it.
+	before, _ := snapshot(t, root)
+	c.kill9("controller")
+	c.startController()
+	after, _ := waitState(t, root, 60*time.Second, func(keys []vmKey, lr *core.ListReply) bool {
+		return equalKeys(keys, before)
+	})
+	if !equalKeys(before, after) {
+		t.Fatal("state differs after recovery")
+	}
+	// and the rebuilt clusters keep their members
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cls, err := alice.Clusters(ctx, false)
+	if err != nil || len(cls) != 4 {
+		t.Fatalf("clusters after recovery: %v %+v", err, cls)
+	}
+	// The client reconnected, flushed its cache and reloaded it.
+	if got := len(alice.VMs()); got != requests*per {
+		t.Fatalf("client cache holds %d VMs after reconnecting, want %d", got, requests*per)
+	}
+	// A retried request id after the crash starts nothing new.
+	res, err := alice.Start(ctx, core.StartArgs{ID: "req-1", Cluster: "c1", Count: per})
+	if err != nil || len(res.Done) != per {
+		t.Fatalf("replay: %v %+v", err, res)
+	}
+	if got := len(c.simVMs("sim")); got != requests*per {
+		t.Fatalf("replayed request created VMs: %d", got)
+	}
+}
+
+func waitLNMs(t testing.TB, cl *client.Client, n int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		lnms, err := cl.ListLNMs(ctx, nil, false)
+		cancel()
+		up := 0
+		for _, l := range lnms {
+			if l.State == core.LNMConnected {
+				up++
+			}
+		}
+		if err == nil && up >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d LNMs connected: %v", up, n, err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a converging state
+	}
+}
+
+// lostWithin waits for every VM in names to be pushed as lost.
+func lostWithin(t testing.TB, rec *recorder, names []string) {
+	t.Helper()
+	for _, n := range names {
+		rec.waitFor(t, "vm_lost "+n, func(ev core.Event) bool { return ev.Type == core.EvVMLost && ev.VM.Name == n })
+	}
+}
+
+func TestChaosLNMKill9(t *testing.T) {
+	c := newChaos(t)
+	c.startController()
+	c.startLNM("node1")
+	c.startLNM("node2")
+	alice := c.client("alice")
+	root := c.client("root")
+	waitLNMs(t, root, 2)
+	rec := record(alice)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := alice.Start(ctx, core.StartArgs{Cluster: "db", Count: 4, LNMs: []string{"node2"}})
+	if err != nil || res.OK() != 4 {
+		t.Fatalf("%v %+v", err, res)
+	}
+	var names []string
+	for _, d := range res.Done {
+		names = append(names, d.Name)
+	}
+	killed := time.Now()
+	c.kill9("node2")
+	lostWithin(t, rec, names)
+	if d := time.Since(killed); d > 5*time.Second {
+		t.Fatalf("LNM failure detected after %v", d)
+	}
+	c.startLNM("node2")
+	for _, n := range names {
+		rec.waitFor(t, "back "+n, func(ev core.Event) bool {
+			return ev.Type == core.EvStateChanged && ev.VM.Name == n && ev.VM.State == core.StateRunning
+		})
+	}
+	waitState(t, root, 30*time.Second, allRunning(4))
+}
+
+// proxy forwards TCP to target until frozen; frozen, it stops forwarding
+// without closing anything, like a cut network.
+type proxy struct {
+	ln     net.Listener
+	target string
+	frozen atomic.Bool
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newProxy(t testing.TB, target string) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target}
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+	})
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if p.frozen.Load() {
+				p.mu.Lock()
+				p.conns = append(p.conns, in) // held open, never answered
+				p.mu.Unlock()
+				continue
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, in, out)
+			p.mu.Unlock()
+			go p.pump(in, out)
+			go p.pump(out, in)
+		}
+	}()
+	return p
+}
+
+func (p *proxy) pump(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			dst.Close()
+			return
+		}
+		if p.frozen.Load() {
+			// drop everything from now on, keep the sockets open
+			io.Copy(io.Discard, src)
+			return
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			src.Close()
+			return
+		}
+	}
+}
+
+func TestChaosNetworkCut(t *testing.T) {
+	c := newChaos(t)
+	c.startController()
+	p := newProxy(t, c.addr)
+	pki := filepath.Join(c.dir, "pki")
+	c.run("ca", "issue", "--dir", pki, "--role", "lnm", "--name", "node1")
+	os.MkdirAll(filepath.Join(c.dir, "sim"), 0o755)
+	c.start("node1", []string{"lnm"}, c.lnmConf("node1", p.ln.Addr().String()))
+	alice := c.client("alice")
+	root := c.client("root")
+	waitLNMs(t, root, 1)
+	rec := record(alice)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := alice.Start(ctx, core.StartArgs{Cluster: "web", Count: 3})
+	if err != nil || res.OK() != 3 {
+		t.Fatalf("%v %+v", err, res)
+	}
+	var names []string
+	for _, d := range res.Done {
+		names = append(names, d.Name)
+	}
+	cut := time.Now()
+	p.frozen.Store(true)
+	lostWithin(t, rec, names)
+	// keepalive bound: 3 report intervals (200ms) + keepalive (500ms), with slack
+	if d := time.Since(cut); d > 5*time.Second {
+		t.Fatalf("cut detected after %v", d)
+	}
+	p.frozen.Store(false)
+	for _, n := range names {
+		rec.waitFor(t, "back "+n, func(ev core.Event) bool {
+			return ev.Type == core.EvStateChanged && ev.VM.Name == n && ev.VM.State == core.StateRunning
+		})
+	}
+}
+
+func TestChaosAtScale(t *testing.T) {
+	if testing.Short() {
+		t.Skip("scale chaos test skipped in -short mode")
+	}
+	const lnms, vms, batch = 200, 2000, 100
+	c := newChaos(t)
+	c.startController()
+	c.startLNMs("sim", lnms)
+	alice := c.client("alice")
+	root := c.client("root")
+	waitLNMs(t, root, lnms)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	for i := 0; i < vms/batch; i++ {
+		res, err := alice.Start(ctx, core.StartArgs{ID: fmt.Sprintf("s%d", i), Cluster: fmt.Sprintf("big%d", i%10), Count: batch})
+		if err != nil || res.OK() != batch {
+			t.Fatalf("start %d: %v", i, err)
+		}
+	}
+	before, _ := waitState(t, root, 60*time.Second, allRunning(vms))
+
+	// kill -9 the controller: the state is rebuilt exactly
+	c.kill9("controller")
+	restart := time.Now()
+	c.startController()
+	waitState(t, root, 90*time.Second, func(keys []vmKey, lr *core.ListReply) bool { return equalKeys(keys, before) })
+	t.Logf("controller restart → state whole: %v (%d LNMs, %d VMs)", time.Since(restart), lnms, vms)
+
+	// kill -9 the process hosting every LNM: all VMs lost, then back
+	c.kill9("sim")
+	waitState(t, root, 60*time.Second, func(keys []vmKey, lr *core.ListReply) bool { return len(lr.Lost) == vms })
+	c.startLNMs("sim", lnms)
+	waitState(t, root, 90*time.Second, allRunning(vms))
+	after, _ := snapshot(t, root)
+	if !equalKeys(before, after) {
+		t.Fatal("state differs after the LNMs returned")
+	}
+	if got := len(c.simVMs("sim-sim")); got != vms {
+		t.Fatalf("hypervisors hold %d VMs, want %d", got, vms)
+	}
+}
+
+// A restarted controller on a new address reaches its LNMs only through
+// the recovery announcement (their configured address is the old one).
+func TestChaosControllerNewAddress(t *testing.T) {
+	c := newChaos(t)
+	c.startController()
+	c.startLNM("node1")
+	c.startLNM("node2")
+	root := c.client("root")
+	waitLNMs(t, root, 2)
+	alice := c.client("alice")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if r, err := alice.Start(ctx, core.StartArgs{Cluster: "web", Count: 4}); err != nil || r.OK() != 4 {
+		t.Fatalf("%v %+v", err, r)
+	}
+	before, _ := snapshot(t, root)
+	c.kill9("controller")
+	old := c.addr
+	c.addr = freePort(t)
+	conf, err := os.ReadFile(c.ctlConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(c.ctlConf, []byte(strings.Replace(string(conf), old, c.addr, 1)), 0o600)
+	c.startController()
+	root2 := c.client("root")
+	waitLNMs(t, root2, 2)
+	after, _ := waitState(t, root2, 30*time.Second, func(keys []vmKey, lr *core.ListReply) bool { return equalKeys(keys, before) })
+	if !equalKeys(before, after) {
+		t.Fatal("state differs")
+	}
+}
+
+// After a restart the controller gives known LNMs a grace period: one that
+// does not come back is listed as recovering, then declared failed.
+func TestChaosGracePeriod(t *testing.T) {
+	c := newChaos(t)
+	conf, _ := os.ReadFile(c.ctlConf)
+	os.WriteFile(c.ctlConf, []byte(strings.Replace(string(conf), `grace = "10s"`, `grace = "3s"`, 1)), 0o600)
+	c.startController()
+	c.startLNM("node1")
+	c.startLNM("node2")
+	root := c.client("root")
+	waitLNMs(t, root, 2)
+	c.kill9("node2")
+	c.kill9("controller")
+	c.startController()
+	root2 := c.client("root")
+	waitLNMs(t, root2, 1)
+	state := func() map[string]core.LNMState {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		lnms, err := root2.ListLNMs(ctx, nil, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]core.LNMState{}
+		for _, l := range lnms {
+			m[l.Info.Name] = l.State
+		}
+		return m
+	}
+	if st := state(); st["node1"] != core.LNMConnected || st["node2"] != core.LNMRecovering {
+		t.Fatalf("during grace: %v", st)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for state()["node2"] != core.LNMDisconnected {
+		if time.Now().After(deadline) {
+			t.Fatalf("node2 never declared failed: %v", state())
+		}
+		time.Sleep(50 * time.Millisecond) // polling a state change
+	}
+	if st := state(); st["node1"] != core.LNMConnected {
+		t.Fatalf("node1 after grace: %v", st)
+	}
+}
