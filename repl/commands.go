@@ -166,7 +166,7 @@ Example:
   policy status`,
 			pos: []argKind{argPolicy}, run: cmdPolicy},
 		&command{name: "watch", usage: "[--json]", summary: "stream events until Ctrl-C or unwatch",
-			doc: `Streams every event you may see (admins: all of them): state changes,
+			doc: `Streams the events of your VMs (admins: every event): state changes,
 completions, migrations, lost and missing VMs, LNMs coming and going.
 In the shell it runs in the background until Ctrl-C or unwatch; with
 ush -c it runs until interrupted.
@@ -746,9 +746,20 @@ func cmdWatch(ctx context.Context, s *session, line string, a *parsed) (*step, e
 			s.out.notify(ev.Time.Local().Format("15:04:05 ") + msg)
 		}
 	}
+	// Admins watch everything through a watch stream; other users see
+	// the events of their own VMs, which the client receives anyway.
+	watch := func(ctx context.Context) error {
+		if c.Identity().Admin {
+			return c.Watch(ctx, print)
+		}
+		cancel := c.OnEvent(print)
+		defer cancel()
+		<-ctx.Done()
+		return nil
+	}
 	if !s.interactive {
 		return &step{remote: func(ctx context.Context) (*outcome, error) {
-			if err := c.Watch(ctx, print); err != nil {
+			if err := watch(ctx); err != nil {
 				return nil, err
 			}
 			return &outcome{}, nil
@@ -765,7 +776,7 @@ func cmdWatch(ctx context.Context, s *session, line string, a *parsed) (*step, e
 	s.mu.Unlock()
 	go func() {
 		defer s.watchWG.Done()
-		err := c.Watch(wctx, print)
+		err := watch(wctx)
 		if err != nil && wctx.Err() == nil {
 			s.out.notify("* watch ended: " + err.Error())
 		}
@@ -775,7 +786,11 @@ func cmdWatch(ctx context.Context, s *session, line string, a *parsed) (*step, e
 		}
 		s.mu.Unlock()
 	}()
-	return local(&outcome{text: "watching events; Ctrl-C or unwatch stops"})
+	what := "events of your VMs"
+	if c.Identity().Admin {
+		what = "all events"
+	}
+	return local(&outcome{text: "watching " + what + "; Ctrl-C or unwatch stops"})
 }
 
 func cmdUnwatch(ctx context.Context, s *session, line string, a *parsed) (*step, error) {

@@ -174,6 +174,24 @@ func TestShellOnTerminal(t *testing.T) {
 	tm.expect(`list --status `)
 	tm.send("\x15")
 
+	// watch streams events in the background; Ctrl-C stops it
+	tm.send("watch\r")
+	tm.expect(`watching events`)
+	tm.send("reboot web2\r")
+	tm.expect(`<Command 4 result pending\.\.\.>`)
+	tm.expect(`web2\.alice: op_complete reboot ok`)
+	tm.send("\x03")
+	tm.expect(`stopped watching`)
+
+	// disconnect and connect again; the connection change is printed
+	tm.send("disconnect\r")
+	tm.expect(`disconnected \(connect to come back\)`)
+	tm.send("pause web1\r")
+	tm.expect(`Command 5 failed: not connected`)
+	tm.send("connect\r")
+	tm.expect(`\* reconnected to the controller`)
+	tm.expect(`Command 6 result: connected`)
+
 	tm.send("jobs\r")
 	tm.expect(`(?s)1\s+done.*start -n web -c 2.*3\s+done.*resume web1`)
 	tm.send("help pause\r")
