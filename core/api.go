@@ -18,6 +18,7 @@ const (
 	MEvents    = "events"    // long-lived stream of pushed events
 	MPlan      = "plan"      // dry-run a request through the chain
 	MPolicy    = "policy"    // admin: policy status and (un)registration
+	MStatus    = "status"    // admin: sizes of the global state
 	MLNMHello  = "lnm_hello" // first call of an LNM session
 	MLNMEvents = "lnm_events"
 )

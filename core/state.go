@@ -332,7 +332,14 @@ func (s *State) Domain() string { return s.domain }
 
 // Counts summarises the state (for status and benchmarks).
 type Counts struct {
-	VMs, Running, Lost, Missing, Unmanaged, LNMs, Connected, Clusters int
+	VMs       int `json:"vms"`
+	Running   int `json:"running"`
+	Lost      int `json:"lost"`
+	Missing   int `json:"missing"`
+	Unmanaged int `json:"unmanaged"`
+	LNMs      int `json:"lnms"`
+	Connected int `json:"connected"`
+	Clusters  int `json:"clusters"`
 }
 
 // Counts returns the sizes of the state's lists.

@@ -207,6 +207,16 @@ func (cs *ControllerServer) serveClient(ctx context.Context, s *Session, p Peer)
 		}
 		return cs.c.Plan(ctx, id, a)
 	}))
+	mux.Handle(core.MStatus, call(func(ctx context.Context, _ struct{}) (any, error) {
+		id, err := need()
+		if err != nil {
+			return nil, err
+		}
+		if !id.Admin {
+			return nil, Errorf(CodeForbidden, "status needs an admin")
+		}
+		return cs.c.State().Counts(), nil
+	}))
 	mux.Handle(core.MPolicy, call(func(ctx context.Context, a core.PolicyArgs) (any, error) {
 		id, err := need()
 		if err != nil {

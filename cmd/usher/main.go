@@ -32,6 +32,7 @@ func commands() []command {
 		{"config", "show the effective configuration and where each value came from", runConfig},
 		{"policy", "check, test and inspect Lua policy scripts", runPolicy},
 		{"sim", "inject faults into a simulated hypervisor's state file", runSim},
+		{"bench", "measure the controller at cluster scale (start-storm, steady, recovery, requests, chain, reload)", runBench},
 	}
 }
 

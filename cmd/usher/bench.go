@@ -1,0 +1,701 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/usher-vm/usher/client"
+	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/transport"
+)
+
+// benchReport is what `usher bench` prints and writes as JSON.
+type benchReport struct {
+	Scenario          string  `json:"scenario"`
+	LNMs              int     `json:"lnms"`
+	VMs               int     `json:"vms"`
+	Batch             int     `json:"batch"`
+	Clients           int     `json:"clients"`
+	Seconds           float64 `json:"seconds"`
+	ConnectSeconds    float64 `json:"connect_seconds"`
+	Requests          int64   `json:"requests"`
+	ThroughputPerS    float64 `json:"throughput_per_s"`
+	P50ms             float64 `json:"p50_ms"`
+	P95ms             float64 `json:"p95_ms"`
+	P99ms             float64 `json:"p99_ms"`
+	ControllerCPU     float64 `json:"controller_cpu_seconds"`
+	ControllerCPUPct  float64 `json:"controller_cpu_percent"`
+	ControllerPeakRSS int64   `json:"controller_peak_rss_bytes"`
+	ControllerRSS     int64   `json:"controller_rss_bytes"`
+	Errors            int64   `json:"errors"`
+	Notes             string  `json:"notes,omitempty"`
+	Command           string  `json:"command"`
+	Date              string  `json:"date"`
+}
+
+type benchOpts struct {
+	scenario   string
+	lnms, vms  int
+	batch      int
+	clients    int
+	duration   time.Duration
+	rate       int
+	generators int
+	jsonFile   string
+	keep       bool
+	dir        string
+	report     time.Duration
+	quiet      bool
+}
+
+func runBench(ctx context.Context, args []string, out, errOut io.Writer) error {
+	fs := newFlags("bench", "--scenario NAME [flags]", `Measures Usher at cluster scale on this machine (loopback only). It starts a
+controller process with the shipped authorization, quota and placement
+policies, N simulated LNMs hosted by load-generator processes (each LNM with
+its own TLS + yamux connection), and M concurrent clients, then runs one
+scenario:
+
+  start-storm  start --vms VMs in requests of --batch; the clock runs from the
+               first request to the last VM reported running (connecting the
+               LNMs is measured on its own line)
+  steady       --vms VMs idle while LNMs report every --report-interval:
+               controller CPU and RSS over --duration
+  recovery     --vms VMs running; kill -9 the controller and restart it: time
+               until the state is whole again
+  requests     single-VM starts at --rate requests/s for --duration: latency
+  chain        per-event cost of a chain of five Lua handlers (in process)
+  reload       hot-swap a placement script every 500ms under a stream of
+               starts: errors must stay 0
+
+It prints a table (throughput, p50/p95/p99, controller CPU seconds, peak RSS,
+errors) and, with --json FILE, the same as JSON. All loops are bounded.
+
+Examples:
+  usher bench --scenario start-storm --lnms 100 --vms 10000 --batch 100 --clients 4
+  usher bench --scenario steady --lnms 100 --vms 1000 --duration 60s --json steady.json
+  usher bench --scenario recovery --lnms 1000 --vms 100000`, errOut)
+	o := benchOpts{}
+	fs.StringVar(&o.scenario, "scenario", "start-storm", "start-storm, steady, recovery, requests, chain or reload")
+	fs.IntVar(&o.lnms, "lnms", 100, "simulated LNMs")
+	fs.IntVar(&o.vms, "vms", 10000, "VMs to start")
+	fs.IntVar(&o.batch, "batch", 100, "VMs per start request")
+	fs.IntVar(&o.clients, "clients", 4, "concurrent clients")
+	fs.DurationVar(&o.duration, "duration", 20*time.Second, "how long steady, requests, chain and reload run")
+	fs.IntVar(&o.rate, "rate", 1000, "requests: target requests per second")
+	fs.IntVar(&o.generators, "generators", 2, "load-generator processes hosting the LNMs")
+	fs.StringVar(&o.jsonFile, "json", "", "also write the report as JSON to this file")
+	fs.BoolVar(&o.keep, "keep", false, "keep the working directory (logs, state) afterwards")
+	fs.StringVar(&o.dir, "dir", "", "working directory (default: a new temporary directory)")
+	fs.DurationVar(&o.report, "report-interval", 5*time.Second, "how often LNMs report usage")
+	fs.BoolVar(&o.quiet, "quiet", false, "no progress lines")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if o.lnms < 1 || o.lnms > 100000 || o.vms < 0 || o.vms > 10000000 || o.batch < 1 || o.clients < 1 || o.clients > 1000 ||
+		o.generators < 1 || o.generators > 64 || o.duration <= 0 || o.duration > time.Hour || o.rate < 1 {
+		return fmt.Errorf("flag out of range (see --help)")
+	}
+	if o.generators > o.lnms {
+		o.generators = o.lnms
+	}
+	rep := &benchReport{Scenario: o.scenario, LNMs: o.lnms, VMs: o.vms, Batch: o.batch, Clients: o.clients,
+		Command: "usher bench " + strings.Join(args, " "), Date: time.Now().UTC().Format(time.RFC3339)}
+	var err error
+	switch o.scenario {
+	case "chain":
+		err = benchChain(ctx, o, rep, out)
+	case "start-storm", "steady", "recovery", "requests", "reload":
+		err = benchSite(ctx, o, rep, out)
+	default:
+		return fmt.Errorf("unknown scenario %q", o.scenario)
+	}
+	if err != nil {
+		return err
+	}
+	printReport(out, rep)
+	if o.jsonFile != "" {
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		if err := os.WriteFile(o.jsonFile, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	if rep.Errors > 0 {
+		return fmt.Errorf("%d errors", rep.Errors)
+	}
+	return nil
+}
+
+func printReport(w io.Writer, r *benchReport) {
+	fmt.Fprintf(w, "\nscenario      %s\n", r.Scenario)
+	fmt.Fprintf(w, "lnms / vms    %d / %d (batch %d, clients %d)\n", r.LNMs, r.VMs, r.Batch, r.Clients)
+	if r.ConnectSeconds > 0 {
+		fmt.Fprintf(w, "connect LNMs  %.2f s\n", r.ConnectSeconds)
+	}
+	fmt.Fprintf(w, "seconds       %.3f\n", r.Seconds)
+	fmt.Fprintf(w, "requests      %d\n", r.Requests)
+	fmt.Fprintf(w, "throughput    %.1f /s\n", r.ThroughputPerS)
+	fmt.Fprintf(w, "latency       p50 %.3f ms  p95 %.3f ms  p99 %.3f ms\n", r.P50ms, r.P95ms, r.P99ms)
+	if r.ControllerPeakRSS > 0 {
+		fmt.Fprintf(w, "controller    %.2f CPU s (%.2f%% of a core), RSS %.1f MiB, peak %.1f MiB\n",
+			r.ControllerCPU, r.ControllerCPUPct, float64(r.ControllerRSS)/(1<<20), float64(r.ControllerPeakRSS)/(1<<20))
+	}
+	fmt.Fprintf(w, "errors        %d\n", r.Errors)
+	if r.Notes != "" {
+		fmt.Fprintf(w, "notes         %s\n", r.Notes)
+	}
+}
+
+// latencies collects durations from many goroutines.
+type latencies struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (l *latencies) add(d time.Duration) {
+	l.mu.Lock()
+	l.d = append(l.d, d)
+	l.mu.Unlock()
+}
+
+func (l *latencies) fill(r *benchReport) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.d) == 0 {
+		return
+	}
+	sort.Slice(l.d, func(i, j int) bool { return l.d[i] < l.d[j] })
+	q := func(p float64) float64 {
+		i := int(p * float64(len(l.d)-1))
+		return float64(l.d[i].Microseconds()) / 1000
+	}
+	r.P50ms, r.P95ms, r.P99ms = q(0.50), q(0.95), q(0.99)
+}
+
+// procStat reads a process's CPU seconds (user+system) and RSS figures.
+func procStat(pid int) (cpu float64, rss, peak int64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	fields := strings.Fields(s[i+2:])
+	if len(fields) < 13 {
+		return 0, 0, 0, errors.New("short /proc stat")
+	}
+	ut, _ := strconv.ParseFloat(fields[11], 64)
+	st, _ := strconv.ParseFloat(fields[12], 64)
+	cpu = (ut + st) / 100 // USER_HZ is 100 on Linux
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return cpu, 0, 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		kb := func() int64 {
+			v, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+			return v * 1024
+		}
+		switch {
+		case strings.HasPrefix(line, "VmRSS:"):
+			rss = kb()
+		case strings.HasPrefix(line, "VmHWM:"):
+			peak = kb()
+		}
+	}
+	return cpu, rss, peak, nil
+}
+
+// benchEnv is a site made of real processes.
+type benchEnv struct {
+	o      benchOpts
+	out    io.Writer
+	bin    string
+	dir    string
+	addr   string
+	ctlCfg string
+	ctl    *exec.Cmd
+	ctlErr chan struct{}
+	gens   []*exec.Cmd
+	users  []string
+	errMu  sync.Mutex
+	errMsg string
+}
+
+// firstError keeps the first failure for the report.
+func (e *benchEnv) firstError(msg string) {
+	e.errMu.Lock()
+	defer e.errMu.Unlock()
+	if e.errMsg == "" {
+		e.errMsg = msg
+	}
+}
+
+func (e *benchEnv) progress(format string, args ...any) {
+	if !e.o.quiet {
+		fmt.Fprintf(e.out, "[%s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+	}
+}
+
+func (e *benchEnv) start(name string, args []string, conf string) (*exec.Cmd, error) {
+	logf, err := os.Create(filepath.Join(e.dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(e.bin, args...)
+	cmd.Env = append(os.Environ(), "USHER_CONFIG="+conf)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, err
+	}
+	go func() { cmd.Wait(); logf.Close() }()
+	return cmd, nil
+}
+
+func (e *benchEnv) startController(ctx context.Context) error {
+	cmd, err := e.start("controller", []string{"controller"}, e.ctlCfg)
+	if err != nil {
+		return err
+	}
+	e.ctl = cmd
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", e.addr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("controller did not start; see %s", filepath.Join(e.dir, "controller.log"))
+}
+
+func (e *benchEnv) close() {
+	for _, g := range e.gens {
+		g.Process.Kill()
+	}
+	if e.ctl != nil {
+		e.ctl.Process.Kill()
+	}
+	if !e.o.keep && e.o.dir == "" {
+		os.RemoveAll(e.dir)
+	} else {
+		fmt.Fprintf(e.out, "working directory kept: %s\n", e.dir)
+	}
+}
+
+func setupBench(ctx context.Context, o benchOpts, out io.Writer) (*benchEnv, error) {
+	bin, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	dir := o.dir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "usher-bench-"); err != nil {
+			return nil, err
+		}
+	}
+	e := &benchEnv{o: o, out: out, bin: bin, dir: dir}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	e.addr = ln.Addr().String()
+	ln.Close()
+	pki := filepath.Join(dir, "pki")
+	ca, err := transport.CreateCA(pki, "bench CA")
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := ca.Issue(transport.RoleController, "ctl", []string{"127.0.0.1", "localhost"}, pki); err != nil {
+		return nil, err
+	}
+	var ht strings.Builder
+	for i := 0; i < o.clients; i++ {
+		e.users = append(e.users, fmt.Sprintf("bench%d", i+1))
+	}
+	for _, u := range append(append([]string{}, e.users...), "admin") {
+		h, err := bcrypt.GenerateFromPassword([]byte(u+"-pw"), bcrypt.MinCost)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(&ht, "%s:%s\n", u, h)
+	}
+	htFile := filepath.Join(dir, "users.htpasswd")
+	if err := os.WriteFile(htFile, []byte(ht.String()), 0o600); err != nil {
+		return nil, err
+	}
+	policies := filepath.Join(dir, "policies")
+	os.MkdirAll(policies, 0o755)
+	e.ctlCfg = filepath.Join(dir, "controller.toml")
+	conf := fmt.Sprintf(`[controller]
+listen = %q
+cert_file = %q
+key_file = %q
+ca_file = %q
+state_dir = %q
+report_interval = %q
+grace = "60s"
+max_request_vms = 1000000
+max_per_ip = 100000
+max_handshaking = 1024
+
+[policy]
+enable = ["auth_htpasswd", "authz_owner", "quota", "place_leastloaded"]
+dirs = [%q]
+
+[policy.config.auth_htpasswd]
+file = %q
+admins = ["admin"]
+
+[policy.config.quota]
+max_vms = 10000000
+
+[log]
+level = "warn"
+`, e.addr, filepath.Join(pki, "ctl.crt"), filepath.Join(pki, "ctl.key"), filepath.Join(pki, "ca.crt"),
+		filepath.Join(dir, "ctl"), o.report.String(), policies, htFile)
+	if err := os.WriteFile(e.ctlCfg, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *benchEnv) startGenerators() error {
+	per := (e.o.lnms + e.o.generators - 1) / e.o.generators
+	left := e.o.lnms
+	for g := 0; g < e.o.generators && left > 0; g++ {
+		n := per
+		if n > left {
+			n = left
+		}
+		left -= n
+		prefix := fmt.Sprintf("g%dn", g+1)
+		conf := filepath.Join(e.dir, prefix+".toml")
+		err := os.WriteFile(conf, []byte(fmt.Sprintf(`[lnm]
+name = %q
+controller = %q
+server_name = "localhost"
+ca_file = %q
+driver = "sim"
+sim_cpus = 100000
+sim_mem_mb = 1000000000
+recovery_listen = "127.0.0.1:0"
+scan_interval = "60s"
+
+[log]
+level = "warn"
+`, prefix, e.addr, filepath.Join(e.dir, "pki", "ca.crt"))), 0o600)
+		if err != nil {
+			return err
+		}
+		cmd, err := e.start(prefix, []string{"lnm", "--count", strconv.Itoa(n), "--ca-dir", filepath.Join(e.dir, "pki")}, conf)
+		if err != nil {
+			return err
+		}
+		e.gens = append(e.gens, cmd)
+	}
+	return nil
+}
+
+func (e *benchEnv) client(ctx context.Context, user string) (*client.Client, error) {
+	return client.Connect(ctx, client.Config{Addr: e.addr, CAFile: filepath.Join(e.dir, "pki", "ca.crt"), ServerName: "localhost",
+		User: user, Password: user + "-pw", MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
+}
+
+func counts(ctx context.Context, admin *client.Client) (core.Counts, error) {
+	var c core.Counts
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err := admin.Call(cctx, core.MStatus, nil, &c)
+	return c, err
+}
+
+// waitCounts polls the controller's counts until ok, reporting progress.
+func (e *benchEnv) waitCounts(ctx context.Context, admin *client.Client, what string, limit time.Duration, ok func(core.Counts) bool) error {
+	deadline := time.Now().Add(limit)
+	last := time.Now()
+	for {
+		c, err := counts(ctx, admin)
+		if err == nil && ok(c) {
+			return nil
+		}
+		if time.Since(last) > 2*time.Second {
+			e.progress("%s: %d/%d LNMs connected, %d VMs (%d running)", what, c.Connected, c.LNMs, c.VMs, c.Running)
+			last = time.Now()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: not reached within %v (last: %+v, err %v)", what, limit, c, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
+}
+
+// storm starts total VMs with the clients in requests of batch VMs.
+func (e *benchEnv) storm(ctx context.Context, clients []*client.Client, total int, lat *latencies, errs *atomic.Int64, reqs *atomic.Int64) {
+	var next atomic.Int64
+	var done atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				e.progress("started %d / %d VMs", done.Load(), total)
+			}
+		}
+	}()
+	for i, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				from := next.Add(int64(e.o.batch)) - int64(e.o.batch)
+				if from >= int64(total) {
+					return
+				}
+				n := e.o.batch
+				if int(from)+n > total {
+					n = total - int(from)
+				}
+				t0 := time.Now()
+				cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+				r, err := c.Start(cctx, core.StartArgs{Cluster: fmt.Sprintf("s%dc%d", i, from/int64(e.o.batch)%50), Count: n})
+				cancel()
+				lat.add(time.Since(t0))
+				reqs.Add(1)
+				if err != nil {
+					errs.Add(int64(n))
+					e.firstError(err.Error())
+					continue
+				}
+				done.Add(int64(r.OK()))
+				errs.Add(int64(n - r.OK()))
+				if r.OK() < n {
+					for _, d := range r.Done {
+						if !d.OK {
+							e.firstError(d.Name + ": " + d.Error)
+							break
+						}
+					}
+					for _, d := range r.Dropped {
+						e.firstError(d.VM + " dropped: " + d.Reason)
+						break
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+}
+
+func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer) error {
+	e, err := setupBench(ctx, o, out)
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	e.progress("starting controller and %d LNMs in %d load-generator processes (dir %s)", o.lnms, o.generators, e.dir)
+	if err := e.startController(ctx); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	if err := e.startGenerators(); err != nil {
+		return err
+	}
+	actx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	admin, err := e.client(actx, "admin")
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	if err := e.waitCounts(ctx, admin, "connecting LNMs", 10*time.Minute, func(c core.Counts) bool { return c.Connected == o.lnms }); err != nil {
+		return err
+	}
+	rep.ConnectSeconds = time.Since(t0).Seconds()
+	e.progress("%d LNMs connected in %.2fs", o.lnms, rep.ConnectSeconds)
+	var clients []*client.Client
+	for _, u := range e.users {
+		cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		c, err := e.client(cctx, u)
+		cancel()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		clients = append(clients, c)
+	}
+	lat := &latencies{}
+	var errs, reqs atomic.Int64
+	pid := e.ctl.Process.Pid
+	switch o.scenario {
+	case "start-storm":
+		cpu0, _, _, _ := procStat(pid)
+		start := time.Now()
+		e.storm(ctx, clients, o.vms, lat, &errs, &reqs)
+		if err := e.waitCounts(ctx, admin, "VMs running", 10*time.Minute, func(c core.Counts) bool { return c.Running >= o.vms-int(errs.Load()) }); err != nil {
+			return err
+		}
+		rep.Seconds = time.Since(start).Seconds()
+		cpu1, rss, peak, _ := procStat(pid)
+		rep.ControllerCPU, rep.ControllerRSS, rep.ControllerPeakRSS = cpu1-cpu0, rss, peak
+		rep.ThroughputPerS = float64(o.vms) / rep.Seconds
+	case "steady", "recovery":
+		e.progress("starting %d VMs", o.vms)
+		e.storm(ctx, clients, o.vms, lat, &errs, &reqs)
+		if errs.Load() > 0 {
+			return fmt.Errorf("%d VMs failed to start", errs.Load())
+		}
+		if o.scenario == "steady" {
+			e.progress("steady state for %v", o.duration)
+			cpu0, _, _, _ := procStat(pid)
+			select {
+			case <-time.After(o.duration):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			cpu1, rss, peak, _ := procStat(pid)
+			rep.Seconds = o.duration.Seconds()
+			rep.ControllerCPU, rep.ControllerRSS, rep.ControllerPeakRSS = cpu1-cpu0, rss, peak
+			*lat = latencies{}
+			rep.Requests = 0
+			break
+		}
+		e.progress("kill -9 controller (pid %d)", pid)
+		e.ctl.Process.Signal(syscall.SIGKILL)
+		start := time.Now()
+		if err := e.startController(ctx); err != nil {
+			return err
+		}
+		if err := e.waitCounts(ctx, admin, "rebuilding state", 10*time.Minute, func(c core.Counts) bool {
+			return c.Connected == o.lnms && c.VMs == o.vms && c.Lost == 0
+		}); err != nil {
+			return err
+		}
+		rep.Seconds = time.Since(start).Seconds()
+		_, rss, peak, _ := procStat(e.ctl.Process.Pid)
+		cpu, _, _, _ := procStat(e.ctl.Process.Pid)
+		rep.ControllerCPU, rep.ControllerRSS, rep.ControllerPeakRSS = cpu, rss, peak
+		rep.ThroughputPerS = float64(o.vms) / rep.Seconds
+		*lat = latencies{}
+	case "requests":
+		cpu0, _, _, _ := procStat(pid)
+		e.openLoop(ctx, clients, lat, &errs, &reqs)
+		cpu1, rss, peak, _ := procStat(pid)
+		rep.Seconds = o.duration.Seconds()
+		rep.ControllerCPU, rep.ControllerRSS, rep.ControllerPeakRSS = cpu1-cpu0, rss, peak
+		rep.ThroughputPerS = float64(reqs.Load()) / rep.Seconds
+	case "reload":
+		cpu0, _, _, _ := procStat(pid)
+		stop := make(chan struct{})
+		var swaps atomic.Int64
+		go func() {
+			t := time.NewTicker(500 * time.Millisecond)
+			defer t.Stop()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+				}
+				src := fmt.Sprintf("-- swap %d\nusher.on(\"start_request\", function(req)\n  for _, vm in ipairs(req.vms) do vm.data = vm.data or {}; vm.data.swap = \"%d\" end\nend, {order = 60, name = \"tag\"})\n", i, i)
+				p := filepath.Join(e.dir, "policies", "tag.lua")
+				os.WriteFile(p+".tmp", []byte(src), 0o644)
+				os.Rename(p+".tmp", p)
+				swaps.Add(1)
+			}
+		}()
+		e.o.batch = 1
+		e.openLoop(ctx, clients, lat, &errs, &reqs)
+		close(stop)
+		cpu1, rss, peak, _ := procStat(pid)
+		rep.Seconds = o.duration.Seconds()
+		rep.ControllerCPU, rep.ControllerRSS, rep.ControllerPeakRSS = cpu1-cpu0, rss, peak
+		rep.ThroughputPerS = float64(reqs.Load()) / rep.Seconds
+		rep.Notes = fmt.Sprintf("%d script swaps during the run", swaps.Load())
+	}
+	if rep.Seconds > 0 {
+		rep.ControllerCPUPct = 100 * rep.ControllerCPU / rep.Seconds
+	}
+	if rep.Requests == 0 {
+		rep.Requests = reqs.Load()
+	}
+	rep.Errors = errs.Load()
+	if e.errMsg != "" {
+		rep.Notes = strings.TrimPrefix(rep.Notes+"; first error: "+e.errMsg, "; ")
+	}
+	lat.fill(rep)
+	return nil
+}
+
+// openLoop issues single-VM starts at o.rate per second for o.duration,
+// spread over the clients; latency is measured from the scheduled send time
+// so a stalled controller shows up (no coordinated omission).
+func (e *benchEnv) openLoop(ctx context.Context, clients []*client.Client, lat *latencies, errs, reqs *atomic.Int64) {
+	interval := time.Second / time.Duration(e.o.rate)
+	total := int(e.o.duration / interval)
+	sem := make(chan struct{}, 2048)
+	var wg sync.WaitGroup
+	start := time.Now()
+	lastReport := start
+	for i := 0; i < total; i++ {
+		at := start.Add(time.Duration(i) * interval)
+		if d := time.Until(at); d > 0 {
+			time.Sleep(d) // pacing the open-loop load generator
+		}
+		if time.Since(lastReport) > 2*time.Second {
+			e.progress("%d / %d requests sent", i, total)
+			lastReport = time.Now()
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		c := clients[i%len(clients)]
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			cctx, cancel := context.WithTimeout(ctx, time.Minute)
+			r, err := c.Start(cctx, core.StartArgs{Cluster: fmt.Sprintf("r%d", i%64), Count: 1})
+			cancel()
+			lat.add(time.Since(at))
+			reqs.Add(1)
+			if err != nil || r.OK() != 1 {
+				errs.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+}
