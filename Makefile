@@ -31,6 +31,8 @@ test-chaos:
 test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadEnvelope$$' -fuzztime $(FUZZTIME) ./transport/
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./core/config/
+	$(GO) test -run '^$$' -fuzz '^FuzzHandleReport$$' -fuzztime $(FUZZTIME) ./core/
+	$(GO) test -run '^$$' -fuzz '^FuzzRequestConversion$$' -fuzztime $(FUZZTIME) ./lua/
 
 vet:
 	$(GO) vet $(PKGS)

@@ -1,0 +1,80 @@
+package core
+
+import (
+	"math"
+	"testing"
+	"time"
+)
+
+func TestNames(t *testing.T) {
+	for _, ok := range []string{"a", "web1", "my-vm", "x9"} {
+		if err := ValidLabel(ok); err != nil {
+			t.Errorf("%q refused: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "-a", "a-", "A", "a.b", "a b", "../x", "é", string(make([]byte, 64))} {
+		if ValidLabel(bad) == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	short, owner, ok := ParseFullName("web12.alice.usher.local", "usher.local")
+	if !ok || short != "web12" || owner != "alice" {
+		t.Fatalf("parse: %q %q %v", short, owner, ok)
+	}
+	for _, n := range []string{"web1.usher.local", "web1.alice.other.org", ".alice.usher.local", "a.b.c.usher.local", "usher.local"} {
+		if _, _, ok := ParseFullName(n, "usher.local"); ok {
+			t.Errorf("%q adopted", n)
+		}
+	}
+	if ClusterOf("sneetch12") != "sneetch" || ClusterOf("db-3") != "db" || ClusterOf("42") != "42" {
+		t.Fatal("ClusterOf")
+	}
+	if _, err := ParseOp("explode"); err == nil {
+		t.Fatal("unknown op accepted")
+	}
+}
+
+func TestAveragerConverges(t *testing.T) {
+	var a Averager
+	a.Add(Sample{CPU: 0}, 0)
+	for i := 0; i < 60; i++ { // one minute of a steady 2-core load, 1 s samples
+		a.Add(Sample{CPU: 2}, time.Second)
+	}
+	u := a.Usage()
+	want1 := 2 * (1 - math.Exp(-1))
+	if math.Abs(u.CPU.M1-want1) > 1e-9 {
+		t.Fatalf("1-minute average %v, want %v", u.CPU.M1, want1)
+	}
+	if !(u.CPU.M1 > u.CPU.M5 && u.CPU.M5 > u.CPU.M15 && u.CPU.M15 > 0) {
+		t.Fatalf("averages not ordered: %+v", u.CPU)
+	}
+}
+
+func TestStateIndicesAndRequestIDs(t *testing.T) {
+	s := newState("usher.local")
+	vm := &VM{Name: FullName("web1", "alice", "usher.local"), Short: "web1", Owner: "alice", Cluster: "web", LNM: "n1", State: StateRunning, Request: "r1"}
+	s.mu.Lock()
+	if !s.insertLocked(vm) || s.insertLocked(vm) {
+		t.Fatal("insert / duplicate insert")
+	}
+	names := s.allocLocked("alice", "web", 2)
+	s.mu.Unlock()
+	if names[0] != "web2" || names[1] != "web3" {
+		t.Fatalf("alloc after web1: %v", names)
+	}
+	if s.CountOf("alice") != 1 || len(s.VMsOf("alice", "web")) != 1 || len(s.requests["alice\x00r1"]) != 1 {
+		t.Fatal("indices")
+	}
+	s.mu.Lock()
+	s.setStateLocked(vm, StateLost, "x")
+	s.mu.Unlock()
+	if len(s.lost) != 1 {
+		t.Fatal("lost list")
+	}
+	s.mu.Lock()
+	s.removeLocked(vm)
+	s.mu.Unlock()
+	if len(s.vms)+len(s.lost)+len(s.owners)+len(s.requests) != 0 {
+		t.Fatal("remove left entries behind")
+	}
+}
