@@ -94,9 +94,10 @@ type Driver struct {
 	ready  chan struct{} // closed while cur != nil
 	closed bool
 
-	dropc  chan *lv.Libvirt // connections calls found hung
-	raw    chan item        // supervisor and operations -> processor
-	events chan nodemgr.DomainEvent
+	dropc   chan *lv.Libvirt // connections calls found hung
+	raw     chan item        // supervisor and operations -> processor (never closed)
+	supDone chan struct{}    // closed when the supervisor has returned
+	events  chan nodemgr.DomainEvent
 
 	skipMu sync.Mutex
 	skip   map[string]int // Stopped events to swallow (cycle)
@@ -159,13 +160,14 @@ func New(ctx context.Context, o Options) (*Driver, error) {
 		return nil, fmt.Errorf("libvirt: state dir: %w", err)
 	}
 	d := &Driver{
-		o:      o,
-		log:    o.Logger.With("driver", "libvirt", "node", o.Node),
-		ready:  make(chan struct{}),
-		dropc:  make(chan *lv.Libvirt, 4),
-		raw:    make(chan item, 256),
-		events: make(chan nodemgr.DomainEvent, o.EventBuffer),
-		skip:   make(map[string]int),
+		o:       o,
+		log:     o.Logger.With("driver", "libvirt", "node", o.Node),
+		ready:   make(chan struct{}),
+		dropc:   make(chan *lv.Libvirt, 4),
+		raw:     make(chan item, 256),
+		supDone: make(chan struct{}),
+		events:  make(chan nodemgr.DomainEvent, o.EventBuffer),
+		skip:    make(map[string]int),
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.wg.Add(2)
@@ -366,7 +368,7 @@ func (d *Driver) clearConn() {
 // processor, which emits what changed meanwhile.
 func (d *Driver) supervise() {
 	defer d.wg.Done()
-	defer close(d.raw)
+	defer close(d.supDone)
 	backoff := 50 * time.Millisecond
 	for d.ctx.Err() == nil {
 		l, err := d.dial()

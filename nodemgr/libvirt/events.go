@@ -40,7 +40,13 @@ func (d *Driver) process() {
 		}
 		d.emit(ev)
 	}
-	for it := range d.raw {
+	for {
+		var it item
+		select {
+		case it = <-d.raw:
+		case <-d.supDone:
+			return // Close: nothing more is delivered
+		}
 		switch {
 		case it.synth != nil:
 			put(*it.synth, seen[it.synth.Name].persistent)

@@ -83,7 +83,7 @@ func SetupHarness() (*Harness, error) {
 		return nil, err
 	}
 	// The watcher outlives us in its own session and stops the hosts if we die.
-	w := exec.Command("bash", h.Script, "watch", h.RunDir, strconv.Itoa(os.Getpid()))
+	w := exec.Command("bash", h.Script, "watch", h.RunDir, strconv.Itoa(os.Getpid()), "--remove")
 	w.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := w.Start(); err != nil {
 		return nil, fmt.Errorf("libvirt harness: watcher: %w", err)

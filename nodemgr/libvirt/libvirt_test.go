@@ -483,6 +483,15 @@ func TestMigrate(t *testing.T) {
 	waitDomstate(t, 1, name, "running")
 	waitConsole(t, cons, 1, before+1)
 	// Ops work on a domain that arrived by migration (cycle takes libvirt's XML).
+	id := domID(t, 1, name)
+	if err := d1.Op(ctx, name, core.OpCycle, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitDomstate(t, 1, name, "running")
+	if got := domID(t, 1, name); got == id {
+		t.Fatalf("cycle kept domain id %s", id)
+	}
+	waitConsole(t, cons, 2, -1)
 	if err := d1.Op(ctx, name, core.OpDestroy, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -379,6 +379,9 @@ func (d *Driver) op(ctx context.Context, name string, op core.Op, args map[strin
 // domain to stop and then, only with force, destroys it. The VM stays
 // listed as shutoff (a marker file) until cycled or destroyed.
 func (d *Driver) shutdown(ctx context.Context, name string, force bool) error {
+	if err := d.adopt(ctx, name); err != nil {
+		return err
+	}
 	err := d.call(ctx, 0, func(l *lv.Libvirt) error {
 		dom, err := d.lookup(l, name)
 		if err != nil {
@@ -431,24 +434,34 @@ func (d *Driver) shutdown(ctx context.Context, name string, force bool) error {
 	return nil
 }
 
+// adopt keeps libvirt's XML of a running domain this driver did not start
+// (a migrated-in or foreign domain) in StateDir, so that once stopped or
+// hibernated it stays listed and cycle can recreate it.
+func (d *Driver) adopt(ctx context.Context, name string) error {
+	if d.managed(name) {
+		return nil
+	}
+	var x string
+	err := d.call(ctx, 0, func(l *lv.Libvirt) error {
+		dom, err := d.lookup(l, name)
+		if err != nil {
+			return err
+		}
+		x, err = l.DomainGetXMLDesc(dom, lv.DomainXMLInactive|lv.DomainXMLSecure)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return writeAtomic(d.path(name, extXML), []byte(x))
+}
+
 // hibernate saves the domain's memory to StateDir/<name>.save; libvirt then
 // forgets the (transient) domain.
 func (d *Driver) hibernate(ctx context.Context, name string) error {
 	p := d.path(name, extSave)
-	if !d.managed(name) {
-		// Keep the XML so cycle works on a hibernated foreign domain too.
-		var x string
-		err := d.call(ctx, 0, func(l *lv.Libvirt) error {
-			dom, err := d.lookup(l, name)
-			if err != nil {
-				return err
-			}
-			x, err = l.DomainGetXMLDesc(dom, lv.DomainXMLInactive|lv.DomainXMLSecure)
-			return err
-		})
-		if err == nil {
-			writeAtomic(d.path(name, extXML), []byte(x))
-		}
+	if err := d.adopt(ctx, name); err != nil {
+		return err
 	}
 	err := d.call(ctx, d.o.LongTimeout, func(l *lv.Libvirt) error {
 		dom, err := d.lookup(l, name)
@@ -471,25 +484,16 @@ func (d *Driver) hibernate(ctx context.Context, name string) error {
 // cycle destroys the domain (if it runs) and creates it again from the
 // same XML.
 func (d *Driver) cycle(ctx context.Context, name string, running bool) error {
+	if running {
+		// Not started by us (or migrated in): take libvirt's XML.
+		if err := d.adopt(ctx, name); err != nil {
+			return err
+		}
+	}
 	x, err := os.ReadFile(d.path(name, extXML))
 	if running {
 		if err != nil {
-			// Not started by us (or migrated in): take libvirt's XML.
-			err = d.call(ctx, 0, func(l *lv.Libvirt) error {
-				dom, err := d.lookup(l, name)
-				if err != nil {
-					return err
-				}
-				s, err := l.DomainGetXMLDesc(dom, lv.DomainXMLInactive|lv.DomainXMLSecure)
-				x = []byte(s)
-				return err
-			})
-			if err != nil {
-				return err
-			}
-			if err := writeAtomic(d.path(name, extXML), x); err != nil {
-				return err
-			}
+			return err
 		}
 		d.addSkip(name)
 		err = d.call(ctx, 0, func(l *lv.Libvirt) error {

@@ -12,7 +12,8 @@
 #   harness.sh start-host RUN_DIR N    (re)start host N only (1 or 2)
 #   harness.sh kill-host RUN_DIR N     SIGKILL host N's libvirtd (QEMU guests survive)
 #   harness.sh stop RUN_DIR            destroy their guests, stop both daemons
-#   harness.sh watch RUN_DIR PID       stop RUN_DIR once process PID has exited
+#   harness.sh watch RUN_DIR PID [--remove]
+#                                      stop RUN_DIR (and remove it) once process PID has exited
 #                                      (run detached: cleans up after a test
 #                                      binary that panicked or was killed)
 #
@@ -289,9 +290,13 @@ cmd_stop() {
 }
 
 cmd_watch() {
-	local run=${1:?usage: watch RUN_DIR PID} pid=${2:?usage: watch RUN_DIR PID}
+	local run=${1:?usage: watch RUN_DIR PID [--remove]} pid=${2:?usage: watch RUN_DIR PID [--remove]}
 	while alive "$pid" && [ -d "$run" ] && [ ! -e "$run/stopped" ]; do sleep 1; done
-	[ -e "$run/stopped" ] || cmd_stop "$run"
+	[ -d "$run" ] || return 0
+	if [ ! -e "$run/stopped" ]; then
+		cmd_stop "$run"
+		[ "${3:-}" != "--remove" ] || rm -rf "$run"
+	fi
 }
 
 case "${1:-}" in
@@ -302,5 +307,5 @@ start-host) shift; cmd_start_host "$@" ;;
 kill-host) shift; cmd_kill_host "$@" ;;
 stop) shift; cmd_stop "$@" ;;
 watch) shift; cmd_watch "$@" ;;
-*) die "usage: $0 install | prepare CACHE_DIR | start RUN_DIR | start-host RUN_DIR N | kill-host RUN_DIR N | stop RUN_DIR | watch RUN_DIR PID" ;;
+*) die "usage: $0 install | prepare CACHE_DIR | start RUN_DIR | start-host RUN_DIR N | kill-host RUN_DIR N | stop RUN_DIR | watch RUN_DIR PID [--remove]" ;;
 esac
