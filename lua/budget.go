@@ -110,7 +110,7 @@ func newCallCtx(outer context.Context, ls *lstate, kind callKind, budget time.Du
 }
 
 func (c *callCtx) Deadline() (time.Time, bool) { return c.start.Add(c.budget + c.paused), true }
-func (c *callCtx) Value(any) any                { return nil }
+func (c *callCtx) Value(any) any               { return nil }
 
 func (c *callCtx) Err() error {
 	select {

@@ -16,16 +16,16 @@ import (
 // hostile handlers, each registered on op_request of its own script with a
 // distinct handler name; the well-behaved script handles start_request.
 var hostile = map[string]string{
-	"spin":    `while true do end`,
-	"membomb": `local t = {} while true do t[#t+1] = string.rep("x", 1e6) end`,
-	"bigrep":  `local s = string.rep("x", 1e12) return #s`,
-	"recurse": `local function f(n) return 1 + f(n + 1) end return f(1)`,
-	"pattern": `return string.find(string.rep("a", 1e5), ".-.-.-.-.-b")`,
-	"concat":  `local s = "x" while true do s = s .. s end`,
-	"tables":  `local t = {} local i = 0 while true do i = i + 1 t[i] = {i, i, i} end`,
+	"spin":      `while true do end`,
+	"membomb":   `local t = {} while true do t[#t+1] = string.rep("x", 1e6) end`,
+	"bigrep":    `local s = string.rep("x", 1e12) return #s`,
+	"recurse":   `local function f(n) return 1 + f(n + 1) end return f(1)`,
+	"pattern":   `return string.find(string.rep("a", 1e5), ".-.-.-.-.-b")`,
+	"concat":    `local s = "x" while true do s = s .. s end`,
+	"tables":    `local t = {} local i = 0 while true do i = i + 1 t[i] = {i, i, i} end`,
 	"pcallspin": `while true do pcall(function() while true do end end) end`,
-	"gsubbomb": `local s = string.rep("x", 1e6) while true do s = s:gsub("x", "xx") end`,
-	"fmtwidth": `return string.format("%999999999d", 1)`,
+	"gsubbomb":  `local s = string.rep("x", 1e6) while true do s = s:gsub("x", "xx") end`,
+	"fmtwidth":  `return string.format("%999999999d", 1)`,
 	"concattbl": `local t = {} for i = 1, 100 do t[i] = string.rep("y", 1e6) end
 	              local s = table.concat(t) while true do s = table.concat({s, s}) end`,
 }

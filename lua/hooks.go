@@ -278,14 +278,14 @@ func (h *Host) RunTimers(ctx context.Context, scriptName string) error {
 // noView is the view before Bind: empty.
 type noView struct{}
 
-func (noView) VM(string) (*core.VM, bool)           { return nil, false }
-func (noView) VMsOf(string, string) []*core.VM      { return nil }
-func (noView) VMsOn(string) []*core.VM              { return nil }
-func (noView) CountOf(string) int                   { return 0 }
-func (noView) LNM(string) (*core.LNM, bool)         { return nil, false }
-func (noView) LNMs() []*core.LNM                    { return nil }
-func (noView) Clusters(string) []core.Cluster       { return nil }
-func (noView) Domain() string                       { return "" }
+func (noView) VM(string) (*core.VM, bool)      { return nil, false }
+func (noView) VMsOf(string, string) []*core.VM { return nil }
+func (noView) VMsOn(string) []*core.VM         { return nil }
+func (noView) CountOf(string) int              { return 0 }
+func (noView) LNM(string) (*core.LNM, bool)    { return nil, false }
+func (noView) LNMs() []*core.LNM               { return nil }
+func (noView) Clusters(string) []core.Cluster  { return nil }
+func (noView) Domain() string                  { return "" }
 
 // noActions refuses every action.
 type noActions struct{}

@@ -72,19 +72,19 @@ func RunTests(dir string, w io.Writer) (passed, failed int, err error) {
 
 // testRun is the state of one test file.
 type testRun struct {
-	dir     string
-	file    string
-	w       io.Writer
-	load    []string
-	config  map[string]map[string]any
-	view    *fixtureView
-	acts    *recorder
-	host    *Host
-	cases   int
-	passed  int
-	failed  int
-	logs    *strings.Builder
-	logger  *slog.Logger
+	dir    string
+	file   string
+	w      io.Writer
+	load   []string
+	config map[string]map[string]any
+	view   *fixtureView
+	acts   *recorder
+	host   *Host
+	cases  int
+	passed int
+	failed int
+	logs   *strings.Builder
+	logger *slog.Logger
 }
 
 func runTestFile(dir, path string, w io.Writer) (int, int) {
@@ -429,5 +429,3 @@ func (r *recorder) table(L *glua.LState) *glua.LTable {
 	}
 	return t
 }
-
-
