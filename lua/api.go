@@ -31,7 +31,7 @@ func (ls *lstate) installAPI() {
 		"vm": ls.apiVM, "vms": ls.apiVMs, "count": ls.apiCount, "lnm": ls.apiLNM, "lnms": ls.apiLNMs,
 		"clusters": ls.apiClusters, "domain": ls.apiDomain,
 		"op": ls.apiOp, "migrate": ls.apiMigrate,
-		"time": func(L *glua.LState) int { L.Push(unixf(time.Now())); return 1 },
+		"time":         func(L *glua.LState) int { L.Push(unixf(time.Now())); return 1 },
 		"bcrypt_check": ls.apiBcrypt, "read_htpasswd": ls.apiHtpasswd,
 		"set_active": ls.apiSetActive,
 	}
@@ -78,6 +78,7 @@ func (ls *lstate) installAPI() {
 	u.RawSetString("script", glua.LString(ls.v.name))
 	L.SetGlobal("usher", u)
 	lockTable(L, L.G.Global, "usher")
+	ls.installModules() // ldap, dns, sql, fs when configured (mod_modules.go)
 }
 
 func luaAny(v glua.LValue) any {

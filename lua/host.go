@@ -33,6 +33,7 @@ type Options struct {
 	Config     map[string]map[string]any // usher.config per script base name
 	StorePath  string                    // persistent key-value store ("" = in memory)
 	Logger     *slog.Logger
+	Modules    ModuleConfig // site-integration modules ldap, dns, sql, fs (mod_*.go); zero = none
 }
 
 // NotifyQueue is the capacity of the asynchronous notification queue.
@@ -43,14 +44,15 @@ type Host struct {
 	opts  Options
 	log   *slog.Logger
 	store *kvStore
+	mods  *modules // site-integration modules (nil: none configured)
 
 	view atomic.Pointer[viewBox]
 	sink atomic.Pointer[func(core.Event)]
 
 	mu       sync.Mutex // guards scripts, runtime registrations, flags, rebuilds
 	scripts  map[string]*script
-	disabled map[string]bool // script/event pairs unregistered at runtime
-	inactive map[string]bool // event/target pairs switched off by set_active
+	disabled map[string]bool  // script/event pairs unregistered at runtime
+	inactive map[string]bool  // event/target pairs switched off by set_active
 	offs     map[*hstats]bool // handlers removed with usher.off at run time
 	snap     atomic.Pointer[registry]
 
@@ -145,8 +147,12 @@ func New(opts Options) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
+	mods, err := newModules(opts.Modules, opts.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("policy modules: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &Host{
+	h := &Host{mods: mods,
 		opts: opts, log: opts.Logger.With("component", "lua"), store: st,
 		scripts: map[string]*script{}, disabled: map[string]bool{}, inactive: map[string]bool{}, offs: map[*hstats]bool{},
 		ctx: ctx, cancel: cancel, notifyQ: make(chan core.Event, NotifyQueue),
@@ -216,7 +222,7 @@ func (h *Host) Close() error {
 	}
 	h.mu.Unlock()
 	h.wg.Wait()
-	return h.store.flush()
+	return errors.Join(h.store.flush(), h.mods.close())
 }
 
 // scanDirs lists the script files to load, later dirs overriding earlier
