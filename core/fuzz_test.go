@@ -39,7 +39,7 @@ func FuzzHandleReport(f *testing.F) {
 			return
 		}
 		c := New(Config{Domain: "usher.local"}, nopHooks{})
-		gen, err := c.AttachLNM(context.Background(), NodeInfo{Name: "n1"}, nopLink{}, []Domain{{Name: "web1.alice.usher.local", State: StateRunning}})
+		gen, err := c.AttachLNM(context.Background(), NodeInfo{Name: "n1"}, nil, nopLink{}, []Domain{{Name: "web1.alice.usher.local", State: StateRunning}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -101,12 +101,13 @@ func (c *Controller) ack(lnm string, vms []*VM, forget []string) {
 }
 
 // AttachLNM records a connected LNM and rebuilds its part of the global
-// state from what it reports: each domain on the node with the cached VM
+// state from what it reports (its status, so placement knows its free
+// capacity from the first moment, and each domain on the node with the cached VM
 // object it holds. Managed VMs (names ending in the Usher domain) are
 // adopted, others go on the unmanaged list, VMs the controller expected
 // there but the node lacks become missing. It returns a generation number
 // that DetachLNM must quote, so a stale session cannot detach a newer one.
-func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, link LNMLink, domains []Domain) (uint64, error) {
+func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeStatus, link LNMLink, domains []Domain) (uint64, error) {
 	if err := ValidLabel(info.Name); err != nil {
 		return 0, fmt.Errorf("%w: LNM name: %v", ErrBadRequest, err)
 	}
@@ -123,6 +124,9 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, link LNMLink,
 		l.acks.close()
 	}
 	l.lnm.Info = info
+	if status != nil {
+		l.lnm.Status = *status
+	}
 	l.lnm.State = LNMConnected
 	l.lnm.Since = now()
 	l.link = link

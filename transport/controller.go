@@ -354,11 +354,15 @@ func (cs *ControllerServer) serveLNM(ctx context.Context, s *Session, p Peer) {
 		if info.Name != p.LNM {
 			return nil, Errorf(CodeForbidden, "node reports name %q, certificate says %q", info.Name, p.LNM)
 		}
+		var status core.NodeStatus
+		if err := s.Call(ctx, core.LGetNodeStatus, nil, &status); err != nil {
+			return nil, Errorf(CodeUnavailable, "get_node_status: %v", err)
+		}
 		var vms core.ListVMsReply
 		if err := s.Call(ctx, core.LListVMs, nil, &vms); err != nil {
 			return nil, Errorf(CodeUnavailable, "list_vms: %v", err)
 		}
-		g, err := cs.c.AttachLNM(ctx, info, &lnmLink{s: s}, vms.Domains)
+		g, err := cs.c.AttachLNM(ctx, info, &status, &lnmLink{s: s}, vms.Domains)
 		if err != nil {
 			return nil, err
 		}

@@ -131,6 +131,7 @@ type Session struct {
 // this side plays (the dialer is the yamux client).
 func NewSession(conn net.Conn, server bool, l Limits, log *slog.Logger) (*Session, error) {
 	l = l.withDefaults()
+	conn = newCoalescer(conn, l.WriteTimeout)
 	var ys *yamux.Session
 	var err error
 	if server {

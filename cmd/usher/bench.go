@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -63,6 +64,8 @@ type benchOpts struct {
 	dir        string
 	report     time.Duration
 	quiet      bool
+	profile    string
+	pprofAddr  string
 }
 
 func runBench(ctx context.Context, args []string, out, errOut io.Writer) error {
@@ -105,6 +108,7 @@ Examples:
 	fs.StringVar(&o.dir, "dir", "", "working directory (default: a new temporary directory)")
 	fs.DurationVar(&o.report, "report-interval", 5*time.Second, "how often LNMs report usage")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress lines")
+	fs.StringVar(&o.profile, "cpuprofile", "", "start-storm: write a CPU profile of the controller covering the first --duration of the storm to this file")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -380,6 +384,15 @@ max_vms = 10000000
 level = "warn"
 `, e.addr, filepath.Join(pki, "ctl.crt"), filepath.Join(pki, "ctl.key"), filepath.Join(pki, "ca.crt"),
 		filepath.Join(dir, "ctl"), o.report.String(), policies, htFile)
+	if o.profile != "" {
+		pl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		e.o.pprofAddr = pl.Addr().String()
+		pl.Close()
+		conf = strings.Replace(conf, "[policy]", fmt.Sprintf("pprof = %q\n\n[policy]", e.o.pprofAddr), 1)
+	}
 	if err := os.WriteFile(e.ctlCfg, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
@@ -567,7 +580,9 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 	case "start-storm":
 		cpu0, _, _, _ := procStat(pid)
 		start := time.Now()
+		stopProf := e.startProfile(ctx)
 		e.storm(ctx, clients, o.vms, lat, &errs, &reqs)
+		stopProf()
 		if err := e.waitCounts(ctx, admin, "VMs running", 10*time.Minute, func(c core.Counts) bool { return c.Running >= o.vms-int(errs.Load()) }); err != nil {
 			return err
 		}
@@ -698,4 +713,34 @@ func (e *benchEnv) openLoop(ctx context.Context, clients []*client.Client, lat *
 		}()
 	}
 	wg.Wait()
+}
+
+// startProfile fetches a CPU profile of the controller while the measured
+// phase runs; the returned func waits for it and writes the file.
+func (e *benchEnv) startProfile(ctx context.Context) func() {
+	if e.o.profile == "" || e.o.pprofAddr == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	start := time.Now()
+	go func() {
+		defer close(done)
+		// the profile covers --duration seconds from the start of the phase
+		resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", e.o.pprofAddr, int(e.o.duration.Seconds())))
+		if err != nil {
+			e.progress("profile: %v", err)
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(e.o.profile)
+		if err != nil {
+			return
+		}
+		io.Copy(f, resp.Body)
+		f.Close()
+	}()
+	return func() {
+		e.progress("waiting for the %v CPU profile (started %v ago)", e.o.duration, time.Since(start).Round(time.Second))
+		<-done
+	}
 }

@@ -7,8 +7,11 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/usher-vm/usher/core"
 	"github.com/usher-vm/usher/core/config"
@@ -144,6 +147,11 @@ Example:
 	if err != nil {
 		return err
 	}
+	if addr := cfg.String("controller.pprof"); addr != "" {
+		if err := servePprof(ctx, addr, log); err != nil {
+			return err
+		}
+	}
 	stateDir := cfg.String("controller.state_dir")
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
@@ -188,4 +196,28 @@ Example:
 	err = srv.Serve(ctx, ln)
 	c.Wait()
 	return err
+}
+
+// servePprof serves net/http/pprof on a loopback address only.
+func servePprof(ctx context.Context, addr string, log *slog.Logger) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("controller.pprof: %w", err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("controller.pprof: %q is not a loopback address", addr)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/heap", pprof.Index)
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("controller.pprof: %w", err)
+	}
+	go srv.Serve(ln)
+	context.AfterFunc(ctx, func() { srv.Close() })
+	log.Info("pprof listening", "addr", ln.Addr().String())
+	return nil
 }
