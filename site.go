@@ -23,17 +23,21 @@ import (
 
 // SiteOptions describe an embedded site.
 type SiteOptions struct {
-	Dir            string                   // state directory: certificates, sim state files
-	Listen         string                   // controller address (default 127.0.0.1:0)
-	LNMs           int                      // simulated LNMs to start
-	Domain         string                   // Usher domain
-	Hooks          core.Hooks               // policy; required
-	Bind           func(c *core.Controller) // called once the controller exists (the Lua host binds here)
-	Policy         transport.PolicyAdmin
-	SimCPUs        int
-	SimMemMB       int
-	SimBootDelay   time.Duration
-	SimPersist     bool          // keep sim state in files under Dir (VMs outlive LNMs)
+	Dir          string                   // state directory: certificates, sim state files
+	Listen       string                   // controller address (default 127.0.0.1:0)
+	LNMs         int                      // simulated LNMs to start
+	Domain       string                   // Usher domain
+	Hooks        core.Hooks               // policy; required
+	Bind         func(c *core.Controller) // called once the controller exists (the Lua host binds here)
+	Policy       transport.PolicyAdmin
+	SimCPUs      int
+	SimMemMB     int
+	SimBootDelay time.Duration
+	SimPersist   bool // keep sim state in files under Dir (VMs outlive LNMs)
+	// NewDriver, when set, makes the VMM driver of each LNM AddLNM starts
+	// (libvirt hosts in the real-hypervisor tests); otherwise LNMs are
+	// simulated. address is what the LNM advertises ("" = the driver's own).
+	NewDriver      func(name string) (drv nodemgr.Driver, address string, err error)
 	ReportInterval time.Duration // LNM usage reports
 	ScanInterval   time.Duration // LNM scans
 	KeepAlive      time.Duration // yamux keepalive
@@ -59,7 +63,8 @@ type Site struct {
 
 type siteLNM struct {
 	LNM    *nodemgr.LNM
-	Sim    *sim.Hypervisor
+	Sim    *sim.Hypervisor // nil unless simulated
+	Driver nodemgr.Driver
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -166,29 +171,38 @@ func (s *Site) AddLNM(name string) error {
 	if err != nil {
 		return err
 	}
-	so := sim.Options{Node: name, Address: name + ".sim", CPUs: s.Opts.SimCPUs, MemMB: s.Opts.SimMemMB, BootDelay: s.Opts.SimBootDelay}
-	if s.Opts.SimPersist {
-		so.StateFile = filepath.Join(s.Opts.Dir, "sim", name+".json")
-		if err := os.MkdirAll(filepath.Dir(so.StateFile), 0o755); err != nil {
+	var hv nodemgr.Driver
+	var simHV *sim.Hypervisor
+	address := name + ".sim"
+	if s.Opts.NewDriver != nil {
+		if hv, address, err = s.Opts.NewDriver(name); err != nil {
 			return err
 		}
-	}
-	hv, err := sim.New(so)
-	if err != nil {
-		return err
+	} else {
+		so := sim.Options{Node: name, Address: address, CPUs: s.Opts.SimCPUs, MemMB: s.Opts.SimMemMB, BootDelay: s.Opts.SimBootDelay}
+		if s.Opts.SimPersist {
+			so.StateFile = filepath.Join(s.Opts.Dir, "sim", name+".json")
+			if err := os.MkdirAll(filepath.Dir(so.StateFile), 0o755); err != nil {
+				return err
+			}
+		}
+		if simHV, err = sim.New(so); err != nil {
+			return err
+		}
+		hv = simHV
 	}
 	lim := transport.DefaultLimits()
 	if s.Opts.KeepAlive > 0 {
 		lim.KeepAlive = s.Opts.KeepAlive
 	}
-	l, err := nodemgr.New(nodemgr.Options{Name: name, Address: so.Address, Controller: s.Addr, TLS: tlsCfg, Driver: hv,
+	l, err := nodemgr.New(nodemgr.Options{Name: name, Address: address, Controller: s.Addr, TLS: tlsCfg, Driver: hv,
 		ScanInterval: s.Opts.ScanInterval, Limits: lim, Logger: s.Opts.Logger, MinBackoff: 50 * time.Millisecond, MaxBackoff: 2 * time.Second})
 	if err != nil {
 		hv.Close()
 		return err
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
-	sl := &siteLNM{LNM: l, Sim: hv, cancel: cancel, done: make(chan struct{})}
+	sl := &siteLNM{LNM: l, Sim: simHV, Driver: hv, cancel: cancel, done: make(chan struct{})}
 	s.mu.Lock()
 	s.lnms[name] = sl
 	s.mu.Unlock()
@@ -211,7 +225,7 @@ func (s *Site) StopLNM(name string) {
 	}
 	sl.cancel()
 	<-sl.done
-	sl.Sim.Close()
+	sl.Driver.Close()
 }
 
 // Sim returns the simulated hypervisor of an LNM (for fault injection).

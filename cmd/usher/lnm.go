@@ -13,6 +13,7 @@ import (
 
 	"github.com/usher-vm/usher/core/config"
 	"github.com/usher-vm/usher/nodemgr"
+	"github.com/usher-vm/usher/nodemgr/libvirt"
 	"github.com/usher-vm/usher/nodemgr/sim"
 	"github.com/usher-vm/usher/transport"
 )
@@ -20,7 +21,8 @@ import (
 func runLNM(ctx context.Context, args []string, out, errOut io.Writer) error {
 	cfg := params()
 	fs := newFlags("lnm", "[flags]", `Runs a local node manager: it drives this host's hypervisor through a
-driver (sim, the simulated hypervisor; libvirt), connects to the controller
+driver (sim, the simulated hypervisor; libvirt, real QEMU/KVM through
+libvirtd's socket: --driver libvirt --libvirt-socket PATH), connects to the controller
 with its certificate, serves the controller's calls and reports state
 changes and 1/5/15-minute usage averages. The node name must equal the
 certificate's CN.
@@ -124,8 +126,18 @@ func runOneLNM(ctx context.Context, cfg *config.Set, name, serverName, certFile,
 	case "sim":
 		drv, err = sim.New(sim.Options{Node: name, Address: cfg.String("lnm.address"), CPUs: cfg.Int("lnm.sim_cpus"),
 			MemMB: cfg.Int("lnm.sim_mem_mb"), BootDelay: cfg.Duration("lnm.sim_boot_delay"), StateFile: stateFile})
+	case "libvirt":
+		var d *libvirt.Driver
+		d, err = libvirt.New(ctx, libvirt.Options{Node: name, Socket: cfg.String("lnm.libvirt_socket"), URI: cfg.String("lnm.libvirt_uri"),
+			MigrationURI: cfg.String("lnm.libvirt_migration_uri"), DomainType: cfg.String("lnm.libvirt_domain_type"),
+			Kernel: cfg.String("lnm.libvirt_kernel"), Initrd: cfg.String("lnm.libvirt_initrd"), Cmdline: cfg.String("lnm.libvirt_cmdline"),
+			StateDir: cfg.String("lnm.libvirt_state_dir"), Network: cfg.String("lnm.libvirt_network"),
+			ShutdownTimeout: cfg.Duration("lnm.libvirt_shutdown_timeout"), Logger: log.With("room", "libvirt")})
+		if err == nil {
+			drv = d
+		}
 	default:
-		return fmt.Errorf("lnm.driver %q: this build knows the sim driver only", d)
+		return fmt.Errorf("lnm.driver %q: want sim or libvirt", d)
 	}
 	if err != nil {
 		return err
