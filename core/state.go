@@ -88,6 +88,13 @@ func (s *State) insertLocked(vm *VM) bool {
 	}
 	if l := s.lnms[vm.LNM]; l != nil {
 		l.vms[vm.Name] = vm
+		if vm.State == StateStarting {
+			// Reserve the capacity now: placement of the next request
+			// must not see it free before the LNM's next report.
+			l.lnm.Status.FreeMemMB -= vm.MemMB
+			l.lnm.Status.FreeVCPUs -= vm.VCPUs
+			l.lnm.Status.VMs++
+		}
 	}
 	s.trackListsLocked(vm)
 	if vm.Request != "" {
@@ -115,6 +122,16 @@ func (s *State) removeLocked(vm *VM) {
 	}
 	if l := s.lnms[vm.LNM]; l != nil {
 		delete(l.vms, vm.Name)
+		switch vm.State {
+		case StateStarting, StateFailed, StateDestroyed:
+			// give back what insertLocked reserved or the VM used; the
+			// LNM's next report corrects any estimate
+			l.lnm.Status.FreeMemMB += vm.MemMB
+			l.lnm.Status.FreeVCPUs += vm.VCPUs
+			if l.lnm.Status.VMs > 0 {
+				l.lnm.Status.VMs--
+			}
+		}
 	}
 	delete(s.lost, vm.Name)
 	delete(s.missing, vm.Name)
@@ -362,3 +379,76 @@ func (s *State) Counts() Counts {
 }
 
 func now() time.Time { return time.Now().UTC() }
+
+// LNMQuery selects placement candidates without copying every LNM.
+type LNMQuery struct {
+	Connected bool   // only connected LNMs
+	MemMB     int    // only LNMs with at least this much free memory
+	VCPUs     int    // and this many free vCPUs
+	OrderBy   string // "load" (1-minute CPU per core, then free memory), "free_mem", "vms", or "" (name)
+	Limit     int    // at most this many (0: all)
+	Names     []string
+}
+
+func lnmKey(l *LNM, by string) float64 {
+	switch by {
+	case "load":
+		cpus := l.Info.CPUs
+		if cpus < 1 {
+			cpus = 1
+		}
+		// ties (idle nodes) go to the one with more free memory
+		return l.Status.Usage.CPU.M1/float64(cpus) - float64(l.Status.FreeMemMB)*1e-12
+	case "free_mem":
+		return -float64(l.Status.FreeMemMB)
+	case "vms":
+		return float64(l.Status.VMs)
+	}
+	return 0
+}
+
+// QueryLNMs returns copies of the LNMs matching q, best first: O(LNMs) to
+// filter and O(n log limit) to order, copying only what it returns.
+func (s *State) QueryLNMs(q LNMQuery) []*LNM {
+	var only map[string]bool
+	if len(q.Names) > 0 {
+		only = make(map[string]bool, len(q.Names))
+		for _, n := range q.Names {
+			only[n] = true
+		}
+	}
+	type cand struct {
+		l   *lnmRec
+		key float64
+	}
+	var cands []cand
+	s.mu.RLock()
+	for name, l := range s.lnms {
+		if only != nil && !only[name] {
+			continue
+		}
+		if q.Connected && l.lnm.State != LNMConnected {
+			continue
+		}
+		if l.lnm.Status.FreeMemMB < q.MemMB || l.lnm.Status.FreeVCPUs < q.VCPUs {
+			continue
+		}
+		cands = append(cands, cand{l, lnmKey(&l.lnm, q.OrderBy)})
+	}
+	sort.Slice(cands, func(i, j int) bool {
+		if cands[i].key != cands[j].key {
+			return cands[i].key < cands[j].key
+		}
+		return cands[i].l.lnm.Info.Name < cands[j].l.lnm.Info.Name
+	})
+	if q.Limit > 0 && len(cands) > q.Limit {
+		cands = cands[:q.Limit]
+	}
+	out := make([]*LNM, len(cands))
+	for i, c := range cands {
+		cp := c.l.lnm
+		out[i] = &cp
+	}
+	s.mu.RUnlock()
+	return out
+}

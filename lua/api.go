@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -301,8 +302,42 @@ func (ls *lstate) apiLNM(L *glua.LState) int {
 	return 1
 }
 
+// apiLNMs is usher.lnms([query]). With a query table {connected=, mem_mb=,
+// vcpus=, order_by="load"|"free_mem"|"vms", limit=, names={...}} the
+// filtering and ordering happen in Go and only the matches are converted,
+// so placement stays cheap on sites with thousands of nodes.
 func (ls *lstate) apiLNMs(L *glua.LState) int {
-	ns := ls.view().LNMs()
+	var ns []*core.LNM
+	if q, ok := L.Get(1).(*glua.LTable); ok {
+		query := core.LNMQuery{
+			Connected: glua.LVAsBool(q.RawGetString("connected")),
+			MemMB:     int(glua.LVAsNumber(q.RawGetString("mem_mb"))),
+			VCPUs:     int(glua.LVAsNumber(q.RawGetString("vcpus"))),
+			OrderBy:   glua.LVAsString(q.RawGetString("order_by")),
+			Limit:     int(glua.LVAsNumber(q.RawGetString("limit"))),
+		}
+		if names, ok := q.RawGetString("names").(*glua.LTable); ok {
+			names.ForEach(func(_, v glua.LValue) {
+				if s, ok := v.(glua.LString); ok {
+					query.Names = append(query.Names, string(s))
+				}
+			})
+		}
+		switch query.OrderBy {
+		case "", "load", "free_mem", "vms":
+		default:
+			L.RaiseError("usher.lnms: order_by %q: want load, free_mem or vms", query.OrderBy)
+		}
+		if qv, ok := ls.view().(interface {
+			QueryLNMs(core.LNMQuery) []*core.LNM
+		}); ok {
+			ns = qv.QueryLNMs(query)
+		} else {
+			ns = filterLNMs(ls.view().LNMs(), query)
+		}
+	} else {
+		ns = ls.view().LNMs()
+	}
 	t := L.CreateTable(len(ns), 0)
 	for i, n := range ns {
 		t.RawSetInt(i+1, lnmTable(L, n))
@@ -504,4 +539,40 @@ func (ls *lstate) apiSetActive(L *glua.LState) int {
 	}
 	ls.v.h.SetActive(ev, target, on)
 	return 0
+}
+
+// filterLNMs applies a query to a plain list (views without QueryLNMs).
+func filterLNMs(all []*core.LNM, q core.LNMQuery) []*core.LNM {
+	only := map[string]bool{}
+	for _, n := range q.Names {
+		only[n] = true
+	}
+	var out []*core.LNM
+	for _, l := range all {
+		if (len(only) > 0 && !only[l.Info.Name]) || (q.Connected && l.State != core.LNMConnected) ||
+			l.Status.FreeMemMB < q.MemMB || l.Status.FreeVCPUs < q.VCPUs {
+			continue
+		}
+		out = append(out, l)
+	}
+	key := func(l *core.LNM) float64 {
+		switch q.OrderBy {
+		case "load":
+			c := l.Info.CPUs
+			if c < 1 {
+				c = 1
+			}
+			return l.Status.Usage.CPU.M1/float64(c) - float64(l.Status.FreeMemMB)*1e-12
+		case "free_mem":
+			return -float64(l.Status.FreeMemMB)
+		case "vms":
+			return float64(l.Status.VMs)
+		}
+		return 0
+	}
+	sort.SliceStable(out, func(i, j int) bool { return key(out[i]) < key(out[j]) })
+	if q.Limit > 0 && len(out) > q.Limit {
+		out = out[:q.Limit]
+	}
+	return out
 }
