@@ -251,13 +251,17 @@ func (c *Controller) HandleReport(lnm string, gen uint64, r LNMReport) {
 		l.lnm.Status = *r.Node
 	}
 	for name, u := range r.Usage {
-		if vm := l.vms[name]; vm != nil {
-			uc := u
-			vm.Usage = &uc
-		} else if um := l.unmanaged[name]; um != nil {
-			uc := u
-			um.Usage = &uc
+		vm := l.vms[name]
+		if vm == nil {
+			vm = l.unmanaged[name]
 		}
+		if vm == nil {
+			continue
+		}
+		if vm.Usage == nil {
+			vm.Usage = new(Usage) // reused by every later report
+		}
+		*vm.Usage = u
 	}
 	for _, d := range r.Changes {
 		vm := c.st.vms[d.Name]

@@ -69,7 +69,9 @@ func (l Limits) withDefaults() Limits {
 // configs must not be shared between sessions).
 func yamuxConfig(l Limits) *yamux.Config {
 	c := yamux.DefaultConfig()
-	c.AcceptBacklog = l.MaxStreams
+	// The accept queue is not the concurrency limit (MaxStreams is): keep
+	// it small, yamux allocates it up front for every session.
+	c.AcceptBacklog = min(l.MaxStreams, 128)
 	c.EnableKeepAlive = true
 	c.KeepAliveInterval = l.KeepAlive
 	c.ConnectionWriteTimeout = l.WriteTimeout

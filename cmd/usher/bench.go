@@ -65,6 +65,8 @@ type benchOpts struct {
 	report     time.Duration
 	quiet      bool
 	profile    string
+	budget     time.Duration
+	heap       string
 	pprofAddr  string
 }
 
@@ -108,6 +110,8 @@ Examples:
 	fs.StringVar(&o.dir, "dir", "", "working directory (default: a new temporary directory)")
 	fs.DurationVar(&o.report, "report-interval", 5*time.Second, "how often LNMs report usage")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress lines")
+	fs.DurationVar(&o.budget, "budget", time.Second, "the controller's per-handler Lua budget (policy.budget; large batches need more than the 100ms default)")
+	fs.StringVar(&o.heap, "heapprofile", "", "write a heap profile of the controller at the end of the scenario to this file")
 	fs.StringVar(&o.profile, "cpuprofile", "", "start-storm: write a CPU profile of the controller covering the first --duration of the storm to this file")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -365,12 +369,14 @@ ca_file = %q
 state_dir = %q
 report_interval = %q
 grace = "60s"
+max_streams = 4096
 max_request_vms = 1000000
 max_per_ip = 100000
 max_handshaking = 1024
 
 [policy]
 enable = ["auth_htpasswd", "authz_owner", "quota", "place_leastloaded"]
+budget = %q
 dirs = [%q]
 
 [policy.config.auth_htpasswd]
@@ -383,8 +389,8 @@ max_vms = 10000000
 [log]
 level = "warn"
 `, e.addr, filepath.Join(pki, "ctl.crt"), filepath.Join(pki, "ctl.key"), filepath.Join(pki, "ca.crt"),
-		filepath.Join(dir, "ctl"), o.report.String(), policies, htFile)
-	if o.profile != "" {
+		filepath.Join(dir, "ctl"), o.report.String(), o.budget.String(), policies, htFile)
+	if o.profile != "" || o.heap != "" {
 		pl, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, err
@@ -669,6 +675,15 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 	}
 	if rep.Requests == 0 {
 		rep.Requests = reqs.Load()
+	}
+	if o.heap != "" && e.o.pprofAddr != "" {
+		if resp, err := http.Get("http://" + e.o.pprofAddr + "/debug/pprof/heap?gc=1"); err == nil {
+			if f, err := os.Create(o.heap); err == nil {
+				io.Copy(f, resp.Body)
+				f.Close()
+			}
+			resp.Body.Close()
+		}
 	}
 	rep.Errors = errs.Load()
 	if e.errMsg != "" {
