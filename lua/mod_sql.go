@@ -188,8 +188,11 @@ func (ls *lstate) sqlExec(L *glua.LState, d *sqlDB, r sqlRunner) int {
 	if err != nil {
 		L.ArgError(2, err.Error())
 	}
-	if nph != len(args) {
+	if nph < len(args) {
 		L.ArgError(2, fmt.Sprintf("sql: %d placeholders but %d parameters", nph, len(args)))
+	}
+	for len(args) < nph {
+		args = append(args, nil) // trailing nils of a Lua list are NULL
 	}
 	var res sql.Result
 	err = ls.netCall(func(ctx context.Context) error {
@@ -219,8 +222,11 @@ func (ls *lstate) sqlQuery(L *glua.LState, d *sqlDB, r sqlRunner) int {
 	if err != nil {
 		L.ArgError(2, err.Error())
 	}
-	if nph != len(args) {
+	if nph < len(args) {
 		L.ArgError(2, fmt.Sprintf("sql: %d placeholders but %d parameters", nph, len(args)))
+	}
+	for len(args) < nph {
+		args = append(args, nil) // trailing nils of a Lua list are NULL
 	}
 	var rows [][]any
 	var cols []string
