@@ -180,15 +180,19 @@ func (c *dnsClient) update(ctx context.Context, u dnsUpdate) error {
 	m.SetTsig(key, c.algs[key], 300, time.Now().Unix())
 	cl := &dns.Client{Net: "tcp", Timeout: c.timeout, TsigSecret: map[string]string{key: secret}}
 	r, _, err := cl.ExchangeContext(ctx, m, u.server)
-	if err != nil {
-		return &dnsError{rcode: -1, err: fmt.Errorf("dns update of %s at %s: %w", u.zone, u.server, err)}
-	}
-	if r.Rcode != dns.RcodeSuccess {
+	// A server refusing our key answers unsigned (or signed with an error),
+	// which the client reports as a TSIG failure: the rcode says why.
+	if r != nil && r.Rcode != dns.RcodeSuccess {
 		msg := dns.RcodeToString[r.Rcode]
 		if t := r.IsTsig(); t != nil && t.Error != 0 {
 			msg += " (TSIG " + dns.RcodeToString[int(t.Error)] + ")"
+		} else if err != nil {
+			msg += " (" + err.Error() + ")"
 		}
 		return &dnsError{rcode: r.Rcode, err: fmt.Errorf("dns update of %s refused by %s: %s", u.zone, u.server, msg)}
+	}
+	if err != nil {
+		return &dnsError{rcode: -1, err: fmt.Errorf("dns update of %s at %s: %w", u.zone, u.server, err)}
 	}
 	return nil
 }
