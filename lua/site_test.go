@@ -48,7 +48,12 @@ func siteHost(t *testing.T, mc ModuleConfig, enable []string, cfg map[string]map
 
 func eventually(t *testing.T, what string, f func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	eventuallyWithin(t, 10*time.Second, what, f)
+}
+
+func eventuallyWithin(t *testing.T, d time.Duration, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
 		if f() {
 			return
