@@ -1,5 +1,5 @@
 -- Fixture tests for audit_sql.lua (in-memory SQLite). What lands in the
--- tables is checked in lua/mod_scripts_test.go.
+-- tables is checked in lua/site_test.go (build tag site).
 local t = usher_test
 t.config{audit_sql = {fake_modules = true}}
 

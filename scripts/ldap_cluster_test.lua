@@ -1,6 +1,6 @@
 -- Fixture tests for ldap_cluster.lua (in-memory LDAP stand-in); the
--- removal on destroy is covered by lua/mod_scripts_test.go and, against
--- slapd, by lua/site_test.go.
+-- removal on destroy (a notification, which usher_test cannot send) is
+-- covered against slapd by lua/site_test.go (build tag site).
 local t = usher_test
 local people = {
   {dn = "uid=alice,ou=people,dc=usher,dc=test", uid = "alice", objectClass = {"posixAccount"}, userPassword = "pw"},
