@@ -4,7 +4,7 @@ BIN     := bin
 PKGS    := ./...
 FUZZTIME ?= 10s
 
-.PHONY: all build demo test test-unit test-chaos test-libvirt test-fuzz bench vet fmt-check clean
+.PHONY: all build demo test test-unit test-chaos test-libvirt test-site test-fuzz bench vet fmt-check clean
 
 all: build
 
@@ -18,7 +18,7 @@ demo: build
 
 # Every test, with the race detector, plus vet, a formatting check and a
 # short fuzz pass over each decoder.
-test: vet fmt-check test-unit test-libvirt test-fuzz
+test: vet fmt-check test-unit test-libvirt test-site test-fuzz
 
 test-unit:
 	$(GO) test -race -count=1 $(PKGS)
@@ -35,6 +35,11 @@ test-libvirt:
 	$(GO) test -race -count=1 -tags libvirt ./nodemgr/libvirt/...
 	$(GO) test -race -count=1 -tags libvirt -run 'Libvirt' -v .
 
+# Site integration against real servers: OpenLDAP slapd and BIND named on
+# loopback (installed by testdata/site/harness.sh if missing), SQLite files.
+test-site:
+	$(GO) test -race -count=1 -tags site ./lua/...
+
 test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadEnvelope$$' -fuzztime $(FUZZTIME) ./transport/
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./core/config/
@@ -44,6 +49,7 @@ test-fuzz:
 vet:
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags libvirt $(PKGS)
+	$(GO) vet -tags site $(PKGS)
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -118,6 +118,7 @@ ca_file = %q
 state_dir = %q
 report_interval = "200ms"
 keepalive = "500ms"
+write_timeout = "2s"
 grace = "10s"
 max_request_vms = 100000
 
@@ -219,6 +220,8 @@ sim_cpus = 100000
 sim_mem_mb = 100000000
 recovery_listen = "127.0.0.1:0"
 scan_interval = "300ms"
+keepalive = "500ms"
+write_timeout = "2s"
 `, name, controller, filepath.Join(pki, name+".crt"), filepath.Join(pki, name+".key"), filepath.Join(pki, "ca.crt"),
 		filepath.Join(c.dir, "sim", name+".json")))
 }

@@ -196,6 +196,13 @@ func (c *Client) eventLoop(s *transport.Session, st *transport.Stream) {
 			if json.Unmarshal(env.Args, &ev) == nil {
 				c.apply(ev)
 			}
+		case "events":
+			var evs []core.Event
+			if json.Unmarshal(env.Args, &evs) == nil {
+				for _, ev := range evs {
+					c.apply(ev)
+				}
+			}
 		case "overflow":
 			err = errors.New("event feed overflowed; reloading")
 		}
@@ -635,6 +642,13 @@ func (c *Client) Watch(ctx context.Context, f func(core.Event)) error {
 			var ev core.Event
 			if json.Unmarshal(env.Args, &ev) == nil {
 				f(ev)
+			}
+		case "events":
+			var evs []core.Event
+			if json.Unmarshal(env.Args, &evs) == nil {
+				for _, ev := range evs {
+					f(ev)
+				}
 			}
 		case "error":
 			var e transport.Error

@@ -83,6 +83,13 @@ type Controller struct {
 
 	idem *idemCache
 	wg   sync.WaitGroup
+
+	// recovered is closed once every LNM known from before a restart is
+	// back (or the grace period ended): new VMs are not named or placed
+	// before then, so none can collide with a VM on an LNM still
+	// reconnecting.
+	recMu     sync.Mutex
+	recovered chan struct{}
 }
 
 // New builds a controller. hooks must not be nil.
@@ -146,6 +153,9 @@ func (c *Controller) emit(evs ...Event) {
 }
 
 func (c *Controller) fanout(ev Event) {
+	if ev.PluginsOnly {
+		return
+	}
 	c.subMu.RLock()
 	defer c.subMu.RUnlock()
 	if ev.User != "" {
@@ -471,6 +481,9 @@ func (o *outcome) result(id string, requested int, names []string, dropped []Dro
 // start_request chain, registers each VM, starts the batches on their LNMs
 // concurrently and reports exactly what was done.
 func (c *Controller) Start(ctx context.Context, id Identity, a StartArgs) (*Result, error) {
+	if err := c.waitRecovered(ctx); err != nil {
+		return nil, err
+	}
 	if a.ID != "" {
 		f, leader := c.idem.begin(id.User + "\x00start\x00" + a.ID)
 		if !leader {
@@ -504,12 +517,18 @@ func (c *Controller) start(ctx context.Context, id Identity, a StartArgs, dry bo
 	if cpus == 0 {
 		cpus = c.cfg.DefaultVCPUs
 	}
-	if a.ID != "" && !dry {
+	var replayed *Result
+	if a.ID != "" && !dry && len(a.Names) == 0 {
 		// A retry of a request whose VMs exist (also after a controller
-		// restart: the id travels in the VM objects the LNMs cache) creates
-		// nothing and reports what the first attempt did.
+		// restart: the id travels in the VM objects the LNMs cache) starts
+		// only what the first attempt did not, and reports both.
 		if res := c.replay(id, a); res != nil {
-			return res, nil
+			if len(res.Done) >= n {
+				return res, nil
+			}
+			replayed = res
+			n -= len(res.Done)
+			a.Count = n
 		}
 	}
 	req := &Request{ID: a.ID, Kind: KindStart, User: id, Cluster: a.Cluster, LNMs: a.LNMs, Args: a.Args, DryRun: dry}
@@ -604,7 +623,7 @@ func (c *Controller) start(ctx context.Context, id Identity, a StartArgs, dry bo
 	}
 	if dry || len(groups) == 0 {
 		abandon()
-		return res.result(a.ID, n, names, req.Dropped, req.Trace, ""), nil
+		return merge(replayed, res.result(a.ID, n, names, req.Dropped, req.Trace, "")), nil
 	}
 	var wg sync.WaitGroup
 	for _, lnm := range order {
@@ -622,7 +641,18 @@ func (c *Controller) start(ctx context.Context, id Identity, a StartArgs, dry bo
 	if !finished {
 		pending = "still starting when the request's deadline passed; watch its state"
 	}
-	return res.result(a.ID, n, names, req.Dropped, req.Trace, pending), nil
+	return merge(replayed, res.result(a.ID, n, names, req.Dropped, req.Trace, pending)), nil
+}
+
+// merge prepends what an earlier attempt of the same request did.
+func merge(earlier, now *Result) *Result {
+	if earlier == nil {
+		return now
+	}
+	now.Requested += len(earlier.Done)
+	now.Done = append(earlier.Done, now.Done...)
+	now.Trace = append(earlier.Trace, now.Trace...)
+	return now
 }
 
 // replay answers a retried start request from the VMs it created.
@@ -646,7 +676,8 @@ func (c *Controller) replay(id Identity, a StartArgs) *Result {
 		}
 		res.Done = append(res.Done, r)
 	}
-	res.Trace = []TraceStep{{Event: EvStartRequest, Handler: "controller", Action: "replayed", Detail: "request id seen before; nothing started"}}
+	res.Trace = []TraceStep{{Event: EvStartRequest, Handler: "controller", Action: "replayed",
+		Detail: fmt.Sprintf("request id seen before: %d VMs exist", len(res.Done))}}
 	return res
 }
 
@@ -713,7 +744,7 @@ func (c *Controller) startBatch(lnm string, vms []*VM, args map[string]string, r
 			acks = append(acks, cl)
 			res.set(VMResult{Name: vm.Name, OK: true, State: vm.State, LNM: lnm, VM: cl})
 			evs = append(evs, Event{Type: EvStartComplete, VM: cl, User: vm.Owner, LNM: lnm, Req: reqID, OK: true},
-				Event{Type: EvStateChanged, VM: cl, User: vm.Owner, LNM: lnm})
+				Event{Type: EvStateChanged, VM: cl, User: vm.Owner, LNM: lnm, PluginsOnly: true})
 		default:
 			msg := r.Error
 			if msg == "" {
@@ -1104,4 +1135,58 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// waitRecovered holds new work until the state is whole after a restart.
+func (c *Controller) waitRecovered(ctx context.Context) error {
+	c.recMu.Lock()
+	ch := c.recovered
+	c.recMu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: the controller is rebuilding its state after a restart; retry", ErrUnavailable)
+	}
+}
+
+// Recovering reports whether known LNMs are still expected back.
+func (c *Controller) Recovering() bool {
+	c.recMu.Lock()
+	defer c.recMu.Unlock()
+	if c.recovered == nil {
+		return false
+	}
+	select {
+	case <-c.recovered:
+		return false
+	default:
+		return true
+	}
+}
+
+func (c *Controller) openGateIfWhole() {
+	c.st.mu.RLock()
+	waiting := 0
+	for _, l := range c.st.lnms {
+		if l.lnm.State == LNMRecovering {
+			waiting++
+		}
+	}
+	c.st.mu.RUnlock()
+	if waiting > 0 {
+		return
+	}
+	c.recMu.Lock()
+	defer c.recMu.Unlock()
+	if c.recovered != nil {
+		select {
+		case <-c.recovered:
+		default:
+			close(c.recovered)
+		}
+	}
 }

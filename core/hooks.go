@@ -146,6 +146,11 @@ type Event struct {
 	OK     bool              `json:"ok,omitempty"`     // for *_complete
 	Error  string            `json:"error,omitempty"`  // failure text
 	Detail map[string]string `json:"detail,omitempty"` // extra fields
+
+	// PluginsOnly keeps an event from clients' feeds when another event
+	// of the same change already carries the VM to them (a start's
+	// state_changed follows its start_complete).
+	PluginsOnly bool `json:"-"`
 }
 
 // Hooks is the policy boundary of the controller. Every decision the paper

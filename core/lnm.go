@@ -203,6 +203,7 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 		}
 	}()
 	c.emit(evs...)
+	c.openGateIfWhole()
 	c.log.Info("LNM connected", "lnm", info.Name, "domains", len(domains))
 	return gen, nil
 }
@@ -380,6 +381,12 @@ func (c *idemCache) begin(key string) (*future, bool) {
 // before any is declared failed (see EndGrace), so a restart never marks the
 // whole site failed at once.
 func (c *Controller) ExpectLNMs(infos []NodeInfo) {
+	c.recMu.Lock()
+	if c.recovered == nil && len(infos) > 0 {
+		c.recovered = make(chan struct{})
+	}
+	c.recMu.Unlock()
+	defer c.openGateIfWhole()
 	c.st.mu.Lock()
 	defer c.st.mu.Unlock()
 	for _, info := range infos {
@@ -406,6 +413,7 @@ func (c *Controller) EndGrace() []string {
 		}
 	}
 	c.st.mu.Unlock()
+	c.openGateIfWhole()
 	var evs []Event
 	for _, n := range failed {
 		evs = append(evs, Event{Type: EvLNMLost, LNM: n, Error: "did not reconnect within the grace period after a controller restart"})

@@ -325,7 +325,9 @@ func (l *LNM) diffOne(ev DomainEvent) *core.Domain {
 		return nil
 	}
 	if c != nil {
-		if c.State == ev.State || c.State == core.StateMigrating {
+		// starting, pending and migrating objects belong to a call in
+		// progress, which reports its own outcome
+		if c.State == ev.State || c.State == core.StateMigrating || c.State == core.StateStarting || c.State == core.StatePending {
 			return nil
 		}
 		return &core.Domain{Name: ev.Name, State: ev.State, Reason: ev.Reason, MemMB: c.MemMB, VCPUs: c.VCPUs, Cached: c.Clone()}

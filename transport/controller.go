@@ -266,7 +266,27 @@ func (cs *ControllerServer) serveClient(ctx context.Context, s *Session, p Peer)
 					}
 					return nil
 				}
-				if err := st.Send("event", ev); err != nil {
+				// Whatever else is already queued goes in the same frame.
+				batch := []core.Event{ev}
+			drain:
+				for len(batch) < 512 {
+					select {
+					case more, ok := <-sub.C:
+						if !ok {
+							break drain
+						}
+						batch = append(batch, more)
+					default:
+						break drain
+					}
+				}
+				var err error
+				if len(batch) == 1 {
+					err = st.Send("event", batch[0])
+				} else {
+					err = st.Send("events", batch)
+				}
+				if err != nil {
 					return err
 				}
 			case <-beat.C:

@@ -143,16 +143,22 @@ func Announce(ctx context.Context, addr string, tlsCfg *tls.Config, a Announceme
 
 // KnownLNMs is the controller's only persistent state: the LNMs it has
 // seen, so a restarted controller can announce itself to them. The file is
-// rewritten atomically (temp file + rename).
+// rewritten atomically (temp file + fsync + rename).
 type KnownLNMs struct {
-	path string
-	mu   sync.Mutex
-	m    map[string]core.NodeInfo
+	path     string
+	mu       sync.Mutex
+	cond     *sync.Cond
+	m        map[string]core.NodeInfo
+	seq      uint64 // changes made
+	written  uint64 // changes on disk
+	flushing bool
+	lastErr  error
 }
 
 // LoadKnownLNMs reads the file (a missing file is an empty list).
 func LoadKnownLNMs(path string) (*KnownLNMs, error) {
 	k := &KnownLNMs{path: path, m: map[string]core.NodeInfo{}}
+	k.cond = sync.NewCond(&k.mu)
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return k, nil
@@ -174,6 +180,10 @@ func LoadKnownLNMs(path string) (*KnownLNMs, error) {
 func (k *KnownLNMs) List() []core.NodeInfo {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	return k.listLocked()
+}
+
+func (k *KnownLNMs) listLocked() []core.NodeInfo {
 	out := make([]core.NodeInfo, 0, len(k.m))
 	for _, n := range k.m {
 		out = append(out, n)
@@ -182,20 +192,55 @@ func (k *KnownLNMs) List() []core.NodeInfo {
 	return out
 }
 
-// Record adds or updates an LNM and saves the file if anything changed.
+// Record adds or updates an LNM and returns once the file holds it.
+// Concurrent calls share one write (group commit), so thousands of LNMs
+// registering at once cost a few writes, not one each.
 func (k *KnownLNMs) Record(n core.NodeInfo) error {
 	k.mu.Lock()
-	defer k.mu.Unlock()
 	old, ok := k.m[n.Name]
 	if ok && old.Address == n.Address && old.Recovery == n.Recovery {
+		k.mu.Unlock()
 		return nil
 	}
 	k.m[n.Name] = core.NodeInfo{Name: n.Name, Address: n.Address, Recovery: n.Recovery, Driver: n.Driver}
-	list := make([]core.NodeInfo, 0, len(k.m))
-	for _, v := range k.m {
-		list = append(list, v)
+	k.seq++
+	mine := k.seq
+	if !k.flushing {
+		k.flushing = true
+		go k.flushLoop()
 	}
-	sort.Slice(list, func(i, j int) bool { return list[i].Name < list[j].Name })
+	for k.written < mine {
+		k.cond.Wait()
+	}
+	err := k.lastErr
+	k.mu.Unlock()
+	return err
+}
+
+func (k *KnownLNMs) flushLoop() {
+	k.mu.Lock()
+	for k.written < k.seq {
+		target := k.seq
+		list := k.listLocked()
+		k.mu.Unlock()
+		err := k.write(list)
+		k.mu.Lock()
+		k.written, k.lastErr = target, err
+		k.cond.Broadcast()
+	}
+	k.flushing = false
+	k.mu.Unlock()
+}
+
+// Flush returns the error of the last write (Record returns only once its
+// change is on disk, so there is nothing left to write).
+func (k *KnownLNMs) Flush() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.lastErr
+}
+
+func (k *KnownLNMs) write(list []core.NodeInfo) error {
 	b, err := json.MarshalIndent(list, "", "  ")
 	if err != nil {
 		return err

@@ -62,6 +62,10 @@ func newPolicyHost(cfg *config.Set, stateDir string, extraDirs []string, log *sl
 			return nil, err
 		}
 	}
+	mods, err := lua.ParseModuleConfig(cfg.Map("policy.modules"))
+	if err != nil {
+		return nil, err
+	}
 	dirs := append([]string{shipped}, cfg.Strings("policy.dirs")...)
 	dirs = append(dirs, extraDirs...)
 	return lua.New(lua.Options{
@@ -72,6 +76,7 @@ func newPolicyHost(cfg *config.Set, stateDir string, extraDirs []string, log *sl
 		MemLimitMB: cfg.Int("policy.mem_limit_mb"),
 		Config:     policyConfig(cfg.Map("policy.config")),
 		StorePath:  filepath.Join(stateDir, "policy-store.json"),
+		Modules:    mods,
 		Logger:     log.With("room", "lua"),
 	})
 }
@@ -108,6 +113,7 @@ func controllerConfig(cfg *config.Set, log *slog.Logger) core.Config {
 func limits(cfg *config.Set) transport.Limits {
 	l := transport.DefaultLimits()
 	l.KeepAlive = cfg.Duration("controller.keepalive")
+	l.WriteTimeout = cfg.Duration("controller.write_timeout")
 	l.MaxStreams = cfg.Int("controller.max_streams")
 	return l
 }
@@ -195,6 +201,9 @@ Example:
 	go srv.Recover(ctx, announceTLS, self, cfg.Duration("controller.grace"))
 	err = srv.Serve(ctx, ln)
 	c.Wait()
+	if ferr := known.Flush(); ferr != nil {
+		log.Error("saving known LNMs", "err", ferr)
+	}
 	return err
 }
 

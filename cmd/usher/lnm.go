@@ -149,8 +149,11 @@ func runOneLNM(ctx context.Context, cfg *config.Set, name, serverName, certFile,
 			return err
 		}
 	}
+	lim := transport.DefaultLimits()
+	lim.KeepAlive = cfg.Duration("lnm.keepalive")
+	lim.WriteTimeout = cfg.Duration("lnm.write_timeout")
 	l, err := nodemgr.New(nodemgr.Options{Name: name, Address: cfg.String("lnm.address"), Controller: cfg.String("lnm.controller"),
-		TLS: tlsCfg, Driver: drv, ScanInterval: cfg.Duration("lnm.scan_interval"), Logger: log.With("room", "nodemgr"),
+		TLS: tlsCfg, Driver: drv, Limits: lim, ScanInterval: cfg.Duration("lnm.scan_interval"), Logger: log.With("room", "nodemgr"),
 		RecoveryListen: cfg.String("lnm.recovery_listen"), RecoveryTLS: recTLS})
 	if err != nil {
 		return err
