@@ -30,7 +30,8 @@ func commands() []command {
 		{"demo", "run an embedded site (controller + simulated LNMs + shipped policies) and open the shell", runDemo},
 		{"ca", "create a site CA and issue controller/LNM certificates", runCA},
 		{"config", "show the effective configuration and where each value came from", runConfig},
-		{"policy", "check, test and inspect Lua policy scripts", runPolicy},
+		{"policy", "check, test, inspect and (un)register Lua policy scripts", runPolicy},
+		{"plan", "dry-run a request through the live policy chain and show the decision trace", runPlan},
 		{"sim", "inject faults into a simulated hypervisor's state file", runSim},
 		{"bench", "measure the controller at cluster scale (start-storm, steady, recovery, requests, chain, reload)", runBench},
 	}

@@ -8,9 +8,11 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/usher-vm/usher/core"
 	"github.com/usher-vm/usher/core/config"
 	"github.com/usher-vm/usher/lua"
 	"github.com/usher-vm/usher/nodemgr/sim"
+	"github.com/usher-vm/usher/repl"
 	"github.com/usher-vm/usher/transport"
 )
 
@@ -153,7 +155,9 @@ Example:
 func runPolicy(ctx context.Context, args []string, out, errOut io.Writer) error {
 	help := `Usage: usher policy check FILE...
        usher policy test DIR
-       usher policy status [--json]
+       usher policy status
+       usher policy register SCRIPT EVENT HANDLER [--order N]
+       usher policy unregister SCRIPT EVENT
 
 check compiles each script and validates its registrations without a controller.
 test runs the *_test.lua files in DIR against fixture state.
@@ -212,6 +216,65 @@ Example:
 		b, _ := json.MarshalIndent(v, "", "  ")
 		fmt.Fprintln(out, string(b))
 		return nil
+	case "register", "unregister":
+		fs := newFlags("policy "+args[0], "SCRIPT EVENT [HANDLER]", `register puts a script's global function HANDLER on EVENT's chain at
+--order (the paper's register_plugin); unregister takes a script's
+handlers off EVENT (unregister_plugin). Needs an admin client config.
+
+Example:
+  usher policy register place_pack start_request place --order 50
+  usher policy unregister place_leastloaded start_request`, errOut)
+		order := fs.Int("order", 50, "position in the chain (lower runs first)")
+		if err := parse(fs, args[1:]); err != nil {
+			return err
+		}
+		want := 3
+		if args[0] == "unregister" {
+			want = 2
+		}
+		if fs.NArg() != want {
+			fs.Usage()
+			return errUsage
+		}
+		c, err := dialFromConfig(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		a := core.PolicyArgs{Action: args[0], Script: fs.Arg(0), Event: fs.Arg(1), Order: *order}
+		if want == 3 {
+			a.Handler = fs.Arg(2)
+		}
+		if _, err := c.Policy(ctx, a); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%sed %s on %s\n", args[0], fs.Arg(0), fs.Arg(1))
+		return nil
 	}
-	return fmt.Errorf("unknown policy command %q (check, test, status)", args[0])
+	return fmt.Errorf("unknown policy command %q (check, test, status, register, unregister)", args[0])
+}
+
+func runPlan(ctx context.Context, args []string, out, errOut io.Writer) error {
+	fs := newFlags("plan", "[--json] start ARGS | OP VMSET | migrate VMSET LNMSET", `Dry-runs a request through the live policy chain of the controller named
+by the client configuration and prints the decision trace: which handler
+approved, trimmed, placed or rejected what, and why. Nothing changes.
+
+Examples:
+  usher plan start -n web -c 5 image=debian
+  usher plan pause web[1-2]
+  USHER_CONFIG=/tmp/usher-demo/client.toml usher plan --json migrate web1 node3`, errOut)
+	jsonOut := fs.Bool("json", false, "print the result as JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return errUsage
+	}
+	c, err := dialFromConfig(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return repl.Exec(ctx, c, "plan "+strings.Join(fs.Args(), " "), *jsonOut, out)
 }
