@@ -247,6 +247,7 @@ type benchEnv struct {
 	users  []string
 	errMu  sync.Mutex
 	errMsg string
+	died   error
 }
 
 // firstError keeps the first failure for the report.
@@ -277,8 +278,26 @@ func (e *benchEnv) start(name string, args []string, conf string) (*exec.Cmd, er
 		logf.Close()
 		return nil, err
 	}
-	go func() { cmd.Wait(); logf.Close() }()
+	go func() {
+		err := cmd.Wait()
+		logf.Close()
+		if name != "controller" {
+			// a load generator should never exit on its own
+			e.errMu.Lock()
+			if e.died == nil {
+				e.died = fmt.Errorf("%s exited (%v); see %s", name, err, filepath.Join(e.dir, name+".log"))
+			}
+			e.errMu.Unlock()
+		}
+	}()
 	return cmd, nil
+}
+
+// dead reports a load generator that exited.
+func (e *benchEnv) dead() error {
+	e.errMu.Lock()
+	defer e.errMu.Unlock()
+	return e.died
 }
 
 func (e *benchEnv) startController(ctx context.Context) error {
@@ -470,6 +489,9 @@ func (e *benchEnv) waitCounts(ctx context.Context, admin *client.Client, what st
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s: not reached within %v (last: %+v, err %v)", what, limit, c, err)
+		}
+		if err := e.dead(); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
 		}
 		select {
 		case <-ctx.Done():

@@ -63,7 +63,7 @@ Example:
 		}
 		sn = host
 	}
-	if *count == 1 {
+	if *count == 1 && *caDir == "" {
 		for _, k := range []string{"lnm.cert_file", "lnm.key_file", "lnm.ca_file"} {
 			if cfg.String(k) == "" {
 				return fmt.Errorf("%s is not set (see usher ca --help)", k)
