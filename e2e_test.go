@@ -13,6 +13,7 @@ import (
 	"github.com/usher-vm/usher/core/coretest"
 	"github.com/usher-vm/usher/nodemgr"
 	"github.com/usher-vm/usher/nodemgr/sim"
+	"github.com/usher-vm/usher/transport"
 	"path/filepath"
 )
 
@@ -424,4 +425,60 @@ var _ nodemgr.Driver = nil
 
 func simInject(dir, node, action, vm string) error {
 	return sim.Inject(filepath.Join(dir, "sim", node+".json"), action, vm)
+}
+
+// A client that opens its event stream and never reads it is cut off when
+// its queue overflows; the controller keeps serving everyone else.
+func TestStuckEventReaderIsCutOff(t *testing.T) {
+	s, _ := testSite(t, 2, func(o *SiteOptions) {
+		o.Controller.EventBuffer = 64
+		o.SimCPUs, o.SimMemMB = 100000, 1<<30
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cfg, err := transport.ClientTLS(s.CAFile, "", "", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := transport.Dial(ctx, s.Addr, cfg, transport.DefaultLimits(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetMux(transport.NewMux())
+	go raw.Serve(ctx)
+	if err := raw.Call(ctx, core.MAuth, core.AuthArgs{User: "alice", Password: "alice-pw"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	stuck, err := raw.OpenStream(ctx, core.MEvents, nil) // never read
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	alice, err := s.Client(ctx, "alice", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	baseline := s.Controller.Subscribers()
+	for i := 0; i < 40; i++ {
+		r, err := alice.Start(ctx, core.StartArgs{Cluster: fmt.Sprintf("flood%d", i), Count: 25})
+		if err != nil || r.OK() != 25 {
+			t.Fatalf("start while a reader is stuck: %v %+v", err, r)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for s.Controller.Subscribers() >= baseline {
+		if time.Now().After(deadline) {
+			t.Fatalf("stuck subscriber still attached (%d feeds)", s.Controller.Subscribers())
+		}
+		time.Sleep(20 * time.Millisecond) // polling a counter
+	}
+	// the reading client's cache catches up through its own feed
+	for len(alice.VMs()) != 1000 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the reading client's cache holds %d VMs", len(alice.VMs()))
+		}
+		time.Sleep(20 * time.Millisecond) // polling a converging cache
+	}
 }

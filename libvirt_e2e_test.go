@@ -320,3 +320,71 @@ func BenchmarkTenGuests(b *testing.B) {
 	b.ReportMetric(directT.Seconds()/float64(b.N), "direct_s/10guests")
 	b.ReportMetric(usherT.Seconds()/directT.Seconds(), "ratio")
 }
+
+// Restarting libvirtd under a libvirt LNM loses and duplicates nothing: the
+// QEMU processes outlive the daemon, the driver reconnects with a fresh
+// client, re-subscribes and re-lists, and Usher's view never changes.
+func TestLibvirtDaemonRestart(t *testing.T) {
+	ls := startLibvirtSite(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	alice, err := ls.Client(ctx, "alice", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	res, err := alice.Start(ctx, core.StartArgs{Cluster: "rs", Count: 2, MemMB: 128, LNMs: []string{"host1"}})
+	if err != nil || res.OK() != 2 {
+		t.Fatalf("start: %v %+v", err, res)
+	}
+	for _, d := range res.Done {
+		if d.LNM != "host1" {
+			t.Fatalf("%s placed on %s", d.Name, d.LNM)
+		}
+		ls.waitDomstate(t, 1, d.Name, "running")
+	}
+	rec := record(alice)
+	if err := ls.h.KillHost(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := ls.h.StartHost(1); err != nil {
+		t.Fatal(err)
+	}
+	// Usher acts on the VMs again once the driver is back.
+	name := res.Done[0].Name
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		r, err := alice.OpOnNames(ctx, core.OpPause, []string{name}, nil)
+		if err == nil && r.OK() == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pause after the libvirtd restart: %v %+v", err, r)
+		}
+		time.Sleep(200 * time.Millisecond) // the driver reconnects with backoff
+	}
+	ls.waitDomstate(t, 1, name, "paused")
+	ls.waitDomstate(t, 1, res.Done[1].Name, "running")
+	out, err := ls.h.Virsh(1, "list", "--all", "--name")
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := 0
+	for _, l := range strings.Fields(out) {
+		if strings.HasPrefix(l, "rs") {
+			count++
+		}
+	}
+	if count != 2 {
+		t.Fatalf("host1 holds %d rs domains after the restart:\n%s", count, out)
+	}
+	lr, err := alice.List(ctx, core.ListArgs{Lists: true})
+	if err != nil || len(lr.VMs) != 2 || len(lr.Lost)+len(lr.Missing) != 0 {
+		t.Fatalf("controller view after the restart: %v %+v", err, lr)
+	}
+	for _, ev := range rec.all() {
+		if ev.Type == core.EvVMLost || ev.Type == core.EvVMMissing {
+			t.Fatalf("%s reported during a libvirtd restart: %+v", ev.Type, ev.VM)
+		}
+	}
+}

@@ -229,6 +229,17 @@ func (c *Controller) Subscribe(id Identity, cluster string, watch bool) (*Subscr
 	return s, nil
 }
 
+// Subscribers counts the open event feeds.
+func (c *Controller) Subscribers() int {
+	c.subMu.RLock()
+	defer c.subMu.RUnlock()
+	n := 0
+	for _, m := range c.byUser {
+		n += len(m)
+	}
+	return n
+}
+
 // Unsubscribe ends a feed.
 func (c *Controller) Unsubscribe(s *Subscription) {
 	c.subMu.Lock()

@@ -235,19 +235,19 @@ func procStat(pid int) (cpu float64, rss, peak int64, err error) {
 
 // benchEnv is a site made of real processes.
 type benchEnv struct {
-	o      benchOpts
-	out    io.Writer
-	bin    string
-	dir    string
-	addr   string
-	ctlCfg string
-	ctl    *exec.Cmd
-	ctlErr chan struct{}
-	gens   []*exec.Cmd
-	users  []string
-	errMu  sync.Mutex
-	errMsg string
-	died   error
+	o       benchOpts
+	out     io.Writer
+	bin     string
+	dir     string
+	addr    string
+	ctlCfg  string
+	ctl     *exec.Cmd
+	ctlDone chan struct{} // closed when the controller process has exited
+	gens    []*exec.Cmd
+	users   []string
+	errMu   sync.Mutex
+	errMsg  string
+	died    error
 }
 
 // firstError keeps the first failure for the report.
@@ -278,9 +278,14 @@ func (e *benchEnv) start(name string, args []string, conf string) (*exec.Cmd, er
 		logf.Close()
 		return nil, err
 	}
+	done := make(chan struct{})
+	if name == "controller" {
+		e.ctlDone = done
+	}
 	go func() {
 		err := cmd.Wait()
 		logf.Close()
+		close(done)
 		if name != "controller" {
 			// a load generator should never exit on its own
 			e.errMu.Lock()
@@ -306,8 +311,14 @@ func (e *benchEnv) startController(ctx context.Context) error {
 		return err
 	}
 	e.ctl = cmd
+	done := e.ctlDone
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			return fmt.Errorf("controller exited; see %s", filepath.Join(e.dir, "controller.log"))
+		default:
+		}
 		c, err := net.DialTimeout("tcp", e.addr, time.Second)
 		if err == nil {
 			c.Close()
@@ -641,6 +652,7 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 		}
 		e.progress("kill -9 controller (pid %d)", pid)
 		e.ctl.Process.Signal(syscall.SIGKILL)
+		<-e.ctlDone // its port is free once it is gone
 		start := time.Now()
 		if err := e.startController(ctx); err != nil {
 			return err
