@@ -495,16 +495,22 @@ func (c *Controller) Start(ctx context.Context, id Identity, a StartArgs) (*Resu
 	if err := c.waitRecovered(ctx); err != nil {
 		return nil, err
 	}
-	if a.ID != "" {
-		f, leader := c.idem.begin(id.User + "\x00start\x00" + a.ID)
-		if !leader {
-			return f.wait(ctx)
-		}
-		res, err := c.start(ctx, id, a, false)
-		f.finish(res, err)
-		return res, err
+	return c.once(ctx, id, "start", a.ID, func() (*Result, error) { return c.start(ctx, id, a, false) })
+}
+
+// once runs a request; concurrent or repeated calls with the same request
+// id (per user and kind) share the first call's result.
+func (c *Controller) once(ctx context.Context, id Identity, kind, reqID string, f func() (*Result, error)) (*Result, error) {
+	if reqID == "" {
+		return f()
 	}
-	return c.start(ctx, id, a, false)
+	fut, leader := c.idem.begin(id.User + "\x00" + kind + "\x00" + reqID)
+	if !leader {
+		return fut.wait(ctx)
+	}
+	res, err := f()
+	fut.finish(res, err)
+	return res, err
 }
 
 func (c *Controller) start(ctx context.Context, id Identity, a StartArgs, dry bool) (*Result, error) {
@@ -778,16 +784,7 @@ func (c *Controller) startBatch(lnm string, vms []*VM, args map[string]string, r
 
 // OpOn implements op_on(operation, vm list).
 func (c *Controller) OpOn(ctx context.Context, id Identity, a OpArgs) (*Result, error) {
-	if a.ID != "" {
-		f, leader := c.idem.begin(id.User + "\x00op\x00" + a.ID)
-		if !leader {
-			return f.wait(ctx)
-		}
-		res, err := c.opOn(ctx, id, a, false)
-		f.finish(res, err)
-		return res, err
-	}
-	return c.opOn(ctx, id, a, false)
+	return c.once(ctx, id, "op", a.ID, func() (*Result, error) { return c.opOn(ctx, id, a, false) })
 }
 
 func (c *Controller) opOn(ctx context.Context, id Identity, a OpArgs, dry bool) (*Result, error) {
@@ -915,16 +912,7 @@ func (c *Controller) opBatch(lnm string, op Op, names []string, args map[string]
 
 // Migrate implements migrate(vm list, lnm list).
 func (c *Controller) Migrate(ctx context.Context, id Identity, a MigrateArgs) (*Result, error) {
-	if a.ID != "" {
-		f, leader := c.idem.begin(id.User + "\x00migrate\x00" + a.ID)
-		if !leader {
-			return f.wait(ctx)
-		}
-		res, err := c.migrate(ctx, id, a, false)
-		f.finish(res, err)
-		return res, err
-	}
-	return c.migrate(ctx, id, a, false)
+	return c.once(ctx, id, "migrate", a.ID, func() (*Result, error) { return c.migrate(ctx, id, a, false) })
 }
 
 type mkey struct{ src, dst string }

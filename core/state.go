@@ -407,48 +407,72 @@ func lnmKey(l *LNM, by string) float64 {
 	return 0
 }
 
-// QueryLNMs returns copies of the LNMs matching q, best first: O(LNMs) to
-// filter and O(n log limit) to order, copying only what it returns.
-func (s *State) QueryLNMs(q LNMQuery) []*LNM {
-	var only map[string]bool
-	if len(q.Names) > 0 {
-		only = make(map[string]bool, len(q.Names))
-		for _, n := range q.Names {
-			only[n] = true
-		}
+// match reports whether an LNM passes the query's filters.
+func (q LNMQuery) match(l *LNM, only map[string]bool) bool {
+	if only != nil && !only[l.Info.Name] {
+		return false
 	}
-	type cand struct {
-		l   *lnmRec
-		key float64
+	if q.Connected && l.State != LNMConnected {
+		return false
 	}
-	var cands []cand
-	s.mu.RLock()
-	for name, l := range s.lnms {
-		if only != nil && !only[name] {
-			continue
-		}
-		if q.Connected && l.lnm.State != LNMConnected {
-			continue
-		}
-		if l.lnm.Status.FreeMemMB < q.MemMB || l.lnm.Status.FreeVCPUs < q.VCPUs {
-			continue
-		}
-		cands = append(cands, cand{l, lnmKey(&l.lnm, q.OrderBy)})
+	return l.Status.FreeMemMB >= q.MemMB && l.Status.FreeVCPUs >= q.VCPUs
+}
+
+func (q LNMQuery) names() map[string]bool {
+	if len(q.Names) == 0 {
+		return nil
 	}
-	sort.Slice(cands, func(i, j int) bool {
-		if cands[i].key != cands[j].key {
-			return cands[i].key < cands[j].key
+	only := make(map[string]bool, len(q.Names))
+	for _, n := range q.Names {
+		only[n] = true
+	}
+	return only
+}
+
+// order sorts by the query's key (then name) and applies the limit.
+func (q LNMQuery) order(ls []*LNM) []*LNM {
+	sort.SliceStable(ls, func(i, j int) bool {
+		ki, kj := lnmKey(ls[i], q.OrderBy), lnmKey(ls[j], q.OrderBy)
+		if ki != kj {
+			return ki < kj
 		}
-		return cands[i].l.lnm.Info.Name < cands[j].l.lnm.Info.Name
+		return ls[i].Info.Name < ls[j].Info.Name
 	})
-	if q.Limit > 0 && len(cands) > q.Limit {
-		cands = cands[:q.Limit]
+	if q.Limit > 0 && len(ls) > q.Limit {
+		ls = ls[:q.Limit]
 	}
-	out := make([]*LNM, len(cands))
-	for i, c := range cands {
-		cp := c.l.lnm
+	return ls
+}
+
+// Apply runs the query over a plain list (for views without QueryLNMs).
+func (q LNMQuery) Apply(all []*LNM) []*LNM {
+	only := q.names()
+	var out []*LNM
+	for _, l := range all {
+		if q.match(l, only) {
+			out = append(out, l)
+		}
+	}
+	return q.order(out)
+}
+
+// QueryLNMs returns copies of the LNMs matching q, best first: one pass
+// to filter, copying only what it returns.
+func (s *State) QueryLNMs(q LNMQuery) []*LNM {
+	only := q.names()
+	var hits []*LNM
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, l := range s.lnms {
+		if q.match(&l.lnm, only) {
+			hits = append(hits, &l.lnm) // ordered in place, copied below
+		}
+	}
+	hits = q.order(hits)
+	out := make([]*LNM, len(hits))
+	for i, l := range hits {
+		cp := *l
 		out[i] = &cp
 	}
-	s.mu.RUnlock()
 	return out
 }

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -333,7 +332,7 @@ func (ls *lstate) apiLNMs(L *glua.LState) int {
 		}); ok {
 			ns = qv.QueryLNMs(query)
 		} else {
-			ns = filterLNMs(ls.view().LNMs(), query)
+			ns = query.Apply(ls.view().LNMs())
 		}
 	} else {
 		ns = ls.view().LNMs()
@@ -539,40 +538,4 @@ func (ls *lstate) apiSetActive(L *glua.LState) int {
 	}
 	ls.v.h.SetActive(ev, target, on)
 	return 0
-}
-
-// filterLNMs applies a query to a plain list (views without QueryLNMs).
-func filterLNMs(all []*core.LNM, q core.LNMQuery) []*core.LNM {
-	only := map[string]bool{}
-	for _, n := range q.Names {
-		only[n] = true
-	}
-	var out []*core.LNM
-	for _, l := range all {
-		if (len(only) > 0 && !only[l.Info.Name]) || (q.Connected && l.State != core.LNMConnected) ||
-			l.Status.FreeMemMB < q.MemMB || l.Status.FreeVCPUs < q.VCPUs {
-			continue
-		}
-		out = append(out, l)
-	}
-	key := func(l *core.LNM) float64 {
-		switch q.OrderBy {
-		case "load":
-			c := l.Info.CPUs
-			if c < 1 {
-				c = 1
-			}
-			return l.Status.Usage.CPU.M1/float64(c) - float64(l.Status.FreeMemMB)*1e-12
-		case "free_mem":
-			return -float64(l.Status.FreeMemMB)
-		case "vms":
-			return float64(l.Status.VMs)
-		}
-		return 0
-	}
-	sort.SliceStable(out, func(i, j int) bool { return key(out[i]) < key(out[j]) })
-	if q.Limit > 0 && len(out) > q.Limit {
-		out = out[:q.Limit]
-	}
-	return out
 }

@@ -194,11 +194,7 @@ func CertPool(caFile string) (*x509.CertPool, error) {
 // and client certificates verified against the site CA when presented
 // (users authenticate by password instead).
 func ServerTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
-	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("loading controller certificate: %w", err)
-	}
-	pool, err := CertPool(caFile)
+	pair, pool, err := loadIdentity(certFile, keyFile, caFile, "controller")
 	if err != nil {
 		return nil, err
 	}
@@ -266,4 +262,17 @@ func PeerLNM(cs tls.ConnectionState) string {
 		}
 	}
 	return ""
+}
+
+// loadIdentity reads a certificate with its key, and the site CA pool.
+func loadIdentity(certFile, keyFile, caFile, what string) (tls.Certificate, *x509.CertPool, error) {
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("loading %s certificate: %w", what, err)
+	}
+	pool, err := CertPool(caFile)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	return pair, pool, nil
 }

@@ -29,11 +29,7 @@ type Announcement struct {
 // listener: its own node certificate, and only peers holding the site's
 // controller certificate are accepted.
 func RecoveryServerTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
-	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("loading LNM certificate: %w", err)
-	}
-	pool, err := CertPool(caFile)
+	pair, pool, err := loadIdentity(certFile, keyFile, caFile, "LNM")
 	if err != nil {
 		return nil, err
 	}
@@ -55,11 +51,7 @@ func RecoveryServerTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 // to LNMs: it presents the controller certificate and accepts only LNM
 // certificates of the site.
 func AnnounceTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
-	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("loading controller certificate: %w", err)
-	}
-	pool, err := CertPool(caFile)
+	pair, pool, err := loadIdentity(certFile, keyFile, caFile, "controller")
 	if err != nil {
 		return nil, err
 	}

@@ -20,20 +20,8 @@ import (
 	"github.com/usher-vm/usher/repl"
 )
 
-// clientParams are the keys of a client configuration file (the same keys
-// ush reads).
-func clientParams() *config.Set {
-	return config.New(
-		config.Param{Key: "client.addr", Kind: config.String, Default: "127.0.0.1:7070", Help: "controller address"},
-		config.Param{Key: "client.ca_file", Kind: config.String, Default: "", Help: "site CA certificate"},
-		config.Param{Key: "client.server_name", Kind: config.String, Default: "", Help: "name in the controller's certificate"},
-		config.Param{Key: "client.user", Kind: config.String, Default: "", Help: "user name"},
-		config.Param{Key: "client.password", Kind: config.String, Default: "", Help: "password"},
-		config.Param{Key: "client.cluster", Kind: config.String, Default: "", Help: "only cache this cluster's VMs"},
-		config.Param{Key: "client.history_file", Kind: config.String, Default: "", Help: "shell history file"},
-		config.Param{Key: "client.timeout", Kind: config.Duration, Default: 10 * time.Minute, Help: "call timeout"},
-	)
-}
+// clientParams are the keys of a client configuration file: ush's own.
+func clientParams() *config.Set { return config.New(repl.Params()...) }
 
 func policyStatusArgs() core.PolicyArgs { return core.PolicyArgs{Action: "status"} }
 
