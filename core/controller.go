@@ -626,7 +626,7 @@ func (c *Controller) start(ctx context.Context, id Identity, a StartArgs, dry bo
 		ok = c.st.insertLocked(vm)
 		var clone *VM
 		if ok {
-			clone = vm.Clone()
+			clone = vm.Snapshot()
 		}
 		c.st.mu.Unlock()
 		if !ok {
@@ -747,8 +747,8 @@ func (c *Controller) startBatch(lnm string, vms []*VM, args map[string]string, r
 			msg := fmt.Sprintf("start on LNM %s failed: %v", lnm, err)
 			c.st.setStateLocked(vm, StateLost, msg)
 			res.set(VMResult{Name: vm.Name, Error: msg + " (VM marked lost)", State: StateLost, LNM: lnm})
-			evs = append(evs, Event{Type: EvStartComplete, VM: vm.Clone(), User: vm.Owner, LNM: lnm, Req: reqID, Error: msg},
-				Event{Type: EvVMLost, VM: vm.Clone(), User: vm.Owner, LNM: lnm})
+			evs = append(evs, Event{Type: EvStartComplete, VM: vm.Snapshot(), User: vm.Owner, LNM: lnm, Req: reqID, Error: msg},
+				Event{Type: EvVMLost, VM: vm.Snapshot(), User: vm.Owner, LNM: lnm})
 		case r.OK:
 			st := r.State
 			if st == "" {
@@ -757,7 +757,7 @@ func (c *Controller) startBatch(lnm string, vms []*VM, args map[string]string, r
 			if vm.State == StateStarting || vm.State == StatePending {
 				c.st.setStateLocked(vm, st, "started")
 			}
-			cl := vm.Clone()
+			cl := vm.Snapshot()
 			acks = append(acks, cl)
 			res.set(VMResult{Name: vm.Name, OK: true, State: vm.State, LNM: lnm, VM: cl})
 			evs = append(evs, Event{Type: EvStartComplete, VM: cl, User: vm.Owner, LNM: lnm, Req: reqID, OK: true},
@@ -768,7 +768,7 @@ func (c *Controller) startBatch(lnm string, vms []*VM, args map[string]string, r
 				msg = "LNM returned no result"
 			}
 			c.st.setStateLocked(vm, StateFailed, msg)
-			cl := vm.Clone()
+			cl := vm.Snapshot()
 			c.st.removeLocked(vm)
 			res.set(VMResult{Name: vm.Name, Error: msg, State: StateFailed, LNM: lnm})
 			evs = append(evs, Event{Type: EvStartComplete, VM: cl, User: vm.Owner, LNM: lnm, Req: reqID, Error: msg})
@@ -879,13 +879,13 @@ func (c *Controller) opBatch(lnm string, op Op, names []string, args map[string]
 				msg = fmt.Sprintf("%s on LNM %s failed: %v", op, lnm, err)
 			}
 			res.set(VMResult{Name: n, Error: msg, State: vm.State, LNM: lnm})
-			evs = append(evs, Event{Type: EvOpComplete, VM: vm.Clone(), User: vm.Owner, LNM: lnm, Req: reqID, Error: msg, Detail: detail})
+			evs = append(evs, Event{Type: EvOpComplete, VM: vm.Snapshot(), User: vm.Owner, LNM: lnm, Req: reqID, Error: msg, Detail: detail})
 		case !r.OK:
 			res.set(VMResult{Name: n, Error: r.Error, State: vm.State, LNM: lnm})
-			evs = append(evs, Event{Type: EvOpComplete, VM: vm.Clone(), User: vm.Owner, LNM: lnm, Req: reqID, Error: r.Error, Detail: detail})
+			evs = append(evs, Event{Type: EvOpComplete, VM: vm.Snapshot(), User: vm.Owner, LNM: lnm, Req: reqID, Error: r.Error, Detail: detail})
 		case op == OpDestroy:
 			c.st.setStateLocked(vm, StateDestroyed, "destroyed")
-			cl := vm.Clone()
+			cl := vm.Snapshot()
 			c.st.removeLocked(vm)
 			forget = append(forget, n)
 			res.set(VMResult{Name: n, OK: true, State: StateDestroyed, LNM: lnm, VM: cl})
@@ -893,7 +893,7 @@ func (c *Controller) opBatch(lnm string, op Op, names []string, args map[string]
 				Event{Type: EvStateChanged, VM: cl, User: cl.Owner, LNM: lnm})
 		default:
 			changed := c.st.setStateLocked(vm, r.State, string(op))
-			cl := vm.Clone()
+			cl := vm.Snapshot()
 			acks = append(acks, cl)
 			res.set(VMResult{Name: n, OK: true, State: vm.State, LNM: lnm, VM: cl})
 			evs = append(evs, Event{Type: EvOpComplete, VM: cl, User: vm.Owner, LNM: lnm, Req: reqID, OK: true, Detail: detail})
@@ -1012,7 +1012,7 @@ func (c *Controller) migrateBatch(src, dst string, vms []*VM, args map[string]st
 		if vm := c.st.vms[v.Name]; vm != nil {
 			prev[v.Name] = vm.State
 			c.st.setStateLocked(vm, StateMigrating, "to "+dst)
-			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Clone(), User: vm.Owner, LNM: src})
+			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: src})
 		}
 	}
 	c.st.mu.Unlock()
@@ -1066,7 +1066,7 @@ func (c *Controller) migrateBatch(src, dst string, vms []*VM, args map[string]st
 				}
 			}
 			c.st.setStateLocked(vm, prev[v.Name], "migration failed")
-			srcAcks = append(srcAcks, vm.Clone())
+			srcAcks = append(srcAcks, vm.Snapshot())
 			fail(v.Name, msg)
 		case got && r.OK:
 			c.st.moveLocked(vm, dst)
@@ -1075,7 +1075,7 @@ func (c *Controller) migrateBatch(src, dst string, vms []*VM, args map[string]st
 				st = prev[v.Name]
 			}
 			c.st.setStateLocked(vm, st, "migrated from "+src)
-			cl := vm.Clone()
+			cl := vm.Snapshot()
 			dstAcks = append(dstAcks, cl)
 			srcForget = append(srcForget, v.Name)
 			res.set(VMResult{Name: v.Name, OK: true, State: vm.State, LNM: dst, VM: cl})
@@ -1090,10 +1090,10 @@ func (c *Controller) migrateBatch(src, dst string, vms []*VM, args map[string]st
 				msg = "source returned no result"
 			}
 			c.st.setStateLocked(vm, prev[v.Name], "migration failed")
-			srcAcks = append(srcAcks, vm.Clone())
+			srcAcks = append(srcAcks, vm.Snapshot())
 			abort = append(abort, v)
 			fail(v.Name, "migration failed, VM stays on "+src+": "+msg)
-			evs = append(evs, Event{Type: EvMigrateDone, VM: vm.Clone(), User: vm.Owner, LNM: src, Req: reqID, Error: msg})
+			evs = append(evs, Event{Type: EvMigrateDone, VM: vm.Snapshot(), User: vm.Owner, LNM: src, Req: reqID, Error: msg})
 		}
 	}
 	c.st.mu.Unlock()

@@ -145,9 +145,9 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 				c.st.moveLocked(vm, info.Name)
 			}
 			if c.st.setStateLocked(vm, d.State, d.Reason) {
-				evs = append(evs, Event{Type: EvStateChanged, VM: vm.Clone(), User: vm.Owner, LNM: info.Name})
+				evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name})
 			}
-			acks = append(acks, vm.Clone())
+			acks = append(acks, vm.Snapshot())
 		case managed:
 			vm = &VM{Name: d.Name, Short: short, Owner: owner, Cluster: ClusterOf(short), LNM: info.Name,
 				State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs, Version: 1, Created: now()}
@@ -166,8 +166,8 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 				}
 			}
 			c.st.insertLocked(vm)
-			acks = append(acks, vm.Clone())
-			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Clone(), User: vm.Owner, LNM: info.Name,
+			acks = append(acks, vm.Snapshot())
+			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name,
 				Detail: map[string]string{"adopted": "true"}})
 		default:
 			u := &VM{Name: d.Name, LNM: info.Name, State: d.State, MemMB: d.MemMB, VCPUs: d.VCPUs, Unmanage: true, Created: now()}
@@ -176,7 +176,7 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 			}
 			l.unmanaged[d.Name] = u
 			if oldUnmanaged[d.Name] == nil {
-				evs = append(evs, Event{Type: EvVMUnmanaged, VM: u.Clone(), LNM: info.Name})
+				evs = append(evs, Event{Type: EvVMUnmanaged, VM: u.Snapshot(), LNM: info.Name})
 			}
 		}
 	}
@@ -188,7 +188,7 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 			continue
 		}
 		if c.st.setStateLocked(vm, StateMissing, "not found on "+info.Name+" when it reconnected") {
-			evs = append(evs, Event{Type: EvVMMissing, VM: vm.Clone(), User: vm.Owner, LNM: info.Name})
+			evs = append(evs, Event{Type: EvVMMissing, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name})
 		}
 	}
 	st := l.lnm
@@ -230,7 +230,7 @@ func (c *Controller) DetachLNM(name string, gen uint64, reason string) {
 			continue
 		}
 		c.st.setStateLocked(vm, StateLost, "LNM "+name+" failed: "+reason)
-		evs = append(evs, Event{Type: EvVMLost, VM: vm.Clone(), User: vm.Owner, LNM: name})
+		evs = append(evs, Event{Type: EvVMLost, VM: vm.Snapshot(), User: vm.Owner, LNM: name})
 	}
 	c.st.mu.Unlock()
 	c.log.Warn("LNM disconnected; its VMs are lost", "lnm", name, "vms", len(evs), "reason", reason)
@@ -277,9 +277,9 @@ func (c *Controller) HandleReport(lnm string, gen uint64, r LNMReport) {
 			}
 			c.st.moveLocked(vm, lnm)
 			if c.st.setStateLocked(vm, d.State, d.Reason) {
-				evs = append(evs, Event{Type: EvStateChanged, VM: vm.Clone(), User: vm.Owner, LNM: lnm})
+				evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: lnm})
 			}
-			acks = append(acks, vm.Clone())
+			acks = append(acks, vm.Snapshot())
 		case vm != nil:
 			if vm.State == StateMigrating && d.State != StateMissing {
 				continue
@@ -289,30 +289,30 @@ func (c *Controller) HandleReport(lnm string, gen uint64, r LNMReport) {
 					continue // not booted yet
 				}
 				if c.st.setStateLocked(vm, StateMissing, d.Reason) {
-					evs = append(evs, Event{Type: EvVMMissing, VM: vm.Clone(), User: vm.Owner, LNM: lnm})
+					evs = append(evs, Event{Type: EvVMMissing, VM: vm.Snapshot(), User: vm.Owner, LNM: lnm})
 				}
-				acks = append(acks, vm.Clone())
+				acks = append(acks, vm.Snapshot())
 				continue
 			}
 			if c.st.setStateLocked(vm, d.State, d.Reason) {
-				evs = append(evs, Event{Type: EvStateChanged, VM: vm.Clone(), User: vm.Owner, LNM: lnm})
+				evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: lnm})
 			}
-			acks = append(acks, vm.Clone())
+			acks = append(acks, vm.Snapshot())
 		case d.State == StateMissing || d.State == StateDestroyed:
 			delete(l.unmanaged, d.Name)
 		case managed:
 			vm = &VM{Name: d.Name, Short: short, Owner: owner, Cluster: ClusterOf(short), LNM: lnm, State: d.State,
 				Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs, Version: 1, Created: now()}
 			c.st.insertLocked(vm)
-			acks = append(acks, vm.Clone())
-			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Clone(), User: owner, LNM: lnm, Detail: map[string]string{"adopted": "true"}})
+			acks = append(acks, vm.Snapshot())
+			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: owner, LNM: lnm, Detail: map[string]string{"adopted": "true"}})
 		default:
 			u := l.unmanaged[d.Name]
 			if u == nil {
 				u = &VM{Name: d.Name, LNM: lnm, Unmanage: true, Created: now()}
 				l.unmanaged[d.Name] = u
 				u.State, u.MemMB, u.VCPUs = d.State, d.MemMB, d.VCPUs
-				evs = append(evs, Event{Type: EvVMUnmanaged, VM: u.Clone(), LNM: lnm})
+				evs = append(evs, Event{Type: EvVMUnmanaged, VM: u.Snapshot(), LNM: lnm})
 			} else {
 				u.State = d.State
 			}

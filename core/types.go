@@ -114,6 +114,15 @@ func (v *VM) Clone() *VM {
 	return &c
 }
 
+// Snapshot is a deep copy without the usage figures: what results and
+// events carry (usage is for list --status and policies, and changes on
+// every report).
+func (v *VM) Snapshot() *VM {
+	c := v.Clone()
+	c.Usage = nil
+	return c
+}
+
 // NodeInfo describes a physical node (get_node_info).
 type NodeInfo struct {
 	Name     string `json:"name"`

@@ -382,17 +382,19 @@ func (cs *ControllerServer) serveLNM(ctx context.Context, s *Session, p Peer) {
 		if err := s.Call(ctx, core.LListVMs, nil, &vms); err != nil {
 			return nil, Errorf(CodeUnavailable, "list_vms: %v", err)
 		}
+		// Durable before visible: once an LNM is listed as connected, a
+		// controller crash will still announce itself to it.
+		if cs.opts.Known != nil {
+			if err := cs.opts.Known.Record(info); err != nil {
+				cs.log.Error("persisting known LNMs", "err", err)
+			}
+		}
 		g, err := cs.c.AttachLNM(ctx, info, &status, &lnmLink{s: s}, vms.Domains)
 		if err != nil {
 			return nil, err
 		}
 		gen.Store(g)
 		once.Do(func() { close(attached) })
-		if cs.opts.Known != nil {
-			if err := cs.opts.Known.Record(info); err != nil {
-				cs.log.Error("persisting known LNMs", "err", err)
-			}
-		}
 		return core.LNMHelloReply{Domain: cs.c.Domain(), ReportInterval: cs.opts.ReportInterval.Milliseconds(), ControllerID: cs.opts.ControllerID}, nil
 	}))
 	mux.HandleStream(core.MLNMEvents, func(ctx context.Context, raw json.RawMessage, st *Stream) error {
