@@ -203,9 +203,20 @@ type NamesArgs struct {
 }
 
 // ReceiveArgs delivers cached VM objects (the controller's acknowledgement).
+// States updates objects the LNM already holds (after a start or an
+// operation it carried out) without resending them whole.
 type ReceiveArgs struct {
-	VMs    []*VM    `json:"vms"`
-	Forget []string `json:"forget,omitempty"` // drop these cached objects
+	VMs    []*VM         `json:"vms"`
+	States []StateUpdate `json:"states,omitempty"`
+	Forget []string      `json:"forget,omitempty"` // drop these cached objects
+}
+
+// StateUpdate is the part of a cached VM object a state change touches.
+type StateUpdate struct {
+	Name    string  `json:"n"`
+	State   VMState `json:"s"`
+	Reason  string  `json:"r,omitempty"`
+	Version uint64  `json:"v"`
 }
 
 // LNMStartArgs starts cached VMs (sent with their objects).

@@ -775,7 +775,7 @@ func (c *Controller) startBatch(lnm string, vms []*VM, args map[string]string, r
 		}
 	}
 	c.st.mu.Unlock()
-	c.ack(lnm, acks, nil)
+	c.ackStates(lnm, acks)
 	c.emit(evs...)
 }
 
@@ -903,7 +903,8 @@ func (c *Controller) opBatch(lnm string, op Op, names []string, args map[string]
 		}
 	}
 	c.st.mu.Unlock()
-	c.ack(lnm, acks, forget)
+	c.ackStates(lnm, acks)
+	c.ack(lnm, nil, forget)
 	c.emit(evs...)
 }
 

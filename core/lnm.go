@@ -13,6 +13,7 @@ import (
 type acker struct {
 	mu     sync.Mutex
 	vms    map[string]*VM
+	states map[string]StateUpdate
 	forget map[string]bool
 	kick   chan struct{}
 	stop   chan struct{}
@@ -22,24 +23,34 @@ type acker struct {
 }
 
 func newAcker(c *Controller, lnm string, link LNMLink) *acker {
-	a := &acker{vms: map[string]*VM{}, forget: map[string]bool{}, kick: make(chan struct{}, 1),
+	a := &acker{vms: map[string]*VM{}, states: map[string]StateUpdate{}, forget: map[string]bool{}, kick: make(chan struct{}, 1),
 		stop: make(chan struct{}), link: link, c: c, lnm: lnm}
 	go a.run()
 	return a
 }
 
-func (a *acker) add(vms []*VM, forget []string) {
-	if len(vms) == 0 && len(forget) == 0 {
+func (a *acker) add(vms []*VM, states []StateUpdate, forget []string) {
+	if len(vms) == 0 && len(states) == 0 && len(forget) == 0 {
 		return
 	}
 	a.mu.Lock()
 	for _, v := range vms {
 		a.vms[v.Name] = v
+		delete(a.states, v.Name)
 		delete(a.forget, v.Name)
+	}
+	for _, u := range states {
+		if full := a.vms[u.Name]; full != nil {
+			full.State, full.Reason, full.Version = u.State, u.Reason, u.Version
+			continue
+		}
+		a.states[u.Name] = u
+		delete(a.forget, u.Name)
 	}
 	for _, n := range forget {
 		a.forget[n] = true
 		delete(a.vms, n)
+		delete(a.states, n)
 	}
 	a.mu.Unlock()
 	select {
@@ -60,10 +71,14 @@ func (a *acker) run() {
 		for _, v := range a.vms {
 			args.VMs = append(args.VMs, v)
 		}
+		for _, u := range a.states {
+			args.States = append(args.States, u)
+		}
 		for n := range a.forget {
 			args.Forget = append(args.Forget, n)
 		}
 		a.vms = map[string]*VM{}
+		a.states = map[string]StateUpdate{}
 		a.forget = map[string]bool{}
 		a.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -85,7 +100,23 @@ func (a *acker) close() {
 }
 
 func (c *Controller) ack(lnm string, vms []*VM, forget []string) {
-	if len(vms) == 0 && len(forget) == 0 {
+	c.ackAll(lnm, vms, nil, forget)
+}
+
+// ackStates acknowledges state changes of objects the LNM already holds.
+func (c *Controller) ackStates(lnm string, vms []*VM) {
+	if len(vms) == 0 {
+		return
+	}
+	us := make([]StateUpdate, len(vms))
+	for i, v := range vms {
+		us[i] = StateUpdate{Name: v.Name, State: v.State, Reason: v.Reason, Version: v.Version}
+	}
+	c.ackAll(lnm, nil, us, nil)
+}
+
+func (c *Controller) ackAll(lnm string, vms []*VM, states []StateUpdate, forget []string) {
+	if len(vms) == 0 && len(states) == 0 && len(forget) == 0 {
 		return
 	}
 	c.st.mu.RLock()
@@ -96,7 +127,7 @@ func (c *Controller) ack(lnm string, vms []*VM, forget []string) {
 	}
 	c.st.mu.RUnlock()
 	if a != nil {
-		a.add(vms, forget)
+		a.add(vms, states, forget)
 	}
 }
 

@@ -551,6 +551,11 @@ func (l *LNM) receive(a core.ReceiveArgs) {
 		l.cache[v.Name] = v
 		delete(l.reported, v.Name)
 	}
+	for _, u := range a.States {
+		if c := l.cache[u.Name]; c != nil && c.Version <= u.Version {
+			c.State, c.Reason, c.Version = u.State, u.Reason, u.Version
+		}
+	}
 }
 
 func specOf(v *core.VM, args map[string]string) Spec {
