@@ -17,8 +17,9 @@
 //     key-value store file (Options.StorePath).
 //
 // What scripts may touch: only the usher module (docs/lua-api.md) and the
-// base, table, string and math libraries, with load/require/dofile/os/io/
-// debug/coroutine removed. Every handler call runs under a wall-clock
+// base, table, string and math libraries, with load/dofile/os/io/
+// debug/coroutine removed and require replaced by a sandboxed one that only
+// loads lib/<name>.lua from the policy directories (require.go). Every handler call runs under a wall-clock
 // budget and a memory meter (see budget.go); a script that exceeds either
 // is cut off with an error naming script and handler, and its Lua state is
 // discarded and rebuilt from the compiled proto.
@@ -29,6 +30,7 @@
 // metered string functions; internal/pm is a metered copy of gopher-lua's
 // pattern matcher), api.go (the usher module), convert.go (Go⇄Lua),
 // hooks.go (core.Hooks, notifications, timers), watch.go (hot reload),
+// require.go (policy libraries),
 // store.go, status.go, tooling.go and fixture.go (Check, RunTests and the
 // usher_test fixture API).
 package lua

@@ -66,6 +66,9 @@ type Host struct {
 	ndropped atomic.Uint64
 	watcher  *fsnotify.Watcher
 	onReload atomic.Pointer[func(path string, err error)] // test hook
+
+	libMu     sync.Mutex                     // guards libProtos
+	libProtos map[string]*glua.FunctionProto // require: by path + content hash
 }
 
 type viewBox struct {
@@ -81,6 +84,7 @@ type script struct {
 	lastErr   string
 	lastErrAt time.Time
 	runtime   []*handler // registered with Register; bound to cur on rebuild
+	libs      []string   // libraries required by cur or by the last load attempt
 }
 
 // regSpec is one registration made by a script's top level.
@@ -110,6 +114,10 @@ type version struct {
 	ctx      context.Context // timers
 	cancel   context.CancelFunc
 	config   map[string]any
+
+	libMu sync.Mutex         // guards libs, tried
+	libs  map[string]*libRef // require: library versions this version runs
+	tried map[string]bool    // require: every name required, found or not
 }
 
 // handler is one entry of an event chain. Snapshots hold fresh copies, so a
@@ -311,18 +319,21 @@ func (h *Host) loadPath(path string) error {
 	sum := sha256.Sum256(src)
 	hash := hex.EncodeToString(sum[:])[:12]
 	h.mu.Lock()
-	if s.cur != nil && s.cur.hash == hash && s.path == path {
-		h.mu.Unlock()
+	cur, samePath := s.cur, s.path == path
+	h.mu.Unlock()
+	if cur != nil && cur.hash == hash && samePath && cur.libsCurrent() {
 		return nil
 	}
-	h.mu.Unlock()
-	v, err := h.newVersion(name, path, src, hash)
+	v, tried, err := h.newVersionLibs(name, path, src, hash)
 	if err != nil {
+		h.mu.Lock()
+		s.libs = mergeNames(tried, s.libs)
+		h.mu.Unlock()
 		return h.failLoad(s, err)
 	}
 	h.mu.Lock()
 	old := s.cur
-	s.cur, s.path, s.lastErr = v, path, ""
+	s.cur, s.path, s.lastErr, s.libs = v, path, "", v.libNames()
 	h.rebuildLocked()
 	h.mu.Unlock()
 	if old != nil {
@@ -361,10 +372,17 @@ func (h *Host) unload(name, path string) {
 // newVersion compiles src and runs its top level in a first state. Only a
 // fully successful load yields a version.
 func (h *Host) newVersion(name, path string, src []byte, hash string) (*version, error) {
+	v, _, err := h.newVersionLibs(name, path, src, hash)
+	return v, err
+}
+
+// newVersionLibs is newVersion that also returns the libraries the top
+// level required (or tried to), also when the load failed.
+func (h *Host) newVersionLibs(name, path string, src []byte, hash string) (*version, []string, error) {
 	file := name + ".lua"
 	proto, err := compile(src, file)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(h.ctx)
 	v := &version{
@@ -375,7 +393,7 @@ func (h *Host) newVersion(name, path string, src []byte, hash string) (*version,
 	ls, err := v.newState()
 	if err != nil {
 		cancel()
-		return nil, err
+		return nil, v.libNames(), err
 	}
 	v.regs = ls.regs
 	for i, r := range v.regs {
@@ -383,7 +401,21 @@ func (h *Host) newVersion(name, path string, src []byte, hash string) (*version,
 	}
 	v.created.Add(1)
 	v.pool <- ls
-	return v, nil
+	return v, v.libNames(), nil
+}
+
+// mergeNames returns the sorted union of a and b.
+func mergeNames(a, b []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, n := range append(append([]string{}, a...), b...) {
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // rebuildLocked publishes a new registry snapshot. h.mu must be held.

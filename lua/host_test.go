@@ -175,9 +175,13 @@ func TestSandbox(t *testing.T) {
 	writeScript(t, dir, "probe.lua", `
 usher.on("authorize", function(req)
   local absent = {}
-  for _, n in ipairs({"os", "io", "debug", "require", "load", "loadstring", "dofile", "loadfile",
+  for _, n in ipairs({"os", "io", "debug", "load", "loadstring", "dofile", "loadfile",
                       "package", "coroutine", "collectgarbage", "getfenv", "setfenv", "newproxy", "module", "_printregs"}) do
     if _G[n] ~= nil then error("present: " .. n) end
+  end
+  -- require is the sandboxed one: bare library names only (require.go)
+  if type(require) ~= "function" or pcall(require, "../os") or pcall(require, "os.execute") then
+    error("unsandboxed require")
   end
   if getmetatable("") ~= "locked" then error("string metatable exposed") end
   local ok = pcall(setmetatable, getmetatable(""), {})

@@ -23,8 +23,10 @@ type lstate struct {
 	rejectUD *glua.LUserData   // marker returned by usher.reject
 	dropFn   *glua.LFunction   // req:drop
 	memLimit int64
-	lastReq  *glua.LTable // request table of the current call
-	lastVM   *glua.LTable // register_vm: the vm table
+	lastReq  *glua.LTable           // request table of the current call
+	lastVM   *glua.LTable           // register_vm: the vm table
+	loaded   map[string]glua.LValue // require: library results of this state
+	loading  map[string]bool        // require: libraries running their top level
 }
 
 // rejectMark is the value inside usher.reject's userdata.

@@ -77,6 +77,7 @@ func newSandbox(ls *lstate, logger *slog.Logger, script string) *glua.LState {
 	for _, n := range removedGlobals {
 		g.RawSetString(n, glua.LNil)
 	}
+	L.SetGlobal("require", L.NewFunction(ls.apiRequire)) // sandboxed: lib/<name>.lua only (require.go)
 	L.SetGlobal("print", L.NewFunction(func(L *glua.LState) int {
 		n := L.GetTop()
 		parts := make([]string, 0, n)

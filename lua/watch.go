@@ -1,7 +1,9 @@
 package lua
 
 import (
+	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -13,7 +15,8 @@ import (
 const debounce = 100 * time.Millisecond
 
 // startWatch watches the policy directories (not the files: editors save by
-// writing a temporary file and renaming it over the old one).
+// writing a temporary file and renaming it over the old one), and their
+// lib/ subdirectories that exist at start (fsnotify is not recursive).
 func (h *Host) startWatch() error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -23,6 +26,13 @@ func (h *Host) startWatch() error {
 		if err := w.Add(d); err != nil {
 			w.Close()
 			return err
+		}
+		lib := filepath.Join(d, "lib")
+		if fi, err := os.Stat(lib); err == nil && fi.IsDir() {
+			if err := w.Add(lib); err != nil {
+				w.Close()
+				return err
+			}
 		}
 	}
 	h.watcher = w
@@ -61,11 +71,13 @@ func (h *Host) watchLoop(w *fsnotify.Watcher) {
 			if !isScriptName(name) || strings.HasSuffix(name, "~") {
 				continue
 			}
-			dirIdx := h.dirIndex(filepath.Dir(ev.Name))
-			if dirIdx < 0 || (dirIdx == 0 && !h.enabled(strings.TrimSuffix(name, ".lua"))) {
+			path := ev.Name
+			reload := h.reloadChanged
+			if lib := h.libEvent(path); lib != "" {
+				reload = func(string) { h.reloadLib(lib) }
+			} else if dirIdx := h.dirIndex(filepath.Dir(ev.Name)); dirIdx < 0 || (dirIdx == 0 && !h.enabled(strings.TrimSuffix(name, ".lua"))) {
 				continue
 			}
-			path := ev.Name
 			mu.Lock()
 			if t := timers[path]; t != nil && t.Stop() {
 				t.Reset(debounce) // not fired yet: push it back
@@ -84,7 +96,7 @@ func (h *Host) watchLoop(w *fsnotify.Watcher) {
 				if h.ctx.Err() != nil {
 					return
 				}
-				h.reloadChanged(path)
+				reload(path)
 			})
 			timers[path] = t
 			mu.Unlock()
@@ -98,6 +110,46 @@ func (h *Host) reloadChanged(path string) {
 	err := h.loadPath(path)
 	if f := h.onReload.Load(); f != nil {
 		(*f)(path, err)
+	}
+}
+
+// libEvent returns the library name when path is <policydir>/lib/<name>.lua.
+func (h *Host) libEvent(path string) string {
+	dir := filepath.Dir(path)
+	if filepath.Base(dir) != "lib" || h.dirIndex(filepath.Dir(dir)) < 0 {
+		return ""
+	}
+	name := strings.TrimSuffix(filepath.Base(path), ".lua")
+	if !libNameRE.MatchString(name) {
+		return ""
+	}
+	return name
+}
+
+// reloadLib reloads every script that required library name (or tried to
+// and failed). A dependent whose reload fails keeps its old version. Each
+// result is announced through the reload hook under the script's path.
+func (h *Host) reloadLib(name string) {
+	h.mu.Lock()
+	var paths []string
+	for _, s := range h.scripts {
+		for _, n := range s.libs {
+			if n == name {
+				paths = append(paths, s.path)
+				break
+			}
+		}
+	}
+	h.mu.Unlock()
+	sort.Strings(paths)
+	if len(paths) == 0 {
+		h.log.Debug("policy library changed; no script requires it", "lib", name)
+	}
+	for _, p := range paths {
+		if h.ctx.Err() != nil {
+			return
+		}
+		h.reloadChanged(p)
 	}
 }
 

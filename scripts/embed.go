@@ -5,7 +5,8 @@ package scripts
 
 import "embed"
 
-// FS holds every shipped *.lua file (tests excluded at load time).
+// FS holds every shipped *.lua file (tests excluded at load time) and the
+// shared libraries in lib/ (loaded by require).
 //
-//go:embed *.lua
+//go:embed *.lua lib/*.lua
 var FS embed.FS

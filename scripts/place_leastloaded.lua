@@ -33,19 +33,10 @@ local function nodes(req)
   return out
 end
 
-local function fits(n, vm)
-  return n.free_mem >= (vm.mem_mb or 0) and n.free_vcpus >= (vm.vcpus or 0)
-end
-
--- take reserves vm's resources on n for the rest of this request.
-local function take(n, vm)
-  n.free_mem = n.free_mem - (vm.mem_mb or 0)
-  n.free_vcpus = n.free_vcpus - (vm.vcpus or 0)
-  n.vms = n.vms + 1
-  n.load = n.load + (vm.vcpus or 1)
-end
-
-local function per_cpu(n) return n.load / n.cpus end
+-- fits, take and per_cpu are shared with the other placement policies
+-- (lib/placement.lua); locals keep the heap loops below as cheap as before.
+local placement = require("placement")
+local fits, take, per_cpu = placement.fits, placement.take, placement.per_cpu
 
 -- A binary min-heap of nodes by load per CPU (ties: more free memory), so
 -- placing B VMs on K candidates costs O(B log K), not O(B * K).
@@ -114,23 +105,7 @@ end
 -- Migration without an explicit target: the least loaded fitting node
 -- (among req.lnms when suggested), never the VM's current node.
 usher.on("migrate_request", function(req)
-  local ns = nodes(req)
-  local full = {}
-  for _, vm in ipairs(req.vms) do
-    if (vm.target or "") == "" then
-      local best
-      for _, n in ipairs(ns) do
-        if n.name ~= vm.lnm and fits(n, vm) and (not best or per_cpu(n) < per_cpu(best)) then best = n end
-      end
-      if best then
-        vm.target = best.name
-        take(best, vm)
-      else
-        full[#full + 1] = vm.name
-      end
-    end
-  end
-  for _, name in ipairs(full) do req:drop(name, "no capacity") end
+  placement.migrate(req, nodes)
 end, {order = 50, name = "migrate_target"})
 
 usher.on("start_request", function(req)

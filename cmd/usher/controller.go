@@ -27,8 +27,11 @@ func extractShipped(dir string) (string, error) {
 		return "", err
 	}
 	err := fs.WalkDir(scripts.FS, ".", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
+		if err != nil {
 			return err
+		}
+		if d.IsDir() { // lib/: the shared libraries require loads
+			return os.MkdirAll(filepath.Join(dir, p), 0o755)
 		}
 		b, err := scripts.FS.ReadFile(p)
 		if err != nil {

@@ -1,0 +1,95 @@
+-- lib/placement.lua: helpers shared by the placement policies
+-- (place_roundrobin, place_leastloaded, place_spread, place_pack).
+--
+--   local placement = require("placement")
+--
+-- nodes(req)             connected nodes as small records; when the request
+--                        suggests nodes (req.lnms) and any of them is
+--                        connected, only those
+-- fits(n, vm)            n has the memory and vCPUs vm asks for
+-- take(n, vm)            reserve vm's resources on n for the rest of the request
+-- per_cpu(n)             n's load per CPU
+-- place(req, choose)     choose(candidates, vm) for every VM without a node;
+--                        VMs that fit nowhere are dropped with "no capacity"
+-- migrate(req, nodes)    migration targets for VMs without one: the least
+--                        loaded fitting node other than the current one;
+--                        nodes defaults to placement.nodes
+
+local M = {}
+
+function M.nodes(req)
+  local all, byname = {}, {}
+  for _, n in ipairs(usher.lnms()) do
+    if n.connected then
+      local r = {name = n.name, cpus = math.max(n.info.cpus, 1), free_mem = n.status.free_mem_mb,
+                 free_vcpus = n.status.free_vcpus, load = n.status.usage.cpu.m1, vms = n.status.vms}
+      all[#all + 1] = r
+      byname[n.name] = r
+    end
+  end
+  local suggested = {}
+  for _, name in ipairs(req.lnms or {}) do
+    if byname[name] then suggested[#suggested + 1] = byname[name] end
+  end
+  if #suggested > 0 then return suggested end
+  return all
+end
+
+local function fits(n, vm)
+  return n.free_mem >= (vm.mem_mb or 0) and n.free_vcpus >= (vm.vcpus or 0)
+end
+M.fits = fits
+
+local function take(n, vm)
+  n.free_mem = n.free_mem - (vm.mem_mb or 0)
+  n.free_vcpus = n.free_vcpus - (vm.vcpus or 0)
+  n.vms = n.vms + 1
+  n.load = n.load + (vm.vcpus or 1)
+end
+M.take = take
+
+local function per_cpu(n) return n.load / n.cpus end
+M.per_cpu = per_cpu
+
+function M.place(req, choose)
+  local ns = M.nodes(req)
+  local full = {}
+  for _, vm in ipairs(req.vms) do
+    if (vm.lnm or "") == "" then
+      local fitting = {}
+      for _, n in ipairs(ns) do
+        if fits(n, vm) then fitting[#fitting + 1] = n end
+      end
+      local n = #fitting > 0 and choose(fitting, vm) or nil
+      if n then
+        vm.lnm = n.name
+        take(n, vm)
+      else
+        full[#full + 1] = vm.name
+      end
+    end
+  end
+  for _, name in ipairs(full) do req:drop(name, "no capacity") end
+end
+
+function M.migrate(req, nodes)
+  local ns = (nodes or M.nodes)(req)
+  local full = {}
+  for _, vm in ipairs(req.vms) do
+    if (vm.target or "") == "" then
+      local best
+      for _, n in ipairs(ns) do
+        if n.name ~= vm.lnm and fits(n, vm) and (not best or per_cpu(n) < per_cpu(best)) then best = n end
+      end
+      if best then
+        vm.target = best.name
+        take(best, vm)
+      else
+        full[#full + 1] = vm.name
+      end
+    end
+  end
+  for _, name in ipairs(full) do req:drop(name, "no capacity") end
+end
+
+return M
