@@ -56,7 +56,7 @@ func placeScript(lnm, rev string) string {
 func TestHotReloadUnderLoad(t *testing.T) {
 	dir := t.TempDir()
 	writeScript(t, dir, "place.lua", placeScript("n1", "1"))
-	h := newHost(t, Options{Dirs: []string{dir}, Watch: true, PoolSize: 4})
+	h := newHost(t, Options{Dirs: []string{dir}, Watch: true, PoolSize: 4, Budget: 5 * time.Second}) // reload, not budgets, is under test
 	ch := reloads(h)
 
 	var failed, served atomic.Int64
