@@ -450,17 +450,24 @@ func TestStuckEventReaderIsCutOff(t *testing.T) {
 	if err := raw.Call(ctx, core.MAuth, core.AuthArgs{User: "alice", Password: "alice-pw"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	stuck, err := raw.OpenStream(ctx, core.MEvents, nil) // never read
+	stuck, err := raw.OpenStream(ctx, core.MEvents, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stuck.Close()
+	// the feed is live once "ready" arrives; after that it is never read
+	if env, err := stuck.Recv(10 * time.Second); err != nil || env.Method != "ready" {
+		t.Fatalf("event stream: %v %+v", err, env)
+	}
 	alice, err := s.Client(ctx, "alice", "alice-pw")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer alice.Close()
 	baseline := s.Controller.Subscribers()
+	if baseline != 2 {
+		t.Fatalf("%d feeds, want the stuck one and alice's", baseline)
+	}
 	for i := 0; i < 40; i++ {
 		r, err := alice.Start(ctx, core.StartArgs{Cluster: fmt.Sprintf("flood%d", i), Count: 25})
 		if err != nil || r.OK() != 25 {
