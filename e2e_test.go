@@ -11,7 +11,6 @@ import (
 	"github.com/usher-vm/usher/client"
 	"github.com/usher-vm/usher/core"
 	"github.com/usher-vm/usher/core/coretest"
-	"github.com/usher-vm/usher/nodemgr"
 	"github.com/usher-vm/usher/nodemgr/sim"
 	"github.com/usher-vm/usher/transport"
 	"path/filepath"
@@ -420,8 +419,6 @@ func TestLNMLossAndReturn(t *testing.T) {
 func injectVanish(s *Site, node, vm string) error {
 	return simInject(s.Opts.Dir, node, "vanish", vm)
 }
-
-var _ nodemgr.Driver = nil
 
 func simInject(dir, node, action, vm string) error {
 	return sim.Inject(filepath.Join(dir, "sim", node+".json"), action, vm)

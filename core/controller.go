@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -442,13 +441,21 @@ func (c *Controller) runChain(ctx context.Context, event string, req *Request) e
 	return c.hooks.Request(ctx, event, req)
 }
 
-func (c *Controller) bg() (context.Context, context.CancelFunc) {
-	return context.WithCancel(context.Background())
-}
-
-// batchWait waits for background LNM batches, or for ctx. It returns whether
-// everything finished.
-func batchWait(ctx context.Context, wg *sync.WaitGroup) bool {
+// runBatches runs n LNM batches concurrently (one goroutine per batch, not
+// per VM) and waits for them or for ctx. The batches outlive the request if
+// its deadline passes: they finish and update the state on their own (the
+// controller's WaitGroup tracks them). It reports whether all finished.
+func (c *Controller) runBatches(ctx context.Context, n int, run func(i int)) bool {
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		c.wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.wg.Done()
+			run(i)
+		}()
+	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	select {
@@ -642,20 +649,8 @@ func (c *Controller) start(ctx context.Context, id Identity, a StartArgs, dry bo
 		abandon()
 		return merge(replayed, res.result(a.ID, n, names, req.Dropped, req.Trace, "")), nil
 	}
-	var wg sync.WaitGroup
-	for _, lnm := range order {
-		vms := groups[lnm]
-		wg.Add(1)
-		c.wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer c.wg.Done()
-			c.startBatch(lnm, vms, a.Args, a.ID, res)
-		}()
-	}
-	finished := batchWait(ctx, &wg)
 	pending := ""
-	if !finished {
+	if !c.runBatches(ctx, len(order), func(i int) { c.startBatch(order[i], groups[order[i]], a.Args, a.ID, res) }) {
 		pending = "still starting when the request's deadline passed; watch its state"
 	}
 	return merge(replayed, res.result(a.ID, n, names, req.Dropped, req.Trace, pending)), nil
@@ -827,19 +822,8 @@ func (c *Controller) opOn(ctx context.Context, id Identity, a OpArgs, dry bool) 
 	if dry || len(groups) == 0 {
 		return res.result(a.ID, len(a.VMs), names, req.Dropped, req.Trace, ""), nil
 	}
-	var wg sync.WaitGroup
-	for _, lnm := range order {
-		batch := groups[lnm]
-		wg.Add(1)
-		c.wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer c.wg.Done()
-			c.opBatch(lnm, op, batch, a.Args, a.ID, res)
-		}()
-	}
 	pending := ""
-	if !batchWait(ctx, &wg) {
+	if !c.runBatches(ctx, len(order), func(i int) { c.opBatch(order[i], op, groups[order[i]], a.Args, a.ID, res) }) {
 		pending = "still in progress when the request's deadline passed; watch its state"
 	}
 	return res.result(a.ID, len(a.VMs), names, req.Dropped, req.Trace, pending), nil
@@ -973,19 +957,11 @@ func (c *Controller) migrate(ctx context.Context, id Identity, a MigrateArgs, dr
 	if dry || len(groups) == 0 {
 		return res.result(a.ID, len(a.VMs), names, req.Dropped, req.Trace, ""), nil
 	}
-	var wg sync.WaitGroup
-	for _, k := range order {
-		vms := groups[k]
-		wg.Add(1)
-		c.wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer c.wg.Done()
-			c.migrateBatch(k.src, k.dst, vms, a.Args, a.ID, res)
-		}()
-	}
 	pending := ""
-	if !batchWait(ctx, &wg) {
+	if !c.runBatches(ctx, len(order), func(i int) {
+		k := order[i]
+		c.migrateBatch(k.src, k.dst, groups[k], a.Args, a.ID, res)
+	}) {
 		pending = "still migrating when the request's deadline passed; watch its state"
 	}
 	return res.result(a.ID, len(a.VMs), names, req.Dropped, req.Trace, pending), nil
@@ -1125,16 +1101,6 @@ func (c *Controller) Plan(ctx context.Context, id Identity, a PlanArgs) (*Result
 		return c.migrate(ctx, id, *a.Migrate, true)
 	}
 	return nil, fmt.Errorf("%w: plan needs a start, op or migrate request", ErrBadRequest)
-}
-
-// sortedKeys is a helper for deterministic iteration.
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // waitRecovered holds new work until the state is whole after a restart.

@@ -457,45 +457,12 @@ func (l *LNM) mux() *transport.Mux {
 		return r.Node, nil
 	}))
 	m.Handle(core.LListVMs, handle(func(ctx context.Context, _ none) (any, error) {
-		doms, err := l.drv.List(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("listing domains: %w", err)
-		}
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		rep := core.ListVMsReply{Domains: make([]core.Domain, 0, len(doms))}
-		for _, d := range doms {
-			cd := core.Domain{Name: d.Name, State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs}
-			if c := l.cache[d.Name]; c != nil {
-				cd.Cached = c.Clone()
-			}
-			l.reported[d.Name] = d.State
-			rep.Domains = append(rep.Domains, cd)
-		}
-		return rep, nil
+		doms, err := l.domains(ctx, nil, true)
+		return core.ListVMsReply{Domains: doms}, err
 	}))
 	m.Handle(core.LGetDetails, handle(func(ctx context.Context, a core.NamesArgs) (any, error) {
-		doms, err := l.drv.List(ctx)
-		if err != nil {
-			return nil, err
-		}
-		want := map[string]bool{}
-		for _, n := range a.Names {
-			want[n] = true
-		}
-		rep := core.DetailsReply{}
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		for _, d := range doms {
-			if len(want) == 0 || want[d.Name] {
-				cd := core.Domain{Name: d.Name, State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs}
-				if c := l.cache[d.Name]; c != nil {
-					cd.Cached = c.Clone()
-				}
-				rep.Domains = append(rep.Domains, cd)
-			}
-		}
-		return rep, nil
+		doms, err := l.domains(ctx, a.Names, false)
+		return core.DetailsReply{Domains: doms}, err
 	}))
 	m.Handle(core.LGetStatus, handle(func(ctx context.Context, a core.NamesArgs) (any, error) {
 		l.mu.Lock()
@@ -753,4 +720,38 @@ func advertised(listen string, local net.Addr) string {
 		return net.JoinHostPort(ta.IP.String(), port)
 	}
 	return listen
+}
+
+// domains lists the node's domains (only names, when given) with the cached
+// VM object of each. seen marks them as reported to the controller (a full
+// listing at registration makes later scans report only changes).
+func (l *LNM) domains(ctx context.Context, names []string, seen bool) ([]core.Domain, error) {
+	doms, err := l.drv.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing domains: %w", err)
+	}
+	var want map[string]bool
+	if len(names) > 0 {
+		want = make(map[string]bool, len(names))
+		for _, n := range names {
+			want[n] = true
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]core.Domain, 0, len(doms))
+	for _, d := range doms {
+		if want != nil && !want[d.Name] {
+			continue
+		}
+		cd := core.Domain{Name: d.Name, State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs}
+		if c := l.cache[d.Name]; c != nil {
+			cd.Cached = c.Clone()
+		}
+		if seen {
+			l.reported[d.Name] = d.State
+		}
+		out = append(out, cd)
+	}
+	return out, nil
 }

@@ -450,17 +450,6 @@ func (cs *ControllerServer) serveLNM(ctx context.Context, s *Session, p Peer) {
 	}
 }
 
-// Connected returns the names of the LNMs with a live session.
-func (cs *ControllerServer) Connected() []string {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	out := make([]string, 0, len(cs.lnms))
-	for n := range cs.lnms {
-		out = append(out, n)
-	}
-	return out
-}
-
 // Recover runs the controller's side of crash recovery: every LNM known
 // from before is listed as recovering, is sent a recovery announcement
 // naming self (the address LNMs should connect to), and gets grace to
