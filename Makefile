@@ -42,6 +42,7 @@ test-site:
 
 test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadEnvelope$$' -fuzztime $(FUZZTIME) ./transport/
+	$(GO) test -run '^$$' -fuzz '^FuzzPipeDecode$$' -fuzztime $(FUZZTIME) ./transport/
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./core/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzHandleReport$$' -fuzztime $(FUZZTIME) ./core/
 	$(GO) test -run '^$$' -fuzz '^FuzzRequestConversion$$' -fuzztime $(FUZZTIME) ./lua/

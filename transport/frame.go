@@ -38,7 +38,8 @@ func WriteFrame(w io.Writer, payload []byte) error {
 }
 
 // ReadFrame reads one frame of at most max bytes. A declared length over max
-// is refused before anything is allocated.
+// is refused before anything is allocated (ErrFrameTooLarge, returned with
+// the 4-byte header so the caller may skip the frame's bytes).
 func ReadFrame(r io.Reader, max int) ([]byte, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
@@ -46,7 +47,8 @@ func ReadFrame(r io.Reader, max int) ([]byte, error) {
 	}
 	n := binary.BigEndian.Uint32(hdr[:])
 	if uint64(n) > uint64(max) {
-		return nil, fmt.Errorf("%w: %d bytes declared, limit %d", ErrFrameTooLarge, n, max)
+		// The header comes back with the error so a reader can skip the frame.
+		return hdr[:], fmt.Errorf("%w: %d bytes declared, limit %d", ErrFrameTooLarge, n, max)
 	}
 	buf := make([]byte, n)
 	if _, err := io.ReadFull(r, buf); err != nil {

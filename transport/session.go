@@ -127,6 +127,13 @@ type Session struct {
 	mux     *Mux
 	closeFn []func()
 	once    sync.Once
+
+	pmu    sync.Mutex // guards pipe and noPipe
+	pipe   *pipe      // the call pipe, opened by the first call
+	noPipe bool       // the peer has no pipe: one stream per call
+	// refusePipe makes this side answer pipe requests as an older peer
+	// would (unknown method): tests of the fallback set it.
+	refusePipe bool
 }
 
 // NewSession wraps an established connection. server says which yamux role
@@ -253,6 +260,10 @@ func (s *Session) serveStream(ctx context.Context, st *yamux.Stream) {
 		WriteEnvelope(st, &Envelope{Error: Errorf(CodeUnavailable, "no handlers")})
 		return
 	}
+	if req.Method == pipeMethod && !s.refusePipe {
+		s.servePipe(ctx, st, mux)
+		return
+	}
 	if sh, ok := mux.streams[req.Method]; ok {
 		st.SetDeadline(time.Time{})
 		stream := &Stream{st: st, s: s}
@@ -261,37 +272,42 @@ func (s *Session) serveStream(ctx context.Context, st *yamux.Stream) {
 		}
 		return
 	}
-	h, ok := mux.calls[req.Method]
-	if !ok {
-		WriteEnvelope(st, &Envelope{Error: Errorf(CodeUnknown, "unknown method %q", req.Method)})
-		return
+	timeout := time.Duration(req.TimeoutMS) * time.Millisecond
+	if timeout <= 0 {
+		timeout = s.limits.CallTimeout
 	}
-	timeout := s.limits.CallTimeout
-	if req.TimeoutMS > 0 {
-		timeout = time.Duration(req.TimeoutMS) * time.Millisecond
-		if timeout > s.limits.MaxCallTimeout {
-			timeout = s.limits.MaxCallTimeout
-		}
-	}
-	cctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	st.SetDeadline(time.Now().Add(timeout + s.limits.WriteTimeout))
-	res, herr := safeCall(cctx, h, req.Args)
-	env := &Envelope{}
-	if herr != nil {
-		env.Error = AsError(herr)
-	} else {
-		rb, err := json.Marshal(res)
-		if err != nil {
-			env.Error = Errorf(CodeInternal, "encoding result: %v", err)
-		} else {
-			env.Result = rb
-		}
-	}
+	st.SetDeadline(time.Now().Add(min(timeout, s.limits.MaxCallTimeout) + s.limits.WriteTimeout))
+	failed, body := s.handle(ctx, mux, req.Method, req.Args, timeout)
 	st.SetWriteDeadline(time.Now().Add(s.limits.WriteTimeout))
-	if err := WriteEnvelope(st, env); err != nil {
+	if _, err := st.Write(appendFrame(nil, envelopeBytes(failed, body))); err != nil {
 		s.log.Debug("writing reply", "method", req.Method, "err", err)
 	}
+}
+
+// methodEnvelope is the JSON envelope {m: method, a: args} of encoded args.
+func methodEnvelope(method string, args []byte) []byte {
+	m, _ := json.Marshal(method)
+	b := make([]byte, 0, len(m)+len(args)+12)
+	b = append(b, `{"m":`...)
+	b = append(b, m...)
+	if len(args) > 0 {
+		b = append(b, `,"a":`...)
+		b = append(b, args...)
+	}
+	return append(b, '}')
+}
+
+// envelopeBytes is the JSON envelope of an encoded result or error, built
+// without re-encoding (and so re-validating) the body.
+func envelopeBytes(failed bool, body []byte) []byte {
+	key := `{"r":`
+	if failed {
+		key = `{"e":`
+	}
+	b := make([]byte, 0, len(key)+len(body)+1)
+	b = append(b, key...)
+	b = append(b, body...)
+	return append(b, '}')
 }
 
 func safeCall(ctx context.Context, h Handler, args json.RawMessage) (res any, err error) {
@@ -319,9 +335,25 @@ func AsError(err error) *Error {
 // it into reply (which may be nil). The stream's deadline is ctx's deadline,
 // or CallTimeout.
 func (s *Session) Call(ctx context.Context, method string, args, reply any) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: %w", method, err)
+	}
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(s.limits.CallTimeout)
+	}
+	p, err := s.getPipe(ctx)
+	switch {
+	case err == nil:
+		var body []byte
+		if args != nil {
+			if body, err = json.Marshal(args); err != nil {
+				return fmt.Errorf("%s: encoding args: %w", method, err)
+			}
+		}
+		return p.call(ctx, method, body, deadline, reply)
+	case !errors.Is(err, errPipeUnsupported):
+		return fmt.Errorf("%s: %w", method, err)
 	}
 	st, err := s.open(ctx, method, args, time.Until(deadline))
 	if err != nil {
@@ -331,7 +363,7 @@ func (s *Session) Call(ctx context.Context, method string, args, reply any) erro
 	st.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { st.Close() })
 	defer stop()
-	env, err := ReadEnvelope(bufio.NewReader(st), s.limits.MaxFrame)
+	env, err := ReadEnvelope(st, s.limits.MaxFrame)
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("%s: %w", method, ctx.Err())
@@ -404,7 +436,7 @@ func (t *Stream) Send(method string, v any) error {
 		return err
 	}
 	t.st.SetWriteDeadline(time.Now().Add(t.s.limits.WriteTimeout))
-	if err := WriteEnvelope(t.st, &Envelope{Method: method, Args: b}); err != nil {
+	if _, err := t.st.Write(appendFrame(nil, methodEnvelope(method, b))); err != nil {
 		t.st.Close()
 		return err
 	}
