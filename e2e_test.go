@@ -486,3 +486,43 @@ func TestStuckEventReaderIsCutOff(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // polling a converging cache
 	}
 }
+
+// TestStartLeavesLNMCacheCurrent: after a start the LNM's cached VM object
+// already carries the controller's update (state, reason, version), which
+// it applied itself, so no acknowledgement has to travel back; the object
+// the controller holds and the one the LNM would hand a recovering
+// controller are the same.
+func TestStartLeavesLNMCacheCurrent(t *testing.T) {
+	s, _ := testSite(t, 2, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	alice, err := s.Client(ctx, "alice", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	res, err := alice.Start(ctx, core.StartArgs{Cluster: "acked", Count: 6})
+	if err != nil || res.OK() != 6 {
+		t.Fatalf("start: %v %+v", err, res)
+	}
+	for _, d := range res.Done {
+		ours, ok := s.Controller.State().VM(d.Name)
+		if !ok {
+			t.Fatalf("%s not in the controller's state", d.Name)
+		}
+		var cached *core.VM
+		for _, v := range s.LNM(d.LNM).CachedVMs() {
+			if v.Name == d.Name {
+				cached = v
+			}
+		}
+		if cached == nil {
+			t.Fatalf("%s not cached on %s", d.Name, d.LNM)
+		}
+		if cached.State != ours.State || cached.Reason != ours.Reason || cached.Version != ours.Version ||
+			ours.State != core.StateRunning || ours.Reason != core.ReasonStarted {
+			t.Fatalf("%s: LNM caches %s/%q v%d, controller holds %s/%q v%d", d.Name,
+				cached.State, cached.Reason, cached.Version, ours.State, ours.Reason, ours.Version)
+		}
+	}
+}

@@ -101,7 +101,17 @@ type VMResult struct {
 	LNM   string  `json:"lnm,omitempty"`
 	Error string  `json:"error,omitempty"`
 	VM    *VM     `json:"vm,omitempty"`
+	// Cached is, in an LNM's start result, the version of the VM object
+	// the LNM now caches, having applied the controller's expected update
+	// itself (state from the result, reason ReasonStarted, version + 1).
+	// When the controller's update is exactly that, no acknowledgement
+	// needs to travel back.
+	Cached uint64 `json:"cached,omitempty"`
 }
+
+// ReasonStarted is the reason of a VM's state change when its start
+// succeeded.
+const ReasonStarted = "started"
 
 // Result reports exactly what a request did: per-VM outcomes and the VMs
 // that policy dropped before execution.

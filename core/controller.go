@@ -750,10 +750,18 @@ func (c *Controller) startBatch(lnm string, vms []*VM, args map[string]string, r
 				st = StateRunning
 			}
 			if vm.State == StateStarting || vm.State == StatePending {
-				c.st.setStateLocked(vm, st, "started")
+				c.st.setStateLocked(vm, st, ReasonStarted)
+			}
+			predicted := r.Cached != 0 && r.Cached == vm.Version && vm.State == st && vm.Reason == ReasonStarted
+			if !predicted && r.Cached >= vm.Version {
+				// The LNM's cached object differs from ours under a version
+				// at least as new: ours must supersede it.
+				vm.Version = r.Cached + 1
 			}
 			cl := vm.Snapshot()
-			acks = append(acks, cl)
+			if !predicted {
+				acks = append(acks, cl)
+			}
 			res.set(VMResult{Name: vm.Name, OK: true, State: vm.State, LNM: lnm, VM: cl})
 			evs = append(evs, Event{Type: EvStartComplete, VM: cl, User: vm.Owner, LNM: lnm, Req: reqID, OK: true},
 				Event{Type: EvStateChanged, VM: cl, User: vm.Owner, LNM: lnm, PluginsOnly: true})

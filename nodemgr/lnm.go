@@ -567,13 +567,19 @@ func (l *LNM) start(ctx context.Context, a core.LNMStartArgs) core.LNMResults {
 			res[i] = core.VMResult{Name: v.Name, Error: err.Error()}
 			return
 		}
-		// The start returned: from here on this LNM watches the VM.
+		// The start returned: from here on this LNM watches the VM. Its
+		// cached object takes the update the controller is about to make
+		// (the result's Cached version says so), which spares the
+		// acknowledgement when the two agree.
+		var cached uint64
 		l.mu.Lock()
 		if c := l.cache[v.Name]; c != nil && (c.State == core.StateStarting || c.State == core.StatePending) {
-			c.State = core.StateRunning
+			c.State, c.Reason = core.StateRunning, core.ReasonStarted
+			c.Version++
+			cached = c.Version
 		}
 		l.mu.Unlock()
-		res[i] = core.VMResult{Name: v.Name, OK: true, State: core.StateRunning}
+		res[i] = core.VMResult{Name: v.Name, OK: true, State: core.StateRunning, Cached: cached}
 	})
 	return core.LNMResults{Results: res}
 }
