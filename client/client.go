@@ -193,12 +193,12 @@ func (c *Client) eventLoop(s *transport.Session, st *transport.Stream) {
 		switch env.Method {
 		case "event":
 			var ev core.Event
-			if json.Unmarshal(env.Args, &ev) == nil {
+			if transport.Unmarshal(env.Args, &ev) == nil {
 				c.apply(ev)
 			}
 		case "events":
 			var evs []core.Event
-			if json.Unmarshal(env.Args, &evs) == nil {
+			if transport.Unmarshal(env.Args, &evs) == nil {
 				for _, ev := range evs {
 					c.apply(ev)
 				}
@@ -640,19 +640,19 @@ func (c *Client) Watch(ctx context.Context, f func(core.Event)) error {
 		switch env.Method {
 		case "event":
 			var ev core.Event
-			if json.Unmarshal(env.Args, &ev) == nil {
+			if transport.Unmarshal(env.Args, &ev) == nil {
 				f(ev)
 			}
 		case "events":
 			var evs []core.Event
-			if json.Unmarshal(env.Args, &evs) == nil {
+			if transport.Unmarshal(env.Args, &evs) == nil {
 				for _, ev := range evs {
 					f(ev)
 				}
 			}
 		case "error":
 			var e transport.Error
-			json.Unmarshal(env.Args, &e)
+			transport.Unmarshal(env.Args, &e)
 			return &e
 		case "overflow":
 			return errors.New("watch fell behind the event rate")

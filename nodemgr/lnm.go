@@ -426,7 +426,7 @@ func decodeArgs(raw json.RawMessage, v any) error {
 	if len(raw) == 0 {
 		return nil
 	}
-	if err := json.Unmarshal(raw, v); err != nil {
+	if err := transport.Unmarshal(raw, v); err != nil {
 		return transport.Errorf(transport.CodeBadRequest, "malformed arguments: %v", err)
 	}
 	return nil

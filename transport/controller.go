@@ -102,7 +102,7 @@ func decode(raw json.RawMessage, v any) error {
 	if len(raw) == 0 {
 		return nil
 	}
-	if err := json.Unmarshal(raw, v); err != nil {
+	if err := Unmarshal(raw, v); err != nil {
 		return Errorf(CodeBadRequest, "malformed arguments: %v", err)
 	}
 	return nil
@@ -419,7 +419,7 @@ func (cs *ControllerServer) serveLNM(ctx context.Context, s *Session, p Peer) {
 				continue
 			}
 			var r core.LNMReport
-			if err := json.Unmarshal(env.Args, &r); err != nil {
+			if err := Unmarshal(env.Args, &r); err != nil {
 				cs.log.Warn("malformed LNM report", "lnm", p.LNM, "err", err)
 				continue
 			}

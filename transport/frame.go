@@ -99,7 +99,7 @@ func Errorf(code, format string, args ...any) *Error {
 // DecodeEnvelope parses and validates one frame's payload.
 func DecodeEnvelope(b []byte) (*Envelope, error) {
 	var e Envelope
-	if err := json.Unmarshal(b, &e); err != nil {
+	if err := Unmarshal(b, &e); err != nil {
 		return nil, fmt.Errorf("malformed message: %w", err)
 	}
 	if e.Method == "" && e.Result == nil && e.Error == nil {
@@ -122,7 +122,7 @@ func ReadEnvelope(r io.Reader, max int) (*Envelope, error) {
 
 // WriteEnvelope encodes and writes one frame.
 func WriteEnvelope(w io.Writer, e *Envelope) error {
-	b, err := json.Marshal(e)
+	b, err := Marshal(e)
 	if err != nil {
 		return fmt.Errorf("encoding message: %w", err)
 	}

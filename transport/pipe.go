@@ -294,13 +294,13 @@ func (p *pipe) call(ctx context.Context, method string, args []byte, deadline ti
 			return fmt.Errorf("%s: %w", method, context.DeadlineExceeded)
 		}
 		var e Error
-		if err := json.Unmarshal(r.Body, &e); err != nil || e.Code == "" {
+		if err := Unmarshal(r.Body, &e); err != nil || e.Code == "" {
 			return fmt.Errorf("%s: malformed error reply", method)
 		}
 		return &e
 	}
 	if reply != nil && len(r.Body) > 0 {
-		if err := json.Unmarshal(r.Body, reply); err != nil {
+		if err := Unmarshal(r.Body, reply); err != nil {
 			return fmt.Errorf("%s: decoding reply: %w", method, err)
 		}
 	}
@@ -345,7 +345,7 @@ func (s *Session) servePipe(ctx context.Context, st *yamux.Stream, mux *Mux) {
 			if _, err := io.CopyN(io.Discard, br, n-8); err != nil {
 				return
 			}
-			body, _ := json.Marshal(Errorf(CodeBadRequest, "call frame too large: %d bytes, limit %d", n, s.limits.MaxFrame))
+			body, _ := Marshal(Errorf(CodeBadRequest, "call frame too large: %d bytes, limit %d", n, s.limits.MaxFrame))
 			write(appendReply(nil, binary.BigEndian.Uint64(id[:]), true, body))
 			continue
 		}
@@ -355,14 +355,14 @@ func (s *Session) servePipe(ctx context.Context, st *yamux.Stream, mux *Mux) {
 		req, err := decodeRequest(b)
 		if err != nil {
 			// The framing is intact, so the pipe survives a bad call.
-			body, _ := json.Marshal(Errorf(CodeBadRequest, "%v", err))
+			body, _ := Marshal(Errorf(CodeBadRequest, "%v", err))
 			write(appendReply(nil, req.ID, true, body))
 			continue
 		}
 		select {
 		case s.sem <- struct{}{}:
 		default:
-			body, _ := json.Marshal(Errorf(CodeTooMany, "more than %d concurrent calls", s.limits.MaxStreams))
+			body, _ := Marshal(Errorf(CodeTooMany, "more than %d concurrent calls", s.limits.MaxStreams))
 			write(appendReply(nil, req.ID, true, body))
 			continue
 		}
@@ -378,7 +378,7 @@ func (s *Session) servePipe(ctx context.Context, st *yamux.Stream, mux *Mux) {
 // result or error.
 func (s *Session) handle(ctx context.Context, mux *Mux, method string, args json.RawMessage, timeout time.Duration) (failed bool, body []byte) {
 	encErr := func(e *Error) (bool, []byte) {
-		b, _ := json.Marshal(e)
+		b, _ := Marshal(e)
 		return true, b
 	}
 	h, ok := mux.calls[method]
@@ -397,7 +397,7 @@ func (s *Session) handle(ctx context.Context, mux *Mux, method string, args json
 	if herr != nil {
 		return encErr(AsError(herr))
 	}
-	rb, err := json.Marshal(res)
+	rb, err := Marshal(res)
 	if err != nil {
 		return encErr(Errorf(CodeInternal, "encoding result: %v", err))
 	}

@@ -249,7 +249,7 @@ func (s *Session) serveStream(ctx context.Context, st *yamux.Stream) {
 		return
 	}
 	var req request
-	if err := json.Unmarshal(b, &req); err != nil || req.Method == "" || len(req.Method) > 64 {
+	if err := Unmarshal(b, &req); err != nil || req.Method == "" || len(req.Method) > 64 {
 		WriteEnvelope(st, &Envelope{Error: Errorf(CodeBadRequest, "malformed call")})
 		return
 	}
@@ -286,7 +286,7 @@ func (s *Session) serveStream(ctx context.Context, st *yamux.Stream) {
 
 // methodEnvelope is the JSON envelope {m: method, a: args} of encoded args.
 func methodEnvelope(method string, args []byte) []byte {
-	m, _ := json.Marshal(method)
+	m, _ := Marshal(method)
 	b := make([]byte, 0, len(m)+len(args)+12)
 	b = append(b, `{"m":`...)
 	b = append(b, m...)
@@ -347,7 +347,7 @@ func (s *Session) Call(ctx context.Context, method string, args, reply any) erro
 	case err == nil:
 		var body []byte
 		if args != nil {
-			if body, err = json.Marshal(args); err != nil {
+			if body, err = Marshal(args); err != nil {
 				return fmt.Errorf("%s: encoding args: %w", method, err)
 			}
 		}
@@ -374,7 +374,7 @@ func (s *Session) Call(ctx context.Context, method string, args, reply any) erro
 		return env.Error
 	}
 	if reply != nil && env.Result != nil {
-		if err := json.Unmarshal(env.Result, reply); err != nil {
+		if err := Unmarshal(env.Result, reply); err != nil {
 			return fmt.Errorf("%s: decoding reply: %w", method, err)
 		}
 	}
@@ -387,13 +387,13 @@ func (s *Session) open(ctx context.Context, method string, args any, timeout tim
 	}
 	var raw json.RawMessage
 	if args != nil {
-		b, err := json.Marshal(args)
+		b, err := Marshal(args)
 		if err != nil {
 			return nil, fmt.Errorf("%s: encoding args: %w", method, err)
 		}
 		raw = b
 	}
-	rb, err := json.Marshal(request{Method: method, Args: raw, TimeoutMS: timeout.Milliseconds()})
+	rb, err := Marshal(request{Method: method, Args: raw, TimeoutMS: timeout.Milliseconds()})
 	if err != nil {
 		return nil, err
 	}
@@ -431,7 +431,7 @@ type Stream struct {
 
 // Send writes one message with a write deadline.
 func (t *Stream) Send(method string, v any) error {
-	b, err := json.Marshal(v)
+	b, err := Marshal(v)
 	if err != nil {
 		return err
 	}
