@@ -52,22 +52,23 @@ type benchReport struct {
 }
 
 type benchOpts struct {
-	scenario   string
-	lnms, vms  int
-	batch      int
-	clients    int
-	duration   time.Duration
-	rate       int
-	generators int
-	jsonFile   string
-	keep       bool
-	dir        string
-	report     time.Duration
-	quiet      bool
-	profile    string
-	budget     time.Duration
-	heap       string
-	pprofAddr  string
+	scenario     string
+	lnms, vms    int
+	batch        int
+	clients      int
+	duration     time.Duration
+	rate         int
+	generators   int
+	jsonFile     string
+	keep         bool
+	dir          string
+	report       time.Duration
+	quiet        bool
+	profile      string
+	genPprofAddr string
+	budget       time.Duration
+	heap         string
+	pprofAddr    string
 }
 
 func runBench(ctx context.Context, args []string, out, errOut io.Writer) error {
@@ -112,7 +113,7 @@ Examples:
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress lines")
 	fs.DurationVar(&o.budget, "budget", time.Second, "the controller's per-handler Lua budget (policy.budget; large batches need more than the 100ms default)")
 	fs.StringVar(&o.heap, "heapprofile", "", "write a heap profile of the controller at the end of the scenario to this file")
-	fs.StringVar(&o.profile, "cpuprofile", "", "start-storm: write a CPU profile of the controller covering the first --duration of the storm to this file")
+	fs.StringVar(&o.profile, "cpuprofile", "", "start-storm: write a CPU profile of the controller covering the first --duration of the storm to this file (and one of the first load generator to FILE.lnm)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -457,9 +458,10 @@ sim_mem_mb = 1000000000
 recovery_listen = "127.0.0.1:0"
 scan_interval = "60s"
 
+%s
 [log]
 level = "warn"
-`, prefix, e.addr, filepath.Join(e.dir, "pki", "ca.crt"))), 0o600)
+`, prefix, e.addr, filepath.Join(e.dir, "pki", "ca.crt"), e.genPprof(g))), 0o600)
 		if err != nil {
 			return err
 		}
@@ -764,32 +766,56 @@ func (e *benchEnv) openLoop(ctx context.Context, clients []*client.Client, lat *
 	wg.Wait()
 }
 
-// startProfile fetches a CPU profile of the controller while the measured
-// phase runs; the returned func waits for it and writes the file.
+// genPprof is the pprof setting of load generator g: with --cpuprofile the
+// first generator is profiled too (FILE.lnm), to see the other side of the
+// links.
+func (e *benchEnv) genPprof(g int) string {
+	if g != 0 || e.o.profile == "" {
+		return ""
+	}
+	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return ""
+	}
+	e.o.genPprofAddr = pl.Addr().String()
+	pl.Close()
+	return fmt.Sprintf("pprof = %q", e.o.genPprofAddr)
+}
+
+// startProfile fetches CPU profiles of the controller (and of the first
+// load generator, FILE.lnm) while the measured phase runs; the returned
+// func waits for them and writes the files.
 func (e *benchEnv) startProfile(ctx context.Context) func() {
 	if e.o.profile == "" || e.o.pprofAddr == "" {
 		return func() {}
 	}
-	done := make(chan struct{})
+	var wg sync.WaitGroup
 	start := time.Now()
-	go func() {
-		defer close(done)
+	fetch := func(addr, file string) {
+		defer wg.Done()
 		// the profile covers --duration seconds from the start of the phase
-		resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", e.o.pprofAddr, int(e.o.duration.Seconds())))
+		resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(e.o.duration.Seconds())))
 		if err != nil {
 			e.progress("profile: %v", err)
 			return
 		}
 		defer resp.Body.Close()
-		f, err := os.Create(e.o.profile)
+		f, err := os.Create(file)
 		if err != nil {
+			e.progress("profile: %v", err)
 			return
 		}
 		io.Copy(f, resp.Body)
 		f.Close()
-	}()
+	}
+	wg.Add(1)
+	go fetch(e.o.pprofAddr, e.o.profile)
+	if e.o.genPprofAddr != "" {
+		wg.Add(1)
+		go fetch(e.o.genPprofAddr, e.o.profile+".lnm")
+	}
 	return func() {
-		e.progress("waiting for the %v CPU profile (started %v ago)", e.o.duration, time.Since(start).Round(time.Second))
-		<-done
+		e.progress("waiting for the %v CPU profiles (started %v ago)", e.o.duration, time.Since(start).Round(time.Second))
+		wg.Wait()
 	}
 }

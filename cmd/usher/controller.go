@@ -157,7 +157,7 @@ Example:
 		return err
 	}
 	if addr := cfg.String("controller.pprof"); addr != "" {
-		if err := servePprof(ctx, addr, log); err != nil {
+		if err := servePprof(ctx, "controller.pprof", addr, log); err != nil {
 			return err
 		}
 	}
@@ -211,13 +211,13 @@ Example:
 }
 
 // servePprof serves net/http/pprof on a loopback address only.
-func servePprof(ctx context.Context, addr string, log *slog.Logger) error {
+func servePprof(ctx context.Context, key, addr string, log *slog.Logger) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("controller.pprof: %w", err)
+		return fmt.Errorf("%s: %w", key, err)
 	}
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("controller.pprof: %q is not a loopback address", addr)
+		return fmt.Errorf("%s: %q is not a loopback address", key, addr)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -226,7 +226,7 @@ func servePprof(ctx context.Context, addr string, log *slog.Logger) error {
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("controller.pprof: %w", err)
+		return fmt.Errorf("%s: %w", key, err)
 	}
 	go srv.Serve(ln)
 	context.AfterFunc(ctx, func() { srv.Close() })

@@ -48,6 +48,11 @@ Example:
 	if err != nil {
 		return err
 	}
+	if addr := cfg.String("lnm.pprof"); addr != "" {
+		if err := servePprof(ctx, "lnm.pprof", addr, log); err != nil {
+			return err
+		}
+	}
 	name := cfg.String("lnm.name")
 	if name == "" {
 		return fmt.Errorf("lnm.name is not set")

@@ -43,6 +43,7 @@ func params() *config.Set {
 		config.Param{Key: "policy.modules", Kind: config.Map, Default: map[string]any{}, Help: "site-integration modules for policies (ldap, dns, sql, fs); see docs/site-integration.md"},
 		config.Param{Key: "policy.config", Kind: config.Map, Default: map[string]any{}, Help: "per-script configuration sections, e.g. [policy.config.quota] max_vms = 5"},
 		// lnm
+		config.Param{Key: "lnm.pprof", Kind: config.String, Default: "", Help: "serve Go pprof profiles on this loopback address (\"\" = off)"},
 		config.Param{Key: "lnm.name", Kind: config.String, Default: "", Help: "node name (must equal the CN of the LNM certificate)"},
 		config.Param{Key: "lnm.controller", Kind: config.String, Default: "127.0.0.1:7070", Help: "controller address"},
 		config.Param{Key: "lnm.server_name", Kind: config.String, Default: "", Help: "name in the controller's certificate (default: host of lnm.controller)"},
