@@ -1,7 +1,9 @@
 package core
 
 import (
+	"fmt"
 	"math"
+	"math/rand/v2"
 	"testing"
 	"time"
 )
@@ -76,5 +78,46 @@ func TestStateIndicesAndRequestIDs(t *testing.T) {
 	s.mu.Unlock()
 	if len(s.vms)+len(s.lost)+len(s.owners)+len(s.requests) != 0 {
 		t.Fatal("remove left entries behind")
+	}
+}
+
+// TestLNMQueryKeepsTheBest: a limited query returns exactly the first
+// Limit LNMs of the full ordering (key, then name), for many random sites
+// with ties.
+func TestLNMQueryKeepsTheBest(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := 0; round < 200; round++ {
+		n := rng.IntN(300)
+		var all []*LNM
+		for i := 0; i < n; i++ {
+			l := &LNM{Info: NodeInfo{Name: fmt.Sprintf("n%03d", rng.IntN(1000)*1000+i), CPUs: 1 + rng.IntN(4)}, State: LNMConnected}
+			l.Status.FreeMemMB = rng.IntN(4) * 1024 // many ties
+			l.Status.FreeVCPUs = rng.IntN(8)
+			l.Status.VMs = rng.IntN(3)
+			l.Status.Usage.CPU.M1 = float64(rng.IntN(3)) / 2
+			all = append(all, l)
+		}
+		for _, by := range []string{"load", "free_mem", "vms", ""} {
+			full := LNMQuery{OrderBy: by, VCPUs: 1}.Apply(all)
+			for i := 1; i < len(full); i++ {
+				a, b := full[i-1], full[i]
+				ka, kb := lnmKey(a, by), lnmKey(b, by)
+				if ka > kb || (ka == kb && a.Info.Name >= b.Info.Name) {
+					t.Fatalf("order %q: %s before %s", by, a.Info.Name, b.Info.Name)
+				}
+			}
+			for _, limit := range []int{1, 2, 7, 50, n + 5} {
+				got := LNMQuery{OrderBy: by, VCPUs: 1, Limit: limit}.Apply(all)
+				want := full[:min(limit, len(full))]
+				if len(got) != len(want) {
+					t.Fatalf("limit %d of %d by %q: %d returned, want %d", limit, len(full), by, len(got), len(want))
+				}
+				for i := range got {
+					if got[i] != want[i] {
+						t.Fatalf("limit %d by %q: position %d is %s, want %s", limit, by, i, got[i].Info.Name, want[i].Info.Name)
+					}
+				}
+			}
+		}
 	}
 }

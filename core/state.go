@@ -1,6 +1,7 @@
 package core
 
 import (
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -429,48 +430,112 @@ func (q LNMQuery) names() map[string]bool {
 	return only
 }
 
-// order sorts by the query's key (then name) and applies the limit.
-func (q LNMQuery) order(ls []*LNM) []*LNM {
-	sort.SliceStable(ls, func(i, j int) bool {
-		ki, kj := lnmKey(ls[i], q.OrderBy), lnmKey(ls[j], q.OrderBy)
-		if ki != kj {
-			return ki < kj
+// ranked is an LNM with its sort key computed once.
+type ranked struct {
+	key float64
+	l   *LNM
+}
+
+func rankedCmp(a, b ranked) int {
+	if a.key != b.key {
+		if a.key < b.key {
+			return -1
 		}
-		return ls[i].Info.Name < ls[j].Info.Name
-	})
-	if q.Limit > 0 && len(ls) > q.Limit {
-		ls = ls[:q.Limit]
+		return 1
 	}
-	return ls
+	return strings.Compare(a.l.Info.Name, b.l.Info.Name)
+}
+
+// selector keeps the best LNMs of a query as they are offered: all of
+// them, or with a limit only the best Limit in a bounded max-heap, so a
+// query for the ten least loaded of 10,000 nodes costs O(n log 10), not a
+// sort of all n.
+type selector struct {
+	q LNMQuery
+	h []ranked
+}
+
+func (s *selector) add(l *LNM) {
+	r := ranked{lnmKey(l, s.q.OrderBy), l}
+	if s.q.Limit <= 0 || len(s.h) < s.q.Limit {
+		s.h = append(s.h, r)
+		if s.q.Limit > 0 {
+			s.up(len(s.h) - 1)
+		}
+		return
+	}
+	if rankedCmp(r, s.h[0]) >= 0 {
+		return // worse than the worst kept
+	}
+	s.h[0] = r
+	s.down(0)
+}
+
+// up and down keep h a max-heap (the worst kept LNM at h[0]).
+func (s *selector) up(i int) {
+	for i > 0 {
+		p := (i - 1) / 2
+		if rankedCmp(s.h[i], s.h[p]) <= 0 {
+			return
+		}
+		s.h[i], s.h[p] = s.h[p], s.h[i]
+		i = p
+	}
+}
+
+func (s *selector) down(i int) {
+	for {
+		l, r, m := 2*i+1, 2*i+2, i
+		if l < len(s.h) && rankedCmp(s.h[l], s.h[m]) > 0 {
+			m = l
+		}
+		if r < len(s.h) && rankedCmp(s.h[r], s.h[m]) > 0 {
+			m = r
+		}
+		if m == i {
+			return
+		}
+		s.h[i], s.h[m] = s.h[m], s.h[i]
+		i = m
+	}
+}
+
+// result returns the kept LNMs best first (by key, then name).
+func (s *selector) result() []*LNM {
+	slices.SortFunc(s.h, rankedCmp)
+	out := make([]*LNM, len(s.h))
+	for i, r := range s.h {
+		out[i] = r.l
+	}
+	return out
 }
 
 // Apply runs the query over a plain list (for views without QueryLNMs).
 func (q LNMQuery) Apply(all []*LNM) []*LNM {
 	only := q.names()
-	var out []*LNM
+	sel := selector{q: q}
 	for _, l := range all {
 		if q.match(l, only) {
-			out = append(out, l)
+			sel.add(l)
 		}
 	}
-	return q.order(out)
+	return sel.result()
 }
 
 // QueryLNMs returns copies of the LNMs matching q, best first: one pass
 // to filter, copying only what it returns.
 func (s *State) QueryLNMs(q LNMQuery) []*LNM {
 	only := q.names()
-	var hits []*LNM
+	sel := selector{q: q}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for _, l := range s.lnms {
 		if q.match(&l.lnm, only) {
-			hits = append(hits, &l.lnm) // ordered in place, copied below
+			sel.add(&l.lnm) // copied below, still under the lock
 		}
 	}
-	hits = q.order(hits)
-	out := make([]*LNM, len(hits))
-	for i, l := range hits {
+	out := sel.result()
+	for i, l := range out {
 		cp := *l
 		out[i] = &cp
 	}

@@ -322,15 +322,67 @@ func avgTable(L *glua.LState, a core.Avg) *glua.LTable {
 	return t
 }
 
-func usageTable(L *glua.LState, u core.Usage) *glua.LTable {
-	t := L.CreateTable(0, 6)
-	t.RawSetString("cpu", avgTable(L, u.CPU))
-	t.RawSetString("mem_bytes", avgTable(L, u.MemBytes))
-	t.RawSetString("net_rx", avgTable(L, u.NetRx))
-	t.RawSetString("net_tx", avgTable(L, u.NetTx))
-	t.RawSetString("disk_read", avgTable(L, u.DiskRead))
-	t.RawSetString("disk_write", avgTable(L, u.DiskWrite))
-	return t
+// usageValue is a read-only view of usage figures: indexing it by a
+// measure name (cpu, mem_bytes, net_rx, net_tx, disk_read, disk_write)
+// returns that measure's {m1, m5, m15}. Placement reads one measure of
+// hundreds of candidate nodes per request; building all six tables for
+// each of them was most of the cost of usher.lnms.
+func usageValue(L *glua.LState, u core.Usage) glua.LValue {
+	ud := L.NewUserData()
+	ud.Value = &u
+	ud.Metatable = usageMT(L)
+	return ud
+}
+
+func usageMT(L *glua.LState) *glua.LTable {
+	if mt, ok := L.G.Registry.RawGetString("usher.usage").(*glua.LTable); ok {
+		return mt
+	}
+	mt := L.CreateTable(0, 4)
+	mt.RawSetString("__index", L.NewFunction(func(L *glua.LState) int {
+		u, _ := L.CheckUserData(1).Value.(*core.Usage)
+		if u == nil {
+			L.Push(glua.LNil)
+			return 1
+		}
+		var a *core.Avg
+		switch L.CheckString(2) {
+		case "cpu":
+			a = &u.CPU
+		case "mem_bytes":
+			a = &u.MemBytes
+		case "net_rx":
+			a = &u.NetRx
+		case "net_tx":
+			a = &u.NetTx
+		case "disk_read":
+			a = &u.DiskRead
+		case "disk_write":
+			a = &u.DiskWrite
+		}
+		if a == nil {
+			L.Push(glua.LNil)
+			return 1
+		}
+		L.Push(avgTable(L, *a))
+		return 1
+	}))
+	mt.RawSetString("__newindex", L.NewFunction(func(L *glua.LState) int {
+		L.RaiseError("usage figures are read-only")
+		return 0
+	}))
+	mt.RawSetString("__tostring", L.NewFunction(func(L *glua.LState) int {
+		u, _ := L.CheckUserData(1).Value.(*core.Usage)
+		if u == nil {
+			L.Push(glua.LString("usage{}"))
+			return 1
+		}
+		L.Push(glua.LString(fmt.Sprintf("usage{cpu=%.2f/%.2f/%.2f}", u.CPU.M1, u.CPU.M5, u.CPU.M15)))
+		return 1
+	}))
+	mt.RawSetString("__metatable", glua.LString("locked"))
+	L.G.Registry.RawSetString("usher.usage", mt)
+	return mt
 }
 
 func unixf(t time.Time) glua.LValue {
@@ -353,7 +405,7 @@ func vmTable(L *glua.LState, v *core.VM) *glua.LTable {
 	t.RawSetString("vcpus", glua.LNumber(v.VCPUs))
 	t.RawSetString("data", strMap(L, v.Data))
 	if v.Usage != nil {
-		t.RawSetString("usage", usageTable(L, *v.Usage))
+		t.RawSetString("usage", usageValue(L, *v.Usage))
 	}
 	t.RawSetString("version", glua.LNumber(v.Version))
 	t.RawSetString("created", unixf(v.Created))
@@ -374,7 +426,7 @@ func lnmTable(L *glua.LState, n *core.LNM) *glua.LTable {
 	st.RawSetString("vms", glua.LNumber(n.Status.VMs))
 	st.RawSetString("free_mem_mb", glua.LNumber(n.Status.FreeMemMB))
 	st.RawSetString("free_vcpus", glua.LNumber(n.Status.FreeVCPUs))
-	st.RawSetString("usage", usageTable(L, n.Status.Usage))
+	st.RawSetString("usage", usageValue(L, n.Status.Usage))
 	st.RawSetString("reported_at", glua.LNumber(n.Status.ReportedAt))
 	t := L.CreateTable(0, 6)
 	t.RawSetString("info", info)

@@ -320,3 +320,35 @@ usher.every("1h", function() usher.set_active("start_request", "act", false) end
 		t.Fatalf("store reload: %v %v", st.get("res"), err)
 	}
 }
+
+// TestUsageView: node usage reaches scripts as a read-only view indexed by
+// measure name.
+func TestUsageView(t *testing.T) {
+	dir := t.TempDir()
+	writeScript(t, dir, "u.lua", `
+usher.on("start_request", function(req)
+  local n = usher.lnm("n2")
+  local u = n.status.usage
+  local ok, err = pcall(function() u.cpu = 1 end)
+  for _, vm in ipairs(req.vms) do
+    vm.data.cpu = string.format("%.2f/%.2f/%.2f", u.cpu.m1, u.cpu.m5, u.cpu.m15)
+    vm.data.rx = tostring(u.net_rx.m1)
+    vm.data.none = tostring(u.nosuch)
+    vm.data.ro = tostring(ok) .. ":" .. tostring(string.find(tostring(err), "read%-only") ~= nil)
+    vm.data.str = tostring(u)
+  end
+end, {order = 10, name = "use"})`)
+	h := newHost(t, Options{Dirs: []string{dir}})
+	v := testView()
+	v.AddLNM(&core.LNM{Info: core.NodeInfo{Name: "n2", CPUs: 8}, State: core.LNMConnected,
+		Status: core.NodeStatus{Usage: core.Usage{CPU: core.Avg{M1: 1.5, M5: 0.25, M15: 2}, NetRx: core.Avg{M1: 42}}}})
+	h.Bind(v, nil)
+	req := startReq("c1")
+	if err := h.Request(context.Background(), core.EvStartRequest, req); err != nil {
+		t.Fatal(err)
+	}
+	d := req.VMs[0].Data
+	if d["cpu"] != "1.50/0.25/2.00" || d["rx"] != "42" || d["none"] != "nil" || d["ro"] != "false:true" || d["str"] != "usage{cpu=1.50/0.25/2.00}" {
+		t.Fatalf("usage as seen by the script: %v", d)
+	}
+}

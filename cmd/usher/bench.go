@@ -113,7 +113,7 @@ Examples:
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress lines")
 	fs.DurationVar(&o.budget, "budget", time.Second, "the controller's per-handler Lua budget (policy.budget; large batches need more than the 100ms default)")
 	fs.StringVar(&o.heap, "heapprofile", "", "write a heap profile of the controller at the end of the scenario to this file")
-	fs.StringVar(&o.profile, "cpuprofile", "", "start-storm: write a CPU profile of the controller covering the first --duration of the storm to this file (and one of the first load generator to FILE.lnm)")
+	fs.StringVar(&o.profile, "cpuprofile", "", "start-storm, requests: write a CPU profile of the controller covering the first --duration of the run to this file (and one of the first load generator to FILE.lnm)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -672,8 +672,10 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 		*lat = latencies{}
 	case "requests":
 		cpu0, _, _, _ := procStat(pid)
+		stopProf := e.startProfile(ctx)
 		e.openLoop(ctx, clients, lat, &errs, &reqs)
 		cpu1, rss, peak, _ := procStat(pid)
+		stopProf()
 		rep.Seconds = o.duration.Seconds()
 		rep.ControllerCPU, rep.ControllerRSS, rep.ControllerPeakRSS = cpu1-cpu0, rss, peak
 		rep.ThroughputPerS = float64(reqs.Load()) / rep.Seconds
