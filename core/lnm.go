@@ -8,25 +8,23 @@ import (
 )
 
 // acker batches cached-object updates to one LNM: the controller's update of
-// a cached VM object is the acknowledgement of a state change. One goroutine
-// per LNM drains the batch, so acks never block the controller.
+// a cached VM object is the acknowledgement of a state change. A goroutine
+// drains the batch while there is one, so acks never block the controller,
+// and an idle LNM costs no goroutine (there may be ten thousand of them).
 type acker struct {
-	mu     sync.Mutex
-	vms    map[string]*VM
-	states map[string]StateUpdate
-	forget map[string]bool
-	kick   chan struct{}
-	stop   chan struct{}
-	link   LNMLink
-	c      *Controller
-	lnm    string
+	mu      sync.Mutex
+	vms     map[string]*VM
+	states  map[string]StateUpdate
+	forget  map[string]bool
+	running bool // a drain goroutine is running
+	stopped bool
+	link    LNMLink
+	c       *Controller
+	lnm     string
 }
 
 func newAcker(c *Controller, lnm string, link LNMLink) *acker {
-	a := &acker{vms: map[string]*VM{}, states: map[string]StateUpdate{}, forget: map[string]bool{}, kick: make(chan struct{}, 1),
-		stop: make(chan struct{}), link: link, c: c, lnm: lnm}
-	go a.run()
-	return a
+	return &acker{vms: map[string]*VM{}, states: map[string]StateUpdate{}, forget: map[string]bool{}, link: link, c: c, lnm: lnm}
 }
 
 func (a *acker) add(vms []*VM, states []StateUpdate, forget []string) {
@@ -34,6 +32,7 @@ func (a *acker) add(vms []*VM, states []StateUpdate, forget []string) {
 		return
 	}
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	for _, v := range vms {
 		a.vms[v.Name] = v
 		delete(a.states, v.Name)
@@ -52,21 +51,21 @@ func (a *acker) add(vms []*VM, states []StateUpdate, forget []string) {
 		delete(a.vms, n)
 		delete(a.states, n)
 	}
-	a.mu.Unlock()
-	select {
-	case a.kick <- struct{}{}:
-	default:
+	if !a.running && !a.stopped {
+		a.running = true
+		go a.run()
 	}
 }
 
+// run sends what is queued, one receive call at a time, until nothing is.
 func (a *acker) run() {
 	for {
-		select {
-		case <-a.stop:
-			return
-		case <-a.kick:
-		}
 		a.mu.Lock()
+		if a.stopped || (len(a.vms) == 0 && len(a.states) == 0 && len(a.forget) == 0) {
+			a.running = false
+			a.mu.Unlock()
+			return
+		}
 		args := ReceiveArgs{VMs: make([]*VM, 0, len(a.vms))}
 		for _, v := range a.vms {
 			args.VMs = append(args.VMs, v)
@@ -92,11 +91,9 @@ func (a *acker) run() {
 }
 
 func (a *acker) close() {
-	select {
-	case <-a.stop:
-	default:
-		close(a.stop)
-	}
+	a.mu.Lock()
+	a.stopped = true
+	a.mu.Unlock()
 }
 
 func (c *Controller) ack(lnm string, vms []*VM, forget []string) {

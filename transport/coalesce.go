@@ -8,8 +8,9 @@ import (
 
 // coalescer wraps a connection so that the many small writes yamux makes
 // (a 12-byte header, then the body, for every frame) reach TLS and the
-// kernel as few large writes: Write appends to a buffer and one flusher
-// goroutine writes whatever has accumulated. Under load frames from many
+// kernel as few large writes: Write appends to a buffer and a flusher
+// goroutine, running only while there is data, writes whatever has
+// accumulated. Under load frames from many
 // streams share one TLS record and one syscall; when idle the extra cost is
 // a goroutine hand-off. A write that stalls past writeTimeout fails the
 // connection, so a peer that stops reading cannot block us forever.
@@ -18,19 +19,18 @@ type coalescer struct {
 	writeTimeout time.Duration
 	max          int
 
-	mu      sync.Mutex
-	cond    *sync.Cond
-	buf     []byte
-	spare   []byte
-	err     error
-	closed  bool
-	flushed chan struct{}
+	mu       sync.Mutex
+	cond     *sync.Cond
+	buf      []byte
+	spare    []byte
+	err      error
+	closed   bool
+	flushing bool // a flush goroutine is running (only while there is data)
 }
 
 func newCoalescer(c net.Conn, writeTimeout time.Duration) *coalescer {
-	w := &coalescer{Conn: c, writeTimeout: writeTimeout, max: 1 << 20, flushed: make(chan struct{})}
+	w := &coalescer{Conn: c, writeTimeout: writeTimeout, max: 1 << 20}
 	w.cond = sync.NewCond(&w.mu)
-	go w.flushLoop()
 	return w
 }
 
@@ -48,18 +48,21 @@ func (w *coalescer) Write(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	w.buf = append(w.buf, p...)
-	w.cond.Broadcast()
+	if !w.flushing {
+		// The flusher runs while there is data and exits when the buffer
+		// is empty: an idle connection (of thousands) costs no goroutine.
+		w.flushing = true
+		go w.flush()
+	}
 	return len(p), nil
 }
 
-func (w *coalescer) flushLoop() {
-	defer close(w.flushed)
+func (w *coalescer) flush() {
 	for {
 		w.mu.Lock()
-		for len(w.buf) == 0 && !w.closed && w.err == nil {
-			w.cond.Wait()
-		}
-		if w.err != nil || (w.closed && len(w.buf) == 0) {
+		if w.err != nil || len(w.buf) == 0 {
+			w.flushing = false
+			w.cond.Broadcast()
 			w.mu.Unlock()
 			return
 		}
@@ -74,8 +77,8 @@ func (w *coalescer) flushLoop() {
 
 		w.mu.Lock()
 		w.spare = out[:0]
-		if cap(w.spare) > 4*w.max {
-			w.spare = nil // don't keep a huge buffer around
+		if cap(w.spare) > 4*w.max || cap(w.spare) > 64<<10 && len(out) < 4<<10 {
+			w.spare = nil // don't keep a big buffer for small traffic
 		}
 		if err != nil {
 			w.err = err
@@ -96,8 +99,17 @@ func (w *coalescer) Close() error {
 	w.closed = true
 	w.cond.Broadcast()
 	w.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		w.mu.Lock()
+		for w.flushing {
+			w.cond.Wait()
+		}
+		w.mu.Unlock()
+		close(done)
+	}()
 	select {
-	case <-w.flushed:
+	case <-done:
 	case <-time.After(time.Second):
 	}
 	return w.Conn.Close()

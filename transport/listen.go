@@ -116,7 +116,12 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		raw.Close()
 		return
 	}
-	defer s.releaseIP(ip)
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			s.releaseIP(ip)
+		}
+	}()
 	conn := tls.Server(raw, s.tls)
 	hctx, cancel := context.WithTimeout(ctx, s.opts.Limits.HandshakeTimeout)
 	err := conn.HandshakeContext(hctx)
@@ -132,9 +137,18 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		conn.Close()
 		return
 	}
-	defer sess.Close()
 	p := Peer{LNM: PeerLNM(conn.ConnectionState()), Remote: raw.RemoteAddr().String(), IP: ip}
-	s.onSession(ctx, sess, p)
+	// The session is served by a new goroutine: this one's stack grew deep
+	// in the TLS handshake and would stay that size for the session's
+	// life (tens of KiB on each of thousands of sessions).
+	handedOff = true
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.releaseIP(ip)
+		defer sess.Close()
+		s.onSession(ctx, sess, p)
+	}()
 }
 
 func (s *Server) acquireIP(ip string) bool {

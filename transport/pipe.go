@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -9,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -36,7 +36,10 @@ const (
 	replyHead  = 8 + 1
 )
 
-var errPipeUnsupported = errors.New("peer has no call pipe")
+var (
+	errPipeUnsupported = errors.New("peer has no call pipe")
+	errPipeIdle        = errors.New("call pipe closed while idle")
+)
 
 // appendRequest appends a framed pipe request to b.
 func appendRequest(b []byte, id uint64, timeout time.Duration, method string, args []byte) []byte {
@@ -133,6 +136,9 @@ type pipe struct {
 	pending map[uint64]chan pipeReply
 	err     error
 	done    chan struct{}
+
+	last atomic.Int64 // when the last call ended (unix ns)
+	idle *time.Timer
 }
 
 // getPipe returns the session's call pipe, opening it on first use. It
@@ -161,8 +167,7 @@ func (s *Session) getPipe(ctx context.Context) (*pipe, error) {
 		deadline = d
 	}
 	st.SetReadDeadline(deadline)
-	br := bufio.NewReader(st)
-	b, err := ReadFrame(br, s.limits.MaxFrame)
+	b, err := ReadFrame(st, s.limits.MaxFrame)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("opening call pipe: %w", err)
@@ -177,14 +182,19 @@ func (s *Session) getPipe(ctx context.Context) (*pipe, error) {
 	}
 	st.SetReadDeadline(time.Time{})
 	p := &pipe{s: s, st: st, pending: map[uint64]chan pipeReply{}, done: make(chan struct{})}
+	p.last.Store(time.Now().UnixNano())
+	p.idle = time.AfterFunc(s.limits.PipeIdle, p.idleCheck)
 	s.pipe = p
-	go p.readLoop(br)
+	go p.readLoop()
 	return p, nil
 }
 
-func (p *pipe) readLoop(br *bufio.Reader) {
+// readLoop delivers replies. It reads the stream directly: yamux buffers
+// what arrived, and a bufio.Reader per pipe would cost 4 KiB on each of
+// thousands of sessions.
+func (p *pipe) readLoop() {
 	for {
-		b, err := ReadFrame(br, p.s.limits.MaxFrame)
+		b, err := ReadFrame(p.st, p.s.limits.MaxFrame)
 		if err != nil {
 			p.fail(fmt.Errorf("call pipe: %w", err))
 			return
@@ -204,6 +214,28 @@ func (p *pipe) readLoop(br *bufio.Reader) {
 	}
 }
 
+// idleCheck closes the pipe when no call has used it for PipeIdle, so an
+// idle session (thousands of LNMs between storms) keeps no pipe goroutines
+// on either side. Only this side may close it safely: with nothing pending
+// and the pipe marked closed under the lock, no call can be in flight.
+func (p *pipe) idleCheck() {
+	p.mu.Lock()
+	if p.err != nil {
+		p.mu.Unlock()
+		return
+	}
+	quiet := time.Since(time.Unix(0, p.last.Load()))
+	if len(p.pending) > 0 || quiet < p.s.limits.PipeIdle {
+		p.mu.Unlock()
+		p.idle.Reset(max(p.s.limits.PipeIdle-quiet, time.Second))
+		return
+	}
+	p.err = errPipeIdle
+	close(p.done)
+	p.mu.Unlock()
+	p.st.Close()
+}
+
 // fail ends the pipe: pending calls get err, the next call opens a new pipe.
 func (p *pipe) fail(err error) {
 	p.mu.Lock()
@@ -212,6 +244,7 @@ func (p *pipe) fail(err error) {
 		close(p.done)
 	}
 	p.mu.Unlock()
+	p.idle.Stop()
 	p.st.Close()
 }
 
@@ -228,9 +261,13 @@ func (p *pipe) call(ctx context.Context, method string, args []byte, deadline ti
 	ch := replyChans.Get().(chan pipeReply)
 	p.mu.Lock()
 	if p.err != nil {
+		err := p.err
 		p.mu.Unlock()
 		replyChans.Put(ch)
-		return fmt.Errorf("%s: %w", method, p.err)
+		if err == errPipeIdle {
+			return err // nothing sent: the caller opens a new pipe
+		}
+		return fmt.Errorf("%s: %w", method, err)
 	}
 	p.next++
 	id := p.next
@@ -258,6 +295,7 @@ func (p *pipe) call(ctx context.Context, method string, args []byte, deadline ti
 		return fmt.Errorf("%s: sending call: %w", method, err)
 	}
 
+	defer p.last.Store(time.Now().UnixNano())
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	var r pipeReply
@@ -326,7 +364,7 @@ func (s *Session) servePipe(ctx context.Context, st *yamux.Stream, mux *Mux) {
 	}
 	st.SetDeadline(time.Time{})
 	write(appendFrame(nil, []byte(pipeHello)))
-	br := bufio.NewReader(st)
+	br := st // unbuffered: see readLoop
 	for {
 		// An idle pipe waits for calls as long as the session lives (the
 		// session's keepalive notices a dead peer and closes it).

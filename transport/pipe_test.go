@@ -27,6 +27,9 @@ func pipePair(t *testing.T, mutate func(server *Session)) (client, server *Sessi
 	if err != nil {
 		t.Fatal(err)
 	}
+	if idle := pipeIdleForTest; idle > 0 {
+		lim.PipeIdle = idle
+	}
 	client, err = NewSession(b, false, lim, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -51,6 +54,9 @@ func pipePair(t *testing.T, mutate func(server *Session)) (client, server *Sessi
 	t.Cleanup(func() { cancel(); client.Close(); server.Close() })
 	return client, server
 }
+
+// pipeIdleForTest, when set, is the caller's PipeIdle in pipePair.
+var pipeIdleForTest time.Duration
 
 func echo(t *testing.T, s *Session, v string) {
 	t.Helper()
@@ -247,4 +253,29 @@ func FuzzPipeDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestPipeClosesWhenIdleAndReopens(t *testing.T) {
+	pipeIdleForTest = 100 * time.Millisecond
+	c, srv := pipePair(t, nil)
+	pipeIdleForTest = 0
+	echo(t, c, "one")
+	// Idle: the caller closes its pipe and the server's pipe stream ends.
+	deadline := time.Now().Add(10 * time.Second)
+	for srv.ys.NumStreams() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("idle pipe never closed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	echo(t, c, "two")
+	if n := srv.ys.NumStreams(); n != 1 {
+		t.Fatalf("server has %d streams after reopening, want 1", n)
+	}
+	// A busy pipe is not closed under a long call.
+	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+	defer cancel()
+	if err := c.Call(ctx, "block", nil, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("long call on an idle-closing pipe: %v", err)
+	}
 }

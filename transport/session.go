@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,6 +22,7 @@ type Limits struct {
 	MaxStreams       int           // concurrent inbound streams per session
 	MaxFrame         int           // largest frame accepted
 	KeepAlive        time.Duration // yamux keepalive interval
+	PipeIdle         time.Duration // a call pipe unused this long is closed (reopened by the next call)
 	WriteTimeout     time.Duration // yamux connection write timeout
 }
 
@@ -35,6 +35,7 @@ func DefaultLimits() Limits {
 		MaxStreams:       512,
 		MaxFrame:         DefaultMaxFrame,
 		KeepAlive:        5 * time.Second,
+		PipeIdle:         30 * time.Second,
 		WriteTimeout:     10 * time.Second,
 	}
 }
@@ -58,6 +59,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.KeepAlive <= 0 {
 		l.KeepAlive = d.KeepAlive
+	}
+	if l.PipeIdle <= 0 {
+		l.PipeIdle = d.PipeIdle
 	}
 	if l.WriteTimeout <= 0 {
 		l.WriteTimeout = d.WriteTimeout
@@ -206,13 +210,8 @@ func (s *Session) SetMux(m *Mux) {
 func (s *Session) Serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() {
-		select {
-		case <-ctx.Done():
-			s.Close()
-		case <-s.Done():
-		}
-	}()
+	stop := context.AfterFunc(ctx, func() { s.Close() }) // no goroutine per session
+	defer stop()
 	for {
 		st, err := s.ys.AcceptStream()
 		if err != nil {
@@ -342,18 +341,26 @@ func (s *Session) Call(ctx context.Context, method string, args, reply any) erro
 	if !ok {
 		deadline = time.Now().Add(s.limits.CallTimeout)
 	}
-	p, err := s.getPipe(ctx)
-	switch {
-	case err == nil:
-		var body []byte
-		if args != nil {
+	var body []byte
+	for attempt := 0; ; attempt++ {
+		p, err := s.getPipe(ctx)
+		if errors.Is(err, errPipeUnsupported) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", method, err)
+		}
+		if body == nil && args != nil {
 			if body, err = Marshal(args); err != nil {
 				return fmt.Errorf("%s: encoding args: %w", method, err)
 			}
 		}
-		return p.call(ctx, method, body, deadline, reply)
-	case !errors.Is(err, errPipeUnsupported):
-		return fmt.Errorf("%s: %w", method, err)
+		err = p.call(ctx, method, body, deadline, reply)
+		if err != errPipeIdle || attempt >= 3 {
+			return err
+		}
+		// The pipe closed for idleness just before this call: nothing
+		// was sent, so open a new one.
 	}
 	st, err := s.open(ctx, method, args, time.Until(deadline))
 	if err != nil {
@@ -426,7 +433,6 @@ func (s *Session) OpenStream(ctx context.Context, method string, args any) (*Str
 type Stream struct {
 	st *yamux.Stream
 	s  *Session
-	br *bufio.Reader
 }
 
 // Send writes one message with a write deadline.
@@ -445,15 +451,12 @@ func (t *Stream) Send(method string, v any) error {
 
 // Recv reads one message, waiting at most timeout (0: no deadline).
 func (t *Stream) Recv(timeout time.Duration) (*Envelope, error) {
-	if t.br == nil {
-		t.br = bufio.NewReader(t.st)
-	}
 	if timeout > 0 {
 		t.st.SetReadDeadline(time.Now().Add(timeout))
 	} else {
 		t.st.SetReadDeadline(time.Time{})
 	}
-	return ReadEnvelope(t.br, t.s.limits.MaxFrame)
+	return ReadEnvelope(t.st, t.s.limits.MaxFrame) // unbuffered: yamux buffers
 }
 
 // Close closes the stream.

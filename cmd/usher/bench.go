@@ -112,7 +112,7 @@ Examples:
 	fs.DurationVar(&o.report, "report-interval", 5*time.Second, "how often LNMs report usage")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress lines")
 	fs.DurationVar(&o.budget, "budget", time.Second, "the controller's per-handler Lua budget (policy.budget; large batches need more than the 100ms default)")
-	fs.StringVar(&o.heap, "heapprofile", "", "write a heap profile of the controller at the end of the scenario to this file")
+	fs.StringVar(&o.heap, "heapprofile", "", "write a heap profile of the controller at the end of the scenario to this file (and the runtime's memory figures and goroutine count to FILE.memstats)")
 	fs.StringVar(&o.profile, "cpuprofile", "", "start-storm, requests: write a CPU profile of the controller covering the first --duration of the run to this file (and one of the first load generator to FILE.lnm)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -721,6 +721,33 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 				f.Close()
 			}
 			resp.Body.Close()
+		}
+		// Where the RSS goes: the runtime's own accounting, from the text
+		// form of the heap profile, next to the profile.
+		if resp, err := http.Get("http://" + e.o.pprofAddr + "/debug/pprof/heap?debug=1"); err == nil {
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+			resp.Body.Close()
+			var stats []string
+			for _, line := range strings.Split(string(b), "\n") {
+				for _, k := range []string{"# HeapInuse = ", "# HeapIdle = ", "# HeapReleased = ", "# Stack = ", "# Sys = ", "# NumGC = "} {
+					if strings.HasPrefix(line, k) {
+						stats = append(stats, strings.TrimPrefix(line, "# "))
+					}
+				}
+			}
+			os.WriteFile(o.heap+".memstats", []byte(strings.Join(stats, "\n")+"\n"), 0o644)
+		}
+		if resp, err := http.Get("http://" + e.o.pprofAddr + "/debug/pprof/goroutine?debug=1"); err == nil {
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			resp.Body.Close()
+			os.WriteFile(o.heap+".goroutines", b, 0o644)
+			if first, _, ok := strings.Cut(string(b), "\n"); ok {
+				f, err := os.OpenFile(o.heap+".memstats", os.O_APPEND|os.O_WRONLY, 0o644)
+				if err == nil {
+					fmt.Fprintln(f, strings.TrimPrefix(first, "goroutine profile: "))
+					f.Close()
+				}
+			}
 		}
 	}
 	rep.Errors = errs.Load()
