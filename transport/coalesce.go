@@ -14,6 +14,13 @@ import (
 // streams share one TLS record and one syscall; when idle the extra cost is
 // a goroutine hand-off. A write that stalls past writeTimeout fails the
 // connection, so a peer that stops reading cannot block us forever.
+// maxRecord caps each write to TLS, so a TLS record carries at most this
+// much. The receiving side's TLS connection keeps a buffer as large as the
+// largest record it ever got (Go's crypto/tls never shrinks it): with
+// 16 KiB records that was about 32 KiB per connection, a third of a
+// gigabyte at 10,000 LNMs; 4 KiB records keep it near 8 KiB.
+const maxRecord = 4 << 10
+
 type coalescer struct {
 	net.Conn
 	writeTimeout time.Duration
@@ -73,7 +80,12 @@ func (w *coalescer) flush() {
 		if w.writeTimeout > 0 {
 			w.Conn.SetWriteDeadline(time.Now().Add(w.writeTimeout))
 		}
-		_, err := w.Conn.Write(out)
+		var err error
+		for rest := out; len(rest) > 0 && err == nil; {
+			n := min(len(rest), maxRecord)
+			_, err = w.Conn.Write(rest[:n])
+			rest = rest[n:]
+		}
 
 		w.mu.Lock()
 		w.spare = out[:0]

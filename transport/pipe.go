@@ -195,6 +195,7 @@ func (s *Session) getPipe(ctx context.Context) (*pipe, error) {
 func (p *pipe) readLoop() {
 	for {
 		b, err := ReadFrame(p.st, p.s.limits.MaxFrame)
+		shrink(p.st)
 		if err != nil {
 			p.fail(fmt.Errorf("call pipe: %w", err))
 			return
@@ -369,6 +370,7 @@ func (s *Session) servePipe(ctx context.Context, st *yamux.Stream, mux *Mux) {
 		// An idle pipe waits for calls as long as the session lives (the
 		// session's keepalive notices a dead peer and closes it).
 		b, err := ReadFrame(br, s.limits.MaxFrame)
+		shrink(st)
 		if errors.Is(err, ErrFrameTooLarge) {
 			// Answer it and skip its bytes: the pipe and the calls queued
 			// behind it survive one oversized call.

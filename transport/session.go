@@ -456,8 +456,19 @@ func (t *Stream) Recv(timeout time.Duration) (*Envelope, error) {
 	} else {
 		t.st.SetReadDeadline(time.Time{})
 	}
-	return ReadEnvelope(t.st, t.s.limits.MaxFrame) // unbuffered: yamux buffers
+	env, err := ReadEnvelope(t.st, t.s.limits.MaxFrame) // unbuffered: yamux buffers
+	shrink(t.st)
+	return env, err
 }
+
+// shrink is called after each frame read from a long-lived stream. A yamux
+// stream keeps its receive buffer at the size of the largest burst it ever
+// received (a node's usage report of 30 KB, a start batch); the call pipes
+// and event streams, several per LNM on sites of thousands, would keep tens
+// of KiB each. Shrink drops the buffer when it is drained, and the next
+// frame gets one sized to fit it. Under load frames queue up, the buffer is
+// seldom empty and nothing changes.
+func shrink(st *yamux.Stream) { st.Shrink() }
 
 // Close closes the stream.
 func (t *Stream) Close() error { return t.st.Close() }

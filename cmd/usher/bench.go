@@ -66,6 +66,7 @@ type benchOpts struct {
 	quiet        bool
 	profile      string
 	genPprofAddr string
+	memLimitMB   int
 	budget       time.Duration
 	heap         string
 	pprofAddr    string
@@ -112,7 +113,8 @@ Examples:
 	fs.DurationVar(&o.report, "report-interval", 5*time.Second, "how often LNMs report usage")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress lines")
 	fs.DurationVar(&o.budget, "budget", time.Second, "the controller's per-handler Lua budget (policy.budget; large batches need more than the 100ms default)")
-	fs.StringVar(&o.heap, "heapprofile", "", "write a heap profile of the controller at the end of the scenario to this file (and the runtime's memory figures and goroutine count to FILE.memstats)")
+	fs.IntVar(&o.memLimitMB, "memory-limit-mb", 0, "the controller's controller.memory_limit_mb (0: none)")
+	fs.StringVar(&o.heap, "heapprofile", "", "write a heap profile of the controller at the end of the scenario to this file (and the runtime's memory figures and goroutine count to FILE.memstats, the goroutine dump to FILE.goroutines)")
 	fs.StringVar(&o.profile, "cpuprofile", "", "start-storm, requests: write a CPU profile of the controller covering the first --duration of the run to this file (and one of the first load generator to FILE.lnm)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -421,6 +423,9 @@ max_vms = 10000000
 level = "warn"
 `, e.addr, filepath.Join(pki, "ctl.crt"), filepath.Join(pki, "ctl.key"), filepath.Join(pki, "ca.crt"),
 		filepath.Join(dir, "ctl"), o.report.String(), o.budget.String(), policies, htFile)
+	if o.memLimitMB > 0 {
+		conf = strings.Replace(conf, "[policy]", fmt.Sprintf("memory_limit_mb = %d\n\n[policy]", o.memLimitMB), 1)
+	}
 	if o.profile != "" || o.heap != "" {
 		pl, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

@@ -11,6 +11,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/usher-vm/usher/core"
@@ -155,6 +156,13 @@ Example:
 	tlsCfg, err := transport.ServerTLS(cfg.String("controller.cert_file"), cfg.String("controller.key_file"), cfg.String("controller.ca_file"))
 	if err != nil {
 		return err
+	}
+	if mb := cfg.Int("controller.memory_limit_mb"); mb != 0 {
+		if mb < 64 {
+			return fmt.Errorf("controller.memory_limit_mb: %d MiB is too small to run a controller (at least 64)", mb)
+		}
+		debug.SetMemoryLimit(int64(mb) << 20)
+		log.Info("memory limit set", "mib", mb)
 	}
 	if addr := cfg.String("controller.pprof"); addr != "" {
 		if err := servePprof(ctx, "controller.pprof", addr, log); err != nil {
