@@ -223,8 +223,14 @@ func (ls *lstate) apiDrop(L *glua.LState) int {
 	}
 	n := vms.Len()
 	for i := 1; i <= n; i++ {
-		e, ok := vms.RawGetInt(i).(*glua.LTable)
-		if ok && luaString(e.RawGetString("name")) == name {
+		e := vms.RawGetInt(i)
+		match := false
+		if view := viewOf(e); view != nil {
+			match = view.vm.Name == name
+		} else if t, ok := e.(*glua.LTable); ok {
+			match = luaString(t.RawGetString("name")) == name
+		}
+		if match {
 			for j := i; j < n; j++ {
 				vms.RawSetInt(j, vms.RawGetInt(j+1))
 			}

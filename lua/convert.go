@@ -111,7 +111,7 @@ func (ls *lstate) reqTable(req *core.Request) *glua.LTable {
 	setStr(t, "cluster", req.Cluster)
 	vms := L.CreateTable(len(req.VMs), 0)
 	for i, v := range req.VMs {
-		vms.RawSetInt(i+1, reqVMTable(L, v))
+		vms.RawSetInt(i+1, ls.newVMView(v))
 	}
 	t.RawSetString("vms", vms)
 	if len(req.LNMs) > 0 {
@@ -148,22 +148,20 @@ func (ls *lstate) applyReq(t *glua.LTable, req *core.Request, by string) (bool, 
 	kept := make([]*core.ReqVM, 0, n)
 	seen := make(map[string]bool, n)
 	for i := 1; i <= n; i++ {
-		e, ok := vt.RawGetInt(i).(*glua.LTable)
-		if !ok {
-			return false, fmt.Errorf("req.vms[%d] is not a table", i)
-		}
-		name := luaString(e.RawGetString("name"))
-		orig := byName[name]
-		if orig == nil || seen[name] {
+		e := vt.RawGetInt(i)
+		view := viewOf(e)
+		if view == nil || byName[view.vm.Name] != view.vm || seen[view.vm.Name] {
+			name := ""
+			if t, ok := e.(*glua.LTable); ok {
+				name = luaString(t.RawGetString("name"))
+			} else if view != nil {
+				name = view.vm.Name
+			}
 			return false, fmt.Errorf("req.vms[%d]: handlers may not add VMs (%q)", i, name)
 		}
-		seen[name] = true
-		c, err := applyReqVM(e, orig)
-		if err != nil {
-			return false, fmt.Errorf("req.vms[%d] (%s): %v", i, name, err)
-		}
-		changed = changed || c
-		kept = append(kept, orig)
+		seen[view.vm.Name] = true
+		changed = view.apply() || changed
+		kept = append(kept, view.vm)
 	}
 	if len(kept) != len(req.VMs) {
 		changed = true
@@ -210,29 +208,6 @@ func (ls *lstate) applyReq(t *glua.LTable, req *core.Request, by string) (bool, 
 }
 
 // applyReqVM copies the writable fields (lnm, target, mem_mb, vcpus, data).
-func applyReqVM(e *glua.LTable, v *core.ReqVM) (bool, error) {
-	changed := false
-	if s := luaString(e.RawGetString("lnm")); s != v.LNM {
-		v.LNM, changed = s, true
-	}
-	if s := luaString(e.RawGetString("target")); s != v.Target {
-		v.Target, changed = s, true
-	}
-	if n, ok := luaInt(e.RawGetString("mem_mb")); ok && n != v.MemMB {
-		v.MemMB, changed = n, true
-	}
-	if n, ok := luaInt(e.RawGetString("vcpus")); ok && n != v.VCPUs {
-		v.VCPUs, changed = n, true
-	}
-	if d, ok := e.RawGetString("data").(*glua.LTable); ok {
-		nd := luaStrMap(d)
-		if !equalMaps(nd, v.Data) {
-			v.Data, changed = nd, true
-		}
-	}
-	return changed, nil
-}
-
 func luaString(v glua.LValue) string {
 	switch x := v.(type) {
 	case glua.LString:

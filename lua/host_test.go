@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -350,5 +351,62 @@ end, {order = 10, name = "use"})`)
 	d := req.VMs[0].Data
 	if d["cpu"] != "1.50/0.25/2.00" || d["rx"] != "42" || d["none"] != "nil" || d["ro"] != "false:true" || d["str"] != "usage{cpu=1.50/0.25/2.00}" {
 		t.Fatalf("usage as seen by the script: %v", d)
+	}
+}
+
+// TestRequestVMViews: request VMs are views onto the request: writes land
+// in the Go request, read-only fields and bad values raise errors that name
+// the script and line, a script's own fields live for the call, and a view
+// kept past its handler cannot be used.
+func TestRequestVMViews(t *testing.T) {
+	dir := t.TempDir()
+	writeScript(t, dir, "v.lua", `
+kept = nil
+usher.on("start_request", function(req)
+  for _, vm in ipairs(req.vms) do
+    vm.scratch = vm.mem_mb * 2          -- a script's own field
+    vm.lnm = "n3"
+    vm.vcpus = "4"                      -- numeric strings are numbers
+    vm.data.note = tostring(vm.scratch) .. ":" .. tostring(vm)
+  end
+  kept = req.vms[1]
+end, {order = 10, name = "write"})
+usher.on("start_request", function(req)
+  if req.vms[1].scratch ~= nil then error("a script field leaked into the next handler") end
+end, {order = 20, name = "fresh"})`)
+	h := newHost(t, Options{Dirs: []string{dir}})
+	req := startReq("c1", "c2")
+	req.VMs[0].MemMB = 256
+	if err := h.Request(context.Background(), core.EvStartRequest, req); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range req.VMs {
+		if v.LNM != "n3" || v.VCPUs != 4 || v.Data["note"] != fmt.Sprint(v.MemMB*2)+":vm "+v.Name {
+			t.Fatalf("%s after the chain: %+v", v.Name, v)
+		}
+	}
+	if req.Trace[0].Action != "modified" || req.Trace[1].Action != "approved" {
+		t.Fatalf("trace %+v", req.Trace)
+	}
+
+	for _, tc := range []struct{ body, want string }{
+		{`req.vms[1].name = "x"`, "v2.lua:3: vm.name is read-only"},
+		{`req.vms[1].mem_mb = "lots"`, "v2.lua:3: vm.mem_mb must be a whole number"},
+		{`req.vms[1].data = 5`, "v2.lua:3: vm.data must be a table"},
+		{`local x = kept.lnm`, "used after its handler returned"},
+	} {
+		dir2 := t.TempDir()
+		writeScript(t, dir2, "v2.lua", "usher.on(\"start_request\", function(req)\n  kept = kept or req.vms[1]\n  "+tc.body+"\nend, {name = \"bad\"})")
+		h2 := newHost(t, Options{Dirs: []string{dir2}})
+		if tc.want == "used after its handler returned" {
+			// the first call keeps the view in a global; the second uses it
+			writeScript(t, dir2, "v2.lua", "usher.on(\"start_request\", function(req)\n  if kept then local x = kept.lnm end\n  kept = req.vms[1]\nend, {name = \"bad\"})")
+			h2 = newHost(t, Options{Dirs: []string{dir2}})
+			h2.Request(context.Background(), core.EvStartRequest, startReq("c1"))
+		}
+		err := h2.Request(context.Background(), core.EvStartRequest, startReq("c1"))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("%s: got %v, want an error containing %q", tc.body, err, tc.want)
+		}
 	}
 }

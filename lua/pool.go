@@ -25,6 +25,7 @@ type lstate struct {
 	memLimit int64
 	lastReq  *glua.LTable           // request table of the current call
 	lastVM   *glua.LTable           // register_vm: the vm table
+	views    []*vmView              // request VM views of the current call
 	loaded   map[string]glua.LValue // require: library results of this state
 	loading  map[string]bool        // require: libraries running their top level
 }
@@ -86,6 +87,7 @@ func (v *version) acquire(ctx context.Context) (*lstate, error) {
 // or a Go panic) so a fresh state is built from the proto when next needed.
 func (v *version) release(ls *lstate, discard bool) {
 	ls.call, ls.lastReq, ls.lastVM = nil, nil, nil
+	ls.endViews()
 	if discard {
 		ls.L.Close()
 		v.created.Add(-1)

@@ -1,0 +1,207 @@
+package lua
+
+import (
+	"fmt"
+
+	glua "github.com/yuin/gopher-lua"
+
+	"github.com/usher-vm/usher/core"
+)
+
+// vmView is a request VM as a request handler sees it: a userdata whose
+// fields read and write the Go ReqVM directly for the length of one handler
+// call. Requests of a thousand VMs pass through three or more handlers;
+// building a table per VM for each of them, and reading it back, was most
+// of the Lua cost of a start and much of the controller's garbage.
+//
+// Fields: name, short, owner, cluster and state are read-only; lnm, target,
+// mem_mb, vcpus and data are writable (data is a table, made on first use
+// and read back when the handler returns); any other field a script sets is
+// kept for the rest of that call. A view used after its handler returned
+// raises an error, so a stashed view cannot touch a later request.
+type vmView struct {
+	vm      *core.ReqVM
+	live    bool
+	changed bool
+	data    *glua.LTable // vm.data once touched
+	extra   *glua.LTable // the script's own fields
+}
+
+// newVMView wraps v for the current call.
+func (ls *lstate) newVMView(v *core.ReqVM) *glua.LUserData {
+	view := &vmView{vm: v, live: true}
+	ls.views = append(ls.views, view)
+	ud := ls.L.NewUserData()
+	ud.Value = view
+	ud.Metatable = vmViewMT(ls.L)
+	return ud
+}
+
+// endViews invalidates the views of the call that ended.
+func (ls *lstate) endViews() {
+	for _, v := range ls.views {
+		v.live = false
+	}
+	clear(ls.views)
+	ls.views = ls.views[:0]
+}
+
+// viewOf returns the live view inside v, or nil.
+func viewOf(v glua.LValue) *vmView {
+	ud, ok := v.(*glua.LUserData)
+	if !ok {
+		return nil
+	}
+	view, _ := ud.Value.(*vmView)
+	if view == nil || !view.live {
+		return nil
+	}
+	return view
+}
+
+func checkView(L *glua.LState) *vmView {
+	ud := L.CheckUserData(1)
+	view, _ := ud.Value.(*vmView)
+	if view == nil {
+		L.ArgError(1, "not a request VM")
+	}
+	if !view.live {
+		L.RaiseError("request VM %s used after its handler returned", view.vm.Name)
+	}
+	return view
+}
+
+func optString(s string) glua.LValue {
+	if s == "" {
+		return glua.LNil
+	}
+	return glua.LString(s)
+}
+
+func vmViewMT(L *glua.LState) *glua.LTable {
+	if mt, ok := L.G.Registry.RawGetString("usher.reqvm").(*glua.LTable); ok {
+		return mt
+	}
+	mt := L.CreateTable(0, 4)
+	mt.RawSetString("__index", L.NewFunction(func(L *glua.LState) int {
+		view := checkView(L)
+		v := view.vm
+		key := L.Get(2)
+		k, isStr := key.(glua.LString)
+		if !isStr {
+			L.Push(view.extraGet(key))
+			return 1
+		}
+		switch k {
+		case "name":
+			L.Push(glua.LString(v.Name))
+		case "short":
+			L.Push(glua.LString(v.Short))
+		case "owner":
+			L.Push(glua.LString(v.Owner))
+		case "cluster":
+			L.Push(glua.LString(v.Cluster))
+		case "lnm":
+			L.Push(optString(v.LNM))
+		case "target":
+			L.Push(optString(v.Target))
+		case "state":
+			L.Push(optString(string(v.State)))
+		case "mem_mb":
+			L.Push(glua.LNumber(v.MemMB))
+		case "vcpus":
+			L.Push(glua.LNumber(v.VCPUs))
+		case "data":
+			if view.data == nil {
+				view.data = strMap(L, v.Data)
+			}
+			L.Push(view.data)
+		default:
+			L.Push(view.extraGet(key))
+		}
+		return 1
+	}))
+	mt.RawSetString("__newindex", L.NewFunction(func(L *glua.LState) int {
+		view := checkView(L)
+		v := view.vm
+		key, val := L.Get(2), L.Get(3)
+		k, isStr := key.(glua.LString)
+		if !isStr {
+			view.extraSet(L, key, val)
+			return 0
+		}
+		switch k {
+		case "name", "short", "owner", "cluster", "state":
+			L.RaiseError("vm.%s is read-only", string(k))
+		case "lnm":
+			if s := luaString(val); s != v.LNM {
+				v.LNM, view.changed = s, true
+			}
+		case "target":
+			if s := luaString(val); s != v.Target {
+				v.Target, view.changed = s, true
+			}
+		case "mem_mb", "vcpus":
+			n, ok := luaInt(val)
+			if !ok {
+				L.RaiseError("vm.%s must be a whole number, not %s", string(k), val.Type().String())
+			}
+			p := &v.MemMB
+			if k == "vcpus" {
+				p = &v.VCPUs
+			}
+			if n != *p {
+				*p, view.changed = n, true
+			}
+		case "data":
+			switch t := val.(type) {
+			case *glua.LTable:
+				view.data = t
+			case *glua.LNilType:
+				view.data = L.NewTable()
+			default:
+				L.RaiseError("vm.data must be a table, not %s", val.Type().String())
+			}
+		default:
+			view.extraSet(L, key, val)
+		}
+		return 0
+	}))
+	mt.RawSetString("__tostring", L.NewFunction(func(L *glua.LState) int {
+		view, _ := L.CheckUserData(1).Value.(*vmView)
+		if view == nil {
+			L.Push(glua.LString("vm"))
+			return 1
+		}
+		L.Push(glua.LString(fmt.Sprintf("vm %s", view.vm.Name)))
+		return 1
+	}))
+	mt.RawSetString("__metatable", glua.LString("locked"))
+	L.G.Registry.RawSetString("usher.reqvm", mt)
+	return mt
+}
+
+func (view *vmView) extraGet(k glua.LValue) glua.LValue {
+	if view.extra == nil {
+		return glua.LNil
+	}
+	return view.extra.RawGet(k)
+}
+
+func (view *vmView) extraSet(L *glua.LState, k, v glua.LValue) {
+	if view.extra == nil {
+		view.extra = L.NewTable()
+	}
+	view.extra.RawSet(k, v)
+}
+
+// apply reads back what the view cannot write through (vm.data) and
+// reports whether the handler changed the VM.
+func (view *vmView) apply() bool {
+	if view.data != nil {
+		if nd := luaStrMap(view.data); !equalMaps(nd, view.vm.Data) {
+			view.vm.Data, view.changed = nd, true
+		}
+	}
+	return view.changed
+}
