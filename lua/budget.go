@@ -22,7 +22,7 @@ import (
 //   - an allocation meter charged by our string/table library wrappers;
 //   - a reachability estimate of the state's memory (globals, handler
 //     closures and the live registers of every frame) taken at most once per
-//     clock tick (1ms) and never more often than 4x its own cost.
+//     clock tick (1ms) and never more often than 8x its own cost.
 //
 // Once any limit trips, the done channel is closed for good: every further
 // instruction raises, so pcall cannot swallow the cut-off, and the host
@@ -178,7 +178,7 @@ func (c *callCtx) check(scan bool) {
 			c.cut("memory limit: about %d MB reachable (limit %d MB)", est>>20, c.memLimit>>20)
 			return
 		}
-		gap := 4 * took
+		gap := 8 * took // scans cost at most about a ninth of the call
 		if gap < time.Millisecond {
 			gap = time.Millisecond
 		}
@@ -218,7 +218,16 @@ func (c *callCtx) pause(f func()) {
 // estimate walks what the state can reach and returns an approximate byte
 // count, stopping early once over limit.
 func (ls *lstate) estimate(limit int64) int64 {
-	w := walker{seen: map[unsafe.Pointer]struct{}{}, strs: map[*byte]struct{}{}, limit: limit, maxNodes: int(limit / 32)}
+	// One walker per state, its maps cleared rather than rebuilt: a scan
+	// runs every few milliseconds of a long call.
+	w := &ls.walk
+	if w.seen == nil {
+		w.seen, w.strs = map[unsafe.Pointer]struct{}{}, map[*byte]struct{}{}
+		w.pair = w.visitPair
+	}
+	clear(w.seen)
+	clear(w.strs)
+	w.total, w.nodes, w.limit, w.maxNodes = 0, 0, limit, int(limit/32)
 	L := ls.L
 	w.value(L.G.Global)
 	for _, f := range ls.handlers {
@@ -252,6 +261,16 @@ type walker struct {
 	nodes    int
 	limit    int64
 	maxNodes int
+	pair     func(k, v glua.LValue) // visitPair, bound once
+}
+
+func (w *walker) visitPair(k, val glua.LValue) {
+	if w.over() {
+		return
+	}
+	w.total += 40
+	w.value(k)
+	w.value(val)
 }
 
 func (w *walker) over() bool { return w.total > w.limit || w.nodes > w.maxNodes }
@@ -281,14 +300,7 @@ func (w *walker) value(v glua.LValue) {
 		}
 		w.seen[p] = struct{}{}
 		w.total += 64
-		x.ForEach(func(k, val glua.LValue) {
-			if w.over() {
-				return
-			}
-			w.total += 40
-			w.value(k)
-			w.value(val)
-		})
+		x.ForEach(w.pair)
 		if x.Metatable != nil {
 			w.value(x.Metatable)
 		}

@@ -26,6 +26,7 @@ type lstate struct {
 	lastReq  *glua.LTable           // request table of the current call
 	lastVM   *glua.LTable           // register_vm: the vm table
 	views    []*vmView              // request VM views of the current call
+	walk     walker                 // the memory estimate's, reused
 	loaded   map[string]glua.LValue // require: library results of this state
 	loading  map[string]bool        // require: libraries running their top level
 }
