@@ -33,16 +33,17 @@ local function nodes(req)
   return out
 end
 
--- fits, take and per_cpu are shared with the other placement policies
--- (lib/placement.lua); locals keep the heap loops below as cheap as before.
+-- fits and take are shared with the other placement policies
+-- (lib/placement.lua).
 local placement = require("placement")
-local fits, take, per_cpu = placement.fits, placement.take, placement.per_cpu
+local fits, take = placement.fits, placement.take
 
 -- A binary min-heap of nodes by load per CPU (ties: more free memory), so
--- placing B VMs on K candidates costs O(B log K), not O(B * K).
+-- placing B VMs on K candidates costs O(B log K), not O(B * K). Each node
+-- record carries its key (load per CPU), updated when a VM is placed on it.
 local function before(a, b)
-  local la, lb = per_cpu(a), per_cpu(b)
-  if la ~= lb then return la < lb end
+  local ka, kb = a.key, b.key
+  if ka ~= kb then return ka < kb end
   return a.free_mem > b.free_mem
 end
 
@@ -57,46 +58,66 @@ local function push(h, n)
   end
 end
 
+-- down moves h[i] down to its place.
+local function down(h, i)
+  local n, x = #h, h[i]
+  while true do
+    local c = 2 * i
+    if c > n then break end
+    if c < n and before(h[c + 1], h[c]) then c = c + 1 end
+    if not before(h[c], x) then break end
+    h[i] = h[c]
+    i = c
+  end
+  h[i] = x
+end
+
 local function pop(h)
   local top, last = h[1], h[#h]
   h[#h] = nil
   if #h > 0 then
     h[1] = last
-    local i = 1
-    while true do
-      local l, r, m = 2 * i, 2 * i + 1, i
-      if l <= #h and before(h[l], h[m]) then m = l end
-      if r <= #h and before(h[r], h[m]) then m = r end
-      if m == i then break end
-      h[i], h[m] = h[m], h[i]
-      i = m
-    end
+    down(h, 1)
   end
   return top
 end
 
 -- place puts every VM without a node on the least loaded node that fits it
--- and drops the VMs that fit nowhere with reason "no capacity".
+-- and drops the VMs that fit nowhere with reason "no capacity". The usual
+-- case — the least loaded node fits — updates that node in place and moves
+-- it down the heap once.
 local function place(req)
   local h = {}
-  for _, n in ipairs(nodes(req)) do push(h, n) end
+  for _, n in ipairs(nodes(req)) do
+    n.key = n.load / n.cpus
+    push(h, n)
+  end
   local full = {}
   for _, vm in ipairs(req.vms) do
     if (vm.lnm or "") == "" then
-      local skipped, chosen = {}, nil
-      while #h > 0 do
-        local n = pop(h)
-        if fits(n, vm) then chosen = n; break end
-        skipped[#skipped + 1] = n
-      end
-      if chosen then
-        vm.lnm = chosen.name
-        take(chosen, vm)
-        push(h, chosen)
+      local top = h[1]
+      if top and fits(top, vm) then
+        vm.lnm = top.name
+        take(top, vm)
+        top.key = top.load / top.cpus
+        down(h, 1)
       else
-        full[#full + 1] = vm.name
+        local skipped, chosen = {}, nil
+        while #h > 0 do
+          local n = pop(h)
+          if fits(n, vm) then chosen = n; break end
+          skipped[#skipped + 1] = n
+        end
+        if chosen then
+          vm.lnm = chosen.name
+          take(chosen, vm)
+          chosen.key = chosen.load / chosen.cpus
+          push(h, chosen)
+        else
+          full[#full + 1] = vm.name
+        end
+        for _, n in ipairs(skipped) do push(h, n) end
       end
-      for _, n in ipairs(skipped) do push(h, n) end
     end
   end
   for _, name in ipairs(full) do req:drop(name, "no capacity") end
