@@ -26,6 +26,11 @@ type ControllerOptions struct {
 	Policy         PolicyAdmin
 	ControllerID   string
 	Known          *KnownLNMs // persisted list of LNMs (nil: none)
+	// MaxRegistering bounds LNM registrations (lnm_hello: node info,
+	// status, the list of its VMs, adoption) in progress at once; more
+	// wait their turn. After a controller restart every LNM of the site
+	// registers at the same moment. Default 64.
+	MaxRegistering int
 }
 
 // ControllerServer serves the controller's remote APIs: the client API of
@@ -37,8 +42,9 @@ type ControllerServer struct {
 	srv  *Server
 	log  *slog.Logger
 
-	mu   sync.Mutex
-	lnms map[string]*Session
+	mu     sync.Mutex
+	lnms   map[string]*Session
+	regSem chan struct{} // registrations in progress
 }
 
 // NewControllerServer builds the endpoint for c.
@@ -53,7 +59,10 @@ func NewControllerServer(c *core.Controller, tlsCfg *tls.Config, opts Controller
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	cs := &ControllerServer{c: c, opts: opts, log: log, lnms: map[string]*Session{}}
+	if opts.MaxRegistering <= 0 {
+		opts.MaxRegistering = 64
+	}
+	cs := &ControllerServer{c: c, opts: opts, log: log, lnms: map[string]*Session{}, regSem: make(chan struct{}, opts.MaxRegistering)}
 	cs.srv = NewServer(tlsCfg, opts.Server, cs.onSession)
 	return cs
 }
@@ -349,8 +358,22 @@ func (cs *ControllerServer) serveLNM(ctx context.Context, s *Session, p Peer) {
 	var gen atomic.Uint64
 	attached := make(chan struct{})
 	var once sync.Once
+	hello := make(chan struct{})
+	var helloOnce sync.Once
 	mux := NewMux()
 	mux.Handle(core.MLNMHello, call(func(ctx context.Context, a core.LNMHello) (any, error) {
+		helloOnce.Do(func() { close(hello) })
+		// Admission: a herd of LNMs reconnecting after a controller
+		// restart registers in turn instead of all at once (where each
+		// would take long enough to time out, reconnect and start over).
+		select {
+		case cs.regSem <- struct{}{}:
+			defer func() { <-cs.regSem }()
+		case <-ctx.Done():
+			return nil, Errorf(CodeUnavailable, "controller busy registering other LNMs: %v", ctx.Err())
+		case <-s.Done():
+			return nil, Errorf(CodeUnavailable, "session closed while waiting to register")
+		}
 		if a.Node.Name != p.LNM {
 			cs.log.Warn("LNM certificate names another node", "cert", p.LNM, "claimed", a.Node.Name, "remote", p.Remote)
 			time.AfterFunc(100*time.Millisecond, func() { s.Close() })
@@ -428,9 +451,13 @@ func (cs *ControllerServer) serveLNM(ctx context.Context, s *Session, p Peer) {
 	})
 	s.SetMux(mux)
 	go func() {
+		// An LNM must begin registering within the handshake timeout;
+		// how long registration then takes depends on how many others are
+		// registering (the LNM's own call deadline bounds it).
 		t := time.NewTimer(s.Limits().HandshakeTimeout)
 		defer t.Stop()
 		select {
+		case <-hello:
 		case <-attached:
 		case <-t.C:
 			cs.log.Warn("LNM did not register in time", "lnm", p.LNM)

@@ -3,7 +3,9 @@ package transport_test
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
@@ -27,6 +29,15 @@ type env struct {
 
 func start(t *testing.T, mutate func(*transport.ServerOptions)) *env {
 	t.Helper()
+	return startWith(t, func(o *transport.ControllerOptions) {
+		if mutate != nil {
+			mutate(&o.Server)
+		}
+	})
+}
+
+func startWith(t *testing.T, mutate func(*transport.ControllerOptions)) *env {
+	t.Helper()
 	dir := t.TempDir()
 	ca, err := transport.CreateCA(dir, "test CA")
 	if err != nil {
@@ -47,11 +58,12 @@ func start(t *testing.T, mutate func(*transport.ServerOptions)) *env {
 	lim.HandshakeTimeout = 500 * time.Millisecond
 	lim.MaxStreams = 16
 	lim.KeepAlive = 500 * time.Millisecond
-	so := transport.ServerOptions{Limits: lim, MaxHandshaking: 8}
+	co := transport.ControllerOptions{Server: transport.ServerOptions{Limits: lim, MaxHandshaking: 8}, ReportInterval: 200 * time.Millisecond}
 	if mutate != nil {
-		mutate(&so)
+		mutate(&co)
 	}
-	srv := transport.NewControllerServer(c, tlsCfg, transport.ControllerOptions{Server: so, ReportInterval: 200 * time.Millisecond})
+	so := co.Server
+	srv := transport.NewControllerServer(c, tlsCfg, co)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -320,5 +332,45 @@ func TestUserWithoutCertificateCannotRegisterAsLNM(t *testing.T) {
 	err := s.Call(context.Background(), core.MLNMHello, core.LNMHello{Node: core.NodeInfo{Name: "node1"}}, nil)
 	if err == nil {
 		t.Fatal("a peer without an LNM certificate registered as an LNM")
+	}
+}
+
+// TestRegistrationsWaitTheirTurn: when more LNMs register at once than the
+// controller admits, the rest wait instead of timing out, even when the
+// whole queue takes longer than the handshake timeout (500 ms here).
+func TestRegistrationsWaitTheirTurn(t *testing.T) {
+	e2 := startWith(t, func(o *transport.ControllerOptions) { o.MaxRegistering = 1 })
+	const n = 4
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("slow%d", i)
+		s := lnmSession(t, e2, name)
+		m := transport.NewMux()
+		// Each registration takes 300 ms on the LNM's side: four in turn
+		// take 1.2 s, beyond the 500 ms handshake timeout.
+		m.Handle(core.LGetNodeInfo, func(ctx context.Context, _ json.RawMessage) (any, error) {
+			time.Sleep(300 * time.Millisecond)
+			return core.NodeInfo{Name: name, CPUs: 1, MemMB: 1024, Driver: "sim"}, nil
+		})
+		m.Handle(core.LGetNodeStatus, func(ctx context.Context, _ json.RawMessage) (any, error) { return core.NodeStatus{}, nil })
+		m.Handle(core.LListVMs, func(ctx context.Context, _ json.RawMessage) (any, error) { return core.ListVMsReply{}, nil })
+		m.Handle(core.LReceive, func(ctx context.Context, _ json.RawMessage) (any, error) { return struct{}{}, nil })
+		s.SetMux(m)
+		go s.Serve(context.Background())
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			errs <- s.Call(ctx, core.MLNMHello, core.LNMHello{Node: core.NodeInfo{Name: name}}, nil)
+		}()
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("registration: %v", err)
+		}
+	}
+	for i := 0; i < n; i++ {
+		if l, ok := e2.c.State().LNM(fmt.Sprintf("slow%d", i)); !ok || l.State != core.LNMConnected {
+			t.Fatalf("slow%d not connected", i)
+		}
 	}
 }
