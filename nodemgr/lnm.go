@@ -227,12 +227,25 @@ func (l *LNM) session(ctx context.Context) error {
 	return l.report(sctx, s, st, interval)
 }
 
+// phase is a random delay in [d/2, 3d/2): the first tick of a periodic
+// timer, so that many nodes' ticks spread out.
+func phase(d time.Duration) time.Duration {
+	if d <= 0 {
+		return d
+	}
+	return d/2 + time.Duration(rand.Int64N(int64(d)))
+}
+
 // report is the one writer of the event stream: driver events, scans and
 // periodic usage reports.
 func (l *LNM) report(ctx context.Context, s *transport.Session, st *transport.Stream, interval time.Duration) error {
-	scan := time.NewTicker(l.opts.ScanInterval)
+	// The first periodic scan and report come after a random share of
+	// their interval, then every interval: nodes that (re)connected
+	// together — a whole site after a controller restart — do not report
+	// in lockstep.
+	scan := time.NewTimer(phase(l.opts.ScanInterval))
 	defer scan.Stop()
-	rep := time.NewTicker(interval)
+	rep := time.NewTimer(phase(interval))
 	defer rep.Stop()
 	events := l.drv.Events()
 	// An immediate usage report tells the controller the node's capacity.
@@ -260,10 +273,12 @@ func (l *LNM) report(ctx context.Context, s *transport.Session, st *transport.St
 				return err
 			}
 		case <-scan.C:
+			scan.Reset(l.opts.ScanInterval)
 			if err := l.sendScan(ctx, st); err != nil {
 				return err
 			}
 		case <-rep.C:
+			rep.Reset(interval)
 			if err := l.sendUsage(ctx, st); err != nil {
 				return err
 			}
