@@ -115,7 +115,7 @@ Examples:
 	fs.DurationVar(&o.budget, "budget", time.Second, "the controller's per-handler Lua budget (policy.budget; large batches need more than the 100ms default)")
 	fs.IntVar(&o.memLimitMB, "memory-limit-mb", 0, "the controller's controller.memory_limit_mb (0: none)")
 	fs.StringVar(&o.heap, "heapprofile", "", "write a heap profile of the controller at the end of the scenario to this file (and the runtime's memory figures and goroutine count to FILE.memstats, the goroutine dump to FILE.goroutines)")
-	fs.StringVar(&o.profile, "cpuprofile", "", "start-storm, requests: write a CPU profile of the controller covering the first --duration of the run to this file (and one of the first load generator to FILE.lnm)")
+	fs.StringVar(&o.profile, "cpuprofile", "", "start-storm, requests, recovery: write a CPU profile of the controller covering the first --duration of the measured phase (for recovery: of the restarted controller) to this file, and one of the first load generator to FILE.lnm")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -664,12 +664,14 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 		if err := e.startController(ctx); err != nil {
 			return err
 		}
+		stopProf := e.startProfile(ctx)
 		if err := e.waitCounts(ctx, admin, "rebuilding state", 10*time.Minute, func(c core.Counts) bool {
 			return c.Connected == o.lnms && c.VMs == o.vms && c.Lost == 0
 		}); err != nil {
 			return err
 		}
 		rep.Seconds = time.Since(start).Seconds()
+		stopProf()
 		_, rss, peak, _ := procStat(e.ctl.Process.Pid)
 		cpu, _, _, _ := procStat(e.ctl.Process.Pid)
 		rep.ControllerCPU, rep.ControllerRSS, rep.ControllerPeakRSS = cpu, rss, peak
