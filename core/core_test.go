@@ -121,3 +121,41 @@ func TestLNMQueryKeepsTheBest(t *testing.T) {
 		}
 	}
 }
+
+// TestRunningCountKeptInStep: the running counter behind Counts equals a
+// count over every VM after any sequence of inserts, state changes and
+// removals.
+func TestRunningCountKeptInStep(t *testing.T) {
+	s := newState("usher.local")
+	rng := rand.New(rand.NewPCG(3, 4))
+	states := []VMState{StateStarting, StateRunning, StatePaused, StateLost, StateRunning, StateShutoff}
+	var vms []*VM
+	for i := 0; i < 2000; i++ {
+		s.mu.Lock()
+		switch op := rng.IntN(3); {
+		case op == 0 || len(vms) == 0:
+			v := &VM{Name: FullName(fmt.Sprintf("c%d", i), "alice", "usher.local"), Short: fmt.Sprintf("c%d", i), Owner: "alice",
+				Cluster: "c", State: states[rng.IntN(len(states))]}
+			if s.insertLocked(v) {
+				vms = append(vms, v)
+			}
+		case op == 1:
+			s.setStateLocked(vms[rng.IntN(len(vms))], states[rng.IntN(len(states))], fmt.Sprint(i))
+		default:
+			j := rng.IntN(len(vms))
+			s.removeLocked(vms[j])
+			s.removeLocked(vms[j]) // twice: no double count
+			vms = append(vms[:j], vms[j+1:]...)
+		}
+		want := 0
+		for _, v := range s.vms {
+			if v.State == StateRunning {
+				want++
+			}
+		}
+		s.mu.Unlock()
+		if got := s.Counts().Running; got != want {
+			t.Fatalf("step %d: Counts says %d running, %d are", i, got, want)
+		}
+	}
+}

@@ -38,6 +38,7 @@ type State struct {
 	lost     map[string]*VM
 	missing  map[string]*VM
 	requests map[string][]*VM // owner\x00request id → VMs it created
+	running  int              // VMs in state running: kept by insert, remove and setState, so Counts is O(LNMs)
 }
 
 func newState(domain string) *State {
@@ -71,6 +72,9 @@ func (s *State) insertLocked(vm *VM) bool {
 		return false
 	}
 	s.vms[vm.Name] = vm
+	if vm.State == StateRunning {
+		s.running++
+	}
 	o := s.owners[vm.Owner]
 	if o == nil {
 		o = map[string]*VM{}
@@ -107,6 +111,9 @@ func (s *State) insertLocked(vm *VM) bool {
 
 // removeLocked deletes a VM from every index.
 func (s *State) removeLocked(vm *VM) {
+	if s.vms[vm.Name] == vm && vm.State == StateRunning {
+		s.running--
+	}
 	delete(s.vms, vm.Name)
 	if o := s.owners[vm.Owner]; o != nil {
 		delete(o, vm.Name)
@@ -169,6 +176,14 @@ func (s *State) moveLocked(vm *VM, lnm string) {
 func (s *State) setStateLocked(vm *VM, st VMState, reason string) bool {
 	if vm.State == st && vm.Reason == reason {
 		return false
+	}
+	if s.vms[vm.Name] == vm {
+		if vm.State == StateRunning {
+			s.running--
+		}
+		if st == StateRunning {
+			s.running++
+		}
 	}
 	vm.State = st
 	vm.Reason = reason
@@ -371,11 +386,7 @@ func (s *State) Counts() Counts {
 			c.Connected++
 		}
 	}
-	for _, v := range s.vms {
-		if v.State == StateRunning {
-			c.Running++
-		}
-	}
+	c.Running = s.running
 	return c
 }
 

@@ -502,6 +502,12 @@ func (cs *ControllerServer) Recover(ctx context.Context, tlsCfg *tls.Config, sel
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
+			// Most LNMs retry the old address on their own and are back
+			// before their turn comes: skip them (each announcement is a
+			// TLS handshake, and a site has thousands).
+			if l, ok := cs.c.State().LNM(n.Name); ok && l.State == core.LNMConnected {
+				return
+			}
 			actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
 			if err := Announce(actx, n.Recovery, tlsCfg, Announcement{Controller: self, ID: cs.opts.ControllerID}); err != nil {
