@@ -43,8 +43,9 @@ type ControllerServer struct {
 	log  *slog.Logger
 
 	mu     sync.Mutex
-	lnms   map[string]*Session
-	regSem chan struct{} // registrations in progress
+	lnms   map[string]*Session // registered sessions by node
+	live   map[string]int      // open LNM sessions by node, registered or not
+	regSem chan struct{}       // registrations in progress
 }
 
 // NewControllerServer builds the endpoint for c.
@@ -62,9 +63,20 @@ func NewControllerServer(c *core.Controller, tlsCfg *tls.Config, opts Controller
 	if opts.MaxRegistering <= 0 {
 		opts.MaxRegistering = 64
 	}
-	cs := &ControllerServer{c: c, opts: opts, log: log, lnms: map[string]*Session{}, regSem: make(chan struct{}, opts.MaxRegistering)}
+	cs := &ControllerServer{c: c, opts: opts, log: log, lnms: map[string]*Session{}, live: map[string]int{}, regSem: make(chan struct{}, opts.MaxRegistering)}
 	cs.srv = NewServer(tlsCfg, opts.Server, cs.onSession)
 	return cs
+}
+
+// reconnected reports whether LNM name is back: registered, or holding a
+// session that is registering (possibly waiting its turn).
+func (cs *ControllerServer) reconnected(name string) bool {
+	if l, ok := cs.c.State().LNM(name); ok && l.State == core.LNMConnected {
+		return true
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return cs.live[name] > 0
 }
 
 // Serve accepts connections on ln until ctx ends.
@@ -355,6 +367,16 @@ func (l *lnmLink) Details(ctx context.Context, a core.NamesArgs) (r core.Details
 }
 
 func (cs *ControllerServer) serveLNM(ctx context.Context, s *Session, p Peer) {
+	cs.mu.Lock()
+	cs.live[p.LNM]++
+	cs.mu.Unlock()
+	defer func() {
+		cs.mu.Lock()
+		if cs.live[p.LNM]--; cs.live[p.LNM] <= 0 {
+			delete(cs.live, p.LNM)
+		}
+		cs.mu.Unlock()
+	}()
 	var gen atomic.Uint64
 	attached := make(chan struct{})
 	var once sync.Once
@@ -505,7 +527,7 @@ func (cs *ControllerServer) Recover(ctx context.Context, tlsCfg *tls.Config, sel
 			// Most LNMs retry the old address on their own and are back
 			// before their turn comes: skip them (each announcement is a
 			// TLS handshake, and a site has thousands).
-			if l, ok := cs.c.State().LNM(n.Name); ok && l.State == core.LNMConnected {
+			if cs.reconnected(n.Name) {
 				return
 			}
 			actx, cancel := context.WithTimeout(ctx, 5*time.Second)
