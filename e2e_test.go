@@ -414,6 +414,44 @@ func TestLNMLossAndReturn(t *testing.T) {
 		})
 	}
 	rec.waitFor(t, "missing "+gone, func(ev core.Event) bool { return ev.Type == core.EvVMMissing && ev.VM.Name == gone })
+	// The registration's full sync leaves the returned LNM caching the
+	// controller's objects, and only those.
+	var names []string
+	for _, d := range r.Done[1:] {
+		names = append(names, d.Name)
+	}
+	waitCacheMatches(t, s, "node2", names)
+}
+
+// waitCacheMatches waits until LNM lnm caches exactly the named VMs, each
+// in the controller's state, reason and version.
+func waitCacheMatches(t *testing.T, s *Site, lnm string, names []string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		why := ""
+		cached := map[string]*core.VM{}
+		for _, v := range s.LNM(lnm).CachedVMs() {
+			cached[v.Name] = v
+		}
+		if len(cached) != len(names) {
+			why = fmt.Sprintf("%d objects cached, want %d", len(cached), len(names))
+		}
+		for _, n := range names {
+			ours, ok := s.Controller.State().VM(n)
+			c := cached[n]
+			if !ok || c == nil || c.State != ours.State || c.Reason != ours.Reason || c.Version != ours.Version {
+				why = fmt.Sprintf("%s: cached %+v, controller %+v", n, c, ours)
+			}
+		}
+		if why == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("LNM %s cache never matched the controller: %s", lnm, why)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func injectVanish(s *Site, node, vm string) error {

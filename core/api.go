@@ -218,7 +218,10 @@ type NamesArgs struct {
 type ReceiveArgs struct {
 	VMs    []*VM         `json:"vms"`
 	States []StateUpdate `json:"states,omitempty"`
-	Forget []string      `json:"forget,omitempty"` // drop these cached objects
+	Forget []string      `json:"forget,omitempty"` // drop these cached objects ("*": all)
+	// Sync: the VMs and States named here are the whole cache; drop every
+	// other cached object (the full sync when an LNM registers).
+	Sync bool `json:"sync,omitempty"`
 }
 
 // StateUpdate is the part of a cached VM object a state change touches.

@@ -142,6 +142,17 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 	gen := c.gen.Add(1)
 	var evs []Event
 	var acks []*VM
+	var states []StateUpdate
+	// sync tells the LNM the controller's object for a VM: only the state
+	// part when the LNM's cached object already carries the rest (the
+	// usual case, and after a controller restart every VM of the site).
+	sync := func(vm *VM, cached *VM) {
+		if cached != nil && sameBody(vm, cached) {
+			states = append(states, StateUpdate{Name: vm.Name, State: vm.State, Reason: vm.Reason, Version: vm.Version})
+			return
+		}
+		acks = append(acks, vm.Snapshot())
+	}
 	c.st.mu.Lock()
 	l := c.st.lnms[info.Name]
 	if l == nil {
@@ -175,7 +186,7 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 			if c.st.setStateLocked(vm, d.State, d.Reason) {
 				evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name})
 			}
-			acks = append(acks, vm.Snapshot())
+			sync(vm, d.Cached)
 		case managed:
 			vm = &VM{Name: d.Name, Short: short, Owner: owner, Cluster: ClusterOf(short), LNM: info.Name,
 				State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs, Version: 1, Created: now()}
@@ -194,7 +205,7 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 				}
 			}
 			c.st.insertLocked(vm)
-			acks = append(acks, vm.Snapshot())
+			sync(vm, d.Cached)
 			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name,
 				Detail: map[string]string{"adopted": "true"}})
 		default:
@@ -222,11 +233,11 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 	st := l.lnm
 	c.st.mu.Unlock()
 	evs = append([]Event{{Type: EvLNMConnected, LNM: info.Name, Detail: map[string]string{"address": st.Info.Address}}}, evs...)
-	// A full sync replaces the LNM's cache.
+	// A full sync: the LNM's cache becomes exactly these objects.
 	go func() {
 		rctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		if err := link.Receive(rctx, ReceiveArgs{VMs: acks, Forget: []string{"*"}}); err != nil {
+		if err := link.Receive(rctx, ReceiveArgs{VMs: acks, States: states, Sync: true}); err != nil {
 			c.log.Warn("initial receive to LNM failed", "lnm", info.Name, "err", err)
 		}
 	}()
@@ -234,6 +245,22 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 	c.openGateIfWhole()
 	c.log.Info("LNM connected", "lnm", info.Name, "domains", len(domains))
 	return gen, nil
+}
+
+// sameBody reports whether two objects of one VM agree in everything but
+// the state part (state, reason, version) and usage.
+func sameBody(a, b *VM) bool {
+	if a.Name != b.Name || a.Short != b.Short || a.Owner != b.Owner || a.Cluster != b.Cluster || a.LNM != b.LNM ||
+		a.MemMB != b.MemMB || a.VCPUs != b.VCPUs || a.Request != b.Request || a.Unmanage != b.Unmanage ||
+		!a.Created.Equal(b.Created) || len(a.Data) != len(b.Data) {
+		return false
+	}
+	for k, v := range a.Data {
+		if bv, ok := b.Data[k]; !ok || bv != v {
+			return false
+		}
+	}
+	return true
 }
 
 // DetachLNM marks an LNM disconnected and every VM on it lost; nothing else

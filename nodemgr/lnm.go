@@ -516,6 +516,22 @@ func (l *LNM) mux() *transport.Mux {
 func (l *LNM) receive(a core.ReceiveArgs) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if a.Sync {
+		keep := make(map[string]bool, len(a.VMs)+len(a.States))
+		for _, v := range a.VMs {
+			if v != nil {
+				keep[v.Name] = true
+			}
+		}
+		for _, u := range a.States {
+			keep[u.Name] = true
+		}
+		for n := range l.cache {
+			if !keep[n] {
+				delete(l.cache, n)
+			}
+		}
+	}
 	for _, n := range a.Forget {
 		if n == "*" {
 			l.cache = map[string]*core.VM{}

@@ -1,0 +1,75 @@
+package core
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// syncLink records the full sync an LNM receives when it registers.
+type syncLink struct{ got chan ReceiveArgs }
+
+func (l *syncLink) Start(context.Context, LNMStartArgs) (LNMResults, error) { return LNMResults{}, nil }
+func (l *syncLink) OpOn(context.Context, LNMOpArgs) (LNMResults, error)     { return LNMResults{}, nil }
+func (l *syncLink) Migrate(context.Context, LNMMigrateArgs) (LNMResults, error) {
+	return LNMResults{}, nil
+}
+func (l *syncLink) Prepare(context.Context, LNMStartArgs) (LNMResults, error) {
+	return LNMResults{}, nil
+}
+func (l *syncLink) Details(context.Context, NamesArgs) (DetailsReply, error) {
+	return DetailsReply{}, nil
+}
+func (l *syncLink) Receive(_ context.Context, a ReceiveArgs) error {
+	l.got <- a
+	return nil
+}
+
+// noHooks: events go nowhere; nothing else is called on registration.
+type noHooks struct{ Hooks }
+
+func (noHooks) Notify(Event) {}
+
+// TestRegistrationSyncSendsOnlyWhatDiffers: when an LNM registers with
+// cached objects (after a controller restart), the full sync carries only a
+// state update for a VM whose cached object agrees with the adopted one in
+// everything else, and the whole object for one that differs.
+func TestRegistrationSyncSendsOnlyWhatDiffers(t *testing.T) {
+	c := New(Config{Domain: "usher.test"}, noHooks{})
+	created := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	cached := func(short string) *VM {
+		return &VM{Name: FullName(short, "alice", "usher.test"), Short: short, Owner: "alice", Cluster: "web", LNM: "n1",
+			State: StateRunning, Reason: ReasonStarted, MemMB: 512, VCPUs: 1, Data: map[string]string{"ip": "10.0.0.7"},
+			Version: 2, Created: created, Request: "r1"}
+	}
+	same, changed := cached("web1"), cached("web2")
+	domains := []Domain{
+		{Name: same.Name, State: StateRunning, MemMB: 512, VCPUs: 1, Cached: same},
+		// The node now runs web2 with more memory than its cached object says.
+		{Name: changed.Name, State: StateRunning, MemMB: 1024, VCPUs: 1, Cached: changed},
+	}
+	link := &syncLink{got: make(chan ReceiveArgs, 1)}
+	if _, err := c.AttachLNM(context.Background(), NodeInfo{Name: "n1", CPUs: 4, MemMB: 8192}, nil, link, domains); err != nil {
+		t.Fatal(err)
+	}
+	var a ReceiveArgs
+	select {
+	case a = <-link.got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no sync sent to the LNM")
+	}
+	if !a.Sync || len(a.Forget) != 0 {
+		t.Fatalf("not a full sync: %+v", a)
+	}
+	if len(a.States) != 1 || a.States[0].Name != same.Name || len(a.VMs) != 1 || a.VMs[0].Name != changed.Name {
+		t.Fatalf("sync carries states %+v and objects %+v; want a state update for web1 and the object of web2", a.States, a.VMs)
+	}
+	ours, _ := c.State().VM(same.Name)
+	u := a.States[0]
+	if u.State != ours.State || u.Reason != ours.Reason || u.Version != ours.Version || ours.Version <= same.Version {
+		t.Fatalf("state update %+v for controller object %+v (cached version %d)", u, ours, same.Version)
+	}
+	if a.VMs[0].MemMB != 1024 {
+		t.Fatalf("object sent for web2: %+v", a.VMs[0])
+	}
+}
