@@ -56,6 +56,7 @@ type LNM struct {
 	info     core.NodeInfo
 
 	connected atomic.Bool
+	interval  atomic.Int64 // the report interval of the current session (ns)
 	sessions  atomic.Int64
 	kick      chan struct{} // asks the reporter for an immediate scan
 	wake      chan struct{} // a recovery announcement: reconnect now
@@ -239,6 +240,7 @@ func phase(d time.Duration) time.Duration {
 // report is the one writer of the event stream: driver events, scans and
 // periodic usage reports.
 func (l *LNM) report(ctx context.Context, s *transport.Session, st *transport.Stream, interval time.Duration) error {
+	l.interval.Store(int64(interval))
 	// The first periodic scan and report come after a random share of
 	// their interval, then every interval: nodes that (re)connected
 	// together — a whole site after a controller restart — do not report
@@ -286,7 +288,22 @@ func (l *LNM) report(ctx context.Context, s *transport.Session, st *transport.St
 	}
 }
 
+// The report loop is the only writer of the event stream, and the
+// controller takes an LNM whose stream is silent for three report
+// intervals as gone. A hypervisor call that hangs (libvirtd restarting, a
+// slow host) must not silence it: each scan and sample here gets one report
+// interval, and a failure sends a heartbeat instead.
+func (l *LNM) driverCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := time.Duration(l.interval.Load())
+	if d <= 0 {
+		d = 5 * time.Second
+	}
+	return context.WithTimeout(ctx, max(d, 100*time.Millisecond))
+}
+
 func (l *LNM) sendScan(ctx context.Context, st *transport.Stream) error {
+	ctx, cancel := l.driverCtx(ctx)
+	defer cancel()
 	changes, err := l.scan(ctx)
 	if err != nil {
 		l.log.Warn("scan failed", "err", err)
@@ -299,6 +316,8 @@ func (l *LNM) sendScan(ctx context.Context, st *transport.Stream) error {
 }
 
 func (l *LNM) sendUsage(ctx context.Context, st *transport.Stream) error {
+	ctx, cancel := l.driverCtx(ctx)
+	defer cancel()
 	r, err := l.sample(ctx)
 	if err != nil {
 		l.log.Warn("usage sample failed", "err", err)
