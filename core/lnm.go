@@ -107,7 +107,7 @@ func (c *Controller) ackStates(lnm string, vms []*VM) {
 	}
 	us := make([]StateUpdate, len(vms))
 	for i, v := range vms {
-		us[i] = StateUpdate{Name: v.Name, State: v.State, Reason: v.Reason, Version: v.Version}
+		us[i] = stateOf(v)
 	}
 	c.ackAll(lnm, nil, us, nil)
 }
@@ -148,7 +148,7 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 	// usual case, and after a controller restart every VM of the site).
 	sync := func(vm *VM, cached *VM) {
 		if cached != nil && sameBody(vm, cached) {
-			states = append(states, StateUpdate{Name: vm.Name, State: vm.State, Reason: vm.Reason, Version: vm.Version})
+			states = append(states, stateOf(vm))
 			return
 		}
 		acks = append(acks, vm.Snapshot())
@@ -245,6 +245,11 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 	c.openGateIfWhole()
 	c.log.Info("LNM connected", "lnm", info.Name, "domains", len(domains))
 	return gen, nil
+}
+
+// stateOf is the state part of v, as an LNM's cached object takes it.
+func stateOf(v *VM) StateUpdate {
+	return StateUpdate{Name: v.Name, State: v.State, Reason: v.Reason, Version: v.Version}
 }
 
 // sameBody reports whether two objects of one VM agree in everything but

@@ -68,12 +68,9 @@ func NewControllerServer(c *core.Controller, tlsCfg *tls.Config, opts Controller
 	return cs
 }
 
-// reconnected reports whether LNM name is back: registered, or holding a
-// session that is registering (possibly waiting its turn).
+// reconnected reports whether LNM name is back: it holds a session,
+// registered or registering (possibly waiting its turn).
 func (cs *ControllerServer) reconnected(name string) bool {
-	if l, ok := cs.c.State().LNM(name); ok && l.State == core.LNMConnected {
-		return true
-	}
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	return cs.live[name] > 0

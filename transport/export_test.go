@@ -4,6 +4,3 @@ import "net"
 
 // RawStream opens a stream without sending a call frame (tests only).
 func RawStream(s *Session) (net.Conn, error) { return s.ys.OpenStream() }
-
-// RefusePipe makes s answer call-pipe requests as a peer without the pipe.
-func RefusePipe(s *Session) { s.refusePipe = true }

@@ -365,11 +365,10 @@ func (s *Session) servePipe(ctx context.Context, st *yamux.Stream, mux *Mux) {
 	}
 	st.SetDeadline(time.Time{})
 	write(appendFrame(nil, []byte(pipeHello)))
-	br := st // unbuffered: see readLoop
 	for {
 		// An idle pipe waits for calls as long as the session lives (the
 		// session's keepalive notices a dead peer and closes it).
-		b, err := ReadFrame(br, s.limits.MaxFrame)
+		b, err := ReadFrame(st, s.limits.MaxFrame) // unbuffered: see readLoop
 		shrink(st)
 		if errors.Is(err, ErrFrameTooLarge) {
 			// Answer it and skip its bytes: the pipe and the calls queued
@@ -379,10 +378,10 @@ func (s *Session) servePipe(ctx context.Context, st *yamux.Stream, mux *Mux) {
 			if n < 8 {
 				return
 			}
-			if _, err := io.ReadFull(br, id[:]); err != nil {
+			if _, err := io.ReadFull(st, id[:]); err != nil {
 				return
 			}
-			if _, err := io.CopyN(io.Discard, br, n-8); err != nil {
+			if _, err := io.CopyN(io.Discard, st, n-8); err != nil {
 				return
 			}
 			body, _ := Marshal(Errorf(CodeBadRequest, "call frame too large: %d bytes, limit %d", n, s.limits.MaxFrame))

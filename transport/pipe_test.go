@@ -18,6 +18,11 @@ import (
 // side serves echo (returns its args), block (waits for its context) and
 // fail (returns a coded error).
 func pipePair(t *testing.T, mutate func(server *Session)) (client, server *Session) {
+	return pipePairIdle(t, mutate, 0)
+}
+
+// pipePairIdle is pipePair with the caller's PipeIdle set (0: default).
+func pipePairIdle(t *testing.T, mutate func(server *Session), idle time.Duration) (client, server *Session) {
 	t.Helper()
 	a, b := net.Pipe()
 	lim := DefaultLimits()
@@ -27,7 +32,7 @@ func pipePair(t *testing.T, mutate func(server *Session)) (client, server *Sessi
 	if err != nil {
 		t.Fatal(err)
 	}
-	if idle := pipeIdleForTest; idle > 0 {
+	if idle > 0 {
 		lim.PipeIdle = idle
 	}
 	client, err = NewSession(b, false, lim, nil)
@@ -54,9 +59,6 @@ func pipePair(t *testing.T, mutate func(server *Session)) (client, server *Sessi
 	t.Cleanup(func() { cancel(); client.Close(); server.Close() })
 	return client, server
 }
-
-// pipeIdleForTest, when set, is the caller's PipeIdle in pipePair.
-var pipeIdleForTest time.Duration
 
 func echo(t *testing.T, s *Session, v string) {
 	t.Helper()
@@ -256,9 +258,7 @@ func FuzzPipeDecode(f *testing.F) {
 }
 
 func TestPipeClosesWhenIdleAndReopens(t *testing.T) {
-	pipeIdleForTest = 100 * time.Millisecond
-	c, srv := pipePair(t, nil)
-	pipeIdleForTest = 0
+	c, srv := pipePairIdle(t, nil, 100*time.Millisecond)
 	echo(t, c, "one")
 	// Idle: the caller closes its pipe and the server's pipe stream ends.
 	deadline := time.Now().Add(10 * time.Second)
