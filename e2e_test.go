@@ -564,3 +564,92 @@ func TestStartLeavesLNMCacheCurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestLaggingClientResyncsInSession: a client whose feed the controller
+// cuts off for falling behind reloads its cache on the same session (no
+// disconnect, no new handshake or authentication), and nothing is lost:
+// the VMs started while it lagged are all in its cache, and later events
+// still arrive.
+func TestLaggingClientResyncsInSession(t *testing.T) {
+	s, _ := testSite(t, 2, func(o *SiteOptions) {
+		o.Controller.EventBuffer = 16
+		o.SimCPUs, o.SimMemMB = 100000, 1<<30
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	alice, err := s.Client(ctx, "alice", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	var connMu sync.Mutex
+	var conns []client.ConnState
+	alice.OnConn(func(st client.ConnState, _ error) {
+		connMu.Lock()
+		conns = append(conns, st)
+		connMu.Unlock()
+	})
+	// alice's event goroutine stalls in a callback until released: her
+	// feed backs up at the controller while another session starts VMs.
+	gate, stalled := make(chan struct{}), make(chan struct{}, 1)
+	var once sync.Once
+	alice.OnEvent(func(core.Event) {
+		once.Do(func() {
+			stalled <- struct{}{}
+			<-gate
+		})
+	})
+	other, err := s.Client(ctx, "alice", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	for i := 0; i < 8; i++ {
+		r, err := other.Start(ctx, core.StartArgs{Cluster: fmt.Sprintf("lag%d", i), Count: 25})
+		if err != nil || r.OK() != 25 {
+			t.Fatalf("start: %v %+v", err, r)
+		}
+		if i == 0 {
+			select {
+			case <-stalled:
+			case <-ctx.Done():
+				t.Fatal("alice's feed never delivered an event")
+			}
+		}
+	}
+	// 200 VMs' events against a buffer of 16: the controller has cut the
+	// lagging feed off; wait until only other's feed and whatever alice
+	// reopens remain, then let alice go.
+	deadline := time.Now().Add(20 * time.Second)
+	for s.Controller.Subscribers() > 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the lagging feed was not cut off (%d feeds)", s.Controller.Subscribers())
+		}
+		time.Sleep(10 * time.Millisecond) // polling a counter
+	}
+	close(gate)
+	for len(alice.VMs()) != 200 {
+		if time.Now().After(deadline) {
+			t.Fatalf("alice's cache holds %d VMs after the resync, want 200", len(alice.VMs()))
+		}
+		time.Sleep(10 * time.Millisecond) // polling a converging cache
+	}
+	// the new feed is live: a later start shows up without a reload
+	if r, err := other.Start(ctx, core.StartArgs{Cluster: "after", Count: 1}); err != nil || r.OK() != 1 {
+		t.Fatalf("start after resync: %v %+v", err, r)
+	}
+	for len(alice.VMs()) != 201 {
+		if time.Now().After(deadline) {
+			t.Fatalf("alice's cache holds %d VMs, want 201", len(alice.VMs()))
+		}
+		time.Sleep(10 * time.Millisecond) // polling a converging cache
+	}
+	if !alice.Connected() {
+		t.Fatal("alice is not connected after the resync")
+	}
+	connMu.Lock()
+	defer connMu.Unlock()
+	if len(conns) != 0 {
+		t.Fatalf("the resync went through connection changes %v; want none (same session)", conns)
+	}
+}

@@ -63,6 +63,7 @@ type Client struct {
 	id       core.Identity
 	domain   string
 	cache    map[string]*core.VM
+	listSeq  uint64 // Seq of the list the cache was loaded from
 	handlers map[int]func(core.Event)
 	connCB   map[int]func(ConnState, error)
 	nextH    int
@@ -135,55 +136,121 @@ func (c *Client) dial(ctx context.Context) error {
 		s.Close()
 		return fmt.Errorf("authenticating as %s: %w", c.cfg.User, err)
 	}
-	evs, err := s.OpenStream(ctx, core.MEvents, map[string]any{"cluster": c.cfg.Cluster})
-	if err != nil {
+	if err := c.load(ctx, s, &rep); err != nil {
 		s.Close()
 		return err
 	}
-	// Wait until the feed is live so no change between load and feed is lost.
+	return nil
+}
+
+// feed is one event stream of a session. Until the cache has been loaded
+// the stream's events are held in pending (the feed is read all the time,
+// so a long list never makes the controller cut a lagging feed off).
+type feed struct {
+	mu      sync.Mutex
+	loading bool
+	pending []core.Event
+}
+
+// load opens the event feed on s, waits until it is live, loads the cache
+// with list and then applies the events that arrived meanwhile and are
+// newer than the list. With rep set (a new session) the session becomes
+// the client's current one; without (a resync after the feed fell behind)
+// s must still be current.
+func (c *Client) load(ctx context.Context, s *transport.Session, rep *core.AuthReply) error {
+	evs, err := s.OpenStream(ctx, core.MEvents, map[string]any{"cluster": c.cfg.Cluster})
+	if err != nil {
+		return fmt.Errorf("opening event stream: %w", err)
+	}
 	if env, err := evs.Recv(30 * time.Second); err != nil || env.Method != "ready" {
-		s.Close()
+		evs.Close()
 		if err == nil {
 			err = fmt.Errorf("event stream: %s", env.Method)
 		}
 		return fmt.Errorf("opening event stream: %w", err)
 	}
-	// Reload after the feed is live: the authoritative list wins.
+	f := &feed{loading: true}
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		evs.Close()
+		return errors.New("client closed")
+	}
+	c.sessWG.Add(1) // before Close can start waiting: it sets closed under mu first
+	c.mu.RUnlock()
+	go c.eventLoop(s, evs, f)
 	var lst core.ListReply
 	lctx, lcancel := context.WithTimeout(ctx, 60*time.Second)
 	err = s.Call(lctx, core.MList, core.ListArgs{Cluster: c.cfg.Cluster}, &lst)
 	lcancel()
 	if err != nil {
-		s.Close()
+		evs.Close()
 		return fmt.Errorf("loading VMs: %w", err)
 	}
+	cache := make(map[string]*core.VM, len(lst.VMs))
+	for _, v := range lst.VMs {
+		cache[v.Name] = v
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		s.Close()
+		evs.Close()
 		return errors.New("client closed")
 	}
-	old := c.sess
-	c.sess = s
-	c.id = rep.Identity
-	c.domain = rep.Domain
-	c.cache = make(map[string]*core.VM, len(lst.VMs))
-	for _, v := range lst.VMs {
-		c.cache[v.Name] = v
+	var old *transport.Session
+	if rep != nil {
+		old = c.sess
+		c.sess = s
+		c.id = rep.Identity
+		c.domain = rep.Domain
+	} else if c.sess != s {
+		c.mu.Unlock()
+		evs.Close()
+		return errors.New("session replaced during resync")
+	}
+	base := lst.Seq
+	if rep == nil && lst.Seq < c.listSeq {
+		// A load that overtook this one installed a newer list: keep it,
+		// and apply only what is newer than that.
+		base = c.listSeq
+	} else {
+		c.cache = cache
+		c.listSeq = lst.Seq
 	}
 	c.mu.Unlock()
-	if old != nil {
+	if old != nil && old != s {
 		old.Close()
 	}
-	c.sessWG.Add(1)
-	go c.eventLoop(s, evs)
+	// The list is authoritative as of its Seq; what was held back and is
+	// newer goes on top (events carry whole objects, so order by number is
+	// all that matters). An older controller sends no Seq: apply them all.
+	for _, ev := range f.pending {
+		if base == 0 || ev.Seq > base {
+			c.apply(ev)
+		}
+	}
+	f.pending, f.loading = nil, false
 	return nil
 }
 
-func (c *Client) eventLoop(s *transport.Session, st *transport.Stream) {
+func (c *Client) eventLoop(s *transport.Session, st *transport.Stream, f *feed) {
 	defer c.sessWG.Done()
 	bound := 3*s.Limits().KeepAlive + 5*time.Second
+	deliver := func(evs ...core.Event) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.loading {
+			f.pending = append(f.pending, evs...)
+			return
+		}
+		for _, ev := range evs {
+			c.apply(ev)
+		}
+	}
 	var err error
+	overflow := false
 	for {
 		var env *transport.Envelope
 		env, err = st.Recv(bound)
@@ -194,16 +261,15 @@ func (c *Client) eventLoop(s *transport.Session, st *transport.Stream) {
 		case "event":
 			var ev core.Event
 			if transport.Unmarshal(env.Args, &ev) == nil {
-				c.apply(ev)
+				deliver(ev)
 			}
 		case "events":
 			var evs []core.Event
 			if transport.Unmarshal(env.Args, &evs) == nil {
-				for _, ev := range evs {
-					c.apply(ev)
-				}
+				deliver(evs...)
 			}
 		case "overflow":
+			overflow = true
 			err = errors.New("event feed overflowed; reloading")
 		}
 		if err != nil {
@@ -211,11 +277,43 @@ func (c *Client) eventLoop(s *transport.Session, st *transport.Stream) {
 		}
 	}
 	st.Close()
+	if overflow && !s.IsClosed() {
+		// The controller dropped the feed because it fell behind: open a
+		// new one and reload on the same session (no new handshake or
+		// authentication).
+		c.mu.RLock()
+		if c.closed || c.sess != s {
+			c.mu.RUnlock()
+			return
+		}
+		c.log.Info("event feed fell behind; reloading the cache")
+		c.sessWG.Add(1)
+		c.mu.RUnlock()
+		go func() {
+			defer c.sessWG.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			defer cancel()
+			if err := c.load(ctx, s, nil); err != nil {
+				c.log.Info("reloading after the feed fell behind failed; reconnecting", "err", err)
+				c.lost(s, err)
+			}
+		}()
+		return
+	}
+	c.lost(s, err)
+}
+
+// lost handles the end of session s: if it is still the client's current
+// session, it is closed and the reconnect loop starts (unless disabled).
+func (c *Client) lost(s *transport.Session, err error) {
 	s.Close()
-	c.mu.RLock()
+	c.mu.Lock()
 	current := c.sess == s
+	if current {
+		c.sess = nil // only the first to notice starts the reconnect
+	}
 	closed := c.closed
-	c.mu.RUnlock()
+	c.mu.Unlock()
 	if !current || closed {
 		return
 	}

@@ -44,12 +44,12 @@ type AuthArgs struct {
 	Cluster  string `json:"cluster,omitempty"` // only receive this cluster's VMs
 }
 
-// AuthReply answers AuthArgs: the identity and the user's VMs (the cached
-// objects the client starts with).
+// AuthReply answers AuthArgs: the identity and the site's domain. The
+// client loads its cached objects with list after opening its event feed
+// (so no change between the two is lost); they are not repeated here.
 type AuthReply struct {
 	Identity Identity `json:"identity"`
 	Domain   string   `json:"domain"`
-	VMs      []*VM    `json:"vms"`
 }
 
 // ListArgs selects VMs. Names empty means every VM the caller may see.
@@ -61,12 +61,14 @@ type ListArgs struct {
 	Lists   bool     `json:"lists,omitempty"`  // include lost/missing/unmanaged (admins)
 }
 
-// ListReply answers list.
+// ListReply answers list. Seq is the number of the last event published
+// before the list was taken: every later change comes with a higher one.
 type ListReply struct {
-	VMs       []*VM `json:"vms"`
-	Lost      []*VM `json:"lost,omitempty"`
-	Missing   []*VM `json:"missing,omitempty"`
-	Unmanaged []*VM `json:"unmanaged,omitempty"`
+	Seq       uint64 `json:"seq,omitempty"`
+	VMs       []*VM  `json:"vms"`
+	Lost      []*VM  `json:"lost,omitempty"`
+	Missing   []*VM  `json:"missing,omitempty"`
+	Unmanaged []*VM  `json:"unmanaged,omitempty"`
 }
 
 // ListLNMsArgs selects LNMs; empty Names means all.

@@ -290,9 +290,10 @@ func (c *Controller) List(ctx context.Context, id Identity, a ListArgs) (*ListRe
 		}
 		return a.Cluster == "" || v.Cluster == a.Cluster
 	}
-	rep := &ListReply{}
+	// Every change after this point has an event numbered above Seq: a
+	// client that subscribed before listing applies only those on top.
+	rep := &ListReply{Seq: c.seq.Load()}
 	c.st.mu.RLock()
-	defer c.st.mu.RUnlock()
 	switch {
 	case len(a.Names) > 0:
 		m := make(map[string]*VM, len(a.Names))
@@ -318,14 +319,18 @@ func (c *Controller) List(ctx context.Context, id Identity, a ListArgs) (*ListRe
 		} else {
 			rep.Lost = cloneVMs(c.st.lost, a.Status, nil)
 			rep.Missing = cloneVMs(c.st.missing, a.Status, nil)
-			um := map[string]*VM{}
+			var um []*VM
 			for _, l := range c.st.lnms {
-				for n, v := range l.unmanaged {
-					um[n] = v
-				}
+				um = append(um, cloneVMs(l.unmanaged, a.Status, nil)...)
 			}
-			rep.Unmanaged = cloneVMs(um, a.Status, nil)
+			if len(um) > 0 {
+				rep.Unmanaged = um
+			}
 		}
+	}
+	c.st.mu.RUnlock()
+	for _, l := range [][]*VM{rep.VMs, rep.Lost, rep.Missing, rep.Unmanaged} {
+		sortVMs(l)
 	}
 	return rep, nil
 }
@@ -367,11 +372,6 @@ func (c *Controller) Clusters(id Identity, all bool) []Cluster {
 		return c.st.Clusters("")
 	}
 	return c.st.Clusters(id.User)
-}
-
-// MyVMs returns the cached objects a client receives on connect.
-func (c *Controller) MyVMs(id Identity, cluster string) []*VM {
-	return c.st.VMsOf(id.User, cluster)
 }
 
 // ---------------------------------------------------------------------------
@@ -680,7 +680,9 @@ func (c *Controller) replay(id Identity, a StartArgs) *Result {
 		n = len(a.Names)
 	}
 	res := &Result{ID: a.ID, Requested: n}
-	for _, v := range cloneVMs(map[string]*VM(indexByName(vms)), false, nil) {
+	snap := cloneVMs(map[string]*VM(indexByName(vms)), false, nil)
+	sortVMs(snap)
+	for _, v := range snap {
 		ok := v.State != StateFailed && v.State != StateLost && v.State != StateMissing
 		r := VMResult{Name: v.Name, OK: ok, State: v.State, LNM: v.LNM, VM: v}
 		if !ok {

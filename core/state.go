@@ -234,36 +234,85 @@ func (s *State) dropEmptyClusterLocked(owner, cluster string) {
 	}
 }
 
+// cloneVMs copies the VMs of m that keep accepts, in no order; the caller
+// holds mu (for reading) and sorts the copies with sortVMs after releasing
+// it, so a long list does not hold writers off while it is sorted.
 func cloneVMs(m map[string]*VM, withUsage bool, keep func(*VM) bool) []*VM {
 	out := make([]*VM, 0, len(m))
 	for _, v := range m {
 		if keep != nil && !keep(v) {
 			continue
 		}
-		c := v.Clone()
-		if !withUsage {
-			c.Usage = nil
+		c := *v
+		if v.Data != nil {
+			c.Data = make(map[string]string, len(v.Data))
+			for k, val := range v.Data {
+				c.Data[k] = val
+			}
 		}
-		out = append(out, c)
+		c.Usage = nil
+		if withUsage && v.Usage != nil {
+			u := *v.Usage
+			c.Usage = &u
+		}
+		out = append(out, &c)
 	}
-	sort.Slice(out, func(i, j int) bool { return lessVM(out[i], out[j]) })
 	return out
 }
 
-// lessVM orders VMs by owner, cluster, then natural index.
-func lessVM(a, b *VM) bool {
-	if a.Owner != b.Owner {
-		return a.Owner < b.Owner
+// sortVMs orders VMs by owner, cluster, then natural index (web2 before
+// web10), then name. Owners and clusters are ranked once and indexes
+// parsed once, so a list of a million VMs sorts on integers.
+func sortVMs(vms []*VM) {
+	if len(vms) < 2 {
+		return
 	}
-	if a.Cluster != b.Cluster {
-		return a.Cluster < b.Cluster
+	type key struct {
+		owner, cluster int32
+		idx            int
+		ok             bool
+		v              *VM
 	}
-	ai, aok := indexOf(a.Short, a.Cluster)
-	bi, bok := indexOf(b.Short, b.Cluster)
-	if aok && bok && ai != bi {
-		return ai < bi
+	owners, clusters := map[string]int32{}, map[string]int32{}
+	for _, v := range vms {
+		owners[v.Owner] = 0
+		clusters[v.Cluster] = 0
 	}
-	return a.Name < b.Name
+	rank := func(m map[string]int32) {
+		names := make([]string, 0, len(m))
+		for n := range m {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		for i, n := range names {
+			m[n] = int32(i)
+		}
+	}
+	rank(owners)
+	rank(clusters)
+	keys := make([]key, len(vms))
+	for i, v := range vms {
+		n, ok := indexOf(v.Short, v.Cluster)
+		keys[i] = key{owners[v.Owner], clusters[v.Cluster], n, ok, v}
+	}
+	slices.SortFunc(keys, func(a, b key) int {
+		if a.owner != b.owner {
+			return int(a.owner - b.owner)
+		}
+		if a.cluster != b.cluster {
+			return int(a.cluster - b.cluster)
+		}
+		if a.ok && b.ok && a.idx != b.idx {
+			if a.idx < b.idx {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.v.Name, b.v.Name)
+	})
+	for i := range keys {
+		vms[i] = keys[i].v
+	}
 }
 
 // --- StateView implementation ---
@@ -282,26 +331,35 @@ func (s *State) VM(name string) (*VM, bool) {
 // VMsOf implements StateView.
 func (s *State) VMsOf(owner, cluster string) []*VM {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
+	m := s.owners[owner]
 	if cluster != "" {
-		c := s.clusters[clusterKey{owner, cluster}]
-		if c == nil {
-			return nil
+		m = nil
+		if c := s.clusters[clusterKey{owner, cluster}]; c != nil {
+			m = c.vms
 		}
-		return cloneVMs(c.vms, true, nil)
 	}
-	return cloneVMs(s.owners[owner], true, nil)
+	if m == nil {
+		s.mu.RUnlock()
+		return nil
+	}
+	out := cloneVMs(m, true, nil)
+	s.mu.RUnlock()
+	sortVMs(out)
+	return out
 }
 
 // VMsOn implements StateView.
 func (s *State) VMsOn(lnm string) []*VM {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
 	l := s.lnms[lnm]
 	if l == nil {
+		s.mu.RUnlock()
 		return nil
 	}
-	return cloneVMs(l.vms, true, nil)
+	out := cloneVMs(l.vms, true, nil)
+	s.mu.RUnlock()
+	sortVMs(out)
+	return out
 }
 
 // CountOf implements StateView.
@@ -346,7 +404,9 @@ func (s *State) Clusters(owner string) []Cluster {
 			continue
 		}
 		cl := Cluster{Name: k.name, Owner: k.owner}
-		for _, v := range cloneVMs(c.vms, false, nil) {
+		vms := cloneVMs(c.vms, false, nil)
+		sortVMs(vms)
+		for _, v := range vms {
 			cl.VMs = append(cl.VMs, v.Name)
 		}
 		out = append(out, cl)

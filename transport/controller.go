@@ -169,7 +169,7 @@ func (cs *ControllerServer) serveClient(ctx context.Context, s *Session, p Peer)
 		ident.Store(&id)
 		authOnce.Do(func() { close(authed) })
 		cs.log.Info("user connected", "user", id.User, "remote", p.Remote)
-		return core.AuthReply{Identity: id, Domain: cs.c.Domain(), VMs: cs.c.MyVMs(id, a.Cluster)}, nil
+		return core.AuthReply{Identity: id, Domain: cs.c.Domain()}, nil
 	}))
 	mux.Handle(core.MWhoami, call(func(ctx context.Context, _ struct{}) (any, error) {
 		return need()
