@@ -502,7 +502,11 @@ func (e *benchEnv) waitCounts(ctx context.Context, admin *client.Client, what st
 			return nil
 		}
 		if time.Since(last) > 2*time.Second {
-			e.progress("%s: %d/%d LNMs connected, %d VMs (%d running)", what, c.Connected, c.LNMs, c.VMs, c.Running)
+			extra := ""
+			if c.Lost+c.Missing > 0 {
+				extra = fmt.Sprintf(", %d lost, %d missing", c.Lost, c.Missing)
+			}
+			e.progress("%s: %d/%d LNMs connected, %d VMs (%d running%s)", what, c.Connected, c.LNMs, c.VMs, c.Running, extra)
 			last = time.Now()
 		}
 		if time.Now().After(deadline) {
