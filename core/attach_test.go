@@ -73,3 +73,46 @@ func TestRegistrationSyncSendsOnlyWhatDiffers(t *testing.T) {
 		t.Fatalf("object sent for web2: %+v", a.VMs[0])
 	}
 }
+
+// TestListOrderAndSeq: list returns VMs by owner, cluster, then natural
+// index (web2 before web10), and its Seq is the number of the last event
+// published before the list was taken.
+func TestListOrderAndSeq(t *testing.T) {
+	c := New(Config{Domain: "usher.test"}, allowHooks{})
+	var domains []Domain
+	for _, v := range []struct{ short, owner string }{
+		{"web10", "alice"}, {"web2", "alice"}, {"db1", "alice"}, {"web1", "alice"}, {"webx", "alice"}, {"web3", "bob"},
+	} {
+		domains = append(domains, Domain{Name: FullName(v.short, v.owner, "usher.test"), State: StateRunning, MemMB: 64, VCPUs: 1})
+	}
+	link := &syncLink{got: make(chan ReceiveArgs, 1)}
+	if _, err := c.AttachLNM(context.Background(), NodeInfo{Name: "n1", CPUs: 4, MemMB: 8192}, nil, link, domains); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := c.List(context.Background(), Identity{User: "root", Admin: true}, ListArgs{All: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, v := range rep.VMs {
+		got = append(got, v.Short+"."+v.Owner)
+	}
+	want := []string{"db1.alice", "web1.alice", "web2.alice", "web10.alice", "webx.alice", "web3.bob"}
+	if len(got) != len(want) {
+		t.Fatalf("listed %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("listed %v, want %v", got, want)
+		}
+	}
+	// one lnm_connected event and one adoption event per VM came first
+	if rep.Seq != uint64(1+len(domains)) {
+		t.Fatalf("list seq %d, want %d (the events published before it)", rep.Seq, 1+len(domains))
+	}
+}
+
+// allowHooks authorizes everything; events go nowhere.
+type allowHooks struct{ noHooks }
+
+func (allowHooks) Authorize(context.Context, *Request) error { return nil }
