@@ -5,7 +5,11 @@
 // ranges (sneetch[1-10]) or cluster names, and the user's VM objects cached
 // locally and kept current by pushed events, with callbacks for changes.
 // Requests the cache already knows to be invalid (a VM that does not exist
-// or is not the user's) fail locally with a clear error.
+// or is not the user's) fail locally with a clear error. The cache is loaded
+// with list after the event feed is open, the feed is read throughout (what
+// arrives meanwhile and is newer than the list is applied on top), and a
+// feed the controller cuts off for lagging is reopened and the cache
+// reloaded on the same session.
 //
 // The shell (ush), the CLI, tests and third-party tools use it. It may
 // import core and transport.
