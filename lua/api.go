@@ -303,7 +303,7 @@ func (ls *lstate) apiLNM(L *glua.LState) int {
 		L.Push(glua.LNil)
 		return 1
 	}
-	L.Push(lnmTable(L, n))
+	L.Push(lnmValue(L, n))
 	return 1
 }
 
@@ -345,7 +345,7 @@ func (ls *lstate) apiLNMs(L *glua.LState) int {
 	}
 	t := L.CreateTable(len(ns), 0)
 	for i, n := range ns {
-		t.RawSetInt(i+1, lnmTable(L, n))
+		t.RawSetInt(i+1, lnmValue(L, n))
 	}
 	L.Push(t)
 	return 1

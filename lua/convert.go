@@ -388,32 +388,6 @@ func vmTable(L *glua.LState, v *core.VM) *glua.LTable {
 	return t
 }
 
-func lnmTable(L *glua.LState, n *core.LNM) *glua.LTable {
-	info := L.CreateTable(0, 7)
-	info.RawSetString("name", glua.LString(n.Info.Name))
-	setStr(info, "address", n.Info.Address)
-	info.RawSetString("driver", glua.LString(n.Info.Driver))
-	info.RawSetString("cpus", glua.LNumber(n.Info.CPUs))
-	info.RawSetString("mem_mb", glua.LNumber(n.Info.MemMB))
-	setStr(info, "hostname", n.Info.Hostname)
-	setStr(info, "model", n.Info.Model)
-	st := L.CreateTable(0, 5)
-	st.RawSetString("vms", glua.LNumber(n.Status.VMs))
-	st.RawSetString("free_mem_mb", glua.LNumber(n.Status.FreeMemMB))
-	st.RawSetString("free_vcpus", glua.LNumber(n.Status.FreeVCPUs))
-	st.RawSetString("usage", usageValue(L, n.Status.Usage))
-	st.RawSetString("reported_at", glua.LNumber(n.Status.ReportedAt))
-	t := L.CreateTable(0, 6)
-	t.RawSetString("info", info)
-	t.RawSetString("status", st)
-	t.RawSetString("state", glua.LString(string(n.State)))
-	t.RawSetString("since", unixf(n.Since))
-	// conveniences
-	t.RawSetString("name", glua.LString(n.Info.Name))
-	t.RawSetString("connected", glua.LBool(n.State == core.LNMConnected))
-	return t
-}
-
 func clusterTable(L *glua.LState, c core.Cluster) *glua.LTable {
 	t := L.CreateTable(0, 3)
 	t.RawSetString("name", glua.LString(c.Name))
