@@ -608,8 +608,7 @@ func (c *Controller) start(ctx context.Context, id Identity, a StartArgs, dry bo
 			res.set(VMResult{Name: rv.Name, Error: "no placement policy chose an LNM"})
 			continue
 		}
-		l, known := c.st.LNM(rv.LNM)
-		if !known || l.State != LNMConnected {
+		if !c.st.connected(rv.LNM) {
 			res.set(VMResult{Name: rv.Name, Error: fmt.Sprintf("LNM %q is not connected", rv.LNM)})
 			continue
 		}
@@ -815,8 +814,7 @@ func (c *Controller) opOn(ctx context.Context, id Identity, a OpArgs, dry bool) 
 			res.set(VMResult{Name: rv.Name, Error: "no such VM"})
 			continue
 		}
-		l, known := c.st.LNM(vm.LNM)
-		if !known || l.State != LNMConnected {
+		if !c.st.connected(vm.LNM) {
 			res.set(VMResult{Name: rv.Name, Error: fmt.Sprintf("LNM %q is not connected (VM is %s)", vm.LNM, vm.State)})
 			continue
 		}

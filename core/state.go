@@ -381,6 +381,15 @@ func (s *State) LNM(name string) (*LNM, bool) {
 	return &c, true
 }
 
+// connected reports whether the named LNM is known and connected (a
+// per-VM check on the start path: no copy of the record).
+func (s *State) connected(name string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	l := s.lnms[name]
+	return l != nil && l.lnm.State == LNMConnected
+}
+
 // LNMs implements StateView.
 func (s *State) LNMs() []*LNM {
 	s.mu.RLock()

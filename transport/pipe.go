@@ -297,8 +297,15 @@ func (p *pipe) call(ctx context.Context, method string, args []byte, deadline ti
 	}
 
 	defer p.last.Store(time.Now().UnixNano())
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
+	// A caller whose context ends by the deadline needs no timer of its
+	// own (the usual case: Call takes the deadline from ctx). Timers are
+	// not free with tens of thousands in flight.
+	var expired <-chan time.Time
+	if d, ok := ctx.Deadline(); !ok || d.After(deadline) {
+		timer := time.NewTimer(time.Until(deadline))
+		defer timer.Stop()
+		expired = timer.C
+	}
 	var r pipeReply
 	select {
 	case r = <-ch:
@@ -310,7 +317,7 @@ func (p *pipe) call(ctx context.Context, method string, args []byte, deadline ti
 			replyChans.Put(ch)
 		}
 		return fmt.Errorf("%s: %w", method, ctx.Err())
-	case <-timer.C:
+	case <-expired:
 		if !forget() {
 			<-ch
 			replyChans.Put(ch)
