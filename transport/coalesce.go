@@ -3,6 +3,7 @@ package transport
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,6 +26,7 @@ type coalescer struct {
 	net.Conn
 	writeTimeout time.Duration
 	max          int
+	read         atomic.Int64 // when the last bytes were read (UnixNano)
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -38,8 +40,21 @@ type coalescer struct {
 func newCoalescer(c net.Conn, writeTimeout time.Duration) *coalescer {
 	w := &coalescer{Conn: c, writeTimeout: writeTimeout, max: 1 << 20}
 	w.cond = sync.NewCond(&w.mu)
+	w.read.Store(time.Now().UnixNano())
 	return w
 }
+
+// Read reads from the connection and notes when something arrived (the
+// session's keepalive pings only a peer it has not heard from).
+func (w *coalescer) Read(p []byte) (int, error) {
+	n, err := w.Conn.Read(p)
+	if n > 0 {
+		w.read.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+func (w *coalescer) lastRead() time.Time { return time.Unix(0, w.read.Load()) }
 
 // Write queues p. It blocks only while more than max bytes are queued.
 func (w *coalescer) Write(p []byte) (int, error) {
