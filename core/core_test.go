@@ -1,6 +1,7 @@
 package core
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -156,6 +157,83 @@ func TestRunningCountKeptInStep(t *testing.T) {
 		s.mu.Unlock()
 		if got := s.Counts().Running; got != want {
 			t.Fatalf("step %d: Counts says %d running, %d are", i, got, want)
+		}
+	}
+}
+
+// TestLNMQuerySlotsKeptInStep: the slots LNM queries scan agree with the
+// records after any sequence of registrations, reports, disconnections,
+// recovery bookkeeping and VM reservations: a query over the state returns
+// what the same query over a plain list of the records returns.
+func TestLNMQuerySlotsKeptInStep(t *testing.T) {
+	c := New(Config{Domain: "usher.test"}, allowHooks{})
+	rng := rand.New(rand.NewPCG(5, 6))
+	gens := map[string]uint64{}
+	var vms []*VM
+	name := func() string { return fmt.Sprintf("n%02d", rng.IntN(40)) }
+	status := func() *NodeStatus {
+		st := &NodeStatus{FreeMemMB: rng.IntN(4) * 1024, FreeVCPUs: rng.IntN(8), VMs: rng.IntN(3)}
+		st.Usage.CPU.M1 = float64(rng.IntN(3)) / 2
+		return st
+	}
+	for step := 0; step < 3000; step++ {
+		switch op := rng.IntN(7); op {
+		case 0: // (re)registration
+			n := name()
+			g, err := c.AttachLNM(context.Background(), NodeInfo{Name: n, CPUs: 1 + rng.IntN(4)}, status(), &syncLink{got: make(chan ReceiveArgs, 1)}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gens[n] = g
+		case 1: // a usage report
+			if n := name(); gens[n] != 0 {
+				c.HandleReport(n, gens[n], LNMReport{Node: status()})
+			}
+		case 2: // a disconnection
+			if n := name(); gens[n] != 0 {
+				c.DetachLNM(n, gens[n], "test")
+				gens[n] = 0
+			}
+		case 3: // recovery bookkeeping
+			c.ExpectLNMs([]NodeInfo{{Name: name(), CPUs: 2}})
+			if rng.IntN(10) == 0 {
+				c.EndGrace()
+			}
+		case 4, 5: // a VM placed (capacity reserved while it starts)
+			vm := &VM{Name: fmt.Sprintf("v%d.alice.usher.test", step), Short: fmt.Sprintf("v%d", step), Owner: "alice",
+				Cluster: "v", LNM: name(), State: StateStarting, MemMB: 256 * rng.IntN(3), VCPUs: rng.IntN(2)}
+			c.st.mu.Lock()
+			if c.st.insertLocked(vm) {
+				vms = append(vms, vm)
+			}
+			c.st.mu.Unlock()
+		case 6: // a VM removed
+			if len(vms) > 0 {
+				i := rng.IntN(len(vms))
+				c.st.mu.Lock()
+				c.st.removeLocked(vms[i])
+				c.st.mu.Unlock()
+				vms = append(vms[:i], vms[i+1:]...)
+			}
+		}
+		if step%10 != 0 {
+			continue
+		}
+		for _, q := range []LNMQuery{
+			{Connected: true, OrderBy: "load", Limit: 5},
+			{MemMB: 1024, VCPUs: 1, OrderBy: "free_mem"},
+			{Connected: true, OrderBy: "vms", Limit: 3, Names: []string{"n01", "n02", "n03", "n04"}},
+			{},
+		} {
+			got, want := c.st.QueryLNMs(q), q.Apply(c.st.LNMs())
+			if len(got) != len(want) {
+				t.Fatalf("step %d, query %+v: %d LNMs, want %d", step, q, len(got), len(want))
+			}
+			for i := range got {
+				if got[i].Info.Name != want[i].Info.Name || got[i].State != want[i].State || got[i].Status != want[i].Status {
+					t.Fatalf("step %d, query %+v, position %d: %+v, want %+v", step, q, i, got[i], want[i])
+				}
+			}
 		}
 	}
 }

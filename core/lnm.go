@@ -168,6 +168,7 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 	}
 	l.lnm.State = LNMConnected
 	l.lnm.Since = now()
+	c.st.syncSlotLocked(l)
 	l.link = link
 	l.gen = gen
 	l.acks = newAcker(c, info.Name, link)
@@ -285,6 +286,7 @@ func (c *Controller) DetachLNM(name string, gen uint64, reason string) {
 	l.link = nil
 	l.lnm.State = LNMDisconnected
 	l.lnm.Since = now()
+	c.st.syncSlotLocked(l)
 	for _, vm := range l.vms {
 		if vm.State == StateLost {
 			continue
@@ -310,6 +312,7 @@ func (c *Controller) HandleReport(lnm string, gen uint64, r LNMReport) {
 	}
 	if r.Node != nil {
 		l.lnm.Status = *r.Node
+		c.st.syncSlotLocked(l)
 	}
 	for name, u := range r.Usage {
 		vm := l.vms[name]
@@ -456,8 +459,10 @@ func (c *Controller) ExpectLNMs(infos []NodeInfo) {
 		if _, ok := c.st.lnms[info.Name]; ok {
 			continue
 		}
-		c.st.lnms[info.Name] = &lnmRec{vms: map[string]*VM{}, unmanaged: map[string]*VM{},
+		l := &lnmRec{vms: map[string]*VM{}, unmanaged: map[string]*VM{},
 			lnm: LNM{Info: info, State: LNMRecovering, Since: now()}}
+		c.st.lnms[info.Name] = l
+		c.st.syncSlotLocked(l)
 	}
 }
 
@@ -469,6 +474,7 @@ func (c *Controller) EndGrace() []string {
 		if l.lnm.State == LNMRecovering {
 			l.lnm.State = LNMDisconnected
 			l.lnm.Since = now()
+			c.st.syncSlotLocked(l)
 			failed = append(failed, name)
 		}
 	}
