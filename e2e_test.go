@@ -517,11 +517,17 @@ func TestStuckEventReaderIsCutOff(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // polling a counter
 	}
 	// the reading client's cache catches up through its own feed
-	for len(alice.VMs()) != 1000 {
+	waitCacheSize(t, alice, 1000, deadline)
+}
+
+// waitCacheSize waits until c's cache holds n VMs.
+func waitCacheSize(t *testing.T, c *client.Client, n int, deadline time.Time) {
+	t.Helper()
+	for len(c.VMs()) != n {
 		if time.Now().After(deadline) {
-			t.Fatalf("the reading client's cache holds %d VMs", len(alice.VMs()))
+			t.Fatalf("the client's cache holds %d VMs, want %d", len(c.VMs()), n)
 		}
-		time.Sleep(20 * time.Millisecond) // polling a converging cache
+		time.Sleep(10 * time.Millisecond) // polling a converging cache
 	}
 }
 
@@ -628,22 +634,12 @@ func TestLaggingClientResyncsInSession(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // polling a counter
 	}
 	close(gate)
-	for len(alice.VMs()) != 200 {
-		if time.Now().After(deadline) {
-			t.Fatalf("alice's cache holds %d VMs after the resync, want 200", len(alice.VMs()))
-		}
-		time.Sleep(10 * time.Millisecond) // polling a converging cache
-	}
+	waitCacheSize(t, alice, 200, deadline)
 	// the new feed is live: a later start shows up without a reload
 	if r, err := other.Start(ctx, core.StartArgs{Cluster: "after", Count: 1}); err != nil || r.OK() != 1 {
 		t.Fatalf("start after resync: %v %+v", err, r)
 	}
-	for len(alice.VMs()) != 201 {
-		if time.Now().After(deadline) {
-			t.Fatalf("alice's cache holds %d VMs, want 201", len(alice.VMs()))
-		}
-		time.Sleep(10 * time.Millisecond) // polling a converging cache
-	}
+	waitCacheSize(t, alice, 201, deadline)
 	if !alice.Connected() {
 		t.Fatal("alice is not connected after the resync")
 	}
