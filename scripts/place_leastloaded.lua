@@ -7,8 +7,9 @@
 -- nodes(req): the connected nodes that can take the smallest VM of the
 -- request, least loaded first, at most a few more than the request needs
 -- (usher.lnms filters and orders in Go, so this stays cheap on sites with
--- thousands of nodes). Suggested nodes (req.lnms) are used when any of
--- them qualifies.
+-- thousands of nodes). A single VM is the smallest, so every candidate fits
+-- it and four are plenty (each candidate costs a table here). Suggested
+-- nodes (req.lnms) are used when any of them qualifies.
 local function nodes(req)
   local mem, cpus = math.huge, math.huge
   for _, vm in ipairs(req.vms) do
@@ -17,7 +18,7 @@ local function nodes(req)
   end
   if mem == math.huge then mem, cpus = 0, 0 end
   local q = {connected = true, order_by = "load", mem_mb = mem, vcpus = cpus,
-             limit = math.min(2 * #req.vms + 8, 512)}
+             limit = #req.vms == 1 and 4 or math.min(2 * #req.vms + 8, 512)}
   local found
   if req.lnms and #req.lnms > 0 then
     q.names = req.lnms
