@@ -27,9 +27,11 @@ type ServerOptions struct {
 }
 
 // Server accepts TLS connections, runs yamux on them and hands each session
-// to OnSession. Handshakes have a deadline; a flood of connections that
-// never finish is shed beyond MaxHandshaking; each remote IP may hold at most
-// MaxPerIP sessions.
+// to OnSession. Handshakes have a deadline; at most MaxHandshaking run at
+// once, and up to four times as many connections wait their turn (for at
+// most half the handshake timeout) before the rest are shed, so a herd of
+// LNMs reconnecting together is served in turn instead of refused into
+// exponential backoff; each remote IP may hold at most MaxPerIP sessions.
 type Server struct {
 	tls       *tls.Config
 	opts      ServerOptions
@@ -37,6 +39,7 @@ type Server struct {
 	onSession func(ctx context.Context, s *Session, p Peer)
 
 	hs    chan struct{}
+	wait  chan struct{} // connections waiting for a handshake slot
 	mu    sync.Mutex
 	perIP map[string]int
 	wg    sync.WaitGroup
@@ -57,7 +60,7 @@ func NewServer(tlsCfg *tls.Config, opts ServerOptions, onSession func(ctx contex
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Server{tls: tlsCfg, opts: opts, log: log, onSession: onSession,
-		hs: make(chan struct{}, opts.MaxHandshaking), perIP: map[string]int{}}
+		hs: make(chan struct{}, opts.MaxHandshaking), wait: make(chan struct{}, 4*opts.MaxHandshaking), perIP: map[string]int{}}
 }
 
 // Serve accepts on ln until ctx ends or ln is closed.
@@ -88,15 +91,38 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		delay = 0
 		select {
 		case s.hs <- struct{}{}:
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.handle(ctx, conn)
+			}()
+			continue
 		default:
-			s.log.Warn("shedding connection: too many handshakes in progress", "remote", conn.RemoteAddr().String())
+		}
+		select {
+		case s.wait <- struct{}{}:
+		default:
+			s.log.Warn("shedding connection: too many handshakes in progress and waiting", "remote", conn.RemoteAddr().String())
 			conn.Close()
 			continue
 		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.handle(ctx, conn)
+			t := time.NewTimer(s.opts.Limits.HandshakeTimeout / 2)
+			defer t.Stop()
+			select {
+			case s.hs <- struct{}{}:
+				<-s.wait
+				s.handle(ctx, conn)
+			case <-t.C:
+				<-s.wait
+				s.log.Warn("shedding connection: no handshake slot in time", "remote", conn.RemoteAddr().String())
+				conn.Close()
+			case <-ctx.Done():
+				<-s.wait
+				conn.Close()
+			}
 		}()
 	}
 }

@@ -374,3 +374,35 @@ func TestRegistrationsWaitTheirTurn(t *testing.T) {
 		}
 	}
 }
+
+// TestHandshakeHerdWaitsItsTurn: more peers than MaxHandshaking connecting
+// at once are served in turn, not refused.
+func TestHandshakeHerdWaitsItsTurn(t *testing.T) {
+	e := start(t, func(o *transport.ServerOptions) { o.MaxHandshaking = 1 })
+	cfg, err := transport.ClientTLS(e.caFile, "", "", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const herd = 4
+	errs := make(chan error, herd)
+	for i := 0; i < herd; i++ {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			s, err := transport.Dial(ctx, e.addr, cfg, e.lim, nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer s.Close()
+			s.SetMux(transport.NewMux())
+			go s.Serve(context.Background())
+			errs <- s.Call(ctx, core.MAuth, core.AuthArgs{User: "alice", Password: "pw"}, nil)
+		}()
+	}
+	for i := 0; i < herd; i++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("a peer of the herd was not served: %v", err)
+		}
+	}
+}
