@@ -598,7 +598,9 @@ func TestLaggingClientResyncsInSession(t *testing.T) {
 	// alice's event goroutine stalls in a callback until released: her
 	// feed backs up at the controller while another session starts VMs.
 	gate, stalled := make(chan struct{}), make(chan struct{}, 1)
-	var once sync.Once
+	var once, opened sync.Once
+	release := func() { opened.Do(func() { close(gate) }) }
+	defer release() // on any failure too: alice.Close waits for her event goroutine
 	alice.OnEvent(func(core.Event) {
 		once.Do(func() {
 			stalled <- struct{}{}
@@ -610,11 +612,21 @@ func TestLaggingClientResyncsInSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close()
-	for i := 0; i < 8; i++ {
+	// Start VMs 25 at a time until the controller cuts alice's lagging
+	// feed off (a buffer of 16 events; the stream's flow-control window
+	// takes some hundreds before the controller's queue grows), leaving
+	// only other's feed.
+	started := 0
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; s.Controller.Subscribers() > 1; i++ {
+		if i == 200 || time.Now().After(deadline) {
+			t.Fatalf("the lagging feed was not cut off after %d VMs (%d feeds)", started, s.Controller.Subscribers())
+		}
 		r, err := other.Start(ctx, core.StartArgs{Cluster: fmt.Sprintf("lag%d", i), Count: 25})
 		if err != nil || r.OK() != 25 {
 			t.Fatalf("start: %v %+v", err, r)
 		}
+		started += 25
 		if i == 0 {
 			select {
 			case <-stalled:
@@ -623,23 +635,14 @@ func TestLaggingClientResyncsInSession(t *testing.T) {
 			}
 		}
 	}
-	// 200 VMs' events against a buffer of 16: the controller has cut the
-	// lagging feed off; wait until only other's feed and whatever alice
-	// reopens remain, then let alice go.
-	deadline := time.Now().Add(20 * time.Second)
-	for s.Controller.Subscribers() > 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the lagging feed was not cut off (%d feeds)", s.Controller.Subscribers())
-		}
-		time.Sleep(10 * time.Millisecond) // polling a counter
-	}
-	close(gate)
-	waitCacheSize(t, alice, 200, deadline)
+	t.Logf("alice's feed was cut off after %d VMs", started)
+	release()
+	waitCacheSize(t, alice, started, deadline)
 	// the new feed is live: a later start shows up without a reload
 	if r, err := other.Start(ctx, core.StartArgs{Cluster: "after", Count: 1}); err != nil || r.OK() != 1 {
 		t.Fatalf("start after resync: %v %+v", err, r)
 	}
-	waitCacheSize(t, alice, 201, deadline)
+	waitCacheSize(t, alice, started+1, deadline)
 	if !alice.Connected() {
 		t.Fatal("alice is not connected after the resync")
 	}

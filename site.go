@@ -265,7 +265,14 @@ func (s *Site) WaitLNMs(ctx context.Context, n int) error {
 			return nil
 		}
 		select {
-		case <-ev.C:
+		case <-ev.Ready():
+			if _, open := ev.Take(1 << 20); !open {
+				// cut off (it only wakes this loop): open another
+				if ev, err = s.Controller.Subscribe(core.SystemIdentity(), "", true); err != nil {
+					return err
+				}
+				defer s.Controller.Unsubscribe(ev)
+			}
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for %d LNMs: %d connected: %w", n, s.Controller.State().Counts().Connected, ctx.Err())
 		}

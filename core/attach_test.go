@@ -116,3 +116,35 @@ func TestListOrderAndSeq(t *testing.T) {
 type allowHooks struct{ noHooks }
 
 func (allowHooks) Authorize(context.Context, *Request) error { return nil }
+
+// TestSubscriptionQueue: a feed queues what waits (Ready signals it, Take
+// hands it out oldest first, in batches), filters by user, and when more
+// than EventBuffer events wait it ends as overflowed: what was queued is
+// still handed out, nothing after it.
+func TestSubscriptionQueue(t *testing.T) {
+	c := New(Config{Domain: "usher.test", EventBuffer: 3}, allowHooks{})
+	sub, err := c.Subscribe(Identity{User: "alice"}, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := func(user string) Event { return Event{Type: EvStateChanged, User: user} }
+	c.emit(ev("alice"), ev("bob"), ev("alice"), ev("alice"))
+	select {
+	case <-sub.Ready():
+	default:
+		t.Fatal("Ready not signalled with events waiting")
+	}
+	a, open := sub.Take(2)
+	b, open2 := sub.Take(10)
+	if len(a) != 2 || len(b) != 1 || !open || !open2 || a[0].Seq >= a[1].Seq || a[1].Seq >= b[0].Seq {
+		t.Fatalf("took %+v then %+v (open %v %v); want alice's three events in order, 2 then 1", a, b, open, open2)
+	}
+	if evs, open := sub.Take(10); len(evs) != 0 || !open {
+		t.Fatalf("empty queue: took %d, open %v", len(evs), open)
+	}
+	c.emit(ev("alice"), ev("alice"), ev("alice"), ev("alice"), ev("alice")) // more than fits
+	<-sub.Ready()
+	if evs, open := sub.Take(10); len(evs) != 3 || open || !sub.Overflowed() {
+		t.Fatalf("after overflow: took %d, open %v, overflowed %v; want the 3 queued, closed, overflowed", len(evs), open, sub.Overflowed())
+	}
+}

@@ -57,7 +57,7 @@ func (c Config) withDefaults() Config {
 		c.MaxRequestVMs = 100000
 	}
 	if c.EventBuffer <= 0 {
-		c.EventBuffer = 4096
+		c.EventBuffer = 65536
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -169,19 +169,34 @@ func (c *Controller) fanout(ev Event) {
 	}
 }
 
-// Subscription is a client's pushed-event feed. C is closed when the
-// subscription ends; Overflowed then says whether it ended because the
-// client fell too far behind (it must reload its cache).
+// Subscription is a client's pushed-event feed: a queue that grows with
+// what is waiting (a burst of a million adoptions after a restart must not
+// cut every client off, and an idle feed must not hold a preallocated
+// buffer) up to the controller's EventBuffer. Ready is signalled when
+// events are queued or the feed ends; Take dequeues them. Once a feed ends
+// (Unsubscribe, or the client fell too far behind: Overflowed, and it must
+// reload its cache) nothing more is queued, and Take reports it closed
+// when what was queued has been taken.
 type Subscription struct {
-	C       chan Event
 	user    string
 	cluster string
-	once    sync.Once
 	over    atomic.Bool
 	c       *Controller
 	watch   bool
-	mu      sync.Mutex
-	closed  bool
+	ready   chan struct{} // capacity 1
+	max     int
+
+	mu     sync.Mutex
+	q      []Event
+	head   int
+	closed bool
+}
+
+func (s *Subscription) signal() {
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
 }
 
 func (s *Subscription) offer(ev Event) {
@@ -193,14 +208,43 @@ func (s *Subscription) offer(ev Event) {
 	if s.closed {
 		return
 	}
-	select {
-	case s.C <- ev:
-	default:
+	if len(s.q)-s.head >= s.max {
+		// Cut off: what is queued is still delivered (a caller waiting
+		// for one of those events sees it), then the client reloads.
 		s.over.Store(true)
 		s.closed = true
-		close(s.C)
+		s.signal()
 		go s.c.Unsubscribe(s)
+		return
 	}
+	s.q = append(s.q, ev)
+	s.signal()
+}
+
+// Ready is signalled when events are waiting or the feed has ended.
+func (s *Subscription) Ready() <-chan struct{} { return s.ready }
+
+// Take dequeues up to max events, oldest first. open is false once the
+// feed has ended and nothing is left to take.
+func (s *Subscription) Take(max int) (evs []Event, open bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := min(max, len(s.q)-s.head)
+	if n > 0 {
+		evs = make([]Event, n)
+		copy(evs, s.q[s.head:s.head+n])
+		clear(s.q[s.head : s.head+n])
+		s.head += n
+	}
+	switch {
+	case s.head == len(s.q) && cap(s.q) > 1024:
+		s.q, s.head = nil, 0 // a burst is over: give its memory back
+	case s.head == len(s.q):
+		s.q, s.head = s.q[:0], 0
+	default:
+		s.signal() // more is waiting
+	}
+	return evs, !s.closed || len(s.q) > s.head
 }
 
 // Overflowed reports whether the feed was cut because the client lagged.
@@ -213,7 +257,7 @@ func (c *Controller) Subscribe(id Identity, cluster string, watch bool) (*Subscr
 	if watch && !id.Admin {
 		return nil, fmt.Errorf("%w: watching every event needs an admin", ErrForbidden)
 	}
-	s := &Subscription{C: make(chan Event, c.cfg.EventBuffer), user: id.User, cluster: cluster, c: c, watch: watch}
+	s := &Subscription{ready: make(chan struct{}, 1), max: c.cfg.EventBuffer, user: id.User, cluster: cluster, c: c, watch: watch}
 	c.subMu.Lock()
 	m := c.byUser[id.User]
 	if m == nil {
@@ -253,7 +297,7 @@ func (c *Controller) Unsubscribe(s *Subscription) {
 	s.mu.Lock()
 	if !s.closed {
 		s.closed = true
-		close(s.C)
+		s.signal()
 	}
 	s.mu.Unlock()
 }

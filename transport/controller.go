@@ -276,36 +276,26 @@ func (cs *ControllerServer) serveClient(ctx context.Context, s *Session, p Peer)
 		}
 		for {
 			select {
-			case ev, ok := <-sub.C:
-				if !ok {
+			case <-sub.Ready():
+				// Whatever is queued goes out, up to 512 events a frame.
+				batch, open := sub.Take(512)
+				var err error
+				switch len(batch) {
+				case 0:
+				case 1:
+					err = st.Send("event", batch[0])
+				default:
+					err = st.Send("events", batch)
+				}
+				if err != nil {
+					return err
+				}
+				if !open {
 					if sub.Overflowed() {
 						st.Send("overflow", struct{}{})
 						return errors.New("client fell behind")
 					}
 					return nil
-				}
-				// Whatever else is already queued goes in the same frame.
-				batch := []core.Event{ev}
-			drain:
-				for len(batch) < 512 {
-					select {
-					case more, ok := <-sub.C:
-						if !ok {
-							break drain
-						}
-						batch = append(batch, more)
-					default:
-						break drain
-					}
-				}
-				var err error
-				if len(batch) == 1 {
-					err = st.Send("event", batch[0])
-				} else {
-					err = st.Send("events", batch)
-				}
-				if err != nil {
-					return err
 				}
 			case <-beat.C:
 				if err := st.Send("beat", struct{}{}); err != nil {
