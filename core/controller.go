@@ -237,8 +237,10 @@ func (s *Subscription) Take(max int) (evs []Event, open bool) {
 		s.head += n
 	}
 	switch {
-	case s.head == len(s.q) && cap(s.q) > 1024:
-		s.q, s.head = nil, 0 // a burst is over: give its memory back
+	case s.head == len(s.q) && cap(s.q) > 8192:
+		// A burst is over: give its memory back (a feed that keeps getting
+		// a request's worth of events keeps its buffer).
+		s.q, s.head = nil, 0
 	case s.head == len(s.q):
 		s.q, s.head = s.q[:0], 0
 	default:
