@@ -36,7 +36,7 @@ type State struct {
 	owners   map[string]map[string]*VM
 	clusters map[clusterKey]*clusterRec
 	lnms     map[string]*lnmRec
-	slots    []lnmSlot // what LNM queries read, one scan (see syncSlotLocked)
+	slots    []LNM // what LNM queries read, one scan (see syncSlotLocked)
 	lost     map[string]*VM
 	missing  map[string]*VM
 	requests map[string][]*VM // owner\x00request id → VMs it created
@@ -606,23 +606,21 @@ func (q LNMQuery) Apply(all []*LNM) []*LNM {
 	return sel.result()
 }
 
-// lnmSlot holds what an LNM query reads of one record (name, CPUs, state,
-// free memory and vCPUs, VM count, 1-minute CPU) in a slice scanned in
-// order. A query for the best candidates among 10,000 nodes runs for every
-// start request; chasing 10,000 records through the map cost a few cache
-// misses each, more than the rest of the query.
-type lnmSlot struct {
-	lnm LNM
-}
+// State.slots hold what an LNM query reads of each record (name, CPUs,
+// state, free memory and vCPUs, VM count, 1-minute CPU), copied into a
+// slice that is scanned in order. A query for the best candidates among
+// 10,000 nodes runs for every start request; chasing 10,000 records
+// through the map cost a few cache misses each, more than the rest of the
+// query.
 
 // syncSlotLocked copies into l's slot what queries read. Every change to
 // those fields of a record calls it. The caller holds mu.
 func (s *State) syncSlotLocked(l *lnmRec) {
 	if l.slot == 0 {
-		s.slots = append(s.slots, lnmSlot{})
+		s.slots = append(s.slots, LNM{})
 		l.slot = len(s.slots)
 	}
-	t := &s.slots[l.slot-1].lnm
+	t := &s.slots[l.slot-1]
 	t.Info.Name, t.Info.CPUs = l.lnm.Info.Name, l.lnm.Info.CPUs
 	t.State = l.lnm.State
 	t.Status.FreeMemMB, t.Status.FreeVCPUs, t.Status.VMs = l.lnm.Status.FreeMemMB, l.lnm.Status.FreeVCPUs, l.lnm.Status.VMs
@@ -637,7 +635,7 @@ func (s *State) QueryLNMs(q LNMQuery) []*LNM {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for i := range s.slots {
-		if t := &s.slots[i].lnm; q.match(t, only) {
+		if t := &s.slots[i]; q.match(t, only) {
 			sel.add(t)
 		}
 	}
