@@ -396,7 +396,10 @@ func (c *Client) notifyConn(st ConnState, err error) {
 
 // OnEvent registers a callback for every pushed event (state changes of
 // the user's VMs, completions). Callbacks run on the event goroutine after
-// the cache is updated; keep them short. The returned func unregisters.
+// the cache is updated; keep them short: while one runs, no event is read
+// (the controller cuts a feed that falls too far behind, and the client
+// then reloads its cache), and Close waits for it to return. The returned
+// func unregisters.
 func (c *Client) OnEvent(f func(core.Event)) (cancel func()) {
 	c.mu.Lock()
 	id := c.nextH
