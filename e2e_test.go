@@ -462,15 +462,22 @@ func simInject(dir, node, action, vm string) error {
 	return sim.Inject(filepath.Join(dir, "sim", node+".json"), action, vm)
 }
 
-// A client that opens its event stream and never reads it is cut off when
-// its queue overflows; the controller keeps serving everyone else.
-func TestStuckEventReaderIsCutOff(t *testing.T) {
+// feedSite is a two-LNM site whose controller queues at most buffer events
+// per client feed, with room for a thousand VMs, and a minute to run in.
+func feedSite(t *testing.T, buffer int) (*Site, context.Context) {
 	s, _ := testSite(t, 2, func(o *SiteOptions) {
-		o.Controller.EventBuffer = 64
+		o.Controller.EventBuffer = buffer
 		o.SimCPUs, o.SimMemMB = 100000, 1<<30
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
+	return s, ctx
+}
+
+// A client that opens its event stream and never reads it is cut off when
+// its queue overflows; the controller keeps serving everyone else.
+func TestStuckEventReaderIsCutOff(t *testing.T) {
+	s, ctx := feedSite(t, 64)
 	cfg, err := transport.ClientTLS(s.CAFile, "", "", "localhost")
 	if err != nil {
 		t.Fatal(err)
@@ -577,12 +584,7 @@ func TestStartLeavesLNMCacheCurrent(t *testing.T) {
 // the VMs started while it lagged are all in its cache, and later events
 // still arrive.
 func TestLaggingClientResyncsInSession(t *testing.T) {
-	s, _ := testSite(t, 2, func(o *SiteOptions) {
-		o.Controller.EventBuffer = 16
-		o.SimCPUs, o.SimMemMB = 100000, 1<<30
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	s, ctx := feedSite(t, 16)
 	alice, err := s.Client(ctx, "alice", "alice-pw")
 	if err != nil {
 		t.Fatal(err)

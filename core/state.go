@@ -248,12 +248,7 @@ func cloneVMs(m map[string]*VM, withUsage bool, keep func(*VM) bool) []*VM {
 			continue
 		}
 		c := *v
-		if v.Data != nil {
-			c.Data = make(map[string]string, len(v.Data))
-			for k, val := range v.Data {
-				c.Data[k] = val
-			}
-		}
+		c.Data = cloneMap(v.Data)
 		c.Usage = nil
 		if withUsage && v.Usage != nil {
 			u := *v.Usage
