@@ -1190,12 +1190,7 @@ func (c *Controller) Recovering() bool {
 
 func (c *Controller) openGateIfWhole() {
 	c.st.mu.RLock()
-	waiting := 0
-	for _, l := range c.st.lnms {
-		if l.lnm.State == LNMRecovering {
-			waiting++
-		}
-	}
+	waiting := c.st.lnmsIn[LNMRecovering]
 	c.st.mu.RUnlock()
 	if waiting > 0 {
 		return

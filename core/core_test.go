@@ -161,10 +161,11 @@ func TestRunningCountKeptInStep(t *testing.T) {
 	}
 }
 
-// TestLNMQuerySlotsKeptInStep: the slots LNM queries scan agree with the
-// records after any sequence of registrations, reports, disconnections,
-// recovery bookkeeping and VM reservations: a query over the state returns
-// what the same query over a plain list of the records returns.
+// TestLNMQuerySlotsKeptInStep: the slots LNM queries scan, and the counts
+// of LNMs in each state, agree with the records after any sequence of
+// registrations, reports, disconnections, recovery bookkeeping and VM
+// reservations: a query over the state returns what the same query over a
+// plain list of the records returns.
 func TestLNMQuerySlotsKeptInStep(t *testing.T) {
 	c := New(Config{Domain: "usher.test"}, allowHooks{})
 	rng := rand.New(rand.NewPCG(5, 6))
@@ -218,6 +219,20 @@ func TestLNMQuerySlotsKeptInStep(t *testing.T) {
 		}
 		if step%10 != 0 {
 			continue
+		}
+		in := map[LNMState]int{}
+		for _, l := range c.st.LNMs() {
+			in[l.State]++
+		}
+		c.st.mu.RLock()
+		for _, st := range []LNMState{LNMConnected, LNMDisconnected, LNMRecovering} {
+			if c.st.lnmsIn[st] != in[st] {
+				t.Fatalf("step %d: %d LNMs counted %s, %d are", step, c.st.lnmsIn[st], st, in[st])
+			}
+		}
+		c.st.mu.RUnlock()
+		if got := c.st.Counts().Connected; got != in[LNMConnected] {
+			t.Fatalf("step %d: Counts().Connected = %d, want %d", step, got, in[LNMConnected])
 		}
 		for _, q := range []LNMQuery{
 			{Connected: true, OrderBy: "load", Limit: 5},

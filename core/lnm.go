@@ -174,6 +174,9 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 	l.acks = newAcker(c, info.Name, link)
 	oldUnmanaged := l.unmanaged
 	l.unmanaged = map[string]*VM{}
+	if len(l.vms) == 0 && len(domains) > 8 {
+		l.vms = make(map[string]*VM, len(domains)) // after a restart: sized once, not grown
+	}
 	seen := make(map[string]bool, len(domains))
 	for _, d := range domains {
 		seen[d.Name] = true

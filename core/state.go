@@ -41,6 +41,9 @@ type State struct {
 	missing  map[string]*VM
 	requests map[string][]*VM // owner\x00request id → VMs it created
 	running  int              // VMs in state running: kept by insert, remove and setState, so Counts is O(LNMs)
+	// LNMs in each state, kept by syncSlotLocked: whether a restarted
+	// controller is whole again is asked at every registration.
+	lnmsIn map[LNMState]int
 }
 
 func newState(domain string) *State {
@@ -53,6 +56,7 @@ func newState(domain string) *State {
 		lost:     map[string]*VM{},
 		missing:  map[string]*VM{},
 		requests: map[string][]*VM{},
+		lnmsIn:   map[LNMState]int{},
 	}
 }
 
@@ -447,12 +451,10 @@ type Counts struct {
 func (s *State) Counts() Counts {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	c := Counts{VMs: len(s.vms), Lost: len(s.lost), Missing: len(s.missing), LNMs: len(s.lnms), Clusters: len(s.clusters)}
+	c := Counts{VMs: len(s.vms), Lost: len(s.lost), Missing: len(s.missing), LNMs: len(s.lnms), Clusters: len(s.clusters),
+		Connected: s.lnmsIn[LNMConnected]}
 	for _, l := range s.lnms {
 		c.Unmanaged += len(l.unmanaged)
-		if l.lnm.State == LNMConnected {
-			c.Connected++
-		}
 	}
 	c.Running = s.running
 	return c
@@ -608,8 +610,9 @@ func (q LNMQuery) Apply(all []*LNM) []*LNM {
 // through the map cost a few cache misses each, more than the rest of the
 // query.
 
-// syncSlotLocked copies into l's slot what queries read. Every change to
-// those fields of a record calls it. The caller holds mu.
+// syncSlotLocked copies into l's slot what queries read, and keeps the
+// count of LNMs in each state. Every change to those fields of a record
+// calls it. The caller holds mu.
 func (s *State) syncSlotLocked(l *lnmRec) {
 	if l.slot == 0 {
 		s.slots = append(s.slots, LNM{})
@@ -617,6 +620,12 @@ func (s *State) syncSlotLocked(l *lnmRec) {
 	}
 	t := &s.slots[l.slot-1]
 	t.Info.Name, t.Info.CPUs = l.lnm.Info.Name, l.lnm.Info.CPUs
+	if t.State != l.lnm.State {
+		if t.State != "" {
+			s.lnmsIn[t.State]--
+		}
+		s.lnmsIn[l.lnm.State]++
+	}
 	t.State = l.lnm.State
 	t.Status.FreeMemMB, t.Status.FreeVCPUs, t.Status.VMs = l.lnm.Status.FreeMemMB, l.lnm.Status.FreeVCPUs, l.lnm.Status.VMs
 	t.Status.Usage.CPU.M1 = l.lnm.Status.Usage.CPU.M1

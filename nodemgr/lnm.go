@@ -250,10 +250,10 @@ func (l *LNM) report(ctx context.Context, s *transport.Session, st *transport.St
 	rep := time.NewTimer(phase(interval))
 	defer rep.Stop()
 	events := l.drv.Events()
-	// An immediate usage report tells the controller the node's capacity.
-	if err := l.sendUsage(ctx, st); err != nil {
-		return err
-	}
+	// No report at once: registration gave the controller the node's
+	// status, and after a controller restart a whole site's first
+	// reports (usage of every VM) would land on it together, while it is
+	// still re-adopting.
 	for {
 		select {
 		case <-ctx.Done():

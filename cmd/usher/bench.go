@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -45,10 +46,14 @@ type benchReport struct {
 	ControllerCPUPct  float64 `json:"controller_cpu_percent"`
 	ControllerPeakRSS int64   `json:"controller_peak_rss_bytes"`
 	ControllerRSS     int64   `json:"controller_rss_bytes"`
-	Errors            int64   `json:"errors"`
-	Notes             string  `json:"notes,omitempty"`
-	Command           string  `json:"command"`
-	Date              string  `json:"date"`
+	// The rest of the machine over the same interval: the load-generator
+	// processes hosting the LNMs, and this process (the clients).
+	GeneratorsCPU float64 `json:"generators_cpu_seconds"`
+	ClientsCPU    float64 `json:"clients_cpu_seconds"`
+	Errors        int64   `json:"errors"`
+	Notes         string  `json:"notes,omitempty"`
+	Command       string  `json:"command"`
+	Date          string  `json:"date"`
 }
 
 type benchOpts struct {
@@ -115,7 +120,7 @@ Examples:
 	fs.DurationVar(&o.budget, "budget", time.Second, "the controller's per-handler Lua budget (policy.budget; large batches need more than the 100ms default)")
 	fs.IntVar(&o.memLimitMB, "memory-limit-mb", 0, "the controller's controller.memory_limit_mb (0: none)")
 	fs.StringVar(&o.heap, "heapprofile", "", "write a heap profile of the controller at the end of the scenario to this file (and the runtime's memory figures and goroutine count to FILE.memstats, the goroutine dump to FILE.goroutines)")
-	fs.StringVar(&o.profile, "cpuprofile", "", "start-storm, requests, recovery: write a CPU profile of the controller covering the first --duration of the measured phase (for recovery: of the restarted controller) to this file, and one of the first load generator to FILE.lnm")
+	fs.StringVar(&o.profile, "cpuprofile", "", "start-storm, requests, recovery: write a CPU profile of the controller covering the first --duration of the measured phase (for recovery: of the restarted controller) to this file, one of the first load generator to FILE.lnm, and one of this process (the clients) to FILE.clients")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -166,6 +171,9 @@ func printReport(w io.Writer, r *benchReport) {
 	if r.ControllerPeakRSS > 0 {
 		fmt.Fprintf(w, "controller    %.2f CPU s (%.2f%% of a core), RSS %.1f MiB, peak %.1f MiB\n",
 			r.ControllerCPU, r.ControllerCPUPct, float64(r.ControllerRSS)/(1<<20), float64(r.ControllerPeakRSS)/(1<<20))
+	}
+	if r.GeneratorsCPU > 0 || r.ClientsCPU > 0 {
+		fmt.Fprintf(w, "rest          load generators %.2f CPU s, clients (this process) %.2f CPU s\n", r.GeneratorsCPU, r.ClientsCPU)
 	}
 	fmt.Fprintf(w, "errors        %d\n", r.Errors)
 	if r.Notes != "" {
@@ -234,6 +242,19 @@ func procStat(pid int) (cpu float64, rss, peak int64, err error) {
 		}
 	}
 	return cpu, rss, peak, nil
+}
+
+// others reads the CPU seconds so far of the load generators (together)
+// and of this process, where the clients run.
+func (e *benchEnv) others() (gens, self float64) {
+	for _, g := range e.gens {
+		if g.Process != nil {
+			c, _, _, _ := procStat(g.Process.Pid)
+			gens += c
+		}
+	}
+	self, _, _, _ = procStat(os.Getpid())
+	return gens, self
 }
 
 // benchEnv is a site made of real processes.
@@ -626,9 +647,13 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 	lat := &latencies{}
 	var errs, reqs atomic.Int64
 	pid := e.ctl.Process.Pid
+	var g0, s0 float64 // the other processes' CPU when the measured phase began
+	mark := func() { g0, s0 = e.others() }
+	mark()
 	switch o.scenario {
 	case "start-storm":
 		cpu0, _, _, _ := procStat(pid)
+		mark()
 		start := time.Now()
 		stopProf := e.startProfile(ctx)
 		e.storm(ctx, clients, o.vms, lat, &errs, &reqs)
@@ -649,6 +674,7 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 		if o.scenario == "steady" {
 			e.progress("steady state for %v", o.duration)
 			cpu0, _, _, _ := procStat(pid)
+			mark()
 			select {
 			case <-time.After(o.duration):
 			case <-ctx.Done():
@@ -664,6 +690,7 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 		e.progress("kill -9 controller (pid %d)", pid)
 		e.ctl.Process.Signal(syscall.SIGKILL)
 		<-e.ctlDone // its port is free once it is gone
+		mark()
 		start := time.Now()
 		if err := e.startController(ctx); err != nil {
 			return err
@@ -683,6 +710,7 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 		*lat = latencies{}
 	case "requests":
 		cpu0, _, _, _ := procStat(pid)
+		mark()
 		stopProf := e.startProfile(ctx)
 		e.openLoop(ctx, clients, lat, &errs, &reqs)
 		cpu1, rss, peak, _ := procStat(pid)
@@ -692,6 +720,7 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 		rep.ThroughputPerS = float64(reqs.Load()) / rep.Seconds
 	case "reload":
 		cpu0, _, _, _ := procStat(pid)
+		mark()
 		stop := make(chan struct{})
 		var swaps atomic.Int64
 		go func() {
@@ -722,6 +751,8 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 	if rep.Seconds > 0 {
 		rep.ControllerCPUPct = 100 * rep.ControllerCPU / rep.Seconds
 	}
+	g1, s1 := e.others()
+	rep.GeneratorsCPU, rep.ClientsCPU = g1-g0, s1-s0
 	if rep.Requests == 0 {
 		rep.Requests = reqs.Load()
 	}
@@ -823,7 +854,8 @@ func (e *benchEnv) genPprof(g int) string {
 }
 
 // startProfile fetches CPU profiles of the controller (and of the first
-// load generator, FILE.lnm) while the measured phase runs; the returned
+// load generator, FILE.lnm, and of this process with the clients,
+// FILE.clients) while the measured phase runs; the returned
 // func waits for them and writes the files.
 func (e *benchEnv) startProfile(ctx context.Context) func() {
 	if e.o.profile == "" || e.o.pprofAddr == "" {
@@ -854,6 +886,26 @@ func (e *benchEnv) startProfile(ctx context.Context) func() {
 		wg.Add(1)
 		go fetch(e.o.genPprofAddr, e.o.profile+".lnm")
 	}
+	// This process runs the clients: FILE.clients.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		f, err := os.Create(e.o.profile + ".clients")
+		if err != nil {
+			e.progress("profile: %v", err)
+			return
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			e.progress("profile of the clients: %v", err)
+			return
+		}
+		select {
+		case <-time.After(e.o.duration):
+		case <-ctx.Done():
+		}
+		pprof.StopCPUProfile()
+	}()
 	return func() {
 		e.progress("waiting for the %v CPU profiles (started %v ago)", e.o.duration, time.Since(start).Round(time.Second))
 		wg.Wait()
