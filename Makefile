@@ -48,6 +48,7 @@ test-site:
 test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadEnvelope$$' -fuzztime $(or $(FUZZTIME),300000x) ./transport/
 	$(GO) test -run '^$$' -fuzz '^FuzzPipeDecode$$' -fuzztime $(or $(FUZZTIME),300000x) ./transport/
+	$(GO) test -run '^$$' -fuzz '^FuzzStringMap$$' -fuzztime $(or $(FUZZTIME),150000x) ./transport/
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(or $(FUZZTIME),30000x) ./core/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzHandleReport$$' -fuzztime $(or $(FUZZTIME),800000x) ./core/
 	$(GO) test -run '^$$' -fuzz '^FuzzRequestConversion$$' -fuzztime $(or $(FUZZTIME),40000x) ./lua/

@@ -85,14 +85,14 @@ type ListLNMsReply struct {
 // StartArgs asks for Count new VMs in Cluster (or the explicit Names), on the
 // suggested LNMs, with extra Args for the policies.
 type StartArgs struct {
-	ID      string            `json:"id,omitempty"` // request id; a retry with the same id is idempotent
-	Cluster string            `json:"cluster"`
-	Count   int               `json:"count,omitempty"`
-	Names   []string          `json:"names,omitempty"` // explicit short names
-	LNMs    []string          `json:"lnms,omitempty"`
-	MemMB   int               `json:"mem_mb,omitempty"`
-	VCPUs   int               `json:"vcpus,omitempty"`
-	Args    map[string]string `json:"args,omitempty"`
+	ID      string    `json:"id,omitempty"` // request id; a retry with the same id is idempotent
+	Cluster string    `json:"cluster"`
+	Count   int       `json:"count,omitempty"`
+	Names   []string  `json:"names,omitempty"` // explicit short names
+	LNMs    []string  `json:"lnms,omitempty"`
+	MemMB   int       `json:"mem_mb,omitempty"`
+	VCPUs   int       `json:"vcpus,omitempty"`
+	Args    StringMap `json:"args,omitempty"`
 }
 
 // VMResult is what happened to one VM of a request.
@@ -138,18 +138,18 @@ func (r *Result) OK() int {
 
 // OpArgs applies Op to VMs (full names).
 type OpArgs struct {
-	ID   string            `json:"id,omitempty"`
-	Op   Op                `json:"op"`
-	VMs  []string          `json:"vms"`
-	Args map[string]string `json:"args,omitempty"`
+	ID   string    `json:"id,omitempty"`
+	Op   Op        `json:"op"`
+	VMs  []string  `json:"vms"`
+	Args StringMap `json:"args,omitempty"`
 }
 
 // MigrateArgs moves VMs to (suggested) LNMs.
 type MigrateArgs struct {
-	ID   string            `json:"id,omitempty"`
-	VMs  []string          `json:"vms"`
-	LNMs []string          `json:"lnms"`
-	Args map[string]string `json:"args,omitempty"`
+	ID   string    `json:"id,omitempty"`
+	VMs  []string  `json:"vms"`
+	LNMs []string  `json:"lnms"`
+	Args StringMap `json:"args,omitempty"`
 }
 
 // PlanArgs dry-runs one of the requests through the live chain.
@@ -236,23 +236,23 @@ type StateUpdate struct {
 
 // LNMStartArgs starts cached VMs (sent with their objects).
 type LNMStartArgs struct {
-	VMs  []*VM             `json:"vms"`
-	Args map[string]string `json:"args,omitempty"`
+	VMs  []*VM     `json:"vms"`
+	Args StringMap `json:"args,omitempty"`
 }
 
 // LNMOpArgs applies an operation to VMs on the node.
 type LNMOpArgs struct {
-	Op    Op                `json:"op"`
-	Names []string          `json:"names"`
-	Args  map[string]string `json:"args,omitempty"`
+	Op    Op        `json:"op"`
+	Names []string  `json:"names"`
+	Args  StringMap `json:"args,omitempty"`
 }
 
 // LNMMigrateArgs migrates VMs to the node Target reachable at Address.
 type LNMMigrateArgs struct {
-	Names   []string          `json:"names"`
-	Target  string            `json:"target"`
-	Address string            `json:"address"`
-	Args    map[string]string `json:"args,omitempty"`
+	Names   []string  `json:"names"`
+	Target  string    `json:"target"`
+	Address string    `json:"address"`
+	Args    StringMap `json:"args,omitempty"`
 }
 
 // LNMResults are per-VM outcomes of an LNM batch.

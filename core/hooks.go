@@ -136,16 +136,16 @@ func (e *RejectError) Error() string {
 // Event is a notification: delivered to plugins via Hooks.Notify and to
 // clients over their event stream.
 type Event struct {
-	Seq    uint64            `json:"seq"`
-	Type   string            `json:"type"`
-	Time   time.Time         `json:"time"`
-	VM     *VM               `json:"vm,omitempty"`
-	LNM    string            `json:"lnm,omitempty"`
-	User   string            `json:"user,omitempty"`   // owner of the VM or requester
-	Req    string            `json:"req,omitempty"`    // request id
-	OK     bool              `json:"ok,omitempty"`     // for *_complete
-	Error  string            `json:"error,omitempty"`  // failure text
-	Detail map[string]string `json:"detail,omitempty"` // extra fields
+	Seq    uint64    `json:"seq"`
+	Type   string    `json:"type"`
+	Time   time.Time `json:"time"`
+	VM     *VM       `json:"vm,omitempty"`
+	LNM    string    `json:"lnm,omitempty"`
+	User   string    `json:"user,omitempty"`   // owner of the VM or requester
+	Req    string    `json:"req,omitempty"`    // request id
+	OK     bool      `json:"ok,omitempty"`     // for *_complete
+	Error  string    `json:"error,omitempty"`  // failure text
+	Detail StringMap `json:"detail,omitempty"` // extra fields
 
 	// PluginsOnly keeps an event from clients' feeds when another event
 	// of the same change already carries the VM to them (a start's

@@ -438,6 +438,8 @@ func toLua(L *glua.LState, v any) glua.LValue {
 		return strList(L, x)
 	case map[string]string:
 		return strMap(L, x)
+	case core.StringMap:
+		return strMap(L, x)
 	case []any:
 		t := L.CreateTable(len(x), 0)
 		for i, e := range x {
