@@ -161,8 +161,8 @@ func TestRunningCountKeptInStep(t *testing.T) {
 	}
 }
 
-// TestLNMQuerySlotsKeptInStep: the slots LNM queries scan, and the counts
-// of LNMs in each state, agree with the records after any sequence of
+// TestLNMQuerySlotsKeptInStep: the slots LNM queries scan, the counts of
+// LNMs in each state and of unmanaged VMs, agree with the records after any sequence of
 // registrations, reports, disconnections, recovery bookkeeping and VM
 // reservations: a query over the state returns what the same query over a
 // plain list of the records returns.
@@ -178,10 +178,14 @@ func TestLNMQuerySlotsKeptInStep(t *testing.T) {
 		return st
 	}
 	for step := 0; step < 3000; step++ {
-		switch op := rng.IntN(7); op {
-		case 0: // (re)registration
+		switch op := rng.IntN(8); op {
+		case 0: // (re)registration, with some VMs Usher does not manage
 			n := name()
-			g, err := c.AttachLNM(context.Background(), NodeInfo{Name: n, CPUs: 1 + rng.IntN(4)}, status(), &syncLink{got: make(chan ReceiveArgs, 1)}, nil)
+			var doms []Domain
+			for i := range rng.IntN(3) {
+				doms = append(doms, Domain{Name: fmt.Sprintf("guest%d", i), State: StateRunning})
+			}
+			g, err := c.AttachLNM(context.Background(), NodeInfo{Name: n, CPUs: 1 + rng.IntN(4)}, status(), &syncLink{got: make(chan ReceiveArgs, 1)}, doms)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -208,6 +212,14 @@ func TestLNMQuerySlotsKeptInStep(t *testing.T) {
 				vms = append(vms, vm)
 			}
 			c.st.mu.Unlock()
+		case 7: // an unmanaged VM appears or goes
+			if n := name(); gens[n] != 0 {
+				st := StateRunning
+				if rng.IntN(2) == 0 {
+					st = StateDestroyed
+				}
+				c.HandleReport(n, gens[n], LNMReport{Changes: []Domain{{Name: fmt.Sprintf("guest%d", rng.IntN(4)), State: st}}})
+			}
 		case 6: // a VM removed
 			if len(vms) > 0 {
 				i := rng.IntN(len(vms))
@@ -223,6 +235,15 @@ func TestLNMQuerySlotsKeptInStep(t *testing.T) {
 		in := map[LNMState]int{}
 		for _, l := range c.st.LNMs() {
 			in[l.State]++
+		}
+		unmanaged := 0
+		c.st.mu.RLock()
+		for _, l := range c.st.lnms {
+			unmanaged += len(l.unmanaged)
+		}
+		c.st.mu.RUnlock()
+		if got := c.st.Counts().Unmanaged; got != unmanaged {
+			t.Fatalf("step %d: Counts().Unmanaged = %d, the lists hold %d", step, got, unmanaged)
 		}
 		c.st.mu.RLock()
 		for _, st := range []LNMState{LNMConnected, LNMDisconnected, LNMRecovering} {

@@ -174,6 +174,7 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 	l.acks = newAcker(c, info.Name, link)
 	oldUnmanaged := l.unmanaged
 	l.unmanaged = map[string]*VM{}
+	c.st.unmanaged -= len(oldUnmanaged)
 	if len(l.vms) == 0 && len(domains) > 8 {
 		l.vms = make(map[string]*VM, len(domains)) // after a restart: sized once, not grown
 	}
@@ -234,6 +235,7 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 			evs = append(evs, Event{Type: EvVMMissing, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name})
 		}
 	}
+	c.st.unmanaged += len(l.unmanaged)
 	st := l.lnm
 	c.st.mu.Unlock()
 	evs = append([]Event{{Type: EvLNMConnected, LNM: info.Name, Detail: map[string]string{"address": st.Info.Address}}}, evs...)
@@ -365,7 +367,10 @@ func (c *Controller) HandleReport(lnm string, gen uint64, r LNMReport) {
 			}
 			acks = append(acks, vm.Snapshot())
 		case d.State == StateMissing || d.State == StateDestroyed:
-			delete(l.unmanaged, d.Name)
+			if _, ok := l.unmanaged[d.Name]; ok {
+				delete(l.unmanaged, d.Name)
+				c.st.unmanaged--
+			}
 		case managed:
 			vm = &VM{Name: d.Name, Short: short, Owner: owner, Cluster: ClusterOf(short), LNM: lnm, State: d.State,
 				Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs, Version: 1, Created: now()}
@@ -377,6 +382,7 @@ func (c *Controller) HandleReport(lnm string, gen uint64, r LNMReport) {
 			if u == nil {
 				u = &VM{Name: d.Name, LNM: lnm, Unmanage: true, Created: now()}
 				l.unmanaged[d.Name] = u
+				c.st.unmanaged++
 				u.State, u.MemMB, u.VCPUs = d.State, d.MemMB, d.VCPUs
 				evs = append(evs, Event{Type: EvVMUnmanaged, VM: u.Snapshot(), LNM: lnm})
 			} else {

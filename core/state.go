@@ -40,10 +40,11 @@ type State struct {
 	lost     map[string]*VM
 	missing  map[string]*VM
 	requests map[string][]*VM // owner\x00request id → VMs it created
-	running  int              // VMs in state running: kept by insert, remove and setState, so Counts is O(LNMs)
+	running  int              // VMs in state running: kept by insert, remove and setState, so Counts is O(1)
 	// LNMs in each state, kept by syncSlotLocked: whether a restarted
 	// controller is whole again is asked at every registration.
-	lnmsIn map[LNMState]int
+	lnmsIn    map[LNMState]int
+	unmanaged int // entries of all LNMs' unmanaged lists
 }
 
 func newState(domain string) *State {
@@ -452,10 +453,7 @@ func (s *State) Counts() Counts {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	c := Counts{VMs: len(s.vms), Lost: len(s.lost), Missing: len(s.missing), LNMs: len(s.lnms), Clusters: len(s.clusters),
-		Connected: s.lnmsIn[LNMConnected]}
-	for _, l := range s.lnms {
-		c.Unmanaged += len(l.unmanaged)
-	}
+		Connected: s.lnmsIn[LNMConnected], Unmanaged: s.unmanaged}
 	c.Running = s.running
 	return c
 }
