@@ -89,6 +89,11 @@ type Controller struct {
 	// reconnecting.
 	recMu     sync.Mutex
 	recovered chan struct{}
+
+	// adopted is the detail of every adoption event, one map for all (a
+	// restart adopts every VM of the site): events are read-only once
+	// emitted.
+	adopted StringMap
 }
 
 // New builds a controller. hooks must not be nil.
@@ -97,7 +102,8 @@ func New(cfg Config, hooks Hooks) *Controller {
 	return &Controller{
 		cfg: cfg, hooks: hooks, st: newState(cfg.Domain), log: cfg.Logger,
 		byUser: map[string]map[*Subscription]struct{}{}, watch: map[*Subscription]struct{}{},
-		idem: newIdemCache(10000, 10*time.Minute),
+		idem:    newIdemCache(10000, 10*time.Minute),
+		adopted: StringMap{"adopted": "true"},
 	}
 }
 

@@ -140,9 +140,10 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 		return 0, fmt.Errorf("%w: LNM name: %v", ErrBadRequest, err)
 	}
 	gen := c.gen.Add(1)
-	var evs []Event
+	// The connection event first, then one per VM adopted or changed.
+	evs := make([]Event, 1, 1+len(domains))
 	var acks []*VM
-	var states []StateUpdate
+	states := make([]StateUpdate, 0, len(domains))
 	// sync tells the LNM the controller's object for a VM: only the state
 	// part when the LNM's cached object already carries the rest (the
 	// usual case, and after a controller restart every VM of the site).
@@ -211,8 +212,7 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 			}
 			c.st.insertLocked(vm)
 			sync(vm, d.Cached)
-			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name,
-				Detail: map[string]string{"adopted": "true"}})
+			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name, Detail: c.adopted})
 		default:
 			u := &VM{Name: d.Name, LNM: info.Name, State: d.State, MemMB: d.MemMB, VCPUs: d.VCPUs, Unmanage: true, Created: now()}
 			if prev := oldUnmanaged[d.Name]; prev != nil {
@@ -238,7 +238,7 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 	c.st.unmanaged += len(l.unmanaged)
 	st := l.lnm
 	c.st.mu.Unlock()
-	evs = append([]Event{{Type: EvLNMConnected, LNM: info.Name, Detail: map[string]string{"address": st.Info.Address}}}, evs...)
+	evs[0] = Event{Type: EvLNMConnected, LNM: info.Name, Detail: StringMap{"address": st.Info.Address}}
 	// A full sync: the LNM's cache becomes exactly these objects.
 	go func() {
 		rctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -376,7 +376,7 @@ func (c *Controller) HandleReport(lnm string, gen uint64, r LNMReport) {
 				Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs, Version: 1, Created: now()}
 			c.st.insertLocked(vm)
 			acks = append(acks, vm.Snapshot())
-			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: owner, LNM: lnm, Detail: map[string]string{"adopted": "true"}})
+			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: owner, LNM: lnm, Detail: c.adopted})
 		default:
 			u := l.unmanaged[d.Name]
 			if u == nil {
