@@ -745,6 +745,61 @@ func TestChaosControllerNewAddress(t *testing.T) {
 	}
 }
 
+// A client that connects while a restarted controller is still waiting for
+// known LNMs loads what is back so far; the VMs adopted after that are not
+// streamed to it one by one: it gets one recovered event when the state is
+// whole and reloads its cache then.
+func TestChaosClientsReloadWhenRecovered(t *testing.T) {
+	c := newChaos(t)
+	c.startController()
+	c.startLNM("node1")
+	c.startLNM("node2")
+	root := c.client("root")
+	waitLNMs(t, root, 2)
+	alice := c.client("alice")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if r, err := alice.Start(ctx, core.StartArgs{Cluster: "web", Count: 4}); err != nil || r.OK() != 4 {
+		t.Fatalf("%v %+v", err, r)
+	}
+	before, _ := snapshot(t, root)
+	onNode2 := 0
+	for _, k := range before {
+		if k.LNM == "node2" {
+			onNode2++
+		}
+	}
+	if onNode2 == 0 || onNode2 == len(before) {
+		t.Fatalf("placement put %d of %d VMs on node2; the test needs some on each node", onNode2, len(before))
+	}
+	c.kill9("node2")
+	c.kill9("controller")
+	c.startController()
+	waitLNMs(t, root, 1) // node1 is back
+	late := c.client("alice") // while node2 is still expected back
+	rec := record(late)
+	if got := len(late.VMs()); got != len(before)-onNode2 {
+		t.Fatalf("client connected during recovery holds %d VMs, want node1's %d", got, len(before)-onNode2)
+	}
+	c.startLNM("node2")
+	ev := rec.waitFor(t, "recovered", func(ev core.Event) bool { return ev.Type == core.EvRecovered })
+	if ev.Detail["lnms"] != "2" || ev.Detail["vms"] != fmt.Sprint(len(before)) {
+		t.Fatalf("recovered event %+v, want 2 LNMs and %d VMs", ev.Detail, len(before))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(late.VMs()) != len(before) {
+		if time.Now().After(deadline) {
+			t.Fatalf("client cache holds %d VMs after the recovered event, want %d", len(late.VMs()), len(before))
+		}
+		time.Sleep(20 * time.Millisecond) // polling the reload the event started
+	}
+	for _, ev := range rec.all() {
+		if ev.Type == core.EvStateChanged && ev.Detail["adopted"] == "true" {
+			t.Fatalf("adoption streamed to a client during recovery: %+v", ev)
+		}
+	}
+}
+
 // After a restart the controller gives known LNMs a grace period: one that
 // does not come back is listed as recovering, then declared failed.
 func TestChaosGracePeriod(t *testing.T) {

@@ -250,7 +250,17 @@ func (c *Client) eventLoop(s *transport.Session, st *transport.Stream, f *feed) 
 		}
 	}
 	var err error
-	overflow := false
+	reload := "" // why the cache is to be reloaded on this session
+	// recovered: a restarted controller sends its adoptions to no feed
+	// while it rebuilds its state, then this once it is whole.
+	recovered := func(evs ...core.Event) bool {
+		for i := range evs {
+			if evs[i].Type == core.EvRecovered {
+				return true
+			}
+		}
+		return false
+	}
 	for {
 		var env *transport.Envelope
 		env, err = st.Recv(bound)
@@ -262,31 +272,36 @@ func (c *Client) eventLoop(s *transport.Session, st *transport.Stream, f *feed) 
 			var ev core.Event
 			if transport.Unmarshal(env.Args, &ev) == nil {
 				deliver(ev)
+				if recovered(ev) {
+					reload = "the controller has rebuilt its state after a restart"
+				}
 			}
 		case "events":
 			var evs []core.Event
 			if transport.Unmarshal(env.Args, &evs) == nil {
 				deliver(evs...)
+				if recovered(evs...) {
+					reload = "the controller has rebuilt its state after a restart"
+				}
 			}
 		case "overflow":
-			overflow = true
-			err = errors.New("event feed overflowed; reloading")
+			reload = "the event feed fell behind"
 		}
-		if err != nil {
+		if reload != "" {
+			err = errors.New(reload + "; reloading")
 			break
 		}
 	}
 	st.Close()
-	if overflow && !s.IsClosed() {
-		// The controller dropped the feed because it fell behind: open a
-		// new one and reload on the same session (no new handshake or
-		// authentication).
+	if reload != "" && !s.IsClosed() {
+		// Open a new feed and reload on the same session (no new
+		// handshake or authentication).
 		c.mu.RLock()
 		if c.closed || c.sess != s {
 			c.mu.RUnlock()
 			return
 		}
-		c.log.Info("event feed fell behind; reloading the cache")
+		c.log.Info("reloading the cache", "why", reload)
 		c.sessWG.Add(1)
 		c.mu.RUnlock()
 		go func() {
@@ -294,7 +309,7 @@ func (c *Client) eventLoop(s *transport.Session, st *transport.Stream, f *feed) 
 			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 			defer cancel()
 			if err := c.load(ctx, s, nil); err != nil {
-				c.log.Info("reloading after the feed fell behind failed; reconnecting", "err", err)
+				c.log.Info("reloading the cache failed; reconnecting", "why", reload, "err", err)
 				c.lost(s, err)
 			}
 		}()

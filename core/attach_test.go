@@ -148,3 +148,72 @@ func TestSubscriptionQueue(t *testing.T) {
 		t.Fatalf("after overflow: took %d, open %v, overflowed %v; want the 3 queued, closed, overflowed", len(evs), open, sub.Overflowed())
 	}
 }
+
+// notifyHooks records what plugins are told.
+type notifyHooks struct {
+	allowHooks
+	got chan Event
+}
+
+func (h notifyHooks) Notify(ev Event) { h.got <- ev }
+
+// TestRecoveryFeedsOneReload: while a restarted controller waits for known
+// LNMs, the VMs it adopts go to plugins but not to clients' feeds; when
+// the last one is back every feed, admin or not, gets one recovered event
+// with the counts (clients reload then); after that adoptions are
+// published again.
+func TestRecoveryFeedsOneReload(t *testing.T) {
+	h := notifyHooks{got: make(chan Event, 100)}
+	c := New(Config{Domain: "usher.test"}, h)
+	c.ExpectLNMs([]NodeInfo{{Name: "n1"}, {Name: "n2"}})
+	alice, _ := c.Subscribe(Identity{User: "alice"}, "", false)
+	root, _ := c.Subscribe(Identity{User: "root", Admin: true}, "", true)
+	attach := func(lnm string, vms ...string) {
+		t.Helper()
+		var doms []Domain
+		for _, v := range vms {
+			doms = append(doms, Domain{Name: v + ".alice.usher.test", State: StateRunning})
+		}
+		if _, err := c.AttachLNM(context.Background(), NodeInfo{Name: lnm}, nil, &syncLink{got: make(chan ReceiveArgs, 1)}, doms); err != nil {
+			t.Fatal(err)
+		}
+	}
+	types := func(s *Subscription) (out []string) {
+		evs, _ := s.Take(100)
+		for _, ev := range evs {
+			out = append(out, ev.Type)
+		}
+		return out
+	}
+	attach("n1", "web1", "web2")
+	if got := types(alice); len(got) != 0 {
+		t.Fatalf("alice's feed during recovery: %v, want nothing", got)
+	}
+	if got := types(root); len(got) != 1 || got[0] != EvLNMConnected {
+		t.Fatalf("admin's watch during recovery: %v, want only lnm_connected", got)
+	}
+	adopted := 0
+	for len(h.got) > 0 {
+		if ev := <-h.got; ev.Type == EvStateChanged && ev.Detail["adopted"] == "true" {
+			adopted++
+		}
+	}
+	if adopted != 2 {
+		t.Fatalf("plugins were told of %d adoptions, want 2", adopted)
+	}
+	attach("n2", "db1")
+	evs, _ := alice.Take(100)
+	if len(evs) != 1 || evs[0].Type != EvRecovered || evs[0].Detail["lnms"] != "2" || evs[0].Detail["vms"] != "3" {
+		t.Fatalf("alice's feed when the state is whole: %+v, want one recovered event (2 LNMs, 3 VMs)", evs)
+	}
+	if got := types(root); len(got) != 2 || got[0] != EvLNMConnected || got[1] != EvRecovered {
+		t.Fatalf("admin's watch when the state is whole: %v", got)
+	}
+	if c.Recovering() {
+		t.Fatal("still recovering with every known LNM back")
+	}
+	attach("n3", "web3")
+	if evs, _ := alice.Take(100); len(evs) != 1 || evs[0].Type != EvStateChanged || evs[0].Detail["adopted"] != "true" {
+		t.Fatalf("alice's feed after recovery: %+v, want the adoption", evs)
+	}
+}

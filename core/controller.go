@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -163,6 +164,14 @@ func (c *Controller) fanout(ev Event) {
 	}
 	c.subMu.RLock()
 	defer c.subMu.RUnlock()
+	if ev.Type == EvRecovered {
+		for _, m := range c.byUser {
+			for s := range m {
+				s.offer(ev)
+			}
+		}
+		return
+	}
 	if ev.User != "" {
 		for s := range c.byUser[ev.User] {
 			s.offer(ev)
@@ -1202,12 +1211,19 @@ func (c *Controller) openGateIfWhole() {
 		return
 	}
 	c.recMu.Lock()
-	defer c.recMu.Unlock()
+	opened := false
 	if c.recovered != nil {
 		select {
 		case <-c.recovered:
 		default:
 			close(c.recovered)
+			opened = true
 		}
+	}
+	c.recMu.Unlock()
+	if opened {
+		n := c.st.Counts()
+		c.log.Info("state whole again after the restart", "lnms", n.Connected, "vms", n.VMs, "lost", n.Lost)
+		c.emit(Event{Type: EvRecovered, Detail: StringMap{"lnms": strconv.Itoa(n.Connected), "vms": strconv.Itoa(n.VMs)}})
 	}
 }

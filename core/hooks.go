@@ -25,6 +25,7 @@ const (
 	EvVMUnmanaged    = "vm_unmanaged"
 	EvLNMConnected   = "lnm_connected"
 	EvLNMLost        = "lnm_disconnected"
+	EvRecovered      = "recovered" // a restarted controller's state is whole again: to every feed
 	EvError          = "error"
 	EvTimer          = "timer"
 )
@@ -32,7 +33,7 @@ const (
 // NotifyEvents are the events delivered through Hooks.Notify.
 func NotifyEvents() []string {
 	return []string{EvStartComplete, EvOpComplete, EvMigrateDone, EvStateChanged, EvVMLost,
-		EvVMMissing, EvVMUnmanaged, EvLNMConnected, EvLNMLost, EvError}
+		EvVMMissing, EvVMUnmanaged, EvLNMConnected, EvLNMLost, EvRecovered, EvError}
 }
 
 // Credentials are what a user presents to the authentication chain.

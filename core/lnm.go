@@ -140,6 +140,10 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 		return 0, fmt.Errorf("%w: LNM name: %v", ErrBadRequest, err)
 	}
 	gen := c.gen.Add(1)
+	// While a restarted controller is rebuilding its state, adoptions go
+	// to plugins only: clients reload once when it is whole (EvRecovered)
+	// instead of taking a site's worth of events one VM at a time.
+	quiet := c.Recovering()
 	// The connection event first, then one per VM adopted or changed.
 	evs := make([]Event, 1, 1+len(domains))
 	var acks []*VM
@@ -212,7 +216,7 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 			}
 			c.st.insertLocked(vm)
 			sync(vm, d.Cached)
-			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name, Detail: c.adopted})
+			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name, Detail: c.adopted, PluginsOnly: quiet})
 		default:
 			u := &VM{Name: d.Name, LNM: info.Name, State: d.State, MemMB: d.MemMB, VCPUs: d.VCPUs, Unmanage: true, Created: now()}
 			if prev := oldUnmanaged[d.Name]; prev != nil {

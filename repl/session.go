@@ -228,6 +228,8 @@ func describeEvent(ev core.Event, all bool) string {
 		if all {
 			return fmt.Sprintf("* LNM %s disconnected", ev.LNM)
 		}
+	case core.EvRecovered:
+		return fmt.Sprintf("* the controller has rebuilt its state after a restart (%s LNMs, %s VMs)", ev.Detail["lnms"], ev.Detail["vms"])
 	case core.EvError:
 		if all {
 			return fmt.Sprintf("* error: %s", ev.Error)
