@@ -504,6 +504,13 @@ func (c *Client) Domain() string {
 	return c.domain
 }
 
+// CachedCount is how many VMs the cache holds (VMs copies them all).
+func (c *Client) CachedCount() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.cache)
+}
+
 // VMs returns the cached VM objects, sorted by cluster and index.
 func (c *Client) VMs() []*core.VM {
 	c.mu.RLock()

@@ -30,13 +30,16 @@ import (
 
 // benchReport is what `usher bench` prints and writes as JSON.
 type benchReport struct {
-	Scenario          string  `json:"scenario"`
-	LNMs              int     `json:"lnms"`
-	VMs               int     `json:"vms"`
-	Batch             int     `json:"batch"`
-	Clients           int     `json:"clients"`
-	Seconds           float64 `json:"seconds"`
-	ConnectSeconds    float64 `json:"connect_seconds"`
+	Scenario       string  `json:"scenario"`
+	LNMs           int     `json:"lnms"`
+	VMs            int     `json:"vms"`
+	Batch          int     `json:"batch"`
+	Clients        int     `json:"clients"`
+	Seconds        float64 `json:"seconds"`
+	ConnectSeconds float64 `json:"connect_seconds"`
+	// recovery: from the kill until every client's cache is whole again
+	// (clients reload once the controller's state is whole)
+	ClientsSeconds    float64 `json:"clients_whole_seconds,omitempty"`
 	Requests          int64   `json:"requests"`
 	ThroughputPerS    float64 `json:"throughput_per_s"`
 	P50ms             float64 `json:"p50_ms"`
@@ -165,6 +168,9 @@ func printReport(w io.Writer, r *benchReport) {
 		fmt.Fprintf(w, "connect LNMs  %.2f s\n", r.ConnectSeconds)
 	}
 	fmt.Fprintf(w, "seconds       %.3f\n", r.Seconds)
+	if r.ClientsSeconds > 0 {
+		fmt.Fprintf(w, "clients whole %.3f s (every client's cache reloaded)\n", r.ClientsSeconds)
+	}
 	fmt.Fprintf(w, "requests      %d\n", r.Requests)
 	fmt.Fprintf(w, "throughput    %.1f /s\n", r.ThroughputPerS)
 	fmt.Fprintf(w, "latency       p50 %.3f ms  p95 %.3f ms  p99 %.3f ms\n", r.P50ms, r.P95ms, r.P99ms)
@@ -687,6 +693,10 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 			rep.Requests = 0
 			break
 		}
+		want := make([]int, len(clients))
+		for i, c := range clients {
+			want[i] = c.CachedCount()
+		}
 		e.progress("kill -9 controller (pid %d)", pid)
 		e.ctl.Process.Signal(syscall.SIGKILL)
 		<-e.ctlDone // its port is free once it is gone
@@ -702,6 +712,10 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 			return err
 		}
 		rep.Seconds = time.Since(start).Seconds()
+		if err := e.waitClients(ctx, clients, want, 10*time.Minute); err != nil {
+			return err
+		}
+		rep.ClientsSeconds = time.Since(start).Seconds()
 		stopProf()
 		_, rss, peak, _ := procStat(e.ctl.Process.Pid)
 		cpu, _, _, _ := procStat(e.ctl.Process.Pid)
@@ -851,6 +865,36 @@ func (e *benchEnv) genPprof(g int) string {
 	e.o.genPprofAddr = pl.Addr().String()
 	pl.Close()
 	return fmt.Sprintf("pprof = %q", e.o.genPprofAddr)
+}
+
+// waitClients waits until each client's cache holds as many VMs as it
+// wants.
+func (e *benchEnv) waitClients(ctx context.Context, clients []*client.Client, want []int, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	last := time.Now()
+	for {
+		have, whole := 0, true
+		for i, c := range clients {
+			n := c.CachedCount()
+			have += n
+			whole = whole && n == want[i]
+		}
+		if whole {
+			return nil
+		}
+		if time.Since(last) >= 2*time.Second {
+			e.progress("clients reloading: %d VMs cached", have)
+			last = time.Now()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("clients' caches hold %d VMs after %v, want %v", have, limit, want)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(25 * time.Millisecond): // polling converging caches
+		}
+	}
 }
 
 // startProfile fetches CPU profiles of the controller (and of the first
