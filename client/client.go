@@ -150,6 +150,7 @@ type feed struct {
 	mu      sync.Mutex
 	loading bool
 	pending []core.Event
+	done    chan struct{} // closed when the load that opened the feed returns
 }
 
 // load opens the event feed on s, waits until it is live, loads the cache
@@ -169,7 +170,8 @@ func (c *Client) load(ctx context.Context, s *transport.Session, rep *core.AuthR
 		}
 		return fmt.Errorf("opening event stream: %w", err)
 	}
-	f := &feed{loading: true}
+	f := &feed{loading: true, done: make(chan struct{})}
+	defer close(f.done)
 	c.mu.RLock()
 	if c.closed {
 		c.mu.RUnlock()
@@ -297,15 +299,29 @@ func (c *Client) eventLoop(s *transport.Session, st *transport.Stream, f *feed) 
 		// Open a new feed and reload on the same session (no new
 		// handshake or authentication).
 		c.mu.RLock()
-		if c.closed || c.sess != s {
+		if c.closed {
 			c.mu.RUnlock()
 			return
 		}
-		c.log.Info("reloading the cache", "why", reload)
 		c.sessWG.Add(1)
 		c.mu.RUnlock()
 		go func() {
 			defer c.sessWG.Done()
+			// The load that opened this feed may still be listing (a
+			// controller can finish recovering, or a feed overflow, during
+			// a long list): reload once it has made s current.
+			select {
+			case <-f.done:
+			case <-c.closeCh:
+				return
+			}
+			c.mu.RLock()
+			current := !c.closed && c.sess == s
+			c.mu.RUnlock()
+			if !current {
+				return // that load failed and s is being replaced, or a newer session won
+			}
+			c.log.Info("reloading the cache", "why", reload)
 			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 			defer cancel()
 			if err := c.load(ctx, s, nil); err != nil {
