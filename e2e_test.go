@@ -654,3 +654,33 @@ func TestLaggingClientResyncsInSession(t *testing.T) {
 		t.Fatalf("the resync went through connection changes %v; want none (same session)", conns)
 	}
 }
+
+// TestClientLoadsItsCacheInPages: a client loads its cache a page at a
+// time (one frame each: a user's quarter of a million VMs is more than a
+// frame may carry) and ends with every VM.
+func TestClientLoadsItsCacheInPages(t *testing.T) {
+	s, ctx := feedSite(t, 4096)
+	starter, err := s.Client(ctx, "alice", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer starter.Close()
+	if r, err := starter.Start(ctx, core.StartArgs{Cluster: "web", Count: 7}); err != nil || r.OK() != 7 {
+		t.Fatalf("%v %+v", err, r)
+	}
+	paged, err := client.Connect(ctx, client.Config{Addr: s.Addr, CAFile: s.CAFile, ServerName: "localhost",
+		User: "alice", Password: "alice-pw", ListPage: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer paged.Close()
+	got, want := paged.VMs(), starter.VMs()
+	if len(got) != 7 || len(want) != 7 {
+		t.Fatalf("paged client holds %d VMs, the other %d; want 7", len(got), len(want))
+	}
+	for i := range got {
+		if got[i].Name != want[i].Name || got[i].State != want[i].State {
+			t.Fatalf("VM %d: %s %s, want %s %s", i, got[i].Name, got[i].State, want[i].Name, want[i].State)
+		}
+	}
+}

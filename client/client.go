@@ -30,6 +30,7 @@ type Config struct {
 	MinBackoff  time.Duration // reconnect backoff bounds (exponential, with jitter)
 	MaxBackoff  time.Duration
 	CallTimeout time.Duration // default deadline of calls whose ctx has none
+	ListPage    int           // VMs per list call when loading the cache (default 50,000)
 	Limits      transport.Limits
 	Logger      *slog.Logger
 }
@@ -90,6 +91,9 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = 10 * time.Minute
 	}
+	if cfg.ListPage <= 0 {
+		cfg.ListPage = defaultListPage
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -143,6 +147,10 @@ func (c *Client) dial(ctx context.Context) error {
 	return nil
 }
 
+// defaultListPage is how many VMs a cache load asks for at once: about
+// 11 MB of JSON, a third of the frame limit, leaving room for policy data.
+const defaultListPage = 50000
+
 // feed is one event stream of a session. Until the cache has been loaded
 // the stream's events are held in pending (the feed is read all the time,
 // so a long list never makes the controller cut a lagging feed off).
@@ -181,17 +189,31 @@ func (c *Client) load(ctx context.Context, s *transport.Session, rep *core.AuthR
 	c.sessWG.Add(1) // before Close can start waiting: it sets closed under mu first
 	c.mu.RUnlock()
 	go c.eventLoop(s, evs, f)
+	// The list comes in pages (one frame each; a user's quarter of a
+	// million VMs is 55 MB). The first page's Seq is the base: every change
+	// after it, including to VMs of later pages, has an event numbered
+	// above it, applied on top (events carry whole objects with versions).
 	var lst core.ListReply
-	lctx, lcancel := context.WithTimeout(ctx, 60*time.Second)
-	err = s.Call(lctx, core.MList, core.ListArgs{Cluster: c.cfg.Cluster}, &lst)
-	lcancel()
-	if err != nil {
-		evs.Close()
-		return fmt.Errorf("loading VMs: %w", err)
-	}
-	cache := make(map[string]*core.VM, len(lst.VMs))
-	for _, v := range lst.VMs {
-		cache[v.Name] = v
+	cache := map[string]*core.VM{}
+	for after := ""; ; {
+		var page core.ListReply
+		lctx, lcancel := context.WithTimeout(ctx, 60*time.Second)
+		err = s.Call(lctx, core.MList, core.ListArgs{Cluster: c.cfg.Cluster, After: after, Limit: c.cfg.ListPage}, &page)
+		lcancel()
+		if err != nil {
+			evs.Close()
+			return fmt.Errorf("loading VMs (%d so far): %w", len(cache), err)
+		}
+		if after == "" {
+			lst.Seq = page.Seq
+		}
+		for _, v := range page.VMs {
+			cache[v.Name] = v
+		}
+		if !page.More || len(page.VMs) == 0 {
+			break
+		}
+		after = page.VMs[len(page.VMs)-1].Name
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -58,7 +58,13 @@ type ListArgs struct {
 	Cluster string   `json:"cluster,omitempty"`
 	Status  bool     `json:"status,omitempty"` // include usage averages
 	All     bool     `json:"all,omitempty"`    // everyone's VMs (policy decides)
-	Lists   bool     `json:"lists,omitempty"`  // include lost/missing/unmanaged (admins)
+	Lists   bool     `json:"lists,omitempty"`  // include lost/missing/unmanaged (admins; with Limit, on the first page)
+	// Paging, for lists too long for one frame (a client cache of a
+	// quarter of a million VMs is about 55 MB): with Limit > 0 the reply
+	// holds at most Limit VMs in name order, those named after After, and
+	// More tells whether any follow.
+	After string `json:"after,omitempty"`
+	Limit int    `json:"limit,omitempty"`
 }
 
 // ListReply answers list. Seq is the number of the last event published
@@ -69,6 +75,7 @@ type ListReply struct {
 	Lost      []*VM  `json:"lost,omitempty"`
 	Missing   []*VM  `json:"missing,omitempty"`
 	Unmanaged []*VM  `json:"unmanaged,omitempty"`
+	More      bool   `json:"more,omitempty"` // paged: VMs after the last one follow
 }
 
 // ListLNMsArgs selects LNMs; empty Names means all.
@@ -181,9 +188,12 @@ type PolicyArgs struct {
 
 // --- LNM side ---
 
-// LNMHello opens an LNM session. Node must equal the certificate's name.
+// LNMHello opens an LNM session: the node's description (its name must
+// equal the certificate's) and its status, so that registration needs one
+// call back (list_vms) instead of three.
 type LNMHello struct {
-	Node NodeInfo `json:"node"`
+	Node   NodeInfo    `json:"node"`
+	Status *NodeStatus `json:"status"`
 }
 
 // LNMHelloReply tells the LNM the controller's view.

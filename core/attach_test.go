@@ -2,6 +2,8 @@ package core
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 )
@@ -215,5 +217,53 @@ func TestRecoveryFeedsOneReload(t *testing.T) {
 	attach("n3", "web3")
 	if evs, _ := alice.Take(100); len(evs) != 1 || evs[0].Type != EvStateChanged || evs[0].Detail["adopted"] != "true" {
 		t.Fatalf("alice's feed after recovery: %+v, want the adoption", evs)
+	}
+}
+
+// TestListPages: with a limit, list hands out the caller's VMs in name
+// order, a page at a time after the name given, says whether more follow,
+// and adds the lost/missing lists to the first page only.
+func TestListPages(t *testing.T) {
+	c := New(Config{Domain: "usher.test"}, allowHooks{})
+	c.st.mu.Lock()
+	for i := range 7 {
+		for _, owner := range []string{"alice", "bob"} {
+			short := fmt.Sprintf("web%d", i+1)
+			st := StateRunning
+			if i == 6 {
+				st = StateLost
+			}
+			vm := &VM{Name: FullName(short, owner, "usher.test"), Short: short, Owner: owner, Cluster: "web", LNM: "n1", State: st}
+			c.st.insertLocked(vm)
+		}
+	}
+	c.st.mu.Unlock()
+	alice := Identity{User: "alice"}
+	var names []string
+	after := ""
+	for pages := 1; ; pages++ {
+		rep, err := c.List(context.Background(), alice, ListArgs{After: after, Limit: 3, Lists: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (after == "") != (len(rep.Lost) > 0) {
+			t.Fatalf("page %d has %d lost VMs; the first page carries the lists, the others not", pages, len(rep.Lost))
+		}
+		for _, v := range rep.VMs {
+			if v.Owner != "alice" {
+				t.Fatalf("page %d holds %s", pages, v.Name)
+			}
+			names = append(names, v.Name)
+		}
+		if wantMore := pages < 3; rep.More != wantMore || (rep.More && len(rep.VMs) != 3) {
+			t.Fatalf("page %d: %d VMs, more %v", pages, len(rep.VMs), rep.More)
+		}
+		if !rep.More {
+			break
+		}
+		after = rep.VMs[len(rep.VMs)-1].Name
+	}
+	if len(names) != 7 || !slices.IsSorted(names) {
+		t.Fatalf("pages gave %v, want alice's 7 VMs in name order", names)
 	}
 }
