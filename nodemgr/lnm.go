@@ -206,9 +206,13 @@ func (l *LNM) session(ctx context.Context) error {
 		return err
 	}
 	info.Recovery = advertised(info.Recovery, s.LocalAddr())
+	r, err := l.sample(ctx)
+	if err != nil {
+		return fmt.Errorf("node status for registration: %w", err)
+	}
 	var hello core.LNMHelloReply
 	hctx, hcancel := context.WithTimeout(ctx, 2*time.Minute)
-	err = s.Call(hctx, core.MLNMHello, core.LNMHello{Node: info}, &hello)
+	err = s.Call(hctx, core.MLNMHello, core.LNMHello{Node: info, Status: r.Node}, &hello)
 	hcancel()
 	if err != nil {
 		return fmt.Errorf("registering with controller: %w", err)

@@ -391,6 +391,9 @@ func (cs *ControllerServer) serveLNM(ctx context.Context, s *Session, p Peer) {
 		if gen.Load() != 0 {
 			return nil, Errorf(CodeBadRequest, "already registered")
 		}
+		if a.Status == nil {
+			return nil, Errorf(CodeBadRequest, "lnm_hello carries no node status")
+		}
 		// The newest session of a node wins; the old one is closed.
 		cs.mu.Lock()
 		old := cs.lnms[p.LNM]
@@ -399,17 +402,7 @@ func (cs *ControllerServer) serveLNM(ctx context.Context, s *Session, p Peer) {
 		if old != nil && old != s {
 			old.Close()
 		}
-		var info core.NodeInfo
-		if err := s.Call(ctx, core.LGetNodeInfo, nil, &info); err != nil {
-			return nil, Errorf(CodeUnavailable, "get_node_info: %v", err)
-		}
-		if info.Name != p.LNM {
-			return nil, Errorf(CodeForbidden, "node reports name %q, certificate says %q", info.Name, p.LNM)
-		}
-		var status core.NodeStatus
-		if err := s.Call(ctx, core.LGetNodeStatus, nil, &status); err != nil {
-			return nil, Errorf(CodeUnavailable, "get_node_status: %v", err)
-		}
+		info := a.Node
 		var vms core.ListVMsReply
 		if err := s.Call(ctx, core.LListVMs, nil, &vms); err != nil {
 			return nil, Errorf(CodeUnavailable, "list_vms: %v", err)
@@ -421,7 +414,7 @@ func (cs *ControllerServer) serveLNM(ctx context.Context, s *Session, p Peer) {
 				cs.log.Error("persisting known LNMs", "err", err)
 			}
 		}
-		g, err := cs.c.AttachLNM(ctx, info, &status, &lnmLink{s: s}, vms.Domains)
+		g, err := cs.c.AttachLNM(ctx, info, a.Status, &lnmLink{s: s}, vms.Domains)
 		if err != nil {
 			return nil, err
 		}

@@ -293,6 +293,33 @@ func TestLNMCertificateNamesItsNode(t *testing.T) {
 	}
 }
 
+// TestLNMHelloCarriesStatus: registration takes the node's description
+// and status from lnm_hello (no calls back for them); a hello without the
+// status is refused.
+func TestLNMHelloCarriesStatus(t *testing.T) {
+	e := start(t, nil)
+	s := lnmSession(t, e, "nodea")
+	m := transport.NewMux()
+	m.Handle(core.LListVMs, func(ctx context.Context, _ json.RawMessage) (any, error) { return core.ListVMsReply{}, nil })
+	m.Handle(core.LReceive, func(ctx context.Context, _ json.RawMessage) (any, error) { return struct{}{}, nil })
+	s.SetMux(m)
+	go s.Serve(context.Background())
+	err := s.Call(context.Background(), core.MLNMHello, core.LNMHello{Node: core.NodeInfo{Name: "nodea"}}, nil)
+	var we *transport.Error
+	if !errors.As(err, &we) || we.Code != transport.CodeBadRequest || !strings.Contains(we.Msg, "status") {
+		t.Fatalf("hello without status: %v", err)
+	}
+	hello := core.LNMHello{Node: core.NodeInfo{Name: "nodea", CPUs: 8, MemMB: 4096, Recovery: "10.0.0.7:7001"},
+		Status: &core.NodeStatus{FreeMemMB: 3000, FreeVCPUs: 6}}
+	if err := s.Call(context.Background(), core.MLNMHello, hello, nil); err != nil {
+		t.Fatal(err)
+	}
+	l, ok := e.c.State().LNM("nodea")
+	if !ok || l.State != core.LNMConnected || l.Info.CPUs != 8 || l.Info.Recovery != "10.0.0.7:7001" || l.Status.FreeMemMB != 3000 || l.Status.FreeVCPUs != 6 {
+		t.Fatalf("registered %+v", l)
+	}
+}
+
 func TestLNMCertificateCannotPoseAsController(t *testing.T) {
 	e := start(t, nil)
 	cert, key, err := e.ca.Issue(transport.RoleLNM, "evil", nil, e.dir)
@@ -348,19 +375,17 @@ func TestRegistrationsWaitTheirTurn(t *testing.T) {
 		m := transport.NewMux()
 		// Each registration takes 300 ms on the LNM's side: four in turn
 		// take 1.2 s, beyond the 500 ms handshake timeout.
-		m.Handle(core.LGetNodeInfo, func(ctx context.Context, _ json.RawMessage) (any, error) {
+		m.Handle(core.LListVMs, func(ctx context.Context, _ json.RawMessage) (any, error) {
 			time.Sleep(300 * time.Millisecond)
-			return core.NodeInfo{Name: name, CPUs: 1, MemMB: 1024, Driver: "sim"}, nil
+			return core.ListVMsReply{}, nil
 		})
-		m.Handle(core.LGetNodeStatus, func(ctx context.Context, _ json.RawMessage) (any, error) { return core.NodeStatus{}, nil })
-		m.Handle(core.LListVMs, func(ctx context.Context, _ json.RawMessage) (any, error) { return core.ListVMsReply{}, nil })
 		m.Handle(core.LReceive, func(ctx context.Context, _ json.RawMessage) (any, error) { return struct{}{}, nil })
 		s.SetMux(m)
 		go s.Serve(context.Background())
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			errs <- s.Call(ctx, core.MLNMHello, core.LNMHello{Node: core.NodeInfo{Name: name}}, nil)
+			errs <- s.Call(ctx, core.MLNMHello, core.LNMHello{Node: core.NodeInfo{Name: name, CPUs: 1, MemMB: 1024, Driver: "sim"}, Status: &core.NodeStatus{}}, nil)
 		}()
 	}
 	for i := 0; i < n; i++ {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -274,10 +275,13 @@ type benchEnv struct {
 	ctl     *exec.Cmd
 	ctlDone chan struct{} // closed when the controller process has exited
 	gens    []*exec.Cmd
-	users   []string
-	errMu   sync.Mutex
-	errMsg  string
-	died    error
+	// the clients' log, DIR/clients.log
+	clientLogOnce sync.Once
+	clientLog     *slog.Logger
+	users         []string
+	errMu         sync.Mutex
+	errMsg        string
+	died          error
 }
 
 // firstError keeps the first failure for the report.
@@ -507,8 +511,14 @@ level = "warn"
 }
 
 func (e *benchEnv) client(ctx context.Context, user string) (*client.Client, error) {
+	e.clientLogOnce.Do(func() {
+		e.clientLog = slog.New(slog.DiscardHandler)
+		if f, err := os.Create(filepath.Join(e.dir, "clients.log")); err == nil {
+			e.clientLog = slog.New(slog.NewTextHandler(f, nil)) // reconnects and reloads: a few lines each
+		}
+	})
 	return client.Connect(ctx, client.Config{Addr: e.addr, CAFile: filepath.Join(e.dir, "pki", "ca.crt"), ServerName: "localhost",
-		User: user, Password: user + "-pw", MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
+		User: user, Password: user + "-pw", MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, Logger: e.clientLog.With("user", user)})
 }
 
 func counts(ctx context.Context, admin *client.Client) (core.Counts, error) {
