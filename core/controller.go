@@ -1242,6 +1242,20 @@ func (c *Controller) waitRecovered(ctx context.Context) error {
 	}
 }
 
+// Recovered is closed once a restarted controller's state is whole again
+// (every known LNM back, or the grace period over); at once when there
+// is nothing to recover.
+func (c *Controller) Recovered() <-chan struct{} {
+	c.recMu.Lock()
+	defer c.recMu.Unlock()
+	if c.recovered == nil {
+		ch := make(chan struct{})
+		close(ch)
+		return ch
+	}
+	return c.recovered
+}
+
 // Recovering reports whether known LNMs are still expected back.
 func (c *Controller) Recovering() bool {
 	c.recMu.Lock()

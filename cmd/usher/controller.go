@@ -209,6 +209,10 @@ Example:
 	if self == "" {
 		self = ln.Addr().String()
 	}
+	if pct := cfg.Int("controller.recovery_gc_percent"); pct > 0 && len(known.List()) > 0 {
+		c.ExpectLNMs(known.List()) // before any LNM is back (Recover repeats it)
+		gcWhileRecovering(ctx, c, pct, log)
+	}
 	go srv.Recover(ctx, announceTLS, self, cfg.Duration("controller.grace"))
 	err = srv.Serve(ctx, ln)
 	c.Wait()
@@ -216,6 +220,22 @@ Example:
 		log.Error("saving known LNMs", "err", ferr)
 	}
 	return err
+}
+
+// gcWhileRecovering sets the GC percent to pct until c's state is whole
+// (or ctx ends), then puts the previous one back. Rebuilding the state
+// only adds to the heap, so collecting as often as usual is wasted work.
+func gcWhileRecovering(ctx context.Context, c *core.Controller, pct int, log *slog.Logger) {
+	prev := debug.SetGCPercent(pct)
+	log.Info("recovering: GC percent raised until the state is whole", "percent", pct, "was", prev)
+	go func() {
+		select {
+		case <-c.Recovered():
+		case <-ctx.Done():
+		}
+		debug.SetGCPercent(prev)
+		log.Info("GC percent back", "percent", prev)
+	}()
 }
 
 // servePprof serves net/http/pprof on a loopback address only.

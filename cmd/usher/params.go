@@ -32,6 +32,7 @@ func params() *config.Set {
 		config.Param{Key: "controller.advertise", Kind: config.String, Default: "", Help: "address LNMs should connect to, sent in recovery announcements (default: controller.listen)"},
 		config.Param{Key: "controller.grace", Kind: config.Duration, Default: 30 * time.Second, Help: "after a restart, how long known LNMs have to reconnect before they are declared failed"},
 		config.Param{Key: "controller.event_buffer", Kind: config.Int, Default: 65536, Help: "pushed events queued per client before a lagging client is cut off (the queue takes memory only for what waits)"},
+		config.Param{Key: "controller.recovery_gc_percent", Kind: config.Int, Default: 400, Help: "the Go GC percent (GOGC) while a restarted controller rebuilds its state from the LNMs (0 = leave it): the heap only grows then, so collecting it as often as usual is mostly wasted work; the normal setting returns when the state is whole, and controller.memory_limit_mb still bounds the heap"},
 		config.Param{Key: "controller.memory_limit_mb", Kind: config.Int, Default: 0, Help: "soft limit of the controller's memory (MiB; 0 = none): the Go runtime collects garbage harder and returns memory to the OS to stay under it (as GOMEMLIMIT, which it overrides)"},
 		config.Param{Key: "controller.pprof", Kind: config.String, Default: "", Help: "serve Go pprof profiles on this loopback address (\"\" = off), e.g. 127.0.0.1:6060"},
 		// policy
