@@ -218,6 +218,10 @@ func ClientTLS(caFile, certFile, keyFile, serverName string) (*tls.Config, error
 		MinVersion: tls.VersionTLS13,
 		RootCAs:    pool,
 		ServerName: serverName,
+		// Resume sessions (after a controller restart: see tickets.go). One
+		// cache per configuration, so per identity: a session is never
+		// resumed under another certificate.
+		ClientSessionCache: tls.NewLRUClientSessionCache(4),
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if len(cs.PeerCertificates) == 0 {
 				return errors.New("controller presented no certificate")

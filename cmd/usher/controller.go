@@ -173,6 +173,26 @@ Example:
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
+	// TLS sessions survive a restart: the site reconnects with resumed
+	// handshakes. The keys rotate daily (checked hourly).
+	tickets := filepath.Join(stateDir, "tls-ticket-keys")
+	if err := transport.UseTicketKeys(tlsCfg, tickets); err != nil {
+		return err
+	}
+	go func() {
+		t := time.NewTicker(time.Hour)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := transport.UseTicketKeys(tlsCfg, tickets); err != nil {
+					log.Error("rotating TLS session ticket keys", "err", err)
+				}
+			}
+		}
+	}()
 	host, err := newPolicyHost(cfg, stateDir, nil, log)
 	if err != nil {
 		return err
