@@ -775,7 +775,7 @@ func TestChaosClientsReloadWhenRecovered(t *testing.T) {
 	c.kill9("node2")
 	c.kill9("controller")
 	c.startController()
-	waitLNMs(t, root, 1) // node1 is back
+	waitLNMs(t, root, 1)      // node1 is back
 	late := c.client("alice") // while node2 is still expected back
 	rec := record(late)
 	if got := len(late.VMs()); got != len(before)-onNode2 {
