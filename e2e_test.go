@@ -657,7 +657,7 @@ func TestLaggingClientResyncsInSession(t *testing.T) {
 
 // TestClientLoadsItsCacheInPages: a client loads its cache a page at a
 // time (one frame each: a user's quarter of a million VMs is more than a
-// frame may carry) and ends with every VM.
+// frame may carry) and ends with every VM; List of everything pages too.
 func TestClientLoadsItsCacheInPages(t *testing.T) {
 	s, ctx := feedSite(t, 4096)
 	starter, err := s.Client(ctx, "alice", "alice-pw")
@@ -681,6 +681,25 @@ func TestClientLoadsItsCacheInPages(t *testing.T) {
 	for i := range got {
 		if got[i].Name != want[i].Name || got[i].State != want[i].State {
 			t.Fatalf("VM %d: %s %s, want %s %s", i, got[i].Name, got[i].State, want[i].Name, want[i].State)
+		}
+	}
+	// An explicit list of everything is paged the same way and comes back
+	// in the order of one unpaged reply.
+	whole, err := starter.List(ctx, core.ListArgs{Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages, err := paged.List(ctx, core.ListArgs{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	core.SortVMs(whole.VMs)
+	if len(pages.VMs) != 7 || pages.More {
+		t.Fatalf("paged list: %d VMs, more %v", len(pages.VMs), pages.More)
+	}
+	for i := range pages.VMs {
+		if pages.VMs[i].Name != whole.VMs[i].Name {
+			t.Fatalf("paged list position %d: %s, want %s", i, pages.VMs[i].Name, whole.VMs[i].Name)
 		}
 	}
 }

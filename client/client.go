@@ -625,13 +625,39 @@ func (c *Client) Call(ctx context.Context, method string, args, reply any) error
 	return s.Call(ctx, method, args, reply)
 }
 
-// List implements list(vm list, status).
+// List implements list(vm list, status). Without names or a limit it
+// fetches every VM in pages of Config.ListPage and returns them in one
+// reply, ordered as an unpaged list.
 func (c *Client) List(ctx context.Context, a core.ListArgs) (*core.ListReply, error) {
-	var r core.ListReply
-	if err := c.Call(ctx, core.MList, a, &r); err != nil {
-		return nil, err
+	if a.Limit > 0 || len(a.Names) > 0 {
+		var r core.ListReply
+		if err := c.Call(ctx, core.MList, a, &r); err != nil {
+			return nil, err
+		}
+		return &r, nil
 	}
-	return &r, nil
+	// Everything asked for: in pages (a frame holds about 150,000 VMs),
+	// put together in the display order of an unpaged list.
+	var out core.ListReply
+	a.Limit = c.cfg.ListPage
+	for first := true; ; first = false {
+		var page core.ListReply
+		if err := c.Call(ctx, core.MList, a, &page); err != nil {
+			return nil, err
+		}
+		if first {
+			out = page
+		} else {
+			out.VMs = append(out.VMs, page.VMs...)
+		}
+		if !page.More || len(page.VMs) == 0 {
+			break
+		}
+		a.After = page.VMs[len(page.VMs)-1].Name
+	}
+	out.More = false
+	core.SortVMs(out.VMs)
+	return &out, nil
 }
 
 // ListLNMs implements list_lnms(lnm list, status).

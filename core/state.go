@@ -264,6 +264,10 @@ func cloneVMs(m map[string]*VM, withUsage bool, keep func(*VM) bool) []*VM {
 	return out
 }
 
+// SortVMs orders VMs as list replies are: by owner, cluster, then natural
+// index, then name (for a list put together from pages).
+func SortVMs(vms []*VM) { sortVMs(vms) }
+
 // sortVMs orders VMs by owner, cluster, then natural index (web2 before
 // web10), then name. Owners and clusters are ranked once and indexes
 // parsed once, so a list of a million VMs sorts on integers.
