@@ -40,12 +40,16 @@ type benchReport struct {
 	ConnectSeconds float64 `json:"connect_seconds"`
 	// recovery: from the kill until every client's cache is whole again
 	// (clients reload once the controller's state is whole)
-	ClientsSeconds    float64 `json:"clients_whole_seconds,omitempty"`
-	Requests          int64   `json:"requests"`
-	ThroughputPerS    float64 `json:"throughput_per_s"`
-	P50ms             float64 `json:"p50_ms"`
-	P95ms             float64 `json:"p95_ms"`
-	P99ms             float64 `json:"p99_ms"`
+	ClientsSeconds float64 `json:"clients_whole_seconds,omitempty"`
+	Requests       int64   `json:"requests"`
+	ThroughputPerS float64 `json:"throughput_per_s"`
+	P50ms          float64 `json:"p50_ms"`
+	P95ms          float64 `json:"p95_ms"`
+	P99ms          float64 `json:"p99_ms"`
+	// requests, reload: the p99 split into the time from sending to the
+	// reply and how late the paced sender was (the machine is shared)
+	ServiceP99ms      float64 `json:"service_p99_ms,omitempty"`
+	LatenessP99ms     float64 `json:"send_lateness_p99_ms,omitempty"`
 	ControllerCPU     float64 `json:"controller_cpu_seconds"`
 	ControllerCPUPct  float64 `json:"controller_cpu_percent"`
 	ControllerPeakRSS int64   `json:"controller_peak_rss_bytes"`
@@ -175,6 +179,9 @@ func printReport(w io.Writer, r *benchReport) {
 	fmt.Fprintf(w, "requests      %d\n", r.Requests)
 	fmt.Fprintf(w, "throughput    %.1f /s\n", r.ThroughputPerS)
 	fmt.Fprintf(w, "latency       p50 %.3f ms  p95 %.3f ms  p99 %.3f ms\n", r.P50ms, r.P95ms, r.P99ms)
+	if r.ServiceP99ms > 0 {
+		fmt.Fprintf(w, "  p99 split   from send to reply %.3f ms, sender late by %.3f ms\n", r.ServiceP99ms, r.LatenessP99ms)
+	}
 	if r.ControllerPeakRSS > 0 {
 		fmt.Fprintf(w, "controller    %.2f CPU s (%.2f%% of a core), RSS %.1f MiB, peak %.1f MiB\n",
 			r.ControllerCPU, r.ControllerCPUPct, float64(r.ControllerRSS)/(1<<20), float64(r.ControllerPeakRSS)/(1<<20))
@@ -736,7 +743,7 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 		cpu0, _, _, _ := procStat(pid)
 		mark()
 		stopProf := e.startProfile(ctx)
-		e.openLoop(ctx, clients, lat, &errs, &reqs)
+		e.openLoop(ctx, clients, lat, rep, &errs, &reqs)
 		cpu1, rss, peak, _ := procStat(pid)
 		stopProf()
 		rep.Seconds = o.duration.Seconds()
@@ -764,7 +771,7 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 			}
 		}()
 		e.o.batch = 1
-		e.openLoop(ctx, clients, lat, &errs, &reqs)
+		e.openLoop(ctx, clients, lat, rep, &errs, &reqs)
 		close(stop)
 		cpu1, rss, peak, _ := procStat(pid)
 		rep.Seconds = o.duration.Seconds()
@@ -827,7 +834,14 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 // openLoop issues single-VM starts at o.rate per second for o.duration,
 // spread over the clients; latency is measured from the scheduled send time
 // so a stalled controller shows up (no coordinated omission).
-func (e *benchEnv) openLoop(ctx context.Context, clients []*client.Client, lat *latencies, errs, reqs *atomic.Int64) {
+func (e *benchEnv) openLoop(ctx context.Context, clients []*client.Client, lat *latencies, rep *benchReport, errs, reqs *atomic.Int64) {
+	var service, lateness latencies
+	defer func() {
+		var a, b benchReport
+		service.fill(&a)
+		lateness.fill(&b)
+		rep.ServiceP99ms, rep.LatenessP99ms = a.P99ms, b.P99ms
+	}()
 	interval := time.Second / time.Duration(e.o.rate)
 	total := int(e.o.duration / interval)
 	sem := make(chan struct{}, 2048)
@@ -849,9 +863,12 @@ func (e *benchEnv) openLoop(ctx context.Context, clients []*client.Client, lat *
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			cctx, cancel := context.WithTimeout(ctx, time.Minute)
+			sent := time.Now()
 			r, err := c.Start(cctx, core.StartArgs{Cluster: fmt.Sprintf("r%d", i%64), Count: 1})
 			cancel()
 			lat.add(time.Since(at))
+			service.add(time.Since(sent))
+			lateness.add(sent.Sub(at))
 			reqs.Add(1)
 			if err != nil || r.OK() != 1 {
 				errs.Add(1)
