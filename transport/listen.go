@@ -28,18 +28,21 @@ type ServerOptions struct {
 
 // Server accepts TLS connections, runs yamux on them and hands each session
 // to OnSession. Handshakes have a deadline; at most MaxHandshaking run at
-// once, and up to four times as many connections wait their turn (for at
-// most half the handshake timeout) before the rest are shed, so a herd of
-// LNMs reconnecting together is served in turn instead of refused into
-// exponential backoff; each remote IP may hold at most MaxPerIP sessions.
+// once and up to four times as many accepted connections wait their turn
+// (for at most half the handshake timeout). Beyond that the server stops
+// accepting: further connections wait in the kernel's accept queue, TCP
+// established and their first flight buffered, instead of being accepted
+// and shed into the peer's exponential backoff. So a herd (a whole site's
+// LNMs reconnecting after a controller restart) is served in turn, as fast
+// as handshakes go. Each remote IP may hold at most MaxPerIP sessions.
 type Server struct {
 	tls       *tls.Config
 	opts      ServerOptions
 	log       *slog.Logger
 	onSession func(ctx context.Context, s *Session, p Peer)
 
-	hs    chan struct{}
-	wait  chan struct{} // connections waiting for a handshake slot
+	hs    chan struct{} // handshakes in progress
+	room  chan struct{} // accepted connections not yet through their handshake
 	mu    sync.Mutex
 	perIP map[string]int
 	wg    sync.WaitGroup
@@ -60,7 +63,7 @@ func NewServer(tlsCfg *tls.Config, opts ServerOptions, onSession func(ctx contex
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Server{tls: tlsCfg, opts: opts, log: log, onSession: onSession,
-		hs: make(chan struct{}, opts.MaxHandshaking), wait: make(chan struct{}, 4*opts.MaxHandshaking), perIP: map[string]int{}}
+		hs: make(chan struct{}, opts.MaxHandshaking), room: make(chan struct{}, 5*opts.MaxHandshaking), perIP: map[string]int{}}
 }
 
 // Serve accepts on ln until ctx ends or ln is closed.
@@ -69,8 +72,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stop()
 	var delay time.Duration
 	for {
+		// Room for one more before accepting it: otherwise it waits in
+		// the kernel's accept queue.
+		select {
+		case s.room <- struct{}{}:
+		case <-ctx.Done():
+			s.wg.Wait()
+			return nil
+		}
 		conn, err := ln.Accept()
 		if err != nil {
+			<-s.room
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				s.wg.Wait()
 				return nil
@@ -89,50 +101,47 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		select {
-		case s.hs <- struct{}{}:
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				s.handle(ctx, conn)
-			}()
-			continue
-		default:
-		}
-		select {
-		case s.wait <- struct{}{}:
-		default:
-			s.log.Warn("shedding connection: too many handshakes in progress and waiting", "remote", conn.RemoteAddr().String())
-			conn.Close()
-			continue
-		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			t := time.NewTimer(s.opts.Limits.HandshakeTimeout / 2)
-			defer t.Stop()
+			left := false
+			leave := func() { // the handshake is over, or never started
+				if !left {
+					left = true
+					<-s.room
+				}
+			}
+			defer leave()
 			select {
 			case s.hs <- struct{}{}:
-				<-s.wait
-				s.handle(ctx, conn)
-			case <-t.C:
-				<-s.wait
-				s.log.Warn("shedding connection: no handshake slot in time", "remote", conn.RemoteAddr().String())
-				conn.Close()
-			case <-ctx.Done():
-				<-s.wait
-				conn.Close()
+			default:
+				t := time.NewTimer(s.opts.Limits.HandshakeTimeout / 2)
+				defer t.Stop()
+				select {
+				case s.hs <- struct{}{}:
+				case <-t.C:
+					s.log.Warn("shedding connection: no handshake slot in time", "remote", conn.RemoteAddr().String())
+					conn.Close()
+					return
+				case <-ctx.Done():
+					conn.Close()
+					return
+				}
 			}
+			s.handle(ctx, conn, leave)
 		}()
 	}
 }
 
-func (s *Server) handle(ctx context.Context, raw net.Conn) {
+// handle runs the handshake of raw, which holds a handshake slot, and
+// serves the session. done runs when the handshake is over.
+func (s *Server) handle(ctx context.Context, raw net.Conn, done func()) {
 	released := false
 	release := func() {
 		if !released {
 			released = true
 			<-s.hs
+			done()
 		}
 	}
 	defer release()

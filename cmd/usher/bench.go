@@ -72,6 +72,7 @@ type benchOpts struct {
 	duration     time.Duration
 	rate         int
 	generators   int
+	logLevel     string
 	jsonFile     string
 	keep         bool
 	dir          string
@@ -127,6 +128,7 @@ Examples:
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress lines")
 	fs.DurationVar(&o.budget, "budget", time.Second, "the controller's per-handler Lua budget (policy.budget; large batches need more than the 100ms default)")
 	fs.IntVar(&o.memLimitMB, "memory-limit-mb", 0, "the controller's controller.memory_limit_mb (0: none)")
+	fs.StringVar(&o.logLevel, "log-level", "warn", "log level of the controller and the load generators (debug, info, warn, error; logs in DIR, see --keep)")
 	fs.StringVar(&o.heap, "heapprofile", "", "write a heap profile of the controller at the end of the scenario to this file (and the runtime's memory figures and goroutine count to FILE.memstats, the goroutine dump to FILE.goroutines)")
 	fs.StringVar(&o.profile, "cpuprofile", "", "start-storm, requests, recovery: write a CPU profile of the controller covering the first --duration of the measured phase (for recovery: of the restarted controller) to this file, one of the first load generator to FILE.lnm, and one of this process (the clients) to FILE.clients")
 	if err := parse(fs, args); err != nil {
@@ -458,9 +460,9 @@ admins = ["admin"]
 max_vms = 10000000
 
 [log]
-level = "warn"
+level = %q
 `, e.addr, filepath.Join(pki, "ctl.crt"), filepath.Join(pki, "ctl.key"), filepath.Join(pki, "ca.crt"),
-		filepath.Join(dir, "ctl"), o.report.String(), o.budget.String(), policies, htFile)
+		filepath.Join(dir, "ctl"), o.report.String(), o.budget.String(), policies, htFile, o.logLevel)
 	if o.memLimitMB > 0 {
 		conf = strings.Replace(conf, "[policy]", fmt.Sprintf("memory_limit_mb = %d\n\n[policy]", o.memLimitMB), 1)
 	}
@@ -503,8 +505,8 @@ scan_interval = "60s"
 
 %s
 [log]
-level = "warn"
-`, prefix, e.addr, filepath.Join(e.dir, "pki", "ca.crt"), e.genPprof(g))), 0o600)
+level = %q
+`, prefix, e.addr, filepath.Join(e.dir, "pki", "ca.crt"), e.genPprof(g), e.o.logLevel)), 0o600)
 		if err != nil {
 			return err
 		}

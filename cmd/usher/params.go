@@ -26,7 +26,7 @@ func params() *config.Set {
 		config.Param{Key: "controller.owner_only", Kind: config.Bool, Default: true, Help: "baseline: non-admins see and act on their own VMs only (policies may restrict further)"},
 		config.Param{Key: "controller.keepalive", Kind: config.Duration, Default: 5 * time.Second, Help: "yamux keepalive interval on every link"},
 		config.Param{Key: "controller.write_timeout", Kind: config.Duration, Default: 10 * time.Second, Help: "a write or keepalive ping that takes longer fails the link"},
-		config.Param{Key: "controller.max_handshaking", Kind: config.Int, Default: 256, Help: "connections allowed mid-TLS-handshake at once; more are shed"},
+		config.Param{Key: "controller.max_handshaking", Kind: config.Int, Default: 256, Help: "connections allowed mid-TLS-handshake at once; four times as many more are accepted and wait, the rest wait in the kernel's accept queue"},
 		config.Param{Key: "controller.max_per_ip", Kind: config.Int, Default: 20000, Help: "sessions allowed per remote IP"},
 		config.Param{Key: "controller.max_streams", Kind: config.Int, Default: 512, Help: "concurrent calls per session"},
 		config.Param{Key: "controller.advertise", Kind: config.String, Default: "", Help: "address LNMs should connect to, sent in recovery announcements (default: controller.listen)"},
