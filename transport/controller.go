@@ -392,7 +392,12 @@ func (cs *ControllerServer) serveLNM(ctx context.Context, s *Session, p Peer) {
 			return nil, Errorf(CodeBadRequest, "already registered")
 		}
 		if a.Status == nil {
-			return nil, Errorf(CodeBadRequest, "lnm_hello carries no node status")
+			// An LNM of an earlier release: ask, as the controller did then.
+			var st core.NodeStatus
+			if err := s.Call(ctx, core.LGetNodeStatus, nil, &st); err != nil {
+				return nil, Errorf(CodeUnavailable, "get_node_status: %v", err)
+			}
+			a.Status = &st
 		}
 		// The newest session of a node wins; the old one is closed.
 		cs.mu.Lock()

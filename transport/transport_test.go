@@ -10,6 +10,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -294,29 +295,40 @@ func TestLNMCertificateNamesItsNode(t *testing.T) {
 }
 
 // TestLNMHelloCarriesStatus: registration takes the node's description
-// and status from lnm_hello (no calls back for them); a hello without the
-// status is refused.
+// and status from lnm_hello and calls back only list_vms; an LNM of an
+// earlier release, whose hello has no status, is asked for it.
 func TestLNMHelloCarriesStatus(t *testing.T) {
 	e := start(t, nil)
-	s := lnmSession(t, e, "nodea")
-	m := transport.NewMux()
-	m.Handle(core.LListVMs, func(ctx context.Context, _ json.RawMessage) (any, error) { return core.ListVMsReply{}, nil })
-	m.Handle(core.LReceive, func(ctx context.Context, _ json.RawMessage) (any, error) { return struct{}{}, nil })
-	s.SetMux(m)
-	go s.Serve(context.Background())
-	err := s.Call(context.Background(), core.MLNMHello, core.LNMHello{Node: core.NodeInfo{Name: "nodea"}}, nil)
-	var we *transport.Error
-	if !errors.As(err, &we) || we.Code != transport.CodeBadRequest || !strings.Contains(we.Msg, "status") {
-		t.Fatalf("hello without status: %v", err)
+	var statusCalls atomic.Int32
+	register := func(name string, hello core.LNMHello) *core.LNM {
+		t.Helper()
+		s := lnmSession(t, e, name)
+		m := transport.NewMux()
+		m.Handle(core.LGetNodeStatus, func(ctx context.Context, _ json.RawMessage) (any, error) {
+			statusCalls.Add(1)
+			return core.NodeStatus{FreeMemMB: 1000, FreeVCPUs: 2}, nil
+		})
+		m.Handle(core.LListVMs, func(ctx context.Context, _ json.RawMessage) (any, error) { return core.ListVMsReply{}, nil })
+		m.Handle(core.LReceive, func(ctx context.Context, _ json.RawMessage) (any, error) { return struct{}{}, nil })
+		s.SetMux(m)
+		go s.Serve(context.Background())
+		if err := s.Call(context.Background(), core.MLNMHello, hello, nil); err != nil {
+			t.Fatal(err)
+		}
+		l, ok := e.c.State().LNM(name)
+		if !ok || l.State != core.LNMConnected {
+			t.Fatalf("%s not registered: %+v", name, l)
+		}
+		return l
 	}
-	hello := core.LNMHello{Node: core.NodeInfo{Name: "nodea", CPUs: 8, MemMB: 4096, Recovery: "10.0.0.7:7001"},
-		Status: &core.NodeStatus{FreeMemMB: 3000, FreeVCPUs: 6}}
-	if err := s.Call(context.Background(), core.MLNMHello, hello, nil); err != nil {
-		t.Fatal(err)
+	l := register("nodea", core.LNMHello{Node: core.NodeInfo{Name: "nodea", CPUs: 8, MemMB: 4096, Recovery: "10.0.0.7:7001"},
+		Status: &core.NodeStatus{FreeMemMB: 3000, FreeVCPUs: 6}})
+	if l.Info.CPUs != 8 || l.Info.Recovery != "10.0.0.7:7001" || l.Status.FreeMemMB != 3000 || l.Status.FreeVCPUs != 6 || statusCalls.Load() != 0 {
+		t.Fatalf("registered %+v after %d status calls; want the hello's description and status, no call", l, statusCalls.Load())
 	}
-	l, ok := e.c.State().LNM("nodea")
-	if !ok || l.State != core.LNMConnected || l.Info.CPUs != 8 || l.Info.Recovery != "10.0.0.7:7001" || l.Status.FreeMemMB != 3000 || l.Status.FreeVCPUs != 6 {
-		t.Fatalf("registered %+v", l)
+	l = register("nodeb", core.LNMHello{Node: core.NodeInfo{Name: "nodeb", CPUs: 4}})
+	if l.Status.FreeMemMB != 1000 || statusCalls.Load() != 1 {
+		t.Fatalf("older LNM registered %+v after %d status calls; want the status it was asked for", l, statusCalls.Load())
 	}
 }
 
