@@ -140,10 +140,6 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 		return 0, fmt.Errorf("%w: LNM name: %v", ErrBadRequest, err)
 	}
 	gen := c.gen.Add(1)
-	// While a restarted controller is rebuilding its state, adoptions go
-	// to plugins only: clients reload once when it is whole (EvRecovered)
-	// instead of taking a site's worth of events one VM at a time.
-	quiet := c.Recovering()
 	// The connection event first, then one per VM adopted or changed.
 	evs := make([]Event, 1, 1+len(domains))
 	var acks []*VM
@@ -171,6 +167,13 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 	if status != nil {
 		l.lnm.Status = *status
 	}
+	// While a restarted controller is rebuilding its state, adoptions go
+	// to plugins only: clients reload once when it is whole (EvRecovered)
+	// instead of taking a site's worth of events one VM at a time. Decided
+	// under the lock that inserts them, counting this LNM if it is one of
+	// those awaited: either the gate opens after this (and the clients'
+	// reload lists them) or it already has (and they are published).
+	quiet := c.st.lnmsIn[LNMRecovering] > 0
 	l.lnm.State = LNMConnected
 	l.lnm.Since = now()
 	c.st.syncSlotLocked(l)

@@ -712,7 +712,12 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 			rep.Requests = 0
 			break
 		}
+		// What each client's cache holds once the storm's last events have
+		// reached it: what it must hold again after the restart.
 		want := make([]int, len(clients))
+		if err := e.waitCached(ctx, clients, o.vms, 10*time.Minute); err != nil {
+			return err
+		}
 		for i, c := range clients {
 			want[i] = c.CachedCount()
 		}
@@ -894,6 +899,28 @@ func (e *benchEnv) genPprof(g int) string {
 	e.o.genPprofAddr = pl.Addr().String()
 	pl.Close()
 	return fmt.Sprintf("pprof = %q", e.o.genPprofAddr)
+}
+
+// waitCached waits until the clients' caches hold total VMs together.
+func (e *benchEnv) waitCached(ctx context.Context, clients []*client.Client, total int, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		have := 0
+		for _, c := range clients {
+			have += c.CachedCount()
+		}
+		if have == total {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("clients' caches hold %d VMs after %v, want %d", have, limit, total)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(25 * time.Millisecond): // polling converging caches
+		}
+	}
 }
 
 // waitClients waits until each client's cache holds as many VMs as it
