@@ -712,9 +712,10 @@ func TestChaosAtScale(t *testing.T) {
 	}
 }
 
-// A restarted controller on a new address reaches its LNMs only through
-// the recovery announcement (their configured address is the old one).
-func TestChaosControllerNewAddress(t *testing.T) {
+// twoNodesFourVMs starts a controller and LNMs node1 and node2, starts
+// four of alice's VMs, and returns the site, root's client and the VMs.
+func twoNodesFourVMs(t *testing.T) (*chaos, *client.Client, []vmKey) {
+	t.Helper()
 	c := newChaos(t)
 	c.startController()
 	c.startLNM("node1")
@@ -728,6 +729,13 @@ func TestChaosControllerNewAddress(t *testing.T) {
 		t.Fatalf("%v %+v", err, r)
 	}
 	before, _ := snapshot(t, root)
+	return c, root, before
+}
+
+// A restarted controller on a new address reaches its LNMs only through
+// the recovery announcement (their configured address is the old one).
+func TestChaosControllerNewAddress(t *testing.T) {
+	c, _, before := twoNodesFourVMs(t)
 	c.kill9("controller")
 	old := c.addr
 	c.addr = freePort(t)
@@ -750,19 +758,7 @@ func TestChaosControllerNewAddress(t *testing.T) {
 // streamed to it one by one: it gets one recovered event when the state is
 // whole and reloads its cache then.
 func TestChaosClientsReloadWhenRecovered(t *testing.T) {
-	c := newChaos(t)
-	c.startController()
-	c.startLNM("node1")
-	c.startLNM("node2")
-	root := c.client("root")
-	waitLNMs(t, root, 2)
-	alice := c.client("alice")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if r, err := alice.Start(ctx, core.StartArgs{Cluster: "web", Count: 4}); err != nil || r.OK() != 4 {
-		t.Fatalf("%v %+v", err, r)
-	}
-	before, _ := snapshot(t, root)
+	c, root, before := twoNodesFourVMs(t)
 	onNode2 := 0
 	for _, k := range before {
 		if k.LNM == "node2" {

@@ -1256,21 +1256,6 @@ func (c *Controller) Recovered() <-chan struct{} {
 	return c.recovered
 }
 
-// Recovering reports whether known LNMs are still expected back.
-func (c *Controller) Recovering() bool {
-	c.recMu.Lock()
-	defer c.recMu.Unlock()
-	if c.recovered == nil {
-		return false
-	}
-	select {
-	case <-c.recovered:
-		return false
-	default:
-		return true
-	}
-}
-
 func (c *Controller) openGateIfWhole() {
 	c.st.mu.RLock()
 	waiting := c.st.lnmsIn[LNMRecovering]

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -715,7 +716,13 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 		// What each client's cache holds once the storm's last events have
 		// reached it: what it must hold again after the restart.
 		want := make([]int, len(clients))
-		if err := e.waitCached(ctx, clients, o.vms, 10*time.Minute); err != nil {
+		if err := e.waitCaches(ctx, clients, "clients taking the last events", 10*time.Minute, func(sizes []int) bool {
+			total := 0
+			for _, n := range sizes {
+				total += n
+			}
+			return total == o.vms
+		}); err != nil {
 			return err
 		}
 		for i, c := range clients {
@@ -736,7 +743,9 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 			return err
 		}
 		rep.Seconds = time.Since(start).Seconds()
-		if err := e.waitClients(ctx, clients, want, 10*time.Minute); err != nil {
+		if err := e.waitCaches(ctx, clients, "clients reloading", 10*time.Minute, func(sizes []int) bool {
+			return slices.Equal(sizes, want)
+		}); err != nil {
 			return err
 		}
 		rep.ClientsSeconds = time.Since(start).Seconds()
@@ -901,49 +910,26 @@ func (e *benchEnv) genPprof(g int) string {
 	return fmt.Sprintf("pprof = %q", e.o.genPprofAddr)
 }
 
-// waitCached waits until the clients' caches hold total VMs together.
-func (e *benchEnv) waitCached(ctx context.Context, clients []*client.Client, total int, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for {
-		have := 0
-		for _, c := range clients {
-			have += c.CachedCount()
-		}
-		if have == total {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("clients' caches hold %d VMs after %v, want %d", have, limit, total)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(25 * time.Millisecond): // polling converging caches
-		}
-	}
-}
-
-// waitClients waits until each client's cache holds as many VMs as it
-// wants.
-func (e *benchEnv) waitClients(ctx context.Context, clients []*client.Client, want []int, limit time.Duration) error {
+// waitCaches polls the clients' cache sizes until whole says they are
+// complete, showing progress every 2 s (what names the wait) and giving
+// up after limit.
+func (e *benchEnv) waitCaches(ctx context.Context, clients []*client.Client, what string, limit time.Duration, whole func(sizes []int) bool) error {
 	deadline := time.Now().Add(limit)
 	last := time.Now()
+	sizes := make([]int, len(clients))
 	for {
-		have, whole := 0, true
 		for i, c := range clients {
-			n := c.CachedCount()
-			have += n
-			whole = whole && n == want[i]
+			sizes[i] = c.CachedCount()
 		}
-		if whole {
+		if whole(sizes) {
 			return nil
 		}
 		if time.Since(last) >= 2*time.Second {
-			e.progress("clients reloading: %d VMs cached", have)
+			e.progress("%s: caches hold %v VMs", what, sizes)
 			last = time.Now()
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("clients' caches hold %d VMs after %v, want %v", have, limit, want)
+			return fmt.Errorf("%s: clients' caches hold %v VMs after %v", what, sizes, limit)
 		}
 		select {
 		case <-ctx.Done():
