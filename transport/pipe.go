@@ -168,6 +168,7 @@ func (s *Session) getPipe(ctx context.Context) (*pipe, error) {
 	}
 	st.SetReadDeadline(deadline)
 	b, err := ReadFrame(st, s.limits.MaxFrame)
+	shrink(st) // the first reply gets a buffer of its own size
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("opening call pipe: %w", err)
