@@ -222,6 +222,60 @@ func TestRecoveryFeedsOneReload(t *testing.T) {
 	}
 }
 
+// wantingHooks handle only the events in wants (core.EventWanter).
+type wantingHooks struct {
+	notifyHooks
+	wants map[string]bool
+}
+
+func (h wantingHooks) Wants(event string) bool { return h.wants[event] }
+
+// TestQuietAdoptionsOnlyWhenWanted: while a restarted controller waits for
+// its LNMs, adoptions are for plugins alone; when the hooks say no plugin
+// handles state_changed none is built, yet the state, the recovered event
+// and later (published) adoptions are as before.
+func TestQuietAdoptionsOnlyWhenWanted(t *testing.T) {
+	h := wantingHooks{notifyHooks: notifyHooks{got: make(chan Event, 100)}, wants: map[string]bool{EvLNMConnected: true}}
+	c := New(Config{Domain: "usher.test"}, h)
+	c.ExpectLNMs([]NodeInfo{{Name: "n1"}, {Name: "n2"}})
+	alice, _ := c.Subscribe(Identity{User: "alice"}, "", false)
+	attach := func(lnm string, vms ...string) {
+		t.Helper()
+		var doms []Domain
+		for _, v := range vms {
+			doms = append(doms, Domain{Name: v + ".alice.usher.test", State: StateRunning})
+		}
+		if _, err := c.AttachLNM(context.Background(), NodeInfo{Name: lnm}, nil, &syncLink{got: make(chan ReceiveArgs, 1)}, doms); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drain := func() (out []string) {
+		for len(h.got) > 0 {
+			out = append(out, (<-h.got).Type)
+		}
+		return out
+	}
+	attach("n1", "web1", "web2")
+	if got := drain(); len(got) != 1 || got[0] != EvLNMConnected {
+		t.Fatalf("plugins during recovery were told %v, want only lnm_connected", got)
+	}
+	attach("n2", "db1")
+	if n := c.State().Counts().VMs; n != 3 {
+		t.Fatalf("%d VMs after recovery, want 3", n)
+	}
+	if evs, _ := alice.Take(100); len(evs) != 1 || evs[0].Type != EvRecovered || evs[0].Detail["vms"] != "3" {
+		t.Fatalf("alice's feed when the state is whole: %+v, want one recovered event with 3 VMs", evs)
+	}
+	drain()
+	attach("n3", "web3")
+	if evs, _ := alice.Take(100); len(evs) != 1 || evs[0].Type != EvStateChanged || evs[0].Detail["adopted"] != "true" {
+		t.Fatalf("alice's feed after recovery: %+v, want the adoption", evs)
+	}
+	if got := drain(); len(got) != 2 || got[0] != EvLNMConnected || got[1] != EvStateChanged {
+		t.Fatalf("plugins after recovery were told %v, want lnm_connected and the adoption (Notify filters, not the core)", got)
+	}
+}
+
 // TestListPages: with a limit, list hands out the caller's VMs in name
 // order, a page at a time after the name given, says whether more follow,
 // and adds the lost/missing lists to the first page only.

@@ -160,6 +160,15 @@ func (c *Controller) emit(evs ...Event) {
 	}
 }
 
+// pluginsWant reports whether a plugin may handle the event: events only
+// plugins would see need not be built when none does.
+func (c *Controller) pluginsWant(event string) bool {
+	if w, ok := c.hooks.(EventWanter); ok {
+		return w.Wants(event)
+	}
+	return true
+}
+
 func (c *Controller) fanout(ev Event) {
 	if ev.PluginsOnly {
 		return
@@ -844,6 +853,7 @@ func (c *Controller) startBatch(lnm string, vms []*VM, args map[string]string, r
 	}
 	var evs []Event
 	var acks []*VM
+	stateEvents := c.pluginsWant(EvStateChanged)
 	c.st.mu.Lock()
 	for _, want := range vms {
 		r, got := byName[want.Name]
@@ -879,8 +889,10 @@ func (c *Controller) startBatch(lnm string, vms []*VM, args map[string]string, r
 				acks = append(acks, cl)
 			}
 			res.set(VMResult{Name: vm.Name, OK: true, State: vm.State, LNM: lnm, VM: cl})
-			evs = append(evs, Event{Type: EvStartComplete, VM: cl, User: vm.Owner, LNM: lnm, Req: reqID, OK: true},
-				Event{Type: EvStateChanged, VM: cl, User: vm.Owner, LNM: lnm, PluginsOnly: true})
+			evs = append(evs, Event{Type: EvStartComplete, VM: cl, User: vm.Owner, LNM: lnm, Req: reqID, OK: true})
+			if stateEvents {
+				evs = append(evs, Event{Type: EvStateChanged, VM: cl, User: vm.Owner, LNM: lnm, PluginsOnly: true})
+			}
 		default:
 			msg := r.Error
 			if msg == "" {
@@ -1275,6 +1287,9 @@ func (c *Controller) openGateIfWhole() {
 	}
 	c.recMu.Unlock()
 	if opened {
+		c.st.mu.Lock()
+		c.st.dropHintsLocked()
+		c.st.mu.Unlock()
 		n := c.st.Counts()
 		c.log.Info("state whole again after the restart", "lnms", n.Connected, "vms", n.VMs, "lost", n.Lost)
 		c.emit(Event{Type: EvRecovered, Detail: StringMap{"lnms": strconv.Itoa(n.Connected), "vms": strconv.Itoa(n.VMs)}})

@@ -175,6 +175,15 @@ type Hooks interface {
 	Notify(ev Event)
 }
 
+// EventWanter is implemented by Hooks that can tell whether any plugin
+// handles a notification event. The controller asks before building an
+// event only plugins would see (PluginsOnly), so a restart's million
+// adoptions cost nothing when no policy listens to state_changed. Hooks
+// without it get every event.
+type EventWanter interface {
+	Wants(event string) bool
+}
+
 // Sentinel errors the transport maps to wire error codes.
 var (
 	ErrBadRequest  = errors.New("bad request")

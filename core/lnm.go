@@ -174,6 +174,8 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 	// those awaited: either the gate opens after this (and the clients'
 	// reload lists them) or it already has (and they are published).
 	quiet := c.st.lnmsIn[LNMRecovering] > 0
+	// Quiet adoptions are for plugins alone: none built if none listens.
+	adoptEvents := !quiet || c.pluginsWant(EvStateChanged)
 	l.lnm.State = LNMConnected
 	l.lnm.Since = now()
 	c.st.syncSlotLocked(l)
@@ -219,7 +221,9 @@ func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeS
 			}
 			c.st.insertLocked(vm)
 			sync(vm, d.Cached)
-			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name, Detail: c.adopted, PluginsOnly: quiet})
+			if adoptEvents {
+				evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name, Detail: c.adopted, PluginsOnly: quiet})
+			}
 		default:
 			u := &VM{Name: d.Name, LNM: info.Name, State: d.State, MemMB: d.MemMB, VCPUs: d.VCPUs, Unmanage: true, Created: now()}
 			if prev := oldUnmanaged[d.Name]; prev != nil {

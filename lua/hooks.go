@@ -168,6 +168,11 @@ func (h *Host) RegisterVM(ctx context.Context, req *core.Request, vm *core.ReqVM
 	return nil
 }
 
+// Wants reports whether a loaded script handles the event (core.EventWanter).
+func (h *Host) Wants(event string) bool {
+	return !h.closed.Load() && len(h.snap.Load().chains[event]) > 0
+}
+
 // Notify queues ev for the notification handlers. It never blocks: when the
 // queue is full the event is dropped and counted.
 func (h *Host) Notify(ev core.Event) {

@@ -410,3 +410,24 @@ end, {order = 20, name = "fresh"})`)
 		}
 	}
 }
+
+// TestWants: the host tells the core which notification events a loaded
+// script handles (core.EventWanter), following loads and unregistering.
+func TestWants(t *testing.T) {
+	dir := t.TempDir()
+	writeScript(t, dir, "w.lua", `usher.on("state_changed", function(ev) end, {name = "watch"})`)
+	h := newHost(t, Options{Dirs: []string{dir}})
+	var _ core.EventWanter = h
+	if !h.Wants(core.EvStateChanged) {
+		t.Fatal("Wants(state_changed) = false with a handler loaded")
+	}
+	if h.Wants(core.EvStartComplete) {
+		t.Fatal("Wants(start_complete) = true with no handler for it")
+	}
+	if err := h.Unregister("w", "state_changed"); err != nil {
+		t.Fatal(err)
+	}
+	if h.Wants(core.EvStateChanged) {
+		t.Fatal("Wants(state_changed) = true after its handler was unregistered")
+	}
+}
