@@ -45,6 +45,10 @@ type State struct {
 	// controller is whole again is asked at every registration.
 	lnmsIn    map[LNMState]int
 	unmanaged int // entries of all LNMs' unmanaged lists
+	// Sizes reserved for owners' and clusters' maps after a restart (see
+	// Reserve), taken when their first VM is inserted.
+	ownerHint   map[string]int
+	clusterHint map[clusterKey]int
 }
 
 func newState(domain string) *State {
@@ -84,14 +88,14 @@ func (s *State) insertLocked(vm *VM) bool {
 	}
 	o := s.owners[vm.Owner]
 	if o == nil {
-		o = map[string]*VM{}
+		o = s.ownerMapLocked(vm.Owner)
 		s.owners[vm.Owner] = o
 	}
 	o[vm.Name] = vm
 	k := clusterKey{vm.Owner, vm.Cluster}
 	c := s.clusters[k]
 	if c == nil {
-		c = &clusterRec{vms: map[string]*VM{}, next: 1}
+		c = &clusterRec{vms: s.clusterMapLocked(k), next: 1}
 		s.clusters[k] = c
 	}
 	c.vms[vm.Name] = vm

@@ -229,6 +229,20 @@ Example:
 	if self == "" {
 		self = ln.Addr().String()
 	}
+	sizes := filepath.Join(stateDir, "state-size.json")
+	hint, err := loadSizeHint(sizes)
+	if err != nil {
+		log.Warn("state size hint ignored", "err", err)
+	}
+	if len(known.List()) > 0 {
+		c.State().Reserve(hint)
+	}
+	hctx, stopHint := context.WithCancel(ctx)
+	hintDone := make(chan struct{})
+	go func() {
+		defer close(hintDone)
+		keepSizeHint(hctx, c.State(), sizes, hint.VMs, log)
+	}()
 	if pct := cfg.Int("controller.recovery_gc_percent"); pct > 0 && len(known.List()) > 0 {
 		c.ExpectLNMs(known.List()) // before any LNM is back (Recover repeats it)
 		gcWhileRecovering(ctx, c, pct, log)
@@ -236,6 +250,8 @@ Example:
 	go srv.Recover(ctx, announceTLS, self, cfg.Duration("controller.grace"))
 	err = srv.Serve(ctx, ln)
 	c.Wait()
+	stopHint()
+	<-hintDone
 	if ferr := known.Flush(); ferr != nil {
 		log.Error("saving known LNMs", "err", ferr)
 	}
