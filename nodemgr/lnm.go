@@ -206,13 +206,13 @@ func (l *LNM) session(ctx context.Context) error {
 		return err
 	}
 	info.Recovery = advertised(info.Recovery, s.LocalAddr())
-	r, err := l.sample(ctx)
+	status, err := l.helloStatus(ctx)
 	if err != nil {
 		return fmt.Errorf("node status for registration: %w", err)
 	}
 	var hello core.LNMHelloReply
 	hctx, hcancel := context.WithTimeout(ctx, 2*time.Minute)
-	err = s.Call(hctx, core.MLNMHello, core.LNMHello{Node: info, Status: r.Node}, &hello)
+	err = s.Call(hctx, core.MLNMHello, core.LNMHello{Node: info, Status: status}, &hello)
 	hcancel()
 	if err != nil {
 		return fmt.Errorf("registering with controller: %w", err)
@@ -446,6 +446,12 @@ func (l *LNM) sample(ctx context.Context) (core.LNMReport, error) {
 		}
 	}
 	l.usage = usage
+	return core.LNMReport{Node: l.statusLocked(doms, now), Usage: usage}, nil
+}
+
+// statusLocked is the node's status: its usage averages and what the
+// domains leave free. The caller holds mu.
+func (l *LNM) statusLocked(doms []DomainInfo, now time.Time) *core.NodeStatus {
 	st := core.NodeStatus{Usage: l.nodeAvg.Usage(), ReportedAt: now.UnixMilli(), FreeMemMB: l.info.MemMB, FreeVCPUs: l.info.CPUs}
 	for _, d := range doms {
 		if d.State == core.StateRunning || d.State == core.StatePaused {
@@ -454,7 +460,29 @@ func (l *LNM) sample(ctx context.Context) (core.LNMReport, error) {
 			st.FreeVCPUs -= d.VCPUs
 		}
 	}
-	return core.LNMReport{Node: &st, Usage: usage}, nil
+	return &st
+}
+
+// helloStatus is the node's status for registration. A node that has
+// sampled before (reconnecting: after a controller restart the whole site
+// does at once) sends the averages it has, with capacity from a fresh
+// domain list, and takes no new sample of every VM's usage; its next
+// periodic report does. A node's first registration samples.
+func (l *LNM) helloStatus(ctx context.Context) (*core.NodeStatus, error) {
+	l.mu.Lock()
+	sampled := !l.lastStat.IsZero()
+	l.mu.Unlock()
+	if !sampled {
+		r, err := l.sample(ctx)
+		return r.Node, err
+	}
+	doms, err := l.drv.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.statusLocked(doms, time.Now()), nil
 }
 
 // ---------------------------------------------------------------------------
