@@ -130,6 +130,30 @@ usher.on("migrate_request", function(req)
   placement.migrate(req, nodes)
 end, {order = 50, name = "migrate_target"})
 
+-- place_one places a request of one VM (the most common kind): the least
+-- loaded node that fits it is the first usher.lnms returns when asked for
+-- nodes of at least its size, so it needs no candidate records and no heap.
+local function place_one(req, vm)
+  local q = {connected = true, order_by = "load", mem_mb = vm.mem_mb or 0, vcpus = vm.vcpus or 0, limit = 1}
+  local found
+  if req.lnms and #req.lnms > 0 then
+    q.names = req.lnms
+    found = usher.lnms(q)
+    q.names = nil
+  end
+  if not found or #found == 0 then found = usher.lnms(q) end
+  if #found > 0 then
+    vm.lnm = found[1].name
+  else
+    req:drop(vm.name, "no capacity")
+  end
+end
+
 usher.on("start_request", function(req)
+  local vms = req.vms
+  if #vms == 1 then
+    if (vms[1].lnm or "") == "" then place_one(req, vms[1]) end
+    return
+  end
   place(req)
 end, {order = 50, name = "place"})
