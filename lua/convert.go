@@ -67,7 +67,10 @@ func lazyMT(L *glua.LState) *glua.LTable {
 		case glua.LString:
 			switch k {
 			case "data", "args", "lnms", "groups":
-				nt := L.NewTable()
+				// Usually only read (req.lnms on a request naming no
+				// nodes): NewTable would make room for 32 entries of
+				// each kind, about 2.5 KiB per access.
+				nt := L.CreateTable(0, 0)
 				t.RawSetString(string(k), nt)
 				L.Push(nt)
 				return 1

@@ -158,7 +158,7 @@ func vmViewMT(L *glua.LState) *glua.LTable {
 			case *glua.LTable:
 				view.data = t
 			case *glua.LNilType:
-				view.data = L.NewTable()
+				view.data = L.CreateTable(0, 0)
 			default:
 				L.RaiseError("vm.data must be a table, not %s", val.Type().String())
 			}
@@ -190,7 +190,7 @@ func (view *vmView) extraGet(k glua.LValue) glua.LValue {
 
 func (view *vmView) extraSet(L *glua.LState, k, v glua.LValue) {
 	if view.extra == nil {
-		view.extra = L.NewTable()
+		view.extra = L.CreateTable(0, 2)
 	}
 	view.extra.RawSet(k, v)
 }
