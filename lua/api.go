@@ -214,13 +214,18 @@ func (ls *lstate) apiReject(L *glua.LState) int {
 
 // apiDrop implements req:drop(name, reason) and usher.drop(req, name, reason).
 func (ls *lstate) apiDrop(L *glua.LState) int {
-	req := L.CheckTable(1)
-	name := L.CheckString(2)
-	reason := L.OptString(3, "dropped")
-	vms, ok := req.RawGetString("vms").(*glua.LTable)
-	if !ok {
+	var vms *glua.LTable
+	switch r := L.Get(1).(type) {
+	case *glua.LUserData:
+		vms = ls.vmsTable(checkReq(L))
+	case *glua.LTable: // a request table a script built itself
+		vms, _ = r.RawGetString("vms").(*glua.LTable)
+	}
+	if vms == nil {
 		L.ArgError(1, "not a request")
 	}
+	name := L.CheckString(2)
+	reason := L.OptString(3, "dropped")
 	n := vms.Len()
 	for i := 1; i <= n; i++ {
 		e := vms.RawGetInt(i)

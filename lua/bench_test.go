@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 	"testing"
@@ -117,3 +119,57 @@ func BenchmarkConvert(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkShippedSingleStart runs what a single-VM start costs in Lua with
+// the shipped policies the bench loads: the authorize chain (authz_owner)
+// and the start_request chain (quota, place_leastloaded) over 100 nodes.
+func BenchmarkShippedSingleStart(b *testing.B) {
+	dir := b.TempDir()
+	for _, f := range []string{"authz_owner.lua", "quota.lua", "place_leastloaded.lua", "lib/placement.lua"} {
+		src, err := os.ReadFile(filepath.Join("..", "scripts", f))
+		if err != nil {
+			b.Fatal(err)
+		}
+		os.MkdirAll(filepath.Dir(filepath.Join(dir, f)), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, f), src, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	h, err := New(Options{Dirs: []string{dir}, Logger: quietLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The controller's own state, as in production (its LNM queries).
+	c := core.New(core.Config{Domain: "usher.test"}, h)
+	for i := 0; i < 100; i++ {
+		st := core.NodeStatus{FreeMemMB: 65536 - i, FreeVCPUs: 64, Usage: core.Usage{CPU: core.Avg{M1: float64(i%7) / 10}}}
+		if _, err := c.AttachLNM(context.Background(), core.NodeInfo{Name: fmt.Sprintf("n%d", i), CPUs: 8, MemMB: 65536},
+			&st, nopLink{}, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	h.Bind(c.State(), nil)
+	if err := h.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { h.Close() })
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		r := startReq("c1")
+		if err := h.Authorize(ctx, r); err != nil {
+			b.Fatal(err)
+		}
+		if err := h.Request(ctx, core.EvStartRequest, r); err != nil {
+			b.Fatal(err)
+		}
+		if len(r.VMs) != 1 || r.VMs[0].LNM == "" {
+			b.Fatalf("not placed: %+v dropped %+v", r.VMs, r.Dropped)
+		}
+	}
+}
+
+// nopLink is an LNM link that accepts the registration sync.
+type nopLink struct{ core.LNMLink }
+
+func (nopLink) Receive(context.Context, core.ReceiveArgs) error { return nil }

@@ -318,6 +318,30 @@ func (w *walker) value(v glua.LValue) {
 		}
 	case *glua.LUserData:
 		w.total += 48
+		// Request and VM views hold tables of the script's (vm.data,
+		// req.lnms, fields it set) that nothing else may reach.
+		switch x.Value.(type) {
+		case *vmView, *reqView:
+			p := unsafe.Pointer(x)
+			if _, ok := w.seen[p]; ok {
+				return
+			}
+			w.seen[p] = struct{}{}
+		}
+		switch view := x.Value.(type) {
+		case *vmView:
+			for _, t := range [...]*glua.LTable{view.data, view.extra} {
+				if t != nil {
+					w.value(t)
+				}
+			}
+		case *reqView:
+			for _, t := range [...]*glua.LTable{view.user, view.vms, view.lnms, view.args, view.extra} {
+				if t != nil {
+					w.value(t)
+				}
+			}
+		}
 	default:
 		w.total += 16
 	}

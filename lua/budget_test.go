@@ -153,3 +153,24 @@ end)`)
 		t.Fatalf("allocated %d MB for a 16 MB limit", alloc>>20)
 	}
 }
+
+// TestEstimateSeesThroughViews: the reachability meter counts tables a
+// script keeps only in fields of the request or of a request VM (userdata
+// views): 1 MB of strings hidden there must show.
+func TestEstimateSeesThroughViews(t *testing.T) {
+	for _, field := range []string{"req.hoard", "req.vms[1].hoard", "req.args", "req.vms[1].data"} {
+		t.Run(field, func(t *testing.T) {
+			ls := fuzzState(t)
+			defer ls.L.Close()
+			req := startReq("c1")
+			ls.L.SetGlobal("req", ls.reqValue(req))
+			if err := ls.L.DoString(field + ` = {}
+for i = 1, 1000 do ` + field + `["k" .. i] = string.rep("x", 1000) .. i end`); err != nil {
+				t.Fatal(err)
+			}
+			if est := ls.estimate(1 << 30); est < 1<<20 {
+				t.Fatalf("estimate %d bytes with 1 MB kept in %s", est, field)
+			}
+		})
+	}
+}

@@ -102,110 +102,80 @@ func reqVMTable(L *glua.LState, v *core.ReqVM) *glua.LTable {
 	return t
 }
 
-// reqTable converts a request; req:drop is a field so the method syntax works.
-func (ls *lstate) reqTable(req *core.Request) *glua.LTable {
-	L := ls.L
-	t := L.CreateTable(0, 8)
-	t.Metatable = lazyMT(L)
-	t.RawSetString("id", glua.LString(req.ID))
-	t.RawSetString("kind", glua.LString(string(req.Kind)))
-	t.RawSetString("user", identityTable(L, req.User))
-	setStr(t, "op", string(req.Op))
-	setStr(t, "cluster", req.Cluster)
-	vms := L.CreateTable(len(req.VMs), 0)
-	for i, v := range req.VMs {
-		vms.RawSetInt(i+1, ls.newVMView(v))
-	}
-	t.RawSetString("vms", vms)
-	if len(req.LNMs) > 0 {
-		t.RawSetString("lnms", strList(L, req.LNMs))
-	}
-	if len(req.Args) > 0 {
-		t.RawSetString("args", strMap(L, req.Args))
-	}
-	if req.All {
-		t.RawSetString("all", glua.LTrue)
-	}
-	if req.DryRun {
-		t.RawSetString("dry_run", glua.LTrue)
-	}
-	t.RawSetString("drop", ls.dropFn)
-	return t
+// reqValue is the request as the current handler sees it (a reqView).
+func (ls *lstate) reqValue(req *core.Request) *glua.LUserData {
+	view := &reqView{req: req, live: true}
+	ls.reqs = append(ls.reqs, view)
+	ud := ls.L.NewUserData()
+	ud.Value = view
+	ud.Metatable = ls.reqMT()
+	return ud
 }
 
 // applyReq writes a handler's changes back into req. VMs keep the order of
 // the Lua array; VMs no longer present are recorded as dropped, with the
 // reason given to req:drop or "removed by <by>". Identity, id, kind and all
-// are read-only. It reports whether anything changed.
-func (ls *lstate) applyReq(t *glua.LTable, req *core.Request, by string) (bool, error) {
-	changed := false
-	byName := make(map[string]*core.ReqVM, len(req.VMs))
-	for _, v := range req.VMs {
-		byName[v.Name] = v
+// are read-only; op and cluster were written through. It reports whether
+// anything changed.
+func (ls *lstate) applyReq(v glua.LValue, req *core.Request, by string) (bool, error) {
+	view := reqViewOf(v)
+	if view == nil || view.req != req {
+		return false, fmt.Errorf("not the handler's request")
 	}
-	vt, ok := t.RawGetString("vms").(*glua.LTable)
-	if !ok {
-		return false, fmt.Errorf("req.vms must be a table")
-	}
-	n := vt.Len()
-	kept := make([]*core.ReqVM, 0, n)
-	seen := make(map[string]bool, n)
-	for i := 1; i <= n; i++ {
-		e := vt.RawGetInt(i)
-		view := viewOf(e)
-		if view == nil || byName[view.vm.Name] != view.vm || seen[view.vm.Name] {
-			name := ""
-			if t, ok := e.(*glua.LTable); ok {
-				name = luaString(t.RawGetString("name"))
-			} else if view != nil {
-				name = view.vm.Name
-			}
-			return false, fmt.Errorf("req.vms[%d]: handlers may not add VMs (%q)", i, name)
-		}
-		seen[view.vm.Name] = true
-		changed = view.apply() || changed
-		kept = append(kept, view.vm)
-	}
-	if len(kept) != len(req.VMs) {
-		changed = true
+	changed := view.changed
+	if vt := view.vms; vt != nil {
+		byName := make(map[string]*core.ReqVM, len(req.VMs))
 		for _, v := range req.VMs {
-			if !seen[v.Name] {
-				reason := "removed by " + by
-				if ls.call != nil && ls.call.drops != nil && ls.call.drops[v.Name] != "" {
-					reason = ls.call.drops[v.Name]
+			byName[v.Name] = v
+		}
+		n := vt.Len()
+		kept := make([]*core.ReqVM, 0, n)
+		seen := make(map[string]bool, n)
+		for i := 1; i <= n; i++ {
+			e := vt.RawGetInt(i)
+			view := viewOf(e)
+			if view == nil || byName[view.vm.Name] != view.vm || seen[view.vm.Name] {
+				name := ""
+				if t, ok := e.(*glua.LTable); ok {
+					name = luaString(t.RawGetString("name"))
+				} else if view != nil {
+					name = view.vm.Name
 				}
-				req.Dropped = append(req.Dropped, core.Drop{VM: v.Name, Reason: reason, By: by})
+				return false, fmt.Errorf("req.vms[%d]: handlers may not add VMs (%q)", i, name)
+			}
+			seen[view.vm.Name] = true
+			changed = view.apply() || changed
+			kept = append(kept, view.vm)
+		}
+		if len(kept) != len(req.VMs) {
+			changed = true
+			for _, v := range req.VMs {
+				if !seen[v.Name] {
+					reason := "removed by " + by
+					if ls.call != nil && ls.call.drops != nil && ls.call.drops[v.Name] != "" {
+						reason = ls.call.drops[v.Name]
+					}
+					req.Dropped = append(req.Dropped, core.Drop{VM: v.Name, Reason: reason, By: by})
+				}
+			}
+		} else {
+			for i := range kept {
+				if kept[i] != req.VMs[i] {
+					changed = true
+				}
 			}
 		}
-	} else {
-		for i := range kept {
-			if kept[i] != req.VMs[i] {
-				changed = true
-			}
-		}
+		req.VMs = kept
 	}
-	req.VMs = kept
-	if l, ok := t.RawGetString("lnms").(*glua.LTable); ok {
-		nl := luaStrings(l)
-		if !equalStrings(nl, req.LNMs) {
+	if view.lnms != nil {
+		if nl := luaStrings(view.lnms); !equalStrings(nl, req.LNMs) {
 			req.LNMs, changed = nl, true
 		}
 	}
-	if a, ok := t.RawGetString("args").(*glua.LTable); ok {
-		na := luaStrMap(a)
-		if !equalMaps(na, req.Args) {
+	if view.args != nil {
+		if na := luaStrMap(view.args); !equalMaps(na, req.Args) {
 			req.Args, changed = na, true
 		}
-	}
-	if c := luaString(t.RawGetString("cluster")); c != req.Cluster {
-		req.Cluster, changed = c, true
-	}
-	if o := luaString(t.RawGetString("op")); o != string(req.Op) {
-		op, err := core.ParseOp(o)
-		if err != nil {
-			return false, fmt.Errorf("req.op: %v", err)
-		}
-		req.Op, changed = op, true
 	}
 	return changed, nil
 }

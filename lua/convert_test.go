@@ -48,7 +48,7 @@ func FuzzRequestConversion(f *testing.F) {
 			return r
 		}
 		req, want := mk(), mk()
-		tbl := ls.reqTable(req)
+		tbl := ls.reqValue(req)
 		changed, err := ls.applyReq(tbl, req, "fuzz.lua:h")
 		if mem > 1<<31-1 || mem < -(1<<31) {
 			return
@@ -82,7 +82,7 @@ func TestAddingVMsIsAnError(t *testing.T) {
 	ls := fuzzState(t)
 	defer ls.L.Close()
 	req := startReq("c1")
-	tbl := ls.reqTable(req)
+	tbl := ls.reqValue(req)
 	ls.L.SetGlobal("req", tbl)
 	if err := ls.L.DoString(`req.vms[2] = {name = "evil.mallory.usher.test"}`); err != nil {
 		t.Fatal(err)

@@ -89,7 +89,7 @@ func (h *Host) runChain(ctx context.Context, event string, req *core.Request) er
 		var rejected *rejectMark
 		var changed bool
 		d, err := h.invoke(ctx, hd, kindRequest, func(ls *lstate) []glua.LValue {
-			ls.lastReq = ls.reqTable(req)
+			ls.lastReq = ls.reqValue(req)
 			return []glua.LValue{ls.lastReq}
 		}, func(ls *lstate, rets []glua.LValue) error {
 			if len(rets) > 0 {
@@ -135,7 +135,7 @@ func (h *Host) RegisterVM(ctx context.Context, req *core.Request, vm *core.ReqVM
 		var rejected *rejectMark
 		d, err := h.invoke(ctx, hd, kindRequest, func(ls *lstate) []glua.LValue {
 			ls.lastVM = reqVMTable(ls.L, vm)
-			return []glua.LValue{ls.reqTable(req), ls.lastVM}
+			return []glua.LValue{ls.reqValue(req), ls.lastVM}
 		}, func(ls *lstate, rets []glua.LValue) error {
 			if len(rets) > 0 {
 				if ud, ok := rets[0].(*glua.LUserData); ok {

@@ -411,6 +411,73 @@ end, {order = 20, name = "fresh"})`)
 	}
 }
 
+// TestRequestView: the request is a view: fields read the Go request,
+// cluster and op write through (op validated), lnms and args are read
+// back, a script's own fields last for its call only, read-only fields
+// raise naming the script and line, and a request kept past its handler
+// cannot be used.
+func TestRequestView(t *testing.T) {
+	dir := t.TempDir()
+	writeScript(t, dir, "r.lua", `
+kept = nil
+usher.on("op_request", function(req)
+  if req.kind ~= "op" or req.id ~= "r1" or req.user.user ~= "alice" or req.op ~= "pause" then
+    error("read " .. tostring(req) .. " " .. tostring(req.op))
+  end
+  if req.all or req.dry_run or #req.lnms ~= 0 or next(req.args) ~= nil then error("defaults") end
+  req.note = "mine"
+  req.op = "resume"
+  req.cluster = "db"
+  req.lnms = {"n2"}
+  req.args.image = "debian"
+  if req.note ~= "mine" then error("own field lost") end
+  kept = req
+end, {order = 10, name = "write"})
+usher.on("op_request", function(req)
+  if req.note ~= nil then error("a script field leaked into the next handler") end
+  if req.op ~= "resume" or req.cluster ~= "db" or req.lnms[1] ~= "n2" or req.args.image ~= "debian" then
+    error("changes not seen by the next handler")
+  end
+end, {order = 20, name = "read"})`)
+	h := newHost(t, Options{Dirs: []string{dir}})
+	req := startReq("c1")
+	req.Kind, req.Op = core.KindOp, core.OpPause
+	if err := h.Request(context.Background(), core.EvOpRequest, req); err != nil {
+		t.Fatal(err)
+	}
+	if req.Op != core.OpResume || req.Cluster != "db" || len(req.LNMs) != 1 || req.LNMs[0] != "n2" || req.Args["image"] != "debian" {
+		t.Fatalf("after the chain: %+v", req)
+	}
+	if req.Trace[0].Action != "modified" || req.Trace[1].Action != "approved" {
+		t.Fatalf("trace %+v", req.Trace)
+	}
+
+	for _, tc := range []struct{ body, want string }{
+		{`req.id = "x"`, "r2.lua:3: req.id is read-only"},
+		{`req.user = {}`, "r2.lua:3: req.user is read-only"},
+		{`req.op = "explode"`, "r2.lua:3: req.op: unknown operation"},
+		{`req.lnms = 5`, "r2.lua:3: req.lnms must be a table"},
+		{`local x = kept.kind`, "used after its handler returned"},
+	} {
+		dir2 := t.TempDir()
+		body := "usher.on(\"op_request\", function(req)\n  kept = kept or req\n  " + tc.body + "\nend, {name = \"bad\"})"
+		if tc.want == "used after its handler returned" {
+			// the first call keeps the request in a global; the second uses it
+			body = "usher.on(\"op_request\", function(req)\n  if kept then local x = kept.kind end\n  kept = req\nend, {name = \"bad\"})"
+		}
+		writeScript(t, dir2, "r2.lua", body)
+		h2 := newHost(t, Options{Dirs: []string{dir2}})
+		r := func() *core.Request { r := startReq("c1"); r.Kind, r.Op = core.KindOp, core.OpPause; return r }
+		if tc.want == "used after its handler returned" {
+			h2.Request(context.Background(), core.EvOpRequest, r())
+		}
+		err := h2.Request(context.Background(), core.EvOpRequest, r())
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("%s: got %v, want an error containing %q", tc.body, err, tc.want)
+		}
+	}
+}
+
 // TestWants: the host tells the core which notification events a loaded
 // script handles (core.EventWanter), following loads and unregistering.
 func TestWants(t *testing.T) {

@@ -23,9 +23,11 @@ type lstate struct {
 	rejectUD *glua.LUserData   // marker returned by usher.reject
 	dropFn   *glua.LFunction   // req:drop
 	memLimit int64
-	lastReq  *glua.LTable           // request table of the current call
+	lastReq  *glua.LUserData        // request view of the current call
 	lastVM   *glua.LTable           // register_vm: the vm table
 	views    []*vmView              // request VM views of the current call
+	reqs     []*reqView             // request views of the current call
+	reqMeta  *glua.LTable           // metatable of request views (reqMT)
 	walk     walker                 // the memory estimate's, reused
 	loaded   map[string]glua.LValue // require: library results of this state
 	loading  map[string]bool        // require: libraries running their top level

@@ -44,6 +44,11 @@ func (ls *lstate) endViews() {
 	}
 	clear(ls.views)
 	ls.views = ls.views[:0]
+	for _, r := range ls.reqs {
+		r.live = false
+	}
+	clear(ls.reqs)
+	ls.reqs = ls.reqs[:0]
 }
 
 // viewOf returns the live view inside v, or nil.
@@ -204,4 +209,199 @@ func (view *vmView) apply() bool {
 		}
 	}
 	return view.changed
+}
+
+// reqView is a request as a handler sees it: a userdata over the Go
+// request for the length of one handler call, like vmView. Every handler
+// of a start (authorize, quota, placement) got a fresh table of the
+// request and another of the caller's identity, and gopher-lua gives each
+// table with string keys two maps and a key list: a third of the
+// controller's allocations per start.
+//
+// Fields: id, kind, user, all and dry_run are read-only; op and cluster
+// are writable strings; vms, lnms and args are tables, made on first use
+// and read back when the handler returns; drop is req:drop; any other
+// field a script sets is kept for the rest of that call. The user table is
+// made on first use too (a placement handler never reads it). pairs()
+// does not list a view's fields.
+type reqView struct {
+	req     *core.Request
+	live    bool
+	changed bool // op or cluster written
+	user    *glua.LTable
+	vms     *glua.LTable
+	lnms    *glua.LTable
+	args    *glua.LTable
+	extra   *glua.LTable
+}
+
+// reqViewOf returns the live request view inside v, or nil.
+func reqViewOf(v glua.LValue) *reqView {
+	ud, ok := v.(*glua.LUserData)
+	if !ok {
+		return nil
+	}
+	view, _ := ud.Value.(*reqView)
+	if view == nil || !view.live {
+		return nil
+	}
+	return view
+}
+
+func checkReq(L *glua.LState) *reqView {
+	ud := L.CheckUserData(1)
+	view, _ := ud.Value.(*reqView)
+	if view == nil {
+		L.ArgError(1, "not a request")
+	}
+	if !view.live {
+		L.RaiseError("request %s used after its handler returned", describeReq(view.req))
+	}
+	return view
+}
+
+func describeReq(r *core.Request) string {
+	if r.ID != "" {
+		return fmt.Sprintf("%s %s", r.Kind, r.ID)
+	}
+	return string(r.Kind)
+}
+
+// vmsTable is req.vms, made on first use: the request's VMs as views.
+func (ls *lstate) vmsTable(view *reqView) *glua.LTable {
+	if view.vms == nil {
+		view.vms = ls.L.CreateTable(len(view.req.VMs), 0)
+		for i, v := range view.req.VMs {
+			view.vms.RawSetInt(i+1, ls.newVMView(v))
+		}
+	}
+	return view.vms
+}
+
+// reqMT is this state's metatable of request views (its functions close
+// over ls: req.vms makes VM views of the current call).
+func (ls *lstate) reqMT() *glua.LTable {
+	if ls.reqMeta != nil {
+		return ls.reqMeta
+	}
+	L := ls.L
+	mt := L.CreateTable(0, 4)
+	mt.RawSetString("__index", L.NewFunction(func(L *glua.LState) int {
+		view := checkReq(L)
+		r := view.req
+		key := L.Get(2)
+		k, isStr := key.(glua.LString)
+		if !isStr {
+			L.Push(view.extraGet(key))
+			return 1
+		}
+		switch k {
+		case "id":
+			L.Push(glua.LString(r.ID))
+		case "kind":
+			L.Push(glua.LString(string(r.Kind)))
+		case "user":
+			if view.user == nil {
+				view.user = identityTable(L, r.User)
+			}
+			L.Push(view.user)
+		case "op":
+			L.Push(optString(string(r.Op)))
+		case "cluster":
+			L.Push(optString(r.Cluster))
+		case "vms":
+			L.Push(ls.vmsTable(view))
+		case "lnms":
+			if view.lnms == nil {
+				view.lnms = strList(L, r.LNMs)
+			}
+			L.Push(view.lnms)
+		case "args":
+			if view.args == nil {
+				view.args = strMap(L, r.Args)
+			}
+			L.Push(view.args)
+		case "all":
+			L.Push(glua.LBool(r.All))
+		case "dry_run":
+			L.Push(glua.LBool(r.DryRun))
+		case "drop":
+			L.Push(ls.dropFn)
+		default:
+			L.Push(view.extraGet(key))
+		}
+		return 1
+	}))
+	mt.RawSetString("__newindex", L.NewFunction(func(L *glua.LState) int {
+		view := checkReq(L)
+		r := view.req
+		key, val := L.Get(2), L.Get(3)
+		k, isStr := key.(glua.LString)
+		if !isStr {
+			view.extraSet(L, key, val)
+			return 0
+		}
+		table := func() *glua.LTable {
+			switch t := val.(type) {
+			case *glua.LTable:
+				return t
+			case *glua.LNilType:
+				return L.CreateTable(0, 0)
+			}
+			L.RaiseError("req.%s must be a table, not %s", string(k), val.Type().String())
+			return nil
+		}
+		switch k {
+		case "id", "kind", "user", "all", "dry_run", "drop":
+			L.RaiseError("req.%s is read-only", string(k))
+		case "op":
+			s := luaString(val)
+			op, err := core.ParseOp(s)
+			if err != nil {
+				L.RaiseError("req.op: %v", err)
+			}
+			if op != r.Op {
+				r.Op, view.changed = op, true
+			}
+		case "cluster":
+			if s := luaString(val); s != r.Cluster {
+				r.Cluster, view.changed = s, true
+			}
+		case "vms":
+			view.vms = table()
+		case "lnms":
+			view.lnms = table()
+		case "args":
+			view.args = table()
+		default:
+			view.extraSet(L, key, val)
+		}
+		return 0
+	}))
+	mt.RawSetString("__tostring", L.NewFunction(func(L *glua.LState) int {
+		view, _ := L.CheckUserData(1).Value.(*reqView)
+		if view == nil {
+			L.Push(glua.LString("request"))
+			return 1
+		}
+		L.Push(glua.LString("request " + describeReq(view.req)))
+		return 1
+	}))
+	mt.RawSetString("__metatable", glua.LString("locked"))
+	ls.reqMeta = mt
+	return mt
+}
+
+func (view *reqView) extraGet(k glua.LValue) glua.LValue {
+	if view.extra == nil {
+		return glua.LNil
+	}
+	return view.extra.RawGet(k)
+}
+
+func (view *reqView) extraSet(L *glua.LState, k, v glua.LValue) {
+	if view.extra == nil {
+		view.extra = L.CreateTable(0, 2)
+	}
+	view.extra.RawSet(k, v)
 }

@@ -133,8 +133,12 @@ end, {order = 50, name = "migrate_target"})
 -- place_one places a request of one VM (the most common kind): the least
 -- loaded node that fits it is the first usher.lnms returns when asked for
 -- nodes of at least its size, so it needs no candidate records and no heap.
+-- Its query table is made once per Lua state and refilled (a table with
+-- string keys is the dearest thing a handler can build).
+local one = {connected = true, order_by = "load", limit = 1, mem_mb = 0, vcpus = 0}
 local function place_one(req, vm)
-  local q = {connected = true, order_by = "load", mem_mb = vm.mem_mb or 0, vcpus = vm.vcpus or 0, limit = 1}
+  local q = one
+  q.mem_mb, q.vcpus, q.names = vm.mem_mb or 0, vm.vcpus or 0, nil
   local found
   if req.lnms and #req.lnms > 0 then
     q.names = req.lnms
