@@ -127,9 +127,14 @@ type handler struct {
 	spec  regSpec
 	seq   int
 	stats *hstats
+	name  string // label(), made once: traces name it on every call
 }
 
-func (hd *handler) label() string { return hd.v.file + ":" + hd.spec.name }
+func newHandler(v *version, spec regSpec, seq int) *handler {
+	return &handler{v: v, spec: spec, seq: seq, stats: &hstats{}, name: v.file + ":" + spec.name}
+}
+
+func (hd *handler) label() string { return hd.name }
 
 // registry is an immutable snapshot: event → ordered active handlers.
 type registry struct {
@@ -397,7 +402,7 @@ func (h *Host) newVersionLibs(name, path string, src []byte, hash string) (*vers
 	}
 	v.regs = ls.regs
 	for i, r := range v.regs {
-		v.handlers = append(v.handlers, &handler{v: v, spec: r, seq: i, stats: &hstats{}})
+		v.handlers = append(v.handlers, newHandler(v, r, i))
 	}
 	v.created.Add(1)
 	v.pool <- ls
@@ -498,8 +503,8 @@ func (h *Host) Register(scriptName, event, handlerName string, order int) error 
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.disabled, scriptName+"\x00"+event)
-	s.runtime = append(s.runtime, &handler{v: v, seq: 1000 + len(s.runtime), stats: &hstats{},
-		spec: regSpec{id: 0, event: event, order: order, name: handlerName, global: handlerName}})
+	s.runtime = append(s.runtime, newHandler(v,
+		regSpec{id: 0, event: event, order: order, name: handlerName, global: handlerName}, 1000+len(s.runtime)))
 	h.rebuildLocked()
 	return nil
 }
