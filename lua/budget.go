@@ -321,7 +321,7 @@ func (w *walker) value(v glua.LValue) {
 		// Request and VM views hold tables of the script's (vm.data,
 		// req.lnms, fields it set) that nothing else may reach.
 		switch x.Value.(type) {
-		case *vmView, *reqView:
+		case *vmView, *reqView, *identityView:
 			p := unsafe.Pointer(x)
 			if _, ok := w.seen[p]; ok {
 				return
@@ -336,10 +336,17 @@ func (w *walker) value(v glua.LValue) {
 				}
 			}
 		case *reqView:
-			for _, t := range [...]*glua.LTable{view.user, view.vms, view.lnms, view.args, view.extra} {
+			if view.user != nil {
+				w.value(view.user)
+			}
+			for _, t := range [...]*glua.LTable{view.vms, view.lnms, view.args, view.extra} {
 				if t != nil {
 					w.value(t)
 				}
+			}
+		case *identityView:
+			if view.groups != nil {
+				w.value(view.groups)
 			}
 		}
 	default:

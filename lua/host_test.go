@@ -421,7 +421,8 @@ func TestRequestView(t *testing.T) {
 	writeScript(t, dir, "r.lua", `
 kept = nil
 usher.on("op_request", function(req)
-  if req.kind ~= "op" or req.id ~= "r1" or req.user.user ~= "alice" or req.op ~= "pause" then
+  if req.kind ~= "op" or req.id ~= "r1" or req.user.user ~= "alice" or req.user.admin or req.op ~= "pause"
+     or #req.user.groups ~= 0 or tostring(req.user) ~= "identity alice" then
     error("read " .. tostring(req) .. " " .. tostring(req.op))
   end
   if req.all or req.dry_run or #req.lnms ~= 0 or next(req.args) ~= nil then error("defaults") end
@@ -455,6 +456,7 @@ end, {order = 20, name = "read"})`)
 	for _, tc := range []struct{ body, want string }{
 		{`req.id = "x"`, "r2.lua:3: req.id is read-only"},
 		{`req.user = {}`, "r2.lua:3: req.user is read-only"},
+		{`req.user.admin = true`, "r2.lua:3: req.user is read-only"},
 		{`req.op = "explode"`, "r2.lua:3: req.op: unknown operation"},
 		{`req.lnms = 5`, "r2.lua:3: req.lnms must be a table"},
 		{`local x = kept.kind`, "used after its handler returned"},

@@ -28,6 +28,7 @@ type lstate struct {
 	views    []*vmView              // request VM views of the current call
 	reqs     []*reqView             // request views of the current call
 	reqMeta  *glua.LTable           // metatable of request views (reqMT)
+	idMeta   *glua.LTable           // metatable of identity views (identityMT)
 	walk     walker                 // the memory estimate's, reused
 	loaded   map[string]glua.LValue // require: library results of this state
 	loading  map[string]bool        // require: libraries running their top level
