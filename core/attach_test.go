@@ -159,6 +159,21 @@ type notifyHooks struct {
 
 func (h notifyHooks) Notify(ev Event) { h.got <- ev }
 
+// attachAlice returns a function registering an LNM that runs running
+// VMs of alice's with the given short names.
+func attachAlice(t *testing.T, c *Controller) func(lnm string, vms ...string) {
+	return func(lnm string, vms ...string) {
+		t.Helper()
+		var doms []Domain
+		for _, v := range vms {
+			doms = append(doms, Domain{Name: v + ".alice.usher.test", State: StateRunning})
+		}
+		if _, err := c.AttachLNM(context.Background(), NodeInfo{Name: lnm}, nil, &syncLink{got: make(chan ReceiveArgs, 1)}, doms); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestRecoveryFeedsOneReload: while a restarted controller waits for known
 // LNMs, the VMs it adopts go to plugins but not to clients' feeds; when
 // the last one is back every feed, admin or not, gets one recovered event
@@ -170,16 +185,7 @@ func TestRecoveryFeedsOneReload(t *testing.T) {
 	c.ExpectLNMs([]NodeInfo{{Name: "n1"}, {Name: "n2"}})
 	alice, _ := c.Subscribe(Identity{User: "alice"}, "", false)
 	root, _ := c.Subscribe(Identity{User: "root", Admin: true}, "", true)
-	attach := func(lnm string, vms ...string) {
-		t.Helper()
-		var doms []Domain
-		for _, v := range vms {
-			doms = append(doms, Domain{Name: v + ".alice.usher.test", State: StateRunning})
-		}
-		if _, err := c.AttachLNM(context.Background(), NodeInfo{Name: lnm}, nil, &syncLink{got: make(chan ReceiveArgs, 1)}, doms); err != nil {
-			t.Fatal(err)
-		}
-	}
+	attach := attachAlice(t, c)
 	types := func(s *Subscription) (out []string) {
 		evs, _ := s.Take(100)
 		for _, ev := range evs {
@@ -239,16 +245,7 @@ func TestQuietAdoptionsOnlyWhenWanted(t *testing.T) {
 	c := New(Config{Domain: "usher.test"}, h)
 	c.ExpectLNMs([]NodeInfo{{Name: "n1"}, {Name: "n2"}})
 	alice, _ := c.Subscribe(Identity{User: "alice"}, "", false)
-	attach := func(lnm string, vms ...string) {
-		t.Helper()
-		var doms []Domain
-		for _, v := range vms {
-			doms = append(doms, Domain{Name: v + ".alice.usher.test", State: StateRunning})
-		}
-		if _, err := c.AttachLNM(context.Background(), NodeInfo{Name: lnm}, nil, &syncLink{got: make(chan ReceiveArgs, 1)}, doms); err != nil {
-			t.Fatal(err)
-		}
-	}
+	attach := attachAlice(t, c)
 	drain := func() (out []string) {
 		for len(h.got) > 0 {
 			out = append(out, (<-h.got).Type)

@@ -24,7 +24,58 @@ type vmView struct {
 	live    bool
 	changed bool
 	data    *glua.LTable // vm.data once touched
-	extra   *glua.LTable // the script's own fields
+	extras               // the script's own fields
+}
+
+// A view is live for the length of its handler's call.
+type liveView interface{ isLive() bool }
+
+func (v *vmView) isLive() bool  { return v.live }
+func (v *reqView) isLive() bool { return v.live }
+
+// liveOf returns the live view of type T inside v, or nil.
+func liveOf[T liveView](v glua.LValue) T {
+	var none T
+	ud, ok := v.(*glua.LUserData)
+	if !ok {
+		return none
+	}
+	view, ok := ud.Value.(T)
+	if !ok || !view.isLive() {
+		return none
+	}
+	return view
+}
+
+// checkLive returns argument 1 as a live view of type T (what names it in
+// errors), raising with the script's line if it is something else or its
+// handler returned.
+func checkLive[T liveView](L *glua.LState, what string, name func(T) string) T {
+	view, ok := L.CheckUserData(1).Value.(T)
+	if !ok {
+		L.ArgError(1, "not a "+what)
+	}
+	if !view.isLive() {
+		L.RaiseError("%s %s used after its handler returned", what, name(view))
+	}
+	return view
+}
+
+// extras are the fields a script set on a view, kept for its call.
+type extras struct{ extra *glua.LTable }
+
+func (e *extras) extraGet(k glua.LValue) glua.LValue {
+	if e.extra == nil {
+		return glua.LNil
+	}
+	return e.extra.RawGet(k)
+}
+
+func (e *extras) extraSet(L *glua.LState, k, v glua.LValue) {
+	if e.extra == nil {
+		e.extra = L.CreateTable(0, 2)
+	}
+	e.extra.RawSet(k, v)
 }
 
 // newVMView wraps v for the current call.
@@ -51,29 +102,11 @@ func (ls *lstate) endViews() {
 	ls.reqs = ls.reqs[:0]
 }
 
-// viewOf returns the live view inside v, or nil.
-func viewOf(v glua.LValue) *vmView {
-	ud, ok := v.(*glua.LUserData)
-	if !ok {
-		return nil
-	}
-	view, _ := ud.Value.(*vmView)
-	if view == nil || !view.live {
-		return nil
-	}
-	return view
-}
+// viewOf returns the live VM view inside v, or nil.
+func viewOf(v glua.LValue) *vmView { return liveOf[*vmView](v) }
 
 func checkView(L *glua.LState) *vmView {
-	ud := L.CheckUserData(1)
-	view, _ := ud.Value.(*vmView)
-	if view == nil {
-		L.ArgError(1, "not a request VM")
-	}
-	if !view.live {
-		L.RaiseError("request VM %s used after its handler returned", view.vm.Name)
-	}
-	return view
+	return checkLive(L, "request VM", func(v *vmView) string { return v.vm.Name })
 }
 
 func optString(s string) glua.LValue {
@@ -87,118 +120,130 @@ func vmViewMT(L *glua.LState) *glua.LTable {
 	if mt, ok := L.G.Registry.RawGetString("usher.reqvm").(*glua.LTable); ok {
 		return mt
 	}
-	mt := L.CreateTable(0, 4)
-	mt.RawSetString("__index", L.NewFunction(func(L *glua.LState) int {
-		view := checkView(L)
-		v := view.vm
-		key := L.Get(2)
-		k, isStr := key.(glua.LString)
-		if !isStr {
-			L.Push(view.extraGet(key))
-			return 1
-		}
-		switch k {
-		case "name":
-			L.Push(glua.LString(v.Name))
-		case "short":
-			L.Push(glua.LString(v.Short))
-		case "owner":
-			L.Push(glua.LString(v.Owner))
-		case "cluster":
-			L.Push(glua.LString(v.Cluster))
-		case "lnm":
-			L.Push(optString(v.LNM))
-		case "target":
-			L.Push(optString(v.Target))
-		case "state":
-			L.Push(optString(string(v.State)))
-		case "mem_mb":
-			L.Push(glua.LNumber(v.MemMB))
-		case "vcpus":
-			L.Push(glua.LNumber(v.VCPUs))
-		case "data":
-			if view.data == nil {
-				view.data = strMap(L, v.Data)
-			}
-			L.Push(view.data)
-		default:
-			L.Push(view.extraGet(key))
-		}
-		return 1
-	}))
-	mt.RawSetString("__newindex", L.NewFunction(func(L *glua.LState) int {
-		view := checkView(L)
-		v := view.vm
-		key, val := L.Get(2), L.Get(3)
-		k, isStr := key.(glua.LString)
-		if !isStr {
-			view.extraSet(L, key, val)
-			return 0
-		}
-		switch k {
-		case "name", "short", "owner", "cluster", "state":
-			L.RaiseError("vm.%s is read-only", string(k))
-		case "lnm":
-			if s := luaString(val); s != v.LNM {
-				v.LNM, view.changed = s, true
-			}
-		case "target":
-			if s := luaString(val); s != v.Target {
-				v.Target, view.changed = s, true
-			}
-		case "mem_mb", "vcpus":
-			n, ok := luaInt(val)
-			if !ok {
-				L.RaiseError("vm.%s must be a whole number, not %s", string(k), val.Type().String())
-			}
-			p := &v.MemMB
-			if k == "vcpus" {
-				p = &v.VCPUs
-			}
-			if n != *p {
-				*p, view.changed = n, true
-			}
-		case "data":
-			switch t := val.(type) {
-			case *glua.LTable:
-				view.data = t
-			case *glua.LNilType:
-				view.data = L.CreateTable(0, 0)
-			default:
-				L.RaiseError("vm.data must be a table, not %s", val.Type().String())
-			}
-		default:
-			view.extraSet(L, key, val)
-		}
-		return 0
-	}))
-	mt.RawSetString("__tostring", L.NewFunction(func(L *glua.LState) int {
-		view, _ := L.CheckUserData(1).Value.(*vmView)
-		if view == nil {
-			L.Push(glua.LString("vm"))
-			return 1
-		}
-		L.Push(glua.LString(fmt.Sprintf("vm %s", view.vm.Name)))
-		return 1
-	}))
-	mt.RawSetString("__metatable", glua.LString("locked"))
+	mt := viewMT(L, checkView, vmGet, vmSet, func(v *vmView) string { return "vm " + v.vm.Name })
 	L.G.Registry.RawSetString("usher.reqvm", mt)
 	return mt
 }
 
-func (view *vmView) extraGet(k glua.LValue) glua.LValue {
-	if view.extra == nil {
-		return glua.LNil
+// vmGet reads a VM view's own fields.
+func vmGet(L *glua.LState, view *vmView, k string) (glua.LValue, bool) {
+	v := view.vm
+	switch k {
+	case "name":
+		return glua.LString(v.Name), true
+	case "short":
+		return glua.LString(v.Short), true
+	case "owner":
+		return glua.LString(v.Owner), true
+	case "cluster":
+		return glua.LString(v.Cluster), true
+	case "lnm":
+		return optString(v.LNM), true
+	case "target":
+		return optString(v.Target), true
+	case "state":
+		return optString(string(v.State)), true
+	case "mem_mb":
+		return glua.LNumber(v.MemMB), true
+	case "vcpus":
+		return glua.LNumber(v.VCPUs), true
+	case "data":
+		if view.data == nil {
+			view.data = strMap(L, v.Data)
+		}
+		return view.data, true
 	}
-	return view.extra.RawGet(k)
+	return nil, false
 }
 
-func (view *vmView) extraSet(L *glua.LState, k, v glua.LValue) {
-	if view.extra == nil {
-		view.extra = L.CreateTable(0, 2)
+// vmSet writes a VM view's own fields.
+func vmSet(L *glua.LState, view *vmView, k string, val glua.LValue) bool {
+	v := view.vm
+	switch k {
+	case "name", "short", "owner", "cluster", "state":
+		L.RaiseError("vm.%s is read-only", k)
+	case "lnm":
+		if s := luaString(val); s != v.LNM {
+			v.LNM, view.changed = s, true
+		}
+	case "target":
+		if s := luaString(val); s != v.Target {
+			v.Target, view.changed = s, true
+		}
+	case "mem_mb", "vcpus":
+		n, ok := luaInt(val)
+		if !ok {
+			L.RaiseError("vm.%s must be a whole number, not %s", k, val.Type().String())
+		}
+		p := &v.MemMB
+		if k == "vcpus" {
+			p = &v.VCPUs
+		}
+		if n != *p {
+			*p, view.changed = n, true
+		}
+	case "data":
+		switch t := val.(type) {
+		case *glua.LTable:
+			view.data = t
+		case *glua.LNilType:
+			view.data = L.CreateTable(0, 0)
+		default:
+			L.RaiseError("vm.data must be a table, not %s", val.Type().String())
+		}
+	default:
+		return false
 	}
-	view.extra.RawSet(k, v)
+	return true
 }
+
+// viewMT builds the metatable of views of type T: get and set handle the
+// view's own fields and report false for other keys, which are the
+// script's own fields (extras) for the rest of the call; str names the
+// view for tostring.
+func viewMT[T interface {
+	liveView
+	own() *extras
+}](L *glua.LState, check func(*glua.LState) T,
+	get func(*glua.LState, T, string) (glua.LValue, bool),
+	set func(*glua.LState, T, string, glua.LValue) bool,
+	str func(T) string) *glua.LTable {
+	mt := L.CreateTable(0, 4)
+	mt.RawSetString("__index", L.NewFunction(func(L *glua.LState) int {
+		view := check(L)
+		key := L.Get(2)
+		if k, ok := key.(glua.LString); ok {
+			if v, ok := get(L, view, string(k)); ok {
+				L.Push(v)
+				return 1
+			}
+		}
+		L.Push(view.own().extraGet(key))
+		return 1
+	}))
+	mt.RawSetString("__newindex", L.NewFunction(func(L *glua.LState) int {
+		view := check(L)
+		key, val := L.Get(2), L.Get(3)
+		if k, ok := key.(glua.LString); ok && set(L, view, string(k), val) {
+			return 0
+		}
+		view.own().extraSet(L, key, val)
+		return 0
+	}))
+	mt.RawSetString("__tostring", L.NewFunction(func(L *glua.LState) int {
+		view, ok := L.CheckUserData(1).Value.(T)
+		if !ok {
+			L.Push(glua.LString("view"))
+			return 1
+		}
+		L.Push(glua.LString(str(view)))
+		return 1
+	}))
+	mt.RawSetString("__metatable", glua.LString("locked"))
+	return mt
+}
+
+func (e *extras) own() *extras { return e }
 
 // apply reads back what the view cannot write through (vm.data) and
 // reports whether the handler changed the VM.
@@ -232,32 +277,14 @@ type reqView struct {
 	vms     *glua.LTable
 	lnms    *glua.LTable
 	args    *glua.LTable
-	extra   *glua.LTable
+	extras  // the script's own fields
 }
 
 // reqViewOf returns the live request view inside v, or nil.
-func reqViewOf(v glua.LValue) *reqView {
-	ud, ok := v.(*glua.LUserData)
-	if !ok {
-		return nil
-	}
-	view, _ := ud.Value.(*reqView)
-	if view == nil || !view.live {
-		return nil
-	}
-	return view
-}
+func reqViewOf(v glua.LValue) *reqView { return liveOf[*reqView](v) }
 
 func checkReq(L *glua.LState) *reqView {
-	ud := L.CheckUserData(1)
-	view, _ := ud.Value.(*reqView)
-	if view == nil {
-		L.ArgError(1, "not a request")
-	}
-	if !view.live {
-		L.RaiseError("request %s used after its handler returned", describeReq(view.req))
-	}
-	return view
+	return checkLive(L, "request", func(v *reqView) string { return describeReq(v.req) })
 }
 
 func describeReq(r *core.Request) string {
@@ -281,129 +308,90 @@ func (ls *lstate) vmsTable(view *reqView) *glua.LTable {
 // reqMT is this state's metatable of request views (its functions close
 // over ls: req.vms makes VM views of the current call).
 func (ls *lstate) reqMT() *glua.LTable {
-	if ls.reqMeta != nil {
-		return ls.reqMeta
+	if ls.reqMeta == nil {
+		ls.reqMeta = viewMT(ls.L, checkReq, ls.reqGet, reqSet,
+			func(v *reqView) string { return "request " + describeReq(v.req) })
 	}
-	L := ls.L
-	mt := L.CreateTable(0, 4)
-	mt.RawSetString("__index", L.NewFunction(func(L *glua.LState) int {
-		view := checkReq(L)
-		r := view.req
-		key := L.Get(2)
-		k, isStr := key.(glua.LString)
-		if !isStr {
-			L.Push(view.extraGet(key))
-			return 1
-		}
-		switch k {
-		case "id":
-			L.Push(glua.LString(r.ID))
-		case "kind":
-			L.Push(glua.LString(string(r.Kind)))
-		case "user":
-			if view.user == nil {
-				view.user = ls.identityValue(&r.User)
-			}
-			L.Push(view.user)
-		case "op":
-			L.Push(optString(string(r.Op)))
-		case "cluster":
-			L.Push(optString(r.Cluster))
-		case "vms":
-			L.Push(ls.vmsTable(view))
-		case "lnms":
-			if view.lnms == nil {
-				view.lnms = strList(L, r.LNMs)
-			}
-			L.Push(view.lnms)
-		case "args":
-			if view.args == nil {
-				view.args = strMap(L, r.Args)
-			}
-			L.Push(view.args)
-		case "all":
-			L.Push(glua.LBool(r.All))
-		case "dry_run":
-			L.Push(glua.LBool(r.DryRun))
-		case "drop":
-			L.Push(ls.dropFn)
-		default:
-			L.Push(view.extraGet(key))
-		}
-		return 1
-	}))
-	mt.RawSetString("__newindex", L.NewFunction(func(L *glua.LState) int {
-		view := checkReq(L)
-		r := view.req
-		key, val := L.Get(2), L.Get(3)
-		k, isStr := key.(glua.LString)
-		if !isStr {
-			view.extraSet(L, key, val)
-			return 0
-		}
-		table := func() *glua.LTable {
-			switch t := val.(type) {
-			case *glua.LTable:
-				return t
-			case *glua.LNilType:
-				return L.CreateTable(0, 0)
-			}
-			L.RaiseError("req.%s must be a table, not %s", string(k), val.Type().String())
-			return nil
-		}
-		switch k {
-		case "id", "kind", "user", "all", "dry_run", "drop":
-			L.RaiseError("req.%s is read-only", string(k))
-		case "op":
-			s := luaString(val)
-			op, err := core.ParseOp(s)
-			if err != nil {
-				L.RaiseError("req.op: %v", err)
-			}
-			if op != r.Op {
-				r.Op, view.changed = op, true
-			}
-		case "cluster":
-			if s := luaString(val); s != r.Cluster {
-				r.Cluster, view.changed = s, true
-			}
-		case "vms":
-			view.vms = table()
-		case "lnms":
-			view.lnms = table()
-		case "args":
-			view.args = table()
-		default:
-			view.extraSet(L, key, val)
-		}
-		return 0
-	}))
-	mt.RawSetString("__tostring", L.NewFunction(func(L *glua.LState) int {
-		view, _ := L.CheckUserData(1).Value.(*reqView)
-		if view == nil {
-			L.Push(glua.LString("request"))
-			return 1
-		}
-		L.Push(glua.LString("request " + describeReq(view.req)))
-		return 1
-	}))
-	mt.RawSetString("__metatable", glua.LString("locked"))
-	ls.reqMeta = mt
-	return mt
+	return ls.reqMeta
 }
 
-func (view *reqView) extraGet(k glua.LValue) glua.LValue {
-	if view.extra == nil {
-		return glua.LNil
+// reqGet reads a request view's own fields.
+func (ls *lstate) reqGet(L *glua.LState, view *reqView, k string) (glua.LValue, bool) {
+	r := view.req
+	switch k {
+	case "id":
+		return glua.LString(r.ID), true
+	case "kind":
+		return glua.LString(string(r.Kind)), true
+	case "user":
+		if view.user == nil {
+			view.user = ls.identityValue(&r.User)
+		}
+		return view.user, true
+	case "op":
+		return optString(string(r.Op)), true
+	case "cluster":
+		return optString(r.Cluster), true
+	case "vms":
+		return ls.vmsTable(view), true
+	case "lnms":
+		if view.lnms == nil {
+			view.lnms = strList(L, r.LNMs)
+		}
+		return view.lnms, true
+	case "args":
+		if view.args == nil {
+			view.args = strMap(L, r.Args)
+		}
+		return view.args, true
+	case "all":
+		return glua.LBool(r.All), true
+	case "dry_run":
+		return glua.LBool(r.DryRun), true
+	case "drop":
+		return ls.dropFn, true
 	}
-	return view.extra.RawGet(k)
+	return nil, false
 }
 
-func (view *reqView) extraSet(L *glua.LState, k, v glua.LValue) {
-	if view.extra == nil {
-		view.extra = L.CreateTable(0, 2)
+// reqSet writes a request view's own fields.
+func reqSet(L *glua.LState, view *reqView, k string, val glua.LValue) bool {
+	r := view.req
+	table := func() *glua.LTable {
+		switch t := val.(type) {
+		case *glua.LTable:
+			return t
+		case *glua.LNilType:
+			return L.CreateTable(0, 0)
+		}
+		L.RaiseError("req.%s must be a table, not %s", k, val.Type().String())
+		return nil
 	}
-	view.extra.RawSet(k, v)
+	switch k {
+	case "id", "kind", "user", "all", "dry_run", "drop":
+		L.RaiseError("req.%s is read-only", k)
+	case "op":
+		op, err := core.ParseOp(luaString(val))
+		if err != nil {
+			L.RaiseError("req.op: %v", err)
+		}
+		if op != r.Op {
+			r.Op, view.changed = op, true
+		}
+	case "cluster":
+		if s := luaString(val); s != r.Cluster {
+			r.Cluster, view.changed = s, true
+		}
+	case "vms":
+		view.vms = table()
+	case "lnms":
+		view.lnms = table()
+	case "args":
+		view.args = table()
+	default:
+		return false
+	}
+	return true
 }
 
 // identityView is req.user: a read-only view of the caller's identity

@@ -10,6 +10,18 @@
 -- thousands of nodes). A single VM is the smallest, so every candidate fits
 -- it and four are plenty (each candidate costs a table here). Suggested
 -- nodes (req.lnms) are used when any of them qualifies.
+-- query runs usher.lnms(q) over the suggested nodes (req.lnms) when any of
+-- them qualifies, else over all nodes.
+local function query(req, q)
+  if req.lnms and #req.lnms > 0 then
+    q.names = req.lnms
+    local found = usher.lnms(q)
+    q.names = nil
+    if #found > 0 then return found end
+  end
+  return usher.lnms(q)
+end
+
 local function nodes(req)
   local mem, cpus = math.huge, math.huge
   for _, vm in ipairs(req.vms) do
@@ -19,15 +31,8 @@ local function nodes(req)
   if mem == math.huge then mem, cpus = 0, 0 end
   local q = {connected = true, order_by = "load", mem_mb = mem, vcpus = cpus,
              limit = #req.vms == 1 and 4 or math.min(2 * #req.vms + 8, 512)}
-  local found
-  if req.lnms and #req.lnms > 0 then
-    q.names = req.lnms
-    found = usher.lnms(q)
-    q.names = nil
-  end
-  if not found or #found == 0 then found = usher.lnms(q) end
   local out = {}
-  for _, n in ipairs(found) do
+  for _, n in ipairs(query(req, q)) do
     out[#out + 1] = {name = n.name, cpus = math.max(n.info.cpus, 1), free_mem = n.status.free_mem_mb,
                      free_vcpus = n.status.free_vcpus, load = n.status.usage.cpu.m1, vms = n.status.vms}
   end
@@ -137,15 +142,8 @@ end, {order = 50, name = "migrate_target"})
 -- string keys is the dearest thing a handler can build).
 local one = {connected = true, order_by = "load", limit = 1, mem_mb = 0, vcpus = 0}
 local function place_one(req, vm)
-  local q = one
-  q.mem_mb, q.vcpus, q.names = vm.mem_mb or 0, vm.vcpus or 0, nil
-  local found
-  if req.lnms and #req.lnms > 0 then
-    q.names = req.lnms
-    found = usher.lnms(q)
-    q.names = nil
-  end
-  if not found or #found == 0 then found = usher.lnms(q) end
+  one.mem_mb, one.vcpus, one.names = vm.mem_mb or 0, vm.vcpus or 0, nil
+  local found = query(req, one)
   if #found > 0 then
     vm.lnm = found[1].name
   else
