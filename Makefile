@@ -51,6 +51,7 @@ test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzStringMap$$' -fuzztime $(or $(FUZZTIME),150000x) ./transport/
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(or $(FUZZTIME),30000x) ./core/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzHandleReport$$' -fuzztime $(or $(FUZZTIME),800000x) ./core/
+	$(GO) test -run '^$$' -fuzz '^FuzzSizeHint$$' -fuzztime $(or $(FUZZTIME),20000x) ./core/
 	$(GO) test -run '^$$' -fuzz '^FuzzRequestConversion$$' -fuzztime $(or $(FUZZTIME),40000x) ./lua/
 
 vet:

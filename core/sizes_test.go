@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"testing"
 )
@@ -88,4 +89,32 @@ func BenchmarkRestartAttach(b *testing.B) {
 			}
 		})
 	}
+}
+
+// FuzzSizeHint: any hint file, however damaged, decodes to a hint that
+// Reserve takes without panicking or reserving past its bounds, and the
+// state then holds exactly what LNMs bring back.
+func FuzzSizeHint(f *testing.F) {
+	f.Add([]byte(`{"vms":1000,"owners":{"u0":600},"clusters":{"u0/c0":300}}`))
+	f.Add([]byte(`{"vms":16777217,"owners":{"x":-5,"../y":1000},"clusters":{"a/b/c":9,"nocluster":7}}`))
+	f.Add([]byte(`{"vms":-1}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var h SizeHint
+		if json.Unmarshal(data, &h) != nil || h.VMs > 1<<20 && h.VMs <= hintMaxVMs {
+			return // a big hint in range is honoured: too slow to fuzz
+		}
+		c := New(Config{Domain: "usher.test"}, noHooks{})
+		c.State().Reserve(h)
+		s := c.State()
+		s.mu.RLock()
+		hinted := len(s.ownerHint) + len(s.clusterHint)
+		s.mu.RUnlock()
+		if hinted > 2*hintMaxEntries {
+			t.Fatalf("%d owner and cluster hints kept", hinted)
+		}
+		attachSite(t, c, 2, 3)
+		if n := c.State().Counts(); n.VMs != 6 || n.Clusters != 2 {
+			t.Fatalf("after a reserved restart: %+v, want 6 VMs in 2 clusters", n)
+		}
+	})
 }
