@@ -10,10 +10,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/google/renameio/v2"
 
 	"github.com/usher-vm/usher/core"
 )
@@ -237,22 +238,10 @@ func (k *KnownLNMs) write(list []core.NodeInfo) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(k.path), ".known-lnms-*")
-	if err != nil {
+	if err := renameio.WriteFile(k.path, b, 0o600); err != nil {
 		return fmt.Errorf("saving known LNMs: %w", err)
 	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	tmp.Close()
-	return os.Rename(tmp.Name(), k.path)
+	return nil
 }
 
 func x509VerifyOpts(pool *x509.CertPool, cs tls.ConnectionState) x509.VerifyOptions {

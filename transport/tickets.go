@@ -6,8 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
+
+	"github.com/google/renameio/v2"
 )
 
 // Session tickets that survive a restart. A controller that restarts
@@ -67,21 +68,5 @@ func ticketKeys(path string, now time.Time) ([][32]byte, error) {
 	for _, k := range keys {
 		out = append(out, k[:]...)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".ticket-keys-*")
-	if err != nil {
-		return nil, err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(out); err != nil {
-		tmp.Close()
-		return nil, err
-	}
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return nil, err
-	}
-	if err := tmp.Close(); err != nil {
-		return nil, err
-	}
-	return keys, os.Rename(tmp.Name(), path)
+	return keys, renameio.WriteFile(path, out, 0o600)
 }

@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"time"
+
+	"github.com/google/renameio/v2"
 
 	"github.com/usher-vm/usher/core"
 )
@@ -36,25 +37,13 @@ func loadSizeHint(path string) (core.SizeHint, error) {
 	return h, nil
 }
 
-// writeSizeHint replaces the file atomically (temp file + rename).
+// writeSizeHint replaces the file atomically.
 func writeSizeHint(path string, h core.SizeHint) error {
 	b, err := json.Marshal(h)
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".state-size-*")
-	if err != nil {
-		return fmt.Errorf("saving the state size hint: %w", err)
-	}
-	_, err = tmp.Write(b)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
+	if err := renameio.WriteFile(path, b, 0o600); err != nil {
 		return fmt.Errorf("saving the state size hint: %w", err)
 	}
 	return nil

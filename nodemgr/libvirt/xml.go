@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/google/renameio/v2"
+
 	"github.com/usher-vm/usher/core"
 	"github.com/usher-vm/usher/nodemgr"
 )
@@ -47,13 +49,7 @@ func (d *Driver) writeOff(name string, st core.VMState) error {
 	return writeAtomic(d.path(name, extOff), []byte(string(st)+"\n"))
 }
 
-func writeAtomic(p string, b []byte) error {
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, p)
-}
+func writeAtomic(p string, b []byte) error { return renameio.WriteFile(p, b, 0o644) }
 
 func xmlEscape(s string) string {
 	var b strings.Builder
