@@ -195,25 +195,22 @@ func (c *Client) load(ctx context.Context, s *transport.Session, rep *core.AuthR
 	// above it, applied on top (events carry whole objects with versions).
 	var lst core.ListReply
 	cache := map[string]*core.VM{}
-	for after := ""; ; {
-		var page core.ListReply
+	first := true
+	err = listPages(core.ListArgs{Cluster: c.cfg.Cluster, Limit: c.cfg.ListPage}, func(a core.ListArgs, page *core.ListReply) error {
 		lctx, lcancel := context.WithTimeout(ctx, 60*time.Second)
-		err = s.Call(lctx, core.MList, core.ListArgs{Cluster: c.cfg.Cluster, After: after, Limit: c.cfg.ListPage}, &page)
-		lcancel()
-		if err != nil {
-			evs.Close()
-			return fmt.Errorf("loading VMs (%d so far): %w", len(cache), err)
-		}
-		if after == "" {
-			lst.Seq = page.Seq
+		defer lcancel()
+		return s.Call(lctx, core.MList, a, page)
+	}, func(page *core.ListReply) {
+		if first {
+			lst.Seq, first = page.Seq, false
 		}
 		for _, v := range page.VMs {
 			cache[v.Name] = v
 		}
-		if !page.More || len(page.VMs) == 0 {
-			break
-		}
-		after = page.VMs[len(page.VMs)-1].Name
+	})
+	if err != nil {
+		evs.Close()
+		return fmt.Errorf("loading VMs (%d so far): %w", len(cache), err)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -638,26 +635,39 @@ func (c *Client) List(ctx context.Context, a core.ListArgs) (*core.ListReply, er
 	}
 	// Everything asked for: in pages (a frame holds about 150,000 VMs),
 	// put together in the display order of an unpaged list.
-	var out core.ListReply
+	var out *core.ListReply
 	a.Limit = c.cfg.ListPage
-	for first := true; ; first = false {
-		var page core.ListReply
-		if err := c.Call(ctx, core.MList, a, &page); err != nil {
-			return nil, err
-		}
-		if first {
+	err := listPages(a, func(a core.ListArgs, page *core.ListReply) error {
+		return c.Call(ctx, core.MList, a, page)
+	}, func(page *core.ListReply) {
+		if out == nil {
 			out = page
 		} else {
 			out.VMs = append(out.VMs, page.VMs...)
 		}
-		if !page.More || len(page.VMs) == 0 {
-			break
-		}
-		a.After = page.VMs[len(page.VMs)-1].Name
+	})
+	if err != nil {
+		return nil, err
 	}
 	out.More = false
 	core.SortVMs(out.VMs)
-	return &out, nil
+	return out, nil
+}
+
+// listPages lists a (a.Limit VMs a page) with call, from the first page to
+// the last, handing each page to each.
+func listPages(a core.ListArgs, call func(core.ListArgs, *core.ListReply) error, each func(*core.ListReply)) error {
+	for {
+		page := new(core.ListReply)
+		if err := call(a, page); err != nil {
+			return err
+		}
+		each(page)
+		if !page.More || len(page.VMs) == 0 {
+			return nil
+		}
+		a.After = page.VMs[len(page.VMs)-1].Name
+	}
 }
 
 // ListLNMs implements list_lnms(lnm list, status).
