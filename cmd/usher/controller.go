@@ -234,8 +234,15 @@ Example:
 	if err != nil {
 		log.Warn("state size hint ignored", "err", err)
 	}
-	if len(known.List()) > 0 {
+	if list := known.List(); len(list) > 0 {
+		// A restart: size the state, and expect the LNMs before any is
+		// back (Recover repeats it), so their adoptions are held back from
+		// the clients' feeds until the state is whole.
 		c.State().Reserve(hint)
+		c.ExpectLNMs(list)
+		if pct := cfg.Int("controller.recovery_gc_percent"); pct > 0 {
+			gcWhileRecovering(ctx, c, pct, log)
+		}
 	}
 	hctx, stopHint := context.WithCancel(ctx)
 	hintDone := make(chan struct{})
@@ -243,10 +250,6 @@ Example:
 		defer close(hintDone)
 		keepSizeHint(hctx, c.State(), sizes, hint.VMs, log)
 	}()
-	if pct := cfg.Int("controller.recovery_gc_percent"); pct > 0 && len(known.List()) > 0 {
-		c.ExpectLNMs(known.List()) // before any LNM is back (Recover repeats it)
-		gcWhileRecovering(ctx, c, pct, log)
-	}
 	go srv.Recover(ctx, announceTLS, self, cfg.Duration("controller.grace"))
 	err = srv.Serve(ctx, ln)
 	c.Wait()
