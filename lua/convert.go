@@ -180,7 +180,8 @@ func (ls *lstate) applyReq(v glua.LValue, req *core.Request, by string) (bool, e
 	return changed, nil
 }
 
-// applyReqVM copies the writable fields (lnm, target, mem_mb, vcpus, data).
+// luaString is a Lua value written to a string field: strings, numbers and
+// booleans as text, anything else "".
 func luaString(v glua.LValue) string {
 	switch x := v.(type) {
 	case glua.LString:
