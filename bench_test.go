@@ -7,14 +7,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/site"
+
 	"github.com/usher-vm/usher/core"
 	"github.com/usher-vm/usher/core/coretest"
 )
 
-func benchSite(b *testing.B, lnms int) *Site {
+func benchSite(b *testing.B, lnms int) *site.Site {
 	b.Helper()
 	h := coretest.New(map[string]string{"alice": "pw"})
-	s, err := StartSite(context.Background(), SiteOptions{Dir: b.TempDir(), LNMs: lnms, Hooks: h,
+	s, err := site.Start(context.Background(), site.Options{Dir: b.TempDir(), LNMs: lnms, Hooks: h,
 		Bind: func(c *core.Controller) { h.View = c.State() }, SimMemMB: 1 << 30, SimCPUs: 1 << 20,
 		ReportInterval: 5 * time.Second, ScanInterval: time.Minute})
 	if err != nil {
@@ -43,7 +46,7 @@ func BenchmarkStartPipeline(b *testing.B) {
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					id := n.Add(1)
-					r, err := c.Start(ctx, core.StartArgs{Cluster: fmt.Sprintf("c%d", id), Count: batch})
+					r, err := c.Start(ctx, api.StartArgs{Cluster: fmt.Sprintf("c%d", id), Count: batch})
 					if err != nil || r.OK() != batch {
 						b.Errorf("start: %v %+v", err, r)
 						return

@@ -22,10 +22,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/usher-vm/usher/client"
-	"github.com/usher-vm/usher/core"
 )
 
 var (
@@ -299,11 +300,11 @@ func (c *chaos) simVMs(dirs ...string) map[string][]string {
 type vmKey struct{ Name, Owner, Cluster, LNM string }
 
 // snapshot is the controller's view: VM set, owners, clusters, placement.
-func snapshot(t testing.TB, admin *client.Client) ([]vmKey, *core.ListReply) {
+func snapshot(t testing.TB, admin *client.Client) ([]vmKey, *api.ListReply) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	lr, err := admin.List(ctx, core.ListArgs{All: true, Lists: true})
+	lr, err := admin.List(ctx, api.ListArgs{All: true, Lists: true})
 	if err != nil {
 		return nil, nil
 	}
@@ -328,7 +329,7 @@ func equalKeys(a, b []vmKey) bool {
 }
 
 // waitState polls the controller until its view equals want (or ok says so).
-func waitState(t testing.TB, admin *client.Client, d time.Duration, ok func([]vmKey, *core.ListReply) bool) ([]vmKey, *core.ListReply) {
+func waitState(t testing.TB, admin *client.Client, d time.Duration, ok func([]vmKey, *api.ListReply) bool) ([]vmKey, *api.ListReply) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -346,13 +347,13 @@ func waitState(t testing.TB, admin *client.Client, d time.Duration, ok func([]vm
 	}
 }
 
-func allRunning(n int) func([]vmKey, *core.ListReply) bool {
-	return func(keys []vmKey, lr *core.ListReply) bool {
+func allRunning(n int) func([]vmKey, *api.ListReply) bool {
+	return func(keys []vmKey, lr *api.ListReply) bool {
 		if len(keys) != n || len(lr.Lost)+len(lr.Missing) != 0 {
 			return false
 		}
 		for _, v := range lr.VMs {
-			if v.State != core.StateRunning && v.State != core.StatePaused {
+			if v.State != api.StateRunning && v.State != api.StatePaused {
 				return false
 			}
 		}
@@ -399,8 +400,8 @@ func TestChaosControllerKill9(t *testing.T) {
 		defer wg.Done()
 		for i := 1; i <= requests; i++ {
 			id := fmt.Sprintf("req-%d", i)
-			res := retry(t, id, func(ctx context.Context) (*core.Result, error) {
-				return alice.Start(ctx, core.StartArgs{ID: id, Cluster: fmt.Sprintf("c%d", i%4), Count: per})
+			res := retry(t, id, func(ctx context.Context) (*api.Result, error) {
+				return alice.Start(ctx, api.StartArgs{ID: id, Cluster: fmt.Sprintf("c%d", i%4), Count: per})
 			})
 			if res == nil {
 				return
@@ -417,7 +418,7 @@ func TestChaosControllerKill9(t *testing.T) {
 			if len(names) > 0 {
 				// an operation in the stream too (ops may hit the crash window)
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				alice.OpOnNames(ctx, core.OpPause, names[:1], nil)
+				alice.OpOnNames(ctx, api.OpPause, names[:1], nil)
 				cancel()
 			}
 			progress <- i
@@ -436,7 +437,7 @@ func TestChaosControllerKill9(t *testing.T) {
 	close(progress)
 
 	// Every VM a request reported started exists exactly once, none lost.
-	keys, _ := waitState(t, root, 60*time.Second, func(keys []vmKey, lr *core.ListReply) bool {
+	keys, _ := waitState(t, root, 60*time.Second, func(keys []vmKey, lr *api.ListReply) bool {
 		return len(lr.Lost)+len(lr.Missing) == 0 && len(keys) == requests*per
 	})
 	truth := c.simVMs("sim")
@@ -468,7 +469,7 @@ func TestChaosControllerKill9(t *testing.T) {
 	before, _ := snapshot(t, root)
 	c.kill9("controller")
 	c.startController()
-	after, _ := waitState(t, root, 60*time.Second, func(keys []vmKey, lr *core.ListReply) bool {
+	after, _ := waitState(t, root, 60*time.Second, func(keys []vmKey, lr *api.ListReply) bool {
 		return equalKeys(keys, before)
 	})
 	if !equalKeys(before, after) {
@@ -476,7 +477,7 @@ func TestChaosControllerKill9(t *testing.T) {
 	}
 	// and the rebuilt clusters keep their members
 	// (alice's client reconnects on its own, with backoff)
-	cls := retry(t, "clusters", func(ctx context.Context) ([]core.Cluster, error) { return alice.Clusters(ctx, false) })
+	cls := retry(t, "clusters", func(ctx context.Context) ([]api.Cluster, error) { return alice.Clusters(ctx, false) })
 	if len(cls) != 4 {
 		t.Fatalf("clusters after recovery: %+v", cls)
 	}
@@ -486,8 +487,8 @@ func TestChaosControllerKill9(t *testing.T) {
 	}
 
 	// A retried request id after the crash starts nothing new.
-	res := retry(t, "replay", func(ctx context.Context) (*core.Result, error) {
-		return alice.Start(ctx, core.StartArgs{ID: "req-1", Cluster: "c1", Count: per})
+	res := retry(t, "replay", func(ctx context.Context) (*api.Result, error) {
+		return alice.Start(ctx, api.StartArgs{ID: "req-1", Cluster: "c1", Count: per})
 	})
 	if res == nil || len(res.Done) != per {
 		t.Fatalf("replay: %+v", res)
@@ -506,7 +507,7 @@ func waitLNMs(t testing.TB, cl *client.Client, n int) {
 		cancel()
 		up := 0
 		for _, l := range lnms {
-			if l.State == core.LNMConnected {
+			if l.State == api.LNMConnected {
 				up++
 			}
 		}
@@ -524,7 +525,7 @@ func waitLNMs(t testing.TB, cl *client.Client, n int) {
 func lostWithin(t testing.TB, rec *recorder, names []string) {
 	t.Helper()
 	for _, n := range names {
-		rec.waitFor(t, "vm_lost "+n, func(ev core.Event) bool { return ev.Type == core.EvVMLost && ev.VM.Name == n })
+		rec.waitFor(t, "vm_lost "+n, func(ev api.Event) bool { return ev.Type == api.EvVMLost && ev.VM.Name == n })
 	}
 }
 
@@ -539,7 +540,7 @@ func TestChaosLNMKill9(t *testing.T) {
 	rec := record(alice)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	res, err := alice.Start(ctx, core.StartArgs{Cluster: "db", Count: 4, LNMs: []string{"node2"}})
+	res, err := alice.Start(ctx, api.StartArgs{Cluster: "db", Count: 4, LNMs: []string{"node2"}})
 	if err != nil || res.OK() != 4 {
 		t.Fatalf("%v %+v", err, res)
 	}
@@ -555,8 +556,8 @@ func TestChaosLNMKill9(t *testing.T) {
 	}
 	c.startLNM("node2")
 	for _, n := range names {
-		rec.waitFor(t, "back "+n, func(ev core.Event) bool {
-			return ev.Type == core.EvStateChanged && ev.VM.Name == n && ev.VM.State == core.StateRunning
+		rec.waitFor(t, "back "+n, func(ev api.Event) bool {
+			return ev.Type == api.EvStateChanged && ev.VM.Name == n && ev.VM.State == api.StateRunning
 		})
 	}
 	waitState(t, root, 30*time.Second, allRunning(4))
@@ -647,7 +648,7 @@ func TestChaosNetworkCut(t *testing.T) {
 	rec := record(alice)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	res, err := alice.Start(ctx, core.StartArgs{Cluster: "web", Count: 3})
+	res, err := alice.Start(ctx, api.StartArgs{Cluster: "web", Count: 3})
 	if err != nil || res.OK() != 3 {
 		t.Fatalf("%v %+v", err, res)
 	}
@@ -664,8 +665,8 @@ func TestChaosNetworkCut(t *testing.T) {
 	}
 	p.frozen.Store(false)
 	for _, n := range names {
-		rec.waitFor(t, "back "+n, func(ev core.Event) bool {
-			return ev.Type == core.EvStateChanged && ev.VM.Name == n && ev.VM.State == core.StateRunning
+		rec.waitFor(t, "back "+n, func(ev api.Event) bool {
+			return ev.Type == api.EvStateChanged && ev.VM.Name == n && ev.VM.State == api.StateRunning
 		})
 	}
 }
@@ -684,7 +685,7 @@ func TestChaosAtScale(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	for i := 0; i < vms/batch; i++ {
-		res, err := alice.Start(ctx, core.StartArgs{ID: fmt.Sprintf("s%d", i), Cluster: fmt.Sprintf("big%d", i%10), Count: batch})
+		res, err := alice.Start(ctx, api.StartArgs{ID: fmt.Sprintf("s%d", i), Cluster: fmt.Sprintf("big%d", i%10), Count: batch})
 		if err != nil || res.OK() != batch {
 			t.Fatalf("start %d: %v", i, err)
 		}
@@ -695,12 +696,12 @@ func TestChaosAtScale(t *testing.T) {
 	c.kill9("controller")
 	restart := time.Now()
 	c.startController()
-	waitState(t, root, 90*time.Second, func(keys []vmKey, lr *core.ListReply) bool { return equalKeys(keys, before) })
+	waitState(t, root, 90*time.Second, func(keys []vmKey, lr *api.ListReply) bool { return equalKeys(keys, before) })
 	t.Logf("controller restart → state whole: %v (%d LNMs, %d VMs)", time.Since(restart), lnms, vms)
 
 	// kill -9 the process hosting every LNM: all VMs lost, then back
 	c.kill9("sim")
-	waitState(t, root, 60*time.Second, func(keys []vmKey, lr *core.ListReply) bool { return len(lr.Lost) == vms })
+	waitState(t, root, 60*time.Second, func(keys []vmKey, lr *api.ListReply) bool { return len(lr.Lost) == vms })
 	c.startLNMs("sim", lnms)
 	waitState(t, root, 90*time.Second, allRunning(vms))
 	after, _ := snapshot(t, root)
@@ -725,7 +726,7 @@ func twoNodesFourVMs(t *testing.T) (*chaos, *client.Client, []vmKey) {
 	alice := c.client("alice")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if r, err := alice.Start(ctx, core.StartArgs{Cluster: "web", Count: 4}); err != nil || r.OK() != 4 {
+	if r, err := alice.Start(ctx, api.StartArgs{Cluster: "web", Count: 4}); err != nil || r.OK() != 4 {
 		t.Fatalf("%v %+v", err, r)
 	}
 	before, _ := snapshot(t, root)
@@ -747,7 +748,7 @@ func TestChaosControllerNewAddress(t *testing.T) {
 	c.startController()
 	root2 := c.client("root")
 	waitLNMs(t, root2, 2)
-	after, _ := waitState(t, root2, 30*time.Second, func(keys []vmKey, lr *core.ListReply) bool { return equalKeys(keys, before) })
+	after, _ := waitState(t, root2, 30*time.Second, func(keys []vmKey, lr *api.ListReply) bool { return equalKeys(keys, before) })
 	if !equalKeys(before, after) {
 		t.Fatal("state differs")
 	}
@@ -778,7 +779,7 @@ func TestChaosClientsReloadWhenRecovered(t *testing.T) {
 		t.Fatalf("client connected during recovery holds %d VMs, want node1's %d", got, len(before)-onNode2)
 	}
 	c.startLNM("node2")
-	ev := rec.waitFor(t, "recovered", func(ev core.Event) bool { return ev.Type == core.EvRecovered })
+	ev := rec.waitFor(t, "recovered", func(ev api.Event) bool { return ev.Type == api.EvRecovered })
 	if ev.Detail["lnms"] != "2" || ev.Detail["vms"] != fmt.Sprint(len(before)) {
 		t.Fatalf("recovered event %+v, want 2 LNMs and %d VMs", ev.Detail, len(before))
 	}
@@ -790,7 +791,7 @@ func TestChaosClientsReloadWhenRecovered(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // polling the reload the event started
 	}
 	for _, ev := range rec.all() {
-		if ev.Type == core.EvStateChanged && ev.Detail["adopted"] == "true" {
+		if ev.Type == api.EvStateChanged && ev.Detail["adopted"] == "true" {
 			t.Fatalf("adoption streamed to a client during recovery: %+v", ev)
 		}
 	}
@@ -812,30 +813,30 @@ func TestChaosGracePeriod(t *testing.T) {
 	c.startController()
 	root2 := c.client("root")
 	waitLNMs(t, root2, 1)
-	state := func() map[string]core.LNMState {
+	state := func() map[string]api.LNMState {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		lnms, err := root2.ListLNMs(ctx, nil, false)
 		if err != nil {
 			t.Fatal(err)
 		}
-		m := map[string]core.LNMState{}
+		m := map[string]api.LNMState{}
 		for _, l := range lnms {
 			m[l.Info.Name] = l.State
 		}
 		return m
 	}
-	if st := state(); st["node1"] != core.LNMConnected || st["node2"] != core.LNMRecovering {
+	if st := state(); st["node1"] != api.LNMConnected || st["node2"] != api.LNMRecovering {
 		t.Fatalf("during grace: %v", st)
 	}
 	deadline := time.Now().Add(20 * time.Second)
-	for state()["node2"] != core.LNMDisconnected {
+	for state()["node2"] != api.LNMDisconnected {
 		if time.Now().After(deadline) {
 			t.Fatalf("node2 never declared failed: %v", state())
 		}
 		time.Sleep(50 * time.Millisecond) // polling a state change
 	}
-	if st := state(); st["node1"] != core.LNMConnected {
+	if st := state(); st["node1"] != api.LNMConnected {
 		t.Fatalf("node1 after grace: %v", st)
 	}
 }

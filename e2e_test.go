@@ -8,25 +8,29 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/site"
+
+	"path/filepath"
+
 	"github.com/usher-vm/usher/client"
 	"github.com/usher-vm/usher/core"
 	"github.com/usher-vm/usher/core/coretest"
 	"github.com/usher-vm/usher/nodemgr/sim"
 	"github.com/usher-vm/usher/transport"
-	"path/filepath"
 )
 
-func testSite(t *testing.T, lnms int, mut func(*SiteOptions)) (*Site, *coretest.Hooks) {
+func testSite(t *testing.T, lnms int, mut func(*site.Options)) (*site.Site, *coretest.Hooks) {
 	t.Helper()
 	h := coretest.New(map[string]string{"alice": "alice-pw", "bob": "bob-pw", "root": "root-pw"}, "root")
-	o := SiteOptions{Dir: t.TempDir(), LNMs: lnms, Hooks: h, Bind: func(c *core.Controller) { h.View = c.State() },
+	o := site.Options{Dir: t.TempDir(), LNMs: lnms, Hooks: h, Bind: func(c *core.Controller) { h.View = c.State() },
 		ReportInterval: 100 * time.Millisecond, ScanInterval: 200 * time.Millisecond, KeepAlive: time.Second}
 	if mut != nil {
 		mut(&o)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := StartSite(ctx, o)
+	s, err := site.Start(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,13 +41,13 @@ func testSite(t *testing.T, lnms int, mut func(*SiteOptions)) (*Site, *coretest.
 // recorder collects a client's pushed events.
 type recorder struct {
 	mu  sync.Mutex
-	evs []core.Event
+	evs []api.Event
 	ch  chan struct{}
 }
 
 func record(c *client.Client) *recorder {
 	r := &recorder{ch: make(chan struct{}, 1)}
-	c.OnEvent(func(ev core.Event) {
+	c.OnEvent(func(ev api.Event) {
 		r.mu.Lock()
 		r.evs = append(r.evs, ev)
 		r.mu.Unlock()
@@ -56,7 +60,7 @@ func record(c *client.Client) *recorder {
 }
 
 // waitFor waits until some recorded event satisfies ok.
-func (r *recorder) waitFor(t testing.TB, what string, ok func(core.Event) bool) core.Event {
+func (r *recorder) waitFor(t testing.TB, what string, ok func(api.Event) bool) api.Event {
 	t.Helper()
 	deadline := time.After(10 * time.Second)
 	for {
@@ -76,13 +80,13 @@ func (r *recorder) waitFor(t testing.TB, what string, ok func(core.Event) bool) 
 	}
 }
 
-func (r *recorder) all() []core.Event {
+func (r *recorder) all() []api.Event {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]core.Event(nil), r.evs...)
+	return append([]api.Event(nil), r.evs...)
 }
 
-func simState(t *testing.T, s *Site, lnm, vm string) core.VMState {
+func simState(t *testing.T, s *site.Site, lnm, vm string) api.VMState {
 	t.Helper()
 	doms, err := s.Sim(lnm).List(context.Background())
 	if err != nil {
@@ -108,7 +112,7 @@ func TestEndToEnd(t *testing.T) {
 	rec := record(alice)
 
 	// start 10 VMs in cluster sneetch on three LNMs
-	res, err := alice.Start(ctx, core.StartArgs{Cluster: "sneetch", Count: 10})
+	res, err := alice.Start(ctx, api.StartArgs{Cluster: "sneetch", Count: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +122,7 @@ func TestEndToEnd(t *testing.T) {
 	nodes := map[string]int{}
 	for _, d := range res.Done {
 		nodes[d.LNM]++
-		if st := simState(t, s, d.LNM, d.Name); st != core.StateRunning {
+		if st := simState(t, s, d.LNM, d.Name); st != api.StateRunning {
 			t.Fatalf("%s on %s is %s in the hypervisor", d.Name, d.LNM, st)
 		}
 		if !strings.HasSuffix(d.Name, ".alice.usher.local") || d.VM.Data["registered"] != "yes" {
@@ -130,8 +134,8 @@ func TestEndToEnd(t *testing.T) {
 	}
 	for i := 1; i <= 10; i++ {
 		name := fmt.Sprintf("sneetch%d.alice.usher.local", i)
-		rec.waitFor(t, "start_complete of "+name, func(ev core.Event) bool {
-			return ev.Type == core.EvStartComplete && ev.OK && ev.VM.Name == name
+		rec.waitFor(t, "start_complete of "+name, func(ev api.Event) bool {
+			return ev.Type == api.EvStartComplete && ev.OK && ev.VM.Name == name
 		})
 	}
 	if got := len(alice.VMs()); got != 10 {
@@ -140,18 +144,18 @@ func TestEndToEnd(t *testing.T) {
 
 	// every Table 3 operation, checked in the hypervisor and in pushed events
 	steps := []struct {
-		op   core.Op
+		op   api.Op
 		set  string
-		want core.VMState
+		want api.VMState
 	}{
-		{core.OpPause, "sneetch[1-3]", core.StatePaused},
-		{core.OpResume, "sneetch[1-3]", core.StateRunning},
-		{core.OpShutdown, "sneetch4", core.StateShutoff},
-		{core.OpCycle, "sneetch4", core.StateRunning},
-		{core.OpReboot, "/sneetch[56]/", core.StateRunning},
-		{core.OpHibernate, "sneetch7,sneetch8", core.StateHibernated},
-		{core.OpRestore, "sneetch7 sneetch8", core.StateRunning},
-		{core.OpDestroy, "sneetch10", "absent"},
+		{api.OpPause, "sneetch[1-3]", api.StatePaused},
+		{api.OpResume, "sneetch[1-3]", api.StateRunning},
+		{api.OpShutdown, "sneetch4", api.StateShutoff},
+		{api.OpCycle, "sneetch4", api.StateRunning},
+		{api.OpReboot, "/sneetch[56]/", api.StateRunning},
+		{api.OpHibernate, "sneetch7,sneetch8", api.StateHibernated},
+		{api.OpRestore, "sneetch7 sneetch8", api.StateRunning},
+		{api.OpDestroy, "sneetch10", "absent"},
 	}
 	for _, st := range steps {
 		names, err := alice.Expand(st.set)
@@ -169,13 +173,13 @@ func TestEndToEnd(t *testing.T) {
 			if got := simState(t, s, d.LNM, d.Name); got != st.want {
 				t.Fatalf("%s: %s is %s in the hypervisor, want %s", st.op, d.Name, got, st.want)
 			}
-			rec.waitFor(t, fmt.Sprintf("op_complete %s %s", st.op, d.Name), func(ev core.Event) bool {
-				return ev.Type == core.EvOpComplete && ev.OK && ev.VM.Name == d.Name && ev.Detail["op"] == string(st.op)
+			rec.waitFor(t, fmt.Sprintf("op_complete %s %s", st.op, d.Name), func(ev api.Event) bool {
+				return ev.Type == api.EvOpComplete && ev.OK && ev.VM.Name == d.Name && ev.Detail["op"] == string(st.op)
 			})
 		}
 	}
-	rec.waitFor(t, "paused state pushed", func(ev core.Event) bool {
-		return ev.Type == core.EvStateChanged && ev.VM.State == core.StatePaused && ev.VM.Short == "sneetch1"
+	rec.waitFor(t, "paused state pushed", func(ev api.Event) bool {
+		return ev.Type == api.EvStateChanged && ev.VM.State == api.StatePaused && ev.VM.Short == "sneetch1"
 	})
 	if _, ok := alice.VM("sneetch10.alice.usher.local"); ok {
 		t.Fatal("destroyed VM still cached")
@@ -191,14 +195,14 @@ func TestEndToEnd(t *testing.T) {
 	if err != nil || r.OK() != 1 {
 		t.Fatalf("migrate: %v %+v", err, r)
 	}
-	if got := simState(t, s, target, vm.Name); got != core.StateRunning {
+	if got := simState(t, s, target, vm.Name); got != api.StateRunning {
 		t.Fatalf("migrated VM is %s on %s", got, target)
 	}
 	if got := simState(t, s, vm.LNM, vm.Name); got != "absent" {
 		t.Fatalf("migrated VM still %s on source %s", got, vm.LNM)
 	}
-	rec.waitFor(t, "migration pushed", func(ev core.Event) bool {
-		return ev.Type == core.EvMigrateDone && ev.OK && ev.VM.Name == vm.Name && ev.VM.LNM == target
+	rec.waitFor(t, "migration pushed", func(ev api.Event) bool {
+		return ev.Type == api.EvMigrateComplete && ev.OK && ev.VM.Name == vm.Name && ev.VM.LNM == target
 	})
 	if v, _ := alice.VM(vm.Name); v.LNM != target {
 		t.Fatalf("cache says %s is on %s", vm.Name, v.LNM)
@@ -207,7 +211,7 @@ func TestEndToEnd(t *testing.T) {
 	// list with status: usage averages arrive from the LNMs' reports
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		lr, err := alice.List(ctx, core.ListArgs{Status: true})
+		lr, err := alice.List(ctx, api.ListArgs{Status: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -233,7 +237,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatalf("list_lnms: %v %d", err, len(lnms))
 	}
 	for _, l := range lnms {
-		if l.State != core.LNMConnected || l.Info.MemMB == 0 || l.Status.ReportedAt == 0 {
+		if l.State != api.LNMConnected || l.Info.MemMB == 0 || l.Status.ReportedAt == 0 {
 			t.Fatalf("LNM record incomplete: %+v", l)
 		}
 	}
@@ -251,28 +255,28 @@ func TestEndToEnd(t *testing.T) {
 	if _, err := bob.Pause(ctx, "sneetch2"); err == nil || !strings.Contains(err.Error(), "no such VM") {
 		t.Fatalf("client-side check: %v", err)
 	}
-	br, err := bob.OpOnNames(ctx, core.OpDestroy, []string{"sneetch2.alice.usher.local"}, nil)
+	br, err := bob.OpOnNames(ctx, api.OpDestroy, []string{"sneetch2.alice.usher.local"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if br.OK() != 0 || len(br.Dropped) != 1 {
 		t.Fatalf("bob destroyed alice's VM: %+v", br)
 	}
-	if got := simState(t, s, nodeOf(t, alice, "sneetch2.alice.usher.local"), "sneetch2.alice.usher.local"); got != core.StateRunning {
+	if got := simState(t, s, nodeOf(t, alice, "sneetch2.alice.usher.local"), "sneetch2.alice.usher.local"); got != api.StateRunning {
 		t.Fatalf("alice's VM is %s after bob's attempt", got)
 	}
-	if _, err := bob.List(ctx, core.ListArgs{All: true}); err == nil {
+	if _, err := bob.List(ctx, api.ListArgs{All: true}); err == nil {
 		t.Fatal("bob listed everyone's VMs")
 	}
-	if lr, _ := bob.List(ctx, core.ListArgs{}); len(lr.VMs) != 0 {
+	if lr, _ := bob.List(ctx, api.ListArgs{}); len(lr.VMs) != 0 {
 		t.Fatalf("bob lists %d VMs", len(lr.VMs))
 	}
 	// alice acts once more; bob must receive nothing of it
 	if _, err := alice.Pause(ctx, "sneetch2"); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, "pause of sneetch2", func(ev core.Event) bool {
-		return ev.Type == core.EvOpComplete && ev.VM.Short == "sneetch2"
+	rec.waitFor(t, "pause of sneetch2", func(ev api.Event) bool {
+		return ev.Type == api.EvOpComplete && ev.VM.Short == "sneetch2"
 	})
 	for _, ev := range bobRec.all() {
 		if ev.VM != nil && ev.VM.Owner == "alice" {
@@ -285,7 +289,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer root.Close()
-	if lr, err := root.List(ctx, core.ListArgs{All: true}); err != nil || len(lr.VMs) != 9 {
+	if lr, err := root.List(ctx, api.ListArgs{All: true}); err != nil || len(lr.VMs) != 9 {
 		t.Fatalf("admin list: %v", err)
 	}
 }
@@ -319,24 +323,39 @@ func TestBadRequests(t *testing.T) {
 		want string
 	}{
 		{"unknown op", func() error {
-			return alice.Call(ctx, core.MOpOn, core.OpArgs{Op: "explode", VMs: []string{"x"}}, nil)
+			_, err := client.Do(ctx, alice, api.MOpOn, api.OpArgs{Op: "explode", VMs: []string{"x"}})
+			return err
 		}, "unknown operation"},
 		{"empty list", func() error {
-			return alice.Call(ctx, core.MOpOn, core.OpArgs{Op: core.OpPause}, nil)
+			_, err := client.Do(ctx, alice, api.MOpOn, api.OpArgs{Op: api.OpPause})
+			return err
 		}, "empty VM list"},
 		{"huge list", func() error {
-			return alice.Call(ctx, core.MOpOn, core.OpArgs{Op: core.OpPause, VMs: make([]string, 200001)}, nil)
+			vms := make([]string, 200001)
+			for i := range vms {
+				vms[i] = fmt.Sprintf("v%d.alice.usher.local", i)
+			}
+			_, err := client.Do(ctx, alice, api.MOpOn, api.OpArgs{Op: api.OpPause, VMs: vms})
+			return err
 		}, "limit"},
 		{"huge start", func() error {
-			return alice.Call(ctx, core.MStart, core.StartArgs{Cluster: "x", Count: 1 << 30}, nil)
-		}, "limit"},
+			_, err := client.Do(ctx, alice, api.MStart, api.StartArgs{Cluster: "x", Count: 1 << 30})
+			return err
+		}, "count"},
 		{"bad cluster", func() error {
-			return alice.Call(ctx, core.MStart, core.StartArgs{Cluster: "../etc", Count: 1}, nil)
+			_, err := client.Do(ctx, alice, api.MStart, api.StartArgs{Cluster: "../etc", Count: 1})
+			return err
 		}, "cluster"},
-		{"unknown method", func() error { return alice.Call(ctx, "format_disk", nil, nil) }, "unknown method"},
-		{"malformed args", func() error { return alice.Call(ctx, core.MStart, []int{1, 2}, nil) }, "malformed"},
+		{"unknown method", func() error {
+			_, err := client.Do(ctx, alice, api.Method[api.Empty, api.Empty]{Name: "format_disk", Access: api.Authenticated}, api.Empty{})
+			return err
+		}, "unknown method"},
+		{"malformed args", func() error {
+			_, err := client.Do(ctx, alice, api.Method[[]int, api.Empty]{Name: "start", Access: api.Authenticated}, []int{1, 2})
+			return err
+		}, "malformed"},
 		{"unknown LNM suggestion", func() error {
-			r, err := alice.Start(ctx, core.StartArgs{Cluster: "web", Count: 1, LNMs: []string{"nowhere"}})
+			r, err := alice.Start(ctx, api.StartArgs{Cluster: "web", Count: 1, LNMs: []string{"nowhere"}})
 			if err != nil {
 				return err
 			}
@@ -349,12 +368,12 @@ func TestBadRequests(t *testing.T) {
 			t.Errorf("%s: got %v, want error containing %q", c.name, err, c.want)
 		}
 	}
-	r, err := alice.OpOnNames(ctx, core.OpPause, []string{"ghost.alice.usher.local"}, nil)
+	r, err := alice.OpOnNames(ctx, api.OpPause, []string{"ghost.alice.usher.local"}, nil)
 	if err != nil || len(r.Dropped) != 1 || r.Dropped[0].Reason != "no such VM" {
 		t.Fatalf("unknown VM: %v %+v", err, r)
 	}
 	// the controller keeps serving
-	if r, err := alice.Start(ctx, core.StartArgs{Cluster: "ok", Count: 2}); err != nil || r.OK() != 2 {
+	if r, err := alice.Start(ctx, api.StartArgs{Cluster: "ok", Count: 2}); err != nil || r.OK() != 2 {
 		t.Fatalf("after bad input: %v %+v", err, r)
 	}
 }
@@ -369,7 +388,7 @@ func TestQuotaTrimReportsWhatWasDone(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer alice.Close()
-	r, err := alice.Start(ctx, core.StartArgs{Cluster: "web", Count: 5})
+	r, err := alice.Start(ctx, api.StartArgs{Cluster: "web", Count: 5})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,7 +398,7 @@ func TestQuotaTrimReportsWhatWasDone(t *testing.T) {
 }
 
 func TestLNMLossAndReturn(t *testing.T) {
-	s, _ := testSite(t, 2, func(o *SiteOptions) { o.SimPersist = true })
+	s, _ := testSite(t, 2, func(o *site.Options) { o.SimPersist = true })
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	alice, err := s.Client(ctx, "alice", "alice-pw")
@@ -388,15 +407,15 @@ func TestLNMLossAndReturn(t *testing.T) {
 	}
 	defer alice.Close()
 	rec := record(alice)
-	r, err := alice.Start(ctx, core.StartArgs{Cluster: "db", Count: 4, LNMs: []string{"node2"}})
+	r, err := alice.Start(ctx, api.StartArgs{Cluster: "db", Count: 4, LNMs: []string{"node2"}})
 	if err != nil || r.OK() != 4 {
 		t.Fatalf("%v %+v", err, r)
 	}
 	s.StopLNM("node2")
 	for _, d := range r.Done {
-		rec.waitFor(t, "lost "+d.Name, func(ev core.Event) bool { return ev.Type == core.EvVMLost && ev.VM.Name == d.Name })
+		rec.waitFor(t, "lost "+d.Name, func(ev api.Event) bool { return ev.Type == api.EvVMLost && ev.VM.Name == d.Name })
 	}
-	lr, _ := alice.List(ctx, core.ListArgs{Lists: true})
+	lr, _ := alice.List(ctx, api.ListArgs{Lists: true})
 	if len(lr.Lost) != 4 {
 		t.Fatalf("lost list has %d", len(lr.Lost))
 	}
@@ -409,11 +428,11 @@ func TestLNMLossAndReturn(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, d := range r.Done[1:] {
-		rec.waitFor(t, "back "+d.Name, func(ev core.Event) bool {
-			return ev.Type == core.EvStateChanged && ev.VM.Name == d.Name && ev.VM.State == core.StateRunning
+		rec.waitFor(t, "back "+d.Name, func(ev api.Event) bool {
+			return ev.Type == api.EvStateChanged && ev.VM.Name == d.Name && ev.VM.State == api.StateRunning
 		})
 	}
-	rec.waitFor(t, "missing "+gone, func(ev core.Event) bool { return ev.Type == core.EvVMMissing && ev.VM.Name == gone })
+	rec.waitFor(t, "missing "+gone, func(ev api.Event) bool { return ev.Type == api.EvVMMissing && ev.VM.Name == gone })
 	// The registration's full sync leaves the returned LNM caching the
 	// controller's objects, and only those.
 	var names []string
@@ -425,12 +444,12 @@ func TestLNMLossAndReturn(t *testing.T) {
 
 // waitCacheMatches waits until LNM lnm caches exactly the named VMs, each
 // in the controller's state, reason and version.
-func waitCacheMatches(t *testing.T, s *Site, lnm string, names []string) {
+func waitCacheMatches(t *testing.T, s *site.Site, lnm string, names []string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		why := ""
-		cached := map[string]*core.VM{}
+		cached := map[string]*api.VM{}
 		for _, v := range s.LNM(lnm).CachedVMs() {
 			cached[v.Name] = v
 		}
@@ -454,7 +473,7 @@ func waitCacheMatches(t *testing.T, s *Site, lnm string, names []string) {
 	}
 }
 
-func injectVanish(s *Site, node, vm string) error {
+func injectVanish(s *site.Site, node, vm string) error {
 	return simInject(s.Opts.Dir, node, "vanish", vm)
 }
 
@@ -464,9 +483,9 @@ func simInject(dir, node, action, vm string) error {
 
 // feedSite is a two-LNM site whose controller queues at most buffer events
 // per client feed, with room for a thousand VMs, and a minute to run in.
-func feedSite(t *testing.T, buffer int) (*Site, context.Context) {
-	s, _ := testSite(t, 2, func(o *SiteOptions) {
-		o.Controller.EventBuffer = buffer
+func feedSite(t *testing.T, buffer int) (*site.Site, context.Context) {
+	s, _ := testSite(t, 2, func(o *site.Options) {
+		o.Core = &core.Config{EventBuffer: buffer, OwnerOnly: true}
 		o.SimCPUs, o.SimMemMB = 100000, 1<<30
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -487,12 +506,12 @@ func TestStuckEventReaderIsCutOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer raw.Close()
-	raw.SetMux(transport.NewMux())
+	raw.SetMux(transport.NewMux(nil))
 	go raw.Serve(ctx)
-	if err := raw.Call(ctx, core.MAuth, core.AuthArgs{User: "alice", Password: "alice-pw"}, nil); err != nil {
+	if _, err := transport.Call(ctx, raw, api.MAuth, api.AuthArgs{User: "alice", Password: "alice-pw"}); err != nil {
 		t.Fatal(err)
 	}
-	stuck, err := raw.OpenStream(ctx, core.MEvents, nil)
+	stuck, err := transport.OpenStream(ctx, raw, api.MEvents, api.EventsArgs{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -511,7 +530,7 @@ func TestStuckEventReaderIsCutOff(t *testing.T) {
 		t.Fatalf("%d feeds, want the stuck one and alice's", baseline)
 	}
 	for i := 0; i < 40; i++ {
-		r, err := alice.Start(ctx, core.StartArgs{Cluster: fmt.Sprintf("flood%d", i), Count: 25})
+		r, err := alice.Start(ctx, api.StartArgs{Cluster: fmt.Sprintf("flood%d", i), Count: 25})
 		if err != nil || r.OK() != 25 {
 			t.Fatalf("start while a reader is stuck: %v %+v", err, r)
 		}
@@ -552,7 +571,7 @@ func TestStartLeavesLNMCacheCurrent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer alice.Close()
-	res, err := alice.Start(ctx, core.StartArgs{Cluster: "acked", Count: 6})
+	res, err := alice.Start(ctx, api.StartArgs{Cluster: "acked", Count: 6})
 	if err != nil || res.OK() != 6 {
 		t.Fatalf("start: %v %+v", err, res)
 	}
@@ -561,7 +580,7 @@ func TestStartLeavesLNMCacheCurrent(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s not in the controller's state", d.Name)
 		}
-		var cached *core.VM
+		var cached *api.VM
 		for _, v := range s.LNM(d.LNM).CachedVMs() {
 			if v.Name == d.Name {
 				cached = v
@@ -571,7 +590,7 @@ func TestStartLeavesLNMCacheCurrent(t *testing.T) {
 			t.Fatalf("%s not cached on %s", d.Name, d.LNM)
 		}
 		if cached.State != ours.State || cached.Reason != ours.Reason || cached.Version != ours.Version ||
-			ours.State != core.StateRunning || ours.Reason != core.ReasonStarted {
+			ours.State != api.StateRunning || ours.Reason != api.ReasonStarted {
 			t.Fatalf("%s: LNM caches %s/%q v%d, controller holds %s/%q v%d", d.Name,
 				cached.State, cached.Reason, cached.Version, ours.State, ours.Reason, ours.Version)
 		}
@@ -603,7 +622,7 @@ func TestLaggingClientResyncsInSession(t *testing.T) {
 	var once, opened sync.Once
 	release := func() { opened.Do(func() { close(gate) }) }
 	defer release() // on any failure too: alice.Close waits for her event goroutine
-	alice.OnEvent(func(core.Event) {
+	alice.OnEvent(func(api.Event) {
 		once.Do(func() {
 			stalled <- struct{}{}
 			<-gate
@@ -624,7 +643,7 @@ func TestLaggingClientResyncsInSession(t *testing.T) {
 		if i == 200 || time.Now().After(deadline) {
 			t.Fatalf("the lagging feed was not cut off after %d VMs (%d feeds)", started, s.Controller.Subscribers())
 		}
-		r, err := other.Start(ctx, core.StartArgs{Cluster: fmt.Sprintf("lag%d", i), Count: 25})
+		r, err := other.Start(ctx, api.StartArgs{Cluster: fmt.Sprintf("lag%d", i), Count: 25})
 		if err != nil || r.OK() != 25 {
 			t.Fatalf("start: %v %+v", err, r)
 		}
@@ -641,7 +660,7 @@ func TestLaggingClientResyncsInSession(t *testing.T) {
 	release()
 	waitCacheSize(t, alice, started, deadline)
 	// the new feed is live: a later start shows up without a reload
-	if r, err := other.Start(ctx, core.StartArgs{Cluster: "after", Count: 1}); err != nil || r.OK() != 1 {
+	if r, err := other.Start(ctx, api.StartArgs{Cluster: "after", Count: 1}); err != nil || r.OK() != 1 {
 		t.Fatalf("start after resync: %v %+v", err, r)
 	}
 	waitCacheSize(t, alice, started+1, deadline)
@@ -665,7 +684,7 @@ func TestClientLoadsItsCacheInPages(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer starter.Close()
-	if r, err := starter.Start(ctx, core.StartArgs{Cluster: "web", Count: 7}); err != nil || r.OK() != 7 {
+	if r, err := starter.Start(ctx, api.StartArgs{Cluster: "web", Count: 7}); err != nil || r.OK() != 7 {
 		t.Fatalf("%v %+v", err, r)
 	}
 	paged, err := client.Connect(ctx, client.Config{Addr: s.Addr, CAFile: s.CAFile, ServerName: "localhost",
@@ -685,15 +704,15 @@ func TestClientLoadsItsCacheInPages(t *testing.T) {
 	}
 	// An explicit list of everything is paged the same way and comes back
 	// in the order of one unpaged reply.
-	whole, err := starter.List(ctx, core.ListArgs{Limit: 100})
+	whole, err := starter.List(ctx, api.ListArgs{Limit: 100})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pages, err := paged.List(ctx, core.ListArgs{})
+	pages, err := paged.List(ctx, api.ListArgs{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	core.SortVMs(whole.VMs)
+	api.SortVMs(whole.VMs)
 	if len(pages.VMs) != 7 || pages.More {
 		t.Fatalf("paged list: %d VMs, more %v", len(pages.VMs), pages.More)
 	}

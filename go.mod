@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/BurntSushi/toml v1.6.0
+	github.com/cenkalti/backoff/v5 v5.0.3
 	github.com/creack/pty v1.1.24
 	github.com/digitalocean/go-libvirt v0.0.0-20261013170128-efbbdf578ac8
 	github.com/fsnotify/fsnotify v1.10.1
@@ -16,8 +17,10 @@ require (
 	github.com/peterh/liner v1.2.3
 	github.com/segmentio/encoding v0.5.4
 	github.com/yuin/gopher-lua v1.1.2
+	go.uber.org/goleak v1.3.0
 	golang.org/x/crypto v0.59.0
 	golang.org/x/sys v0.50.0
+	libvirt.org/go/libvirtxml v1.12008.0
 	modernc.org/sqlite v1.62.0
 )
 
@@ -43,3 +46,5 @@ require (
 )
 
 replace github.com/hashicorp/yamux => ./transport/third_party/yamux
+
+replace github.com/yuin/gopher-lua => ./lua/third_party/gopher-lua

@@ -18,6 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/site"
+
 	"github.com/usher-vm/usher/core"
 	"github.com/usher-vm/usher/core/coretest"
 	"github.com/usher-vm/usher/nodemgr"
@@ -25,7 +28,7 @@ import (
 )
 
 type lvSite struct {
-	*Site
+	*site.Site
 	h       *lv.Harness
 	drivers map[string]*lv.Driver
 	host    map[string]int // LNM name → harness host number
@@ -38,10 +41,10 @@ func startLibvirtSite(t testing.TB) *lvSite {
 	hooks := coretest.New(map[string]string{"alice": "alice-pw", "root": "root-pw"}, "root")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s, err := StartSite(ctx, SiteOptions{Dir: t.TempDir(), Hooks: hooks,
+	s, err := site.Start(ctx, site.Options{Dir: t.TempDir(), Hooks: hooks,
 		Bind:           func(c *core.Controller) { hooks.View = c.State() },
 		ReportInterval: 500 * time.Millisecond, ScanInterval: time.Second, KeepAlive: time.Second,
-		Controller: core.Config{DefaultMemMB: 128},
+		Core: &core.Config{DefaultMemMB: 128, OwnerOnly: true},
 		NewDriver: func(name string) (nodemgr.Driver, string, error) {
 			d, err := lv.New(context.Background(), h.Options(ls.host[name], name))
 			if err != nil {
@@ -134,7 +137,7 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	defer alice.Close()
 	rec := record(alice)
 
-	res, err := alice.Start(ctx, core.StartArgs{Cluster: "lv", Count: 4, MemMB: 128})
+	res, err := alice.Start(ctx, api.StartArgs{Cluster: "lv", Count: 4, MemMB: 128})
 	if err != nil || res.OK() != 4 {
 		t.Fatalf("start: %v %+v", err, res)
 	}
@@ -151,7 +154,7 @@ func TestLibvirtEndToEnd(t *testing.T) {
 		n := res.Done[i].Name
 		return n, ls.host[on[n]], ls.drivers[on[n]]
 	}
-	op := func(o core.Op, name string, args map[string]string) {
+	op := func(o api.Op, name string, args map[string]string) {
 		t.Helper()
 		r, err := alice.OpOnNames(ctx, o, []string{name}, args)
 		if err != nil || r.OK() != 1 {
@@ -161,31 +164,31 @@ func TestLibvirtEndToEnd(t *testing.T) {
 
 	// pause / resume
 	name, host, drv := vm(0)
-	op(core.OpPause, name, nil)
+	op(api.OpPause, name, nil)
 	ls.waitDomstate(t, host, name, "paused")
-	op(core.OpResume, name, nil)
+	op(api.OpResume, name, nil)
 	ls.waitDomstate(t, host, name, "running")
 
 	// hibernate / restore: the domain leaves libvirt for a state file and
 	// comes back with its clock still counting
 	before := waitConsole(t, drv.ConsolePath(name), 1, 0)
-	op(core.OpHibernate, name, nil)
+	op(api.OpHibernate, name, nil)
 	ls.waitDomstate(t, host, name, "absent")
 	if _, err := os.Stat(drv.SavePath(name)); err != nil {
 		t.Fatalf("no save file: %v", err)
 	}
-	op(core.OpRestore, name, nil)
+	op(api.OpRestore, name, nil)
 	ls.waitDomstate(t, host, name, "running")
 	waitConsole(t, drv.ConsolePath(name), 1, before)
 
 	// reboot (forced: the test guest ignores ACPI): a second boot
 	name, host, drv = vm(1)
-	op(core.OpReboot, name, map[string]string{"force": "1"})
+	op(api.OpReboot, name, map[string]string{"force": "1"})
 	waitConsole(t, drv.ConsolePath(name), 2, 0)
 
 	// cycle: destroyed and created again under a new domain id
 	idBefore, _ := ls.h.Virsh(host, "domid", name)
-	op(core.OpCycle, name, nil)
+	op(api.OpCycle, name, nil)
 	ls.waitDomstate(t, host, name, "running")
 	if idAfter, _ := ls.h.Virsh(host, "domid", name); idAfter == idBefore {
 		t.Fatalf("cycle kept domain id %s", idAfter)
@@ -193,7 +196,7 @@ func TestLibvirtEndToEnd(t *testing.T) {
 
 	// destroy
 	name, host, _ = vm(2)
-	op(core.OpDestroy, name, nil)
+	op(api.OpDestroy, name, nil)
 	ls.waitDomstate(t, host, name, "absent")
 
 	// live migration host1 → host2: the guest's counter carries on there
@@ -219,8 +222,8 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	if b, _ := console(path); b != boots {
 		t.Fatalf("guest rebooted during migration (%d boots, was %d)", b, boots)
 	}
-	rec.waitFor(t, "migration pushed", func(ev core.Event) bool {
-		return ev.Type == core.EvMigrateDone && ev.OK && ev.VM.Name == mig && ev.VM.LNM == "host2"
+	rec.waitFor(t, "migration pushed", func(ev api.Event) bool {
+		return ev.Type == api.EvMigrateComplete && ev.OK && ev.VM.Name == mig && ev.VM.LNM == "host2"
 	})
 
 	// a domain created with virsh outside Usher shows up as unmanaged
@@ -238,7 +241,7 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	if _, err := ls.h.Virsh(1, "create", xf); err != nil {
 		t.Fatal(err)
 	}
-	waitList(t, root, func(lr *core.ListReply) bool {
+	waitList(t, root, func(lr *api.ListReply) bool {
 		for _, u := range lr.Unmanaged {
 			if u.Name == foreign && u.LNM == "host1" {
 				return true
@@ -256,17 +259,17 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	if _, err := ls.h.Virsh(ls.host[on[victim]], "destroy", victim); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, "missing "+victim, func(ev core.Event) bool { return ev.Type == core.EvVMMissing && ev.VM.Name == victim })
+	rec.waitFor(t, "missing "+victim, func(ev api.Event) bool { return ev.Type == api.EvVMMissing && ev.VM.Name == victim })
 }
 
 func waitList(t testing.TB, c interface {
-	List(context.Context, core.ListArgs) (*core.ListReply, error)
-}, ok func(*core.ListReply) bool) {
+	List(context.Context, api.ListArgs) (*api.ListReply, error)
+}, ok func(*api.ListReply) bool) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		lr, err := c.List(ctx, core.ListArgs{All: true, Lists: true})
+		lr, err := c.List(ctx, api.ListArgs{All: true, Lists: true})
 		cancel()
 		if err == nil && ok(lr) {
 			return
@@ -297,13 +300,13 @@ func BenchmarkTenGuests(b *testing.B) {
 	var usherT, directT time.Duration
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
-		res, err := alice.Start(ctx, core.StartArgs{Cluster: fmt.Sprintf("b%d", i), Count: 10, MemMB: 128})
+		res, err := alice.Start(ctx, api.StartArgs{Cluster: fmt.Sprintf("b%d", i), Count: 10, MemMB: 128})
 		if err != nil || res.OK() != 10 {
 			b.Fatalf("usher start: %v %+v", err, res)
 		}
 		usherT += time.Since(t0)
 		names, _ := alice.Expand(fmt.Sprintf("@b%d", i))
-		alice.OpOnNames(ctx, core.OpDestroy, names, nil)
+		alice.OpOnNames(ctx, api.OpDestroy, names, nil)
 
 		t0 = time.Now()
 		for j := 0; j < 10; j++ {
@@ -313,7 +316,7 @@ func BenchmarkTenGuests(b *testing.B) {
 		}
 		directT += time.Since(t0)
 		for j := 0; j < 10; j++ {
-			direct.Op(ctx, fmt.Sprintf("direct%d-%d", i, j), core.OpDestroy, nil)
+			direct.Op(ctx, fmt.Sprintf("direct%d-%d", i, j), api.OpDestroy, nodemgr.OpOptions{})
 		}
 	}
 	b.ReportMetric(usherT.Seconds()/float64(b.N), "usher_s/10guests")
@@ -333,7 +336,7 @@ func TestLibvirtDaemonRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer alice.Close()
-	res, err := alice.Start(ctx, core.StartArgs{Cluster: "rs", Count: 2, MemMB: 128, LNMs: []string{"host1"}})
+	res, err := alice.Start(ctx, api.StartArgs{Cluster: "rs", Count: 2, MemMB: 128, LNMs: []string{"host1"}})
 	if err != nil || res.OK() != 2 {
 		t.Fatalf("start: %v %+v", err, res)
 	}
@@ -354,7 +357,7 @@ func TestLibvirtDaemonRestart(t *testing.T) {
 	name := res.Done[0].Name
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		r, err := alice.OpOnNames(ctx, core.OpPause, []string{name}, nil)
+		r, err := alice.OpOnNames(ctx, api.OpPause, []string{name}, nil)
 		if err == nil && r.OK() == 1 {
 			break
 		}
@@ -378,12 +381,12 @@ func TestLibvirtDaemonRestart(t *testing.T) {
 	if count != 2 {
 		t.Fatalf("host1 holds %d rs domains after the restart:\n%s", count, out)
 	}
-	lr, err := alice.List(ctx, core.ListArgs{Lists: true})
+	lr, err := alice.List(ctx, api.ListArgs{Lists: true})
 	if err != nil || len(lr.VMs) != 2 || len(lr.Lost)+len(lr.Missing) != 0 {
 		t.Fatalf("controller view after the restart: %v %+v", err, lr)
 	}
 	for _, ev := range rec.all() {
-		if ev.Type == core.EvVMLost || ev.Type == core.EvVMMissing {
+		if ev.Type == api.EvVMLost || ev.Type == api.EvVMMissing {
 			t.Fatalf("%s reported during a libvirtd restart: %+v", ev.Type, ev.VM)
 		}
 	}

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/site"
+
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/usher-vm/usher/client"
@@ -19,7 +22,7 @@ import (
 )
 
 type luaEnv struct {
-	site     *Site
+	site     *site.Site
 	host     *lua.Host
 	policies string
 }
@@ -64,7 +67,7 @@ func luaSiteBudget(t *testing.T, lnms int, enabled []string, cfg map[string]map[
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var startErr error
-	s, err := StartSite(ctx, SiteOptions{Dir: dir, LNMs: lnms, Hooks: host,
+	s, err := site.Start(ctx, site.Options{Dir: dir, LNMs: lnms, Hooks: host,
 		Bind: func(c *core.Controller) {
 			host.Bind(c.State(), c)
 			host.SetErrorSink(c.ReportError)
@@ -108,7 +111,7 @@ func writeScript(t *testing.T, dir, name, src string) {
 }
 
 // waitStatus waits until the host's status of script satisfies ok.
-func (e *luaEnv) waitStatus(t *testing.T, script string, ok func(lua.ScriptStatus) bool) lua.ScriptStatus {
+func (e *luaEnv) waitStatus(t *testing.T, script string, ok func(api.ScriptStatus) bool) api.ScriptStatus {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -141,7 +144,7 @@ func TestLuaShippedPoliciesQuotaAuthz(t *testing.T) {
 		t.Fatal("wrong password accepted by auth_htpasswd")
 	}
 	alice := e.login(t, "alice")
-	r, err := alice.Start(ctx, core.StartArgs{Cluster: "web", Count: 5})
+	r, err := alice.Start(ctx, api.StartArgs{Cluster: "web", Count: 5})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,18 +162,18 @@ func TestLuaShippedPoliciesQuotaAuthz(t *testing.T) {
 		}
 	}
 	bob := e.login(t, "bob")
-	br, err := bob.OpOnNames(ctx, core.OpDestroy, []string{r.Done[0].Name}, nil)
+	br, err := bob.OpOnNames(ctx, api.OpDestroy, []string{r.Done[0].Name}, nil)
 	if err != nil || br.OK() != 0 {
 		t.Fatalf("bob touched alice's VM: %v %+v", err, br)
 	}
-	if _, err := bob.List(ctx, core.ListArgs{All: true}); err == nil || !strings.Contains(err.Error(), "administrators") {
+	if _, err := bob.List(ctx, api.ListArgs{All: true}); err == nil || !strings.Contains(err.Error(), "administrators") {
 		t.Fatalf("bob list -a: %v", err)
 	}
 	root := e.login(t, "root")
 	if !root.Identity().Admin {
 		t.Fatal("root is not admin")
 	}
-	if lr, err := root.List(ctx, core.ListArgs{All: true}); err != nil || len(lr.VMs) != 3 {
+	if lr, err := root.List(ctx, api.ListArgs{All: true}); err != nil || len(lr.VMs) != 3 {
 		t.Fatalf("admin list: %v", err)
 	}
 }
@@ -178,7 +181,7 @@ func TestLuaShippedPoliciesQuotaAuthz(t *testing.T) {
 func TestLuaHotSwapUnderLoad(t *testing.T) {
 	e := luaSite(t, 2, []string{"auth_htpasswd", "authz_owner"}, nil)
 	writeScript(t, e.policies, "place.lua", pinScript("node1"))
-	e.waitStatus(t, "place", func(s lua.ScriptStatus) bool { return s.Loaded })
+	e.waitStatus(t, "place", func(s api.ScriptStatus) bool { return s.Loaded })
 	alice := e.login(t, "alice")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -199,7 +202,7 @@ func TestLuaHotSwapUnderLoad(t *testing.T) {
 					return
 				default:
 				}
-				r, err := alice.Start(ctx, core.StartArgs{Cluster: "load", Count: 1})
+				r, err := alice.Start(ctx, api.StartArgs{Cluster: "load", Count: 1})
 				total.Add(1)
 				progress <- struct{}{}
 				if err != nil || r.OK() != 1 {
@@ -226,7 +229,7 @@ func TestLuaHotSwapUnderLoad(t *testing.T) {
 	// Let some requests run on the old version, then swap.
 	waitN(20)
 	writeScript(t, e.policies, "place.lua", pinScript("node2"))
-	e.waitStatus(t, "place", func(s lua.ScriptStatus) bool { return placedOn(e, "node2") })
+	e.waitStatus(t, "place", func(s api.ScriptStatus) bool { return placedOn(e, "node2") })
 	// and some more on the new one
 	waitN(20)
 	close(stop)
@@ -248,16 +251,16 @@ func placedOn(e *luaEnv, node string) bool {
 func TestLuaSyntaxErrorKeepsOldVersion(t *testing.T) {
 	e := luaSite(t, 2, []string{"auth_htpasswd", "authz_owner"}, nil)
 	writeScript(t, e.policies, "place.lua", pinScript("node1"))
-	old := e.waitStatus(t, "place", func(s lua.ScriptStatus) bool { return s.Loaded })
+	old := e.waitStatus(t, "place", func(s api.ScriptStatus) bool { return s.Loaded })
 	alice := e.login(t, "alice")
 	writeScript(t, e.policies, "place.lua", "usher.on(\"start_request\", function(req)\n  for _, vm in ipairs(req.vms do\nend)\n")
-	st := e.waitStatus(t, "place", func(s lua.ScriptStatus) bool { return s.LastError != "" })
+	st := e.waitStatus(t, "place", func(s api.ScriptStatus) bool { return s.LastError != "" })
 	if !strings.Contains(st.LastError, "place.lua:2") || st.Hash != old.Hash {
 		t.Fatalf("error not reported with file:line, or version replaced: %+v", st)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	r, err := alice.Start(ctx, core.StartArgs{Cluster: "web", Count: 2})
+	r, err := alice.Start(ctx, api.StartArgs{Cluster: "web", Count: 2})
 	if err != nil || r.OK() != 2 || r.Done[0].LNM != "node1" || r.Done[1].LNM != "node1" {
 		t.Fatalf("old version not in charge: %v %+v", err, r)
 	}
@@ -275,7 +278,7 @@ usher.on("start_request", function(req)
   end
 end, {order = 30, name = "evil"})
 `)
-	e.waitStatus(t, "evil", func(s lua.ScriptStatus) bool { return s.Loaded })
+	e.waitStatus(t, "evil", func(s api.ScriptStatus) bool { return s.Loaded })
 	alice := e.login(t, "alice")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -285,11 +288,11 @@ end, {order = 30, name = "evil"})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, evilErr = alice.Start(ctx, core.StartArgs{Cluster: "evil" + kind, Count: 1, Args: map[string]string{"evil": kind}})
+			_, evilErr = alice.Start(ctx, api.StartArgs{Cluster: "evil" + kind, Count: 1, Args: map[string]string{"evil": kind}})
 		}()
 		// Others are served while the hostile handler runs.
 		for i := 0; i < 5; i++ {
-			r, err := alice.Start(ctx, core.StartArgs{Cluster: "good" + kind, Count: 1})
+			r, err := alice.Start(ctx, api.StartArgs{Cluster: "good" + kind, Count: 1})
 			if err != nil || r.OK() != 1 {
 				t.Fatalf("%s: a normal request failed: %v %+v", kind, err, r)
 			}
@@ -300,7 +303,7 @@ end, {order = 30, name = "evil"})
 		}
 	}
 	// The controller still serves everyone.
-	if r, err := alice.Start(ctx, core.StartArgs{Cluster: "after", Count: 2}); err != nil || r.OK() != 2 {
+	if r, err := alice.Start(ctx, api.StartArgs{Cluster: "after", Count: 2}); err != nil || r.OK() != 2 {
 		t.Fatalf("after hostile scripts: %v %+v", err, r)
 	}
 }

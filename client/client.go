@@ -3,17 +3,16 @@ package client
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"sort"
 	"sync"
 	"time"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
+
 	"github.com/usher-vm/usher/transport"
 )
 
@@ -31,7 +30,7 @@ type Config struct {
 	MaxBackoff  time.Duration
 	CallTimeout time.Duration // default deadline of calls whose ctx has none
 	ListPage    int           // VMs per list call when loading the cache (default 50,000)
-	Limits      transport.Limits
+	KeepAlive   time.Duration // how often an idle link is checked (default 5s)
 	Logger      *slog.Logger
 }
 
@@ -52,20 +51,21 @@ const (
 // Client is the paper's client API: an authenticated session with the
 // controller, the cached VM objects of the user (kept current by pushed
 // events), and the Table 4 calls. All methods are safe for concurrent use;
-// many calls may be in flight at once (each is its own stream). Use Go for
-// the paper's asynchronous style.
+// many calls may be in flight at once. Use Go for the paper's asynchronous
+// style. Close stops everything the client started.
 type Client struct {
-	cfg Config
-	tls *tls.Config
-	log *slog.Logger
+	cfg    Config
+	tls    *tls.Config
+	log    *slog.Logger
+	limits transport.Limits
 
 	mu       sync.RWMutex
 	sess     *transport.Session
-	id       core.Identity
+	id       api.Identity
 	domain   string
-	cache    map[string]*core.VM
+	cache    map[string]*api.VM
 	listSeq  uint64 // Seq of the list the cache was loaded from
-	handlers map[int]func(core.Event)
+	handlers map[int]func(api.Event)
 	connCB   map[int]func(ConnState, error)
 	nextH    int
 	closed   bool
@@ -115,8 +115,12 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 			return nil, fmt.Errorf("client: %w", err)
 		}
 	}
-	c := &Client{cfg: cfg, tls: tlsCfg, log: cfg.Logger, cache: map[string]*core.VM{},
-		handlers: map[int]func(core.Event){}, connCB: map[int]func(ConnState, error){}, closeCh: make(chan struct{})}
+	lim := transport.DefaultLimits()
+	if cfg.KeepAlive > 0 {
+		lim.KeepAlive = cfg.KeepAlive
+	}
+	c := &Client{cfg: cfg, tls: tlsCfg, log: cfg.Logger, limits: lim, cache: map[string]*api.VM{},
+		handlers: map[int]func(api.Event){}, connCB: map[int]func(ConnState, error){}, closeCh: make(chan struct{})}
 	if err := c.dial(ctx); err != nil {
 		return nil, err
 	}
@@ -126,15 +130,23 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 
 // dial establishes a session, authenticates and (re)loads the cache.
 func (c *Client) dial(ctx context.Context) error {
-	s, err := transport.Dial(ctx, c.cfg.Addr, c.tls, c.cfg.Limits, c.log)
+	auth := api.AuthArgs{User: c.cfg.User, Password: c.cfg.Password, Cluster: c.cfg.Cluster}
+	if err := auth.Validate(); err != nil {
+		return fmt.Errorf("authenticating as %s: %w", c.cfg.User, err)
+	}
+	s, err := transport.Dial(ctx, c.cfg.Addr, c.tls, c.limits, c.log)
 	if err != nil {
 		return err
 	}
-	s.SetMux(transport.NewMux())
-	go s.Serve(context.Background())
-	var rep core.AuthReply
+	s.SetMux(transport.NewMux(nil))
+	c.sessWG.Add(1)
+	go func() {
+		defer c.sessWG.Done()
+		s.Serve(context.Background())
+		s.Wait()
+	}()
 	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = s.Call(actx, core.MAuth, core.AuthArgs{User: c.cfg.User, Password: c.cfg.Password, Cluster: c.cfg.Cluster}, &rep)
+	rep, err := transport.Call(actx, s, api.MAuth, auth)
 	cancel()
 	if err != nil {
 		s.Close()
@@ -157,7 +169,7 @@ const defaultListPage = 50000
 type feed struct {
 	mu      sync.Mutex
 	loading bool
-	pending []core.Event
+	pending []api.Event
 	done    chan struct{} // closed when the load that opened the feed returns
 }
 
@@ -166,8 +178,8 @@ type feed struct {
 // newer than the list. With rep set (a new session) the session becomes
 // the client's current one; without (a resync after the feed fell behind)
 // s must still be current.
-func (c *Client) load(ctx context.Context, s *transport.Session, rep *core.AuthReply) error {
-	evs, err := s.OpenStream(ctx, core.MEvents, map[string]any{"cluster": c.cfg.Cluster})
+func (c *Client) load(ctx context.Context, s *transport.Session, rep *api.AuthReply) error {
+	evs, err := transport.OpenStream(ctx, s, api.MEvents, api.EventsArgs{Cluster: c.cfg.Cluster})
 	if err != nil {
 		return fmt.Errorf("opening event stream: %w", err)
 	}
@@ -193,14 +205,18 @@ func (c *Client) load(ctx context.Context, s *transport.Session, rep *core.AuthR
 	// million VMs is 55 MB). The first page's Seq is the base: every change
 	// after it, including to VMs of later pages, has an event numbered
 	// above it, applied on top (events carry whole objects with versions).
-	var lst core.ListReply
-	cache := map[string]*core.VM{}
+	var lst api.ListReply
+	cache := map[string]*api.VM{}
 	first := true
-	err = listPages(core.ListArgs{Cluster: c.cfg.Cluster, Limit: c.cfg.ListPage}, func(a core.ListArgs, page *core.ListReply) error {
+	err = listPages(api.ListArgs{Cluster: c.cfg.Cluster, Limit: c.cfg.ListPage}, func(a api.ListArgs, page *api.ListReply) error {
 		lctx, lcancel := context.WithTimeout(ctx, 60*time.Second)
 		defer lcancel()
-		return s.Call(lctx, core.MList, a, page)
-	}, func(page *core.ListReply) {
+		r, err := transport.Call(lctx, s, api.MList, a)
+		if err == nil {
+			*page = *r
+		}
+		return err
+	}, func(page *api.ListReply) {
 		if first {
 			lst.Seq, first = page.Seq, false
 		}
@@ -246,9 +262,9 @@ func (c *Client) load(ctx context.Context, s *transport.Session, rep *core.AuthR
 	}
 	// The list is authoritative as of its Seq; what was held back and is
 	// newer goes on top (events carry whole objects, so order by number is
-	// all that matters). An older controller sends no Seq: apply them all.
+	// all that matters).
 	for _, ev := range f.pending {
-		if base == 0 || ev.Seq > base {
+		if ev.Seq > base {
 			c.apply(ev)
 		}
 	}
@@ -259,7 +275,7 @@ func (c *Client) load(ctx context.Context, s *transport.Session, rep *core.AuthR
 func (c *Client) eventLoop(s *transport.Session, st *transport.Stream, f *feed) {
 	defer c.sessWG.Done()
 	bound := 3*s.Limits().KeepAlive + 5*time.Second
-	deliver := func(evs ...core.Event) {
+	deliver := func(evs ...api.Event) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		if f.loading {
@@ -274,23 +290,23 @@ func (c *Client) eventLoop(s *transport.Session, st *transport.Stream, f *feed) 
 	reload := "" // why the cache is to be reloaded on this session
 	// recovered: a restarted controller sends its adoptions to no feed
 	// while it rebuilds its state, then this once it is whole.
-	recovered := func(evs ...core.Event) bool {
+	recovered := func(evs ...api.Event) bool {
 		for i := range evs {
-			if evs[i].Type == core.EvRecovered {
+			if evs[i].Type == api.EvRecovered {
 				return true
 			}
 		}
 		return false
 	}
 	for {
-		var env *transport.Envelope
-		env, err = st.Recv(bound)
+		env, rerr := st.Recv(bound)
+		err = rerr
 		if err != nil {
 			break
 		}
 		switch env.Method {
 		case "event":
-			var ev core.Event
+			var ev api.Event
 			if transport.Unmarshal(env.Args, &ev) == nil {
 				deliver(ev)
 				if recovered(ev) {
@@ -298,7 +314,7 @@ func (c *Client) eventLoop(s *transport.Session, st *transport.Stream, f *feed) 
 				}
 			}
 		case "events":
-			var evs []core.Event
+			var evs []api.Event
 			if transport.Unmarshal(env.Args, &evs) == nil {
 				deliver(evs...)
 				if recovered(evs...) {
@@ -371,44 +387,63 @@ func (c *Client) lost(s *transport.Session, err error) {
 	if c.cfg.NoReconnect {
 		return
 	}
-	go c.reconnectLoop()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed {
+		c.sessWG.Add(1)
+		go c.reconnectLoop()
+	}
 }
 
 func (c *Client) reconnectLoop() {
-	backoff := c.cfg.MinBackoff
+	defer c.sessWG.Done()
+	bo := transport.NewBackoff(c.cfg.MinBackoff, c.cfg.MaxBackoff)
 	for {
-		jitter := time.Duration(rand.Int64N(int64(backoff)/2 + 1))
+		t := time.NewTimer(bo.NextBackOff())
 		select {
 		case <-c.closeCh:
+			t.Stop()
 			return
-		case <-time.After(backoff + jitter):
+		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		stop := context.AfterFunc(chanContext(c.closeCh), cancel)
 		err := c.dial(ctx)
+		stop()
 		cancel()
 		if err == nil {
 			c.notifyConn(Reconnected, nil)
 			return
 		}
-		c.log.Info("reconnect failed", "err", err, "next_in", backoff)
-		var werr *transport.Error
-		if errors.As(err, &werr) && werr.Code == transport.CodeUnauthorized {
+		c.log.Info("reconnect failed", "err", err)
+		if errors.Is(err, api.ErrUnauthorized) {
 			c.notifyConn(Disconnected, err)
 			return
-		}
-		backoff *= 2
-		if backoff > c.cfg.MaxBackoff {
-			backoff = c.cfg.MaxBackoff
 		}
 	}
 }
 
+// chanContext is a context done when ch closes.
+type chanContext <-chan struct{}
+
+func (c chanContext) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c chanContext) Done() <-chan struct{}       { return c }
+func (c chanContext) Value(any) any               { return nil }
+func (c chanContext) Err() error {
+	select {
+	case <-c:
+		return context.Canceled
+	default:
+		return nil
+	}
+}
+
 // apply updates the cache from a pushed event and runs the callbacks.
-func (c *Client) apply(ev core.Event) {
+func (c *Client) apply(ev api.Event) {
 	c.mu.Lock()
 	if v := ev.VM; v != nil && !v.Unmanage && v.Owner == c.id.User {
 		switch {
-		case v.State == core.StateDestroyed || (ev.Type == core.EvStartComplete && !ev.OK && v.State == core.StateFailed):
+		case v.State == api.StateDestroyed || (ev.Type == api.EvStartComplete && !ev.OK && v.State == api.StateFailed):
 			delete(c.cache, v.Name)
 		default:
 			if old := c.cache[v.Name]; old == nil || old.Version <= v.Version {
@@ -422,7 +457,7 @@ func (c *Client) apply(ev core.Event) {
 			}
 		}
 	}
-	hs := make([]func(core.Event), 0, len(c.handlers))
+	hs := make([]func(api.Event), 0, len(c.handlers))
 	for _, h := range c.handlers {
 		hs = append(hs, h)
 	}
@@ -450,7 +485,7 @@ func (c *Client) notifyConn(st ConnState, err error) {
 // (the controller cuts a feed that falls too far behind, and the client
 // then reloads its cache), and Close waits for it to return. The returned
 // func unregisters.
-func (c *Client) OnEvent(f func(core.Event)) (cancel func()) {
+func (c *Client) OnEvent(f func(api.Event)) (cancel func()) {
 	c.mu.Lock()
 	id := c.nextH
 	c.nextH++
@@ -526,7 +561,7 @@ func (c *Client) Connected() bool {
 }
 
 // Identity is who the session is authenticated as.
-func (c *Client) Identity() core.Identity {
+func (c *Client) Identity() api.Identity {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.id
@@ -547,9 +582,9 @@ func (c *Client) CachedCount() int {
 }
 
 // VMs returns the cached VM objects, sorted by cluster and index.
-func (c *Client) VMs() []*core.VM {
+func (c *Client) VMs() []*api.VM {
 	c.mu.RLock()
-	out := make([]*core.VM, 0, len(c.cache))
+	out := make([]*api.VM, 0, len(c.cache))
 	for _, v := range c.cache {
 		out = append(out, v.Clone())
 	}
@@ -567,7 +602,7 @@ func (c *Client) VMs() []*core.VM {
 }
 
 // VM returns one cached VM.
-func (c *Client) VM(name string) (*core.VM, bool) {
+func (c *Client) VM(name string) (*api.VM, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	v, ok := c.cache[name]
@@ -607,39 +642,44 @@ func (c *Client) session() (*transport.Session, error) {
 	return c.sess, nil
 }
 
-// Call invokes any controller method directly (for tools that need a call
-// this package does not wrap).
-func (c *Client) Call(ctx context.Context, method string, args, reply any) error {
+// Do calls any method of the client link (package api) on c's session,
+// for tools that need a call this package does not wrap. A call without a
+// deadline gets Config.CallTimeout.
+func Do[A, R any](ctx context.Context, c *Client, m api.Method[A, R], a A) (R, error) {
+	var zero R
 	s, err := c.session()
 	if err != nil {
-		return err
+		return zero, err
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.CallTimeout)
 		defer cancel()
 	}
-	return s.Call(ctx, method, args, reply)
+	return transport.Call(ctx, s, m, a)
 }
 
 // List implements list(vm list, status). Without names or a limit it
 // fetches every VM in pages of Config.ListPage and returns them in one
 // reply, ordered as an unpaged list.
-func (c *Client) List(ctx context.Context, a core.ListArgs) (*core.ListReply, error) {
+func (c *Client) List(ctx context.Context, a api.ListArgs) (*api.ListReply, error) {
+	if err := a.Validate(); err != nil {
+		return nil, err
+	}
 	if a.Limit > 0 || len(a.Names) > 0 {
-		var r core.ListReply
-		if err := c.Call(ctx, core.MList, a, &r); err != nil {
-			return nil, err
-		}
-		return &r, nil
+		return Do(ctx, c, api.MList, a)
 	}
 	// Everything asked for: in pages (a frame holds about 150,000 VMs),
 	// put together in the display order of an unpaged list.
-	var out *core.ListReply
+	var out *api.ListReply
 	a.Limit = c.cfg.ListPage
-	err := listPages(a, func(a core.ListArgs, page *core.ListReply) error {
-		return c.Call(ctx, core.MList, a, page)
-	}, func(page *core.ListReply) {
+	err := listPages(a, func(a api.ListArgs, page *api.ListReply) error {
+		r, err := Do(ctx, c, api.MList, a)
+		if err == nil {
+			*page = *r
+		}
+		return err
+	}, func(page *api.ListReply) {
 		if out == nil {
 			out = page
 		} else {
@@ -650,15 +690,15 @@ func (c *Client) List(ctx context.Context, a core.ListArgs) (*core.ListReply, er
 		return nil, err
 	}
 	out.More = false
-	core.SortVMs(out.VMs)
+	api.SortVMs(out.VMs)
 	return out, nil
 }
 
 // listPages lists a (a.Limit VMs a page) with call, from the first page to
 // the last, handing each page to each.
-func listPages(a core.ListArgs, call func(core.ListArgs, *core.ListReply) error, each func(*core.ListReply)) error {
+func listPages(a api.ListArgs, call func(api.ListArgs, *api.ListReply) error, each func(*api.ListReply)) error {
 	for {
-		page := new(core.ListReply)
+		page := new(api.ListReply)
 		if err := call(a, page); err != nil {
 			return err
 		}
@@ -671,43 +711,34 @@ func listPages(a core.ListArgs, call func(core.ListArgs, *core.ListReply) error,
 }
 
 // ListLNMs implements list_lnms(lnm list, status).
-func (c *Client) ListLNMs(ctx context.Context, names []string, status bool) ([]*core.LNM, error) {
-	var r core.ListLNMsReply
-	if err := c.Call(ctx, core.MListLNMs, core.ListLNMsArgs{Names: names, Status: status}, &r); err != nil {
+func (c *Client) ListLNMs(ctx context.Context, names []string, status bool) ([]*api.LNM, error) {
+	r, err := Do(ctx, c, api.MListLNMs, api.ListLNMsArgs{Names: names, Status: status})
+	if err != nil {
 		return nil, err
 	}
 	return r.LNMs, nil
 }
 
 // Clusters lists virtual clusters (all: everyone's, for admins).
-func (c *Client) Clusters(ctx context.Context, all bool) ([]core.Cluster, error) {
-	var r core.ClustersReply
-	if err := c.Call(ctx, core.MClusters, map[string]bool{"all": all}, &r); err != nil {
-		return nil, err
-	}
-	return r.Clusters, nil
+func (c *Client) Clusters(ctx context.Context, all bool) ([]api.Cluster, error) {
+	r, err := Do(ctx, c, api.MClusters, api.ClustersArgs{All: all})
+	return r.Clusters, err
 }
 
 // Start implements start(vm list, lnm list): Count new VMs in Cluster on
-// the suggested LNMs. The result says exactly what was started.
-func (c *Client) Start(ctx context.Context, a core.StartArgs) (*core.Result, error) {
-	if err := core.ValidLabel(a.Cluster); err != nil {
-		return nil, fmt.Errorf("cluster name: %w", err)
-	}
-	if a.Count <= 0 && len(a.Names) == 0 {
-		return nil, errors.New("start: count must be at least 1")
-	}
-	var r core.Result
-	if err := c.Call(ctx, core.MStart, a, &r); err != nil {
+// the suggested LNMs. The result says exactly what was started. Arguments
+// the controller would refuse are refused here, naming the field.
+func (c *Client) Start(ctx context.Context, a api.StartArgs) (*api.Result, error) {
+	if err := a.Validate(); err != nil {
 		return nil, err
 	}
-	return &r, nil
+	return Do(ctx, c, api.MStart, a)
 }
 
 // OpOn implements op_on(operation, vm list). vms is a set expression
 // resolved against the cache first.
-func (c *Client) OpOn(ctx context.Context, op core.Op, vms string, args map[string]string) (*core.Result, error) {
-	if _, err := core.ParseOp(string(op)); err != nil {
+func (c *Client) OpOn(ctx context.Context, op api.Op, vms string, args map[string]string) (*api.Result, error) {
+	if _, err := api.ParseOp(string(op)); err != nil {
 		return nil, err
 	}
 	names, err := c.Expand(vms)
@@ -718,56 +749,74 @@ func (c *Client) OpOn(ctx context.Context, op core.Op, vms string, args map[stri
 }
 
 // OpOnNames is OpOn on already-resolved full names.
-func (c *Client) OpOnNames(ctx context.Context, op core.Op, names []string, args map[string]string) (*core.Result, error) {
-	var r core.Result
-	if err := c.Call(ctx, core.MOpOn, core.OpArgs{Op: op, VMs: names, Args: args}, &r); err != nil {
+func (c *Client) OpOnNames(ctx context.Context, op api.Op, names []string, args map[string]string) (*api.Result, error) {
+	return c.Op(ctx, api.OpArgs{Op: op, VMs: names, Args: args})
+}
+
+// Op sends an op_on request as it is (full names, options, request id).
+func (c *Client) Op(ctx context.Context, a api.OpArgs) (*api.Result, error) {
+	if err := a.Validate(); err != nil {
 		return nil, err
 	}
-	return &r, nil
+	return Do(ctx, c, api.MOpOn, a)
 }
 
 // Pause pauses the VMs of a set.
-func (c *Client) Pause(ctx context.Context, vms string) (*core.Result, error) {
-	return c.OpOn(ctx, core.OpPause, vms, nil)
+func (c *Client) Pause(ctx context.Context, vms string) (*api.Result, error) {
+	return c.OpOn(ctx, api.OpPause, vms, nil)
 }
 
 // Resume resumes paused VMs.
-func (c *Client) Resume(ctx context.Context, vms string) (*core.Result, error) {
-	return c.OpOn(ctx, core.OpResume, vms, nil)
+func (c *Client) Resume(ctx context.Context, vms string) (*api.Result, error) {
+	return c.OpOn(ctx, api.OpResume, vms, nil)
 }
 
 // Shutdown halts VMs gracefully.
-func (c *Client) Shutdown(ctx context.Context, vms string) (*core.Result, error) {
-	return c.OpOn(ctx, core.OpShutdown, vms, nil)
+func (c *Client) Shutdown(ctx context.Context, vms string) (*api.Result, error) {
+	return c.OpOn(ctx, api.OpShutdown, vms, nil)
 }
 
 // Reboot restarts VMs.
-func (c *Client) Reboot(ctx context.Context, vms string) (*core.Result, error) {
-	return c.OpOn(ctx, core.OpReboot, vms, nil)
+func (c *Client) Reboot(ctx context.Context, vms string) (*api.Result, error) {
+	return c.OpOn(ctx, api.OpReboot, vms, nil)
 }
 
 // Hibernate saves VMs' memory to storage.
-func (c *Client) Hibernate(ctx context.Context, vms string) (*core.Result, error) {
-	return c.OpOn(ctx, core.OpHibernate, vms, nil)
+func (c *Client) Hibernate(ctx context.Context, vms string) (*api.Result, error) {
+	return c.OpOn(ctx, api.OpHibernate, vms, nil)
 }
 
 // Restore brings hibernated VMs back.
-func (c *Client) Restore(ctx context.Context, vms string) (*core.Result, error) {
-	return c.OpOn(ctx, core.OpRestore, vms, nil)
+func (c *Client) Restore(ctx context.Context, vms string) (*api.Result, error) {
+	return c.OpOn(ctx, api.OpRestore, vms, nil)
 }
 
 // Destroy hard-stops and removes VMs.
-func (c *Client) Destroy(ctx context.Context, vms string) (*core.Result, error) {
-	return c.OpOn(ctx, core.OpDestroy, vms, nil)
+func (c *Client) Destroy(ctx context.Context, vms string) (*api.Result, error) {
+	return c.OpOn(ctx, api.OpDestroy, vms, nil)
 }
 
 // Cycle destroys and restarts VMs.
-func (c *Client) Cycle(ctx context.Context, vms string) (*core.Result, error) {
-	return c.OpOn(ctx, core.OpCycle, vms, nil)
+func (c *Client) Cycle(ctx context.Context, vms string) (*api.Result, error) {
+	return c.OpOn(ctx, api.OpCycle, vms, nil)
+}
+
+// Forget removes the records of missing or lost VMs of a set (set
+// expression, resolved against the cache).
+func (c *Client) Forget(ctx context.Context, vms string) (*api.Result, error) {
+	names, err := c.Expand(vms)
+	if err != nil {
+		return nil, err
+	}
+	a := api.ForgetArgs{VMs: names}
+	if err := a.Validate(); err != nil {
+		return nil, err
+	}
+	return Do(ctx, c, api.MForget, a)
 }
 
 // Migrate implements migrate(vm list, lnm list); both are set expressions.
-func (c *Client) Migrate(ctx context.Context, vms, lnms string) (*core.Result, error) {
+func (c *Client) Migrate(ctx context.Context, vms, lnms string) (*api.Result, error) {
 	names, err := c.Expand(vms)
 	if err != nil {
 		return nil, err
@@ -786,39 +835,40 @@ func (c *Client) Migrate(ctx context.Context, vms, lnms string) (*core.Result, e
 			return nil, err
 		}
 	}
-	var r core.Result
-	if err := c.Call(ctx, core.MMigrate, core.MigrateArgs{VMs: names, LNMs: targets}, &r); err != nil {
+	a := api.MigrateArgs{VMs: names, LNMs: targets}
+	if err := a.Validate(); err != nil {
 		return nil, err
 	}
-	return &r, nil
+	return Do(ctx, c, api.MMigrate, a)
 }
 
 // Plan dry-runs a request through the controller's live policy chain.
-func (c *Client) Plan(ctx context.Context, a core.PlanArgs) (*core.Result, error) {
-	var r core.Result
-	if err := c.Call(ctx, core.MPlan, a, &r); err != nil {
+func (c *Client) Plan(ctx context.Context, a api.PlanArgs) (*api.Result, error) {
+	if err := a.Validate(); err != nil {
 		return nil, err
 	}
-	return &r, nil
+	return Do(ctx, c, api.MPlan, a)
 }
 
-// Policy makes an admin call on the policy host; the reply is raw JSON.
-func (c *Client) Policy(ctx context.Context, a core.PolicyArgs) (json.RawMessage, error) {
-	var r json.RawMessage
-	if err := c.Call(ctx, core.MPolicy, a, &r); err != nil {
-		return nil, err
-	}
-	return r, nil
+// Policy makes an admin call on the policy host.
+func (c *Client) Policy(ctx context.Context, a api.PolicyArgs) (api.PolicyReply, error) {
+	return Do(ctx, c, api.MPolicy, a)
+}
+
+// Status is the admin status call: the sizes of the controller's state
+// (and, as a asks, an invariant check and a collection first).
+func (c *Client) Status(ctx context.Context, a api.StatusArgs) (api.Status, error) {
+	return Do(ctx, c, api.MStatus, a)
 }
 
 // Watch streams every event the user may see (admins: all) to f until ctx
 // ends or the session drops.
-func (c *Client) Watch(ctx context.Context, f func(core.Event)) error {
+func (c *Client) Watch(ctx context.Context, f func(api.Event)) error {
 	s, err := c.session()
 	if err != nil {
 		return err
 	}
-	st, err := s.OpenStream(ctx, core.MEvents, core.EventsArgs{Watch: true})
+	st, err := transport.OpenStream(ctx, s, api.MEvents, api.EventsArgs{Watch: true})
 	if err != nil {
 		return err
 	}
@@ -836,20 +886,22 @@ func (c *Client) Watch(ctx context.Context, f func(core.Event)) error {
 		}
 		switch env.Method {
 		case "event":
-			var ev core.Event
+			var ev api.Event
 			if transport.Unmarshal(env.Args, &ev) == nil {
 				f(ev)
 			}
 		case "events":
-			var evs []core.Event
+			var evs []api.Event
 			if transport.Unmarshal(env.Args, &evs) == nil {
 				for _, ev := range evs {
 					f(ev)
 				}
 			}
 		case "error":
-			var e transport.Error
-			transport.Unmarshal(env.Args, &e)
+			var e api.Error
+			if err := transport.Unmarshal(env.Args, &e); err != nil || e.Code == "" {
+				return errors.New("watch: malformed error from the controller")
+			}
 			return &e
 		case "overflow":
 			return errors.New("watch fell behind the event rate")

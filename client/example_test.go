@@ -6,8 +6,9 @@ import (
 	"log"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+
 	"github.com/usher-vm/usher/client"
-	"github.com/usher-vm/usher/core"
 )
 
 // A site's own tool: start three VMs in cluster "web", pause two of them by
@@ -25,12 +26,12 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer c.Close()
-	c.OnEvent(func(ev core.Event) {
-		if ev.Type == core.EvStateChanged {
+	c.OnEvent(func(ev api.Event) {
+		if ev.Type == api.EvStateChanged {
 			fmt.Println(ev.VM.Name, "is now", ev.VM.State)
 		}
 	})
-	res, err := c.Start(ctx, core.StartArgs{Cluster: "web", Count: 3, Args: map[string]string{"image": "debian"}})
+	res, err := c.Start(ctx, api.StartArgs{Cluster: "web", Count: 3, Args: map[string]string{"image": "debian"}})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -2,14 +2,14 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"net"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
+
 	"github.com/usher-vm/usher/transport"
 )
 
@@ -34,23 +34,23 @@ func TestReloadRequestedDuringFirstLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm := func(short string) *core.VM {
-		return &core.VM{Name: short + ".alice.usher.test", Short: short, Owner: "alice", Cluster: "web", State: core.StateRunning, Version: 1}
+	vm := func(short string) *api.VM {
+		return &api.VM{Name: short + ".alice.usher.test", Short: short, Owner: "alice", Cluster: "web", State: api.StateRunning, Version: 1}
 	}
 	var lists, feeds atomic.Int32
 	firstFeedClosed := make(chan struct{})
-	mux := transport.NewMux()
-	mux.Handle(core.MAuth, func(context.Context, json.RawMessage) (any, error) {
-		return core.AuthReply{Identity: core.Identity{User: "alice"}, Domain: "usher.test"}, nil
+	mux := transport.NewMux(nil)
+	transport.Handle(mux, api.MAuth, func(context.Context, api.AuthArgs) (api.AuthReply, error) {
+		return api.AuthReply{Identity: api.Identity{User: "alice"}, Domain: "usher.test"}, nil
 	})
-	mux.HandleStream(core.MEvents, func(ctx context.Context, _ json.RawMessage, st *transport.Stream) error {
+	transport.HandleStream(mux, api.MEvents, func(ctx context.Context, _ api.EventsArgs, st *transport.Stream) error {
 		defer st.Close()
 		n := feeds.Add(1)
 		if err := st.Send("ready", struct{}{}); err != nil {
 			return err
 		}
 		if n == 1 {
-			st.Send("event", core.Event{Seq: 1, Type: core.EvRecovered, Detail: core.StringMap{"lnms": "1", "vms": "2"}})
+			st.Send("event", api.Event{Seq: 1, Type: api.EvRecovered, Detail: api.StringMap{"lnms": "1", "vms": "2"}})
 			st.Recv(10 * time.Second) // returns when the client closes this feed
 			close(firstFeedClosed)
 			return nil
@@ -58,18 +58,19 @@ func TestReloadRequestedDuringFirstLoad(t *testing.T) {
 		<-ctx.Done()
 		return nil
 	})
-	mux.Handle(core.MList, func(ctx context.Context, _ json.RawMessage) (any, error) {
+	transport.Handle(mux, api.MList, func(ctx context.Context, _ api.ListArgs) (*api.ListReply, error) {
 		if lists.Add(1) == 1 {
 			select {
 			case <-firstFeedClosed:
 			case <-time.After(10 * time.Second):
 				t.Error("the client never closed its feed after the recovered event")
 			}
-			return core.ListReply{Seq: 1, VMs: []*core.VM{vm("web1")}}, nil
+			return &api.ListReply{Seq: 1, VMs: []*api.VM{vm("web1")}}, nil
 		}
-		return core.ListReply{Seq: 2, VMs: []*core.VM{vm("web1"), vm("web2")}}, nil
+		return &api.ListReply{Seq: 2, VMs: []*api.VM{vm("web1"), vm("web2")}}, nil
 	})
 	srv := transport.NewServer(tlsCfg, transport.ServerOptions{Limits: transport.DefaultLimits()}, func(ctx context.Context, s *transport.Session, _ transport.Peer) {
+		s.Authenticated()
 		s.SetMux(mux)
 		s.Serve(ctx)
 	})

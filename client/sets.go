@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
 )
 
 // MaxRangeSize bounds how many names one range expression may produce.
@@ -87,11 +87,13 @@ func ExpandRange(item string) ([]string, error) {
 		if a < 0 || b < a {
 			return nil, fmt.Errorf("range %q: %d-%d is empty or negative", item, a, b)
 		}
-		if len(out)+(b-a+1) > MaxRangeSize {
+		// Counted before anything is made, without overflow: b-a may be
+		// near the largest int.
+		if b-a >= MaxRangeSize || len(out)+(b-a+1) > MaxRangeSize {
 			return nil, fmt.Errorf("range %q: more than %d names", item, MaxRangeSize)
 		}
-		for i := a; i <= b; i++ {
-			out = append(out, prefix+strconv.Itoa(i)+suffix)
+		for k := 0; k <= b-a; k++ { // not i <= b: b may be the largest int
+			out = append(out, prefix+strconv.Itoa(a+k)+suffix)
 		}
 	}
 	return out, nil
@@ -102,13 +104,13 @@ func ExpandRange(item string) ([]string, error) {
 // full), ranges (sneetch[1-10]) and cluster names (@web or a bare cluster
 // name). It fails naming the first item that matches nothing, so no request
 // goes out for a VM that does not exist or is not the caller's.
-func ExpandVMs(expr string, vms []*core.VM, domain string) ([]string, error) {
+func ExpandVMs(expr string, vms []*api.VM, domain string) ([]string, error) {
 	items := SplitSet(expr)
 	if len(items) == 0 {
 		return nil, fmt.Errorf("empty VM set")
 	}
-	byFull := make(map[string]*core.VM, len(vms))
-	byShort := make(map[string][]*core.VM, len(vms))
+	byFull := make(map[string]*api.VM, len(vms))
+	byShort := make(map[string][]*api.VM, len(vms))
 	clusters := map[string][]string{}
 	for _, v := range vms {
 		byFull[v.Name] = v
@@ -193,7 +195,7 @@ func ExpandVMs(expr string, vms []*core.VM, domain string) ([]string, error) {
 	return out, nil
 }
 
-func sortedNatural(names []string, by map[string]*core.VM) []string {
+func sortedNatural(names []string, by map[string]*api.VM) []string {
 	out := append([]string(nil), names...)
 	sort.Slice(out, func(i, j int) bool {
 		a, b := by[out[i]], by[out[j]]

@@ -5,14 +5,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
 )
 
-func vms(names ...string) []*core.VM {
-	var out []*core.VM
+func vms(names ...string) []*api.VM {
+	var out []*api.VM
 	for _, n := range names {
-		short, owner, _ := core.ParseFullName(n, "usher.local")
-		out = append(out, &core.VM{Name: n, Short: short, Owner: owner, Cluster: core.ClusterOf(short)})
+		short, owner, _ := api.ParseFullName(n, "usher.local")
+		out = append(out, &api.VM{Name: n, Short: short, Owner: owner, Cluster: api.ClusterOf(short)})
 	}
 	return out
 }
@@ -73,5 +73,23 @@ func TestSplitSet(t *testing.T) {
 	want := []string{"a", "b[1,2]", "/x, y/", "c"}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// TestHugeRangesRefusedBeforeExpansion: a range of more than MaxRangeSize
+// names, however large its bounds (up to the largest int), is refused
+// before any name is made.
+func TestHugeRangesRefusedBeforeExpansion(t *testing.T) {
+	for _, expr := range []string{"web[0-9223372036854775807]", "web[1-100001]", "web[0-99999,100000-100001]", "web[9223372036854775806-9223372036854775807,0-99999]"} {
+		if names, err := ExpandRange(expr); err == nil || !strings.Contains(err.Error(), "more than") {
+			t.Errorf("%s: %d names, err %v", expr, len(names), err)
+		}
+	}
+	if _, err := ExpandRange("web[0-9223372036854775808]"); err == nil {
+		t.Error("a bound past the largest int accepted")
+	}
+	names, err := ExpandRange("web[1-100000]")
+	if err != nil || len(names) != MaxRangeSize {
+		t.Fatalf("the largest range: %d names, %v", len(names), err)
 	}
 }

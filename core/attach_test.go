@@ -6,31 +6,15 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/api/apitest"
 )
-
-// syncLink records the full sync an LNM receives when it registers.
-type syncLink struct{ got chan ReceiveArgs }
-
-func (l *syncLink) Start(context.Context, LNMStartArgs) (LNMResults, error) { return LNMResults{}, nil }
-func (l *syncLink) OpOn(context.Context, LNMOpArgs) (LNMResults, error)     { return LNMResults{}, nil }
-func (l *syncLink) Migrate(context.Context, LNMMigrateArgs) (LNMResults, error) {
-	return LNMResults{}, nil
-}
-func (l *syncLink) Prepare(context.Context, LNMStartArgs) (LNMResults, error) {
-	return LNMResults{}, nil
-}
-func (l *syncLink) Details(context.Context, NamesArgs) (DetailsReply, error) {
-	return DetailsReply{}, nil
-}
-func (l *syncLink) Receive(_ context.Context, a ReceiveArgs) error {
-	l.got <- a
-	return nil
-}
 
 // noHooks: events go nowhere; nothing else is called on registration.
 type noHooks struct{ Hooks }
 
-func (noHooks) Notify(Event) {}
+func (noHooks) Notify(api.Event) {}
 
 // TestRegistrationSyncSendsOnlyWhatDiffers: when an LNM registers with
 // cached objects (after a controller restart), the full sync carries only a
@@ -39,29 +23,27 @@ func (noHooks) Notify(Event) {}
 func TestRegistrationSyncSendsOnlyWhatDiffers(t *testing.T) {
 	c := New(Config{Domain: "usher.test"}, noHooks{})
 	created := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
-	cached := func(short string) *VM {
-		return &VM{Name: FullName(short, "alice", "usher.test"), Short: short, Owner: "alice", Cluster: "web", LNM: "n1",
-			State: StateRunning, Reason: ReasonStarted, MemMB: 512, VCPUs: 1, Data: map[string]string{"ip": "10.0.0.7"},
+	cached := func(short string) *api.VM {
+		return &api.VM{Name: api.FullName(short, "alice", "usher.test"), Short: short, Owner: "alice", Cluster: "web", LNM: "n1",
+			State: api.StateRunning, Reason: api.ReasonStarted, MemMB: 512, VCPUs: 1, Data: map[string]string{"ip": "10.0.0.7"},
 			Version: 2, Created: created, Request: "r1"}
 	}
 	same, changed := cached("web1"), cached("web2")
-	domains := []Domain{
-		{Name: same.Name, State: StateRunning, MemMB: 512, VCPUs: 1, Cached: same},
+	domains := []api.Guest{
+		{Name: same.Name, State: api.StateRunning, MemMB: 512, VCPUs: 1, Cached: same},
 		// The node now runs web2 with more memory than its cached object says.
-		{Name: changed.Name, State: StateRunning, MemMB: 1024, VCPUs: 1, Cached: changed},
+		{Name: changed.Name, State: api.StateRunning, MemMB: 1024, VCPUs: 1, Cached: changed},
 	}
-	link := &syncLink{got: make(chan ReceiveArgs, 1)}
-	if _, err := c.AttachLNM(context.Background(), NodeInfo{Name: "n1", CPUs: 4, MemMB: 8192}, nil, link, domains); err != nil {
+	link := apitest.NewNode("n1")
+	c.ExpectLNMs([]api.NodeInfo{{Name: "n1"}}) // a restart: its VMs are adopted
+	if _, err := c.AttachLNM(context.Background(), api.Hello{Node: api.NodeInfo{Name: "n1", CPUs: 4, MemMB: 8192}}, link, domains); err != nil {
 		t.Fatal(err)
 	}
-	var a ReceiveArgs
+	var a api.ReceiveArgs
 	select {
-	case a = <-link.got:
+	case a = <-link.Synced:
 	case <-time.After(10 * time.Second):
 		t.Fatal("no sync sent to the LNM")
-	}
-	if !a.Sync || len(a.Forget) != 0 {
-		t.Fatalf("not a full sync: %+v", a)
 	}
 	if len(a.States) != 1 || a.States[0].Name != same.Name || len(a.VMs) != 1 || a.VMs[0].Name != changed.Name {
 		t.Fatalf("sync carries states %+v and objects %+v; want a state update for web1 and the object of web2", a.States, a.VMs)
@@ -80,18 +62,17 @@ func TestRegistrationSyncSendsOnlyWhatDiffers(t *testing.T) {
 // index (web2 before web10), and its Seq is the number of the last event
 // published before the list was taken.
 func TestListOrderAndSeq(t *testing.T) {
-	c := New(Config{Domain: "usher.test"}, allowHooks{})
-	var domains []Domain
+	c := New(Config{Domain: "usher.test", Adopt: AdoptAlways}, allowHooks{})
+	var domains []api.Guest
 	for _, v := range []struct{ short, owner string }{
 		{"web10", "alice"}, {"web2", "alice"}, {"db1", "alice"}, {"web1", "alice"}, {"webx", "alice"}, {"web3", "bob"},
 	} {
-		domains = append(domains, Domain{Name: FullName(v.short, v.owner, "usher.test"), State: StateRunning, MemMB: 64, VCPUs: 1})
+		domains = append(domains, api.Guest{Name: api.FullName(v.short, v.owner, "usher.test"), State: api.StateRunning, MemMB: 64, VCPUs: 1})
 	}
-	link := &syncLink{got: make(chan ReceiveArgs, 1)}
-	if _, err := c.AttachLNM(context.Background(), NodeInfo{Name: "n1", CPUs: 4, MemMB: 8192}, nil, link, domains); err != nil {
+	if _, err := c.AttachLNM(context.Background(), api.Hello{Node: api.NodeInfo{Name: "n1", CPUs: 4, MemMB: 8192}}, apitest.NewNode("n1"), domains); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := c.List(context.Background(), Identity{User: "root", Admin: true}, ListArgs{All: true})
+	rep, err := c.List(context.Background(), api.Identity{User: "root", Admin: true}, api.ListArgs{All: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +98,7 @@ func TestListOrderAndSeq(t *testing.T) {
 // allowHooks authorizes everything; events go nowhere.
 type allowHooks struct{ noHooks }
 
-func (allowHooks) Authorize(context.Context, *Request) error { return nil }
+func (allowHooks) Authorize(context.Context, *Request, *Decision) error { return nil }
 
 // TestSubscriptionQueue: a feed queues what waits (Ready signals it, Take
 // hands it out oldest first, in batches), filters by user, and when more
@@ -125,11 +106,11 @@ func (allowHooks) Authorize(context.Context, *Request) error { return nil }
 // still handed out, nothing after it.
 func TestSubscriptionQueue(t *testing.T) {
 	c := New(Config{Domain: "usher.test", EventBuffer: 3}, allowHooks{})
-	sub, err := c.Subscribe(Identity{User: "alice"}, "", false)
+	sub, err := c.Subscribe(api.Identity{User: "alice"}, "", false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev := func(user string) Event { return Event{Type: EvStateChanged, User: user} }
+	ev := func(user string) api.Event { return api.Event{Type: api.EvStateChanged, User: user} }
 	c.emit(ev("alice"), ev("bob"), ev("alice"), ev("alice"))
 	select {
 	case <-sub.Ready():
@@ -154,21 +135,21 @@ func TestSubscriptionQueue(t *testing.T) {
 // notifyHooks records what plugins are told.
 type notifyHooks struct {
 	allowHooks
-	got chan Event
+	got chan api.Event
 }
 
-func (h notifyHooks) Notify(ev Event) { h.got <- ev }
+func (h notifyHooks) Notify(ev api.Event) { h.got <- ev }
 
 // attachAlice returns a function registering an LNM that runs running
 // VMs of alice's with the given short names.
 func attachAlice(t *testing.T, c *Controller) func(lnm string, vms ...string) {
 	return func(lnm string, vms ...string) {
 		t.Helper()
-		var doms []Domain
+		var doms []api.Guest
 		for _, v := range vms {
-			doms = append(doms, Domain{Name: v + ".alice.usher.test", State: StateRunning})
+			doms = append(doms, api.Guest{Name: v + ".alice.usher.test", State: api.StateRunning})
 		}
-		if _, err := c.AttachLNM(context.Background(), NodeInfo{Name: lnm}, nil, &syncLink{got: make(chan ReceiveArgs, 1)}, doms); err != nil {
+		if _, err := c.AttachLNM(context.Background(), api.Hello{Node: api.NodeInfo{Name: lnm, CPUs: 8, MemMB: 8192}}, apitest.NewNode(lnm), doms); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -180,11 +161,11 @@ func attachAlice(t *testing.T, c *Controller) func(lnm string, vms ...string) {
 // with the counts (clients reload then); after that adoptions are
 // published again.
 func TestRecoveryFeedsOneReload(t *testing.T) {
-	h := notifyHooks{got: make(chan Event, 100)}
-	c := New(Config{Domain: "usher.test"}, h)
-	c.ExpectLNMs([]NodeInfo{{Name: "n1"}, {Name: "n2"}})
-	alice, _ := c.Subscribe(Identity{User: "alice"}, "", false)
-	root, _ := c.Subscribe(Identity{User: "root", Admin: true}, "", true)
+	h := notifyHooks{got: make(chan api.Event, 100)}
+	c := New(Config{Domain: "usher.test", Adopt: AdoptAlways}, h)
+	c.ExpectLNMs([]api.NodeInfo{{Name: "n1"}, {Name: "n2"}})
+	alice, _ := c.Subscribe(api.Identity{User: "alice"}, "", false)
+	root, _ := c.Subscribe(api.Identity{User: "root", Admin: true}, "", true)
 	attach := attachAlice(t, c)
 	types := func(s *Subscription) (out []string) {
 		evs, _ := s.Take(100)
@@ -197,12 +178,12 @@ func TestRecoveryFeedsOneReload(t *testing.T) {
 	if got := types(alice); len(got) != 0 {
 		t.Fatalf("alice's feed during recovery: %v, want nothing", got)
 	}
-	if got := types(root); len(got) != 1 || got[0] != EvLNMConnected {
+	if got := types(root); len(got) != 1 || got[0] != api.EvLNMConnected {
 		t.Fatalf("admin's watch during recovery: %v, want only lnm_connected", got)
 	}
 	adopted := 0
 	for len(h.got) > 0 {
-		if ev := <-h.got; ev.Type == EvStateChanged && ev.Detail["adopted"] == "true" {
+		if ev := <-h.got; ev.Type == api.EvStateChanged && ev.Detail["adopted"] == "true" {
 			adopted++
 		}
 	}
@@ -211,10 +192,10 @@ func TestRecoveryFeedsOneReload(t *testing.T) {
 	}
 	attach("n2", "db1")
 	evs, _ := alice.Take(100)
-	if len(evs) != 1 || evs[0].Type != EvRecovered || evs[0].Detail["lnms"] != "2" || evs[0].Detail["vms"] != "3" {
+	if len(evs) != 1 || evs[0].Type != api.EvRecovered || evs[0].Detail["lnms"] != "2" || evs[0].Detail["vms"] != "3" {
 		t.Fatalf("alice's feed when the state is whole: %+v, want one recovered event (2 LNMs, 3 VMs)", evs)
 	}
-	if got := types(root); len(got) != 2 || got[0] != EvLNMConnected || got[1] != EvRecovered {
+	if got := types(root); len(got) != 2 || got[0] != api.EvLNMConnected || got[1] != api.EvRecovered {
 		t.Fatalf("admin's watch when the state is whole: %v", got)
 	}
 	select {
@@ -223,7 +204,7 @@ func TestRecoveryFeedsOneReload(t *testing.T) {
 		t.Fatal("still recovering with every known LNM back")
 	}
 	attach("n3", "web3")
-	if evs, _ := alice.Take(100); len(evs) != 1 || evs[0].Type != EvStateChanged || evs[0].Detail["adopted"] != "true" {
+	if evs, _ := alice.Take(100); len(evs) != 1 || evs[0].Type != api.EvStateChanged || evs[0].Detail["adopted"] != "true" {
 		t.Fatalf("alice's feed after recovery: %+v, want the adoption", evs)
 	}
 }
@@ -241,10 +222,10 @@ func (h wantingHooks) Wants(event string) bool { return h.wants[event] }
 // handles state_changed none is built, yet the state, the recovered event
 // and later (published) adoptions are as before.
 func TestQuietAdoptionsOnlyWhenWanted(t *testing.T) {
-	h := wantingHooks{notifyHooks: notifyHooks{got: make(chan Event, 100)}, wants: map[string]bool{EvLNMConnected: true}}
-	c := New(Config{Domain: "usher.test"}, h)
-	c.ExpectLNMs([]NodeInfo{{Name: "n1"}, {Name: "n2"}})
-	alice, _ := c.Subscribe(Identity{User: "alice"}, "", false)
+	h := wantingHooks{notifyHooks: notifyHooks{got: make(chan api.Event, 100)}, wants: map[string]bool{api.EvLNMConnected: true}}
+	c := New(Config{Domain: "usher.test", Adopt: AdoptAlways}, h)
+	c.ExpectLNMs([]api.NodeInfo{{Name: "n1"}, {Name: "n2"}})
+	alice, _ := c.Subscribe(api.Identity{User: "alice"}, "", false)
 	attach := attachAlice(t, c)
 	drain := func() (out []string) {
 		for len(h.got) > 0 {
@@ -253,22 +234,22 @@ func TestQuietAdoptionsOnlyWhenWanted(t *testing.T) {
 		return out
 	}
 	attach("n1", "web1", "web2")
-	if got := drain(); len(got) != 1 || got[0] != EvLNMConnected {
+	if got := drain(); len(got) != 1 || got[0] != api.EvLNMConnected {
 		t.Fatalf("plugins during recovery were told %v, want only lnm_connected", got)
 	}
 	attach("n2", "db1")
 	if n := c.State().Counts().VMs; n != 3 {
 		t.Fatalf("%d VMs after recovery, want 3", n)
 	}
-	if evs, _ := alice.Take(100); len(evs) != 1 || evs[0].Type != EvRecovered || evs[0].Detail["vms"] != "3" {
+	if evs, _ := alice.Take(100); len(evs) != 1 || evs[0].Type != api.EvRecovered || evs[0].Detail["vms"] != "3" {
 		t.Fatalf("alice's feed when the state is whole: %+v, want one recovered event with 3 VMs", evs)
 	}
 	drain()
 	attach("n3", "web3")
-	if evs, _ := alice.Take(100); len(evs) != 1 || evs[0].Type != EvStateChanged || evs[0].Detail["adopted"] != "true" {
+	if evs, _ := alice.Take(100); len(evs) != 1 || evs[0].Type != api.EvStateChanged || evs[0].Detail["adopted"] != "true" {
 		t.Fatalf("alice's feed after recovery: %+v, want the adoption", evs)
 	}
-	if got := drain(); len(got) != 2 || got[0] != EvLNMConnected || got[1] != EvStateChanged {
+	if got := drain(); len(got) != 2 || got[0] != api.EvLNMConnected || got[1] != api.EvStateChanged {
 		t.Fatalf("plugins after recovery were told %v, want lnm_connected and the adoption (Notify filters, not the core)", got)
 	}
 }
@@ -282,20 +263,20 @@ func TestListPages(t *testing.T) {
 	for i := range 7 {
 		for _, owner := range []string{"alice", "bob"} {
 			short := fmt.Sprintf("web%d", i+1)
-			st := StateRunning
+			st := api.StateRunning
 			if i == 6 {
-				st = StateLost
+				st = api.StateLost
 			}
-			vm := &VM{Name: FullName(short, owner, "usher.test"), Short: short, Owner: owner, Cluster: "web", LNM: "n1", State: st}
+			vm := &api.VM{Name: api.FullName(short, owner, "usher.test"), Short: short, Owner: owner, Cluster: "web", LNM: "n1", State: st}
 			c.st.insertLocked(vm)
 		}
 	}
 	c.st.mu.Unlock()
-	alice := Identity{User: "alice"}
+	alice := api.Identity{User: "alice"}
 	var names []string
 	after := ""
 	for pages := 1; ; pages++ {
-		rep, err := c.List(context.Background(), alice, ListArgs{After: after, Limit: 3, Lists: true})
+		rep, err := c.List(context.Background(), alice, api.ListArgs{After: after, Limit: 3, Lists: true})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,64 +3,21 @@ package core
 import (
 	"context"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"testing"
-	"time"
+
+	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/api/apitest"
 )
-
-func TestNames(t *testing.T) {
-	for _, ok := range []string{"a", "web1", "my-vm", "x9"} {
-		if err := ValidLabel(ok); err != nil {
-			t.Errorf("%q refused: %v", ok, err)
-		}
-	}
-	for _, bad := range []string{"", "-a", "a-", "A", "a.b", "a b", "../x", "é", string(make([]byte, 64))} {
-		if ValidLabel(bad) == nil {
-			t.Errorf("%q accepted", bad)
-		}
-	}
-	short, owner, ok := ParseFullName("web12.alice.usher.local", "usher.local")
-	if !ok || short != "web12" || owner != "alice" {
-		t.Fatalf("parse: %q %q %v", short, owner, ok)
-	}
-	for _, n := range []string{"web1.usher.local", "web1.alice.other.org", ".alice.usher.local", "a.b.c.usher.local", "usher.local"} {
-		if _, _, ok := ParseFullName(n, "usher.local"); ok {
-			t.Errorf("%q adopted", n)
-		}
-	}
-	if ClusterOf("sneetch12") != "sneetch" || ClusterOf("db-3") != "db" || ClusterOf("42") != "42" {
-		t.Fatal("ClusterOf")
-	}
-	if _, err := ParseOp("explode"); err == nil {
-		t.Fatal("unknown op accepted")
-	}
-}
-
-func TestAveragerConverges(t *testing.T) {
-	var a Averager
-	a.Add(Sample{CPU: 0}, 0)
-	for i := 0; i < 60; i++ { // one minute of a steady 2-core load, 1 s samples
-		a.Add(Sample{CPU: 2}, time.Second)
-	}
-	u := a.Usage()
-	want1 := 2 * (1 - math.Exp(-1))
-	if math.Abs(u.CPU.M1-want1) > 1e-9 {
-		t.Fatalf("1-minute average %v, want %v", u.CPU.M1, want1)
-	}
-	if !(u.CPU.M1 > u.CPU.M5 && u.CPU.M5 > u.CPU.M15 && u.CPU.M15 > 0) {
-		t.Fatalf("averages not ordered: %+v", u.CPU)
-	}
-}
 
 func TestStateIndicesAndRequestIDs(t *testing.T) {
 	s := newState("usher.local")
-	vm := &VM{Name: FullName("web1", "alice", "usher.local"), Short: "web1", Owner: "alice", Cluster: "web", LNM: "n1", State: StateRunning, Request: "r1"}
+	vm := &api.VM{Name: api.FullName("web1", "alice", "usher.local"), Short: "web1", Owner: "alice", Cluster: "web", LNM: "n1", State: api.StateRunning, Request: "r1"}
 	s.mu.Lock()
 	if !s.insertLocked(vm) || s.insertLocked(vm) {
 		t.Fatal("insert / duplicate insert")
 	}
-	names := s.allocLocked("alice", "web", 2)
+	names, _ := s.allocLocked("alice", "web", 2)
 	s.mu.Unlock()
 	if names[0] != "web2" || names[1] != "web3" {
 		t.Fatalf("alloc after web1: %v", names)
@@ -69,7 +26,7 @@ func TestStateIndicesAndRequestIDs(t *testing.T) {
 		t.Fatal("indices")
 	}
 	s.mu.Lock()
-	s.setStateLocked(vm, StateLost, "x")
+	s.setStateLocked(vm, api.StateLost, "x")
 	s.mu.Unlock()
 	if len(s.lost) != 1 {
 		t.Fatal("lost list")
@@ -89,9 +46,9 @@ func TestLNMQueryKeepsTheBest(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for round := 0; round < 200; round++ {
 		n := rng.IntN(300)
-		var all []*LNM
+		var all []*api.LNM
 		for i := 0; i < n; i++ {
-			l := &LNM{Info: NodeInfo{Name: fmt.Sprintf("n%03d", rng.IntN(1000)*1000+i), CPUs: 1 + rng.IntN(4)}, State: LNMConnected}
+			l := &api.LNM{Info: api.NodeInfo{Name: fmt.Sprintf("n%03d", rng.IntN(1000)*1000+i), CPUs: 1 + rng.IntN(4)}, State: api.LNMConnected}
 			l.Status.FreeMemMB = rng.IntN(4) * 1024 // many ties
 			l.Status.FreeVCPUs = rng.IntN(8)
 			l.Status.VMs = rng.IntN(3)
@@ -129,13 +86,13 @@ func TestLNMQueryKeepsTheBest(t *testing.T) {
 func TestRunningCountKeptInStep(t *testing.T) {
 	s := newState("usher.local")
 	rng := rand.New(rand.NewPCG(3, 4))
-	states := []VMState{StateStarting, StateRunning, StatePaused, StateLost, StateRunning, StateShutoff}
-	var vms []*VM
+	states := []api.VMState{api.StateStarting, api.StateRunning, api.StatePaused, api.StateLost, api.StateRunning, api.StateShutoff}
+	var vms []*api.VM
 	for i := 0; i < 2000; i++ {
 		s.mu.Lock()
 		switch op := rng.IntN(3); {
 		case op == 0 || len(vms) == 0:
-			v := &VM{Name: FullName(fmt.Sprintf("c%d", i), "alice", "usher.local"), Short: fmt.Sprintf("c%d", i), Owner: "alice",
+			v := &api.VM{Name: api.FullName(fmt.Sprintf("c%d", i), "alice", "usher.local"), Short: fmt.Sprintf("c%d", i), Owner: "alice",
 				Cluster: "c", State: states[rng.IntN(len(states))]}
 			if s.insertLocked(v) {
 				vms = append(vms, v)
@@ -150,7 +107,7 @@ func TestRunningCountKeptInStep(t *testing.T) {
 		}
 		want := 0
 		for _, v := range s.vms {
-			if v.State == StateRunning {
+			if v.State == api.StateRunning {
 				want++
 			}
 		}
@@ -170,10 +127,10 @@ func TestLNMQuerySlotsKeptInStep(t *testing.T) {
 	c := New(Config{Domain: "usher.test"}, allowHooks{})
 	rng := rand.New(rand.NewPCG(5, 6))
 	gens := map[string]uint64{}
-	var vms []*VM
+	var vms []*api.VM
 	name := func() string { return fmt.Sprintf("n%02d", rng.IntN(40)) }
-	status := func() *NodeStatus {
-		st := &NodeStatus{FreeMemMB: rng.IntN(4) * 1024, FreeVCPUs: rng.IntN(8), VMs: rng.IntN(3)}
+	status := func() *api.NodeStatus {
+		st := &api.NodeStatus{}
 		st.Usage.CPU.M1 = float64(rng.IntN(3)) / 2
 		return st
 	}
@@ -181,18 +138,19 @@ func TestLNMQuerySlotsKeptInStep(t *testing.T) {
 		switch op := rng.IntN(8); op {
 		case 0: // (re)registration, with some VMs Usher does not manage
 			n := name()
-			var doms []Domain
+			var doms []api.Guest
 			for i := range rng.IntN(3) {
-				doms = append(doms, Domain{Name: fmt.Sprintf("guest%d", i), State: StateRunning})
+				doms = append(doms, api.Guest{Name: fmt.Sprintf("guest%d", i), State: api.StateRunning})
 			}
-			g, err := c.AttachLNM(context.Background(), NodeInfo{Name: n, CPUs: 1 + rng.IntN(4)}, status(), &syncLink{got: make(chan ReceiveArgs, 1)}, doms)
+			g, err := c.AttachLNM(context.Background(), api.Hello{Node: api.NodeInfo{Name: n, CPUs: 1 + rng.IntN(4), MemMB: 1024 * rng.IntN(8)}, Status: *status()},
+				apitest.NewNode(n), doms)
 			if err != nil {
 				t.Fatal(err)
 			}
 			gens[n] = g
 		case 1: // a usage report
 			if n := name(); gens[n] != 0 {
-				c.HandleReport(n, gens[n], LNMReport{Node: status()})
+				c.HandleReport(n, gens[n], api.Report{Node: status()})
 			}
 		case 2: // a disconnection
 			if n := name(); gens[n] != 0 {
@@ -200,13 +158,13 @@ func TestLNMQuerySlotsKeptInStep(t *testing.T) {
 				gens[n] = 0
 			}
 		case 3: // recovery bookkeeping
-			c.ExpectLNMs([]NodeInfo{{Name: name(), CPUs: 2}})
+			c.ExpectLNMs([]api.NodeInfo{{Name: name(), CPUs: 2}})
 			if rng.IntN(10) == 0 {
 				c.EndGrace()
 			}
 		case 4, 5: // a VM placed (capacity reserved while it starts)
-			vm := &VM{Name: fmt.Sprintf("v%d.alice.usher.test", step), Short: fmt.Sprintf("v%d", step), Owner: "alice",
-				Cluster: "v", LNM: name(), State: StateStarting, MemMB: 256 * rng.IntN(3), VCPUs: rng.IntN(2)}
+			vm := &api.VM{Name: fmt.Sprintf("v%d.alice.usher.test", step), Short: fmt.Sprintf("v%d", step), Owner: "alice",
+				Cluster: "v", LNM: name(), State: api.StateStarting, MemMB: 256 * rng.IntN(3), VCPUs: rng.IntN(2)}
 			c.st.mu.Lock()
 			if c.st.insertLocked(vm) {
 				vms = append(vms, vm)
@@ -214,11 +172,11 @@ func TestLNMQuerySlotsKeptInStep(t *testing.T) {
 			c.st.mu.Unlock()
 		case 7: // an unmanaged VM appears or goes
 			if n := name(); gens[n] != 0 {
-				st := StateRunning
+				st := api.StateRunning
 				if rng.IntN(2) == 0 {
-					st = StateDestroyed
+					st = api.StateDestroyed
 				}
-				c.HandleReport(n, gens[n], LNMReport{Changes: []Domain{{Name: fmt.Sprintf("guest%d", rng.IntN(4)), State: st}}})
+				c.HandleReport(n, gens[n], api.Report{Changes: []api.Guest{{Name: fmt.Sprintf("guest%d", rng.IntN(4)), State: st}}})
 			}
 		case 6: // a VM removed
 			if len(vms) > 0 {
@@ -232,7 +190,7 @@ func TestLNMQuerySlotsKeptInStep(t *testing.T) {
 		if step%10 != 0 {
 			continue
 		}
-		in := map[LNMState]int{}
+		in := map[api.LNMState]int{}
 		for _, l := range c.st.LNMs() {
 			in[l.State]++
 		}
@@ -246,14 +204,14 @@ func TestLNMQuerySlotsKeptInStep(t *testing.T) {
 			t.Fatalf("step %d: Counts().Unmanaged = %d, the lists hold %d", step, got, unmanaged)
 		}
 		c.st.mu.RLock()
-		for _, st := range []LNMState{LNMConnected, LNMDisconnected, LNMRecovering} {
+		for _, st := range []api.LNMState{api.LNMConnected, api.LNMDisconnected, api.LNMRecovering} {
 			if c.st.lnmsIn[st] != in[st] {
 				t.Fatalf("step %d: %d LNMs counted %s, %d are", step, c.st.lnmsIn[st], st, in[st])
 			}
 		}
 		c.st.mu.RUnlock()
-		if got := c.st.Counts().Connected; got != in[LNMConnected] {
-			t.Fatalf("step %d: Counts().Connected = %d, want %d", step, got, in[LNMConnected])
+		if got := c.st.Counts().Connected; got != in[api.LNMConnected] {
+			t.Fatalf("step %d: Counts().Connected = %d, want %d", step, got, in[api.LNMConnected])
 		}
 		for _, q := range []LNMQuery{
 			{Connected: true, OrderBy: "load", Limit: 5},

@@ -4,26 +4,20 @@ import (
 	"context"
 	"encoding/json"
 	"testing"
+
+	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/api/apitest"
 )
 
 type nopHooks struct{}
 
-func (nopHooks) Authenticate(context.Context, Credentials) (Identity, error) {
-	return Identity{}, ErrAuthFailed
+func (nopHooks) Authenticate(context.Context, Credentials) (api.Identity, error) {
+	return api.Identity{}, api.ErrUnauthorized
 }
-func (nopHooks) Authorize(context.Context, *Request) error          { return nil }
-func (nopHooks) Request(context.Context, string, *Request) error    { return nil }
-func (nopHooks) RegisterVM(context.Context, *Request, *ReqVM) error { return nil }
-func (nopHooks) Notify(Event)                                       {}
-
-type nopLink struct{}
-
-func (nopLink) Start(context.Context, LNMStartArgs) (LNMResults, error)     { return LNMResults{}, nil }
-func (nopLink) OpOn(context.Context, LNMOpArgs) (LNMResults, error)         { return LNMResults{}, nil }
-func (nopLink) Migrate(context.Context, LNMMigrateArgs) (LNMResults, error) { return LNMResults{}, nil }
-func (nopLink) Prepare(context.Context, LNMStartArgs) (LNMResults, error)   { return LNMResults{}, nil }
-func (nopLink) Receive(context.Context, ReceiveArgs) error                  { return nil }
-func (nopLink) Details(context.Context, NamesArgs) (DetailsReply, error)    { return DetailsReply{}, nil }
+func (nopHooks) Authorize(context.Context, *Request, *Decision) error       { return nil }
+func (nopHooks) Request(context.Context, string, *Request, *Decision) error { return nil }
+func (nopHooks) RegisterVM(context.Context, *Request, *Decision, int) error { return nil }
+func (nopHooks) Notify(api.Event)                                           {}
 
 // FuzzHandleReport feeds arbitrary LNM report frames (the decoder of the
 // LNM event stream plus the state machine behind it): nothing may panic,
@@ -34,32 +28,24 @@ func FuzzHandleReport(f *testing.F) {
 	f.Add([]byte(`{"changes":[{"name":"db1.bob.usher.local","state":"missing","reason":"crashed"}],"usage":{"db1.bob.usher.local":{"cpu":{"m1":1}}}}`))
 	f.Add([]byte(`{"node":{"vms":3,"free_mem_mb":-5},"beat":true}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var r LNMReport
+		var r api.Report
 		if json.Unmarshal(b, &r) != nil {
 			return
 		}
-		c := New(Config{Domain: "usher.local"}, nopHooks{})
-		gen, err := c.AttachLNM(context.Background(), NodeInfo{Name: "n1"}, nil, nopLink{}, []Domain{{Name: "web1.alice.usher.local", State: StateRunning}})
+		c := New(Config{Domain: "usher.local", Adopt: AdoptAlways}, nopHooks{})
+		defer c.Close()
+		gen, err := c.AttachLNM(context.Background(), api.Hello{Node: api.NodeInfo{Name: "n1", CPUs: 4, MemMB: 4096}}, apitest.NewNode("n1"), []api.Guest{{Name: "web1.alice.usher.local", State: api.StateRunning}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		c.HandleReport("n1", gen, r)
 		c.HandleReport("n1", gen, r)
+		if err := c.State().Check(); err != nil {
+			t.Fatalf("after the reports: %v", err)
+		}
 		c.DetachLNM("n1", gen, "fuzz")
-		s := c.State()
-		s.mu.RLock()
-		defer s.mu.RUnlock()
-		n := 0
-		for _, o := range s.owners {
-			n += len(o)
-		}
-		if n != len(s.vms) {
-			t.Fatalf("owner index holds %d VMs, state %d", n, len(s.vms))
-		}
-		for name, v := range s.vms {
-			if v.Name != name || s.clusters[clusterKey{v.Owner, v.Cluster}] == nil {
-				t.Fatalf("index broken for %q", name)
-			}
+		if err := c.State().Check(); err != nil {
+			t.Fatalf("after the LNM left: %v", err)
 		}
 	})
 }

@@ -2,49 +2,19 @@ package core
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"time"
-)
+	"maps"
+	"slices"
 
-// Event names. Request events run as a chain that may approve, modify or
-// reject a request; the others are notifications delivered asynchronously.
-const (
-	EvAuthenticate   = "authenticate"
-	EvAuthorize      = "authorize"
-	EvStartRequest   = "start_request"
-	EvMigrateRequest = "migrate_request"
-	EvOpRequest      = "op_request"
-	EvRegisterVM     = "register_vm"
-	EvStartComplete  = "start_complete"
-	EvOpComplete     = "op_complete"
-	EvMigrateDone    = "migrate_complete"
-	EvStateChanged   = "state_changed"
-	EvVMLost         = "vm_lost"
-	EvVMMissing      = "vm_missing"
-	EvVMUnmanaged    = "vm_unmanaged"
-	EvLNMConnected   = "lnm_connected"
-	EvLNMLost        = "lnm_disconnected"
-	EvRecovered      = "recovered" // a restarted controller's state is whole again: to every feed
-	EvError          = "error"
-	EvTimer          = "timer"
+	"github.com/usher-vm/usher/api"
 )
-
-// NotifyEvents are the events delivered through Hooks.Notify.
-func NotifyEvents() []string {
-	return []string{EvStartComplete, EvOpComplete, EvMigrateDone, EvStateChanged, EvVMLost,
-		EvVMMissing, EvVMUnmanaged, EvLNMConnected, EvLNMLost, EvRecovered, EvError}
-}
 
 // Credentials are what a user presents to the authentication chain.
 type Credentials struct {
-	User     string `json:"user"`
-	Password string `json:"password"`
-	Remote   string `json:"remote"` // peer address, for logging and policy
+	User     string
+	Password string
+	Remote   string // peer address, for logging and policy
 }
-
-// ErrAuthFailed is returned when no authentication handler accepts.
-var ErrAuthFailed = errors.New("authentication failed")
 
 // RequestKind names what a client asked for.
 type RequestKind string
@@ -56,68 +26,184 @@ const (
 	KindMigrate  RequestKind = "migrate"
 	KindList     RequestKind = "list"
 	KindListLNMs RequestKind = "list_lnms"
-	KindAdmin    RequestKind = "admin"
+	KindForget   RequestKind = "forget"
 )
 
-// ReqVM is one VM inside a request. For start requests the VM is new and a
-// placement handler sets LNM; for op and migrate it names an existing VM.
+// ReqVM is one VM of a request as the controller resolved it. For a start
+// it is the new VM (MemMB and VCPUs as asked for); for an op or a migrate
+// an existing VM (its node, state, allocation and data).
 type ReqVM struct {
-	Name    string            `json:"name"`             // full name
-	Short   string            `json:"short"`            // short name
-	Owner   string            `json:"owner"`            // owner
-	Cluster string            `json:"cluster"`          // cluster
-	LNM     string            `json:"lnm,omitempty"`    // chosen (start) or current (op/migrate) node
-	Target  string            `json:"target,omitempty"` // migrate: destination node
-	MemMB   int               `json:"mem_mb,omitempty"` // requested memory
-	VCPUs   int               `json:"vcpus,omitempty"`  // requested vCPUs
-	State   VMState           `json:"state,omitempty"`  // current state (op/migrate)
-	Data    map[string]string `json:"data,omitempty"`   // attached by policies (ip, …)
+	Name    string // full name
+	Short   string
+	Owner   string
+	Cluster string
+	LNM     string      // op, migrate: the node it is on
+	State   api.VMState // op, migrate
+	MemMB   int
+	VCPUs   int
+	Data    api.StringMap // op, migrate: its policy data
 }
 
-// Drop records a VM removed from a request and why.
-type Drop struct {
-	VM     string `json:"vm"`
-	Reason string `json:"reason"`
-	By     string `json:"by,omitempty"` // handler that dropped it
-}
-
-// TraceStep is one entry of a request's decision trace.
-type TraceStep struct {
-	Event   string `json:"event"`
-	Handler string `json:"handler"`
-	Action  string `json:"action"` // approved, modified, rejected, error
-	Detail  string `json:"detail,omitempty"`
-	Micros  int64  `json:"us"`
-}
-
-// Request is the object request events pass through the policy chain.
-// Handlers may drop VMs, choose LNMs, attach data, or reject it.
+// Request is what a client, or a timer policy, asked for, as the
+// controller resolved it. Policies read it and change nothing in it: what
+// the chain decides goes into a Decision, and the controller executes the
+// Decision.
 type Request struct {
-	ID       string            `json:"id"`                // client request id (idempotency)
-	Kind     RequestKind       `json:"kind"`              // start, op, migrate, list…
-	User     Identity          `json:"user"`              // who asks
-	Op       Op                `json:"op,omitempty"`      // for op requests
-	Cluster  string            `json:"cluster,omitempty"` // for start requests
-	VMs      []*ReqVM          `json:"vms"`               // the VMs concerned
-	LNMs     []string          `json:"lnms,omitempty"`    // suggested nodes
-	Args     map[string]string `json:"args,omitempty"`    // extra client arguments
-	All      bool              `json:"all,omitempty"`     // list: everyone's VMs
-	Dropped  []Drop            `json:"dropped,omitempty"` // VMs removed by policy
-	Rejected string            `json:"rejected,omitempty"`
-	Trace    []TraceStep       `json:"trace,omitempty"`
-	DryRun   bool              `json:"dry_run,omitempty"` // plan: change nothing
+	ID      string       // client request id (idempotency)
+	Kind    RequestKind  // start, op, migrate, list…
+	User    api.Identity // who asks
+	Op      api.Op       // op: the operation asked for
+	Cluster string       // start: the cluster
+	VMs     []ReqVM      // the VMs concerned
+	LNMs    []string     // suggested nodes
+	Args    api.StringMap
+	All     bool // list: everyone's VMs
+	DryRun  bool // plan: change nothing
 }
 
-// DropVM removes the VM named name from the request, recording why.
-func (r *Request) DropVM(name, reason, by string) bool {
-	for i, v := range r.VMs {
-		if v.Name == name {
-			r.VMs = append(r.VMs[:i], r.VMs[i+1:]...)
-			r.Dropped = append(r.Dropped, Drop{VM: name, Reason: reason, By: by})
+// Decision is what the policy chain decided about a Request: the request
+// as its handlers left it. Each handler sees the decision so far and may
+// change what FieldRules allow in its event; the controller executes the
+// final decision (and nothing else), so the trace and what runs agree.
+type Decision struct {
+	Op      api.Op        // op: the operation to execute
+	Args    api.StringMap // the arguments later handlers and register_vm see
+	LNMs    []string      // the nodes suggested to later handlers
+	VMs     []VMDecision  // one per Request.VMs, same order
+	Dropped []api.Drop    // VMs removed from the request, with why
+	Trace   []api.TraceStep
+}
+
+// VMDecision is what was decided about one VM of a request.
+type VMDecision struct {
+	Dropped bool
+	LNM     string        // start: the node it starts on; op, migrate: where it is
+	Target  string        // migrate: the node it moves to
+	MemMB   int           // start: its allocation
+	VCPUs   int           // start
+	Data    api.StringMap // start: its policy data (kept in its object, given to its node)
+}
+
+// NewDecision is the decision that executes req as asked: every VM kept,
+// nothing chosen yet.
+func NewDecision(req *Request) *Decision {
+	d := &Decision{Op: req.Op, Args: req.Args, LNMs: req.LNMs, VMs: make([]VMDecision, len(req.VMs))}
+	for i := range req.VMs {
+		v := &req.VMs[i]
+		d.VMs[i] = VMDecision{LNM: v.LNM, MemMB: v.MemMB, VCPUs: v.VCPUs, Data: v.Data}
+	}
+	return d
+}
+
+// Drop removes VM i from the request, recording why and by whom (the
+// first drop of a VM counts).
+func (d *Decision) Drop(req *Request, i int, reason, by string) {
+	if d.VMs[i].Dropped {
+		return
+	}
+	d.VMs[i].Dropped = true
+	d.Dropped = append(d.Dropped, api.Drop{VM: req.VMs[i].Name, Reason: reason, By: by})
+}
+
+// DropName drops the VM named name; it reports whether the request held it.
+func (d *Decision) DropName(req *Request, name, reason, by string) bool {
+	for i := range req.VMs {
+		if req.VMs[i].Name == name && !d.VMs[i].Dropped {
+			d.Drop(req, i, reason, by)
 			return true
 		}
 	}
 	return false
+}
+
+// Kept counts the VMs not dropped.
+func (d *Decision) Kept() int {
+	n := 0
+	for i := range d.VMs {
+		if !d.VMs[i].Dropped {
+			n++
+		}
+	}
+	return n
+}
+
+// Field names a part of a Decision a policy may change.
+type Field string
+
+// The fields of a decision.
+const (
+	FieldVMs    Field = "vms"    // drop VMs from the request
+	FieldOp     Field = "op"     // the operation executed
+	FieldArgs   Field = "args"   // the arguments later handlers see
+	FieldLNMs   Field = "lnms"   // the nodes suggested to later handlers
+	FieldLNM    Field = "lnm"    // a VM's node (placement)
+	FieldTarget Field = "target" // a VM's migration target
+	FieldMemMB  Field = "mem_mb" // a new VM's memory
+	FieldVCPUs  Field = "vcpus"  // a new VM's vCPUs
+	FieldData   Field = "data"   // a new VM's policy data
+)
+
+// FieldRule says in which request events a handler may change a field,
+// and what the change means.
+type FieldRule struct {
+	Field  Field
+	Events []string
+	Means  string
+}
+
+// FieldRules is the one declaration of what policies may change. The Lua
+// host raises at the script's line when a handler assigns anything else;
+// the controller executes the decision as these rules describe it.
+func FieldRules() []FieldRule {
+	return []FieldRule{
+		{FieldVMs, []string{api.EvAuthorize, api.EvStartRequest, api.EvOpRequest, api.EvMigrateRequest},
+			"removing a VM from req.vms (or req:drop) drops it from the request: it is reported as dropped, with the reason, and nothing happens to it"},
+		{FieldOp, []string{api.EvOpRequest},
+			"the operation executed on every VM of the request instead of the one asked for (the result reports the executed op)"},
+		{FieldArgs, []string{api.EvStartRequest, api.EvOpRequest, api.EvMigrateRequest},
+			"the arguments later handlers and register_vm see; they never reach a node"},
+		{FieldLNMs, []string{api.EvStartRequest, api.EvMigrateRequest},
+			"the nodes suggested to later handlers"},
+		{FieldLNM, []string{api.EvStartRequest},
+			"the node the new VM starts on (placement); it must be connected when the request executes"},
+		{FieldTarget, []string{api.EvMigrateRequest},
+			"the node the VM migrates to; it must be connected and another than the VM's"},
+		{FieldMemMB, []string{api.EvStartRequest},
+			"the new VM's memory in MiB (1 to 16,777,216)"},
+		{FieldVCPUs, []string{api.EvStartRequest},
+			"the new VM's virtual CPUs (1 to 4,096)"},
+		{FieldData, []string{api.EvStartRequest, api.EvRegisterVM},
+			"the new VM's policy data: kept in its object, shown to clients and given to its node (the driver reads image, kernel, ip, mac…)"},
+	}
+}
+
+// Writable says whether a handler of event may change field f; the error
+// names the field and where it may change.
+func Writable(event string, f Field) error {
+	for _, r := range FieldRules() {
+		if r.Field != f {
+			continue
+		}
+		if slices.Contains(r.Events, event) {
+			return nil
+		}
+		return fmt.Errorf("%s cannot change in %s (only in %v)", f, event, r.Events)
+	}
+	return fmt.Errorf("%s is read-only", f)
+}
+
+// Clone returns a copy of d that shares nothing writable with it.
+func (d *Decision) Clone() *Decision {
+	c := *d
+	c.Args = maps.Clone(d.Args)
+	c.LNMs = slices.Clone(d.LNMs)
+	c.VMs = slices.Clone(d.VMs)
+	for i := range c.VMs {
+		c.VMs[i].Data = maps.Clone(c.VMs[i].Data)
+	}
+	c.Dropped = slices.Clone(d.Dropped)
+	c.Trace = slices.Clone(d.Trace)
+	return &c
 }
 
 // RejectError is returned by a hook that rejects a request outright.
@@ -134,45 +220,29 @@ func (e *RejectError) Error() string {
 	return fmt.Sprintf("%s rejected: %s", e.Event, e.Reason)
 }
 
-// Event is a notification: delivered to plugins via Hooks.Notify and to
-// clients over their event stream.
-type Event struct {
-	Seq    uint64    `json:"seq"`
-	Type   string    `json:"type"`
-	Time   time.Time `json:"time"`
-	VM     *VM       `json:"vm,omitempty"`
-	LNM    string    `json:"lnm,omitempty"`
-	User   string    `json:"user,omitempty"`   // owner of the VM or requester
-	Req    string    `json:"req,omitempty"`    // request id
-	OK     bool      `json:"ok,omitempty"`     // for *_complete
-	Error  string    `json:"error,omitempty"`  // failure text
-	Detail StringMap `json:"detail,omitempty"` // extra fields
-
-	// PluginsOnly keeps an event from clients' feeds when another event
-	// of the same change already carries the VM to them (a start's
-	// state_changed follows its start_complete).
-	PluginsOnly bool `json:"-"`
-}
+// Unwrap makes a rejection api.ErrRejected on the wire.
+func (e *RejectError) Unwrap() error { return api.ErrRejected }
 
 // Hooks is the policy boundary of the controller. Every decision the paper
 // leaves to plugins goes through it; the Lua host is its production
 // implementation, tests may supply a Go double. Implementations must be safe
-// for concurrent use and honour ctx deadlines.
+// for concurrent use and honour ctx deadlines. They read the Request and
+// change only the Decision, as FieldRules allow.
 type Hooks interface {
-	// Authenticate runs the authentication chain; ErrAuthFailed (or any
-	// error) refuses the user.
-	Authenticate(ctx context.Context, c Credentials) (Identity, error)
+	// Authenticate runs the authentication chain; an error (wrapping
+	// api.ErrUnauthorized, or any) refuses the user.
+	Authenticate(ctx context.Context, c Credentials) (api.Identity, error)
 	// Authorize runs the authorize chain for a request. It may drop VMs
 	// (with reasons) or return a *RejectError.
-	Authorize(ctx context.Context, req *Request) error
+	Authorize(ctx context.Context, req *Request, d *Decision) error
 	// Request runs a request event chain (start_request, migrate_request,
-	// op_request) in order; handlers may modify req or reject it.
-	Request(ctx context.Context, event string, req *Request) error
-	// RegisterVM fires before a VM is started; it may attach data to vm.Data.
-	// An error keeps that VM from starting.
-	RegisterVM(ctx context.Context, req *Request, vm *ReqVM) error
+	// op_request) in order; handlers change d or reject the request.
+	Request(ctx context.Context, event string, req *Request, d *Decision) error
+	// RegisterVM fires before VM i of a start is registered; it may set
+	// d.VMs[i].Data. An error keeps that VM from starting.
+	RegisterVM(ctx context.Context, req *Request, d *Decision, i int) error
 	// Notify delivers a notification event. It must not block the caller.
-	Notify(ev Event)
+	Notify(ev api.Event)
 }
 
 // EventWanter is implemented by Hooks that can tell whether any plugin
@@ -183,11 +253,3 @@ type Hooks interface {
 type EventWanter interface {
 	Wants(event string) bool
 }
-
-// Sentinel errors the transport maps to wire error codes.
-var (
-	ErrBadRequest  = errors.New("bad request")
-	ErrNotFound    = errors.New("not found")
-	ErrForbidden   = errors.New("forbidden")
-	ErrUnavailable = errors.New("unavailable")
-)

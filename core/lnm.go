@@ -2,32 +2,35 @@ package core
 
 import (
 	"context"
-	"fmt"
+	"maps"
 	"sync"
 	"time"
+
+	"github.com/usher-vm/usher/api"
 )
 
 // acker batches cached-object updates to one LNM: the controller's update of
 // a cached VM object is the acknowledgement of a state change. A goroutine
-// drains the batch while there is one, so acks never block the controller,
-// and an idle LNM costs no goroutine (there may be ten thousand of them).
+// of the controller drains the batch while there is one, so acks never
+// block the controller, and an idle LNM costs no goroutine (there may be
+// ten thousand of them).
 type acker struct {
 	mu      sync.Mutex
-	vms     map[string]*VM
-	states  map[string]StateUpdate
+	vms     map[string]*api.VM
+	states  map[string]api.StateUpdate
 	forget  map[string]bool
 	running bool // a drain goroutine is running
 	stopped bool
-	link    LNMLink
+	link    api.Node
 	c       *Controller
 	lnm     string
 }
 
-func newAcker(c *Controller, lnm string, link LNMLink) *acker {
-	return &acker{vms: map[string]*VM{}, states: map[string]StateUpdate{}, forget: map[string]bool{}, link: link, c: c, lnm: lnm}
+func newAcker(c *Controller, lnm string, link api.Node) *acker {
+	return &acker{vms: map[string]*api.VM{}, states: map[string]api.StateUpdate{}, forget: map[string]bool{}, link: link, c: c, lnm: lnm}
 }
 
-func (a *acker) add(vms []*VM, states []StateUpdate, forget []string) {
+func (a *acker) add(vms []*api.VM, states []api.StateUpdate, forget []string) {
 	if len(vms) == 0 && len(states) == 0 && len(forget) == 0 {
 		return
 	}
@@ -51,37 +54,53 @@ func (a *acker) add(vms []*VM, states []StateUpdate, forget []string) {
 		delete(a.vms, n)
 		delete(a.states, n)
 	}
-	if !a.running && !a.stopped {
+	if !a.running && !a.stopped && !a.c.closed.Load() {
 		a.running = true
-		go a.run()
+		a.c.goTracked("acknowledgements to "+a.lnm, a.run)
 	}
 }
 
-// run sends what is queued, one receive call at a time, until nothing is.
+// take empties the batch; ok is false when there is nothing to send.
+func (a *acker) take() (recv api.ReceiveArgs, forget []string, ok bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stopped || a.c.closed.Load() || (len(a.vms) == 0 && len(a.states) == 0 && len(a.forget) == 0) {
+		a.running = false
+		return recv, nil, false
+	}
+	recv.VMs = make([]*api.VM, 0, len(a.vms))
+	for _, v := range a.vms {
+		recv.VMs = append(recv.VMs, v)
+	}
+	for _, u := range a.states {
+		recv.States = append(recv.States, u)
+	}
+	for n := range a.forget {
+		forget = append(forget, n)
+	}
+	a.vms = map[string]*api.VM{}
+	a.states = map[string]api.StateUpdate{}
+	a.forget = map[string]bool{}
+	return recv, forget, true
+}
+
+// run sends what is queued, one call at a time, until nothing is.
 func (a *acker) run() {
 	for {
-		a.mu.Lock()
-		if a.stopped || (len(a.vms) == 0 && len(a.states) == 0 && len(a.forget) == 0) {
-			a.running = false
-			a.mu.Unlock()
+		recv, forget, ok := a.take()
+		if !ok {
 			return
 		}
-		args := ReceiveArgs{VMs: make([]*VM, 0, len(a.vms))}
-		for _, v := range a.vms {
-			args.VMs = append(args.VMs, v)
-		}
-		for _, u := range a.states {
-			args.States = append(args.States, u)
-		}
-		for n := range a.forget {
-			args.Forget = append(args.Forget, n)
-		}
-		a.vms = map[string]*VM{}
-		a.states = map[string]StateUpdate{}
-		a.forget = map[string]bool{}
-		a.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := a.link.Receive(ctx, args)
+		stop := context.AfterFunc(ctxOf(a.c.stop), cancel)
+		var err error
+		if len(recv.VMs) > 0 || len(recv.States) > 0 {
+			err = a.link.Receive(ctx, recv)
+		}
+		if err == nil && len(forget) > 0 {
+			err = a.link.Forget(ctx, api.NamesArgs{Names: forget})
+		}
+		stop()
 		cancel()
 		if err != nil {
 			// The LNM re-reports unacknowledged changes on its next scan.
@@ -92,317 +111,406 @@ func (a *acker) run() {
 
 func (a *acker) close() {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	a.stopped = true
-	a.mu.Unlock()
 }
 
-func (c *Controller) ack(lnm string, vms []*VM, forget []string) {
-	c.ackAll(lnm, vms, nil, forget)
+// ctxOf is a context done when ch closes.
+func ctxOf(ch <-chan struct{}) context.Context { return chanCtx(ch) }
+
+type chanCtx <-chan struct{}
+
+func (c chanCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c chanCtx) Done() <-chan struct{}       { return c }
+func (c chanCtx) Value(any) any               { return nil }
+func (c chanCtx) Err() error {
+	select {
+	case <-c:
+		return context.Canceled
+	default:
+		return nil
+	}
 }
+
+// ack sends whole objects to an LNM's cache.
+func (c *Controller) ack(lnm string, vms []*api.VM) { c.ackAll(lnm, vms, nil, nil) }
+
+// forgetOn makes an LNM drop cached objects.
+func (c *Controller) forgetOn(lnm string, names []string) { c.ackAll(lnm, nil, nil, names) }
 
 // ackStates acknowledges state changes of objects the LNM already holds.
-func (c *Controller) ackStates(lnm string, vms []*VM) {
+func (c *Controller) ackStates(lnm string, vms []*api.VM) {
 	if len(vms) == 0 {
 		return
 	}
-	us := make([]StateUpdate, len(vms))
+	us := make([]api.StateUpdate, len(vms))
 	for i, v := range vms {
 		us[i] = stateOf(v)
 	}
 	c.ackAll(lnm, nil, us, nil)
 }
 
-func (c *Controller) ackAll(lnm string, vms []*VM, states []StateUpdate, forget []string) {
+func (c *Controller) ackAll(lnm string, vms []*api.VM, states []api.StateUpdate, forget []string) {
 	if len(vms) == 0 && len(states) == 0 && len(forget) == 0 {
 		return
 	}
-	c.st.mu.RLock()
-	l := c.st.lnms[lnm]
 	var a *acker
-	if l != nil {
-		a = l.acks
-	}
-	c.st.mu.RUnlock()
+	c.st.read(func() {
+		if l := c.st.lnms[lnm]; l != nil {
+			a = l.acks
+		}
+	})
 	if a != nil {
 		a.add(vms, states, forget)
 	}
 }
 
 // AttachLNM records a connected LNM and rebuilds its part of the global
-// state from what it reports (its status, so placement knows its free
-// capacity from the first moment, and each domain on the node with the cached VM
-// object it holds. Managed VMs (names ending in the Usher domain) are
-// adopted, others go on the unmanaged list, VMs the controller expected
-// there but the node lacks become missing. It returns a generation number
-// that DetachLNM must quote, so a stale session cannot detach a newer one.
-func (c *Controller) AttachLNM(ctx context.Context, info NodeInfo, status *NodeStatus, link LNMLink, domains []Domain) (uint64, error) {
-	if err := ValidLabel(info.Name); err != nil {
-		return 0, fmt.Errorf("%w: LNM name: %v", ErrBadRequest, err)
+// state from what it reports: its description and status (so placement
+// knows its capacity from the first moment) and each guest on the node
+// with the cached VM object it holds. A node is believed about its own
+// VMs: those the controller placed there, and, while it registers after a
+// controller restart, the managed VMs it reports (see AdoptMode); others
+// go on the unmanaged list, and a VM another connected node holds is a
+// conflict (kept where it is). VMs the controller expected there but the
+// node lacks become missing. It returns a generation number that
+// DetachLNM must quote, so a stale session cannot detach a newer one.
+func (c *Controller) AttachLNM(ctx context.Context, hello api.Hello, link api.Node, guests []api.Guest) (gen uint64, err error) {
+	if err := c.begin(); err != nil {
+		return 0, err
 	}
-	gen := c.gen.Add(1)
+	defer c.recoverTo(&err, "LNM registration")
+	if err := hello.Validate(); err != nil {
+		return 0, err
+	}
+	info := hello.Node
+	gen = c.gen.Add(1)
 	// The connection event first, then one per VM adopted or changed.
-	evs := make([]Event, 1, 1+len(domains))
-	var acks []*VM
-	states := make([]StateUpdate, 0, len(domains))
+	evs := make([]api.Event, 1, 1+len(guests))
+	var acks []*api.VM
+	states := make([]api.StateUpdate, 0, len(guests))
 	// sync tells the LNM the controller's object for a VM: only the state
 	// part when the LNM's cached object already carries the rest (the
 	// usual case, and after a controller restart every VM of the site).
-	sync := func(vm *VM, cached *VM) {
+	sync := func(vm *api.VM, cached *api.VM) {
 		if cached != nil && sameBody(vm, cached) {
 			states = append(states, stateOf(vm))
 			return
 		}
 		acks = append(acks, vm.Snapshot())
 	}
-	c.st.mu.Lock()
-	l := c.st.lnms[info.Name]
-	if l == nil {
-		l = &lnmRec{vms: map[string]*VM{}}
-		c.st.lnms[info.Name] = l
-	}
-	if l.acks != nil {
-		l.acks.close()
-	}
-	l.lnm.Info = info
-	if status != nil {
-		l.lnm.Status = *status
-	}
-	// While a restarted controller is rebuilding its state, adoptions go
-	// to plugins only: clients reload once when it is whole (EvRecovered)
-	// instead of taking a site's worth of events one VM at a time. Decided
-	// under the lock that inserts them, counting this LNM if it is one of
-	// those awaited: either the gate opens after this (and the clients'
-	// reload lists them) or it already has (and they are published).
-	quiet := c.st.lnmsIn[LNMRecovering] > 0
-	// Quiet adoptions are for plugins alone: none built if none listens.
-	adoptEvents := !quiet || c.pluginsWant(EvStateChanged)
-	l.lnm.State = LNMConnected
-	l.lnm.Since = now()
-	c.st.syncSlotLocked(l)
-	l.link = link
-	l.gen = gen
-	l.acks = newAcker(c, info.Name, link)
-	oldUnmanaged := l.unmanaged
-	l.unmanaged = map[string]*VM{}
-	c.st.unmanaged -= len(oldUnmanaged)
-	if len(l.vms) == 0 && len(domains) > 8 {
-		l.vms = make(map[string]*VM, len(domains)) // after a restart: sized once, not grown
-	}
-	seen := make(map[string]bool, len(domains))
-	for _, d := range domains {
-		seen[d.Name] = true
-		short, owner, managed := ParseFullName(d.Name, c.cfg.Domain)
-		vm := c.st.vms[d.Name]
-		switch {
-		case vm != nil:
-			if vm.LNM != info.Name {
+	adoptEvents := true
+	quiet := false
+	var st api.LNM
+	c.st.write(func() {
+		l := c.st.lnmLocked(info.Name)
+		if l.acks != nil {
+			l.acks.close()
+		}
+		expected := l.lnm.State == api.LNMRecovering
+		adopt := c.cfg.Adopt == AdoptAlways || (c.cfg.Adopt == AdoptRecovery && expected)
+		// Free capacity is the node's size less what its VMs take
+		// (syncSlotLocked): the size may have changed.
+		l.lnm.Info = info
+		l.lnm.Status.Usage, l.lnm.Status.ReportedAt = hello.Status.Usage, hello.Status.ReportedAt
+		// While a restarted controller is rebuilding its state, adoptions go
+		// to plugins only: clients reload once when it is whole (EvRecovered)
+		// instead of taking a site's worth of events one VM at a time. Decided
+		// under the lock that inserts them, counting this LNM if it is one of
+		// those awaited: either the gate opens after this (and the clients'
+		// reload lists them) or it already has (and they are published).
+		quiet = c.st.lnmsIn[api.LNMRecovering] > 0
+		// Quiet adoptions are for plugins alone: none built if none listens.
+		adoptEvents = !quiet || c.pluginsWant(api.EvStateChanged)
+		l.lnm.State = api.LNMConnected
+		l.lnm.Since = now()
+		c.st.syncSlotLocked(l)
+		l.link = link
+		l.gen = gen
+		l.acks = newAcker(c, info.Name, link)
+		oldUnmanaged := c.st.clearUnmanagedLocked(l)
+		c.st.clearConflictsLocked(l)
+		if len(l.vms) == 0 && len(guests) > 8 {
+			l.vms = make(map[string]*api.VM, len(guests)) // after a restart: sized once, not grown
+		}
+		seen := make(map[string]bool, len(guests))
+		for i := range guests {
+			g := &guests[i]
+			if err := g.Validate(); err != nil {
+				c.log.Warn("LNM reported a malformed guest; ignored", "lnm", info.Name, "err", err)
+				continue
+			}
+			if seen[g.Name] {
+				continue
+			}
+			seen[g.Name] = true
+			if g.Cached != nil {
+				if err := api.ValidCached(g.Cached); err != nil || g.Cached.Name != g.Name {
+					c.log.Warn("LNM sent back a malformed cached object; ignored", "lnm", info.Name, "vm", g.Name, "err", err)
+					g.Cached = nil
+				}
+			}
+			short, owner, managed := api.ParseFullName(g.Name, c.cfg.Domain)
+			vm := c.st.vms[g.Name]
+			switch {
+			case vm != nil && vm.LNM != info.Name && c.heldElsewhereLocked(vm):
+				if c.st.setConflictLocked(l, *g, false, vm.LNM) {
+					evs = append(evs, c.conflictEvent(vm, info.Name))
+				}
+			case vm != nil:
 				c.st.moveLocked(vm, info.Name)
-			}
-			if c.st.setStateLocked(vm, d.State, d.Reason) {
-				evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name})
-			}
-			sync(vm, d.Cached)
-		case managed:
-			vm = &VM{Name: d.Name, Short: short, Owner: owner, Cluster: ClusterOf(short), LNM: info.Name,
-				State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs, Version: 1, Created: now()}
-			if cv := d.Cached; cv != nil && cv.Name == d.Name && cv.Owner == owner {
-				// Recovery: the LNM's cached object carries what the name cannot.
-				if ValidLabel(cv.Cluster) == nil {
-					vm.Cluster = cv.Cluster
+				if c.st.setStateLocked(vm, g.State, g.Reason) {
+					evs = append(evs, api.Event{Type: api.EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name})
 				}
-				vm.Data = cloneMap(cv.Data)
-				vm.Request = cv.Request
-				if !cv.Created.IsZero() {
-					vm.Created = cv.Created
+				sync(vm, g.Cached)
+			case managed && adopt:
+				vm = &api.VM{Name: g.Name, Short: short, Owner: owner, Cluster: api.ClusterOf(short), LNM: info.Name,
+					State: g.State, Reason: g.Reason, MemMB: g.MemMB, VCPUs: g.VCPUs, Version: 1, Created: now()}
+				if cv := g.Cached; cv != nil && cv.Owner == owner {
+					// Recovery: the LNM's cached object carries what the name cannot.
+					if cv.Cluster != "" {
+						vm.Cluster = cv.Cluster
+					}
+					vm.Data = maps.Clone(cv.Data)
+					vm.Request = cv.Request
+					if !cv.Created.IsZero() {
+						vm.Created = cv.Created
+					}
+					if cv.Version > 0 && cv.Version < 1<<62 {
+						vm.Version = cv.Version + 1
+					}
 				}
-				if cv.Version > 0 {
-					vm.Version = cv.Version + 1
+				c.st.insertLocked(vm)
+				sync(vm, g.Cached)
+				if adoptEvents {
+					evs = append(evs, api.Event{Type: api.EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name, Detail: c.adopted, PluginsOnly: quiet})
+				}
+			default:
+				added := c.st.setUnmanagedLocked(l, *g)
+				if u := l.unmanaged[g.Name]; u != nil {
+					if prev := oldUnmanaged[g.Name]; prev != nil {
+						u.Created = prev.Created
+					} else if added {
+						if managed {
+							u.Reason = "a managed name the controller has no record of (adoption: " + string(c.cfg.Adopt) + ")"
+						}
+						evs = append(evs, api.Event{Type: api.EvVMUnmanaged, VM: u.Snapshot(), LNM: info.Name})
+					}
 				}
 			}
-			c.st.insertLocked(vm)
-			sync(vm, d.Cached)
-			if adoptEvents {
-				evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name, Detail: c.adopted, PluginsOnly: quiet})
+		}
+		for name, vm := range l.vms {
+			if seen[name] || vm.State == api.StateMigrating {
+				continue
 			}
-		default:
-			u := &VM{Name: d.Name, LNM: info.Name, State: d.State, MemMB: d.MemMB, VCPUs: d.VCPUs, Unmanage: true, Created: now()}
-			if prev := oldUnmanaged[d.Name]; prev != nil {
-				u.Created = prev.Created
-			}
-			l.unmanaged[d.Name] = u
-			if oldUnmanaged[d.Name] == nil {
-				evs = append(evs, Event{Type: EvVMUnmanaged, VM: u.Snapshot(), LNM: info.Name})
+			if c.st.setStateLocked(vm, api.StateMissing, "not found on "+info.Name+" when it reconnected") {
+				evs = append(evs, api.Event{Type: api.EvVMMissing, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name})
 			}
 		}
-	}
-	for name, vm := range l.vms {
-		if seen[name] {
-			continue
-		}
-		if vm.State == StateMigrating {
-			continue
-		}
-		if c.st.setStateLocked(vm, StateMissing, "not found on "+info.Name+" when it reconnected") {
-			evs = append(evs, Event{Type: EvVMMissing, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name})
-		}
-	}
-	c.st.unmanaged += len(l.unmanaged)
-	st := l.lnm
-	c.st.mu.Unlock()
-	evs[0] = Event{Type: EvLNMConnected, LNM: info.Name, Detail: StringMap{"address": st.Info.Address}}
+		st = l.lnm
+	})
+	evs[0] = api.Event{Type: api.EvLNMConnected, LNM: info.Name, Detail: api.StringMap{"address": st.Info.Address}}
 	// A full sync: the LNM's cache becomes exactly these objects.
-	go func() {
+	c.goTracked("sync of "+info.Name, func() {
 		rctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		if err := link.Receive(rctx, ReceiveArgs{VMs: acks, States: states, Sync: true}); err != nil {
-			c.log.Warn("initial receive to LNM failed", "lnm", info.Name, "err", err)
+		defer context.AfterFunc(ctxOf(c.stop), cancel)()
+		if err := link.Sync(rctx, api.ReceiveArgs{VMs: acks, States: states}); err != nil {
+			c.log.Warn("initial sync of an LNM's cache failed", "lnm", info.Name, "err", err)
 		}
-	}()
+	})
 	c.emit(evs...)
 	c.openGateIfWhole()
-	c.log.Info("LNM connected", "lnm", info.Name, "domains", len(domains))
+	c.log.Info("LNM connected", "lnm", info.Name, "guests", len(guests))
 	return gen, nil
 }
 
+// heldElsewhereLocked reports whether vm's own node still holds it: it is
+// connected and the VM is not on its way to another node. Another node's
+// report of it is then a conflict, not a move.
+func (c *Controller) heldElsewhereLocked(vm *api.VM) bool {
+	l := c.st.lnms[vm.LNM]
+	return l != nil && l.lnm.State == api.LNMConnected && vm.State != api.StateMigrating && vm.State != api.StateLost && vm.State != api.StateMissing
+}
+
+func (c *Controller) conflictEvent(vm *api.VM, reporter string) api.Event {
+	c.log.Warn("a node reported a VM another connected node holds; kept where it is", "vm", vm.Name, "holder", vm.LNM, "reporter", reporter)
+	return api.Event{Type: api.EvVMConflict, VM: vm.Snapshot(), LNM: reporter,
+		Detail: api.StringMap{"holder": vm.LNM, "reporter": reporter}}
+}
+
 // stateOf is the state part of v, as an LNM's cached object takes it.
-func stateOf(v *VM) StateUpdate {
-	return StateUpdate{Name: v.Name, State: v.State, Reason: v.Reason, Version: v.Version}
+func stateOf(v *api.VM) api.StateUpdate {
+	return api.StateUpdate{Name: v.Name, State: v.State, Reason: v.Reason, Version: v.Version}
 }
 
 // sameBody reports whether two objects of one VM agree in everything but
 // the state part (state, reason, version) and usage.
-func sameBody(a, b *VM) bool {
-	if a.Name != b.Name || a.Short != b.Short || a.Owner != b.Owner || a.Cluster != b.Cluster || a.LNM != b.LNM ||
-		a.MemMB != b.MemMB || a.VCPUs != b.VCPUs || a.Request != b.Request || a.Unmanage != b.Unmanage ||
-		!a.Created.Equal(b.Created) || len(a.Data) != len(b.Data) {
-		return false
-	}
-	for k, v := range a.Data {
-		if bv, ok := b.Data[k]; !ok || bv != v {
-			return false
-		}
-	}
-	return true
+func sameBody(a, b *api.VM) bool {
+	return a.Name == b.Name && a.Short == b.Short && a.Owner == b.Owner && a.Cluster == b.Cluster && a.LNM == b.LNM &&
+		a.MemMB == b.MemMB && a.VCPUs == b.VCPUs && a.Request == b.Request && a.Unmanage == b.Unmanage &&
+		a.Created.Equal(b.Created) && maps.Equal(a.Data, b.Data)
 }
 
 // DetachLNM marks an LNM disconnected and every VM on it lost; nothing else
-// is assumed about those VMs.
+// is assumed about those VMs. A VM of it that another connected node
+// reported (a conflict) now belongs to that node.
 func (c *Controller) DetachLNM(name string, gen uint64, reason string) {
-	var evs []Event
-	c.st.mu.Lock()
-	l := c.st.lnms[name]
-	if l == nil || l.gen != gen {
-		c.st.mu.Unlock()
+	var evs []api.Event
+	found := false
+	c.st.write(func() {
+		l := c.st.lnms[name]
+		if l == nil || l.gen != gen {
+			return
+		}
+		found = true
+		if l.acks != nil {
+			l.acks.close()
+			l.acks = nil
+		}
+		l.link = nil
+		l.lnm.State = api.LNMDisconnected
+		l.lnm.Since = now()
+		c.st.syncSlotLocked(l)
+		c.st.clearConflictsLocked(l)
+		for _, vm := range l.vms {
+			if vm.State == api.StateLost {
+				continue
+			}
+			if other := c.claimantLocked(vm); other != nil {
+				g := other.conflicts[vm.Name]
+				c.st.setConflictLocked(other, api.Guest{Name: vm.Name}, true, "")
+				c.st.moveLocked(vm, other.lnm.Info.Name)
+				c.st.setStateLocked(vm, g.State, "its node "+name+" failed; "+other.lnm.Info.Name+" runs it")
+				evs = append(evs, api.Event{Type: api.EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: vm.LNM})
+				continue
+			}
+			c.st.setStateLocked(vm, api.StateLost, "LNM "+name+" failed: "+reason)
+			evs = append(evs, api.Event{Type: api.EvVMLost, VM: vm.Snapshot(), User: vm.Owner, LNM: name})
+		}
+	})
+	if !found {
 		return
 	}
-	if l.acks != nil {
-		l.acks.close()
-		l.acks = nil
-	}
-	l.link = nil
-	l.lnm.State = LNMDisconnected
-	l.lnm.Since = now()
-	c.st.syncSlotLocked(l)
-	for _, vm := range l.vms {
-		if vm.State == StateLost {
-			continue
-		}
-		c.st.setStateLocked(vm, StateLost, "LNM "+name+" failed: "+reason)
-		evs = append(evs, Event{Type: EvVMLost, VM: vm.Snapshot(), User: vm.Owner, LNM: name})
-	}
-	c.st.mu.Unlock()
 	c.log.Warn("LNM disconnected; its VMs are lost", "lnm", name, "vms", len(evs), "reason", reason)
-	c.emit(append([]Event{{Type: EvLNMLost, LNM: name, Error: reason}}, evs...)...)
+	c.emit(append([]api.Event{{Type: api.EvLNMDisconnected, LNM: name, Error: reason}}, evs...)...)
 }
 
-// HandleReport applies one frame of an LNM's event stream: state changes of
-// its domains (acknowledged by updating the LNM's cached objects) and usage.
-func (c *Controller) HandleReport(lnm string, gen uint64, r LNMReport) {
-	var evs []Event
-	var acks []*VM
-	c.st.mu.Lock()
-	l := c.st.lnms[lnm]
-	if l == nil || l.gen != gen {
-		c.st.mu.Unlock()
+// claimantLocked returns a connected node that reported vm as a conflict.
+func (c *Controller) claimantLocked(vm *api.VM) *lnmRec {
+	if c.st.conflicts == 0 {
+		return nil
+	}
+	for _, l := range c.st.lnms {
+		if l.lnm.State == api.LNMConnected && l.conflicts[vm.Name] != nil {
+			return l
+		}
+	}
+	return nil
+}
+
+// HandleReport applies one frame of an LNM's report stream: state changes of
+// its guests (acknowledged by updating the LNM's cached objects) and usage.
+// A node is believed only about its own VMs (see AttachLNM).
+func (c *Controller) HandleReport(lnm string, gen uint64, r api.Report) {
+	if c.closed.Load() {
 		return
 	}
-	if r.Node != nil {
-		l.lnm.Status = *r.Node
-		c.st.syncSlotLocked(l)
-	}
-	for name, u := range r.Usage {
-		vm := l.vms[name]
-		if vm == nil {
-			vm = l.unmanaged[name]
+	defer c.logPanic("LNM report from " + lnm)
+	var evs []api.Event
+	var acks []*api.VM
+	c.st.write(func() {
+		l := c.st.lnms[lnm]
+		if l == nil || l.gen != gen {
+			return
 		}
-		if vm == nil {
-			continue
+		if r.Node != nil {
+			l.lnm.Status.Usage, l.lnm.Status.ReportedAt = r.Node.Usage, r.Node.ReportedAt
+			c.st.syncSlotLocked(l)
 		}
-		if vm.Usage == nil {
-			vm.Usage = new(Usage) // reused by every later report
-		}
-		*vm.Usage = u
-	}
-	for _, d := range r.Changes {
-		vm := c.st.vms[d.Name]
-		short, owner, managed := ParseFullName(d.Name, c.cfg.Domain)
-		switch {
-		case vm != nil && vm.LNM != lnm:
-			if vm.State == StateMigrating {
-				continue // the destination reports before the migration is recorded
+		for name, u := range r.Usage {
+			vm := l.vms[name]
+			if vm == nil {
+				vm = l.unmanaged[name]
 			}
-			if d.State == StateMissing || d.State == StateDestroyed {
-				continue // a stale copy on a node the VM left
-			}
-			c.st.moveLocked(vm, lnm)
-			if c.st.setStateLocked(vm, d.State, d.Reason) {
-				evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: lnm})
-			}
-			acks = append(acks, vm.Snapshot())
-		case vm != nil:
-			if vm.State == StateMigrating && d.State != StateMissing {
+			if vm == nil {
 				continue
 			}
-			if d.State == StateMissing || d.State == StateDestroyed {
-				if vm.State == StateStarting || vm.State == StatePending {
-					continue // not booted yet
+			if vm.Usage == nil {
+				vm.Usage = new(api.Usage) // reused by every later report
+			}
+			*vm.Usage = u
+		}
+		for i := range r.Changes {
+			g := r.Changes[i]
+			if err := g.Validate(); err != nil {
+				c.log.Warn("LNM reported a malformed guest; ignored", "lnm", lnm, "err", err)
+				continue
+			}
+			gone := g.State == api.StateMissing || g.State == api.StateDestroyed
+			vm := c.st.vms[g.Name]
+			short, owner, managed := api.ParseFullName(g.Name, c.cfg.Domain)
+			switch {
+			case vm != nil && vm.LNM != lnm:
+				if gone {
+					c.st.setConflictLocked(l, g, true, "")
+					continue // a stale copy on a node the VM left
 				}
-				if c.st.setStateLocked(vm, StateMissing, d.Reason) {
-					evs = append(evs, Event{Type: EvVMMissing, VM: vm.Snapshot(), User: vm.Owner, LNM: lnm})
+				if vm.State == api.StateMigrating {
+					continue // the destination reports before the migration is recorded
+				}
+				if c.heldElsewhereLocked(vm) {
+					if c.st.setConflictLocked(l, g, false, vm.LNM) {
+						evs = append(evs, c.conflictEvent(vm, lnm))
+					}
+					continue
+				}
+				// Its node is gone: the reporter runs it now.
+				c.st.setConflictLocked(l, g, true, "")
+				c.st.moveLocked(vm, lnm)
+				if c.st.setStateLocked(vm, g.State, g.Reason) {
+					evs = append(evs, api.Event{Type: api.EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: lnm})
 				}
 				acks = append(acks, vm.Snapshot())
-				continue
-			}
-			if c.st.setStateLocked(vm, d.State, d.Reason) {
-				evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: lnm})
-			}
-			acks = append(acks, vm.Snapshot())
-		case d.State == StateMissing || d.State == StateDestroyed:
-			if _, ok := l.unmanaged[d.Name]; ok {
-				delete(l.unmanaged, d.Name)
-				c.st.unmanaged--
-			}
-		case managed:
-			vm = &VM{Name: d.Name, Short: short, Owner: owner, Cluster: ClusterOf(short), LNM: lnm, State: d.State,
-				Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs, Version: 1, Created: now()}
-			c.st.insertLocked(vm)
-			acks = append(acks, vm.Snapshot())
-			evs = append(evs, Event{Type: EvStateChanged, VM: vm.Snapshot(), User: owner, LNM: lnm, Detail: c.adopted})
-		default:
-			u := l.unmanaged[d.Name]
-			if u == nil {
-				u = &VM{Name: d.Name, LNM: lnm, Unmanage: true, Created: now()}
-				l.unmanaged[d.Name] = u
-				c.st.unmanaged++
-				u.State, u.MemMB, u.VCPUs = d.State, d.MemMB, d.VCPUs
-				evs = append(evs, Event{Type: EvVMUnmanaged, VM: u.Snapshot(), LNM: lnm})
-			} else {
-				u.State = d.State
+			case vm != nil:
+				if vm.State == api.StateMigrating && g.State != api.StateMissing {
+					continue
+				}
+				if gone {
+					if vm.State == api.StateStarting || vm.State == api.StatePending {
+						continue // not booted yet
+					}
+					if c.st.setStateLocked(vm, api.StateMissing, g.Reason) {
+						evs = append(evs, api.Event{Type: api.EvVMMissing, VM: vm.Snapshot(), User: vm.Owner, LNM: lnm})
+					}
+					acks = append(acks, vm.Snapshot())
+					continue
+				}
+				if c.st.setStateLocked(vm, g.State, g.Reason) {
+					evs = append(evs, api.Event{Type: api.EvStateChanged, VM: vm.Snapshot(), User: vm.Owner, LNM: lnm})
+				}
+				acks = append(acks, vm.Snapshot())
+			case gone:
+				c.st.setUnmanagedLocked(l, api.Guest{Name: g.Name})
+				c.st.setConflictLocked(l, g, true, "")
+			case managed && c.cfg.Adopt == AdoptAlways:
+				vm = &api.VM{Name: g.Name, Short: short, Owner: owner, Cluster: api.ClusterOf(short), LNM: lnm, State: g.State,
+					Reason: g.Reason, MemMB: g.MemMB, VCPUs: g.VCPUs, Version: 1, Created: now()}
+				c.st.insertLocked(vm)
+				acks = append(acks, vm.Snapshot())
+				evs = append(evs, api.Event{Type: api.EvStateChanged, VM: vm.Snapshot(), User: owner, LNM: lnm, Detail: c.adopted})
+			default:
+				if c.st.setUnmanagedLocked(l, g) {
+					u := l.unmanaged[g.Name]
+					if managed {
+						u.Reason = "a managed name the controller has no record of (adoption: " + string(c.cfg.Adopt) + ")"
+					}
+					evs = append(evs, api.Event{Type: api.EvVMUnmanaged, VM: u.Snapshot(), LNM: lnm})
+				}
 			}
 		}
-	}
-	c.st.mu.Unlock()
-	c.ack(lnm, acks, nil)
+	})
+	c.ack(lnm, acks)
 	c.emit(evs...)
 }
 
@@ -412,22 +520,22 @@ func (c *Controller) HandleReport(lnm string, gen uint64, r LNMReport) {
 
 type future struct {
 	done chan struct{}
-	res  *Result
+	res  *api.Result
 	err  error
 	at   time.Time
 }
 
-func (f *future) finish(r *Result, err error) {
+func (f *future) finish(r *api.Result, err error) {
 	f.res, f.err = r, err
 	close(f.done)
 }
 
-func (f *future) wait(ctx context.Context) (*Result, error) {
+func (f *future) wait(ctx context.Context) (*api.Result, error) {
 	select {
 	case <-f.done:
 		return f.res, f.err
 	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: waiting for the first attempt of this request: %v", ErrUnavailable, ctx.Err())
+		return nil, api.Errorf(api.ErrUnavailable, "waiting for the first attempt of this request: %v", ctx.Err())
 	}
 }
 
@@ -463,46 +571,45 @@ func (c *idemCache) begin(key string) (*future, bool) {
 // recovering: they are listed, and they get a grace period to reconnect
 // before any is declared failed (see EndGrace), so a restart never marks the
 // whole site failed at once.
-func (c *Controller) ExpectLNMs(infos []NodeInfo) {
+func (c *Controller) ExpectLNMs(infos []api.NodeInfo) {
 	c.recMu.Lock()
 	if c.recovered == nil && len(infos) > 0 {
 		c.recovered = make(chan struct{})
 	}
 	c.recMu.Unlock()
 	defer c.openGateIfWhole()
-	c.st.mu.Lock()
-	defer c.st.mu.Unlock()
-	for _, info := range infos {
-		if ValidLabel(info.Name) != nil {
-			continue
+	c.st.write(func() {
+		for _, info := range infos {
+			if api.ValidLabel(info.Name) != nil {
+				continue
+			}
+			if _, ok := c.st.lnms[info.Name]; ok {
+				continue
+			}
+			l := c.st.lnmLocked(info.Name)
+			l.lnm = api.LNM{Info: info, State: api.LNMRecovering, Since: now()}
+			c.st.syncSlotLocked(l)
 		}
-		if _, ok := c.st.lnms[info.Name]; ok {
-			continue
-		}
-		l := &lnmRec{vms: map[string]*VM{}, unmanaged: map[string]*VM{},
-			lnm: LNM{Info: info, State: LNMRecovering, Since: now()}}
-		c.st.lnms[info.Name] = l
-		c.st.syncSlotLocked(l)
-	}
+	})
 }
 
 // EndGrace declares every LNM still recovering failed.
 func (c *Controller) EndGrace() []string {
 	var failed []string
-	c.st.mu.Lock()
-	for name, l := range c.st.lnms {
-		if l.lnm.State == LNMRecovering {
-			l.lnm.State = LNMDisconnected
-			l.lnm.Since = now()
-			c.st.syncSlotLocked(l)
-			failed = append(failed, name)
+	c.st.write(func() {
+		for name, l := range c.st.lnms {
+			if l.lnm.State == api.LNMRecovering {
+				l.lnm.State = api.LNMDisconnected
+				l.lnm.Since = now()
+				c.st.syncSlotLocked(l)
+				failed = append(failed, name)
+			}
 		}
-	}
-	c.st.mu.Unlock()
+	})
 	c.openGateIfWhole()
-	var evs []Event
+	var evs []api.Event
 	for _, n := range failed {
-		evs = append(evs, Event{Type: EvLNMLost, LNM: n, Error: "did not reconnect within the grace period after a controller restart"})
+		evs = append(evs, api.Event{Type: api.EvLNMDisconnected, LNM: n, Error: "did not reconnect within the grace period after a controller restart"})
 	}
 	c.emit(evs...)
 	return failed

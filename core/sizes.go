@@ -1,6 +1,6 @@
 package core
 
-import "strings"
+import "github.com/usher-vm/usher/api"
 
 // SizeHint is how big the state was: a restarted controller reserves its
 // indices for it before the site registers, instead of growing maps of a
@@ -59,35 +59,39 @@ func (s *State) Reserve(h SizeHint) {
 	if len(s.vms) > 0 || h.VMs <= 0 || h.VMs > hintMaxVMs {
 		return
 	}
-	s.vms = make(map[string]*VM, h.VMs)
+	s.vms = make(map[string]*api.VM, h.VMs)
 	fits := func(n int) bool { return n >= HintMinVMs && n <= h.VMs }
 	s.ownerHint, s.clusterHint = map[string]int{}, map[clusterKey]int{}
 	for o, n := range h.Owners {
-		if fits(n) && len(s.ownerHint) < hintMaxEntries && ValidLabel(o) == nil {
+		if fits(n) && len(s.ownerHint) < hintMaxEntries && api.ValidLabel(o) == nil {
 			s.ownerHint[o] = n
 		}
 	}
 	for k, n := range h.Clusters {
-		o, c, ok := strings.Cut(k, "/")
-		if fits(n) && ok && len(s.clusterHint) < hintMaxEntries && ValidLabel(o) == nil && ValidLabel(c) == nil {
+		o, c, ok := clusterOwner(k)
+		if fits(n) && ok && len(s.clusterHint) < hintMaxEntries && api.ValidLabel(o) == nil && api.ValidLabel(c) == nil {
 			s.clusterHint[clusterKey{o, c}] = n
 		}
 	}
 }
 
 // ownerMapLocked makes an owner's VM map, sized by the hint if any.
-func (s *State) ownerMapLocked(owner string) map[string]*VM {
+func (s *State) ownerMapLocked(owner string) map[string]*api.VM {
 	n := s.ownerHint[owner]
 	delete(s.ownerHint, owner)
-	return make(map[string]*VM, n)
+	return make(map[string]*api.VM, n)
 }
 
 // clusterMapLocked makes a cluster's VM map, sized by the hint if any.
-func (s *State) clusterMapLocked(k clusterKey) map[string]*VM {
+func (s *State) clusterMapLocked(k clusterKey) map[string]*api.VM {
 	n := s.clusterHint[k]
 	delete(s.clusterHint, k)
-	return make(map[string]*VM, n)
+	return make(map[string]*api.VM, n)
 }
 
-// dropHintsLocked forgets what was not used (the site is whole).
-func (s *State) dropHintsLocked() { s.ownerHint, s.clusterHint = nil, nil }
+// dropHints forgets what was not used (the site is whole).
+func (s *State) dropHints() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ownerHint, s.clusterHint = nil, nil
+}

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"testing"
+
+	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/api/apitest"
 )
 
 // attachSite registers lnms LNMs of perLNM VMs each: owner u<i%4>, one
@@ -13,15 +16,16 @@ func attachSite(tb testing.TB, c *Controller, lnms, perLNM int) {
 	tb.Helper()
 	for l := 0; l < lnms; l++ {
 		node := fmt.Sprintf("n%d", l)
-		doms := make([]Domain, perLNM)
+		doms := make([]api.Guest, perLNM)
 		for i := range doms {
 			short := fmt.Sprintf("c%dx%d", l, i+1)
 			owner := fmt.Sprintf("u%d", l%4)
-			name := FullName(short, owner, "usher.test")
-			doms[i] = Domain{Name: name, State: StateRunning,
-				Cached: &VM{Name: name, Short: short, Owner: owner, Cluster: fmt.Sprintf("c%d", l), LNM: node, State: StateRunning, Version: 1}}
+			name := api.FullName(short, owner, "usher.test")
+			doms[i] = api.Guest{Name: name, State: api.StateRunning,
+				Cached: &api.VM{Name: name, Short: short, Owner: owner, Cluster: fmt.Sprintf("c%d", l), LNM: node, State: api.StateRunning, Version: 1}}
 		}
-		if _, err := c.AttachLNM(context.Background(), NodeInfo{Name: node}, nil, &syncLink{got: make(chan ReceiveArgs, 1)}, doms); err != nil {
+		c.ExpectLNMs([]api.NodeInfo{{Name: node}})
+		if _, err := c.AttachLNM(context.Background(), api.Hello{Node: api.NodeInfo{Name: node}}, apitest.NewNode(node), doms); err != nil {
 			tb.Fatal(err)
 		}
 	}

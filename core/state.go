@@ -1,50 +1,61 @@
 package core
 
 import (
+	"maps"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/usher-vm/usher/api"
 )
 
 type clusterKey struct{ owner, name string }
 
 type clusterRec struct {
-	vms  map[string]*VM
+	vms  map[string]*api.VM
 	next int // next index handed out for <cluster><index> names
 }
 
 type lnmRec struct {
-	lnm       LNM
-	link      LNMLink
+	lnm       api.LNM
+	link      api.Node
 	gen       uint64
-	vms       map[string]*VM
-	unmanaged map[string]*VM
+	vms       map[string]*api.VM
+	unmanaged map[string]*api.VM
+	// conflicts are VMs this node reported that another connected node
+	// holds: the copy it reported, kept out of the VM index.
+	conflicts map[string]*api.VM
 	acks      *acker
 	slot      int // 1 + its index in State.slots (0: none yet)
+	// What the node's VMs take of it (see consumes), kept by every
+	// change: its free capacity is its size less this.
+	usedMem, usedCPUs, active int
 }
 
 // State is the controller's global state: running VMs, LNMs, virtual
-// clusters and the lost, missing and unmanaged lists, with indices so that
-// no request scans every VM. All fields are guarded by mu.
+// clusters and the lost, missing, unmanaged and conflict lists, with
+// indices so that no request scans every VM. All fields are guarded by mu,
+// which is always released with defer (a panic leaves it free). Check
+// verifies every index and count against the VMs.
 type State struct {
 	mu       sync.RWMutex
 	domain   string
-	vms      map[string]*VM
-	owners   map[string]map[string]*VM
+	vms      map[string]*api.VM
+	owners   map[string]map[string]*api.VM
 	clusters map[clusterKey]*clusterRec
 	lnms     map[string]*lnmRec
-	slots    []LNM // what LNM queries read, one scan (see syncSlotLocked)
-	lost     map[string]*VM
-	missing  map[string]*VM
-	requests map[string][]*VM // owner\x00request id → VMs it created
-	running  int              // VMs in state running: kept by insert, remove and setState, so Counts is O(1)
+	slots    []api.LNM // what LNM queries read, one scan (see syncSlotLocked)
+	lost     map[string]*api.VM
+	missing  map[string]*api.VM
+	requests map[string][]*api.VM // owner\x00request id → VMs it created
+	running  int                  // VMs in state running: kept by insert, remove and setState, so Counts is O(1)
 	// LNMs in each state, kept by syncSlotLocked: whether a restarted
 	// controller is whole again is asked at every registration.
-	lnmsIn    map[LNMState]int
+	lnmsIn    map[api.LNMState]int
 	unmanaged int // entries of all LNMs' unmanaged lists
+	conflicts int // entries of all LNMs' conflict lists
 	// Sizes reserved for owners' and clusters' maps after a restart (see
 	// Reserve), taken when their first VM is inserted.
 	ownerHint   map[string]int
@@ -54,36 +65,73 @@ type State struct {
 func newState(domain string) *State {
 	return &State{
 		domain:   domain,
-		vms:      map[string]*VM{},
-		owners:   map[string]map[string]*VM{},
+		vms:      map[string]*api.VM{},
+		owners:   map[string]map[string]*api.VM{},
 		clusters: map[clusterKey]*clusterRec{},
 		lnms:     map[string]*lnmRec{},
-		lost:     map[string]*VM{},
-		missing:  map[string]*VM{},
-		requests: map[string][]*VM{},
-		lnmsIn:   map[LNMState]int{},
+		lost:     map[string]*api.VM{},
+		missing:  map[string]*api.VM{},
+		requests: map[string][]*api.VM{},
+		lnmsIn:   map[api.LNMState]int{},
 	}
 }
 
-// indexOf parses the trailing index of short relative to cluster.
-func indexOf(short, cluster string) (int, bool) {
-	if !strings.HasPrefix(short, cluster) {
-		return 0, false
-	}
-	n, err := strconv.Atoi(short[len(cluster):])
-	if err != nil || n < 0 {
-		return 0, false
-	}
-	return n, true
+// write runs f under the write lock; read under the read lock.
+func (s *State) write(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f()
 }
 
-// insertLocked adds a VM to every index. The caller holds mu.
-func (s *State) insertLocked(vm *VM) bool {
+func (s *State) read(f func()) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	f()
+}
+
+// consumes reports whether a VM in state st takes its node's memory and
+// CPUs: from the moment it is registered (so placement of the next request
+// sees them taken) until it is shut off, hibernated, destroyed, failed or
+// gone. A lost VM's node is disconnected: its capacity is not offered.
+func consumes(st api.VMState) bool {
+	switch st {
+	case api.StatePending, api.StateStarting, api.StateRunning, api.StatePaused, api.StateMigrating, api.StateLost:
+		return true
+	}
+	return false
+}
+
+// chargeLocked adds (sign 1) or gives back (-1) what vm takes of node l.
+func (s *State) chargeLocked(l *lnmRec, vm *api.VM, sign int) {
+	if l == nil || !consumes(vm.State) {
+		return
+	}
+	l.usedMem += sign * vm.MemMB
+	l.usedCPUs += sign * vm.VCPUs
+	l.active += sign
+	s.syncSlotLocked(l)
+}
+
+// lnmLocked returns the record of a node, making an empty one (an
+// expected node's, until it registers).
+func (s *State) lnmLocked(name string) *lnmRec {
+	l := s.lnms[name]
+	if l == nil {
+		l = &lnmRec{vms: map[string]*api.VM{}, unmanaged: map[string]*api.VM{}, conflicts: map[string]*api.VM{}}
+		l.lnm.Info.Name = name
+		s.lnms[name] = l
+	}
+	return l
+}
+
+// insertLocked adds a VM to every index. The caller holds mu; vm.LNM
+// names a known node.
+func (s *State) insertLocked(vm *api.VM) bool {
 	if _, ok := s.vms[vm.Name]; ok {
 		return false
 	}
 	s.vms[vm.Name] = vm
-	if vm.State == StateRunning {
+	if vm.State == api.StateRunning {
 		s.running++
 	}
 	o := s.owners[vm.Owner]
@@ -99,20 +147,12 @@ func (s *State) insertLocked(vm *VM) bool {
 		s.clusters[k] = c
 	}
 	c.vms[vm.Name] = vm
-	if n, ok := indexOf(vm.Short, vm.Cluster); ok && n >= c.next {
+	if n, ok := api.ClusterIndex(vm.Short, vm.Cluster); ok && n >= c.next && n < 1<<40 {
 		c.next = n + 1
 	}
-	if l := s.lnms[vm.LNM]; l != nil {
-		l.vms[vm.Name] = vm
-		if vm.State == StateStarting {
-			// Reserve the capacity now: placement of the next request
-			// must not see it free before the LNM's next report.
-			l.lnm.Status.FreeMemMB -= vm.MemMB
-			l.lnm.Status.FreeVCPUs -= vm.VCPUs
-			l.lnm.Status.VMs++
-			s.syncSlotLocked(l)
-		}
-	}
+	l := s.lnmLocked(vm.LNM)
+	l.vms[vm.Name] = vm
+	s.chargeLocked(l, vm, 1)
 	s.trackListsLocked(vm)
 	if vm.Request != "" {
 		k := vm.Owner + "\x00" + vm.Request
@@ -121,9 +161,13 @@ func (s *State) insertLocked(vm *VM) bool {
 	return true
 }
 
-// removeLocked deletes a VM from every index.
-func (s *State) removeLocked(vm *VM) {
-	if s.vms[vm.Name] == vm && vm.State == StateRunning {
+// removeLocked deletes a VM from every index and gives back what it took
+// of its node.
+func (s *State) removeLocked(vm *api.VM) {
+	if s.vms[vm.Name] != vm {
+		return
+	}
+	if vm.State == api.StateRunning {
 		s.running--
 	}
 	delete(s.vms, vm.Name)
@@ -142,28 +186,15 @@ func (s *State) removeLocked(vm *VM) {
 	}
 	if l := s.lnms[vm.LNM]; l != nil {
 		delete(l.vms, vm.Name)
-		switch vm.State {
-		case StateStarting, StateFailed, StateDestroyed:
-			// give back what insertLocked reserved or the VM used; the
-			// LNM's next report corrects any estimate
-			l.lnm.Status.FreeMemMB += vm.MemMB
-			l.lnm.Status.FreeVCPUs += vm.VCPUs
-			if l.lnm.Status.VMs > 0 {
-				l.lnm.Status.VMs--
-			}
-			s.syncSlotLocked(l)
-		}
+		s.chargeLocked(l, vm, -1)
 	}
 	delete(s.lost, vm.Name)
 	delete(s.missing, vm.Name)
 	if vm.Request != "" {
 		k := vm.Owner + "\x00" + vm.Request
 		list := s.requests[k]
-		for i, v := range list {
-			if v == vm {
-				list = append(list[:i], list[i+1:]...)
-				break
-			}
+		if i := slices.Index(list, vm); i >= 0 {
+			list = slices.Delete(list, i, i+1)
 		}
 		if len(list) == 0 {
 			delete(s.requests, k)
@@ -174,68 +205,149 @@ func (s *State) removeLocked(vm *VM) {
 }
 
 // moveLocked re-homes a VM on another LNM.
-func (s *State) moveLocked(vm *VM, lnm string) {
+func (s *State) moveLocked(vm *api.VM, lnm string) {
+	if vm.LNM == lnm {
+		return
+	}
 	if l := s.lnms[vm.LNM]; l != nil {
 		delete(l.vms, vm.Name)
+		s.chargeLocked(l, vm, -1)
 	}
 	vm.LNM = lnm
-	if l := s.lnms[lnm]; l != nil {
-		l.vms[vm.Name] = vm
-	}
+	l := s.lnmLocked(lnm)
+	l.vms[vm.Name] = vm
+	s.chargeLocked(l, vm, 1)
 }
 
-// setStateLocked changes a VM's state, keeping the lost/missing lists.
-// It reports whether anything changed.
-func (s *State) setStateLocked(vm *VM, st VMState, reason string) bool {
+// setStateLocked changes a VM's state, keeping the lists, counts and its
+// node's capacity. It reports whether anything changed.
+func (s *State) setStateLocked(vm *api.VM, st api.VMState, reason string) bool {
 	if vm.State == st && vm.Reason == reason {
 		return false
 	}
-	if s.vms[vm.Name] == vm {
-		if vm.State == StateRunning {
+	indexed := s.vms[vm.Name] == vm
+	if indexed {
+		if vm.State == api.StateRunning {
 			s.running--
 		}
-		if st == StateRunning {
+		if st == api.StateRunning {
 			s.running++
 		}
+	}
+	var l *lnmRec
+	if indexed && consumes(vm.State) != consumes(st) {
+		l = s.lnms[vm.LNM]
+		s.chargeLocked(l, vm, -1)
 	}
 	vm.State = st
 	vm.Reason = reason
 	vm.Version++
-	s.trackListsLocked(vm)
+	s.chargeLocked(l, vm, 1)
+	if indexed {
+		s.trackListsLocked(vm)
+	}
 	return true
 }
 
-func (s *State) trackListsLocked(vm *VM) {
-	if vm.State == StateLost {
+func (s *State) trackListsLocked(vm *api.VM) {
+	if vm.State == api.StateLost {
 		s.lost[vm.Name] = vm
 	} else {
 		delete(s.lost, vm.Name)
 	}
-	if vm.State == StateMissing {
+	if vm.State == api.StateMissing {
 		s.missing[vm.Name] = vm
 	} else {
 		delete(s.missing, vm.Name)
 	}
 }
 
-// allocLocked reserves count fresh short names in a cluster.
-func (s *State) allocLocked(owner, cluster string, count int) []string {
+// setUnmanagedLocked records (or with st "" removes) an unmanaged guest of
+// node l, keeping the capacity it takes.
+func (s *State) setUnmanagedLocked(l *lnmRec, g api.Guest) (added bool) {
+	u := l.unmanaged[g.Name]
+	if u != nil {
+		s.chargeLocked(l, u, -1)
+	}
+	if g.State == "" || g.State == api.StateMissing || g.State == api.StateDestroyed {
+		if u != nil {
+			delete(l.unmanaged, g.Name)
+			s.unmanaged--
+		}
+		return false
+	}
+	if u == nil {
+		u = &api.VM{Name: g.Name, LNM: l.lnm.Info.Name, Unmanage: true, Created: now()}
+		l.unmanaged[g.Name] = u
+		s.unmanaged++
+		added = true
+	}
+	u.State, u.Reason, u.MemMB, u.VCPUs = g.State, g.Reason, g.MemMB, g.VCPUs
+	s.chargeLocked(l, u, 1)
+	return added
+}
+
+// clearUnmanagedLocked drops node l's unmanaged list.
+func (s *State) clearUnmanagedLocked(l *lnmRec) map[string]*api.VM {
+	old := l.unmanaged
+	for _, u := range old {
+		s.chargeLocked(l, u, -1)
+	}
+	s.unmanaged -= len(old)
+	l.unmanaged = map[string]*api.VM{}
+	return old
+}
+
+// setConflictLocked records (or with gone, removes) node l's copy of a VM
+// another connected node holds. It reports whether it is new.
+func (s *State) setConflictLocked(l *lnmRec, g api.Guest, gone bool, holder string) bool {
+	old := l.conflicts[g.Name]
+	if gone {
+		if old != nil {
+			delete(l.conflicts, g.Name)
+			s.conflicts--
+		}
+		return false
+	}
+	added := old == nil
+	if added {
+		old = &api.VM{Name: g.Name, LNM: l.lnm.Info.Name, Created: now()}
+		l.conflicts[g.Name] = old
+		s.conflicts++
+	}
+	old.State, old.MemMB, old.VCPUs = g.State, g.MemMB, g.VCPUs
+	old.Reason = "reported by " + l.lnm.Info.Name + " while " + holder + " holds it"
+	return added
+}
+
+// clearConflictsLocked drops node l's conflict list.
+func (s *State) clearConflictsLocked(l *lnmRec) {
+	s.conflicts -= len(l.conflicts)
+	l.conflicts = map[string]*api.VM{}
+}
+
+// allocLocked reserves count fresh short names in a cluster. It fails when
+// the names would not fit a DNS label.
+func (s *State) allocLocked(owner, cluster string, count int) ([]string, bool) {
 	k := clusterKey{owner, cluster}
 	c := s.clusters[k]
 	if c == nil {
-		c = &clusterRec{vms: map[string]*VM{}, next: 1}
+		c = &clusterRec{vms: map[string]*api.VM{}, next: 1}
 		s.clusters[k] = c
+	}
+	if !api.IndexFits(cluster, c.next+count) {
+		return nil, false
 	}
 	out := make([]string, 0, count)
 	for len(out) < count {
 		short := cluster + strconv.Itoa(c.next)
 		c.next++
-		if _, taken := s.vms[FullName(short, owner, s.domain)]; taken {
+		if _, taken := s.vms[api.FullName(short, owner, s.domain)]; taken {
 			continue
 		}
 		out = append(out, short)
 	}
-	return out
+	return out, true
 }
 
 // dropEmptyClusterLocked forgets a cluster record that allocation created
@@ -248,16 +360,16 @@ func (s *State) dropEmptyClusterLocked(owner, cluster string) {
 }
 
 // cloneVMs copies the VMs of m that keep accepts, in no order; the caller
-// holds mu (for reading) and sorts the copies with sortVMs after releasing
-// it, so a long list does not hold writers off while it is sorted.
-func cloneVMs(m map[string]*VM, withUsage bool, keep func(*VM) bool) []*VM {
-	out := make([]*VM, 0, len(m))
+// holds mu (for reading) and sorts the copies after releasing it, so a long
+// list does not hold writers off while it is sorted.
+func cloneVMs(m map[string]*api.VM, withUsage bool, keep func(*api.VM) bool) []*api.VM {
+	out := make([]*api.VM, 0, len(m))
 	for _, v := range m {
 		if keep != nil && !keep(v) {
 			continue
 		}
 		c := *v
-		c.Data = cloneMap(v.Data)
+		c.Data = maps.Clone(v.Data)
 		c.Usage = nil
 		if withUsage && v.Usage != nil {
 			u := *v.Usage
@@ -268,391 +380,14 @@ func cloneVMs(m map[string]*VM, withUsage bool, keep func(*VM) bool) []*VM {
 	return out
 }
 
-// SortVMs orders VMs as list replies are: by owner, cluster, then natural
-// index, then name (for a list put together from pages).
-func SortVMs(vms []*VM) { sortVMs(vms) }
-
-// sortVMs orders VMs by owner, cluster, then natural index (web2 before
-// web10), then name. Owners and clusters are ranked once and indexes
-// parsed once, so a list of a million VMs sorts on integers.
-func sortVMs(vms []*VM) {
-	if len(vms) < 2 {
-		return
-	}
-	type key struct {
-		owner, cluster int32
-		idx            int
-		ok             bool
-		v              *VM
-	}
-	owners, clusters := map[string]int32{}, map[string]int32{}
-	for _, v := range vms {
-		owners[v.Owner] = 0
-		clusters[v.Cluster] = 0
-	}
-	rank := func(m map[string]int32) {
-		names := make([]string, 0, len(m))
-		for n := range m {
-			names = append(names, n)
-		}
-		slices.Sort(names)
-		for i, n := range names {
-			m[n] = int32(i)
-		}
-	}
-	rank(owners)
-	rank(clusters)
-	keys := make([]key, len(vms))
-	for i, v := range vms {
-		n, ok := indexOf(v.Short, v.Cluster)
-		keys[i] = key{owners[v.Owner], clusters[v.Cluster], n, ok, v}
-	}
-	slices.SortFunc(keys, func(a, b key) int {
-		if a.owner != b.owner {
-			return int(a.owner - b.owner)
-		}
-		if a.cluster != b.cluster {
-			return int(a.cluster - b.cluster)
-		}
-		if a.ok && b.ok && a.idx != b.idx {
-			if a.idx < b.idx {
-				return -1
-			}
-			return 1
-		}
-		return strings.Compare(a.v.Name, b.v.Name)
-	})
-	for i := range keys {
-		vms[i] = keys[i].v
-	}
-}
-
-// --- StateView implementation ---
-
-// VM implements StateView.
-func (s *State) VM(name string) (*VM, bool) {
+// CountIn counts the LNMs in one connection state.
+func (s *State) CountIn(st api.LNMState) int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	v, ok := s.vms[name]
-	if !ok {
-		return nil, false
-	}
-	return v.Clone(), true
-}
-
-// VMsOf implements StateView.
-func (s *State) VMsOf(owner, cluster string) []*VM {
-	s.mu.RLock()
-	m := s.owners[owner]
-	if cluster != "" {
-		m = nil
-		if c := s.clusters[clusterKey{owner, cluster}]; c != nil {
-			m = c.vms
-		}
-	}
-	if m == nil {
-		s.mu.RUnlock()
-		return nil
-	}
-	out := cloneVMs(m, true, nil)
-	s.mu.RUnlock()
-	sortVMs(out)
-	return out
-}
-
-// VMsOn implements StateView.
-func (s *State) VMsOn(lnm string) []*VM {
-	s.mu.RLock()
-	l := s.lnms[lnm]
-	if l == nil {
-		s.mu.RUnlock()
-		return nil
-	}
-	out := cloneVMs(l.vms, true, nil)
-	s.mu.RUnlock()
-	sortVMs(out)
-	return out
-}
-
-// CountOf implements StateView.
-func (s *State) CountOf(owner string) int {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return len(s.owners[owner])
-}
-
-// LNM implements StateView.
-func (s *State) LNM(name string) (*LNM, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	l := s.lnms[name]
-	if l == nil {
-		return nil, false
-	}
-	c := l.lnm
-	return &c, true
-}
-
-// connected reports whether the named LNM is known and connected (a
-// per-VM check on the start path: no copy of the record).
-func (s *State) connected(name string) bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	l := s.lnms[name]
-	return l != nil && l.lnm.State == LNMConnected
-}
-
-// LNMs implements StateView.
-func (s *State) LNMs() []*LNM {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	out := make([]*LNM, 0, len(s.lnms))
-	for _, l := range s.lnms {
-		c := l.lnm
-		out = append(out, &c)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Info.Name < out[j].Info.Name })
-	return out
-}
-
-// Clusters implements StateView.
-func (s *State) Clusters(owner string) []Cluster {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	var out []Cluster
-	for k, c := range s.clusters {
-		if (owner != "" && k.owner != owner) || len(c.vms) == 0 {
-			continue
-		}
-		cl := Cluster{Name: k.name, Owner: k.owner}
-		vms := cloneVMs(c.vms, false, nil)
-		sortVMs(vms)
-		for _, v := range vms {
-			cl.VMs = append(cl.VMs, v.Name)
-		}
-		out = append(out, cl)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Owner != out[j].Owner {
-			return out[i].Owner < out[j].Owner
-		}
-		return out[i].Name < out[j].Name
-	})
-	return out
-}
-
-// Domain implements StateView.
-func (s *State) Domain() string { return s.domain }
-
-// Counts summarises the state (for status and benchmarks).
-type Counts struct {
-	VMs       int `json:"vms"`
-	Running   int `json:"running"`
-	Lost      int `json:"lost"`
-	Missing   int `json:"missing"`
-	Unmanaged int `json:"unmanaged"`
-	LNMs      int `json:"lnms"`
-	Connected int `json:"connected"`
-	Clusters  int `json:"clusters"`
-}
-
-// Counts returns the sizes of the state's lists.
-func (s *State) Counts() Counts {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	c := Counts{VMs: len(s.vms), Lost: len(s.lost), Missing: len(s.missing), LNMs: len(s.lnms), Clusters: len(s.clusters),
-		Connected: s.lnmsIn[LNMConnected], Unmanaged: s.unmanaged}
-	c.Running = s.running
-	return c
+	return s.lnmsIn[st]
 }
 
 func now() time.Time { return time.Now().UTC() }
 
-// LNMQuery selects placement candidates without copying every LNM.
-type LNMQuery struct {
-	Connected bool   // only connected LNMs
-	MemMB     int    // only LNMs with at least this much free memory
-	VCPUs     int    // and this many free vCPUs
-	OrderBy   string // "load" (1-minute CPU per core, then free memory), "free_mem", "vms", or "" (name)
-	Limit     int    // at most this many (0: all)
-	Names     []string
-}
-
-func lnmKey(l *LNM, by string) float64 {
-	switch by {
-	case "load":
-		cpus := l.Info.CPUs
-		if cpus < 1 {
-			cpus = 1
-		}
-		// ties (idle nodes) go to the one with more free memory
-		return l.Status.Usage.CPU.M1/float64(cpus) - float64(l.Status.FreeMemMB)*1e-12
-	case "free_mem":
-		return -float64(l.Status.FreeMemMB)
-	case "vms":
-		return float64(l.Status.VMs)
-	}
-	return 0
-}
-
-// match reports whether an LNM passes the query's filters.
-func (q LNMQuery) match(l *LNM, only map[string]bool) bool {
-	if only != nil && !only[l.Info.Name] {
-		return false
-	}
-	if q.Connected && l.State != LNMConnected {
-		return false
-	}
-	return l.Status.FreeMemMB >= q.MemMB && l.Status.FreeVCPUs >= q.VCPUs
-}
-
-func (q LNMQuery) names() map[string]bool {
-	if len(q.Names) == 0 {
-		return nil
-	}
-	only := make(map[string]bool, len(q.Names))
-	for _, n := range q.Names {
-		only[n] = true
-	}
-	return only
-}
-
-// ranked is an LNM with its sort key computed once.
-type ranked struct {
-	key float64
-	l   *LNM
-}
-
-func rankedCmp(a, b ranked) int {
-	if a.key != b.key {
-		if a.key < b.key {
-			return -1
-		}
-		return 1
-	}
-	return strings.Compare(a.l.Info.Name, b.l.Info.Name)
-}
-
-// selector keeps the best LNMs of a query as they are offered: all of
-// them, or with a limit only the best Limit in a bounded max-heap, so a
-// query for the ten least loaded of 10,000 nodes costs O(n log 10), not a
-// sort of all n.
-type selector struct {
-	q LNMQuery
-	h []ranked
-}
-
-func (s *selector) add(l *LNM) {
-	r := ranked{lnmKey(l, s.q.OrderBy), l}
-	if s.q.Limit <= 0 || len(s.h) < s.q.Limit {
-		s.h = append(s.h, r)
-		if s.q.Limit > 0 {
-			s.up(len(s.h) - 1)
-		}
-		return
-	}
-	if rankedCmp(r, s.h[0]) >= 0 {
-		return // worse than the worst kept
-	}
-	s.h[0] = r
-	s.down(0)
-}
-
-// up and down keep h a max-heap (the worst kept LNM at h[0]).
-func (s *selector) up(i int) {
-	for i > 0 {
-		p := (i - 1) / 2
-		if rankedCmp(s.h[i], s.h[p]) <= 0 {
-			return
-		}
-		s.h[i], s.h[p] = s.h[p], s.h[i]
-		i = p
-	}
-}
-
-func (s *selector) down(i int) {
-	for {
-		l, r, m := 2*i+1, 2*i+2, i
-		if l < len(s.h) && rankedCmp(s.h[l], s.h[m]) > 0 {
-			m = l
-		}
-		if r < len(s.h) && rankedCmp(s.h[r], s.h[m]) > 0 {
-			m = r
-		}
-		if m == i {
-			return
-		}
-		s.h[i], s.h[m] = s.h[m], s.h[i]
-		i = m
-	}
-}
-
-// result returns the kept LNMs best first (by key, then name).
-func (s *selector) result() []*LNM {
-	slices.SortFunc(s.h, rankedCmp)
-	out := make([]*LNM, len(s.h))
-	for i, r := range s.h {
-		out[i] = r.l
-	}
-	return out
-}
-
-// Apply runs the query over a plain list (for views without QueryLNMs).
-func (q LNMQuery) Apply(all []*LNM) []*LNM {
-	only := q.names()
-	sel := selector{q: q}
-	for _, l := range all {
-		if q.match(l, only) {
-			sel.add(l)
-		}
-	}
-	return sel.result()
-}
-
-// State.slots hold what an LNM query reads of each record (name, CPUs,
-// state, free memory and vCPUs, VM count, 1-minute CPU), copied into a
-// slice that is scanned in order. A query for the best candidates among
-// 10,000 nodes runs for every start request; chasing 10,000 records
-// through the map cost a few cache misses each, more than the rest of the
-// query.
-
-// syncSlotLocked copies into l's slot what queries read, and keeps the
-// count of LNMs in each state. Every change to those fields of a record
-// calls it. The caller holds mu.
-func (s *State) syncSlotLocked(l *lnmRec) {
-	if l.slot == 0 {
-		s.slots = append(s.slots, LNM{})
-		l.slot = len(s.slots)
-	}
-	t := &s.slots[l.slot-1]
-	t.Info.Name, t.Info.CPUs = l.lnm.Info.Name, l.lnm.Info.CPUs
-	if t.State != l.lnm.State {
-		if t.State != "" {
-			s.lnmsIn[t.State]--
-		}
-		s.lnmsIn[l.lnm.State]++
-	}
-	t.State = l.lnm.State
-	t.Status.FreeMemMB, t.Status.FreeVCPUs, t.Status.VMs = l.lnm.Status.FreeMemMB, l.lnm.Status.FreeVCPUs, l.lnm.Status.VMs
-	t.Status.Usage.CPU.M1 = l.lnm.Status.Usage.CPU.M1
-}
-
-// QueryLNMs returns copies of the LNMs matching q, best first: one pass
-// over the slots to filter and rank, copying only the records it returns.
-func (s *State) QueryLNMs(q LNMQuery) []*LNM {
-	only := q.names()
-	sel := selector{q: q}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	for i := range s.slots {
-		if t := &s.slots[i]; q.match(t, only) {
-			sel.add(t)
-		}
-	}
-	out := sel.result()
-	for i, t := range out {
-		cp := s.lnms[t.Info.Name].lnm
-		out[i] = &cp
-	}
-	return out
-}
+// clusterOwner splits an "owner/cluster" hint key.
+func clusterOwner(k string) (owner, cluster string, ok bool) { return strings.Cut(k, "/") }

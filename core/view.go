@@ -1,6 +1,10 @@
 package core
 
-import "context"
+import (
+	"context"
+
+	"github.com/usher-vm/usher/api"
+)
 
 // StateView is the read-only view of the global state that policies see.
 // Every method returns copies; callers may keep or modify them freely.
@@ -8,19 +12,19 @@ import "context"
 // VM and LNM lookups are O(1), the listing calls are O(result).
 type StateView interface {
 	// VM returns one VM by full name.
-	VM(name string) (*VM, bool)
+	VM(name string) (*api.VM, bool)
 	// VMsOf returns the VMs of one owner (cluster "" = all clusters).
-	VMsOf(owner, cluster string) []*VM
+	VMsOf(owner, cluster string) []*api.VM
 	// VMsOn returns the VMs placed on one LNM.
-	VMsOn(lnm string) []*VM
+	VMsOn(lnm string) []*api.VM
 	// CountOf returns how many VMs an owner has (cheap; used by quotas).
 	CountOf(owner string) int
 	// LNM returns one LNM by name.
-	LNM(name string) (*LNM, bool)
+	LNM(name string) (*api.LNM, bool)
 	// LNMs returns every known LNM, connected or not, sorted by name.
-	LNMs() []*LNM
+	LNMs() []*api.LNM
 	// Clusters returns the virtual clusters of one owner ("" = all).
-	Clusters(owner string) []Cluster
+	Clusters(owner string) []api.Cluster
 	// Domain is the Usher domain VM names end with.
 	Domain() string
 }
@@ -29,11 +33,11 @@ type StateView interface {
 // identity given (usually the system identity) through the same pipeline as
 // client requests, hooks included.
 type Actions interface {
-	OpOn(ctx context.Context, id Identity, args OpArgs) (*Result, error)
-	Migrate(ctx context.Context, id Identity, args MigrateArgs) (*Result, error)
+	OpOn(ctx context.Context, id api.Identity, args api.OpArgs) (*api.Result, error)
+	Migrate(ctx context.Context, id api.Identity, args api.MigrateArgs) (*api.Result, error)
 }
 
 // SystemIdentity is the identity internal policies act as.
-func SystemIdentity() Identity {
-	return Identity{User: "usher", Groups: []string{"admin"}, Admin: true}
+func SystemIdentity() api.Identity {
+	return api.Identity{User: "usher", Groups: []string{"admin"}, Admin: true}
 }

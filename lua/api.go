@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+
 	glua "github.com/yuin/gopher-lua"
 	"golang.org/x/crypto/bcrypt"
 
@@ -157,7 +159,7 @@ func (ls *lstate) apiOn(L *glua.LState) int {
 	event := L.CheckString(1)
 	fn := L.CheckFunction(2)
 	opts := L.OptTable(3, nil)
-	if !knownEvent(event) || event == core.EvTimer {
+	if !knownEvent(event) || event == api.EvTimer {
 		L.ArgError(1, fmt.Sprintf("unknown event %q (use usher.every for timers)", event))
 	}
 	L.Push(glua.LNumber(ls.register(L, event, fn, opts, 0)))
@@ -171,7 +173,7 @@ func (ls *lstate) apiEvery(L *glua.LState) int {
 	}
 	fn := L.CheckFunction(2)
 	opts := L.OptTable(3, nil)
-	L.Push(glua.LNumber(ls.register(L, core.EvTimer, fn, opts, d)))
+	L.Push(glua.LNumber(ls.register(L, api.EvTimer, fn, opts, d)))
 	return 1
 }
 
@@ -231,7 +233,7 @@ func (ls *lstate) apiDrop(L *glua.LState) int {
 		e := vms.RawGetInt(i)
 		match := false
 		if view := viewOf(e); view != nil {
-			match = view.vm.Name == name
+			match = view.req.VMs[view.i].Name == name
 		} else if t, ok := e.(*glua.LTable); ok {
 			match = luaString(t.RawGetString("name")) == name
 		}
@@ -270,7 +272,7 @@ func (ls *lstate) apiVMs(L *glua.LState) int {
 	owner := luaString(f.RawGetString("owner"))
 	cluster := luaString(f.RawGetString("cluster"))
 	lnm := luaString(f.RawGetString("lnm"))
-	var vms []*core.VM
+	var vms []*api.VM
 	switch {
 	case lnm != "":
 		for _, v := range ls.view().VMsOn(lnm) {
@@ -289,6 +291,7 @@ func (ls *lstate) apiVMs(L *glua.LState) int {
 			}
 		}
 	}
+	ls.call.work(L, uint64(len(vms))*workPerObject)
 	t := L.CreateTable(len(vms), 0)
 	for i, v := range vms {
 		t.RawSetInt(i+1, vmTable(L, v))
@@ -296,6 +299,10 @@ func (ls *lstate) apiVMs(L *glua.LState) int {
 	L.Push(t)
 	return 1
 }
+
+// workPerObject is the work, in instructions, of handing one VM, node or
+// cluster to a script (converting it, and the Go scan that found it).
+const workPerObject = 64
 
 func (ls *lstate) apiCount(L *glua.LState) int {
 	L.Push(glua.LNumber(ls.view().CountOf(L.CheckString(1))))
@@ -317,7 +324,7 @@ func (ls *lstate) apiLNM(L *glua.LState) int {
 // filtering and ordering happen in Go and only the matches are converted,
 // so placement stays cheap on sites with thousands of nodes.
 func (ls *lstate) apiLNMs(L *glua.LState) int {
-	var ns []*core.LNM
+	var ns []*api.LNM
 	if q, ok := L.Get(1).(*glua.LTable); ok {
 		query := core.LNMQuery{
 			Connected: glua.LVAsBool(q.RawGetString("connected")),
@@ -339,7 +346,7 @@ func (ls *lstate) apiLNMs(L *glua.LState) int {
 			L.RaiseError("usher.lnms: order_by %q: want load, free_mem or vms", query.OrderBy)
 		}
 		if qv, ok := ls.view().(interface {
-			QueryLNMs(core.LNMQuery) []*core.LNM
+			QueryLNMs(core.LNMQuery) []*api.LNM
 		}); ok {
 			ns = qv.QueryLNMs(query)
 		} else {
@@ -348,6 +355,7 @@ func (ls *lstate) apiLNMs(L *glua.LState) int {
 	} else {
 		ns = ls.view().LNMs()
 	}
+	ls.call.work(L, uint64(len(ns))*workPerObject)
 	t := L.CreateTable(len(ns), 0)
 	for i, n := range ns {
 		t.RawSetInt(i+1, lnmValue(L, n))
@@ -358,6 +366,7 @@ func (ls *lstate) apiLNMs(L *glua.LState) int {
 
 func (ls *lstate) apiClusters(L *glua.LState) int {
 	cs := ls.view().Clusters(L.OptString(1, ""))
+	ls.call.work(L, uint64(len(cs))*workPerObject)
 	t := L.CreateTable(len(cs), 0)
 	for i, c := range cs {
 		t.RawSetInt(i+1, clusterTable(L, c))
@@ -377,7 +386,7 @@ func (ls *lstate) checkAsync(L *glua.LState, what string) {
 	}
 }
 
-func resultTable(L *glua.LState, r *core.Result) *glua.LTable {
+func resultTable(L *glua.LState, r *api.Result) *glua.LTable {
 	t := L.NewTable()
 	if r == nil {
 		return t
@@ -414,7 +423,7 @@ const actionTimeout = 2 * time.Minute
 // usher.op(opname, {vm names}, args) → result | nil, err
 func (ls *lstate) apiOp(L *glua.LState) int {
 	ls.checkAsync(L, "usher.op")
-	op, err := core.ParseOp(L.CheckString(1))
+	op, err := api.ParseOp(L.CheckString(1))
 	if err != nil {
 		L.ArgError(1, err.Error())
 	}
@@ -423,11 +432,11 @@ func (ls *lstate) apiOp(L *glua.LState) int {
 	if t := L.OptTable(3, nil); t != nil {
 		args = luaStrMap(t)
 	}
-	var res *core.Result
+	var res *api.Result
 	ls.call.pause(func() {
 		ctx, cancel := context.WithTimeout(ls.v.ctx, actionTimeout)
 		defer cancel()
-		res, err = ls.v.h.view.Load().act.OpOn(ctx, core.SystemIdentity(), core.OpArgs{Op: op, VMs: names, Args: args})
+		res, err = ls.v.h.view.Load().act.OpOn(ctx, core.SystemIdentity(), api.OpArgs{Op: op, VMs: names, Args: args})
 	})
 	if err != nil {
 		L.Push(glua.LNil)
@@ -450,12 +459,12 @@ func (ls *lstate) apiMigrate(L *glua.LState) int {
 	if t := L.OptTable(3, nil); t != nil {
 		args = luaStrMap(t)
 	}
-	var res *core.Result
+	var res *api.Result
 	var err error
 	ls.call.pause(func() {
 		ctx, cancel := context.WithTimeout(ls.v.ctx, actionTimeout)
 		defer cancel()
-		res, err = ls.v.h.view.Load().act.Migrate(ctx, core.SystemIdentity(), core.MigrateArgs{VMs: names, LNMs: lnms, Args: args})
+		res, err = ls.v.h.view.Load().act.Migrate(ctx, core.SystemIdentity(), api.MigrateArgs{VMs: names, LNMs: lnms, Args: args})
 	})
 	if err != nil {
 		L.Push(glua.LNil)

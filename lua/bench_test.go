@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/api/apitest"
+
 	glua "github.com/yuin/gopher-lua"
 
 	"github.com/usher-vm/usher/core"
@@ -36,7 +39,7 @@ end, {order = %d})`, i, i*10))
 	for i := 0; i < b.N; i++ {
 		r := startReq("c1", "c2")
 		t0 := time.Now()
-		if err := h.Request(ctx, core.EvStartRequest, r); err != nil {
+		if err := h.Request(ctx, api.EvStartRequest, r, core.NewDecision(r)); err != nil {
 			b.Fatal(err)
 		}
 		lat = append(lat, time.Since(t0))
@@ -55,7 +58,7 @@ func BenchmarkPoolParallel(b *testing.B) {
 	h := newHost(b, Options{Dirs: []string{dir}})
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if err := h.Request(context.Background(), core.EvStartRequest, startReq("c1")); err != nil {
+			if _, err := run(h, api.EvStartRequest, startReq("c1")); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -82,15 +85,13 @@ func BenchmarkSlowScriptIsolation(b *testing.B) {
 					return
 				default:
 				}
-				r := startReq("c1")
-				r.Kind, r.Op = core.KindOp, core.OpPause
-				h.Request(context.Background(), core.EvOpRequest, r)
+				run(h, api.EvOpRequest, opReq(api.OpPause, "c1"))
 			}
 		}()
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if err := h.Request(context.Background(), core.EvStartRequest, startReq("c1")); err != nil {
+		if _, err := run(h, api.EvStartRequest, startReq("c1")); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -104,7 +105,7 @@ func BenchmarkSlowScriptIsolation(b *testing.B) {
 func BenchmarkConvert(b *testing.B) {
 	L := glua.NewState()
 	defer L.Close()
-	n := &core.LNM{Info: core.NodeInfo{Name: "n1", CPUs: 8, MemMB: 16384, Driver: "sim"}, State: core.LNMConnected}
+	n := &api.LNM{Info: api.NodeInfo{Name: "n1", CPUs: 8, MemMB: 16384, Driver: "sim"}, State: api.LNMConnected}
 	b.Run("view", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
 			lnmValue(L, n)
@@ -142,9 +143,10 @@ func BenchmarkShippedSingleStart(b *testing.B) {
 	// The controller's own state, as in production (its LNM queries).
 	c := core.New(core.Config{Domain: "usher.test"}, h)
 	for i := 0; i < 100; i++ {
-		st := core.NodeStatus{FreeMemMB: 65536 - i, FreeVCPUs: 64, Usage: core.Usage{CPU: core.Avg{M1: float64(i%7) / 10}}}
-		if _, err := c.AttachLNM(context.Background(), core.NodeInfo{Name: fmt.Sprintf("n%d", i), CPUs: 8, MemMB: 65536},
-			&st, nopLink{}, nil); err != nil {
+		st := api.NodeStatus{FreeMemMB: 65536 - i, FreeVCPUs: 64, Usage: api.Usage{CPU: api.Avg{M1: float64(i%7) / 10}}}
+		name := fmt.Sprintf("n%d", i)
+		hello := api.Hello{Node: api.NodeInfo{Name: name, CPUs: 8, MemMB: 65536}, Status: st}
+		if _, err := c.AttachLNM(context.Background(), hello, apitest.NewNode(name), nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -157,19 +159,15 @@ func BenchmarkShippedSingleStart(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		r := startReq("c1")
-		if err := h.Authorize(ctx, r); err != nil {
+		d := core.NewDecision(r)
+		if err := h.Authorize(ctx, r, d); err != nil {
 			b.Fatal(err)
 		}
-		if err := h.Request(ctx, core.EvStartRequest, r); err != nil {
+		if err := h.Request(ctx, api.EvStartRequest, r, d); err != nil {
 			b.Fatal(err)
 		}
-		if len(r.VMs) != 1 || r.VMs[0].LNM == "" {
-			b.Fatalf("not placed: %+v dropped %+v", r.VMs, r.Dropped)
+		if d.Kept() != 1 || d.VMs[0].LNM == "" {
+			b.Fatalf("not placed: %+v dropped %+v", d.VMs, d.Dropped)
 		}
 	}
 }
-
-// nopLink is an LNM link that accepts the registration sync.
-type nopLink struct{ core.LNMLink }
-
-func (nopLink) Receive(context.Context, core.ReceiveArgs) error { return nil }

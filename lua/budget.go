@@ -3,8 +3,6 @@ package lua
 import (
 	"context"
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -17,53 +15,27 @@ import (
 // script, so it may inspect the script's own state without data races. It
 // enforces:
 //
-//   - wall-clock budget (time spent inside usher.op/usher.migrate/bcrypt is
-//     not charged);
-//   - an allocation meter charged by our string/table library wrappers;
+//   - an instruction budget: the handler's own work, counted in VM
+//     instructions plus work units the host's functions charge for what
+//     they do in Go (strings they build, nodes and VMs they hand out). A
+//     busy machine runs the same handler as many instructions as an idle
+//     one, so a correct handler is never cut because the machine is slow;
+//     time spent waiting (for a Lua state, in usher.op, bcrypt, the store,
+//     a site module) costs no instructions at all;
+//   - a wall-clock backstop several times what the instruction budget
+//     takes on a slow machine, for a handler stuck in something the
+//     instructions do not see (time in usher.op, usher.migrate and bcrypt
+//     is not charged to it either);
+//   - an allocation meter charged by our string/table library wrappers
+//     and by the .. operator before it joins (the ConcatHook of the
+//     patched gopher-lua): no single operation allocates past the limit;
 //   - a reachability estimate of the state's memory (globals, handler
-//     closures and the live registers of every frame) taken at most once per
-//     clock tick (1ms) and never more often than 8x its own cost.
+//     closures and the live registers of every frame) taken every 1024
+//     instructions at most, and never more often than 8x its own cost.
 //
 // Once any limit trips, the done channel is closed for good: every further
 // instruction raises, so pcall cannot swallow the cut-off, and the host
 // discards the state afterwards.
-
-// clock is a coarse 1ms tick that runs only while Lua calls are in flight.
-// Reading an atomic per instruction is cheap; calling time.Now() per
-// instruction is not. Without a tick, a loop like `s = s .. s` could double a
-// string many times between two instruction-count based checks.
-var clock struct {
-	once     sync.Once
-	tick     atomic.Uint32
-	inflight atomic.Int32
-	wake     chan struct{}
-}
-
-func clockEnter() {
-	clock.once.Do(func() {
-		clock.wake = make(chan struct{}, 1)
-		go func() {
-			t := time.NewTicker(time.Millisecond)
-			defer t.Stop()
-			for {
-				if clock.inflight.Load() == 0 {
-					<-clock.wake
-					continue
-				}
-				<-t.C
-				clock.tick.Add(1)
-			}
-		}()
-	})
-	if clock.inflight.Add(1) == 1 {
-		select {
-		case clock.wake <- struct{}{}:
-		default:
-		}
-	}
-}
-
-func clockExit() { clock.inflight.Add(-1) }
 
 // cutError is the error of a call that exceeded a limit.
 type cutError struct{ msg string }
@@ -87,29 +59,27 @@ type callCtx struct {
 	kind     callKind
 	done     chan struct{}
 	err      error
-	n        uint32
-	lastTick uint32
+	steps    uint64 // instructions and work units so far
+	limit    uint64 // the instruction budget
 	start    time.Time
 	paused   time.Duration
-	budget   time.Duration
+	backstop time.Duration
 	memLimit int64
 	alloc    int64 // bytes charged by library wrappers
 	nextScan time.Time
-	scanGap  time.Duration
 	drops    map[string]string // req:drop reasons by VM name
 	peakScan int64
 }
 
-func newCallCtx(outer context.Context, ls *lstate, kind callKind, budget time.Duration, memLimit int64) *callCtx {
+func newCallCtx(outer context.Context, ls *lstate, kind callKind, limit uint64, backstop time.Duration, memLimit int64) *callCtx {
 	now := time.Now()
 	return &callCtx{
 		outer: outer, ls: ls, kind: kind, done: make(chan struct{}),
-		start: now, budget: budget, memLimit: memLimit,
-		lastTick: clock.tick.Load(), nextScan: now.Add(time.Millisecond), scanGap: time.Millisecond,
+		start: now, limit: limit, backstop: backstop, memLimit: memLimit, nextScan: now.Add(time.Millisecond),
 	}
 }
 
-func (c *callCtx) Deadline() (time.Time, bool) { return c.start.Add(c.budget + c.paused), true }
+func (c *callCtx) Deadline() (time.Time, bool) { return c.start.Add(c.backstop + c.paused), true }
 func (c *callCtx) Value(any) any               { return nil }
 
 func (c *callCtx) Err() error {
@@ -121,10 +91,12 @@ func (c *callCtx) Err() error {
 	}
 }
 
+// Done is called by the VM before every instruction.
 func (c *callCtx) Done() <-chan struct{} {
-	c.n++
-	if t := clock.tick.Load(); t != c.lastTick || c.n&1023 == 0 {
-		c.lastTick = t
+	c.steps++
+	if c.steps > c.limit {
+		c.cut("budget exceeded (%d instructions)", c.limit)
+	} else if c.steps&1023 == 0 {
 		c.check(true)
 	}
 	return c.done
@@ -150,7 +122,8 @@ func (c *callCtx) isCut() bool {
 	}
 }
 
-// check tests every limit; scan allows the reachability walk.
+// check tests every limit but the instruction count; scan allows the
+// reachability walk.
 func (c *callCtx) check(scan bool) {
 	if c.isCut() {
 		return
@@ -160,8 +133,8 @@ func (c *callCtx) check(scan bool) {
 		return
 	}
 	now := time.Now()
-	if now.Sub(c.start)-c.paused > c.budget {
-		c.cut("budget exceeded (%v)", c.budget)
+	if now.Sub(c.start)-c.paused > c.backstop {
+		c.cut("wall-clock backstop exceeded (%v)", c.backstop)
 		return
 	}
 	if c.alloc > 4*c.memLimit {
@@ -178,17 +151,28 @@ func (c *callCtx) check(scan bool) {
 			c.cut("memory limit: about %d MB reachable (limit %d MB)", est>>20, c.memLimit>>20)
 			return
 		}
-		gap := 8 * took // scans cost at most about a ninth of the call
-		if gap < time.Millisecond {
-			gap = time.Millisecond
-		}
-		c.nextScan = time.Now().Add(gap)
+		c.nextScan = time.Now().Add(max(8*took, time.Millisecond)) // scans cost at most about a ninth of the call
 	}
 }
 
-// charge accounts n bytes about to be allocated by a library function and
-// raises if it would exceed the limit. Single results are capped at the memory
-// limit; the total per call at four times it.
+// work charges units of Go-side work done for the script (a node handed
+// to it, a string built) as instructions, and raises if the budget is
+// spent.
+func (c *callCtx) work(L *glua.LState, units uint64) {
+	if c == nil || units == 0 {
+		return
+	}
+	c.steps += units
+	if c.steps > c.limit {
+		c.cut("budget exceeded (%d instructions)", c.limit)
+		L.RaiseError("%s", c.err.Error())
+	}
+}
+
+// charge accounts n bytes about to be allocated by a library function (or
+// the .. operator) and raises if it would exceed the limit. Single results
+// are capped at the memory limit; the total per call at four times it.
+// Building n bytes costs n/64 instructions of work.
 func (c *callCtx) charge(L *glua.LState, n int64) {
 	if c == nil {
 		return
@@ -198,13 +182,15 @@ func (c *callCtx) charge(L *glua.LState, n int64) {
 		L.RaiseError("%s", c.err.Error())
 	}
 	c.alloc += n
+	c.work(L, uint64(n>>6))
 	c.check(false)
 	if c.isCut() {
 		L.RaiseError("%s", c.err.Error())
 	}
 }
 
-// pause runs f without charging its wall time to the budget.
+// pause runs f without charging its wall time to the backstop (it costs
+// no instructions either).
 func (c *callCtx) pause(f func()) {
 	if c == nil {
 		f()

@@ -1,7 +1,6 @@
 package lua
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"runtime"
@@ -10,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/usher-vm/usher/api"
 
 	"github.com/usher-vm/usher/core"
 )
@@ -70,8 +71,7 @@ func TestBudgetsCutOffHostileScripts(t *testing.T) {
 						return
 					default:
 					}
-					r := startReq("c1")
-					err := h.Request(context.Background(), core.EvStartRequest, r)
+					d, err := run(h, api.EvStartRequest, startReq("c1"))
 					if err != nil && strings.Contains(err.Error(), "budget exceeded") {
 						// Wall-clock: on a machine also running other test
 						// packages under -race, a good call can be starved
@@ -79,9 +79,9 @@ func TestBudgetsCutOffHostileScripts(t *testing.T) {
 						starved++
 						continue
 					}
-					if err != nil || r.VMs[0].LNM != "n1" {
+					if err != nil || d.VMs[0].LNM != "n1" {
 						if failed == 0 {
-							firstErr = fmt.Errorf("%v (lnm %q)", err, r.VMs[0].LNM)
+							firstErr = fmt.Errorf("%v (lnm %q)", err, d.VMs[0].LNM)
 						}
 						failed++
 					} else {
@@ -92,9 +92,7 @@ func TestBudgetsCutOffHostileScripts(t *testing.T) {
 			runtime.GC()
 			heap0 := heapBytes()
 			t0 := time.Now()
-			req := startReq("c1")
-			req.Kind, req.Op = core.KindOp, core.OpPause
-			err := h.Request(context.Background(), core.EvOpRequest, req)
+			_, err := run(h, api.EvOpRequest, opReq(api.OpPause, "c1"))
 			took := time.Since(t0)
 			close(stop)
 			wg.Wait()
@@ -119,11 +117,7 @@ func TestBudgetsCutOffHostileScripts(t *testing.T) {
 	for name := range hostile {
 		h.SetActive("", name, false)
 	}
-	req := startReq("c1")
-	req.Kind, req.Op = core.KindOp, core.OpPause
-	if err := h.Request(context.Background(), core.EvOpRequest, req); err != nil {
-		t.Fatal(err)
-	}
+	mustRun(t, h, api.EvOpRequest, opReq(api.OpPause, "c1"))
 }
 
 // TestMemoryBound checks the reachability meter directly: a handler that
@@ -140,9 +134,7 @@ end)`)
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	before := ms.TotalAlloc
-	req := startReq("c1")
-	req.Kind, req.Op = core.KindOp, core.OpPause
-	err := h.Request(context.Background(), core.EvOpRequest, req)
+	_, err := run(h, api.EvOpRequest, opReq(api.OpPause, "c1"))
 	if err == nil || !strings.Contains(err.Error(), "memory limit") {
 		t.Fatalf("err = %v", err)
 	}
@@ -163,7 +155,8 @@ func TestEstimateSeesThroughViews(t *testing.T) {
 			ls := fuzzState(t)
 			defer ls.L.Close()
 			req := startReq("c1")
-			ls.L.SetGlobal("req", ls.reqValue(req))
+			// start_request: req.args and vm.data may be replaced there
+			ls.L.SetGlobal("req", ls.reqValue(req, core.NewDecision(req), api.EvStartRequest))
 			init := field + " = {}\n"
 			if field == "req.user.groups" {
 				init = "" // read-only field; its table is the script's to fill

@@ -3,10 +3,14 @@ package lua
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
+
+	"github.com/usher-vm/usher/api"
 
 	glua "github.com/yuin/gopher-lua"
 
@@ -41,7 +45,7 @@ func strMap(L *glua.LState, m map[string]string) *glua.LTable {
 	return t
 }
 
-func identityTable(L *glua.LState, id core.Identity) *glua.LTable {
+func identityTable(L *glua.LState, id api.Identity) *glua.LTable {
 	t := L.CreateTable(0, 3)
 	t.RawSetString("user", glua.LString(id.User))
 	if len(id.Groups) > 0 {
@@ -84,27 +88,10 @@ func lazyMT(L *glua.LState) *glua.LTable {
 	return mt
 }
 
-func reqVMTable(L *glua.LState, v *core.ReqVM) *glua.LTable {
-	t := L.CreateTable(0, 8)
-	t.Metatable = lazyMT(L)
-	t.RawSetString("name", glua.LString(v.Name))
-	t.RawSetString("short", glua.LString(v.Short))
-	t.RawSetString("owner", glua.LString(v.Owner))
-	t.RawSetString("cluster", glua.LString(v.Cluster))
-	setStr(t, "lnm", v.LNM)
-	setStr(t, "target", v.Target)
-	t.RawSetString("mem_mb", glua.LNumber(v.MemMB))
-	t.RawSetString("vcpus", glua.LNumber(v.VCPUs))
-	setStr(t, "state", string(v.State))
-	if len(v.Data) > 0 {
-		t.RawSetString("data", strMap(L, v.Data))
-	}
-	return t
-}
-
-// reqValue is the request as the current handler sees it (a reqView).
-func (ls *lstate) reqValue(req *core.Request) *glua.LUserData {
-	view := &reqView{req: req, live: true}
+// reqValue is the request as the current handler of event sees it (a
+// reqView over req and its decision).
+func (ls *lstate) reqValue(req *core.Request, d *core.Decision, event string) *glua.LUserData {
+	view := &reqView{req: req, d: d, event: event, live: true}
 	ls.reqs = append(ls.reqs, view)
 	ud := ls.L.NewUserData()
 	ud.Value = view
@@ -112,69 +99,60 @@ func (ls *lstate) reqValue(req *core.Request) *glua.LUserData {
 	return ud
 }
 
-// applyReq writes a handler's changes back into req. VMs keep the order of
-// the Lua array; VMs no longer present are recorded as dropped, with the
-// reason given to req:drop or "removed by <by>". Identity, id, kind and all
-// are read-only; op and cluster were written through. It reports whether
-// anything changed.
-func (ls *lstate) applyReq(v glua.LValue, req *core.Request, by string) (bool, error) {
+// applyReq writes what a handler left in its request view back into the
+// decision: vm.data of every VM view of the call, the VMs no longer in
+// req.vms (dropped, with the reason given to req:drop or "removed by
+// <by>"), req.lnms and req.args. op and the VMs' other fields were written
+// through. It reports whether anything changed.
+func (ls *lstate) applyReq(v glua.LValue, req *core.Request, d *core.Decision, by string) (bool, error) {
 	view := reqViewOf(v)
 	if view == nil || view.req != req {
 		return false, fmt.Errorf("not the handler's request")
 	}
 	changed := view.changed
-	if vt := view.vms; vt != nil {
-		byName := make(map[string]*core.ReqVM, len(req.VMs))
-		for _, v := range req.VMs {
-			byName[v.Name] = v
+	for _, vv := range ls.views {
+		if vv.req == req {
+			changed = vv.apply() || changed
 		}
+	}
+	if vt := view.vms; vt != nil && view.vmsRW {
 		n := vt.Len()
-		kept := make([]*core.ReqVM, 0, n)
-		seen := make(map[string]bool, n)
+		kept := make([]bool, len(req.VMs))
 		for i := 1; i <= n; i++ {
 			e := vt.RawGetInt(i)
-			view := viewOf(e)
-			if view == nil || byName[view.vm.Name] != view.vm || seen[view.vm.Name] {
+			vv := viewOf(e)
+			if vv == nil || vv.req != req || vv.d != d {
 				name := ""
 				if t, ok := e.(*glua.LTable); ok {
 					name = luaString(t.RawGetString("name"))
-				} else if view != nil {
-					name = view.vm.Name
 				}
 				return false, fmt.Errorf("req.vms[%d]: handlers may not add VMs (%q)", i, name)
 			}
-			seen[view.vm.Name] = true
-			changed = view.apply() || changed
-			kept = append(kept, view.vm)
+			kept[vv.i] = true
 		}
-		if len(kept) != len(req.VMs) {
-			changed = true
-			for _, v := range req.VMs {
-				if !seen[v.Name] {
-					reason := "removed by " + by
-					if ls.call != nil && ls.call.drops != nil && ls.call.drops[v.Name] != "" {
-						reason = ls.call.drops[v.Name]
-					}
-					req.Dropped = append(req.Dropped, core.Drop{VM: v.Name, Reason: reason, By: by})
+		for i := range req.VMs {
+			if !kept[i] && !d.VMs[i].Dropped {
+				reason := "removed by " + by
+				if ls.call != nil && ls.call.drops != nil && ls.call.drops[req.VMs[i].Name] != "" {
+					reason = ls.call.drops[req.VMs[i].Name]
 				}
-			}
-		} else {
-			for i := range kept {
-				if kept[i] != req.VMs[i] {
-					changed = true
-				}
+				d.Drop(req, i, reason, by)
+				changed = true
 			}
 		}
-		req.VMs = kept
 	}
-	if view.lnms != nil {
-		if nl := luaStrings(view.lnms); !equalStrings(nl, req.LNMs) {
-			req.LNMs, changed = nl, true
+	if view.lnms != nil && view.lnmsRW {
+		if nl := luaStrings(view.lnms); !slices.Equal(nl, d.LNMs) {
+			d.LNMs, changed = nl, true
 		}
 	}
-	if view.args != nil {
-		if na := luaStrMap(view.args); !equalMaps(na, req.Args) {
-			req.Args, changed = na, true
+	if view.args != nil && view.argsRW {
+		na := luaStrMap(view.args)
+		if err := api.ValidArgs(na); err != nil {
+			return false, fmt.Errorf("req.args: %v", err)
+		}
+		if !maps.Equal(na, d.Args) {
+			d.Args, changed = na, true
 		}
 	}
 	return changed, nil
@@ -239,31 +217,7 @@ func luaStrMap(t *glua.LTable) map[string]string {
 	return m
 }
 
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func equalMaps(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if bv, ok := b[k]; !ok || bv != v {
-			return false
-		}
-	}
-	return true
-}
-
-func avgTable(L *glua.LState, a core.Avg) *glua.LTable {
+func avgTable(L *glua.LState, a api.Avg) *glua.LTable {
 	t := L.CreateTable(0, 3)
 	t.RawSetString("m1", glua.LNumber(a.M1))
 	t.RawSetString("m5", glua.LNumber(a.M5))
@@ -276,7 +230,7 @@ func avgTable(L *glua.LState, a core.Avg) *glua.LTable {
 // returns that measure's {m1, m5, m15}. Placement reads one measure of
 // hundreds of candidate nodes per request; building all six tables for
 // each of them was most of the cost of usher.lnms.
-func usageValue(L *glua.LState, u core.Usage) glua.LValue {
+func usageValue(L *glua.LState, u api.Usage) glua.LValue {
 	ud := L.NewUserData()
 	ud.Value = &u
 	ud.Metatable = usageMT(L)
@@ -289,12 +243,12 @@ func usageMT(L *glua.LState) *glua.LTable {
 	}
 	mt := L.CreateTable(0, 4)
 	mt.RawSetString("__index", L.NewFunction(func(L *glua.LState) int {
-		u, _ := L.CheckUserData(1).Value.(*core.Usage)
+		u, _ := L.CheckUserData(1).Value.(*api.Usage)
 		if u == nil {
 			L.Push(glua.LNil)
 			return 1
 		}
-		var a *core.Avg
+		var a *api.Avg
 		switch L.CheckString(2) {
 		case "cpu":
 			a = &u.CPU
@@ -321,7 +275,7 @@ func usageMT(L *glua.LState) *glua.LTable {
 		return 0
 	}))
 	mt.RawSetString("__tostring", L.NewFunction(func(L *glua.LState) int {
-		u, _ := L.CheckUserData(1).Value.(*core.Usage)
+		u, _ := L.CheckUserData(1).Value.(*api.Usage)
 		if u == nil {
 			L.Push(glua.LString("usage{}"))
 			return 1
@@ -341,7 +295,7 @@ func unixf(t time.Time) glua.LValue {
 	return glua.LNumber(float64(t.UnixNano()) / 1e9)
 }
 
-func vmTable(L *glua.LState, v *core.VM) *glua.LTable {
+func vmTable(L *glua.LState, v *api.VM) *glua.LTable {
 	t := L.CreateTable(0, 14)
 	t.RawSetString("name", glua.LString(v.Name))
 	t.RawSetString("short", glua.LString(v.Short))
@@ -362,7 +316,7 @@ func vmTable(L *glua.LState, v *core.VM) *glua.LTable {
 	return t
 }
 
-func clusterTable(L *glua.LState, c core.Cluster) *glua.LTable {
+func clusterTable(L *glua.LState, c api.Cluster) *glua.LTable {
 	t := L.CreateTable(0, 3)
 	t.RawSetString("name", glua.LString(c.Name))
 	t.RawSetString("owner", glua.LString(c.Owner))
@@ -370,7 +324,7 @@ func clusterTable(L *glua.LState, c core.Cluster) *glua.LTable {
 	return t
 }
 
-func eventTable(L *glua.LState, ev core.Event) *glua.LTable {
+func eventTable(L *glua.LState, ev api.Event) *glua.LTable {
 	t := L.CreateTable(0, 10)
 	t.RawSetString("type", glua.LString(ev.Type))
 	t.RawSetString("seq", glua.LNumber(ev.Seq))
@@ -412,7 +366,7 @@ func toLua(L *glua.LState, v any) glua.LValue {
 		return strList(L, x)
 	case map[string]string:
 		return strMap(L, x)
-	case core.StringMap:
+	case api.StringMap:
 		return strMap(L, x)
 	case []any:
 		t := L.CreateTable(len(x), 0)

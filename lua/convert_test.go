@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/usher-vm/usher/api"
+
 	glua "github.com/yuin/gopher-lua"
 
 	"github.com/usher-vm/usher/core"
@@ -22,9 +24,10 @@ func fuzzState(t testing.TB) *lstate {
 	return ls
 }
 
-// FuzzRequestConversion: converting a request to Lua and back without
-// changes leaves it identical and reports no change; setting a field in Lua
-// shows up in Go.
+// FuzzRequestConversion: handing a request to Lua and reading it back
+// without changes leaves the decision as NewDecision made it and reports
+// no change; setting a field in Lua shows up in the decision; the request
+// itself never changes.
 func FuzzRequestConversion(f *testing.F) {
 	f.Add("c1", "alice", "n1", "ip", "10.0.0.1", "n2", "k", "v", 512, 2, true)
 	f.Add("", "", "", "", "", "", "", "", 0, 0, false)
@@ -33,9 +36,9 @@ func FuzzRequestConversion(f *testing.F) {
 		ls := fuzzState(t)
 		defer ls.L.Close()
 		mk := func() *core.Request {
-			r := &core.Request{ID: "id", Kind: core.KindStart, User: core.Identity{User: owner, Groups: []string{owner}},
+			r := &core.Request{ID: "id", Kind: core.KindStart, User: api.Identity{User: owner, Groups: []string{owner}},
 				Cluster: "c", All: all}
-			r.VMs = []*core.ReqVM{
+			r.VMs = []core.ReqVM{
 				{Name: short + ".1", Short: short, Owner: owner, LNM: lnm, MemMB: mem, VCPUs: vcpus},
 				{Name: short + ".2", Short: short, Owner: owner, Data: map[string]string{dk: dv}},
 			}
@@ -48,8 +51,9 @@ func FuzzRequestConversion(f *testing.F) {
 			return r
 		}
 		req, want := mk(), mk()
-		tbl := ls.reqValue(req)
-		changed, err := ls.applyReq(tbl, req, "fuzz.lua:h")
+		d := core.NewDecision(req)
+		tbl := ls.reqValue(req, d, api.EvStartRequest)
+		changed, err := ls.applyReq(tbl, req, d, "fuzz.lua:h")
 		if mem > 1<<31-1 || mem < -(1<<31) {
 			return
 		}
@@ -59,21 +63,25 @@ func FuzzRequestConversion(f *testing.F) {
 		if !reflect.DeepEqual(req, want) {
 			t.Fatalf("round trip changed request:\n%+v\n%+v", req, want)
 		}
+		if wd := core.NewDecision(want); !reflect.DeepEqual(d, wd) {
+			t.Fatalf("round trip changed decision:\n%+v\n%+v", d, wd)
+		}
 		// modify through Lua
 		ls.L.SetGlobal("req", tbl)
 		ls.L.SetGlobal("v", glua.LString(dv))
 		if err := ls.L.DoString(`req.vms[1].lnm = "placed"; req.vms[2].data.extra = v; req:drop(req.vms[1].name, "r")`); err != nil {
 			t.Fatal(err)
 		}
-		changed, err = ls.applyReq(tbl, req, "fuzz.lua:h")
+		changed, err = ls.applyReq(tbl, req, d, "fuzz.lua:h")
 		if err != nil || !changed {
 			t.Fatalf("modify: changed=%v err=%v", changed, err)
 		}
-		if len(req.VMs) != 1 || req.VMs[0].Data["extra"] != dv || len(req.Dropped) != 1 || req.Dropped[0].By != "fuzz.lua:h" {
-			t.Fatalf("after modify: %+v dropped %+v", req.VMs, req.Dropped)
+		if d.Kept() != 1 || !d.VMs[0].Dropped || d.VMs[0].LNM != "placed" || d.VMs[1].Data["extra"] != dv ||
+			len(d.Dropped) != 1 || d.Dropped[0].VM != short+".1" || d.Dropped[0].By != "fuzz.lua:h" {
+			t.Fatalf("after modify: %+v dropped %+v", d.VMs, d.Dropped)
 		}
-		if want.VMs[0].LNM == "placed" {
-			t.Fatal("original mutated")
+		if !reflect.DeepEqual(req, want) {
+			t.Fatalf("the request was changed:\n%+v\n%+v", req, want)
 		}
 	})
 }
@@ -82,12 +90,16 @@ func TestAddingVMsIsAnError(t *testing.T) {
 	ls := fuzzState(t)
 	defer ls.L.Close()
 	req := startReq("c1")
-	tbl := ls.reqValue(req)
+	d := core.NewDecision(req)
+	tbl := ls.reqValue(req, d, api.EvStartRequest)
 	ls.L.SetGlobal("req", tbl)
 	if err := ls.L.DoString(`req.vms[2] = {name = "evil.mallory.usher.test"}`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ls.applyReq(tbl, req, "x"); err == nil || !strings.Contains(err.Error(), "may not add VMs") {
+	if _, err := ls.applyReq(tbl, req, d, "x"); err == nil || !strings.Contains(err.Error(), "may not add VMs") {
 		t.Fatalf("err %v", err)
+	}
+	if d.Kept() != 1 || len(d.Dropped) != 0 {
+		t.Fatalf("decision after the refused addition: %+v", d)
 	}
 }

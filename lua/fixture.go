@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+
 	glua "github.com/yuin/gopher-lua"
 
 	"github.com/usher-vm/usher/core"
@@ -17,12 +19,12 @@ import (
 type fixtureView struct {
 	mu     sync.RWMutex
 	domain string
-	vms    map[string]*core.VM
-	lnms   map[string]*core.LNM
+	vms    map[string]*api.VM
+	lnms   map[string]*api.LNM
 }
 
 func newFixtureView() *fixtureView {
-	return &fixtureView{domain: "usher.test", vms: map[string]*core.VM{}, lnms: map[string]*core.LNM{}}
+	return &fixtureView{domain: "usher.test", vms: map[string]*api.VM{}, lnms: map[string]*api.LNM{}}
 }
 
 // FixtureView is a simple in-memory core.StateView for tests and tools.
@@ -32,20 +34,20 @@ type FixtureView = fixtureView
 func NewFixtureView() *FixtureView { return newFixtureView() }
 
 // AddLNM adds or replaces a node.
-func (f *fixtureView) AddLNM(n *core.LNM) {
+func (f *fixtureView) AddLNM(n *api.LNM) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lnms[n.Info.Name] = n
 }
 
 // AddVM adds or replaces a VM.
-func (f *fixtureView) AddVM(v *core.VM) {
+func (f *fixtureView) AddVM(v *api.VM) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.vms[v.Name] = v
 }
 
-func (f *fixtureView) VM(name string) (*core.VM, bool) {
+func (f *fixtureView) VM(name string) (*api.VM, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	v, ok := f.vms[name]
@@ -55,10 +57,10 @@ func (f *fixtureView) VM(name string) (*core.VM, bool) {
 	return v.Clone(), true
 }
 
-func (f *fixtureView) sortedVMs(keep func(*core.VM) bool) []*core.VM {
+func (f *fixtureView) sortedVMs(keep func(*api.VM) bool) []*api.VM {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	var out []*core.VM
+	var out []*api.VM
 	for _, v := range f.vms {
 		if keep(v) {
 			out = append(out, v.Clone())
@@ -68,12 +70,12 @@ func (f *fixtureView) sortedVMs(keep func(*core.VM) bool) []*core.VM {
 	return out
 }
 
-func (f *fixtureView) VMsOf(owner, cluster string) []*core.VM {
-	return f.sortedVMs(func(v *core.VM) bool { return v.Owner == owner && (cluster == "" || v.Cluster == cluster) })
+func (f *fixtureView) VMsOf(owner, cluster string) []*api.VM {
+	return f.sortedVMs(func(v *api.VM) bool { return v.Owner == owner && (cluster == "" || v.Cluster == cluster) })
 }
 
-func (f *fixtureView) VMsOn(lnm string) []*core.VM {
-	return f.sortedVMs(func(v *core.VM) bool { return v.LNM == lnm })
+func (f *fixtureView) VMsOn(lnm string) []*api.VM {
+	return f.sortedVMs(func(v *api.VM) bool { return v.LNM == lnm })
 }
 
 func (f *fixtureView) CountOf(owner string) int {
@@ -88,7 +90,7 @@ func (f *fixtureView) CountOf(owner string) int {
 	return n
 }
 
-func (f *fixtureView) LNM(name string) (*core.LNM, bool) {
+func (f *fixtureView) LNM(name string) (*api.LNM, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	n, ok := f.lnms[name]
@@ -99,10 +101,10 @@ func (f *fixtureView) LNM(name string) (*core.LNM, bool) {
 	return &c, true
 }
 
-func (f *fixtureView) LNMs() []*core.LNM {
+func (f *fixtureView) LNMs() []*api.LNM {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	out := make([]*core.LNM, 0, len(f.lnms))
+	out := make([]*api.LNM, 0, len(f.lnms))
 	for _, n := range f.lnms {
 		c := *n
 		out = append(out, &c)
@@ -111,10 +113,10 @@ func (f *fixtureView) LNMs() []*core.LNM {
 	return out
 }
 
-func (f *fixtureView) Clusters(owner string) []core.Cluster {
+func (f *fixtureView) Clusters(owner string) []api.Cluster {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	m := map[string]*core.Cluster{}
+	m := map[string]*api.Cluster{}
 	for _, v := range f.vms {
 		if owner != "" && v.Owner != owner {
 			continue
@@ -122,12 +124,12 @@ func (f *fixtureView) Clusters(owner string) []core.Cluster {
 		k := v.Owner + "/" + v.Cluster
 		c := m[k]
 		if c == nil {
-			c = &core.Cluster{Name: v.Cluster, Owner: v.Owner}
+			c = &api.Cluster{Name: v.Cluster, Owner: v.Owner}
 			m[k] = c
 		}
 		c.VMs = append(c.VMs, v.Name)
 	}
-	out := make([]core.Cluster, 0, len(m))
+	out := make([]api.Cluster, 0, len(m))
 	for _, c := range m {
 		sort.Strings(c.VMs)
 		out = append(out, *c)
@@ -164,8 +166,8 @@ func str(t *glua.LTable, k, def string) string {
 // set replaces the fixture from usher_test.fixture{domain=, lnms=, vms=}.
 func (f *fixtureView) set(t *glua.LTable) error {
 	domain := str(t, "domain", "usher.test")
-	lnms := map[string]*core.LNM{}
-	vms := map[string]*core.VM{}
+	lnms := map[string]*api.LNM{}
+	vms := map[string]*api.VM{}
 	if lt, ok := t.RawGetString("lnms").(*glua.LTable); ok {
 		for i := 1; i <= lt.Len(); i++ {
 			e, ok := lt.RawGetInt(i).(*glua.LTable)
@@ -178,18 +180,18 @@ func (f *fixtureView) set(t *glua.LTable) error {
 			}
 			cpus := int(num(e, "cpus", 4))
 			mem := int(num(e, "mem_mb", 8192))
-			cpu := core.Avg{}
+			cpu := api.Avg{}
 			if c, ok := e.RawGetString("cpu").(glua.LNumber); ok {
-				cpu = core.Avg{M1: float64(c), M5: float64(c), M15: float64(c)}
+				cpu = api.Avg{M1: float64(c), M5: float64(c), M15: float64(c)}
 			}
 			cpu.M1 = num(e, "cpu_m1", cpu.M1)
 			cpu.M5 = num(e, "cpu_m5", cpu.M5)
 			cpu.M15 = num(e, "cpu_m15", cpu.M15)
-			lnms[name] = &core.LNM{
-				Info: core.NodeInfo{Name: name, Driver: "sim", CPUs: cpus, MemMB: mem, Address: name + ":7000"},
-				Status: core.NodeStatus{VMs: int(num(e, "vms", 0)), FreeMemMB: int(num(e, "free_mem_mb", float64(mem))),
-					FreeVCPUs: int(num(e, "free_vcpus", float64(cpus))), Usage: core.Usage{CPU: cpu}, ReportedAt: time.Now().UnixMilli()},
-				State: core.LNMState(str(e, "state", string(core.LNMConnected))),
+			lnms[name] = &api.LNM{
+				Info: api.NodeInfo{Name: name, Driver: "sim", CPUs: cpus, MemMB: mem, Address: name + ":7000"},
+				Status: api.NodeStatus{VMs: int(num(e, "vms", 0)), FreeMemMB: int(num(e, "free_mem_mb", float64(mem))),
+					FreeVCPUs: int(num(e, "free_vcpus", float64(cpus))), Usage: api.Usage{CPU: cpu}, ReportedAt: time.Now().UnixMilli()},
+				State: api.LNMState(str(e, "state", string(api.LNMConnected))),
 				Since: time.Now(),
 			}
 		}
@@ -200,18 +202,18 @@ func (f *fixtureView) set(t *glua.LTable) error {
 			if !ok {
 				return fmt.Errorf("vms[%d] is not a table", i)
 			}
-			v := &core.VM{Short: str(e, "short", ""), Owner: str(e, "owner", ""), Name: str(e, "name", ""),
-				LNM: str(e, "lnm", ""), State: core.VMState(str(e, "state", string(core.StateRunning))),
+			v := &api.VM{Short: str(e, "short", ""), Owner: str(e, "owner", ""), Name: str(e, "name", ""),
+				LNM: str(e, "lnm", ""), State: api.VMState(str(e, "state", string(api.StateRunning))),
 				MemMB: int(num(e, "mem_mb", 512)), VCPUs: int(num(e, "vcpus", 1)), Created: time.Now()}
 			if v.Name == "" {
 				if v.Short == "" || v.Owner == "" {
 					return fmt.Errorf("vms[%d] needs name or short and owner", i)
 				}
-				v.Name = core.FullName(v.Short, v.Owner, domain)
+				v.Name = api.FullName(v.Short, v.Owner, domain)
 			} else if v.Short == "" {
-				v.Short, v.Owner, _ = core.ParseFullName(v.Name, domain)
+				v.Short, v.Owner, _ = api.ParseFullName(v.Name, domain)
 			}
-			v.Cluster = str(e, "cluster", core.ClusterOf(v.Short))
+			v.Cluster = str(e, "cluster", api.ClusterOf(v.Short))
 			if d, ok := e.RawGetString("data").(*glua.LTable); ok {
 				v.Data = luaStrMap(d)
 			}
@@ -225,14 +227,14 @@ func (f *fixtureView) set(t *glua.LTable) error {
 }
 
 // request builds a core.Request from a test's Lua table.
-func (f *fixtureView) request(event string, t *glua.LTable) (*core.Request, error) {
+func (f *fixtureView) request(event string, t *glua.LTable) (*core.Request, *core.Decision, error) {
 	req := &core.Request{ID: str(t, "id", "test-req")}
 	switch event {
-	case core.EvStartRequest:
+	case api.EvStartRequest:
 		req.Kind = core.KindStart
-	case core.EvOpRequest:
+	case api.EvOpRequest:
 		req.Kind = core.KindOp
-	case core.EvMigrateRequest:
+	case api.EvMigrateRequest:
 		req.Kind = core.KindMigrate
 	default:
 		req.Kind = core.KindList
@@ -242,19 +244,19 @@ func (f *fixtureView) request(event string, t *glua.LTable) (*core.Request, erro
 	}
 	switch u := t.RawGetString("user").(type) {
 	case glua.LString:
-		req.User = core.Identity{User: string(u)}
+		req.User = api.Identity{User: string(u)}
 	case *glua.LTable:
-		req.User = core.Identity{User: str(u, "user", ""), Admin: glua.LVAsBool(u.RawGetString("admin"))}
+		req.User = api.Identity{User: str(u, "user", ""), Admin: glua.LVAsBool(u.RawGetString("admin"))}
 		if g, ok := u.RawGetString("groups").(*glua.LTable); ok {
 			req.User.Groups = luaStrings(g)
 		}
 	default:
-		return nil, fmt.Errorf("request needs user")
+		return nil, nil, fmt.Errorf("request needs user")
 	}
 	if o := str(t, "op", ""); o != "" {
-		op, err := core.ParseOp(o)
+		op, err := api.ParseOp(o)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		req.Op = op
 	}
@@ -268,40 +270,49 @@ func (f *fixtureView) request(event string, t *glua.LTable) (*core.Request, erro
 		req.Args = luaStrMap(a)
 	}
 	domain := f.Domain()
+	var chosen []struct{ lnm, target string }
 	if vt, ok := t.RawGetString("vms").(*glua.LTable); ok {
 		for i := 1; i <= vt.Len(); i++ {
-			var rv *core.ReqVM
+			var rv core.ReqVM
+			var lnm, target string
 			switch e := vt.RawGetInt(i).(type) {
 			case glua.LString:
 				name := string(e)
 				if !strings.Contains(name, ".") {
-					name = core.FullName(name, req.User.User, domain)
+					name = api.FullName(name, req.User.User, domain)
 				}
-				rv = &core.ReqVM{Name: name}
+				rv = core.ReqVM{Name: name}
 				if v, ok := f.VM(name); ok {
-					rv = &core.ReqVM{Name: v.Name, Short: v.Short, Owner: v.Owner, Cluster: v.Cluster, LNM: v.LNM,
+					rv = core.ReqVM{Name: v.Name, Short: v.Short, Owner: v.Owner, Cluster: v.Cluster, LNM: v.LNM,
 						MemMB: v.MemMB, VCPUs: v.VCPUs, State: v.State, Data: v.Data}
 				} else {
-					rv.Short, rv.Owner, _ = core.ParseFullName(name, domain)
+					rv.Short, rv.Owner, _ = api.ParseFullName(name, domain)
 				}
 			case *glua.LTable:
-				rv = &core.ReqVM{Short: str(e, "short", ""), Owner: str(e, "owner", req.User.User), Name: str(e, "name", ""),
-					Cluster: str(e, "cluster", req.Cluster), LNM: str(e, "lnm", ""), Target: str(e, "target", ""),
-					MemMB: int(num(e, "mem_mb", 512)), VCPUs: int(num(e, "vcpus", 1)), State: core.VMState(str(e, "state", ""))}
+				rv = core.ReqVM{Short: str(e, "short", ""), Owner: str(e, "owner", req.User.User), Name: str(e, "name", ""),
+					Cluster: str(e, "cluster", req.Cluster), LNM: str(e, "lnm", ""),
+					MemMB: int(num(e, "mem_mb", 512)), VCPUs: int(num(e, "vcpus", 1)), State: api.VMState(str(e, "state", ""))}
+				target = str(e, "target", "")
 				if rv.Name == "" {
-					rv.Name = core.FullName(rv.Short, rv.Owner, domain)
+					rv.Name = api.FullName(rv.Short, rv.Owner, domain)
 				}
 				if rv.Cluster == "" {
-					rv.Cluster = core.ClusterOf(rv.Short)
+					rv.Cluster = api.ClusterOf(rv.Short)
 				}
 				if d, ok := e.RawGetString("data").(*glua.LTable); ok {
 					rv.Data = luaStrMap(d)
 				}
 			default:
-				return nil, fmt.Errorf("vms[%d] must be a name or a table", i)
+				return nil, nil, fmt.Errorf("vms[%d] must be a name or a table", i)
 			}
+			lnm = rv.LNM
 			req.VMs = append(req.VMs, rv)
+			chosen = append(chosen, struct{ lnm, target string }{lnm, target})
 		}
 	}
-	return req, nil
+	d := core.NewDecision(req)
+	for i, c := range chosen {
+		d.VMs[i].LNM, d.VMs[i].Target = c.lnm, c.target
+	}
+	return req, d, nil
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+
 	glua "github.com/yuin/gopher-lua"
 
 	"github.com/usher-vm/usher/core"
@@ -17,13 +19,13 @@ var _ core.Hooks = (*Host)(nil)
 // Authenticate runs the authenticate chain: each handler in order until one
 // accepts. A handler error counts as a refusal by that handler (fail
 // closed) and the chain continues.
-func (h *Host) Authenticate(ctx context.Context, c core.Credentials) (core.Identity, error) {
-	chain := h.snap.Load().chains[core.EvAuthenticate]
+func (h *Host) Authenticate(ctx context.Context, c core.Credentials) (api.Identity, error) {
+	chain := h.snap.Load().chains[api.EvAuthenticate]
 	for _, hd := range chain {
 		if ctx.Err() != nil {
-			return core.Identity{}, ctx.Err()
+			return api.Identity{}, ctx.Err()
 		}
-		var id core.Identity
+		var id api.Identity
 		accepted := false
 		_, err := h.invoke(ctx, hd, kindRequest, func(ls *lstate) []glua.LValue {
 			t := ls.L.CreateTable(0, 3)
@@ -36,7 +38,7 @@ func (h *Host) Authenticate(ctx context.Context, c core.Credentials) (core.Ident
 				return nil
 			}
 			accepted = true
-			id = core.Identity{User: c.User}
+			id = api.Identity{User: c.User}
 			if len(rets) > 1 {
 				if t, ok := rets[1].(*glua.LTable); ok {
 					if g, ok := t.RawGetString("groups").(*glua.LTable); ok {
@@ -59,27 +61,40 @@ func (h *Host) Authenticate(ctx context.Context, c core.Credentials) (core.Ident
 			return id, nil
 		}
 	}
-	return core.Identity{}, core.ErrAuthFailed
+	return api.Identity{}, api.ErrUnauthorized
 }
 
 // Authorize runs the authorize chain.
-func (h *Host) Authorize(ctx context.Context, req *core.Request) error {
-	return h.runChain(ctx, core.EvAuthorize, req)
+func (h *Host) Authorize(ctx context.Context, req *core.Request, d *core.Decision) error {
+	return h.runChain(ctx, api.EvAuthorize, req, d)
 }
 
 // Request runs a request event chain (start_request, migrate_request,
 // op_request; authorize is accepted too).
-func (h *Host) Request(ctx context.Context, event string, req *core.Request) error {
+func (h *Host) Request(ctx context.Context, event string, req *core.Request, d *core.Decision) error {
 	switch event {
-	case core.EvAuthorize, core.EvStartRequest, core.EvMigrateRequest, core.EvOpRequest:
+	case api.EvAuthorize, api.EvStartRequest, api.EvMigrateRequest, api.EvOpRequest:
 	default:
 		return fmt.Errorf("lua: %q is not a request event", event)
 	}
-	return h.runChain(ctx, event, req)
+	return h.runChain(ctx, event, req, d)
 }
 
-// runChain passes req through every handler of one snapshot in order.
-func (h *Host) runChain(ctx context.Context, event string, req *core.Request) error {
+// isReject reports the usher.reject marker among a handler's results.
+func isReject(rets []glua.LValue) *rejectMark {
+	if len(rets) > 0 {
+		if ud, ok := rets[0].(*glua.LUserData); ok {
+			if m, ok := ud.Value.(*rejectMark); ok {
+				return m
+			}
+		}
+	}
+	return nil
+}
+
+// runChain passes req through every handler of one snapshot in order; each
+// sees the decision so far and may change it as core.FieldRules allow.
+func (h *Host) runChain(ctx context.Context, event string, req *core.Request, d *core.Decision) error {
 	chain := h.snap.Load().chains[event]
 	for _, hd := range chain {
 		if err := ctx.Err(); err != nil {
@@ -88,69 +103,59 @@ func (h *Host) runChain(ctx context.Context, event string, req *core.Request) er
 		label := hd.label()
 		var rejected *rejectMark
 		var changed bool
-		d, err := h.invoke(ctx, hd, kindRequest, func(ls *lstate) []glua.LValue {
-			ls.lastReq = ls.reqValue(req)
-			return []glua.LValue{ls.lastReq}
+		var reqUD *glua.LUserData
+		dur, err := h.invoke(ctx, hd, kindRequest, func(ls *lstate) []glua.LValue {
+			reqUD = ls.reqValue(req, d, event)
+			return []glua.LValue{reqUD}
 		}, func(ls *lstate, rets []glua.LValue) error {
-			if len(rets) > 0 {
-				if ud, ok := rets[0].(*glua.LUserData); ok {
-					if m, ok := ud.Value.(*rejectMark); ok {
-						rejected = m
-						return nil
-					}
-				}
+			if rejected = isReject(rets); rejected != nil {
+				return nil
 			}
 			var err error
-			changed, err = ls.applyReq(ls.lastReq, req, label)
+			changed, err = ls.applyReq(reqUD, req, d, label)
 			return err
 		})
-		step := core.TraceStep{Event: event, Handler: label, Micros: d.Microseconds()}
+		step := api.TraceStep{Event: event, Handler: label, Micros: dur.Microseconds()}
 		switch {
 		case err != nil:
 			step.Action, step.Detail = "error", err.Error()
-			req.Trace = append(req.Trace, step)
-			req.Rejected = err.Error()
+			d.Trace = append(d.Trace, step)
 			h.report(hd.v.file, fmt.Sprintf("%s (handler %s)", err.Error(), label), false)
 			return &core.RejectError{Event: event, Handler: label, Reason: err.Error()}
 		case rejected != nil:
 			step.Action, step.Detail = "rejected", rejected.reason
-			req.Trace = append(req.Trace, step)
-			req.Rejected = rejected.reason
+			d.Trace = append(d.Trace, step)
 			return &core.RejectError{Event: event, Handler: label, Reason: rejected.reason}
 		case changed:
 			step.Action = "modified"
 		default:
 			step.Action = "approved"
 		}
-		req.Trace = append(req.Trace, step)
+		d.Trace = append(d.Trace, step)
 	}
 	return nil
 }
 
-// RegisterVM runs register_vm handlers; they may set vm.data fields.
-func (h *Host) RegisterVM(ctx context.Context, req *core.Request, vm *core.ReqVM) error {
-	chain := h.snap.Load().chains[core.EvRegisterVM]
+// RegisterVM runs register_vm handlers for VM i of a start; they may set
+// its data.
+func (h *Host) RegisterVM(ctx context.Context, req *core.Request, d *core.Decision, i int) error {
+	chain := h.snap.Load().chains[api.EvRegisterVM]
+	name := req.VMs[i].Name
 	for _, hd := range chain {
 		label := hd.label()
 		var rejected *rejectMark
-		d, err := h.invoke(ctx, hd, kindRequest, func(ls *lstate) []glua.LValue {
-			ls.lastVM = reqVMTable(ls.L, vm)
-			return []glua.LValue{ls.reqValue(req), ls.lastVM}
+		var reqUD *glua.LUserData
+		dur, err := h.invoke(ctx, hd, kindRequest, func(ls *lstate) []glua.LValue {
+			reqUD = ls.reqValue(req, d, api.EvRegisterVM)
+			return []glua.LValue{reqUD, ls.newVMView(req, d, i, api.EvRegisterVM)}
 		}, func(ls *lstate, rets []glua.LValue) error {
-			if len(rets) > 0 {
-				if ud, ok := rets[0].(*glua.LUserData); ok {
-					if m, ok := ud.Value.(*rejectMark); ok {
-						rejected = m
-						return nil
-					}
-				}
+			if rejected = isReject(rets); rejected != nil {
+				return nil
 			}
-			if dt, ok := ls.lastVM.RawGetString("data").(*glua.LTable); ok {
-				vm.Data = luaStrMap(dt)
-			}
-			return nil
+			_, err := ls.applyReq(reqUD, req, d, label)
+			return err
 		})
-		step := core.TraceStep{Event: core.EvRegisterVM, Handler: label, Micros: d.Microseconds(), Action: "approved", Detail: vm.Name}
+		step := api.TraceStep{Event: api.EvRegisterVM, Handler: label, Micros: dur.Microseconds(), Action: "approved", Detail: name}
 		if err != nil || rejected != nil {
 			reason := ""
 			if err != nil {
@@ -159,11 +164,11 @@ func (h *Host) RegisterVM(ctx context.Context, req *core.Request, vm *core.ReqVM
 			} else {
 				step.Action, reason = "rejected", rejected.reason
 			}
-			step.Detail = vm.Name + ": " + reason
-			req.Trace = append(req.Trace, step)
-			return &core.RejectError{Event: core.EvRegisterVM, Handler: label, Reason: reason}
+			step.Detail = name + ": " + reason
+			d.Trace = append(d.Trace, step)
+			return &core.RejectError{Event: api.EvRegisterVM, Handler: label, Reason: reason}
 		}
-		req.Trace = append(req.Trace, step)
+		d.Trace = append(d.Trace, step)
 	}
 	return nil
 }
@@ -175,7 +180,7 @@ func (h *Host) Wants(event string) bool {
 
 // Notify queues ev for the notification handlers. It never blocks: when the
 // queue is full the event is dropped and counted.
-func (h *Host) Notify(ev core.Event) {
+func (h *Host) Notify(ev api.Event) {
 	if h.closed.Load() {
 		return
 	}
@@ -206,7 +211,7 @@ func (h *Host) dispatch() {
 					return []glua.LValue{eventTable(ls.L, ev)}
 				}, nil)
 				if err != nil && h.ctx.Err() == nil {
-					h.report(hd.v.file, fmt.Sprintf("%s (handler %s on %s)", err.Error(), hd.label(), ev.Type), ev.Type == core.EvError)
+					h.report(hd.v.file, fmt.Sprintf("%s (handler %s on %s)", err.Error(), hd.label(), ev.Type), ev.Type == api.EvError)
 				}
 			}
 		}
@@ -217,7 +222,7 @@ func (h *Host) dispatch() {
 // is replaced or unloaded.
 func (h *Host) startTimers(v *version) {
 	for _, hd := range v.handlers {
-		if hd.spec.event != core.EvTimer {
+		if hd.spec.event != api.EvTimer {
 			continue
 		}
 		hd := hd
@@ -245,7 +250,7 @@ func (h *Host) fireTimer(ctx context.Context, hd *handler, now time.Time) error 
 	}
 	_, err := h.invoke(ctx, hd, kindAsync, func(ls *lstate) []glua.LValue {
 		t := ls.L.CreateTable(0, 3)
-		t.RawSetString("type", glua.LString(core.EvTimer))
+		t.RawSetString("type", glua.LString(api.EvTimer))
 		t.RawSetString("time", unixf(now))
 		t.RawSetString("name", glua.LString(hd.spec.name))
 		return []glua.LValue{t}
@@ -271,7 +276,7 @@ func (h *Host) RunTimers(ctx context.Context, scriptName string) error {
 	}
 	var errs []error
 	for _, hd := range v.handlers {
-		if hd.spec.event == core.EvTimer {
+		if hd.spec.event == api.EvTimer {
 			if err := h.fireTimer(ctx, hd, time.Now()); err != nil {
 				errs = append(errs, err)
 			}
@@ -283,23 +288,23 @@ func (h *Host) RunTimers(ctx context.Context, scriptName string) error {
 // noView is the view before Bind: empty.
 type noView struct{}
 
-func (noView) VM(string) (*core.VM, bool)      { return nil, false }
-func (noView) VMsOf(string, string) []*core.VM { return nil }
-func (noView) VMsOn(string) []*core.VM         { return nil }
-func (noView) CountOf(string) int              { return 0 }
-func (noView) LNM(string) (*core.LNM, bool)    { return nil, false }
-func (noView) LNMs() []*core.LNM               { return nil }
-func (noView) Clusters(string) []core.Cluster  { return nil }
-func (noView) Domain() string                  { return "" }
+func (noView) VM(string) (*api.VM, bool)      { return nil, false }
+func (noView) VMsOf(string, string) []*api.VM { return nil }
+func (noView) VMsOn(string) []*api.VM         { return nil }
+func (noView) CountOf(string) int             { return 0 }
+func (noView) LNM(string) (*api.LNM, bool)    { return nil, false }
+func (noView) LNMs() []*api.LNM               { return nil }
+func (noView) Clusters(string) []api.Cluster  { return nil }
+func (noView) Domain() string                 { return "" }
 
 // noActions refuses every action.
 type noActions struct{}
 
 var errNoActions = errors.New("lua: no controller bound (actions unavailable)")
 
-func (noActions) OpOn(context.Context, core.Identity, core.OpArgs) (*core.Result, error) {
+func (noActions) OpOn(context.Context, api.Identity, api.OpArgs) (*api.Result, error) {
 	return nil, errNoActions
 }
-func (noActions) Migrate(context.Context, core.Identity, core.MigrateArgs) (*core.Result, error) {
+func (noActions) Migrate(context.Context, api.Identity, api.MigrateArgs) (*api.Result, error) {
 	return nil, errNoActions
 }

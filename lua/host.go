@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+
 	"github.com/fsnotify/fsnotify"
 	glua "github.com/yuin/gopher-lua"
 
@@ -24,17 +26,30 @@ import (
 
 // Options configure a Host.
 type Options struct {
-	Dirs       []string                  // policy dirs: shipped scripts dir first, then site dirs
-	Enabled    []string                  // Dirs[0] only: base names to load; nil = all
-	Watch      bool                      // hot-reload on file changes
-	Budget     time.Duration             // per handler call (default 100ms)
-	MemLimitMB int                       // per call / state (default 64)
-	PoolSize   int                       // Lua states per script (default GOMAXPROCS*2)
-	Config     map[string]map[string]any // usher.config per script base name
-	StorePath  string                    // persistent key-value store ("" = in memory)
-	Logger     *slog.Logger
-	Modules    ModuleConfig // site-integration modules ldap, dns, sql, fs (mod_*.go); zero = none
+	Dirs    []string // policy dirs: shipped scripts dir first, then site dirs
+	Enabled []string // Dirs[0] only: base names to load; nil = all
+	Watch   bool     // hot-reload on file changes
+	// Instructions is the budget of one handler call: Lua VM instructions
+	// plus the work the host's functions do for it (default
+	// DefaultInstructions; a script's top level gets ten times as much,
+	// once). Budget is the wall-clock backstop of one call (default 2s),
+	// for what instructions do not count.
+	Instructions uint64
+	Budget       time.Duration
+	MemLimitMB   int                       // per call / state (default 64)
+	PoolSize     int                       // Lua states per script (default GOMAXPROCS*2)
+	Config       map[string]map[string]any // usher.config per script base name
+	StorePath    string                    // persistent key-value store ("" = in memory)
+	Logger       *slog.Logger
+	Modules      ModuleConfig // site-integration modules ldap, dns, sql, fs (mod_*.go); zero = none
 }
+
+// DefaultInstructions is the default instruction budget of a handler call:
+// about 125 ms of Lua on the project's machine (40 million instructions a
+// second), 500 ms on one four times slower. The shipped policies take a
+// few thousand per request; a placement over 10,000 nodes with the node
+// query a few hundred thousand.
+const DefaultInstructions = 5_000_000
 
 // NotifyQueue is the capacity of the asynchronous notification queue.
 const NotifyQueue = 4096
@@ -47,7 +62,7 @@ type Host struct {
 	mods  *modules // site-integration modules (nil: none configured)
 
 	view atomic.Pointer[viewBox]
-	sink atomic.Pointer[func(core.Event)]
+	sink atomic.Pointer[func(api.Event)]
 
 	mu       sync.Mutex // guards scripts, runtime registrations, flags, rebuilds
 	scripts  map[string]*script
@@ -62,7 +77,7 @@ type Host struct {
 	started atomic.Bool
 	closed  atomic.Bool
 
-	notifyQ  chan core.Event
+	notifyQ  chan api.Event
 	ndropped atomic.Uint64
 	watcher  *fsnotify.Watcher
 	onReload atomic.Pointer[func(path string, err error)] // test hook
@@ -144,8 +159,11 @@ type registry struct {
 
 // New creates a host. Call Bind, then Start.
 func New(opts Options) (*Host, error) {
+	if opts.Instructions == 0 {
+		opts.Instructions = DefaultInstructions
+	}
 	if opts.Budget <= 0 {
-		opts.Budget = 100 * time.Millisecond
+		opts.Budget = 2 * time.Second
 	}
 	if opts.MemLimitMB <= 0 {
 		opts.MemLimitMB = 64
@@ -168,7 +186,7 @@ func New(opts Options) (*Host, error) {
 	h := &Host{mods: mods,
 		opts: opts, log: opts.Logger.With("component", "lua"), store: st,
 		scripts: map[string]*script{}, disabled: map[string]bool{}, inactive: map[string]bool{}, offs: map[*hstats]bool{},
-		ctx: ctx, cancel: cancel, notifyQ: make(chan core.Event, NotifyQueue),
+		ctx: ctx, cancel: cancel, notifyQ: make(chan api.Event, NotifyQueue),
 	}
 	h.view.Store(&viewBox{view: noView{}, act: noActions{}})
 	h.snap.Store(&registry{chains: map[string][]*handler{}, off: map[*hstats]bool{}})
@@ -187,7 +205,7 @@ func (h *Host) Bind(view core.StateView, act core.Actions) {
 }
 
 // SetErrorSink receives load and runtime errors as "error" events.
-func (h *Host) SetErrorSink(f func(core.Event)) {
+func (h *Host) SetErrorSink(f func(api.Event)) {
 	if f == nil {
 		h.sink.Store(nil)
 		return
@@ -296,7 +314,7 @@ func (h *Host) report(scriptName, msg string, fromErrorHandler bool) {
 		return // an "error" handler failing must not feed itself
 	}
 	if f := h.sink.Load(); f != nil {
-		(*f)(core.Event{Type: core.EvError, Time: time.Now(), Error: msg,
+		(*f)(api.Event{Type: api.EvError, Time: time.Now(), Error: msg,
 			Detail: map[string]string{"script": scriptName, "line": fmt.Sprint(line), "message": msg}})
 	}
 }
@@ -446,7 +464,7 @@ func (h *Host) rebuildLocked() {
 				off[hd.stats] = true
 				continue
 			}
-			if hd.spec.event == core.EvTimer {
+			if hd.spec.event == api.EvTimer {
 				continue
 			}
 			chains[hd.spec.event] = append(chains[hd.spec.event], hd)
@@ -554,11 +572,11 @@ func (h *Host) NotifyDropped() uint64 { return h.ndropped.Load() }
 
 func knownEvent(e string) bool {
 	switch e {
-	case core.EvAuthenticate, core.EvAuthorize, core.EvStartRequest, core.EvMigrateRequest,
-		core.EvOpRequest, core.EvRegisterVM, core.EvTimer:
+	case api.EvAuthenticate, api.EvAuthorize, api.EvStartRequest, api.EvMigrateRequest,
+		api.EvOpRequest, api.EvRegisterVM, api.EvTimer:
 		return true
 	}
-	for _, n := range core.NotifyEvents() {
+	for _, n := range api.NotifyEvents() {
 		if n == e {
 			return true
 		}

@@ -3,9 +3,9 @@ package lua
 import (
 	"fmt"
 
-	glua "github.com/yuin/gopher-lua"
+	"github.com/usher-vm/usher/api"
 
-	"github.com/usher-vm/usher/core"
+	glua "github.com/yuin/gopher-lua"
 )
 
 // lnmView is what usher.lnm and usher.lnms hand to Lua: a read-only view
@@ -15,14 +15,14 @@ import (
 // nodes per request; building three tables per node (gopher-lua keeps a map,
 // a key list and an index map per table) was most of what usher.lnms cost.
 type lnmView struct {
-	n                   *core.LNM
+	n                   *api.LNM
 	info, status, usage *glua.LUserData
 }
 
 type lnmInfoView struct{ v *lnmView }
 type lnmStatusView struct{ v *lnmView }
 
-func lnmValue(L *glua.LState, n *core.LNM) glua.LValue {
+func lnmValue(L *glua.LState, n *api.LNM) glua.LValue {
 	ud := L.NewUserData()
 	ud.Value = &lnmView{n: n}
 	ud.Metatable = lnmMT(L, "usher.lnm")
@@ -82,7 +82,7 @@ func (v *lnmView) field(L *glua.LState, k string) glua.LValue {
 	case "name":
 		return glua.LString(n.Info.Name)
 	case "connected":
-		return glua.LBool(n.State == core.LNMConnected)
+		return glua.LBool(n.State == api.LNMConnected)
 	case "state":
 		return glua.LString(string(n.State))
 	case "since":

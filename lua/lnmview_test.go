@@ -1,11 +1,10 @@
 package lua
 
 import (
-	"context"
 	"testing"
 	"time"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
 )
 
 // TestLNMViews: usher.lnm and usher.lnms hand scripts read-only views of
@@ -38,18 +37,14 @@ usher.on("start_request", function(req)
 end, {order = 10, name = "use"})`)
 	h := newHost(t, Options{Dirs: []string{dir}})
 	v := NewFixtureView()
-	v.AddLNM(&core.LNM{Info: core.NodeInfo{Name: "n2", CPUs: 8, MemMB: 16384, Driver: "sim", Hostname: "h2"},
-		State: core.LNMConnected, Since: time.Now(),
-		Status: core.NodeStatus{VMs: 3, FreeMemMB: 9000, FreeVCPUs: 5, ReportedAt: 1700000000,
-			Usage: core.Usage{CPU: core.Avg{M1: 1.5}}}})
-	v.AddLNM(&core.LNM{Info: core.NodeInfo{Name: "n3", CPUs: 4, MemMB: 4096, Driver: "sim"}, State: core.LNMConnected,
-		Status: core.NodeStatus{FreeMemMB: 100}})
+	v.AddLNM(&api.LNM{Info: api.NodeInfo{Name: "n2", CPUs: 8, MemMB: 16384, Driver: "sim", Hostname: "h2"},
+		State: api.LNMConnected, Since: time.Now(),
+		Status: api.NodeStatus{VMs: 3, FreeMemMB: 9000, FreeVCPUs: 5, ReportedAt: 1700000000,
+			Usage: api.Usage{CPU: api.Avg{M1: 1.5}}}})
+	v.AddLNM(&api.LNM{Info: api.NodeInfo{Name: "n3", CPUs: 4, MemMB: 4096, Driver: "sim"}, State: api.LNMConnected,
+		Status: api.NodeStatus{FreeMemMB: 100}})
 	h.Bind(v, nil)
-	req := startReq("c1")
-	if err := h.Request(context.Background(), core.EvStartRequest, req); err != nil {
-		t.Fatal(err)
-	}
-	d := req.VMs[0].Data
+	d := mustRun(t, h, api.EvStartRequest, startReq("c1")).VMs[0].Data
 	want := map[string]string{
 		"top":    "n2,true,connected,true",
 		"info":   "n2,nil,sim,8,16384,h2,nil",

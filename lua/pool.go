@@ -23,8 +23,6 @@ type lstate struct {
 	rejectUD *glua.LUserData   // marker returned by usher.reject
 	dropFn   *glua.LFunction   // req:drop
 	memLimit int64
-	lastReq  *glua.LUserData        // request view of the current call
-	lastVM   *glua.LTable           // register_vm: the vm table
 	views    []*vmView              // request VM views of the current call
 	reqs     []*reqView             // request views of the current call
 	reqMeta  *glua.LTable           // metatable of request views (reqMT)
@@ -90,7 +88,7 @@ func (v *version) acquire(ctx context.Context) (*lstate, error) {
 // release returns ls to the pool, or discards it (poisoned after a cut-off
 // or a Go panic) so a fresh state is built from the proto when next needed.
 func (v *version) release(ls *lstate, discard bool) {
-	ls.call, ls.lastReq, ls.lastVM = nil, nil, nil
+	ls.call = nil
 	ls.endViews()
 	if discard {
 		ls.L.Close()
@@ -128,22 +126,20 @@ func (e *callError) Error() string { return e.msg }
 // pcall runs fn(args...) under a fresh budget and returns nret results.
 func (ls *lstate) pcall(outer context.Context, kind callKind, fn *glua.LFunction, args []glua.LValue, nret int) ([]glua.LValue, error) {
 	h := ls.v.h
-	budget := h.opts.Budget
-	if kind == kindLoad && budget < time.Second {
-		budget = time.Second // top level may do a little more work once
+	limit, backstop := h.opts.Instructions, h.opts.Budget
+	if kind == kindLoad {
+		limit, backstop = 10*limit, max(backstop, 5*time.Second) // a top level may do more work, once
 	}
-	c := newCallCtx(outer, ls, kind, budget, ls.memLimit)
+	c := newCallCtx(outer, ls, kind, limit, backstop, ls.memLimit)
 	ls.call = c
 	L := ls.L
 	L.SetContext(c)
-	clockEnter()
 	base := L.GetTop()
 	L.Push(fn)
 	for _, a := range args {
 		L.Push(a)
 	}
 	err := L.PCall(len(args), glua.MultRet, nil)
-	clockExit()
 	L.RemoveContext()
 	if err != nil {
 		L.SetTop(base)

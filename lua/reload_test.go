@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
 )
 
 // reloads returns a channel that receives every completed reload.
@@ -73,14 +73,14 @@ func TestHotReloadUnderLoad(t *testing.T) {
 					return
 				default:
 				}
-				r := startReq("c1", "c2")
-				if err := h.Request(context.Background(), core.EvStartRequest, r); err != nil {
+				d, err := run(h, api.EvStartRequest, startReq("c1", "c2"))
+				if err != nil {
 					failed.Add(1)
 					t.Error(err)
 					continue
 				}
 				served.Add(1)
-				seen.Store(r.VMs[0].LNM, true)
+				seen.Store(d.VMs[0].LNM, true)
 			}
 		}()
 	}
@@ -91,9 +91,9 @@ func TestHotReloadUnderLoad(t *testing.T) {
 			t.Fatal(r.err)
 		}
 		// a request after the reload sees the new version
-		r := startReq("c9")
-		if err := h.Request(context.Background(), core.EvStartRequest, r); err != nil || r.VMs[0].LNM != lnm {
-			t.Fatalf("rev %d: lnm %q err %v", rev, r.VMs[0].LNM, err)
+		d, err := run(h, api.EvStartRequest, startReq("c9"))
+		if err != nil || d.VMs[0].LNM != lnm {
+			t.Fatalf("rev %d: lnm %q err %v", rev, d.VMs[0].LNM, err)
 		}
 	}
 	close(stop)
@@ -107,19 +107,19 @@ func TestHotReloadUnderLoad(t *testing.T) {
 func TestSyntaxErrorKeepsOldVersion(t *testing.T) {
 	dir := t.TempDir()
 	writeScript(t, dir, "place.lua", placeScript("n1", "1"))
-	var errs []core.Event
+	var errs []api.Event
 	var mu sync.Mutex
 	h := newHost(t, Options{Dirs: []string{dir}, Watch: true})
-	h.SetErrorSink(func(e core.Event) { mu.Lock(); errs = append(errs, e); mu.Unlock() })
+	h.SetErrorSink(func(e api.Event) { mu.Lock(); errs = append(errs, e); mu.Unlock() })
 	ch := reloads(h)
 	saveByRename(t, dir, "place.lua", "usher.on(\"start_request\", function(req)\n  local x = = 1\nend)\n")
 	r := waitReload(t, ch, "place.lua")
 	if r.err == nil || !strings.Contains(r.err.Error(), "place.lua:2:") {
 		t.Fatalf("reload err %v", r.err)
 	}
-	req := startReq("c1")
-	if err := h.Request(context.Background(), core.EvStartRequest, req); err != nil || req.VMs[0].LNM != "n1" {
-		t.Fatalf("old version not kept: %v %v", req.VMs[0].LNM, err)
+	d, err := run(h, api.EvStartRequest, startReq("c1"))
+	if err != nil || d.VMs[0].LNM != "n1" {
+		t.Fatalf("old version not kept: %v %v", d.VMs[0].LNM, err)
 	}
 	st := h.Status()[0]
 	if !strings.Contains(st.LastError, "place.lua:2:") || !st.Loaded {
@@ -157,9 +157,9 @@ func TestFileRemovalUnregisters(t *testing.T) {
 	writeScript(t, dir, "place.lua~", "garbage(")
 	os.Remove(filepath.Join(dir, "place.lua"))
 	waitReload(t, ch, "place.lua")
-	req := startReq("c1")
-	if err := h.Request(context.Background(), core.EvStartRequest, req); err != nil || req.VMs[0].LNM != "" || len(req.Trace) != 0 {
-		t.Fatalf("handlers of removed file still run: %+v %v", req, err)
+	d, err := run(h, api.EvStartRequest, startReq("c1"))
+	if err != nil || d.VMs[0].LNM != "" || len(d.Trace) != 0 {
+		t.Fatalf("handlers of removed file still run: %+v %v", d, err)
 	}
 	for _, s := range h.Status() {
 		if s.Name == "place" {

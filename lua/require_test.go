@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
 )
 
 func writeLib(t testing.TB, dir, name, src string) string {
@@ -29,11 +29,7 @@ end, {name = "place"})
 
 func placedOn(t *testing.T, h *Host) string {
 	t.Helper()
-	req := startReq("c1")
-	if err := h.Request(context.Background(), core.EvStartRequest, req); err != nil {
-		t.Fatal(err)
-	}
-	return req.VMs[0].LNM
+	return mustRun(t, h, api.EvStartRequest, startReq("c1")).VMs[0].LNM
 }
 
 func TestRequireCachedPerState(t *testing.T) {
@@ -60,9 +56,7 @@ usher.on("authorize", function() assert(c.node() == "n1") end)`)
 			t.Fatalf("library top level ran %s times in one state", got)
 		}
 	}
-	if err := h.Authorize(context.Background(), startReq("c1")); err != nil {
-		t.Fatal(err)
-	}
+	mustRun(t, h, api.EvAuthorize, startReq("c1"))
 	h.libMu.Lock()
 	n := len(h.libProtos)
 	h.libMu.Unlock()

@@ -2,28 +2,39 @@ package lua
 
 import (
 	"fmt"
+	"maps"
+	"strings"
+
+	"github.com/usher-vm/usher/api"
 
 	glua "github.com/yuin/gopher-lua"
 
 	"github.com/usher-vm/usher/core"
 )
 
-// vmView is a request VM as a request handler sees it: a userdata whose
-// fields read and write the Go ReqVM directly for the length of one handler
+// vmView is a request VM as a request handler sees it: a userdata over
+// one VM of the Go request and its decision, for the length of one handler
 // call. Requests of a thousand VMs pass through three or more handlers;
 // building a table per VM for each of them, and reading it back, was most
 // of the Lua cost of a start and much of the controller's garbage.
 //
-// Fields: name, short, owner, cluster and state are read-only; lnm, target,
-// mem_mb, vcpus and data are writable (data is a table, made on first use
-// and read back when the handler returns); any other field a script sets is
-// kept for the rest of that call. A view used after its handler returned
-// raises an error, so a stashed view cannot touch a later request.
+// Fields: name, short, owner, cluster and state read the request; lnm,
+// target, mem_mb, vcpus and data read the decision, and may be assigned in
+// the events core.FieldRules names (elsewhere the assignment raises at the
+// script's line; data is then a read-only table). data is a table made on
+// first use and read back when the handler returns; any other field a
+// script sets is kept for the rest of that call. A view used after its
+// handler returned raises an error, so a stashed view cannot touch a later
+// request.
 type vmView struct {
-	vm      *core.ReqVM
+	req     *core.Request
+	d       *core.Decision
+	i       int
+	event   string
 	live    bool
 	changed bool
 	data    *glua.LTable // vm.data once touched
+	dataRW  bool         // data may change in this event
 	extras               // the script's own fields
 }
 
@@ -78,9 +89,9 @@ func (e *extras) extraSet(L *glua.LState, k, v glua.LValue) {
 	e.extra.RawSet(k, v)
 }
 
-// newVMView wraps v for the current call.
-func (ls *lstate) newVMView(v *core.ReqVM) *glua.LUserData {
-	view := &vmView{vm: v, live: true}
+// newVMView wraps VM i of req for the current call.
+func (ls *lstate) newVMView(req *core.Request, d *core.Decision, i int, event string) *glua.LUserData {
+	view := &vmView{req: req, d: d, i: i, event: event, live: true}
 	ls.views = append(ls.views, view)
 	ud := ls.L.NewUserData()
 	ud.Value = view
@@ -106,7 +117,7 @@ func (ls *lstate) endViews() {
 func viewOf(v glua.LValue) *vmView { return liveOf[*vmView](v) }
 
 func checkView(L *glua.LState) *vmView {
-	return checkLive(L, "request VM", func(v *vmView) string { return v.vm.Name })
+	return checkLive(L, "request VM", func(v *vmView) string { return v.req.VMs[v.i].Name })
 }
 
 func optString(s string) glua.LValue {
@@ -120,14 +131,14 @@ func vmViewMT(L *glua.LState) *glua.LTable {
 	if mt, ok := L.G.Registry.RawGetString("usher.reqvm").(*glua.LTable); ok {
 		return mt
 	}
-	mt := viewMT(L, checkView, vmGet, vmSet, func(v *vmView) string { return "vm " + v.vm.Name })
+	mt := viewMT(L, checkView, vmGet, vmSet, func(v *vmView) string { return "vm " + v.req.VMs[v.i].Name })
 	L.G.Registry.RawSetString("usher.reqvm", mt)
 	return mt
 }
 
 // vmGet reads a VM view's own fields.
 func vmGet(L *glua.LState, view *vmView, k string) (glua.LValue, bool) {
-	v := view.vm
+	v, d := &view.req.VMs[view.i], &view.d.VMs[view.i]
 	switch k {
 	case "name":
 		return glua.LString(v.Name), true
@@ -137,52 +148,80 @@ func vmGet(L *glua.LState, view *vmView, k string) (glua.LValue, bool) {
 		return glua.LString(v.Owner), true
 	case "cluster":
 		return glua.LString(v.Cluster), true
-	case "lnm":
-		return optString(v.LNM), true
-	case "target":
-		return optString(v.Target), true
 	case "state":
 		return optString(string(v.State)), true
+	case "lnm":
+		return optString(d.LNM), true
+	case "target":
+		return optString(d.Target), true
 	case "mem_mb":
-		return glua.LNumber(v.MemMB), true
+		return glua.LNumber(d.MemMB), true
 	case "vcpus":
-		return glua.LNumber(v.VCPUs), true
+		return glua.LNumber(d.VCPUs), true
 	case "data":
 		if view.data == nil {
-			view.data = strMap(L, v.Data)
+			view.data = strMap(L, d.Data)
+			if core.Writable(view.event, core.FieldData) == nil {
+				view.dataRW = true
+			} else {
+				view.data = readOnly(L, view.data, "vm.data", view.event)
+			}
 		}
 		return view.data, true
 	}
 	return nil, false
 }
 
+// mayChange raises, at the script's line, unless field f may change in
+// the view's event.
+func mayChange(L *glua.LState, event, what string, f core.Field) {
+	if err := core.Writable(event, f); err != nil {
+		L.RaiseError("%s cannot change in %s (it may in: %s)", what, event, strings.Join(writableIn(f), ", "))
+	}
+}
+
+// writableIn lists the events in which f may change.
+func writableIn(f core.Field) []string {
+	for _, r := range core.FieldRules() {
+		if r.Field == f {
+			return r.Events
+		}
+	}
+	return []string{"none"}
+}
+
 // vmSet writes a VM view's own fields.
 func vmSet(L *glua.LState, view *vmView, k string, val glua.LValue) bool {
-	v := view.vm
+	d := &view.d.VMs[view.i]
 	switch k {
 	case "name", "short", "owner", "cluster", "state":
 		L.RaiseError("vm.%s is read-only", k)
 	case "lnm":
-		if s := luaString(val); s != v.LNM {
-			v.LNM, view.changed = s, true
+		mayChange(L, view.event, "vm.lnm", core.FieldLNM)
+		if s := luaString(val); s != d.LNM {
+			d.LNM, view.changed = s, true
 		}
 	case "target":
-		if s := luaString(val); s != v.Target {
-			v.Target, view.changed = s, true
+		mayChange(L, view.event, "vm.target", core.FieldTarget)
+		if s := luaString(val); s != d.Target {
+			d.Target, view.changed = s, true
 		}
 	case "mem_mb", "vcpus":
+		f := core.FieldMemMB
+		p := &d.MemMB
+		if k == "vcpus" {
+			f, p = core.FieldVCPUs, &d.VCPUs
+		}
+		mayChange(L, view.event, "vm."+k, f)
 		n, ok := luaInt(val)
 		if !ok {
 			L.RaiseError("vm.%s must be a whole number, not %s", k, val.Type().String())
-		}
-		p := &v.MemMB
-		if k == "vcpus" {
-			p = &v.VCPUs
 		}
 		if n != *p {
 			*p, view.changed = n, true
 		}
 	case "data":
+		mayChange(L, view.event, "vm.data", core.FieldData)
 		switch t := val.(type) {
 		case *glua.LTable:
 			view.data = t
@@ -191,10 +230,36 @@ func vmSet(L *glua.LState, view *vmView, k string, val glua.LValue) bool {
 		default:
 			L.RaiseError("vm.data must be a table, not %s", val.Type().String())
 		}
+		view.dataRW = true
 	default:
 		return false
 	}
 	return true
+}
+
+// readOnly is a proxy of t whose assignments raise, naming what and the
+// event; reads, # and pairs see t.
+func readOnly(L *glua.LState, t *glua.LTable, what, event string) *glua.LTable {
+	proxy := L.CreateTable(0, 0)
+	mt := L.CreateTable(0, 5)
+	mt.RawSetString("__index", t)
+	mt.RawSetString("__newindex", L.NewFunction(func(L *glua.LState) int {
+		L.RaiseError("%s cannot change in %s", what, event)
+		return 0
+	}))
+	mt.RawSetString("__len", L.NewFunction(func(L *glua.LState) int {
+		L.Push(glua.LNumber(t.Len()))
+		return 1
+	}))
+	mt.RawSetString("__pairs", L.NewFunction(func(L *glua.LState) int {
+		L.Push(L.GetGlobal("next"))
+		L.Push(t)
+		L.Push(glua.LNil)
+		return 3
+	}))
+	mt.RawSetString("__metatable", glua.LString("locked"))
+	proxy.Metatable = mt
+	return proxy
 }
 
 // viewMT builds the metatable of views of type T: get and set handle the
@@ -248,35 +313,43 @@ func (e *extras) own() *extras { return e }
 // apply reads back what the view cannot write through (vm.data) and
 // reports whether the handler changed the VM.
 func (view *vmView) apply() bool {
-	if view.data != nil {
-		if nd := luaStrMap(view.data); !equalMaps(nd, view.vm.Data) {
-			view.vm.Data, view.changed = nd, true
+	if view.data != nil && view.dataRW {
+		d := &view.d.VMs[view.i]
+		if nd := luaStrMap(view.data); !maps.Equal(nd, d.Data) {
+			d.Data, view.changed = nd, true
 		}
 	}
 	return view.changed
 }
 
 // reqView is a request as a handler sees it: a userdata over the Go
-// request for the length of one handler call, like vmView. Every handler
-// of a start (authorize, quota, placement) got a fresh table of the
-// request and another of the caller's identity, and gopher-lua gives each
-// table with string keys two maps and a key list: a third of the
-// controller's allocations per start.
+// request and its decision for the length of one handler call, like
+// vmView. Every handler of a start (authorize, quota, placement) got a
+// fresh table of the request and another of the caller's identity, and
+// gopher-lua gives each table with string keys two maps and a key list: a
+// third of the controller's allocations per start.
 //
-// Fields: id, kind, user, all and dry_run are read-only; op and cluster
-// are writable strings; vms, lnms and args are tables, made on first use
-// and read back when the handler returns; drop is req:drop; any other
-// field a script sets is kept for the rest of that call. user is a
-// read-only view of the caller (identityView). pairs() does not list a
-// view's fields.
+// Fields: id, kind, user, cluster, all, force and dry_run read the
+// request and are read-only; op, vms, lnms and args read the decision and
+// may be assigned in the events core.FieldRules names (elsewhere the
+// assignment raises at the script's line, and the tables are read-only).
+// vms, lnms and args are tables, made on first use and read back when the
+// handler returns; drop is req:drop; any other field a script sets is kept
+// for the rest of that call. user is a read-only view of the caller
+// (identityView). pairs() does not list a view's fields.
 type reqView struct {
 	req     *core.Request
+	d       *core.Decision
+	event   string
 	live    bool
-	changed bool            // op or cluster written
+	changed bool            // op written
 	user    *glua.LUserData // an identityView, made on first use
 	vms     *glua.LTable
+	vmsRW   bool // vms is the writable table of views (not a proxy)
 	lnms    *glua.LTable
+	lnmsRW  bool
 	args    *glua.LTable
+	argsRW  bool
 	extras  // the script's own fields
 }
 
@@ -294,12 +367,21 @@ func describeReq(r *core.Request) string {
 	return string(r.Kind)
 }
 
-// vmsTable is req.vms, made on first use: the request's VMs as views.
+// vmsTable is req.vms, made on first use: the request's VMs still in it,
+// as views (read-only where VMs may not be dropped).
 func (ls *lstate) vmsTable(view *reqView) *glua.LTable {
 	if view.vms == nil {
-		view.vms = ls.L.CreateTable(len(view.req.VMs), 0)
-		for i, v := range view.req.VMs {
-			view.vms.RawSetInt(i+1, ls.newVMView(v))
+		t := ls.L.CreateTable(view.d.Kept(), 0)
+		n := 0
+		for i := range view.req.VMs {
+			if !view.d.VMs[i].Dropped {
+				n++
+				t.RawSetInt(n, ls.newVMView(view.req, view.d, i, view.event))
+			}
+		}
+		view.vms, view.vmsRW = t, core.Writable(view.event, core.FieldVMs) == nil
+		if !view.vmsRW {
+			view.vms = readOnly(ls.L, t, "req.vms", view.event)
 		}
 	}
 	return view.vms
@@ -317,7 +399,7 @@ func (ls *lstate) reqMT() *glua.LTable {
 
 // reqGet reads a request view's own fields.
 func (ls *lstate) reqGet(L *glua.LState, view *reqView, k string) (glua.LValue, bool) {
-	r := view.req
+	r, d := view.req, view.d
 	switch k {
 	case "id":
 		return glua.LString(r.ID), true
@@ -329,19 +411,25 @@ func (ls *lstate) reqGet(L *glua.LState, view *reqView, k string) (glua.LValue, 
 		}
 		return view.user, true
 	case "op":
-		return optString(string(r.Op)), true
+		return optString(string(d.Op)), true
 	case "cluster":
 		return optString(r.Cluster), true
 	case "vms":
 		return ls.vmsTable(view), true
 	case "lnms":
 		if view.lnms == nil {
-			view.lnms = strList(L, r.LNMs)
+			view.lnms, view.lnmsRW = strList(L, d.LNMs), core.Writable(view.event, core.FieldLNMs) == nil
+			if !view.lnmsRW {
+				view.lnms = readOnly(L, view.lnms, "req.lnms", view.event)
+			}
 		}
 		return view.lnms, true
 	case "args":
 		if view.args == nil {
-			view.args = strMap(L, r.Args)
+			view.args, view.argsRW = strMap(L, d.Args), core.Writable(view.event, core.FieldArgs) == nil
+			if !view.argsRW {
+				view.args = readOnly(L, view.args, "req.args", view.event)
+			}
 		}
 		return view.args, true
 	case "all":
@@ -356,7 +444,7 @@ func (ls *lstate) reqGet(L *glua.LState, view *reqView, k string) (glua.LValue, 
 
 // reqSet writes a request view's own fields.
 func reqSet(L *glua.LState, view *reqView, k string, val glua.LValue) bool {
-	r := view.req
+	d := view.d
 	table := func() *glua.LTable {
 		switch t := val.(type) {
 		case *glua.LTable:
@@ -368,26 +456,26 @@ func reqSet(L *glua.LState, view *reqView, k string, val glua.LValue) bool {
 		return nil
 	}
 	switch k {
-	case "id", "kind", "user", "all", "dry_run", "drop":
+	case "id", "kind", "user", "all", "dry_run", "drop", "cluster":
 		L.RaiseError("req.%s is read-only", k)
 	case "op":
-		op, err := core.ParseOp(luaString(val))
+		mayChange(L, view.event, "req.op", core.FieldOp)
+		op, err := api.ParseOp(luaString(val))
 		if err != nil {
 			L.RaiseError("req.op: %v", err)
 		}
-		if op != r.Op {
-			r.Op, view.changed = op, true
-		}
-	case "cluster":
-		if s := luaString(val); s != r.Cluster {
-			r.Cluster, view.changed = s, true
+		if op != d.Op {
+			d.Op, view.changed = op, true
 		}
 	case "vms":
-		view.vms = table()
+		mayChange(L, view.event, "req.vms", core.FieldVMs)
+		view.vms, view.vmsRW = table(), true
 	case "lnms":
-		view.lnms = table()
+		mayChange(L, view.event, "req.lnms", core.FieldLNMs)
+		view.lnms, view.lnmsRW = table(), true
 	case "args":
-		view.args = table()
+		mayChange(L, view.event, "req.args", core.FieldArgs)
+		view.args, view.argsRW = table(), true
 	default:
 		return false
 	}
@@ -398,11 +486,11 @@ func reqSet(L *glua.LState, view *reqView, k string, val glua.LValue) bool {
 // (user, admin, groups). Authorization and quota read a field or two of
 // it on every request; a table per handler was 3 % of a start's CPU.
 type identityView struct {
-	id     *core.Identity
+	id     *api.Identity
 	groups *glua.LTable // made on first use
 }
 
-func (ls *lstate) identityValue(id *core.Identity) *glua.LUserData {
+func (ls *lstate) identityValue(id *api.Identity) *glua.LUserData {
 	ud := ls.L.NewUserData()
 	ud.Value = &identityView{id: id}
 	ud.Metatable = ls.identityMT()

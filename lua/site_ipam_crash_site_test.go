@@ -26,10 +26,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/usher-vm/usher/client"
-	"github.com/usher-vm/usher/core"
 )
 
 // buildUsher builds cmd/usher with policy.modules wired in.
@@ -169,7 +170,7 @@ scan_interval = "1s"
 	defer cl.Close()
 	eventually(t, "LNM connected", func() bool {
 		ns, err := cl.ListLNMs(ctx, nil, false)
-		return err == nil && len(ns) == 1 && ns[0].State == core.LNMConnected
+		return err == nil && len(ns) == 1 && ns[0].State == api.LNMConnected
 	})
 
 	db, err := sql.Open("sqlite", "file:"+dbPath+"?mode=ro&_pragma=busy_timeout(5000)")
@@ -186,7 +187,7 @@ scan_interval = "1s"
 	}
 
 	// 1. start two VMs; kill -9 the controller while the LNM boots them
-	go cl.Start(ctx, core.StartArgs{ID: "before-crash", Cluster: "c1", Count: 2})
+	go cl.Start(ctx, api.StartArgs{ID: "before-crash", Cluster: "c1", Count: 2})
 	eventually(t, "two reservations", func() bool { return count("select count(*) from ipam_addr where state = 'reserved'") == 2 })
 	if n := count("select count(*) from ipam_addr where state = 'used'"); n != 0 {
 		t.Fatalf("start_complete already seen (%d used): no crash window", n)
@@ -201,7 +202,7 @@ scan_interval = "1s"
 	waitPort(t, ctlAddr, "controller", filepath.Join(dir, "controller2.log"))
 	eventually(t, "LNM back", func() bool {
 		ns, err := cl.ListLNMs(ctx, nil, false)
-		return err == nil && len(ns) == 1 && ns[0].State == core.LNMConnected
+		return err == nil && len(ns) == 1 && ns[0].State == api.LNMConnected
 	})
 	crashed := map[string]bool{}
 	rs, err := db.Query("select ip from ipam_addr")
@@ -219,7 +220,7 @@ scan_interval = "1s"
 	// reserved: VMs of other names get other addresses. (The controller may
 	// reuse the names c11/c12 for a new request; such a VM takes over the
 	// reservation of its name — the old one never existed.)
-	res, err := cl.Start(ctx, core.StartArgs{ID: "after-crash-1", Cluster: "c1", Names: []string{"d1", "d2"}})
+	res, err := cl.Start(ctx, api.StartArgs{ID: "after-crash-1", Cluster: "c1", Names: []string{"d1", "d2"}})
 	if err != nil || res.OK() != 2 {
 		t.Fatalf("after the crash: %+v %v", res, err)
 	}
@@ -238,7 +239,7 @@ scan_interval = "1s"
 			count("select count(*) from ipam_addr where state = 'used'") == 2
 	})
 	t.Logf("stale reservations reconciled %v after the restart", time.Since(t1))
-	res, err = cl.Start(ctx, core.StartArgs{ID: "after-crash-2", Cluster: "c1", Names: []string{"e1", "e2", "e3"}})
+	res, err = cl.Start(ctx, api.StartArgs{ID: "after-crash-2", Cluster: "c1", Names: []string{"e1", "e2", "e3"}})
 	if err != nil || res.OK() != 3 {
 		t.Fatalf("after the reconcile: %+v %v", res, err)
 	}
@@ -273,7 +274,7 @@ scan_interval = "1s"
 	}
 	// every VM the controller knows carries the address the table gave it,
 	// and no two VMs share one
-	lr, err := cl.List(ctx, core.ListArgs{})
+	lr, err := cl.List(ctx, api.ListArgs{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+
 	"github.com/usher-vm/usher/core"
 )
 
@@ -72,7 +74,7 @@ func TestSiteLDAPAuth(t *testing.T) {
 	h := siteHost(t, mc, []string{"auth_ldap"}, map[string]map[string]any{"auth_ldap": {
 		"url": s.URL, "base": "ou=people," + s.Base, "group_base": "ou=groups," + s.Base}}, nil)
 	ctx := context.Background()
-	auth := func(u, p string) (core.Identity, error) {
+	auth := func(u, p string) (api.Identity, error) {
 		return h.Authenticate(ctx, core.Credentials{User: u, Password: p, Remote: "test"})
 	}
 	t0 := time.Now()
@@ -125,15 +127,17 @@ func TestSiteLDAPCluster(t *testing.T) {
 	view := NewFixtureView()
 	h := siteHost(t, mc, []string{"ldap_cluster"}, map[string]map[string]any{"ldap_cluster": {
 		"url": s.URL, "bind": "admin", "base": s.Base, "required": true}}, view)
-	req := &core.Request{ID: "r1", Kind: core.KindStart, User: core.Identity{User: "alice"}, Cluster: "web"}
-	vm := &core.ReqVM{Name: "web1.alice.usher.test", Short: "web1", Owner: "alice", Cluster: "web", LNM: "n1"}
-	req.VMs = []*core.ReqVM{vm}
-	if err := h.RegisterVM(context.Background(), req, vm); err != nil {
+	req := &core.Request{ID: "r1", Kind: core.KindStart, User: api.Identity{User: "alice"}, Cluster: "web",
+		VMs: []core.ReqVM{{Name: "web1.alice.usher.test", Short: "web1", Owner: "alice", Cluster: "web", MemMB: 512, VCPUs: 1}}}
+	vm := &req.VMs[0]
+	d := core.NewDecision(req)
+	d.VMs[0].LNM = "n1"
+	if err := h.RegisterVM(context.Background(), req, d, 0); err != nil {
 		t.Fatal(err)
 	}
 	branch := "ou=web-alice,ou=clusters," + s.Base
-	if vm.Data["ldap_branch"] != branch {
-		t.Fatalf("data %v", vm.Data)
+	if d.VMs[0].Data["ldap_branch"] != branch {
+		t.Fatalf("data %v", d.VMs[0].Data)
 	}
 	out := s.search(t, branch, "(objectClass=*)", "objectClass", "member", "aliasedObjectName")
 	for _, want := range []string{"dn: " + branch, "dn: uid=alice," + branch, "aliasedObjectName: uid=alice,ou=people," + s.Base,
@@ -144,8 +148,8 @@ func TestSiteLDAPCluster(t *testing.T) {
 	}
 	// The alias resolves: searching the branch with -a always finds alice's entry.
 	// The last VM of the cluster goes: the branch goes.
-	v := &core.VM{Name: vm.Name, Short: "web1", Owner: "alice", Cluster: "web", LNM: "n1", State: core.StateDestroyed}
-	h.Notify(core.Event{Type: core.EvOpComplete, VM: v, OK: true, Detail: map[string]string{"op": "destroy"}, Time: time.Now()})
+	v := &api.VM{Name: vm.Name, Short: "web1", Owner: "alice", Cluster: "web", LNM: "n1", State: api.StateDestroyed}
+	h.Notify(api.Event{Type: api.EvOpComplete, VM: v, OK: true, Detail: map[string]string{"op": "destroy"}, Time: time.Now()})
 	eventually(t, "branch removed", func() bool {
 		return !strings.Contains(s.search(t, "ou=clusters,"+s.Base, "(ou=web-alice)", "ou"), "web-alice")
 	})
@@ -159,14 +163,19 @@ func TestSiteDNS(t *testing.T) {
 	view := NewFixtureView()
 	h := siteHost(t, mc, []string{"dns"}, map[string]map[string]any{"dns": cfg}, view)
 	ctx := context.Background()
-	reg := func(h *Host, short, ip string, alias bool) (*core.ReqVM, error) {
-		req := &core.Request{ID: "r", Kind: core.KindStart, User: core.Identity{User: "alice"}, Cluster: "web"}
+	// reg runs register_vm for a new VM placed on n1 whose data (as
+	// start_request left it) holds its address; it returns the VM as
+	// register_vm left it.
+	reg := func(h *Host, short, ip string, alias bool) (outVM, error) {
+		req := &core.Request{ID: "r", Kind: core.KindStart, User: api.Identity{User: "alice"}, Cluster: "web",
+			VMs: []core.ReqVM{{Name: short + ".alice." + n.Zone, Short: short, Owner: "alice", Cluster: "web", MemMB: 512, VCPUs: 1}}}
 		if alias {
 			req.Args = map[string]string{"dns_alias": "yes"}
 		}
-		vm := &core.ReqVM{Name: short + ".alice." + n.Zone, Short: short, Owner: "alice", Cluster: "web", LNM: "n1", Data: map[string]string{"ip": ip}}
-		req.VMs = []*core.ReqVM{vm}
-		return vm, h.RegisterVM(ctx, req, vm)
+		d := core.NewDecision(req)
+		d.VMs[0].LNM, d.VMs[0].Data = "n1", map[string]string{"ip": ip}
+		err := h.RegisterVM(ctx, req, d, 0)
+		return keptVMs(req, d)[0], err
 	}
 	t0 := time.Now()
 	vm1, err := reg(h, "web1", "10.1.0.7", true)
@@ -187,8 +196,8 @@ func TestSiteDNS(t *testing.T) {
 		t.Fatalf("round-robin alias: %q", got)
 	}
 	// destroy web1: its names go, the alias keeps web2's address
-	v := &core.VM{Name: vm1.Name, Short: "web1", Owner: "alice", Cluster: "web", State: core.StateDestroyed, Data: vm1.Data}
-	h.Notify(core.Event{Type: core.EvOpComplete, VM: v, OK: true, Detail: map[string]string{"op": "destroy"}, Time: time.Now()})
+	v := &api.VM{Name: vm1.Name, Short: "web1", Owner: "alice", Cluster: "web", State: api.StateDestroyed, Data: vm1.Data}
+	h.Notify(api.Event{Type: api.EvOpComplete, VM: v, OK: true, Detail: map[string]string{"op": "destroy"}, Time: time.Now()})
 	eventually(t, "records removed", func() bool {
 		return n.dig(t, "web1.alice."+n.Zone, "A") == "" && n.dig(t, "7.0.1.10.in-addr.arpa", "PTR") == "" &&
 			n.dig(t, "web.alice."+n.Zone, "A") == "10.1.0.8"
@@ -232,18 +241,20 @@ func TestSiteNFSAndAudit(t *testing.T) {
 		"ipam_sql": {"ranges": []any{map[string]any{"name": "lab", "subnet": "10.1.0.0/24", "first": "10.1.0.10", "last": "10.1.0.20"}}},
 	}, view)
 	ctx := context.Background()
-	req := &core.Request{ID: "r1", Kind: core.KindStart, User: core.Identity{User: "alice"}, Cluster: "web",
-		VMs: []*core.ReqVM{{Name: "web1.alice.usher.test", Short: "web1", Owner: "alice", Cluster: "web", LNM: "n1"}}}
-	if err := h.Request(ctx, core.EvStartRequest, req); err != nil {
+	req := &core.Request{ID: "r1", Kind: core.KindStart, User: api.Identity{User: "alice"}, Cluster: "web",
+		VMs: []core.ReqVM{{Name: "web1.alice.usher.test", Short: "web1", Owner: "alice", Cluster: "web", MemMB: 512, VCPUs: 1}}}
+	d := core.NewDecision(req)
+	d.VMs[0].LNM = "n1" // as placement would have
+	if err := h.Request(ctx, api.EvStartRequest, req, d); err != nil {
 		t.Fatal(err)
 	}
-	vm := req.VMs[0]
-	if vm.Data["ip"] != "10.1.0.10" {
-		t.Fatalf("ipam: %v", vm.Data)
+	if d.VMs[0].Data["ip"] != "10.1.0.10" {
+		t.Fatalf("ipam: %v", d.VMs[0].Data)
 	}
-	if err := h.RegisterVM(ctx, req, vm); err != nil {
+	if err := h.RegisterVM(ctx, req, d, 0); err != nil {
 		t.Fatal(err)
 	}
+	vm := keptVMs(req, d)[0]
 	local := filepath.Join(root, "vms", "alice", "web1")
 	for _, d := range []string{filepath.Join(root, "global", "etc", "init.d"), filepath.Join(root, "clusters", "alice", "web", "etc", "rc3.d"), filepath.Join(local, "etc", "rc5.d")} {
 		fi, err := os.Lstat(d)
@@ -256,10 +267,10 @@ func TestSiteNFSAndAudit(t *testing.T) {
 	if fsPerm(fi.Mode()) != 0o2770 || (os.Geteuid() == 0 && (st.Uid != 1234 || st.Gid != 4321)) {
 		t.Fatalf("%s: mode %o owner %d:%d", local, fsPerm(fi.Mode()), st.Uid, st.Gid)
 	}
-	cl := &core.VM{Name: vm.Name, Short: "web1", Owner: "alice", Cluster: "web", LNM: "n1", State: core.StateRunning, Data: vm.Data}
+	cl := &api.VM{Name: vm.Name, Short: "web1", Owner: "alice", Cluster: "web", LNM: "n1", State: api.StateRunning, Data: vm.Data}
 	view.AddVM(cl)
-	h.Notify(core.Event{Type: core.EvStartComplete, VM: cl, OK: true, LNM: "n1", Req: "r1", Time: time.Now()})
-	h.Notify(core.Event{Type: core.EvStateChanged, VM: cl, LNM: "n1", Time: time.Now()})
+	h.Notify(api.Event{Type: api.EvStartComplete, VM: cl, OK: true, LNM: "n1", Req: "r1", Time: time.Now()})
+	h.Notify(api.Event{Type: api.EvStateChanged, VM: cl, LNM: "n1", Time: time.Now()})
 	db, err := sql.Open("sqlite", "file:"+dbPath+"?mode=ro")
 	if err != nil {
 		t.Fatal(err)
@@ -283,9 +294,9 @@ func TestSiteNFSAndAudit(t *testing.T) {
 	view2 := NewFixtureView()
 	h.Bind(view2, nil)
 	gone := cl.Clone()
-	gone.State = core.StateDestroyed
-	h.Notify(core.Event{Type: core.EvOpComplete, VM: gone, OK: true, Detail: map[string]string{"op": "destroy"}, Time: time.Now()})
-	h.Notify(core.Event{Type: core.EvStateChanged, VM: gone, Time: time.Now()})
+	gone.State = api.StateDestroyed
+	h.Notify(api.Event{Type: api.EvOpComplete, VM: gone, OK: true, Detail: map[string]string{"op": "destroy"}, Time: time.Now()})
+	h.Notify(api.Event{Type: api.EvStateChanged, VM: gone, Time: time.Now()})
 	eventually(t, "cleanup after destroy", func() bool {
 		_, e1 := os.Lstat(local)
 		_, e2 := os.Lstat(filepath.Join(root, "clusters", "alice", "web"))

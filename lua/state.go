@@ -73,11 +73,47 @@ func newSandbox(ls *lstate, logger *slog.Logger, script string) *glua.LState {
 		L.Push(glua.LString(lib.name))
 		L.Call(1, 0)
 	}
+	// The .. operator is charged before it joins: one instruction cannot
+	// allocate past the memory limit (the patched gopher-lua's hook).
+	L.ConcatHook = func(L *glua.LState, n int) { ls.call.charge(L, int64(n)) }
 	g := L.G.Global
 	for _, n := range removedGlobals {
 		g.RawSetString(n, glua.LNil)
 	}
 	L.SetGlobal("require", L.NewFunction(ls.apiRequire)) // sandboxed: lib/<name>.lua only (require.go)
+	// pairs and ipairs see through read-only proxies (req.vms, vm.data in
+	// events where they cannot change): pairs honours __pairs, ipairs
+	// __index.
+	next := L.GetGlobal("next")
+	L.SetGlobal("pairs", L.NewFunction(func(L *glua.LState) int {
+		v := L.CheckAny(1)
+		if mm := L.GetMetaField(v, "__pairs"); mm.Type() == glua.LTFunction {
+			L.Push(mm)
+			L.Push(v)
+			L.Call(1, 3)
+			return 3
+		}
+		L.Push(next)
+		L.Push(L.CheckTable(1))
+		L.Push(glua.LNil)
+		return 3
+	}))
+	ipairsAux := L.NewFunction(func(L *glua.LState) int {
+		i := L.CheckInt(2) + 1
+		v := L.GetTable(L.Get(1), glua.LNumber(i))
+		if v == glua.LNil {
+			return 0
+		}
+		L.Push(glua.LNumber(i))
+		L.Push(v)
+		return 2
+	})
+	L.SetGlobal("ipairs", L.NewFunction(func(L *glua.LState) int {
+		L.Push(ipairsAux)
+		L.Push(L.CheckTable(1))
+		L.Push(glua.LNumber(0))
+		return 3
+	}))
 	L.SetGlobal("print", L.NewFunction(func(L *glua.LState) int {
 		n := L.GetTop()
 		parts := make([]string, 0, n)

@@ -5,6 +5,8 @@ import (
 	"sort"
 	"sync/atomic"
 	"time"
+
+	"github.com/usher-vm/usher/api"
 )
 
 // hstats are lock-free per-handler counters with a log2 latency histogram.
@@ -62,47 +64,17 @@ func (s *hstats) quantile(q float64) int64 {
 	return int64(1) << 31
 }
 
-// HandlerStatus describes one registration of a script.
-type HandlerStatus struct {
-	Event   string  `json:"event"`
-	Order   int     `json:"order"`
-	Name    string  `json:"name"`
-	Every   string  `json:"every,omitempty"`   // timers
-	Runtime bool    `json:"runtime,omitempty"` // added with Register
-	Active  bool    `json:"active"`
-	Calls   uint64  `json:"calls"`
-	Errors  uint64  `json:"errors"`
-	TotalUS int64   `json:"total_us"`
-	MeanUS  float64 `json:"mean_us"`
-	P50US   int64   `json:"p50_us"` // upper bound of the log2 bucket
-	P99US   int64   `json:"p99_us"`
-	MaxUS   int64   `json:"max_us"`
-}
-
-// ScriptStatus describes one script.
-type ScriptStatus struct {
-	Name      string          `json:"name"`
-	File      string          `json:"file"`
-	Hash      string          `json:"hash,omitempty"`
-	LoadedAt  time.Time       `json:"loaded_at,omitempty"`
-	Loaded    bool            `json:"loaded"`
-	LastError string          `json:"last_error,omitempty"`
-	ErrorAt   time.Time       `json:"error_at,omitempty"`
-	States    int             `json:"states"` // Lua states currently created
-	Handlers  []HandlerStatus `json:"handlers"`
-}
-
 // Status reports every script, sorted by name.
-func (h *Host) Status() []ScriptStatus {
+func (h *Host) Status() []api.ScriptStatus {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]ScriptStatus, 0, len(h.scripts))
+	out := make([]api.ScriptStatus, 0, len(h.scripts))
 	for _, s := range h.scripts {
-		st := ScriptStatus{Name: s.name, File: s.path, LastError: s.lastErr, ErrorAt: s.lastErrAt, Handlers: []HandlerStatus{}}
+		st := api.ScriptStatus{Name: s.name, File: s.path, LastError: s.lastErr, ErrorAt: s.lastErrAt, Handlers: []api.HandlerStatus{}}
 		if v := s.cur; v != nil {
 			st.Hash, st.LoadedAt, st.Loaded, st.States = v.hash, v.loadedAt, true, int(v.created.Load())
 			add := func(hd *handler, rt bool) {
-				hs := HandlerStatus{Event: hd.spec.event, Order: hd.spec.order, Name: hd.spec.name, Runtime: rt,
+				hs := api.HandlerStatus{Event: hd.spec.event, Order: hd.spec.order, Name: hd.spec.name, Runtime: rt,
 					Active: h.activeLocked(s.name, hd)}
 				if hd.spec.every > 0 {
 					hs.Every = hd.spec.every.String()

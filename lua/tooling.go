@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/usher-vm/usher/api"
 
 	glua "github.com/yuin/gopher-lua"
 
@@ -206,18 +209,18 @@ func (tr *testRun) install(L *glua.LState) {
 		},
 		"request": func(L *glua.LState) int {
 			event := L.CheckString(1)
-			req, err := tr.view.request(event, L.CheckTable(2))
+			req, d, err := tr.view.request(event, L.CheckTable(2))
 			if err != nil {
 				L.RaiseError("usher_test.request: %v", err)
 			}
 			h := tr.ensureHost(L)
 			var rerr error
-			if event == core.EvAuthorize {
-				rerr = h.Authorize(context.Background(), req)
+			if event == api.EvAuthorize {
+				rerr = h.Authorize(context.Background(), req, d)
 			} else {
-				rerr = h.Request(context.Background(), event, req)
+				rerr = h.Request(context.Background(), event, req, d)
 			}
-			L.Push(resultOf(L, req))
+			L.Push(resultOf(L, req, d, rerr))
 			if rerr != nil {
 				L.Push(glua.LString(rerr.Error()))
 				return 2
@@ -225,18 +228,17 @@ func (tr *testRun) install(L *glua.LState) {
 			return 1
 		},
 		"register_vm": func(L *glua.LState) int {
-			req, err := tr.view.request(core.EvStartRequest, L.CheckTable(1))
+			req, d, err := tr.view.request(api.EvStartRequest, L.CheckTable(1))
 			if err != nil || len(req.VMs) == 0 {
 				L.RaiseError("usher_test.register_vm: need a request with one VM: %v", err)
 			}
 			h := tr.ensureHost(L)
-			vm := req.VMs[0]
-			if err := h.RegisterVM(context.Background(), req, vm); err != nil {
+			if err := h.RegisterVM(context.Background(), req, d, 0); err != nil {
 				L.Push(glua.LNil)
 				L.Push(glua.LString(err.Error()))
 				return 2
 			}
-			L.Push(reqVMTable(L, vm))
+			L.Push(decisionVMTable(L, req, d, 0))
 			return 1
 		},
 		"authenticate": func(L *glua.LState) int {
@@ -301,29 +303,52 @@ func (tr *testRun) install(L *glua.LState) {
 	L.SetGlobal("usher_test", t)
 }
 
-// resultOf converts a request after the chain into a table.
-func resultOf(L *glua.LState, req *core.Request) *glua.LTable {
+// decisionVMTable is VM i of a request as the chain left it.
+func decisionVMTable(L *glua.LState, req *core.Request, d *core.Decision, i int) *glua.LTable {
+	v, c := &req.VMs[i], &d.VMs[i]
+	t := L.CreateTable(0, 10)
+	t.RawSetString("name", glua.LString(v.Name))
+	t.RawSetString("short", glua.LString(v.Short))
+	t.RawSetString("owner", glua.LString(v.Owner))
+	t.RawSetString("cluster", glua.LString(v.Cluster))
+	setStr(t, "lnm", c.LNM)
+	setStr(t, "target", c.Target)
+	t.RawSetString("mem_mb", glua.LNumber(c.MemMB))
+	t.RawSetString("vcpus", glua.LNumber(c.VCPUs))
+	setStr(t, "state", string(v.State))
+	t.RawSetString("data", strMap(L, c.Data))
+	return t
+}
+
+// resultOf converts a request after the chain (its decision, and the
+// chain's error) into a table.
+func resultOf(L *glua.LState, req *core.Request, d *core.Decision, err error) *glua.LTable {
 	t := L.NewTable()
-	vms := L.CreateTable(len(req.VMs), 0)
+	vms := L.CreateTable(d.Kept(), 0)
 	byName := L.NewTable()
-	for i, v := range req.VMs {
-		vt := reqVMTable(L, v)
-		vms.RawSetInt(i+1, vt)
-		byName.RawSetString(v.Short, vt)
+	n := 0
+	for i := range req.VMs {
+		if d.VMs[i].Dropped {
+			continue
+		}
+		vt := decisionVMTable(L, req, d, i)
+		n++
+		vms.RawSetInt(n, vt)
+		byName.RawSetString(req.VMs[i].Short, vt)
 	}
 	t.RawSetString("vms", vms)
 	t.RawSetString("by_short", byName)
-	dr := L.CreateTable(len(req.Dropped), 0)
-	for i, d := range req.Dropped {
+	dr := L.CreateTable(len(d.Dropped), 0)
+	for i, x := range d.Dropped {
 		e := L.NewTable()
-		e.RawSetString("vm", glua.LString(d.VM))
-		e.RawSetString("reason", glua.LString(d.Reason))
-		e.RawSetString("by", glua.LString(d.By))
+		e.RawSetString("vm", glua.LString(x.VM))
+		e.RawSetString("reason", glua.LString(x.Reason))
+		e.RawSetString("by", glua.LString(x.By))
 		dr.RawSetInt(i+1, e)
 	}
 	t.RawSetString("dropped", dr)
-	tr := L.CreateTable(len(req.Trace), 0)
-	for i, s := range req.Trace {
+	tr := L.CreateTable(len(d.Trace), 0)
+	for i, s := range d.Trace {
 		e := L.NewTable()
 		e.RawSetString("event", glua.LString(s.Event))
 		e.RawSetString("handler", glua.LString(s.Handler))
@@ -332,10 +357,13 @@ func resultOf(L *glua.LState, req *core.Request) *glua.LTable {
 		tr.RawSetInt(i+1, e)
 	}
 	t.RawSetString("trace", tr)
-	setStr(t, "rejected", req.Rejected)
-	t.RawSetString("lnms", strList(L, req.LNMs))
-	t.RawSetString("args", strMap(L, req.Args))
-	setStr(t, "op", string(req.Op))
+	var rej *core.RejectError
+	if errors.As(err, &rej) {
+		t.RawSetString("rejected", glua.LString(rej.Reason))
+	}
+	t.RawSetString("lnms", strList(L, d.LNMs))
+	t.RawSetString("args", strMap(L, d.Args))
+	setStr(t, "op", string(d.Op))
 	return t
 }
 
@@ -398,18 +426,18 @@ func (r *recorder) reset() {
 	r.mu.Unlock()
 }
 
-func (r *recorder) OpOn(_ context.Context, _ core.Identity, a core.OpArgs) (*core.Result, error) {
+func (r *recorder) OpOn(_ context.Context, _ api.Identity, a api.OpArgs) (*api.Result, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.log = append(r.log, map[string]any{"kind": "op", "op": string(a.Op), "vms": toAnys(a.VMs)})
-	return &core.Result{Requested: len(a.VMs)}, nil
+	return &api.Result{Requested: len(a.VMs)}, nil
 }
 
-func (r *recorder) Migrate(_ context.Context, _ core.Identity, a core.MigrateArgs) (*core.Result, error) {
+func (r *recorder) Migrate(_ context.Context, _ api.Identity, a api.MigrateArgs) (*api.Result, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.log = append(r.log, map[string]any{"kind": "migrate", "vms": toAnys(a.VMs), "lnms": toAnys(a.LNMs)})
-	return &core.Result{Requested: len(a.VMs)}, nil
+	return &api.Result{Requested: len(a.VMs)}, nil
 }
 
 func toAnys(xs []string) []any {

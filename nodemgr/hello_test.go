@@ -5,32 +5,32 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
 )
 
 // countingDriver lists its domains and counts usage samples.
 type countingDriver struct {
 	Driver
 	mu    sync.Mutex
-	doms  []DomainInfo
+	doms  []GuestInfo
 	stats int
 }
 
 func (d *countingDriver) Kind() string { return "counting" }
 
-func (d *countingDriver) List(context.Context) ([]DomainInfo, error) {
+func (d *countingDriver) List(context.Context) ([]GuestInfo, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return append([]DomainInfo(nil), d.doms...), nil
+	return append([]GuestInfo(nil), d.doms...), nil
 }
 
 func (d *countingDriver) Stats(context.Context) (Stats, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.stats++
-	s := Stats{Node: core.Sample{CPU: float64(d.stats)}, Domains: map[string]core.Sample{}}
+	s := Stats{Node: Sample{CPU: float64(d.stats)}, Guests: map[string]Sample{}}
 	for _, dom := range d.doms {
-		s.Domains[dom.Name] = core.Sample{}
+		s.Guests[dom.Name] = Sample{}
 	}
 	return s, nil
 }
@@ -40,12 +40,12 @@ func (d *countingDriver) Stats(context.Context) (Stats, error) {
 // restart) sends the averages it has and takes no new sample, with its
 // capacity from the domains it runs now.
 func TestHelloStatus(t *testing.T) {
-	d := &countingDriver{doms: []DomainInfo{{Name: "a", State: core.StateRunning, MemMB: 1024, VCPUs: 2}}}
+	d := &countingDriver{doms: []GuestInfo{{Name: "a", State: api.StateRunning, MemMB: 1024, VCPUs: 2}}}
 	l, err := New(Options{Name: "n1", Driver: d})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.info = core.NodeInfo{Name: "n1", CPUs: 8, MemMB: 8192}
+	l.info = api.NodeInfo{Name: "n1", CPUs: 8, MemMB: 8192}
 	st, err := l.helloStatus(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -54,8 +54,8 @@ func TestHelloStatus(t *testing.T) {
 		t.Fatalf("first registration: %d samples, status %+v", d.stats, st)
 	}
 	d.mu.Lock()
-	d.doms = append(d.doms, DomainInfo{Name: "b", State: core.StatePaused, MemMB: 2048, VCPUs: 1},
-		DomainInfo{Name: "c", State: core.StateShutoff, MemMB: 4096, VCPUs: 4})
+	d.doms = append(d.doms, GuestInfo{Name: "b", State: api.StatePaused, MemMB: 2048, VCPUs: 1},
+		GuestInfo{Name: "c", State: api.StateShutoff, MemMB: 4096, VCPUs: 4})
 	d.mu.Unlock()
 	st, err = l.helloStatus(context.Background())
 	if err != nil {

@@ -3,7 +3,6 @@ package nodemgr
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
 	"github.com/usher-vm/usher/transport"
 )
 
@@ -24,7 +23,7 @@ type Options struct {
 	Controller   string        // controller address host:port
 	TLS          *tls.Config   // client TLS with the LNM certificate
 	Driver       Driver        // the VMM
-	ScanInterval time.Duration // how often to look for missing or unexpected VMs
+	ScanInterval time.Duration // how often to look for missing or unexpected guests
 	Parallel     int           // VM operations run at once per batch
 	Limits       transport.Limits
 	MinBackoff   time.Duration // reconnect backoff bounds
@@ -38,22 +37,24 @@ type Options struct {
 	Logger         *slog.Logger
 }
 
-// LNM is a local node manager: it serves the Table 2 API to the controller
-// over the session it dials, reports state changes and usage, and keeps
-// the cached VM objects the controller sends it.
+// LNM is a local node manager: it serves the Table 2 API (api.Node) to the
+// controller over the session it dials, reports state changes and usage,
+// and keeps the cached VM objects the controller sends it. Run owns every
+// goroutine the LNM starts and returns once they have ended.
 type LNM struct {
 	opts Options
 	log  *slog.Logger
 	drv  Driver
+	mux  *transport.Mux
 
 	mu       sync.Mutex
-	cache    map[string]*core.VM     // controller's objects
-	reported map[string]core.VMState // unmanaged domains already reported
-	avg      map[string]*core.Averager
-	nodeAvg  core.Averager
+	cache    map[string]*api.VM     // controller's objects
+	reported map[string]api.VMState // unmanaged guests already reported
+	avg      map[string]*Averager
+	nodeAvg  Averager
 	lastStat time.Time
-	usage    map[string]core.Usage
-	info     core.NodeInfo
+	usage    map[string]api.Usage
+	info     api.NodeInfo
 
 	connected atomic.Bool
 	interval  atomic.Int64 // the report interval of the current session (ns)
@@ -64,12 +65,14 @@ type LNM struct {
 	recovery  atomic.Pointer[string] // the recovery listener's address
 }
 
+var _ api.Node = (*LNM)(nil)
+
 // New builds an LNM.
 func New(o Options) (*LNM, error) {
 	if o.Driver == nil {
 		return nil, errors.New("lnm: no driver")
 	}
-	if err := core.ValidLabel(o.Name); err != nil {
+	if err := api.ValidLabel(o.Name); err != nil {
 		return nil, fmt.Errorf("lnm: node name: %w", err)
 	}
 	if o.ScanInterval <= 0 {
@@ -87,10 +90,12 @@ func New(o Options) (*LNM, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &LNM{opts: o, log: o.Logger.With("lnm", o.Name), drv: o.Driver,
-		cache: map[string]*core.VM{}, reported: map[string]core.VMState{},
-		avg: map[string]*core.Averager{}, usage: map[string]core.Usage{}, kick: make(chan struct{}, 1),
-		wake: make(chan struct{}, 1)}, nil
+	l := &LNM{opts: o, log: o.Logger.With("lnm", o.Name), drv: o.Driver,
+		cache: map[string]*api.VM{}, reported: map[string]api.VMState{},
+		avg: map[string]*Averager{}, usage: map[string]api.Usage{}, kick: make(chan struct{}, 1),
+		wake: make(chan struct{}, 1)}
+	l.mux = nodeMux(l)
+	return l, nil
 }
 
 // RecoveryAddr is the address of the recovery listener ("" if none).
@@ -108,9 +113,10 @@ func (l *LNM) controllerAddr() string {
 	return l.opts.Controller
 }
 
-// listenRecovery serves recovery announcements: each one points the LNM at
-// the (possibly new) controller address and ends any backoff wait.
-func (l *LNM) listenRecovery(ctx context.Context) error {
+// listenRecovery starts the recovery listener: each announcement points
+// the LNM at the (possibly new) controller address and ends any backoff
+// wait. It runs until ctx ends, in wg.
+func (l *LNM) listenRecovery(ctx context.Context, wg *sync.WaitGroup) error {
 	if l.opts.RecoveryListen == "" || l.opts.RecoveryTLS == nil {
 		return nil
 	}
@@ -120,17 +126,21 @@ func (l *LNM) listenRecovery(ctx context.Context) error {
 	}
 	addr := ln.Addr().String()
 	l.recovery.Store(&addr)
-	go transport.ServeRecovery(ctx, ln, l.opts.RecoveryTLS, l.log, func(a transport.Announcement) {
-		l.log.Info("recovery announcement received", "controller", a.Controller)
-		if a.Controller != "" {
-			c := a.Controller
-			l.target.Store(&c)
-		}
-		select {
-		case l.wake <- struct{}{}:
-		default:
-		}
-	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		transport.ServeRecovery(ctx, ln, l.opts.RecoveryTLS, l.log, func(a transport.Announcement) {
+			l.log.Info("recovery announcement received", "controller", a.Controller)
+			if a.Controller != "" {
+				c := a.Controller
+				l.target.Store(&c)
+			}
+			select {
+			case l.wake <- struct{}{}:
+			default:
+			}
+		})
+	}()
 	return nil
 }
 
@@ -141,12 +151,17 @@ func (l *LNM) Connected() bool { return l.connected.Load() }
 func (l *LNM) Sessions() int64 { return l.sessions.Load() }
 
 // Run connects to the controller and serves it until ctx ends, reconnecting
-// with exponential backoff and jitter whenever the session drops.
+// with exponential backoff and jitter whenever the session drops. It
+// returns once everything it started has ended.
 func (l *LNM) Run(ctx context.Context) error {
-	if err := l.listenRecovery(ctx); err != nil {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := l.listenRecovery(ctx, &wg); err != nil {
 		return err
 	}
-	backoff := l.opts.MinBackoff
+	bo := transport.NewBackoff(l.opts.MinBackoff, l.opts.MaxBackoff)
 	for {
 		start := time.Now()
 		err := l.session(ctx)
@@ -155,26 +170,24 @@ func (l *LNM) Run(ctx context.Context) error {
 			return nil
 		}
 		if time.Since(start) > 10*time.Second {
-			backoff = l.opts.MinBackoff
+			bo.Reset()
 		}
-		l.log.Warn("controller session ended; reconnecting", "err", err, "in", backoff)
-		jitter := time.Duration(rand.Int64N(int64(backoff)/2 + 1))
+		wait := bo.NextBackOff()
+		l.log.Warn("controller session ended; reconnecting", "err", err, "in", wait)
+		t := time.NewTimer(wait)
 		select {
-		case <-time.After(backoff + jitter):
+		case <-t.C:
 		case <-l.wake:
-			backoff = l.opts.MinBackoff
-			continue
+			bo.Reset()
 		case <-ctx.Done():
+			t.Stop()
 			return nil
 		}
-		backoff *= 2
-		if backoff > l.opts.MaxBackoff {
-			backoff = l.opts.MaxBackoff
-		}
+		t.Stop()
 	}
 }
 
-func (l *LNM) nodeInfo(ctx context.Context) (core.NodeInfo, error) {
+func (l *LNM) nodeInfo(ctx context.Context) (api.NodeInfo, error) {
 	info, err := l.drv.NodeInfo(ctx)
 	if err != nil {
 		return info, fmt.Errorf("node info from %s driver: %w", l.drv.Kind(), err)
@@ -186,21 +199,32 @@ func (l *LNM) nodeInfo(ctx context.Context) (core.NodeInfo, error) {
 	info.Driver = l.drv.Kind()
 	info.Recovery = l.RecoveryAddr()
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.info = info
-	l.mu.Unlock()
 	return info, nil
 }
 
+// session runs one controller session: registration, then the report
+// loop, until either side ends it. The session's goroutines have ended
+// when it returns.
 func (l *LNM) session(ctx context.Context) error {
 	s, err := transport.Dial(ctx, l.controllerAddr(), l.opts.TLS, l.opts.Limits, l.log)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	s.SetMux(l.mux())
+	s.SetMux(l.mux)
 	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go s.Serve(sctx)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		s.Serve(sctx)
+	}()
+	defer func() {
+		cancel()
+		s.Close()
+		<-served
+		s.Wait()
+	}()
 	info, err := l.nodeInfo(ctx)
 	if err != nil {
 		return err
@@ -210,9 +234,8 @@ func (l *LNM) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("node status for registration: %w", err)
 	}
-	var hello core.LNMHelloReply
 	hctx, hcancel := context.WithTimeout(ctx, 2*time.Minute)
-	err = s.Call(hctx, core.MLNMHello, core.LNMHello{Node: info, Status: status}, &hello)
+	hello, err := transport.Call(hctx, s, api.MHello, api.Hello{Node: info, Status: *status})
 	hcancel()
 	if err != nil {
 		return fmt.Errorf("registering with controller: %w", err)
@@ -221,7 +244,7 @@ func (l *LNM) session(ctx context.Context) error {
 	if interval <= 0 {
 		interval = 5 * time.Second
 	}
-	st, err := s.OpenStream(ctx, core.MLNMEvents, nil)
+	st, err := transport.OpenStream(ctx, s, api.MReports, api.Empty{})
 	if err != nil {
 		return err
 	}
@@ -241,7 +264,7 @@ func phase(d time.Duration) time.Duration {
 	return d/2 + time.Duration(rand.Int64N(int64(d)))
 }
 
-// report is the one writer of the event stream: driver events, scans and
+// report is the one writer of the report stream: driver events, scans and
 // periodic usage reports.
 func (l *LNM) report(ctx context.Context, s *transport.Session, st *transport.Stream, interval time.Duration) error {
 	l.interval.Store(int64(interval))
@@ -270,7 +293,7 @@ func (l *LNM) report(ctx context.Context, s *transport.Session, st *transport.St
 				continue
 			}
 			if ch := l.diffOne(ev); ch != nil {
-				if err := st.Send("report", core.LNMReport{Changes: []core.Domain{*ch}}); err != nil {
+				if err := st.Send("report", api.Report{Changes: []api.Guest{*ch}}); err != nil {
 					return err
 				}
 			}
@@ -292,7 +315,7 @@ func (l *LNM) report(ctx context.Context, s *transport.Session, st *transport.St
 	}
 }
 
-// The report loop is the only writer of the event stream, and the
+// The report loop is the only writer of the report stream, and the
 // controller takes an LNM whose stream is silent for three report
 // intervals as gone. A hypervisor call that hangs (libvirtd restarting, a
 // slow host) must not silence it: each scan and sample here gets one report
@@ -316,7 +339,7 @@ func (l *LNM) sendScan(ctx context.Context, st *transport.Stream) error {
 	if len(changes) == 0 {
 		return nil
 	}
-	return st.Send("report", core.LNMReport{Changes: changes})
+	return st.Send("report", api.Report{Changes: changes})
 }
 
 func (l *LNM) sendUsage(ctx context.Context, st *transport.Stream) error {
@@ -330,10 +353,10 @@ func (l *LNM) sendUsage(ctx context.Context, st *transport.Stream) error {
 	return st.Send("report", r)
 }
 
-// settled reports whether a cached state needs no domain to exist.
-func settled(s core.VMState) bool {
+// settled reports whether a cached state needs no guest to exist.
+func settled(s api.VMState) bool {
 	switch s {
-	case core.StatePending, core.StateStarting, core.StateDestroyed, core.StateMissing, core.StateFailed, core.StateMigrating:
+	case api.StatePending, api.StateStarting, api.StateDestroyed, api.StateMissing, api.StateFailed, api.StateMigrating:
 		return true
 	}
 	return false
@@ -341,7 +364,7 @@ func settled(s core.VMState) bool {
 
 // diffOne turns a hypervisor event into a change to report, if the cached
 // object disagrees.
-func (l *LNM) diffOne(ev DomainEvent) *core.Domain {
+func (l *LNM) diffOne(ev GuestEvent) *api.Guest {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	c := l.cache[ev.Name]
@@ -354,75 +377,75 @@ func (l *LNM) diffOne(ev DomainEvent) *core.Domain {
 			if reason == "" {
 				reason = "vanished from the hypervisor"
 			}
-			return &core.Domain{Name: ev.Name, State: core.StateMissing, Reason: reason}
+			return &api.Guest{Name: ev.Name, State: api.StateMissing, Reason: reason}
 		}
 		if _, ok := l.reported[ev.Name]; ok {
 			delete(l.reported, ev.Name)
-			return &core.Domain{Name: ev.Name, State: core.StateDestroyed, Reason: ev.Reason}
+			return &api.Guest{Name: ev.Name, State: api.StateDestroyed, Reason: ev.Reason}
 		}
 		return nil
 	}
 	if c != nil {
 		// starting, pending and migrating objects belong to a call in
 		// progress, which reports its own outcome
-		if c.State == ev.State || c.State == core.StateMigrating || c.State == core.StateStarting || c.State == core.StatePending {
+		if c.State == ev.State || c.State == api.StateMigrating || c.State == api.StateStarting || c.State == api.StatePending {
 			return nil
 		}
-		return &core.Domain{Name: ev.Name, State: ev.State, Reason: ev.Reason, MemMB: c.MemMB, VCPUs: c.VCPUs, Cached: c.Clone()}
+		return &api.Guest{Name: ev.Name, State: ev.State, Reason: ev.Reason, MemMB: c.MemMB, VCPUs: c.VCPUs, Cached: c.Clone()}
 	}
 	if l.reported[ev.Name] == ev.State {
 		return nil
 	}
 	l.reported[ev.Name] = ev.State
-	return &core.Domain{Name: ev.Name, State: ev.State, Reason: ev.Reason}
+	return &api.Guest{Name: ev.Name, State: ev.State, Reason: ev.Reason}
 }
 
-// scan compares every domain with the cached objects and returns the
+// scan compares every guest with the cached objects and returns the
 // differences: the fallback for missed or unsupported hypervisor events.
-func (l *LNM) scan(ctx context.Context) ([]core.Domain, error) {
+func (l *LNM) scan(ctx context.Context) ([]api.Guest, error) {
 	doms, err := l.drv.List(ctx)
 	if err != nil {
 		return nil, err
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out []core.Domain
+	var out []api.Guest
 	seen := make(map[string]bool, len(doms))
 	for _, d := range doms {
 		seen[d.Name] = true
 		if c := l.cache[d.Name]; c != nil {
-			if c.State != d.State && c.State != core.StateMigrating && c.State != core.StateStarting {
-				out = append(out, core.Domain{Name: d.Name, State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs, Cached: c.Clone()})
+			if c.State != d.State && c.State != api.StateMigrating && c.State != api.StateStarting {
+				out = append(out, api.Guest{Name: d.Name, State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs, Cached: c.Clone()})
 			}
 			continue
 		}
 		if l.reported[d.Name] != d.State {
 			l.reported[d.Name] = d.State
-			out = append(out, core.Domain{Name: d.Name, State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs})
+			out = append(out, api.Guest{Name: d.Name, State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs})
 		}
 	}
 	for n, c := range l.cache {
 		if !seen[n] && !settled(c.State) {
-			out = append(out, core.Domain{Name: n, State: core.StateMissing, Reason: "not found on the hypervisor by a scan"})
+			out = append(out, api.Guest{Name: n, State: api.StateMissing, Reason: "not found on the hypervisor by a scan"})
 		}
 	}
 	for n := range l.reported {
 		if !seen[n] {
 			delete(l.reported, n)
-			out = append(out, core.Domain{Name: n, State: core.StateDestroyed, Reason: "gone"})
+			out = append(out, api.Guest{Name: n, State: api.StateDestroyed, Reason: "gone"})
 		}
 	}
 	return out, nil
 }
 
-func (l *LNM) sample(ctx context.Context) (core.LNMReport, error) {
+func (l *LNM) sample(ctx context.Context) (api.Report, error) {
 	stats, err := l.drv.Stats(ctx)
 	if err != nil {
-		return core.LNMReport{}, err
+		return api.Report{}, err
 	}
 	doms, err := l.drv.List(ctx)
 	if err != nil {
-		return core.LNMReport{}, err
+		return api.Report{}, err
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -430,31 +453,31 @@ func (l *LNM) sample(ctx context.Context) (core.LNMReport, error) {
 	dt := now.Sub(l.lastStat)
 	l.lastStat = now
 	l.nodeAvg.Add(stats.Node, dt)
-	usage := make(map[string]core.Usage, len(stats.Domains))
-	for n, s := range stats.Domains {
+	usage := make(map[string]api.Usage, len(stats.Guests))
+	for n, s := range stats.Guests {
 		a := l.avg[n]
 		if a == nil {
-			a = &core.Averager{}
+			a = &Averager{}
 			l.avg[n] = a
 		}
 		a.Add(s, dt)
 		usage[n] = a.Usage()
 	}
 	for n := range l.avg {
-		if _, ok := stats.Domains[n]; !ok {
+		if _, ok := stats.Guests[n]; !ok {
 			delete(l.avg, n)
 		}
 	}
 	l.usage = usage
-	return core.LNMReport{Node: l.statusLocked(doms, now), Usage: usage}, nil
+	return api.Report{Node: l.statusLocked(doms, now), Usage: usage}, nil
 }
 
 // statusLocked is the node's status: its usage averages and what the
-// domains leave free. The caller holds mu.
-func (l *LNM) statusLocked(doms []DomainInfo, now time.Time) *core.NodeStatus {
-	st := core.NodeStatus{Usage: l.nodeAvg.Usage(), ReportedAt: now.UnixMilli(), FreeMemMB: l.info.MemMB, FreeVCPUs: l.info.CPUs}
+// guests leave free. The caller holds mu.
+func (l *LNM) statusLocked(doms []GuestInfo, now time.Time) *api.NodeStatus {
+	st := api.NodeStatus{Usage: l.nodeAvg.Usage(), ReportedAt: now.UnixMilli(), FreeMemMB: l.info.MemMB, FreeVCPUs: l.info.CPUs}
 	for _, d := range doms {
-		if d.State == core.StateRunning || d.State == core.StatePaused {
+		if d.State == api.StateRunning || d.State == api.StatePaused {
 			st.VMs++
 			st.FreeMemMB -= d.MemMB
 			st.FreeVCPUs -= d.VCPUs
@@ -466,9 +489,9 @@ func (l *LNM) statusLocked(doms []DomainInfo, now time.Time) *core.NodeStatus {
 // helloStatus is the node's status for registration. A node that has
 // sampled before (reconnecting: after a controller restart the whole site
 // does at once) sends the averages it has, with capacity from a fresh
-// domain list, and takes no new sample of every VM's usage; its next
+// guest list, and takes no new sample of every VM's usage; its next
 // periodic report does. A node's first registration samples.
-func (l *LNM) helloStatus(ctx context.Context) (*core.NodeStatus, error) {
+func (l *LNM) helloStatus(ctx context.Context) (*api.NodeStatus, error) {
 	l.mu.Lock()
 	sampled := !l.lastStat.IsZero()
 	l.mu.Unlock()
@@ -486,110 +509,116 @@ func (l *LNM) helloStatus(ctx context.Context) (*core.NodeStatus, error) {
 }
 
 // ---------------------------------------------------------------------------
-// Table 2: the remote API served to the controller
+// Table 2: the remote API served to the controller (api.Node)
 
-func decodeArgs(raw json.RawMessage, v any) error {
-	if len(raw) == 0 {
+// nodeMux registers every method of api.Node once, against the link's
+// declarations; only the controller (the peer this LNM dialled) calls them.
+func nodeMux(n api.Node) *transport.Mux {
+	m := transport.NewMux(func(ctx context.Context, s *transport.Session, method string, a api.Access) error {
+		if a != api.FromController {
+			return api.Errorf(api.ErrForbidden, "%s is for %s", method, a)
+		}
 		return nil
+	})
+	transport.Handle(m, api.LGetNodeInfo, func(ctx context.Context, _ api.Empty) (api.NodeInfo, error) { return n.NodeInfo(ctx) })
+	transport.Handle(m, api.LGetNodeStatus, func(ctx context.Context, _ api.Empty) (api.NodeStatus, error) { return n.NodeStatus(ctx) })
+	transport.Handle(m, api.LListGuests, func(ctx context.Context, _ api.Empty) (api.GuestsReply, error) { return n.ListGuests(ctx) })
+	transport.Handle(m, api.LGetDetails, n.Details)
+	transport.Handle(m, api.LGetStatus, n.Status)
+	transport.Handle(m, api.LReceive, func(ctx context.Context, a api.ReceiveArgs) (api.Empty, error) { return api.Empty{}, n.Receive(ctx, a) })
+	transport.Handle(m, api.LSync, func(ctx context.Context, a api.ReceiveArgs) (api.Empty, error) { return api.Empty{}, n.Sync(ctx, a) })
+	transport.Handle(m, api.LForget, func(ctx context.Context, a api.NamesArgs) (api.Empty, error) { return api.Empty{}, n.Forget(ctx, a) })
+	transport.Handle(m, api.LStart, n.Start)
+	transport.Handle(m, api.LOpOn, n.OpOn)
+	transport.Handle(m, api.LPrepareMigration, n.PrepareMigration)
+	transport.Handle(m, api.LAbortMigration, n.AbortMigration)
+	transport.Handle(m, api.LMigrate, n.Migrate)
+	return m
+}
+
+// NodeInfo implements api.Node (get_node_info).
+func (l *LNM) NodeInfo(ctx context.Context) (api.NodeInfo, error) { return l.nodeInfo(ctx) }
+
+// NodeStatus implements api.Node (get_node_status): a fresh sample.
+func (l *LNM) NodeStatus(ctx context.Context) (api.NodeStatus, error) {
+	r, err := l.sample(ctx)
+	if err != nil {
+		return api.NodeStatus{}, err
 	}
-	if err := transport.Unmarshal(raw, v); err != nil {
-		return transport.Errorf(transport.CodeBadRequest, "malformed arguments: %v", err)
+	return *r.Node, nil
+}
+
+// ListGuests implements api.Node: every guest with its cached object; the
+// listing counts as reported (registration).
+func (l *LNM) ListGuests(ctx context.Context) (api.GuestsReply, error) {
+	g, err := l.guests(ctx, nil, true)
+	return api.GuestsReply{Guests: g}, err
+}
+
+// Details implements api.Node (get_details).
+func (l *LNM) Details(ctx context.Context, a api.NamesArgs) (api.GuestsReply, error) {
+	if len(a.Names) == 0 {
+		return api.GuestsReply{}, nil
+	}
+	g, err := l.guests(ctx, a.Names, false)
+	return api.GuestsReply{Guests: g}, err
+}
+
+// Status implements api.Node (get_status): usage averages.
+func (l *LNM) Status(ctx context.Context, a api.NamesArgs) (api.GuestsReply, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	rep := api.GuestsReply{Usage: map[string]api.Usage{}}
+	for _, n := range a.Names {
+		if u, ok := l.usage[n]; ok {
+			rep.Usage[n] = u
+		}
+	}
+	return rep, nil
+}
+
+// Receive implements api.Node: the controller's acknowledgement, objects
+// whole or their state part.
+func (l *LNM) Receive(ctx context.Context, a api.ReceiveArgs) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.receiveLocked(a)
+	return nil
+}
+
+// Sync implements api.Node: the objects named are the whole cache.
+func (l *LNM) Sync(ctx context.Context, a api.ReceiveArgs) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	keep := make(map[string]bool, len(a.VMs)+len(a.States))
+	for _, v := range a.VMs {
+		if v != nil {
+			keep[v.Name] = true
+		}
+	}
+	for _, u := range a.States {
+		keep[u.Name] = true
+	}
+	for n := range l.cache {
+		if !keep[n] {
+			delete(l.cache, n)
+		}
+	}
+	l.receiveLocked(a)
+	return nil
+}
+
+// Forget implements api.Node: cached objects the controller dropped.
+func (l *LNM) Forget(ctx context.Context, a api.NamesArgs) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, n := range a.Names {
+		delete(l.cache, n)
 	}
 	return nil
 }
 
-func handle[A any](f func(ctx context.Context, a A) (any, error)) transport.Handler {
-	return func(ctx context.Context, raw json.RawMessage) (any, error) {
-		var a A
-		if err := decodeArgs(raw, &a); err != nil {
-			return nil, err
-		}
-		return f(ctx, a)
-	}
-}
-
-type none struct{}
-
-func (l *LNM) mux() *transport.Mux {
-	m := transport.NewMux()
-	m.Handle(core.LGetNodeInfo, handle(func(ctx context.Context, _ none) (any, error) {
-		return l.nodeInfo(ctx)
-	}))
-	m.Handle(core.LGetNodeStatus, handle(func(ctx context.Context, _ none) (any, error) {
-		r, err := l.sample(ctx)
-		if err != nil {
-			return nil, err
-		}
-		return r.Node, nil
-	}))
-	m.Handle(core.LListVMs, handle(func(ctx context.Context, _ none) (any, error) {
-		doms, err := l.domains(ctx, nil, true)
-		return core.ListVMsReply{Domains: doms}, err
-	}))
-	m.Handle(core.LGetDetails, handle(func(ctx context.Context, a core.NamesArgs) (any, error) {
-		doms, err := l.domains(ctx, a.Names, false)
-		return core.DetailsReply{Domains: doms}, err
-	}))
-	m.Handle(core.LGetStatus, handle(func(ctx context.Context, a core.NamesArgs) (any, error) {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		rep := core.DetailsReply{Usage: map[string]core.Usage{}}
-		for _, n := range a.Names {
-			if u, ok := l.usage[n]; ok {
-				rep.Usage[n] = u
-			}
-		}
-		return rep, nil
-	}))
-	m.Handle(core.LReceive, handle(func(ctx context.Context, a core.ReceiveArgs) (any, error) {
-		l.receive(a)
-		return struct{}{}, nil
-	}))
-	m.Handle(core.LStart, handle(func(ctx context.Context, a core.LNMStartArgs) (any, error) {
-		return l.start(ctx, a), nil
-	}))
-	m.Handle(core.LOpOn, handle(func(ctx context.Context, a core.LNMOpArgs) (any, error) {
-		if _, err := core.ParseOp(string(a.Op)); err != nil {
-			return nil, transport.Errorf(transport.CodeBadRequest, "%v", err)
-		}
-		return l.opOn(ctx, a), nil
-	}))
-	m.Handle(core.LPrepare, handle(func(ctx context.Context, a core.LNMStartArgs) (any, error) {
-		return l.prepare(ctx, a), nil
-	}))
-	m.Handle(core.LMigrate, handle(func(ctx context.Context, a core.LNMMigrateArgs) (any, error) {
-		return l.migrate(ctx, a), nil
-	}))
-	return m
-}
-
-// receive stores cached VM objects: the controller's acknowledgement.
-func (l *LNM) receive(a core.ReceiveArgs) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if a.Sync {
-		keep := make(map[string]bool, len(a.VMs)+len(a.States))
-		for _, v := range a.VMs {
-			if v != nil {
-				keep[v.Name] = true
-			}
-		}
-		for _, u := range a.States {
-			keep[u.Name] = true
-		}
-		for n := range l.cache {
-			if !keep[n] {
-				delete(l.cache, n)
-			}
-		}
-	}
-	for _, n := range a.Forget {
-		if n == "*" {
-			l.cache = map[string]*core.VM{}
-			continue
-		}
-		delete(l.cache, n)
-	}
+func (l *LNM) receiveLocked(a api.ReceiveArgs) {
 	for _, v := range a.VMs {
 		if v == nil || v.Name == "" {
 			continue
@@ -607,8 +636,8 @@ func (l *LNM) receive(a core.ReceiveArgs) {
 	}
 }
 
-func specOf(v *core.VM, args map[string]string) Spec {
-	return Spec{Name: v.Name, MemMB: v.MemMB, VCPUs: v.VCPUs, Data: v.Data, Args: args}
+func specOf(v *api.VM) Spec {
+	return Spec{Name: v.Name, MemMB: v.MemMB, VCPUs: v.VCPUs, Data: v.Data}
 }
 
 // parallel runs f for n items, at most Parallel at once, in the calling
@@ -627,7 +656,8 @@ func (l *LNM) parallel(n int, f func(i int)) {
 	wg.Wait()
 }
 
-func (l *LNM) start(ctx context.Context, a core.LNMStartArgs) core.LNMResults {
+// Start implements api.Node.
+func (l *LNM) Start(ctx context.Context, a api.LNMStartArgs) (api.LNMResults, error) {
 	l.mu.Lock()
 	for _, v := range a.VMs {
 		if v != nil {
@@ -635,18 +665,18 @@ func (l *LNM) start(ctx context.Context, a core.LNMStartArgs) core.LNMResults {
 		}
 	}
 	l.mu.Unlock()
-	res := make([]core.VMResult, len(a.VMs))
+	res := make([]api.VMResult, len(a.VMs))
 	l.parallel(len(a.VMs), func(i int) {
 		v := a.VMs[i]
 		if v == nil {
 			return
 		}
-		err := l.drv.Start(ctx, specOf(v, a.Args))
+		err := l.drv.Start(ctx, specOf(v))
 		if err != nil {
 			l.mu.Lock()
 			delete(l.cache, v.Name)
 			l.mu.Unlock()
-			res[i] = core.VMResult{Name: v.Name, Error: err.Error()}
+			res[i] = api.VMResult{Name: v.Name, Error: err.Error()}
 			return
 		}
 		// The start returned: from here on this LNM watches the VM. Its
@@ -655,91 +685,105 @@ func (l *LNM) start(ctx context.Context, a core.LNMStartArgs) core.LNMResults {
 		// acknowledgement when the two agree.
 		var cached uint64
 		l.mu.Lock()
-		if c := l.cache[v.Name]; c != nil && (c.State == core.StateStarting || c.State == core.StatePending) {
-			c.State, c.Reason = core.StateRunning, core.ReasonStarted
+		if c := l.cache[v.Name]; c != nil && (c.State == api.StateStarting || c.State == api.StatePending) {
+			c.State, c.Reason = api.StateRunning, api.ReasonStarted
 			c.Version++
 			cached = c.Version
 		}
 		l.mu.Unlock()
-		res[i] = core.VMResult{Name: v.Name, OK: true, State: core.StateRunning, Cached: cached}
+		res[i] = api.VMResult{Name: v.Name, OK: true, State: api.StateRunning, Cached: cached}
 	})
-	return core.LNMResults{Results: res}
+	return api.LNMResults{Results: res}, nil
 }
 
-// stateAfter is the state an operation leaves a domain in.
-func stateAfter(op core.Op) core.VMState {
+// stateAfter is the state an operation leaves a guest in.
+func stateAfter(op api.Op) api.VMState {
 	switch op {
-	case core.OpPause:
-		return core.StatePaused
-	case core.OpShutdown:
-		return core.StateShutoff
-	case core.OpHibernate:
-		return core.StateHibernated
-	case core.OpDestroy:
-		return core.StateDestroyed
+	case api.OpPause:
+		return api.StatePaused
+	case api.OpShutdown:
+		return api.StateShutoff
+	case api.OpHibernate:
+		return api.StateHibernated
+	case api.OpDestroy:
+		return api.StateDestroyed
 	}
-	return core.StateRunning
+	return api.StateRunning
 }
 
-func (l *LNM) opOn(ctx context.Context, a core.LNMOpArgs) core.LNMResults {
-	res := make([]core.VMResult, len(a.Names))
+// OpOn implements api.Node. Destroying a guest that does not exist
+// succeeds: it is gone, as asked.
+func (l *LNM) OpOn(ctx context.Context, a api.LNMOpArgs) (api.LNMResults, error) {
+	if _, err := api.ParseOp(string(a.Op)); err != nil {
+		return api.LNMResults{}, api.Errorf(api.ErrBadRequest, "%v", err)
+	}
+	res := make([]api.VMResult, len(a.Names))
 	l.parallel(len(a.Names), func(i int) {
 		n := a.Names[i]
-		if err := l.drv.Op(ctx, n, a.Op, a.Args); err != nil {
-			res[i] = core.VMResult{Name: n, Error: fmt.Sprintf("%s: %v", a.Op, err)}
+		err := l.drv.Op(ctx, n, a.Op, OpOptions{Force: a.Force})
+		if err != nil && !(a.Op == api.OpDestroy && errors.Is(err, ErrNoGuest)) {
+			res[i] = api.VMResult{Name: n, Error: fmt.Sprintf("%s: %v", a.Op, err)}
 			return
 		}
-		st := stateAfter(a.Op)
-		if a.Op == core.OpDestroy {
+		if a.Op == api.OpDestroy {
 			l.mu.Lock()
 			delete(l.cache, n)
 			l.mu.Unlock()
 		}
-		res[i] = core.VMResult{Name: n, OK: true, State: st}
+		res[i] = api.VMResult{Name: n, OK: true, State: stateAfter(a.Op)}
 	})
-	return core.LNMResults{Results: res}
+	return api.LNMResults{Results: res}, nil
 }
 
-func (l *LNM) prepare(ctx context.Context, a core.LNMStartArgs) core.LNMResults {
-	abort := a.Args["abort"] == "1"
-	res := make([]core.VMResult, len(a.VMs))
+// PrepareMigration implements api.Node: this node readies to receive.
+func (l *LNM) PrepareMigration(ctx context.Context, a api.LNMStartArgs) (api.LNMResults, error) {
+	res := make([]api.VMResult, len(a.VMs))
 	l.parallel(len(a.VMs), func(i int) {
 		v := a.VMs[i]
 		if v == nil {
 			return
 		}
-		var err error
-		if abort {
-			err = l.drv.AbortIncoming(ctx, v.Name)
+		c := v.Clone()
+		c.State = api.StateMigrating
+		l.mu.Lock()
+		l.cache[v.Name] = c
+		l.mu.Unlock()
+		if err := l.drv.PrepareIncoming(ctx, specOf(v)); err != nil {
 			l.mu.Lock()
-			if c := l.cache[v.Name]; c != nil && c.State == core.StateMigrating {
-				delete(l.cache, v.Name)
-			}
+			delete(l.cache, v.Name)
 			l.mu.Unlock()
-		} else {
-			c := v.Clone()
-			c.State = core.StateMigrating
-			l.mu.Lock()
-			l.cache[v.Name] = c
-			l.mu.Unlock()
-			err = l.drv.PrepareIncoming(ctx, specOf(v, a.Args))
-			if err != nil {
-				l.mu.Lock()
-				delete(l.cache, v.Name)
-				l.mu.Unlock()
-			}
-		}
-		if err != nil {
-			res[i] = core.VMResult{Name: v.Name, Error: err.Error()}
+			res[i] = api.VMResult{Name: v.Name, Error: err.Error()}
 			return
 		}
-		res[i] = core.VMResult{Name: v.Name, OK: true}
+		res[i] = api.VMResult{Name: v.Name, OK: true}
 	})
-	return core.LNMResults{Results: res}
+	return api.LNMResults{Results: res}, nil
 }
 
-func (l *LNM) migrate(ctx context.Context, a core.LNMMigrateArgs) core.LNMResults {
-	res := make([]core.VMResult, len(a.Names))
+// AbortMigration implements api.Node: prepared incoming migrations that
+// did not happen are undone.
+func (l *LNM) AbortMigration(ctx context.Context, a api.NamesArgs) (api.LNMResults, error) {
+	res := make([]api.VMResult, len(a.Names))
+	l.parallel(len(a.Names), func(i int) {
+		n := a.Names[i]
+		err := l.drv.AbortIncoming(ctx, n)
+		l.mu.Lock()
+		if c := l.cache[n]; c != nil && c.State == api.StateMigrating {
+			delete(l.cache, n)
+		}
+		l.mu.Unlock()
+		if err != nil {
+			res[i] = api.VMResult{Name: n, Error: err.Error()}
+			return
+		}
+		res[i] = api.VMResult{Name: n, OK: true}
+	})
+	return api.LNMResults{Results: res}, nil
+}
+
+// Migrate implements api.Node: guests leave for Target.
+func (l *LNM) Migrate(ctx context.Context, a api.LNMMigrateArgs) (api.LNMResults, error) {
+	res := make([]api.VMResult, len(a.Names))
 	l.parallel(len(a.Names), func(i int) {
 		n := a.Names[i]
 		// Mark the cached object so a scan mid-migration reports nothing.
@@ -747,7 +791,7 @@ func (l *LNM) migrate(ctx context.Context, a core.LNMMigrateArgs) core.LNMResult
 		prev := l.cache[n]
 		if prev != nil {
 			c := prev.Clone()
-			c.State = core.StateMigrating
+			c.State = api.StateMigrating
 			l.cache[n] = c
 		}
 		l.mu.Unlock()
@@ -762,16 +806,16 @@ func (l *LNM) migrate(ctx context.Context, a core.LNMMigrateArgs) core.LNMResult
 		}
 		l.mu.Unlock()
 		if err != nil {
-			res[i] = core.VMResult{Name: n, Error: err.Error()}
+			res[i] = api.VMResult{Name: n, Error: err.Error()}
 			return
 		}
-		st := core.StateRunning
-		if prev != nil && prev.State == core.StatePaused {
-			st = core.StatePaused
+		st := api.StateRunning
+		if prev != nil && prev.State == api.StatePaused {
+			st = api.StatePaused
 		}
-		res[i] = core.VMResult{Name: n, OK: true, State: st}
+		res[i] = api.VMResult{Name: n, OK: true, State: st}
 	})
-	return core.LNMResults{Results: res}
+	return api.LNMResults{Results: res}, nil
 }
 
 // Scan asks the reporter for an immediate scan (tests, CLI).
@@ -783,10 +827,10 @@ func (l *LNM) Scan() {
 }
 
 // CachedVMs returns copies of the cached VM objects (for tests and status).
-func (l *LNM) CachedVMs() []*core.VM {
+func (l *LNM) CachedVMs() []*api.VM {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	out := make([]*core.VM, 0, len(l.cache))
+	out := make([]*api.VM, 0, len(l.cache))
 	for _, v := range l.cache {
 		out = append(out, v.Clone())
 	}
@@ -810,13 +854,13 @@ func advertised(listen string, local net.Addr) string {
 	return listen
 }
 
-// domains lists the node's domains (only names, when given) with the cached
+// guests lists the node's guests (only names, when given) with the cached
 // VM object of each. seen marks them as reported to the controller (a full
 // listing at registration makes later scans report only changes).
-func (l *LNM) domains(ctx context.Context, names []string, seen bool) ([]core.Domain, error) {
+func (l *LNM) guests(ctx context.Context, names []string, seen bool) ([]api.Guest, error) {
 	doms, err := l.drv.List(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("listing domains: %w", err)
+		return nil, fmt.Errorf("listing guests: %w", err)
 	}
 	var want map[string]bool
 	if len(names) > 0 {
@@ -827,12 +871,12 @@ func (l *LNM) domains(ctx context.Context, names []string, seen bool) ([]core.Do
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	out := make([]core.Domain, 0, len(doms))
+	out := make([]api.Guest, 0, len(doms))
 	for _, d := range doms {
 		if want != nil && !want[d.Name] {
 			continue
 		}
-		cd := core.Domain{Name: d.Name, State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs}
+		cd := api.Guest{Name: d.Name, State: d.State, Reason: d.Reason, MemMB: d.MemMB, VCPUs: d.VCPUs}
 		if c := l.cache[d.Name]; c != nil {
 			cd.Cached = c.Clone()
 		}

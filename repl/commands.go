@@ -2,6 +2,7 @@ package repl
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -9,8 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+
 	"github.com/usher-vm/usher/client"
-	"github.com/usher-vm/usher/core"
 )
 
 // command is one shell command.
@@ -97,17 +99,17 @@ Examples:
 			},
 			run: cmdStart},
 	}
-	opDocs := map[core.Op][2]string{
-		core.OpPause:     {"pause running VMs (memory stays resident)", "Pauses the execution of the VMs of VMSET; their memory stays resident and resume continues them."},
-		core.OpResume:    {"resume paused VMs", "Resumes the paused VMs of VMSET."},
-		core.OpShutdown:  {"shut VMs down gracefully", "Asks the guests of VMSET to shut down; the VMs stay defined (state shutoff)."},
-		core.OpReboot:    {"reboot VMs", "Reboots the VMs of VMSET."},
-		core.OpHibernate: {"save VMs' memory to storage and stop them", "Saves the memory of the VMs of VMSET to storage and stops them; restore brings them back."},
-		core.OpRestore:   {"restore hibernated VMs", "Brings the hibernated VMs of VMSET back to running."},
-		core.OpDestroy:   {"hard-stop and remove VMs", "Hard-stops the VMs of VMSET and removes them; they are gone from your list."},
-		core.OpCycle:     {"destroy and restart VMs (power cycle)", "Power-cycles the VMs of VMSET: destroys and starts them again with the same names."},
+	opDocs := map[api.Op][2]string{
+		api.OpPause:     {"pause running VMs (memory stays resident)", "Pauses the execution of the VMs of VMSET; their memory stays resident and resume continues them."},
+		api.OpResume:    {"resume paused VMs", "Resumes the paused VMs of VMSET."},
+		api.OpShutdown:  {"shut VMs down gracefully", "Asks the guests of VMSET to shut down; the VMs stay defined (state shutoff)."},
+		api.OpReboot:    {"reboot VMs", "Reboots the VMs of VMSET."},
+		api.OpHibernate: {"save VMs' memory to storage and stop them", "Saves the memory of the VMs of VMSET to storage and stops them; restore brings them back."},
+		api.OpRestore:   {"restore hibernated VMs", "Brings the hibernated VMs of VMSET back to running."},
+		api.OpDestroy:   {"hard-stop and remove VMs", "Hard-stops the VMs of VMSET and removes them; they are gone from your list."},
+		api.OpCycle:     {"destroy and restart VMs (power cycle)", "Power-cycles the VMs of VMSET: destroys and starts them again with the same names."},
 	}
-	for _, op := range core.Ops() {
+	for _, op := range api.Ops() {
 		op := op
 		commands = append(commands, &command{name: string(op), usage: "VMSET [key=value...]",
 			summary: opDocs[op][0],
@@ -127,6 +129,12 @@ Examples:
 			run: func(ctx context.Context, s *session, line string, a *parsed) (*step, error) {
 				return cmdOp(ctx, s, op, a)
 			}})
+		if op == api.OpShutdown || op == api.OpReboot {
+			c := commands[len(commands)-1]
+			c.usage = "[--force] VMSET [key=value...]"
+			c.opts = []opt{{long: "force", short: "f", help: "a guest that does not comply in time is stopped or reset hard"}}
+			c.doc += "\n  " + string(op) + " --force web1"
+		}
 	}
 	commands = append(commands,
 		&command{name: "migrate", usage: "VMSET LNMSET", summary: "live-migrate VMs to other nodes",
@@ -138,6 +146,17 @@ Examples:
   migrate web[1-4] node[3-4]
   migrate @db /node[0-9]/`,
 			pos: []argKind{argVMSet, argLNMSet}, run: cmdMigrate},
+		&command{name: "forget", usage: "VMSET", summary: "remove the records of missing or lost VMs",
+			doc: `Removes the controller's records of the VMs of VMSET that are missing
+(gone from their node) or lost (their node failed): their capacity is
+given back and their node, if connected, drops its cached object. A VM
+a node still runs is refused: destroy it instead. Owners forget their
+own VMs, admins anyone's (as the authorization policy allows).
+
+Examples:
+  forget web3
+  forget @batch`,
+			pos: []argKind{argVMSet}, run: cmdForget},
 		&command{name: "whoami", summary: "show who the session is authenticated as",
 			doc: `Prints the user, groups, admin flag, Usher domain and controller
 address of the session (from the session, no remote call).
@@ -266,14 +285,14 @@ func cmdList(ctx context.Context, s *session, line string, a *parsed) (*step, er
 			for _, n := range names {
 				keep[n] = true
 			}
-			vms = filterVMs(vms, func(v *core.VM) bool { return keep[v.Name] })
+			vms = filterVMs(vms, func(v *api.VM) bool { return keep[v.Name] })
 		}
 		if cluster != "" {
-			vms = filterVMs(vms, func(v *core.VM) bool { return v.Cluster == cluster })
+			vms = filterVMs(vms, func(v *api.VM) bool { return v.Cluster == cluster })
 		}
-		r := &core.ListReply{VMs: vms}
+		r := &api.ListReply{VMs: vms}
 		if r.VMs == nil {
-			r.VMs = []*core.VM{}
+			r.VMs = []*api.VM{}
 		}
 		return local(&outcome{text: formatList(r, false, false), value: r})
 	}
@@ -291,20 +310,20 @@ func cmdList(ctx context.Context, s *session, line string, a *parsed) (*step, er
 			return nil, err
 		}
 	}
-	args := core.ListArgs{Names: names, Cluster: cluster, Status: status, All: all, Lists: lists}
+	args := api.ListArgs{Names: names, Cluster: cluster, Status: status, All: all, Lists: lists}
 	return &step{remote: func(ctx context.Context) (*outcome, error) {
 		r, err := c.List(ctx, args)
 		if err != nil {
 			return nil, err
 		}
 		if r.VMs == nil {
-			r.VMs = []*core.VM{}
+			r.VMs = []*api.VM{}
 		}
 		return &outcome{text: formatList(r, all, status), value: r}, nil
 	}}, nil
 }
 
-func filterVMs(vms []*core.VM, keep func(*core.VM) bool) []*core.VM {
+func filterVMs(vms []*api.VM, keep func(*api.VM) bool) []*api.VM {
 	out := vms[:0]
 	for _, v := range vms {
 		if keep(v) {
@@ -342,7 +361,7 @@ func cmdListLNMs(ctx context.Context, s *session, line string, a *parsed) (*step
 			for _, n := range keep {
 				k[n] = true
 			}
-			var out []*core.LNM
+			var out []*api.LNM
 			for _, l := range lnms {
 				if k[l.Info.Name] {
 					out = append(out, l)
@@ -351,9 +370,9 @@ func cmdListLNMs(ctx context.Context, s *session, line string, a *parsed) (*step
 			lnms = out
 		}
 		if lnms == nil {
-			lnms = []*core.LNM{}
+			lnms = []*api.LNM{}
 		}
-		r := &core.ListLNMsReply{LNMs: lnms}
+		r := &api.ListLNMsReply{LNMs: lnms}
 		return &outcome{text: formatLNMs(lnms, status), value: r}, nil
 	}}, nil
 }
@@ -398,19 +417,19 @@ func cmdClusters(ctx context.Context, s *session, line string, a *parsed) (*step
 		return nil, err
 	}
 	if !a.has("all") {
-		by := map[string]*core.Cluster{}
+		by := map[string]*api.Cluster{}
 		var order []string
 		for _, v := range c.VMs() {
 			cl := by[v.Cluster]
 			if cl == nil {
-				cl = &core.Cluster{Name: v.Cluster, Owner: v.Owner}
+				cl = &api.Cluster{Name: v.Cluster, Owner: v.Owner}
 				by[v.Cluster] = cl
 				order = append(order, v.Cluster)
 			}
 			cl.VMs = append(cl.VMs, v.Name)
 		}
 		sort.Strings(order)
-		r := &core.ClustersReply{Clusters: []core.Cluster{}}
+		r := &api.ClustersReply{Clusters: []api.Cluster{}}
 		for _, n := range order {
 			r.Clusters = append(r.Clusters, *by[n])
 		}
@@ -422,21 +441,21 @@ func cmdClusters(ctx context.Context, s *session, line string, a *parsed) (*step
 			return nil, err
 		}
 		if cls == nil {
-			cls = []core.Cluster{}
+			cls = []api.Cluster{}
 		}
-		return &outcome{text: formatClusters(cls, true), value: &core.ClustersReply{Clusters: cls}}, nil
+		return &outcome{text: formatClusters(cls, true), value: &api.ClustersReply{Clusters: cls}}, nil
 	}}, nil
 }
 
 // --- start ---
 
-func startArgs(a *parsed) (core.StartArgs, string, error) {
-	var sa core.StartArgs
+func startArgs(a *parsed) (api.StartArgs, string, error) {
+	var sa api.StartArgs
 	sa.Cluster = a.opts["cluster"]
 	if sa.Cluster == "" {
 		return sa, "", errors.New("start: which cluster? use -n CLUSTER")
 	}
-	if err := core.ValidLabel(sa.Cluster); err != nil {
+	if err := api.ValidLabel(sa.Cluster); err != nil {
 		return sa, "", fmt.Errorf("start: cluster name: %v", err)
 	}
 	num := func(name string) (int, error) {
@@ -541,41 +560,70 @@ func opVMs(s *session, what string, words []string) (*client.Client, []string, m
 	return c, names, kv, nil
 }
 
-func cmdOp(ctx context.Context, s *session, op core.Op, a *parsed) (*step, error) {
+func cmdOp(ctx context.Context, s *session, op api.Op, a *parsed) (*step, error) {
 	c, names, kv, err := opVMs(s, string(op), a.pos)
 	if err != nil {
 		return nil, err
 	}
 	return &step{remote: func(ctx context.Context) (*outcome, error) {
-		r, err := c.OpOnNames(ctx, op, names, kv)
+		r, err := c.Op(ctx, api.OpArgs{Op: op, VMs: names, Args: kv, Force: a.has("force")})
 		if err != nil {
 			return nil, err
 		}
 		syncCache(ctx, c, r)
-		return resultOutcome(r, string(op), pastTense(op), ""), nil
+		ran := r.Op
+		if ran == "" {
+			ran = op
+		}
+		note := ""
+		if ran != op {
+			note = fmt.Sprintf("(policy ran %s instead of %s)", ran, op)
+		}
+		return resultOutcome(r, string(ran), pastTense(ran), note), nil
 	}}, nil
 }
 
-func pastTense(op core.Op) string {
+func pastTense(op api.Op) string {
 	switch op {
-	case core.OpPause:
+	case api.OpPause:
 		return "paused"
-	case core.OpResume:
+	case api.OpResume:
 		return "resumed"
-	case core.OpShutdown:
+	case api.OpShutdown:
 		return "shut down"
-	case core.OpReboot:
+	case api.OpReboot:
 		return "rebooted"
-	case core.OpHibernate:
+	case api.OpHibernate:
 		return "hibernated"
-	case core.OpRestore:
+	case api.OpRestore:
 		return "restored"
-	case core.OpDestroy:
+	case api.OpDestroy:
 		return "destroyed"
-	case core.OpCycle:
+	case api.OpCycle:
 		return "cycled"
 	}
 	return string(op)
+}
+
+// --- forget ---
+
+func cmdForget(ctx context.Context, s *session, line string, a *parsed) (*step, error) {
+	c, names, _, err := opVMs(s, "forget", a.pos)
+	if err != nil {
+		return nil, err
+	}
+	return &step{remote: func(ctx context.Context) (*outcome, error) {
+		args := api.ForgetArgs{VMs: names}
+		if err := args.Validate(); err != nil {
+			return nil, err
+		}
+		r, err := client.Do(ctx, c, api.MForget, args)
+		if err != nil {
+			return nil, err
+		}
+		syncCache(ctx, c, r)
+		return resultOutcome(r, "forget", "forgotten", ""), nil
+	}}, nil
 }
 
 // --- migrate ---
@@ -594,19 +642,23 @@ func cmdMigrate(ctx context.Context, s *session, line string, a *parsed) (*step,
 		if err != nil {
 			return nil, err
 		}
-		var r core.Result
-		if err := c.Call(ctx, core.MMigrate, core.MigrateArgs{VMs: names, LNMs: targets}, &r); err != nil {
+		a := api.MigrateArgs{VMs: names, LNMs: targets}
+		if err := a.Validate(); err != nil {
 			return nil, err
 		}
-		syncCache(ctx, c, &r)
-		return resultOutcome(&r, "migrate", "migrated", "to "+strings.Join(targets, ",")), nil
+		r, err := client.Do(ctx, c, api.MMigrate, a)
+		if err != nil {
+			return nil, err
+		}
+		syncCache(ctx, c, r)
+		return resultOutcome(r, "migrate", "migrated", "to "+strings.Join(targets, ",")), nil
 	}}, nil
 }
 
 // --- whoami ---
 
 type whoami struct {
-	core.Identity
+	api.Identity
 	Domain     string `json:"domain"`
 	Controller string `json:"controller"`
 	Connected  bool   `json:"connected"`
@@ -659,17 +711,17 @@ func cmdPlan(ctx context.Context, s *session, line string, a *parsed) (*step, er
 	if err != nil {
 		return nil, err
 	}
-	var mk func(ctx context.Context) (core.PlanArgs, error)
+	var mk func(ctx context.Context) (api.PlanArgs, error)
 	switch {
 	case sub.name == "start":
 		st, on, err := startArgs(sa)
 		if err != nil {
 			return nil, err
 		}
-		mk = func(ctx context.Context) (core.PlanArgs, error) {
+		mk = func(ctx context.Context) (api.PlanArgs, error) {
 			var err error
 			st.LNMs, err = s.resolveLNMs(ctx, on)
-			return core.PlanArgs{Start: &st}, err
+			return api.PlanArgs{Start: &st}, err
 		}
 	case sub.name == "migrate":
 		if len(sa.pos) < 2 {
@@ -680,12 +732,12 @@ func cmdPlan(ctx context.Context, s *session, line string, a *parsed) (*step, er
 			return nil, err
 		}
 		lset := sa.pos[len(sa.pos)-1]
-		mk = func(ctx context.Context) (core.PlanArgs, error) {
+		mk = func(ctx context.Context) (api.PlanArgs, error) {
 			t, err := s.resolveLNMs(ctx, lset)
-			return core.PlanArgs{Migrate: &core.MigrateArgs{VMs: names, LNMs: t}}, err
+			return api.PlanArgs{Migrate: &api.MigrateArgs{VMs: names, LNMs: t}}, err
 		}
 	default:
-		op, err := core.ParseOp(sub.name)
+		op, err := api.ParseOp(sub.name)
 		if err != nil {
 			return nil, fmt.Errorf("plan: cannot plan %q", sub.name)
 		}
@@ -693,8 +745,8 @@ func cmdPlan(ctx context.Context, s *session, line string, a *parsed) (*step, er
 		if err != nil {
 			return nil, err
 		}
-		mk = func(context.Context) (core.PlanArgs, error) {
-			return core.PlanArgs{Op: &core.OpArgs{Op: op, VMs: names, Args: kv}}, nil
+		mk = func(context.Context) (api.PlanArgs, error) {
+			return api.PlanArgs{Op: &api.OpArgs{Op: op, VMs: names, Args: kv}}, nil
 		}
 	}
 	return &step{remote: func(ctx context.Context) (*outcome, error) {
@@ -721,7 +773,11 @@ func cmdPolicy(ctx context.Context, s *session, line string, a *parsed) (*step, 
 		return nil, errors.New("policy: usage: policy status")
 	}
 	return &step{remote: func(ctx context.Context) (*outcome, error) {
-		raw, err := c.Policy(ctx, core.PolicyArgs{Action: "status"})
+		rep, err := c.Policy(ctx, api.PolicyArgs{Action: "status"})
+		if err != nil {
+			return nil, err
+		}
+		raw, err := json.Marshal(rep.Scripts)
 		if err != nil {
 			return nil, err
 		}
@@ -737,7 +793,7 @@ func cmdWatch(ctx context.Context, s *session, line string, a *parsed) (*step, e
 		return nil, err
 	}
 	jsonOut := a.json || s.jsonOut
-	print := func(ev core.Event) {
+	print := func(ev api.Event) {
 		if jsonOut {
 			s.out.notify(mustJSONLine(ev))
 			return
@@ -959,14 +1015,14 @@ const cacheSyncWait = 2 * time.Second
 // syncCache waits (briefly) until the client's cache reflects the VM
 // objects of a result, so that a cached answer given after "Command N
 // result" (list, clusters) already shows what the command did.
-func syncCache(ctx context.Context, c *client.Client, r *core.Result) {
+func syncCache(ctx context.Context, c *client.Client, r *api.Result) {
 	current := func() bool {
 		for _, d := range r.Done {
 			if !d.OK || d.VM == nil {
 				continue
 			}
 			v, ok := c.VM(d.VM.Name)
-			if d.VM.State == core.StateDestroyed {
+			if d.VM.State == api.StateDestroyed {
 				if ok {
 					return false
 				}
@@ -979,7 +1035,7 @@ func syncCache(ctx context.Context, c *client.Client, r *core.Result) {
 		return true
 	}
 	ch := make(chan struct{}, 1)
-	cancel := c.OnEvent(func(core.Event) {
+	cancel := c.OnEvent(func(api.Event) {
 		select {
 		case ch <- struct{}{}:
 		default:

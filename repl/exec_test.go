@@ -10,14 +10,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+
 	"github.com/usher-vm/usher/client"
-	"github.com/usher-vm/usher/core"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/golden/*.json")
 
 // volatile keys are replaced before comparing JSON with the golden files.
-var volatile = map[string]bool{"created": true, "time": true, "since": true, "reported_at": true,
+var volatile = map[string]bool{"created": true, "recovery": true, "time": true, "since": true, "reported_at": true,
 	"version": true, "us": true, "id": true, "seq": true, "usage": true, "controller": true}
 
 func normalise(v any) any {
@@ -116,7 +117,7 @@ func TestJSONGolden(t *testing.T) {
 func waitCache(t *testing.T, c *client.Client, what string, cond func() bool) {
 	t.Helper()
 	ch := make(chan struct{}, 1)
-	cancel := c.OnEvent(func(core.Event) {
+	cancel := c.OnEvent(func(api.Event) {
 		select {
 		case ch <- struct{}{}:
 		default:

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
 )
 
 func table(header []string, rows [][]string) string {
@@ -42,7 +42,7 @@ func human(bytes float64) string {
 	return fmt.Sprintf("%.1f%s", bytes, units[i])
 }
 
-func vmRows(vms []*core.VM, owner, status bool) [][]string {
+func vmRows(vms []*api.VM, owner, status bool) [][]string {
 	var rows [][]string
 	for _, v := range vms {
 		name := v.Short
@@ -63,7 +63,7 @@ func vmRows(vms []*core.VM, owner, status bool) [][]string {
 	return rows
 }
 
-func formatList(r *core.ListReply, owner, status bool) string {
+func formatList(r *api.ListReply, owner, status bool) string {
 	header := []string{"NAME", "CLUSTER", "STATE", "LNM", "MEM", "VCPUS"}
 	if status {
 		header = append(header, "CPU(1/5/15m)", "MEM-USED", "NET-RX", "NET-TX", "DISK-IO")
@@ -77,8 +77,8 @@ func formatList(r *core.ListReply, owner, status bool) string {
 	}
 	for _, l := range []struct {
 		name string
-		vms  []*core.VM
-	}{{"lost", r.Lost}, {"missing", r.Missing}, {"unmanaged", r.Unmanaged}} {
+		vms  []*api.VM
+	}{{"lost", r.Lost}, {"missing", r.Missing}, {"unmanaged", r.Unmanaged}, {"conflicts (reported by another node than the one holding them)", r.Conflicts}} {
 		if len(l.vms) > 0 {
 			fmt.Fprintf(&b, "\n%s:\n%s", l.name, table(header, vmRows(l.vms, true, status)))
 		}
@@ -86,7 +86,7 @@ func formatList(r *core.ListReply, owner, status bool) string {
 	return b.String()
 }
 
-func formatLNMs(lnms []*core.LNM, status bool) string {
+func formatLNMs(lnms []*api.LNM, status bool) string {
 	if len(lnms) == 0 {
 		return "no LNMs"
 	}
@@ -107,7 +107,7 @@ func formatLNMs(lnms []*core.LNM, status bool) string {
 	return table(header, rows)
 }
 
-func formatClusters(cls []core.Cluster, owner bool) string {
+func formatClusters(cls []api.Cluster, owner bool) string {
 	if len(cls) == 0 {
 		return "no clusters"
 	}
@@ -132,9 +132,9 @@ func formatClusters(cls []core.Cluster, owner bool) string {
 
 // resultOutcome describes a request's result; anything short of every
 // requested VM succeeding is a partial failure.
-func resultOutcome(r *core.Result, what, verb, suffix string) *outcome {
+func resultOutcome(r *api.Result, what, verb, suffix string) *outcome {
 	if r.Done == nil {
-		r.Done = []core.VMResult{}
+		r.Done = []api.VMResult{}
 	}
 	ok := r.OK()
 	req := r.Requested
@@ -170,7 +170,7 @@ func resultOutcome(r *core.Result, what, verb, suffix string) *outcome {
 	return o
 }
 
-func formatPlan(r *core.Result, what string) string {
+func formatPlan(r *api.Result, what string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "plan %s (dry run, nothing changed): %d of %d VMs would proceed", what, len(r.Done), r.Requested)
 	for _, d := range r.Done {

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
 )
 
 type runResult struct {
@@ -59,12 +59,12 @@ func TestOneShotExitCodes(t *testing.T) {
 	}
 	// --json and words instead of -c
 	r = runUsh(t, env, "--json", "list", "--status")
-	var lr core.ListReply
+	var lr api.ListReply
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &lr) != nil || len(lr.VMs) != 3 {
 		t.Fatalf("list --json: %+v", r)
 	}
 	r = runUsh(t, env, "-c", "pause web[1-2]", "--json")
-	var res core.Result
+	var res api.Result
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &res) != nil || res.OK() != 2 {
 		t.Fatalf("pause --json: %+v", r)
 	}

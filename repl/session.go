@@ -11,8 +11,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+
 	"github.com/usher-vm/usher/client"
-	"github.com/usher-vm/usher/core"
 )
 
 // printer serialises everything the shell writes. Asynchronous messages
@@ -148,11 +149,11 @@ func (s *session) watching() bool {
 }
 
 // onEvent prints pushed notifications about the user's VMs.
-func (s *session) onEvent(ev core.Event) {
+func (s *session) onEvent(ev api.Event) {
 	if s.watching() {
 		return // the watch prints everything
 	}
-	if ev.Type == core.EvStateChanged && ev.VM != nil && ev.Detail["from"] == "" {
+	if ev.Type == api.EvStateChanged && ev.VM != nil && ev.Detail["from"] == "" {
 		// the controller may report one change twice (request and LNM
 		// report); print each state once
 		key := string(ev.VM.State) + "@" + ev.VM.LNM
@@ -173,7 +174,7 @@ func (s *session) onEvent(ev core.Event) {
 }
 
 // describeEvent renders one event; all means print every kind (watch).
-func describeEvent(ev core.Event, all bool) string {
+func describeEvent(ev api.Event, all bool) string {
 	name := ""
 	if ev.VM != nil {
 		name = ev.VM.Short
@@ -182,7 +183,7 @@ func describeEvent(ev core.Event, all bool) string {
 		}
 	}
 	switch ev.Type {
-	case core.EvStateChanged:
+	case api.EvStateChanged:
 		if ev.VM == nil {
 			return ""
 		}
@@ -197,11 +198,11 @@ func describeEvent(ev core.Event, all bool) string {
 			msg += " (" + ev.VM.Reason + ")"
 		}
 		return msg
-	case core.EvVMLost:
+	case api.EvVMLost:
 		return fmt.Sprintf("* %s is lost: its LNM %s is unreachable", name, ev.LNM)
-	case core.EvVMMissing:
+	case api.EvVMMissing:
 		return fmt.Sprintf("* %s is missing: it vanished from %s", name, ev.LNM)
-	case core.EvStartComplete, core.EvOpComplete, core.EvMigrateDone:
+	case api.EvStartComplete, api.EvOpComplete, api.EvMigrateComplete:
 		if !ev.OK {
 			what := strings.TrimSuffix(ev.Type, "_complete")
 			if op := ev.Detail["op"]; op != "" {
@@ -216,21 +217,21 @@ func describeEvent(ev core.Event, all bool) string {
 			}
 			return fmt.Sprintf("* %s: %s ok", name, what)
 		}
-	case core.EvVMUnmanaged:
+	case api.EvVMUnmanaged:
 		if all {
 			return fmt.Sprintf("* unmanaged VM %s found on %s", name, ev.LNM)
 		}
-	case core.EvLNMConnected:
+	case api.EvLNMConnected:
 		if all {
 			return fmt.Sprintf("* LNM %s connected", ev.LNM)
 		}
-	case core.EvLNMLost:
+	case api.EvLNMDisconnected:
 		if all {
 			return fmt.Sprintf("* LNM %s disconnected", ev.LNM)
 		}
-	case core.EvRecovered:
+	case api.EvRecovered:
 		return fmt.Sprintf("* the controller has rebuilt its state after a restart (%s LNMs, %s VMs)", ev.Detail["lnms"], ev.Detail["vms"])
-	case core.EvError:
+	case api.EvError:
 		if all {
 			return fmt.Sprintf("* error: %s", ev.Error)
 		}

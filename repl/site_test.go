@@ -13,23 +13,24 @@ import (
 	"testing"
 	"time"
 
-	usher "github.com/usher-vm/usher"
 	"github.com/usher-vm/usher/client"
 	"github.com/usher-vm/usher/core"
 	"github.com/usher-vm/usher/core/coretest"
+	"github.com/usher-vm/usher/site"
+	"go.uber.org/goleak"
 )
 
 // testSite starts a controller with simulated LNMs on loopback, with the
 // coretest policy double (users alice, bob, root; root is admin).
-func testSite(t *testing.T, lnms int, maxVMs int) *usher.Site {
+func testSite(t *testing.T, lnms int, maxVMs int) *site.Site {
 	t.Helper()
 	h := coretest.New(map[string]string{"alice": "alice-pw", "bob": "bob-pw", "root": "root-pw"}, "root")
 	h.MaxVMs = maxVMs
-	o := usher.SiteOptions{Dir: t.TempDir(), LNMs: lnms, Hooks: h, Bind: func(c *core.Controller) { h.View = c.State() },
+	o := site.Options{Dir: t.TempDir(), LNMs: lnms, Hooks: h, Bind: func(c *core.Controller) { h.View = c.State() },
 		ReportInterval: 100 * time.Millisecond, ScanInterval: 200 * time.Millisecond, KeepAlive: time.Second}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := usher.StartSite(ctx, o)
+	s, err := site.Start(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +38,7 @@ func testSite(t *testing.T, lnms int, maxVMs int) *usher.Site {
 	return s
 }
 
-func connect(t *testing.T, s *usher.Site, user string) *client.Client {
+func connect(t *testing.T, s *site.Site, user string) *client.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -51,7 +52,7 @@ func connect(t *testing.T, s *usher.Site, user string) *client.Client {
 
 // writeClientConfig writes the TOML client configuration `usher demo`
 // writes, for user.
-func writeClientConfig(t *testing.T, s *usher.Site, user, password string) string {
+func writeClientConfig(t *testing.T, s *site.Site, user, password string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "ush.toml")
 	text := fmt.Sprintf("[client]\naddr = %q\nca_file = %q\nserver_name = \"localhost\"\nuser = %q\n", s.Addr, s.CAFile, user)
@@ -98,6 +99,14 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
+	}
+	// Every site, client and session the tests started is stopped: no
+	// goroutine of theirs is left.
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goroutines left after the tests: %v\n", err)
+			code = 1
+		}
 	}
 	os.Exit(code)
 }

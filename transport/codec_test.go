@@ -5,7 +5,7 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
 )
 
 // TestStringMapDecodesSmall: string maps on the wire (VM data, event
@@ -14,11 +14,11 @@ import (
 // each, whatever it holds.
 func TestStringMapDecodesSmall(t *testing.T) {
 	in := []byte(`{"type":"vm_state_changed","vm":{"name":"web1.alice.usher.test","data":{"ip":"10.0.0.5","vlan":"7"}},"detail":{"adopted":"true"}}`)
-	var ev core.Event
+	var ev api.Event
 	if err := Unmarshal(in, &ev); err != nil {
 		t.Fatal(err)
 	}
-	if !maps.Equal(ev.Detail, core.StringMap{"adopted": "true"}) || !maps.Equal(ev.VM.Data, core.StringMap{"ip": "10.0.0.5", "vlan": "7"}) {
+	if !maps.Equal(ev.Detail, api.StringMap{"adopted": "true"}) || !maps.Equal(ev.VM.Data, api.StringMap{"ip": "10.0.0.5", "vlan": "7"}) {
 		t.Fatalf("decoded %+v / %+v", ev.Detail, ev.VM.Data)
 	}
 	for _, tc := range []struct{ in, err string }{
@@ -27,7 +27,7 @@ func TestStringMapDecodesSmall(t *testing.T) {
 		{`{"detail":{"a":1}}`, "number"},
 		{`{"detail":[]}`, "array"},
 	} {
-		var ev core.Event
+		var ev api.Event
 		err := Unmarshal([]byte(tc.in), &ev)
 		if (err != nil) != (tc.err != "") {
 			t.Fatalf("%s: error %v, want one mentioning %q", tc.in, err, tc.err)
@@ -38,7 +38,7 @@ func TestStringMapDecodesSmall(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	for range n {
-		var ev core.Event
+		var ev api.Event
 		if err := Unmarshal(in, &ev); err != nil {
 			t.Fatal(err)
 		}
@@ -60,7 +60,7 @@ func FuzzStringMap(f *testing.F) {
 			M map[string]string `json:"m"`
 		}
 		var ours struct {
-			M core.StringMap `json:"m"`
+			M api.StringMap `json:"m"`
 		}
 		doc := append(append([]byte(`{"m":`), b...), '}')
 		e1, e2 := Unmarshal(doc, &plain), Unmarshal(doc, &ours)

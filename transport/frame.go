@@ -7,6 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"sync/atomic"
+
+	"github.com/usher-vm/usher/api"
 )
 
 // DefaultMaxFrame bounds one frame's payload. A frame carries one request,
@@ -40,22 +44,91 @@ func WriteFrame(w io.Writer, payload []byte) error {
 // ReadFrame reads one frame of at most max bytes. A declared length over max
 // is refused before anything is allocated (ErrFrameTooLarge, returned with
 // the 4-byte header so the caller may skip the frame's bytes).
-func ReadFrame(r io.Reader, max int) ([]byte, error) {
+func ReadFrame(r io.Reader, max int) ([]byte, error) { return readFrame(r, max, nil, nil) }
+
+// ErrFrameBudget is returned when a frame being received would hold more
+// memory than the session (or its server) allows for partial frames.
+var ErrFrameBudget = errors.New("too much data in partly received frames")
+
+// frameChunk is how much of a frame is allocated ahead of its data: a
+// frame's buffer starts at this size and doubles as data arrives, so it
+// follows what was sent, not what the header declared.
+const frameChunk = 16 << 10
+
+// Budget bounds the bytes of frames being received: a session's own, and
+// through parent those of every session of a server.
+type Budget struct {
+	limit  int64
+	used   atomic.Int64
+	parent *Budget
+}
+
+// NewBudget returns a Budget of limit bytes shared by every session given
+// it (ServerOptions.MaxPartial).
+func NewBudget(limit int64) *Budget { return &Budget{limit: limit} }
+
+func (b *Budget) take(n int64) bool {
+	if b == nil {
+		return true
+	}
+	if b.used.Add(n) > b.limit {
+		b.used.Add(-n)
+		return false
+	}
+	if !b.parent.take(n) {
+		b.used.Add(-n)
+		return false
+	}
+	return true
+}
+
+func (b *Budget) give(n int64) {
+	if b == nil {
+		return
+	}
+	b.used.Add(-n)
+	b.parent.give(n)
+}
+
+// readFrame reads one frame: the header, then the body in chunks as it
+// arrives, each chunk taken from bud first. begun runs once the header is
+// in (to set the deadline for the rest).
+func readFrame(r io.Reader, limit int, bud *Budget, begun func()) ([]byte, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
 	}
-	n := binary.BigEndian.Uint32(hdr[:])
-	if uint64(n) > uint64(max) {
+	n := int(binary.BigEndian.Uint32(hdr[:]))
+	if uint64(n) > uint64(limit) {
 		// The header comes back with the error so a reader can skip the frame.
-		return hdr[:], fmt.Errorf("%w: %d bytes declared, limit %d", ErrFrameTooLarge, n, max)
+		return hdr[:], fmt.Errorf("%w: %d bytes declared, limit %d", ErrFrameTooLarge, n, limit)
 	}
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(r, buf); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
+	if begun != nil {
+		begun()
+	}
+	var held int64
+	defer func() { bud.give(held) }()
+	var buf []byte
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			grow := min(n-len(buf), max(cap(buf), frameChunk))
+			if !bud.take(int64(grow)) {
+				return nil, fmt.Errorf("%w (%d of a %d-byte frame received)", ErrFrameBudget, len(buf), n)
+			}
+			held += int64(grow)
+			buf = slices.Grow(buf, grow)
 		}
-		return nil, fmt.Errorf("reading %d-byte frame: %w", n, err)
+		m, err := r.Read(buf[len(buf):min(cap(buf), n)])
+		buf = buf[:len(buf)+m]
+		if err != nil && len(buf) < n {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, fmt.Errorf("reading %d-byte frame: %w", n, err)
+		}
+	}
+	if buf == nil {
+		buf = []byte{}
 	}
 	return buf, nil
 }
@@ -67,33 +140,7 @@ type Envelope struct {
 	Method string          `json:"m,omitempty"`
 	Args   json.RawMessage `json:"a,omitempty"`
 	Result json.RawMessage `json:"r,omitempty"`
-	Error  *Error          `json:"e,omitempty"`
-}
-
-// Error is a remote error with a stable code.
-type Error struct {
-	Code string `json:"code"`
-	Msg  string `json:"msg"`
-}
-
-// Error codes.
-const (
-	CodeBadRequest   = "bad_request"
-	CodeUnauthorized = "unauthorized"
-	CodeForbidden    = "forbidden"
-	CodeNotFound     = "not_found"
-	CodeRejected     = "rejected"
-	CodeUnavailable  = "unavailable"
-	CodeInternal     = "internal"
-	CodeTooMany      = "too_many"
-	CodeUnknown      = "unknown_method"
-)
-
-func (e *Error) Error() string { return e.Code + ": " + e.Msg }
-
-// Errorf builds a remote error.
-func Errorf(code, format string, args ...any) *Error {
-	return &Error{Code: code, Msg: fmt.Sprintf(format, args...)}
+	Error  *api.Error      `json:"e,omitempty"`
 }
 
 // DecodeEnvelope parses and validates one frame's payload.

@@ -59,16 +59,16 @@ func keepalivePair(t *testing.T, keepalive time.Duration) (client, server *Sessi
 	lim := DefaultLimits()
 	lim.KeepAlive = keepalive
 	var err error
-	if server, err = NewSession(sc, true, lim, nil); err != nil {
+	if server, err = newSession(sc, true, lim); err != nil {
 		t.Fatal(err)
 	}
-	if client, err = NewSession(cc, false, lim, nil); err != nil {
+	if client, err = newSession(cc, false, lim); err != nil {
 		t.Fatal(err)
 	}
-	m := NewMux()
+	m := NewMux(nil)
 	m.Handle("echo", func(ctx context.Context, args json.RawMessage) (any, error) { return args, nil })
 	server.SetMux(m)
-	client.SetMux(NewMux())
+	client.SetMux(NewMux(nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	go server.Serve(ctx)
 	go client.Serve(ctx)
@@ -121,7 +121,7 @@ func TestKeepaliveCutsSilentPeer(t *testing.T) {
 	lim := DefaultLimits()
 	lim.KeepAlive = 100 * time.Millisecond
 	lim.WriteTimeout = 300 * time.Millisecond
-	s, err := NewSession(b, false, lim, nil)
+	s, err := newSession(b, false, lim)
 	if err != nil {
 		t.Fatal(err)
 	}

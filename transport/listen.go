@@ -21,9 +21,20 @@ type Peer struct {
 // ServerOptions bound what connecting peers may cost.
 type ServerOptions struct {
 	Limits         Limits
-	MaxHandshaking int // connections allowed mid-handshake at once
-	MaxPerIP       int // sessions allowed per remote IP
-	Logger         *slog.Logger
+	MaxHandshaking int // TLS handshakes in progress at once (default 256)
+	// MaxPendingPerIP bounds the connections from one address that are
+	// not yet authenticated: handshaking, waiting for a handshake slot,
+	// or through TLS but not logged in (default 32). More are closed at
+	// once, so one address's flood cannot take the slots of others.
+	MaxPendingPerIP int
+	MaxPerIP        int // sessions allowed per remote IP (default 20000)
+	// LoginTimeout is how long a client session may stay unauthenticated
+	// after its TLS handshake (default: the handshake timeout).
+	LoginTimeout time.Duration
+	// MaxPartial bounds the bytes of partly received frames across every
+	// session of the server (default 1 GiB).
+	MaxPartial int64
+	Logger     *slog.Logger
 }
 
 // Server accepts TLS connections, runs yamux on them and hands each session
@@ -34,18 +45,22 @@ type ServerOptions struct {
 // established and their first flight buffered, instead of being accepted
 // and shed into the peer's exponential backoff. So a herd (a whole site's
 // LNMs reconnecting after a controller restart) is served in turn, as fast
-// as handshakes go. Each remote IP may hold at most MaxPerIP sessions.
+// as handshakes go. One address may hold at most MaxPendingPerIP of those
+// places and MaxPerIP sessions. The server owns every session goroutine:
+// Serve returns once they have ended.
 type Server struct {
 	tls       *tls.Config
 	opts      ServerOptions
 	log       *slog.Logger
 	onSession func(ctx context.Context, s *Session, p Peer)
+	partial   *Budget
 
-	hs    chan struct{} // handshakes in progress
-	room  chan struct{} // accepted connections not yet through their handshake
-	mu    sync.Mutex
-	perIP map[string]int
-	wg    sync.WaitGroup
+	hs      chan struct{} // handshakes in progress
+	room    chan struct{} // accepted connections not yet through their handshake
+	mu      sync.Mutex
+	perIP   map[string]int
+	pending map[string]int
+	wg      sync.WaitGroup
 }
 
 // NewServer builds a server; onSession runs in its own goroutine per session
@@ -54,20 +69,32 @@ func NewServer(tlsCfg *tls.Config, opts ServerOptions, onSession func(ctx contex
 	if opts.MaxHandshaking <= 0 {
 		opts.MaxHandshaking = 256
 	}
+	if opts.MaxPendingPerIP <= 0 {
+		opts.MaxPendingPerIP = 32
+	}
 	if opts.MaxPerIP <= 0 {
 		opts.MaxPerIP = 20000
 	}
+	if opts.MaxPartial <= 0 {
+		opts.MaxPartial = 1 << 30
+	}
 	opts.Limits = opts.Limits.withDefaults()
+	if opts.LoginTimeout <= 0 {
+		opts.LoginTimeout = opts.Limits.HandshakeTimeout
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{tls: tlsCfg, opts: opts, log: log, onSession: onSession,
-		hs: make(chan struct{}, opts.MaxHandshaking), room: make(chan struct{}, 5*opts.MaxHandshaking), perIP: map[string]int{}}
+	return &Server{tls: tlsCfg, opts: opts, log: log, onSession: onSession, partial: NewBudget(opts.MaxPartial),
+		hs: make(chan struct{}, opts.MaxHandshaking), room: make(chan struct{}, 5*opts.MaxHandshaking),
+		perIP: map[string]int{}, pending: map[string]int{}}
 }
 
-// Serve accepts on ln until ctx ends or ln is closed.
+// Serve accepts on ln until ctx ends or ln is closed, then waits for the
+// sessions it started to end.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	defer s.wg.Wait()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var delay time.Duration
@@ -77,22 +104,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		select {
 		case s.room <- struct{}{}:
 		case <-ctx.Done():
-			s.wg.Wait()
 			return nil
 		}
 		conn, err := ln.Accept()
 		if err != nil {
 			<-s.room
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				s.wg.Wait()
 				return nil
 			}
 			// Temporary failures (out of file descriptors): back off.
-			if delay == 0 {
-				delay = 5 * time.Millisecond
-			} else if delay < time.Second {
-				delay *= 2
-			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 			s.log.Warn("accept failed", "err", err, "retry_in", delay)
 			select {
 			case <-time.After(delay):
@@ -101,9 +122,23 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		delay = 0
+		ip, _, _ := net.SplitHostPort(conn.RemoteAddr().String())
+		if !s.acquirePending(ip) {
+			<-s.room
+			conn.Close()
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			pending := true
+			donePending := func() {
+				if pending {
+					pending = false
+					s.releasePending(ip)
+				}
+			}
+			defer donePending()
 			left := false
 			leave := func() { // the handshake is over, or never started
 				if !left {
@@ -128,35 +163,31 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 					return
 				}
 			}
-			s.handle(ctx, conn, leave)
+			s.handle(ctx, conn, ip, leave, donePending)
 		}()
 	}
 }
 
 // handle runs the handshake of raw, which holds a handshake slot, and
-// serves the session. done runs when the handshake is over.
-func (s *Server) handle(ctx context.Context, raw net.Conn, done func()) {
+// serves the session. handshaken runs when the handshake is over,
+// authenticated when the peer has authenticated (its pending place is
+// given back).
+func (s *Server) handle(ctx context.Context, raw net.Conn, ip string, handshaken, authenticated func()) {
 	released := false
 	release := func() {
 		if !released {
 			released = true
 			<-s.hs
-			done()
+			handshaken()
 		}
 	}
 	defer release()
-	ip, _, _ := net.SplitHostPort(raw.RemoteAddr().String())
 	if !s.acquireIP(ip) {
 		s.log.Warn("refusing connection: per-peer session cap", "ip", ip, "cap", s.opts.MaxPerIP)
 		raw.Close()
 		return
 	}
-	handedOff := false
-	defer func() {
-		if !handedOff {
-			s.releaseIP(ip)
-		}
-	}()
+	defer s.releaseIP(ip)
 	conn := tls.Server(raw, s.tls)
 	hctx, cancel := context.WithTimeout(ctx, s.opts.Limits.HandshakeTimeout)
 	err := conn.HandshakeContext(hctx)
@@ -167,23 +198,45 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, done func()) {
 		return
 	}
 	release()
-	sess, err := NewSession(conn, true, s.opts.Limits, s.log)
+	p := Peer{LNM: PeerLNM(conn.ConnectionState()), Remote: raw.RemoteAddr().String(), IP: ip}
+	sess, err := NewSession(conn, true, p.LNM != "", s.opts.Limits, s.partial, s.log)
 	if err != nil {
 		conn.Close()
 		return
 	}
-	p := Peer{LNM: PeerLNM(conn.ConnectionState()), Remote: raw.RemoteAddr().String(), IP: ip}
-	// The session is served by a new goroutine: this one's stack grew deep
-	// in the TLS handshake and would stay that size for the session's
-	// life (tens of KiB on each of thousands of sessions).
-	handedOff = true
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		defer s.releaseIP(ip)
-		defer sess.Close()
-		s.onSession(ctx, sess, p)
-	}()
+	defer sess.Wait()
+	defer sess.Close()
+	if p.LNM != "" {
+		authenticated() // by its certificate
+	} else {
+		sess.onAuth = authenticated
+		login := time.AfterFunc(s.opts.LoginTimeout, func() {
+			if !sess.IsAuthenticated() {
+				s.log.Info("closing a session that did not log in in time", "remote", p.Remote)
+				sess.Close()
+			}
+		})
+		defer login.Stop()
+	}
+	s.onSession(ctx, sess, p)
+}
+
+func (s *Server) acquirePending(ip string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pending[ip] >= s.opts.MaxPendingPerIP {
+		return false
+	}
+	s.pending[ip]++
+	return true
+}
+
+func (s *Server) releasePending(ip string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pending[ip]--; s.pending[ip] <= 0 {
+		delete(s.pending, ip)
+	}
 }
 
 func (s *Server) acquireIP(ip string) bool {
@@ -204,7 +257,8 @@ func (s *Server) releaseIP(ip string) {
 	}
 }
 
-// Dial connects to addr over TLS and starts a yamux client session.
+// Dial connects to addr over TLS and starts a yamux client session. The
+// peer (the server) is authenticated by its certificate.
 func Dial(ctx context.Context, addr string, tlsCfg *tls.Config, l Limits, log *slog.Logger) (*Session, error) {
 	l = l.withDefaults()
 	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: l.HandshakeTimeout, KeepAlive: 15 * time.Second}, Config: tlsCfg}
@@ -214,7 +268,7 @@ func Dial(ctx context.Context, addr string, tlsCfg *tls.Config, l Limits, log *s
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", addr, err)
 	}
-	s, err := NewSession(c, false, l, log)
+	s, err := NewSession(c, false, true, l, nil, log)
 	if err != nil {
 		c.Close()
 		return nil, err

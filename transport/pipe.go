@@ -7,9 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/usher-vm/usher/api"
 
 	"github.com/hashicorp/yamux"
 )
@@ -23,7 +26,7 @@ import (
 // deadline (the caller stops waiting; the handler's context ends), every
 // write has a write deadline, and a failed write closes the pipe: its
 // pending calls fail and the next call opens a new pipe. A peer that does
-// not know the pipe is called with one stream per call as before.
+// refuses the pipe fails the call.
 //
 // Frames (inside the usual 4-byte length prefix):
 //
@@ -36,10 +39,7 @@ const (
 	replyHead  = 8 + 1
 )
 
-var (
-	errPipeUnsupported = errors.New("peer has no call pipe")
-	errPipeIdle        = errors.New("call pipe closed while idle")
-)
+var errPipeIdle = errors.New("call pipe closed while idle")
 
 // appendRequest appends a framed pipe request to b.
 func appendRequest(b []byte, id uint64, timeout time.Duration, method string, args []byte) []byte {
@@ -141,14 +141,10 @@ type pipe struct {
 	idle *time.Timer
 }
 
-// getPipe returns the session's call pipe, opening it on first use. It
-// returns errPipeUnsupported when the peer has none.
+// getPipe returns the session's call pipe, opening it on first use.
 func (s *Session) getPipe(ctx context.Context) (*pipe, error) {
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
-	if s.noPipe {
-		return nil, errPipeUnsupported
-	}
 	if s.pipe != nil {
 		select {
 		case <-s.pipe.done:
@@ -156,18 +152,18 @@ func (s *Session) getPipe(ctx context.Context) (*pipe, error) {
 			return s.pipe, nil
 		}
 	}
-	st, err := s.open(ctx, pipeMethod, nil, 0)
+	st, err := s.open(ctx, pipeMethod, nil)
 	if err != nil {
 		return nil, err
 	}
-	// The first frame says whether the peer serves the pipe: its hello, or
-	// the error envelope of a peer that does not know the method.
+	// The first frame is the peer's greeting (or the error envelope of a
+	// peer that refuses the pipe).
 	deadline := time.Now().Add(s.limits.HandshakeTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
 	st.SetReadDeadline(deadline)
-	b, err := ReadFrame(st, s.limits.MaxFrame)
+	b, err := ReadFrame(st, 1<<16)
 	shrink(st) // the first reply gets a buffer of its own size
 	if err != nil {
 		st.Close()
@@ -175,9 +171,8 @@ func (s *Session) getPipe(ctx context.Context) (*pipe, error) {
 	}
 	if string(b) != pipeHello {
 		st.Close()
-		if env, derr := DecodeEnvelope(b); derr == nil && env.Error != nil && env.Error.Code == CodeUnknown {
-			s.noPipe = true
-			return nil, errPipeUnsupported
+		if env, derr := DecodeEnvelope(b); derr == nil && env.Error != nil {
+			return nil, fmt.Errorf("opening call pipe: %w", env.Error)
 		}
 		return nil, fmt.Errorf("opening call pipe: unexpected greeting %.40q", b)
 	}
@@ -186,7 +181,7 @@ func (s *Session) getPipe(ctx context.Context) (*pipe, error) {
 	p.last.Store(time.Now().UnixNano())
 	p.idle = time.AfterFunc(s.limits.PipeIdle, p.idleCheck)
 	s.pipe = p
-	go p.readLoop()
+	s.goStream(p.readLoop)
 	return p, nil
 }
 
@@ -195,7 +190,8 @@ func (s *Session) getPipe(ctx context.Context) (*pipe, error) {
 // thousands of sessions.
 func (p *pipe) readLoop() {
 	for {
-		b, err := ReadFrame(p.st, p.s.limits.MaxFrame)
+		p.st.SetReadDeadline(time.Time{}) // calls have deadlines of their own
+		b, err := p.s.readFrame(p.st)
 		shrink(p.st)
 		if err != nil {
 			p.fail(fmt.Errorf("call pipe: %w", err))
@@ -340,7 +336,7 @@ func (p *pipe) call(ctx context.Context, method string, args []byte, deadline ti
 		if !time.Now().Before(deadline) {
 			return fmt.Errorf("%s: %w", method, context.DeadlineExceeded)
 		}
-		var e Error
+		var e api.Error
 		if err := Unmarshal(r.Body, &e); err != nil || e.Code == "" {
 			return fmt.Errorf("%s: malformed error reply", method)
 		}
@@ -359,7 +355,8 @@ func (p *pipe) call(ctx context.Context, method string, args []byte, deadline ti
 
 // servePipe serves calls arriving on a pipe stream until it ends. Each call
 // takes a slot of the session's stream limit while its handler runs; with
-// none free it is answered too_many.
+// none free it is answered too_many. A pipe its dialer leaves idle longer
+// than it would itself (PipeIdle) is closed.
 func (s *Session) servePipe(ctx context.Context, st *yamux.Stream, mux *Mux) {
 	var wmu sync.Mutex
 	write := func(b []byte) {
@@ -371,12 +368,15 @@ func (s *Session) servePipe(ctx context.Context, st *yamux.Stream, mux *Mux) {
 			st.Close() // the caller's pending calls fail now, not at their deadlines
 		}
 	}
-	st.SetDeadline(time.Time{})
+	reply := func(id uint64, e *api.Error) {
+		body, _ := Marshal(e)
+		write(appendReply(nil, id, true, body))
+	}
 	write(appendFrame(nil, []byte(pipeHello)))
+	idle := 2*s.limits.PipeIdle + s.limits.KeepAlive
 	for {
-		// An idle pipe waits for calls as long as the session lives (the
-		// session's keepalive notices a dead peer and closes it).
-		b, err := ReadFrame(st, s.limits.MaxFrame) // unbuffered: see readLoop
+		st.SetReadDeadline(time.Now().Add(idle))
+		b, err := s.readFrame(st)
 		shrink(st)
 		if errors.Is(err, ErrFrameTooLarge) {
 			// Answer it and skip its bytes: the pipe and the calls queued
@@ -386,14 +386,15 @@ func (s *Session) servePipe(ctx context.Context, st *yamux.Stream, mux *Mux) {
 			if n < 8 {
 				return
 			}
+			st.SetReadDeadline(time.Now().Add(s.limits.FrameTimeout))
 			if _, err := io.ReadFull(st, id[:]); err != nil {
 				return
 			}
 			if _, err := io.CopyN(io.Discard, st, n-8); err != nil {
 				return
 			}
-			body, _ := Marshal(Errorf(CodeBadRequest, "call frame too large: %d bytes, limit %d", n, s.limits.MaxFrame))
-			write(appendReply(nil, binary.BigEndian.Uint64(id[:]), true, body))
+			reply(binary.BigEndian.Uint64(id[:]), &api.Error{Code: api.CodeBadRequest,
+				Msg: fmt.Sprintf("call frame too large: %d bytes, limit %d", n, s.maxFrame())})
 			continue
 		}
 		if err != nil {
@@ -402,35 +403,38 @@ func (s *Session) servePipe(ctx context.Context, st *yamux.Stream, mux *Mux) {
 		req, err := decodeRequest(b)
 		if err != nil {
 			// The framing is intact, so the pipe survives a bad call.
-			body, _ := Marshal(Errorf(CodeBadRequest, "%v", err))
-			write(appendReply(nil, req.ID, true, body))
+			reply(req.ID, &api.Error{Code: api.CodeBadRequest, Msg: err.Error()})
 			continue
 		}
-		select {
-		case s.sem <- struct{}{}:
-		default:
-			body, _ := Marshal(Errorf(CodeTooMany, "more than %d concurrent calls", s.limits.MaxStreams))
-			write(appendReply(nil, req.ID, true, body))
+		release, ok := s.admit()
+		if !ok {
+			reply(req.ID, &api.Error{Code: api.CodeTooMany, Msg: fmt.Sprintf("more than %d concurrent calls", cap(s.sem))})
 			continue
 		}
-		go func() {
-			defer func() { <-s.sem }()
+		s.goStream(func() {
+			defer release()
 			failed, body := s.handle(ctx, mux, req.Method, req.Args, req.Timeout)
 			write(appendReply(make([]byte, 0, 4+replyHead+len(body)), req.ID, failed, body))
-		}()
+		})
 	}
 }
 
-// handle runs one call's handler with its timeout and returns the encoded
-// result or error.
+// handle runs one call's handler with its timeout, after the mux's guard,
+// and returns the encoded result or error. A panicking handler fails its
+// call only (logged with its stack).
 func (s *Session) handle(ctx context.Context, mux *Mux, method string, args json.RawMessage, timeout time.Duration) (failed bool, body []byte) {
-	encErr := func(e *Error) (bool, []byte) {
-		b, _ := Marshal(e)
+	encErr := func(err error) (bool, []byte) {
+		b, _ := Marshal(api.AsError(err))
 		return true, b
 	}
-	h, ok := mux.calls[method]
+	e, ok := mux.calls[method]
 	if !ok {
-		return encErr(Errorf(CodeUnknown, "unknown method %q", method))
+		return encErr(&api.Error{Code: api.CodeUnknown, Msg: fmt.Sprintf("unknown method %q", method)})
+	}
+	if mux.guard != nil {
+		if err := mux.guard(ctx, s, method, e.access); err != nil {
+			return encErr(err)
+		}
 	}
 	if timeout <= 0 {
 		timeout = s.limits.CallTimeout
@@ -440,15 +444,25 @@ func (s *Session) handle(ctx context.Context, mux *Mux, method string, args json
 	}
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	res, herr := safeCall(cctx, h, args)
+	res, herr := s.safeCall(cctx, method, e.h, args)
 	if herr != nil {
-		return encErr(AsError(herr))
+		return encErr(herr)
 	}
 	rb, err := Marshal(res)
 	if err != nil {
-		return encErr(Errorf(CodeInternal, "encoding result: %v", err))
+		return encErr(api.Errorf(api.ErrInternal, "encoding result: %v", err))
 	}
 	return false, rb
+}
+
+func (s *Session) safeCall(ctx context.Context, method string, h Handler, args json.RawMessage) (res any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("panic in a call handler; the call fails, the session goes on", "method", method, "panic", r, "stack", string(debug.Stack()))
+			err = api.Errorf(api.ErrInternal, "%s: internal error (logged)", method)
+		}
+	}()
+	return h(ctx, args)
 }
 
 // appendFrame appends payload with its length prefix.

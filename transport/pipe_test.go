@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -28,18 +29,18 @@ func pipePairIdle(t *testing.T, mutate func(server *Session), idle time.Duration
 	lim := DefaultLimits()
 	lim.MaxStreams = 64
 	var err error
-	server, err = NewSession(a, true, lim, nil)
+	server, err = newSession(a, true, lim)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if idle > 0 {
 		lim.PipeIdle = idle
 	}
-	client, err = NewSession(b, false, lim, nil)
+	client, err = newSession(b, false, lim)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := NewMux()
+	m := NewMux(nil)
 	m.Handle("echo", func(ctx context.Context, args json.RawMessage) (any, error) { return args, nil })
 	m.Handle("block", func(ctx context.Context, args json.RawMessage) (any, error) {
 		<-ctx.Done()
@@ -49,7 +50,7 @@ func pipePairIdle(t *testing.T, mutate func(server *Session), idle time.Duration
 		return nil, Errorf(CodeRejected, "no")
 	})
 	server.SetMux(m)
-	client.SetMux(NewMux())
+	client.SetMux(NewMux(nil))
 	if mutate != nil {
 		mutate(server)
 	}
@@ -171,23 +172,6 @@ func TestPipeBrokenFailsPendingAndReopens(t *testing.T) {
 	}
 }
 
-func TestPipeFallbackToStreamPerCall(t *testing.T) {
-	c, _ := pipePair(t, func(s *Session) { s.refusePipe = true })
-	echo(t, c, "one")
-	echo(t, c, "two")
-	c.pmu.Lock()
-	no := c.noPipe
-	c.pmu.Unlock()
-	if !no {
-		t.Fatal("caller did not notice the peer has no pipe")
-	}
-	err := c.Call(context.Background(), "fail", nil, nil)
-	var e *Error
-	if !errors.As(err, &e) || e.Code != CodeRejected {
-		t.Fatalf("coded error on the fallback path: %v", err)
-	}
-}
-
 func TestPipeOversizedCallAnsweredPipeSurvives(t *testing.T) {
 	c, srv := pipePair(t, func(s *Session) { s.limits.MaxFrame = 1024 })
 	echo(t, c, "warm")
@@ -277,5 +261,23 @@ func TestPipeClosesWhenIdleAndReopens(t *testing.T) {
 	defer cancel()
 	if err := c.Call(ctx, "block", nil, nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("long call on an idle-closing pipe: %v", err)
+	}
+}
+
+// TestStuckStreamIsCutOff: a stream that never sends its first frame is
+// closed by the server at the handshake deadline (yamux's keepalive would
+// not notice: the session is alive).
+func TestStuckStreamIsCutOff(t *testing.T) {
+	c, _ := pipePair(t, func(s *Session) { s.limits.HandshakeTimeout = 300 * time.Millisecond })
+	raw, err := RawStream(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.ReadAll(raw)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("stuck stream not closed by the server")
 	}
 }

@@ -9,14 +9,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"sort"
 	"sync"
 	"time"
-
-	"github.com/google/renameio/v2"
-
-	"github.com/usher-vm/usher/core"
 )
 
 // Announcement is the controller's recovery message to a known LNM: "I am
@@ -85,6 +79,8 @@ func ServeRecovery(ctx context.Context, ln net.Listener, tlsCfg *tls.Config, log
 	}
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		raw, err := ln.Accept()
 		if err != nil {
@@ -93,7 +89,9 @@ func ServeRecovery(ctx context.Context, ln net.Listener, tlsCfg *tls.Config, log
 			}
 			return err
 		}
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			defer raw.Close()
 			raw.SetDeadline(time.Now().Add(5 * time.Second))
 			conn := tls.Server(raw, tlsCfg)
@@ -106,7 +104,7 @@ func ServeRecovery(ctx context.Context, ln net.Listener, tlsCfg *tls.Config, log
 				return
 			}
 			var a Announcement
-			if json.Unmarshal(env.Args, &a) != nil {
+			if json.Unmarshal(env.Args, &a) != nil || len(a.Controller) > 512 || len(a.ID) > 128 {
 				return
 			}
 			WriteEnvelope(conn, &Envelope{Result: json.RawMessage(`{}`)})
@@ -130,116 +128,6 @@ func Announce(ctx context.Context, addr string, tlsCfg *tls.Config, a Announceme
 	}
 	if _, err := ReadEnvelope(c, 1<<16); err != nil {
 		return fmt.Errorf("announcing to %s: no acknowledgement: %w", addr, err)
-	}
-	return nil
-}
-
-// KnownLNMs is the controller's only persistent state: the LNMs it has
-// seen, so a restarted controller can announce itself to them. The file is
-// rewritten atomically (temp file + fsync + rename).
-type KnownLNMs struct {
-	path     string
-	mu       sync.Mutex
-	cond     *sync.Cond
-	m        map[string]core.NodeInfo
-	seq      uint64 // changes made
-	written  uint64 // changes on disk
-	flushing bool
-	lastErr  error
-}
-
-// LoadKnownLNMs reads the file (a missing file is an empty list).
-func LoadKnownLNMs(path string) (*KnownLNMs, error) {
-	k := &KnownLNMs{path: path, m: map[string]core.NodeInfo{}}
-	k.cond = sync.NewCond(&k.mu)
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return k, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading known LNMs: %w", err)
-	}
-	var list []core.NodeInfo
-	if err := json.Unmarshal(b, &list); err != nil {
-		return nil, fmt.Errorf("reading known LNMs %s: %w", path, err)
-	}
-	for _, n := range list {
-		k.m[n.Name] = n
-	}
-	return k, nil
-}
-
-// List returns the known LNMs sorted by name.
-func (k *KnownLNMs) List() []core.NodeInfo {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.listLocked()
-}
-
-func (k *KnownLNMs) listLocked() []core.NodeInfo {
-	out := make([]core.NodeInfo, 0, len(k.m))
-	for _, n := range k.m {
-		out = append(out, n)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
-}
-
-// Record adds or updates an LNM and returns once the file holds it.
-// Concurrent calls share one write (group commit), so thousands of LNMs
-// registering at once cost a few writes, not one each.
-func (k *KnownLNMs) Record(n core.NodeInfo) error {
-	k.mu.Lock()
-	old, ok := k.m[n.Name]
-	if ok && old.Address == n.Address && old.Recovery == n.Recovery {
-		k.mu.Unlock()
-		return nil
-	}
-	k.m[n.Name] = core.NodeInfo{Name: n.Name, Address: n.Address, Recovery: n.Recovery, Driver: n.Driver}
-	k.seq++
-	mine := k.seq
-	if !k.flushing {
-		k.flushing = true
-		go k.flushLoop()
-	}
-	for k.written < mine {
-		k.cond.Wait()
-	}
-	err := k.lastErr
-	k.mu.Unlock()
-	return err
-}
-
-func (k *KnownLNMs) flushLoop() {
-	k.mu.Lock()
-	for k.written < k.seq {
-		target := k.seq
-		list := k.listLocked()
-		k.mu.Unlock()
-		err := k.write(list)
-		k.mu.Lock()
-		k.written, k.lastErr = target, err
-		k.cond.Broadcast()
-	}
-	k.flushing = false
-	k.mu.Unlock()
-}
-
-// Flush returns the error of the last write (Record returns only once its
-// change is on disk, so there is nothing left to write).
-func (k *KnownLNMs) Flush() error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.lastErr
-}
-
-func (k *KnownLNMs) write(list []core.NodeInfo) error {
-	b, err := json.MarshalIndent(list, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := renameio.WriteFile(k.path, b, 0o600); err != nil {
-		return fmt.Errorf("saving known LNMs: %w", err)
 	}
 	return nil
 }

@@ -8,22 +8,38 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
+
+	"github.com/usher-vm/usher/api"
 )
 
 // Limits bound what one peer can make a session do.
 type Limits struct {
-	HandshakeTimeout time.Duration // TLS handshake plus first call
-	CallTimeout      time.Duration // default deadline of a call stream
+	HandshakeTimeout time.Duration // TLS handshake plus the first frame of a stream
+	CallTimeout      time.Duration // default deadline of a call
 	MaxCallTimeout   time.Duration // the most a caller may ask for
-	MaxStreams       int           // concurrent inbound streams per session
-	MaxFrame         int           // largest frame accepted
-	KeepAlive        time.Duration // yamux keepalive interval
-	PipeIdle         time.Duration // a call pipe unused this long is closed (reopened by the next call)
-	WriteTimeout     time.Duration // yamux connection write timeout
+	MaxStreams       int           // concurrent inbound streams (and calls) per session
+	MaxFrame         int           // largest frame accepted once the peer is authenticated
+	// MaxFrameUnauth is the largest frame accepted, and UnauthStreams the
+	// streams served at once, before the peer is authenticated (a client
+	// before its login; a node is authenticated by its certificate).
+	MaxFrameUnauth int
+	UnauthStreams  int
+	// FrameTimeout is how long the rest of a frame may take to arrive once
+	// its header has: a peer cannot pin a half-sent frame.
+	FrameTimeout time.Duration
+	// MaxPartial bounds the bytes of frames a session is receiving and
+	// has not received whole (what a peer can make it hold by sending
+	// slowly or never finishing).
+	MaxPartial   int64
+	KeepAlive    time.Duration // keepalive interval
+	PipeIdle     time.Duration // a call pipe unused this long is closed by its dialer (reopened by the next call)
+	WriteTimeout time.Duration // every write's deadline
 }
 
 // DefaultLimits are safe defaults for every link.
@@ -34,6 +50,10 @@ func DefaultLimits() Limits {
 		MaxCallTimeout:   30 * time.Minute,
 		MaxStreams:       512,
 		MaxFrame:         DefaultMaxFrame,
+		MaxFrameUnauth:   64 << 10,
+		UnauthStreams:    4,
+		FrameTimeout:     30 * time.Second,
+		MaxPartial:       2 * DefaultMaxFrame,
 		KeepAlive:        5 * time.Second,
 		PipeIdle:         30 * time.Second,
 		WriteTimeout:     10 * time.Second,
@@ -42,40 +62,50 @@ func DefaultLimits() Limits {
 
 func (l Limits) withDefaults() Limits {
 	d := DefaultLimits()
-	if l.HandshakeTimeout <= 0 {
-		l.HandshakeTimeout = d.HandshakeTimeout
+	def := func(v *time.Duration, dv time.Duration) {
+		if *v <= 0 {
+			*v = dv
+		}
 	}
-	if l.CallTimeout <= 0 {
-		l.CallTimeout = d.CallTimeout
-	}
-	if l.MaxCallTimeout <= 0 {
-		l.MaxCallTimeout = d.MaxCallTimeout
-	}
+	def(&l.HandshakeTimeout, d.HandshakeTimeout)
+	def(&l.CallTimeout, d.CallTimeout)
+	def(&l.MaxCallTimeout, d.MaxCallTimeout)
+	def(&l.FrameTimeout, d.FrameTimeout)
+	def(&l.KeepAlive, d.KeepAlive)
+	def(&l.PipeIdle, d.PipeIdle)
+	def(&l.WriteTimeout, d.WriteTimeout)
 	if l.MaxStreams <= 0 {
 		l.MaxStreams = d.MaxStreams
 	}
 	if l.MaxFrame <= 0 {
 		l.MaxFrame = d.MaxFrame
 	}
-	if l.KeepAlive <= 0 {
-		l.KeepAlive = d.KeepAlive
+	if l.MaxFrameUnauth <= 0 {
+		l.MaxFrameUnauth = d.MaxFrameUnauth
 	}
-	if l.PipeIdle <= 0 {
-		l.PipeIdle = d.PipeIdle
+	if l.MaxFrameUnauth > l.MaxFrame {
+		l.MaxFrameUnauth = l.MaxFrame
 	}
-	if l.WriteTimeout <= 0 {
-		l.WriteTimeout = d.WriteTimeout
+	if l.UnauthStreams <= 0 {
+		l.UnauthStreams = d.UnauthStreams
+	}
+	if l.MaxPartial <= 0 {
+		l.MaxPartial = 2 * int64(l.MaxFrame)
 	}
 	return l
 }
 
 // yamuxConfig builds a fresh yamux configuration for one session (yamux
 // configs must not be shared between sessions).
-func yamuxConfig(l Limits) *yamux.Config {
+func yamuxConfig(l Limits, authed bool) *yamux.Config {
 	c := yamux.DefaultConfig()
 	// The accept queue is not the concurrency limit (MaxStreams is): keep
-	// it small, yamux allocates it up front for every session.
+	// it small, yamux allocates it up front for every session. Before a
+	// login, a peer gets only a few streams' worth of buffers.
 	c.AcceptBacklog = min(l.MaxStreams, 128)
+	if !authed {
+		c.AcceptBacklog = min(c.AcceptBacklog, 4*l.UnauthStreams)
+	}
 	// Keepalive is the session's own (see Session.keepalive): yamux's
 	// pings every interval from both sides whatever the traffic.
 	c.EnableKeepAlive = false
@@ -88,41 +118,106 @@ func yamuxConfig(l Limits) *yamux.Config {
 }
 
 // Handler serves one call: it decodes args, acts, and returns a value to
-// encode as the result, or an error (an *Error keeps its code).
+// encode as the result, or an error (sent with its api code).
 type Handler func(ctx context.Context, args json.RawMessage) (any, error)
 
-// StreamHandler serves a long-lived stream (pushed events). It owns the
-// stream until it returns.
+// StreamHandler serves a long-lived stream. It owns the stream until it
+// returns.
 type StreamHandler func(ctx context.Context, args json.RawMessage, st *Stream) error
 
-// Mux maps method names to handlers. Build it before serving; it is read-only
-// afterwards.
+// Guard is the one access check of a mux: it runs before every handler
+// with the method's declared access and refuses the call with an error
+// (api.ErrUnauthorized, api.ErrForbidden) or lets it through.
+type Guard func(ctx context.Context, s *Session, method string, access api.Access) error
+
+type callEntry struct {
+	access api.Access
+	h      Handler
+}
+
+type streamEntry struct {
+	access api.Access
+	h      StreamHandler
+}
+
+// Mux maps method names to handlers. Build it before serving; it is
+// read-only afterwards and may serve many sessions.
 type Mux struct {
-	calls   map[string]Handler
-	streams map[string]StreamHandler
+	calls   map[string]callEntry
+	streams map[string]streamEntry
+	guard   Guard
 }
 
-// NewMux returns an empty mux.
-func NewMux() *Mux {
-	return &Mux{calls: map[string]Handler{}, streams: map[string]StreamHandler{}}
+// NewMux returns an empty mux whose handlers all pass through guard
+// (nil: no check).
+func NewMux(guard Guard) *Mux {
+	return &Mux{calls: map[string]callEntry{}, streams: map[string]streamEntry{}, guard: guard}
 }
 
-// Handle registers a call handler.
-func (m *Mux) Handle(method string, h Handler) { m.calls[method] = h }
+// Handle registers f for method d: the arguments are decoded into A, the
+// reply encoded from R.
+func Handle[A, R any](m *Mux, d api.Method[A, R], f func(ctx context.Context, a A) (R, error)) {
+	if _, dup := m.calls[d.Name]; dup {
+		panic("transport: method " + d.Name + " registered twice")
+	}
+	m.calls[d.Name] = callEntry{d.Access, func(ctx context.Context, raw json.RawMessage) (any, error) {
+		var a A
+		if len(raw) > 0 {
+			if err := Unmarshal(raw, &a); err != nil {
+				return nil, api.Errorf(api.ErrBadRequest, "%s: malformed arguments: %v", d.Name, err)
+			}
+		}
+		return f(ctx, a)
+	}}
+}
 
-// HandleStream registers a long-lived stream handler.
-func (m *Mux) HandleStream(method string, h StreamHandler) { m.streams[method] = h }
+// HandleStream registers f for the stream d.
+func HandleStream[A, M any](m *Mux, d api.Stream[A, M], f func(ctx context.Context, a A, st *Stream) error) {
+	if _, dup := m.streams[d.Name]; dup {
+		panic("transport: stream " + d.Name + " registered twice")
+	}
+	m.streams[d.Name] = streamEntry{d.Access, func(ctx context.Context, raw json.RawMessage, st *Stream) error {
+		var a A
+		if len(raw) > 0 {
+			if err := Unmarshal(raw, &a); err != nil {
+				err = api.Errorf(api.ErrBadRequest, "%s: malformed arguments: %v", d.Name, err)
+				st.Send("error", api.AsError(err))
+				return err
+			}
+		}
+		return f(ctx, a, st)
+	}}
+}
+
+// Call invokes method d on the session's peer and decodes its reply. The
+// deadline is ctx's, or the session's CallTimeout.
+func Call[A, R any](ctx context.Context, s *Session, d api.Method[A, R], a A) (R, error) {
+	var r R
+	err := s.call(ctx, d.Name, a, &r)
+	return r, err
+}
+
+// OpenStream opens the long-lived stream d with arguments a; the peer's
+// stream handler owns the other end.
+func OpenStream[A, M any](ctx context.Context, s *Session, d api.Stream[A, M], a A) (*Stream, error) {
+	st, err := s.open(ctx, d.Name, a)
+	if err != nil {
+		return nil, err
+	}
+	return &Stream{st: st, s: s}, nil
+}
 
 // request is the first frame of every stream.
 type request struct {
-	Method    string          `json:"m"`
-	Args      json.RawMessage `json:"a,omitempty"`
-	TimeoutMS int64           `json:"t,omitempty"`
+	Method string          `json:"m"`
+	Args   json.RawMessage `json:"a,omitempty"`
 }
 
 // Session is one TLS connection carrying a yamux session, on either side.
-// Both sides may open streams: one stream per call, plus long-lived streams
-// for pushed events.
+// Both sides may open streams; calls travel on one call pipe per direction
+// (see pipe.go), long-lived streams carry pushed events and reports. The
+// session owns the goroutines serving its streams: Wait returns when they
+// have ended after Close.
 type Session struct {
 	ys     *yamux.Session
 	conn   *coalescer
@@ -130,32 +225,39 @@ type Session struct {
 	alive  *time.Timer   // keepalive: fires when nothing was read for a while
 	quiet  time.Duration // how long without reading before a keepalive ping
 	log    *slog.Logger
-	sem    chan struct{}
+	sem    chan struct{} // inbound streams and calls in progress
+	unauth chan struct{} // the same, before the peer is authenticated
+	authed atomic.Bool
+	onAuth func()    // the server's: the peer is no longer pending
+	authMu sync.Once // onAuth runs once
+	frames *Budget   // partial frames of this session (and of its server)
+	value  atomic.Pointer[any]
 
 	mu      sync.Mutex
 	mux     *Mux
 	closeFn []func()
 	once    sync.Once
+	wg      sync.WaitGroup
 
-	pmu    sync.Mutex // guards pipe and noPipe
-	pipe   *pipe      // the call pipe, opened by the first call
-	noPipe bool       // the peer has no pipe: one stream per call
-	// refusePipe makes this side answer pipe requests as an older peer
-	// would (unknown method): tests of the fallback set it.
-	refusePipe bool
+	pmu  sync.Mutex // guards pipe
+	pipe *pipe      // the call pipe, opened by the first call
 }
 
 // NewSession wraps an established connection. server says which yamux role
-// this side plays (the dialer is the yamux client).
-func NewSession(conn net.Conn, server bool, l Limits, log *slog.Logger) (*Session, error) {
+// this side plays (the dialer is the yamux client). authed says whether the
+// peer is already authenticated (by its certificate, or because it is the
+// server we dialled); otherwise the session holds it to the small
+// unauthenticated limits until Authenticated is called. global, when not
+// nil, bounds the partial frames of every session sharing it.
+func NewSession(conn net.Conn, server, authed bool, l Limits, global *Budget, log *slog.Logger) (*Session, error) {
 	l = l.withDefaults()
 	cw := newCoalescer(conn, l.WriteTimeout)
 	var ys *yamux.Session
 	var err error
 	if server {
-		ys, err = yamux.Server(cw, yamuxConfig(l))
+		ys, err = yamux.Server(cw, yamuxConfig(l, authed))
 	} else {
-		ys, err = yamux.Client(cw, yamuxConfig(l))
+		ys, err = yamux.Client(cw, yamuxConfig(l, authed))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("starting yamux session: %w", err)
@@ -163,7 +265,10 @@ func NewSession(conn net.Conn, server bool, l Limits, log *slog.Logger) (*Sessio
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Session{ys: ys, conn: cw, limits: l, log: log, sem: make(chan struct{}, l.MaxStreams), quiet: l.KeepAlive}
+	s := &Session{ys: ys, conn: cw, limits: l, log: log, sem: make(chan struct{}, l.MaxStreams),
+		unauth: make(chan struct{}, l.UnauthStreams), quiet: l.KeepAlive,
+		frames: &Budget{limit: l.MaxPartial, parent: global}}
+	s.authed.Store(authed)
 	if server {
 		// The dialing side pings first: its pings keep this side quiet.
 		s.quiet = l.KeepAlive * 3 / 2
@@ -182,8 +287,7 @@ func NewSession(conn net.Conn, server bool, l Limits, log *slog.Logger) (*Sessio
 // quiet. A dead peer is still found within quiet plus the write timeout.
 // (yamux's own keepalive pings from both sides every interval whatever the
 // traffic, with a goroutine per session: on a site of 10,000 LNMs those
-// pings took a tenth of a core.) Peers of older versions keep pinging on
-// their own schedule; this side answers them as before.
+// pings took a tenth of a core.)
 func (s *Session) keepalive() {
 	if s.ys.IsClosed() {
 		return
@@ -204,6 +308,47 @@ func (s *Session) keepalive() {
 
 // Limits returns the session's limits.
 func (s *Session) Limits() Limits { return s.limits }
+
+// Authenticated lifts the unauthenticated limits (frame size, streams):
+// the peer has logged in.
+func (s *Session) Authenticated() {
+	s.authed.Store(true)
+	s.authMu.Do(func() {
+		if s.onAuth != nil {
+			s.onAuth()
+		}
+	})
+}
+
+// IsAuthenticated reports whether the peer has logged in (or needed not).
+func (s *Session) IsAuthenticated() bool { return s.authed.Load() }
+
+// maxFrame is the frame limit now.
+func (s *Session) maxFrame() int {
+	if s.authed.Load() {
+		return s.limits.MaxFrame
+	}
+	return s.limits.MaxFrameUnauth
+}
+
+// SetValue attaches the server's per-session state (an identity, say).
+func (s *Session) SetValue(v any) { s.value.Store(&v) }
+
+// Value returns what SetValue attached (nil if nothing).
+func (s *Session) Value() any {
+	if p := s.value.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+type sessionKey struct{}
+
+// SessionFrom returns the session whose stream a handler serves.
+func SessionFrom(ctx context.Context) *Session {
+	s, _ := ctx.Value(sessionKey{}).(*Session)
+	return s
+}
 
 // LocalAddr is this side's address.
 func (s *Session) LocalAddr() net.Addr { return s.ys.LocalAddr() }
@@ -232,25 +377,59 @@ func (s *Session) Close() error {
 	return err
 }
 
+// Wait returns once every goroutine serving the session's streams and its
+// call pipe has ended (after Close, or when the peer went away).
+func (s *Session) Wait() { s.wg.Wait() }
+
 // OnClose registers f to run once when Close is called.
 func (s *Session) OnClose(f func()) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.closeFn = append(s.closeFn, f)
-	s.mu.Unlock()
 }
 
 // SetMux sets the handlers for inbound streams (before Serve).
 func (s *Session) SetMux(m *Mux) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.mux = m
-	s.mu.Unlock()
+}
+
+// goStream runs f in a goroutine the session owns.
+func (s *Session) goStream(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+}
+
+// admit takes a slot for one inbound stream or call: of MaxStreams, and
+// before the peer is authenticated of UnauthStreams too. release gives it
+// back.
+func (s *Session) admit() (release func(), ok bool) {
+	select {
+	case s.sem <- struct{}{}:
+	default:
+		return nil, false
+	}
+	if s.authed.Load() {
+		return func() { <-s.sem }, true
+	}
+	select {
+	case s.unauth <- struct{}{}:
+		return func() { <-s.unauth; <-s.sem }, true
+	default:
+		<-s.sem
+		return nil, false
+	}
 }
 
 // Serve accepts inbound streams until the session ends. Each stream runs in
-// its own goroutine, at most MaxStreams at once; beyond that a stream is
-// answered "too_many" and closed.
+// its own goroutine, within the session's stream limits; beyond them a
+// stream is answered "too_many" and closed.
 func (s *Session) Serve(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(context.WithValue(ctx, sessionKey{}, s))
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { s.Close() }) // no goroutine per session
 	defer stop()
@@ -262,67 +441,81 @@ func (s *Session) Serve(ctx context.Context) error {
 			}
 			return fmt.Errorf("accepting stream: %w", err)
 		}
-		select {
-		case s.sem <- struct{}{}:
-			go func() {
-				defer func() { <-s.sem }()
-				s.serveStream(ctx, st)
-			}()
-		default:
-			go func() {
+		release, ok := s.admit()
+		if !ok {
+			s.goStream(func() {
 				st.SetDeadline(time.Now().Add(time.Second))
-				WriteEnvelope(st, &Envelope{Error: Errorf(CodeTooMany, "more than %d concurrent streams", s.limits.MaxStreams)})
+				WriteEnvelope(st, &Envelope{Error: &api.Error{Code: api.CodeTooMany, Msg: "too many concurrent streams"}})
 				st.Close()
-			}()
+			})
+			continue
 		}
+		s.goStream(func() {
+			defer release()
+			s.serveStream(ctx, st)
+		})
 	}
 }
 
 func (s *Session) serveStream(ctx context.Context, st *yamux.Stream) {
 	defer st.Close()
 	st.SetDeadline(time.Now().Add(s.limits.HandshakeTimeout))
-	b, err := ReadFrame(st, s.limits.MaxFrame)
+	b, err := s.readFrame(st)
 	if err != nil {
-		s.log.Debug("reading call", "err", err)
+		s.log.Debug("reading the first frame of a stream", "err", err)
 		if errors.Is(err, ErrFrameTooLarge) {
-			WriteEnvelope(st, &Envelope{Error: Errorf(CodeBadRequest, "%v", err)})
+			WriteEnvelope(st, &Envelope{Error: &api.Error{Code: api.CodeBadRequest, Msg: err.Error()}})
 		}
 		return
 	}
 	var req request
 	if err := Unmarshal(b, &req); err != nil || req.Method == "" || len(req.Method) > 64 {
-		WriteEnvelope(st, &Envelope{Error: Errorf(CodeBadRequest, "malformed call")})
+		WriteEnvelope(st, &Envelope{Error: &api.Error{Code: api.CodeBadRequest, Msg: "malformed stream request"}})
 		return
 	}
 	s.mu.Lock()
 	mux := s.mux
 	s.mu.Unlock()
 	if mux == nil {
-		WriteEnvelope(st, &Envelope{Error: Errorf(CodeUnavailable, "no handlers")})
+		WriteEnvelope(st, &Envelope{Error: &api.Error{Code: api.CodeUnavailable, Msg: "no handlers"}})
 		return
 	}
-	if req.Method == pipeMethod && !s.refusePipe {
+	if req.Method == pipeMethod {
 		s.servePipe(ctx, st, mux)
 		return
 	}
-	if sh, ok := mux.streams[req.Method]; ok {
-		st.SetDeadline(time.Time{})
-		stream := &Stream{st: st, s: s}
-		if err := sh(ctx, req.Args, stream); err != nil {
-			s.log.Debug("stream ended", "method", req.Method, "err", err)
-		}
+	e, ok := mux.streams[req.Method]
+	if !ok {
+		WriteEnvelope(st, &Envelope{Error: &api.Error{Code: api.CodeUnknown, Msg: fmt.Sprintf("unknown stream %q", req.Method)}})
 		return
 	}
-	timeout := time.Duration(req.TimeoutMS) * time.Millisecond
-	if timeout <= 0 {
-		timeout = s.limits.CallTimeout
+	stream := &Stream{st: st, s: s}
+	if mux.guard != nil {
+		if err := mux.guard(ctx, s, req.Method, e.access); err != nil {
+			stream.Send("error", api.AsError(err))
+			return
+		}
 	}
-	st.SetDeadline(time.Now().Add(min(timeout, s.limits.MaxCallTimeout) + s.limits.WriteTimeout))
-	failed, body := s.handle(ctx, mux, req.Method, req.Args, timeout)
-	st.SetWriteDeadline(time.Now().Add(s.limits.WriteTimeout))
-	if _, err := st.Write(appendFrame(nil, envelopeBytes(failed, body))); err != nil {
-		s.log.Debug("writing reply", "method", req.Method, "err", err)
+	st.SetDeadline(time.Time{})
+	defer s.recoverStream(req.Method)
+	if err := e.h(ctx, req.Args, stream); err != nil {
+		s.log.Debug("stream ended", "method", req.Method, "err", err)
 	}
+}
+
+func (s *Session) recoverStream(method string) {
+	if r := recover(); r != nil {
+		s.log.Error("panic serving a stream; the stream is closed, the session goes on", "method", method, "panic", r, "stack", string(debug.Stack()))
+	}
+}
+
+// readFrame reads one frame under the session's limits: its current frame
+// size, the time the rest of a frame may take, and the partial-frame
+// Budget.
+func (s *Session) readFrame(st *yamux.Stream) ([]byte, error) {
+	return readFrame(st, s.maxFrame(), s.frames, func() {
+		st.SetReadDeadline(time.Now().Add(s.limits.FrameTimeout))
+	})
 }
 
 // methodEnvelope is the JSON envelope {m: method, a: args} of encoded args.
@@ -338,44 +531,8 @@ func methodEnvelope(method string, args []byte) []byte {
 	return append(b, '}')
 }
 
-// envelopeBytes is the JSON envelope of an encoded result or error, built
-// without re-encoding (and so re-validating) the body.
-func envelopeBytes(failed bool, body []byte) []byte {
-	key := `{"r":`
-	if failed {
-		key = `{"e":`
-	}
-	b := make([]byte, 0, len(key)+len(body)+1)
-	b = append(b, key...)
-	b = append(b, body...)
-	return append(b, '}')
-}
-
-func safeCall(ctx context.Context, h Handler, args json.RawMessage) (res any, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = Errorf(CodeInternal, "handler panic: %v", r)
-		}
-	}()
-	return h(ctx, args)
-}
-
-// AsError converts any error into a wire error, keeping an *Error's code.
-func AsError(err error) *Error {
-	var e *Error
-	if errors.As(err, &e) {
-		return e
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return Errorf(CodeUnavailable, "%v", err)
-	}
-	return Errorf(CodeInternal, "%v", err)
-}
-
-// Call opens a stream, sends method(args), waits for the reply and decodes
-// it into reply (which may be nil). The stream's deadline is ctx's deadline,
-// or CallTimeout.
-func (s *Session) Call(ctx context.Context, method string, args, reply any) error {
+// call sends method(args) on the call pipe and decodes the reply.
+func (s *Session) call(ctx context.Context, method string, args, reply any) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %w", method, err)
 	}
@@ -386,13 +543,10 @@ func (s *Session) Call(ctx context.Context, method string, args, reply any) erro
 	var body []byte
 	for attempt := 0; ; attempt++ {
 		p, err := s.getPipe(ctx)
-		if errors.Is(err, errPipeUnsupported) {
-			break
-		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", method, err)
 		}
-		if body == nil && args != nil {
+		if body == nil {
 			if body, err = Marshal(args); err != nil {
 				return fmt.Errorf("%s: encoding args: %w", method, err)
 			}
@@ -404,33 +558,9 @@ func (s *Session) Call(ctx context.Context, method string, args, reply any) erro
 		// The pipe closed for idleness just before this call: nothing
 		// was sent, so open a new one.
 	}
-	st, err := s.open(ctx, method, args, time.Until(deadline))
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	st.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { st.Close() })
-	defer stop()
-	env, err := ReadEnvelope(st, s.limits.MaxFrame)
-	if err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("%s: %w", method, ctx.Err())
-		}
-		return fmt.Errorf("%s: reading reply: %w", method, err)
-	}
-	if env.Error != nil {
-		return env.Error
-	}
-	if reply != nil && env.Result != nil {
-		if err := Unmarshal(env.Result, reply); err != nil {
-			return fmt.Errorf("%s: decoding reply: %w", method, err)
-		}
-	}
-	return nil
 }
 
-func (s *Session) open(ctx context.Context, method string, args any, timeout time.Duration) (*yamux.Stream, error) {
+func (s *Session) open(ctx context.Context, method string, args any) (*yamux.Stream, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -442,7 +572,7 @@ func (s *Session) open(ctx context.Context, method string, args any, timeout tim
 		}
 		raw = b
 	}
-	rb, err := Marshal(request{Method: method, Args: raw, TimeoutMS: timeout.Milliseconds()})
+	rb, err := Marshal(request{Method: method, Args: raw})
 	if err != nil {
 		return nil, err
 	}
@@ -457,16 +587,6 @@ func (s *Session) open(ctx context.Context, method string, args any, timeout tim
 	}
 	st.SetWriteDeadline(time.Time{})
 	return st, nil
-}
-
-// OpenStream opens a long-lived stream for method(args); the peer's
-// StreamHandler owns the other end.
-func (s *Session) OpenStream(ctx context.Context, method string, args any) (*Stream, error) {
-	st, err := s.open(ctx, method, args, 0)
-	if err != nil {
-		return nil, err
-	}
-	return &Stream{st: st, s: s}, nil
 }
 
 // Stream is a long-lived stream. One goroutine may Send and one may Recv.
@@ -491,16 +611,20 @@ func (t *Stream) Send(method string, v any) error {
 	return nil
 }
 
-// Recv reads one message, waiting at most timeout (0: no deadline).
+// Recv reads one message, waiting at most timeout for it to begin (0: no
+// deadline); once begun, the rest must come within the frame timeout.
 func (t *Stream) Recv(timeout time.Duration) (*Envelope, error) {
 	if timeout > 0 {
 		t.st.SetReadDeadline(time.Now().Add(timeout))
 	} else {
 		t.st.SetReadDeadline(time.Time{})
 	}
-	env, err := ReadEnvelope(t.st, t.s.limits.MaxFrame) // unbuffered: yamux buffers
+	b, err := t.s.readFrame(t.st)
 	shrink(t.st)
-	return env, err
+	if err != nil {
+		return nil, err
+	}
+	return DecodeEnvelope(b)
 }
 
 // shrink is called after each frame read from a long-lived stream. A yamux

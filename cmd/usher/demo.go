@@ -11,11 +11,12 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/site"
+
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/usher-vm/usher"
 	"github.com/usher-vm/usher/client"
-	"github.com/usher-vm/usher/core"
 	"github.com/usher-vm/usher/core/config"
 	"github.com/usher-vm/usher/repl"
 )
@@ -23,7 +24,7 @@ import (
 // clientParams are the keys of a client configuration file: ush's own.
 func clientParams() *config.Set { return config.New(repl.Params()...) }
 
-func policyStatusArgs() core.PolicyArgs { return core.PolicyArgs{Action: "status"} }
+func policyStatusArgs() api.PolicyArgs { return api.PolicyArgs{Action: "status"} }
 
 // dialFromConfig connects with the client configuration files.
 func dialFromConfig(ctx context.Context) (*client.Client, error) {
@@ -43,13 +44,16 @@ func randomPassword() string {
 }
 
 func runDemo(ctx context.Context, args []string, out, errOut io.Writer) error {
-	cfg := params()
+	cfg := site.Params()
 	fs := newFlags("demo", "[flags]", `Runs an embedded Usher site on loopback: a site CA and certificates, a
 controller with the shipped Lua policies (htpasswd authentication, owner
 authorization, quota, least-loaded placement), N simulated LNMs, a demo
 user and an admin. It writes a client configuration file, prints
 "client config: PATH", and opens the ush shell connected as the demo user.
 Drop your own *.lua policies into STATE_DIR/policies/: they load at once.
+The site is assembled exactly as 'usher controller' and 'usher lnm'
+assemble theirs, from the same parameters: configuration files and
+--log-* flags apply.
 
 Example:
   usher demo --lnms 5
@@ -61,6 +65,9 @@ Example:
 	listen := fs.String("listen", "127.0.0.1:0", "controller address")
 	boot := fs.Duration("boot-delay", 300*time.Millisecond, "simulated boot time of a VM")
 	cfg.BindFlags(fs, "log.")
+	if err := cfg.LoadFiles(config.DefaultPaths()...); err != nil {
+		return err
+	}
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -107,40 +114,24 @@ Example:
 	if err := os.WriteFile(htFile, htpasswd, 0o600); err != nil {
 		return err
 	}
+	// The demo's policy configuration merges into what the files say.
 	if err := cfg.Set("policy.config", fmt.Sprintf(`{auth_htpasswd = {file = %q, admins = ["admin"]}, quota = {max_vms = 50}}`, htFile), "demo"); err != nil {
 		return err
 	}
-	host, err := newPolicyHost(cfg, dir, []string{filepath.Join(dir, "policies")}, log)
+	s, err := site.Start(ctx, site.Options{Dir: dir, Config: cfg, Listen: *listen, LNMs: *lnms, Logger: log,
+		SimPersist: true, SimBootDelay: *boot, ExtraPolicyDirs: []string{filepath.Join(dir, "policies")}})
 	if err != nil {
 		return err
 	}
-	defer host.Close()
-	var bindErr error
-	site, err := usher.StartSite(ctx, usher.SiteOptions{
-		Dir: dir, Listen: *listen, LNMs: *lnms, Hooks: host, Logger: log, SimPersist: true, SimBootDelay: *boot,
-		Controller: controllerConfig(cfg, log),
-		Policy:     policyAdmin(host),
-		Bind: func(c *core.Controller) {
-			host.Bind(c.State(), c)
-			host.SetErrorSink(c.ReportError)
-			bindErr = host.Start(ctx)
-		},
-	})
-	if err != nil {
-		return err
-	}
-	defer site.Close()
-	if bindErr != nil {
-		fmt.Fprintf(errOut, "warning: %v\n", bindErr)
-	}
-	_, port, _ := net.SplitHostPort(site.Addr)
+	defer s.Close()
+	_, port, _ := net.SplitHostPort(s.Addr)
 	clientCfg := filepath.Join(dir, "client.toml")
 	f, err := os.OpenFile(clientCfg, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
 	err = clientParams().WriteTOML(f, map[string]any{
-		"client.addr": "127.0.0.1:" + port, "client.ca_file": site.CAFile, "client.server_name": "localhost",
+		"client.addr": "127.0.0.1:" + port, "client.ca_file": s.CAFile, "client.server_name": "localhost",
 		"client.user": "demo", "client.password": demoPW, "client.history_file": filepath.Join(dir, "ush_history"),
 	})
 	f.Close()
@@ -152,18 +143,18 @@ Example:
 		return err
 	}
 	clientParams().WriteTOML(f, map[string]any{
-		"client.addr": "127.0.0.1:" + port, "client.ca_file": site.CAFile, "client.server_name": "localhost",
+		"client.addr": "127.0.0.1:" + port, "client.ca_file": s.CAFile, "client.server_name": "localhost",
 		"client.user": "admin", "client.password": adminPW,
 	})
 	f.Close()
-	fmt.Fprintf(out, "Usher demo: controller on %s, %d simulated LNMs, state in %s\n", site.Addr, *lnms, dir)
+	fmt.Fprintf(out, "Usher demo: controller on %s, %d simulated LNMs, state in %s\n", s.Addr, *lnms, dir)
 	fmt.Fprintf(out, "users: demo (client.toml), admin (admin.toml); policies: drop *.lua into %s\n", filepath.Join(dir, "policies"))
 	fmt.Fprintf(out, "client config: %s\n", clientCfg)
 	if *noShell {
 		<-ctx.Done()
 		return nil
 	}
-	c, err := site.Client(ctx, "demo", demoPW)
+	c, err := s.Client(ctx, "demo", demoPW)
 	if err != nil {
 		return err
 	}

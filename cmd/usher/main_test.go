@@ -5,16 +5,11 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/usher-vm/usher/core"
-	"github.com/usher-vm/usher/core/coretest"
 )
 
 func run(t *testing.T, args ...string) (int, string, string) {
@@ -133,26 +128,5 @@ func TestDemoPlanAndPolicyAdmin(t *testing.T) {
 	}
 	if code, out, errOut := run(t, "policy", "register", "quota", "start_request", "nope"); code != 1 {
 		t.Fatalf("register of a missing handler: %d %s %s", code, out, errOut)
-	}
-}
-
-// TestGCPercentRaisedWhileRecovering: a restarted controller collects
-// less often until its state is whole, then as before.
-func TestGCPercentRaisedWhileRecovering(t *testing.T) {
-	gcPercent := func() int { p := debug.SetGCPercent(100); debug.SetGCPercent(p); return p }
-	before := gcPercent()
-	c := core.New(core.Config{Domain: "usher.test"}, coretest.New(nil))
-	c.ExpectLNMs([]core.NodeInfo{{Name: "n1"}})
-	gcWhileRecovering(context.Background(), c, 777, slog.New(slog.DiscardHandler))
-	if got := gcPercent(); got != 777 {
-		t.Fatalf("GC percent while recovering: %d, want 777", got)
-	}
-	c.EndGrace() // the state is whole: n1 is declared failed
-	deadline := time.Now().Add(10 * time.Second)
-	for gcPercent() != before {
-		if time.Now().After(deadline) {
-			t.Fatalf("GC percent %d after recovery, want %d back", gcPercent(), before)
-		}
-		time.Sleep(5 * time.Millisecond) // polling the restoring goroutine
 	}
 }

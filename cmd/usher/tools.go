@@ -8,7 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/site"
+
 	"github.com/usher-vm/usher/core/config"
 	"github.com/usher-vm/usher/lua"
 	"github.com/usher-vm/usher/nodemgr/sim"
@@ -110,7 +112,7 @@ Example:
 	if err := parse(fs, args[1:]); err != nil {
 		return err
 	}
-	cfg := params()
+	cfg := site.Params()
 	if err := cfg.LoadFiles(config.DefaultPaths()...); err != nil {
 		return err
 	}
@@ -207,13 +209,11 @@ Example:
 			return err
 		}
 		defer c.Close()
-		raw, err := c.Policy(ctx, policyStatusArgs())
+		rep, err := c.Policy(ctx, policyStatusArgs())
 		if err != nil {
 			return err
 		}
-		var v any
-		json.Unmarshal(raw, &v)
-		b, _ := json.MarshalIndent(v, "", "  ")
+		b, _ := json.MarshalIndent(rep.Scripts, "", "  ")
 		fmt.Fprintln(out, string(b))
 		return nil
 	case "register", "unregister":
@@ -241,7 +241,7 @@ Example:
 			return err
 		}
 		defer c.Close()
-		a := core.PolicyArgs{Action: args[0], Script: fs.Arg(0), Event: fs.Arg(1), Order: *order}
+		a := api.PolicyArgs{Action: args[0], Script: fs.Arg(0), Event: fs.Arg(1), Order: *order}
 		if want == 3 {
 			a.Handler = fs.Arg(2)
 		}

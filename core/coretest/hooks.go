@@ -7,8 +7,11 @@ package coretest
 import (
 	"context"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"sync"
+
+	"github.com/usher-vm/usher/api"
 
 	"github.com/usher-vm/usher/core"
 )
@@ -23,12 +26,12 @@ type Hooks struct {
 
 	mu     sync.Mutex
 	next   int
-	notify chan core.Event
+	notify chan api.Event
 }
 
 // New returns hooks for the given users.
 func New(users map[string]string, admins ...string) *Hooks {
-	h := &Hooks{Users: users, Admins: map[string]bool{}, notify: make(chan core.Event, 100000)}
+	h := &Hooks{Users: users, Admins: map[string]bool{}, notify: make(chan api.Event, 100000)}
 	for _, a := range admins {
 		h.Admins[a] = true
 	}
@@ -36,25 +39,25 @@ func New(users map[string]string, admins ...string) *Hooks {
 }
 
 // Authenticate implements core.Hooks.
-func (h *Hooks) Authenticate(ctx context.Context, c core.Credentials) (core.Identity, error) {
+func (h *Hooks) Authenticate(ctx context.Context, c core.Credentials) (api.Identity, error) {
 	pw, ok := h.Users[c.User]
 	if !ok || pw == "" || pw != c.Password {
-		return core.Identity{}, core.ErrAuthFailed
+		return api.Identity{}, api.ErrUnauthorized
 	}
-	return core.Identity{User: c.User, Admin: h.Admins[c.User]}, nil
+	return api.Identity{User: c.User, Admin: h.Admins[c.User]}, nil
 }
 
 // Authorize implements core.Hooks: users act only on their own VMs.
-func (h *Hooks) Authorize(ctx context.Context, r *core.Request) error {
+func (h *Hooks) Authorize(ctx context.Context, r *core.Request, d *core.Decision) error {
 	if r.Kind == core.KindList && r.All && !r.User.Admin {
 		return &core.RejectError{Event: "authorize", Handler: "coretest", Reason: "only admins list everyone's VMs"}
 	}
 	if r.User.Admin {
 		return nil
 	}
-	for _, v := range append([]*core.ReqVM(nil), r.VMs...) {
-		if v.Owner != r.User.User {
-			r.DropVM(v.Name, "not yours", "coretest")
+	for i := range r.VMs {
+		if r.VMs[i].Owner != r.User.User {
+			d.Drop(r, i, "not yours", "coretest")
 		}
 	}
 	return nil
@@ -62,44 +65,46 @@ func (h *Hooks) Authorize(ctx context.Context, r *core.Request) error {
 
 // Request implements core.Hooks: quota, round-robin placement honouring
 // suggestions, migration to the first suggested node.
-func (h *Hooks) Request(ctx context.Context, event string, r *core.Request) error {
-	r.Trace = append(r.Trace, core.TraceStep{Event: event, Handler: "coretest", Action: "approved"})
+func (h *Hooks) Request(ctx context.Context, event string, r *core.Request, d *core.Decision) error {
+	d.Trace = append(d.Trace, api.TraceStep{Event: event, Handler: "coretest", Action: "approved"})
 	switch event {
-	case core.EvStartRequest:
+	case api.EvStartRequest:
 		if h.MaxVMs > 0 && h.View != nil {
-			have := h.View.CountOf(r.User.User)
-			allowed := h.MaxVMs - have
-			if allowed < 0 {
-				allowed = 0
-			}
-			for len(r.VMs) > allowed {
-				last := r.VMs[len(r.VMs)-1]
-				r.DropVM(last.Name, fmt.Sprintf("quota: %d VMs per user", h.MaxVMs), "coretest")
+			allowed := max(h.MaxVMs-h.View.CountOf(r.User.User), 0)
+			for i := range r.VMs {
+				if d.VMs[i].Dropped {
+					continue
+				}
+				if allowed > 0 {
+					allowed--
+					continue
+				}
+				d.Drop(r, i, fmt.Sprintf("quota: %d VMs per user", h.MaxVMs), "coretest")
 			}
 		}
-		nodes := r.LNMs
+		nodes := d.LNMs
 		if len(nodes) == 0 && h.View != nil {
 			for _, l := range h.View.LNMs() {
-				if l.State == core.LNMConnected {
+				if l.State == api.LNMConnected {
 					nodes = append(nodes, l.Info.Name)
 				}
 			}
 		}
-		sort.Strings(nodes)
+		nodes = slices.Sorted(slices.Values(nodes))
 		if len(nodes) == 0 {
 			return nil
 		}
 		h.mu.Lock()
-		for _, v := range r.VMs {
-			v.LNM = nodes[h.next%len(nodes)]
+		defer h.mu.Unlock()
+		for i := range d.VMs {
+			d.VMs[i].LNM = nodes[h.next%len(nodes)]
 			h.next++
 		}
-		h.mu.Unlock()
-	case core.EvMigrateRequest:
-		for _, v := range r.VMs {
-			for _, n := range r.LNMs {
-				if n != v.LNM {
-					v.Target = n
+	case api.EvMigrateRequest:
+		for i := range d.VMs {
+			for _, n := range d.LNMs {
+				if n != d.VMs[i].LNM {
+					d.VMs[i].Target = n
 					break
 				}
 			}
@@ -109,16 +114,18 @@ func (h *Hooks) Request(ctx context.Context, event string, r *core.Request) erro
 }
 
 // RegisterVM implements core.Hooks: it attaches a fake address.
-func (h *Hooks) RegisterVM(ctx context.Context, r *core.Request, vm *core.ReqVM) error {
-	if vm.Data == nil {
-		vm.Data = map[string]string{}
+func (h *Hooks) RegisterVM(ctx context.Context, r *core.Request, d *core.Decision, i int) error {
+	data := maps.Clone(d.VMs[i].Data)
+	if data == nil {
+		data = api.StringMap{}
 	}
-	vm.Data["registered"] = "yes"
+	data["registered"] = "yes"
+	d.VMs[i].Data = data
 	return nil
 }
 
 // Notify implements core.Hooks; events are kept for assertions.
-func (h *Hooks) Notify(ev core.Event) {
+func (h *Hooks) Notify(ev api.Event) {
 	select {
 	case h.notify <- ev:
 	default:
@@ -126,4 +133,4 @@ func (h *Hooks) Notify(ev core.Event) {
 }
 
 // Notified returns the channel of notification events.
-func (h *Hooks) Notified() <-chan core.Event { return h.notify }
+func (h *Hooks) Notified() <-chan api.Event { return h.notify }

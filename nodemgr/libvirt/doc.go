@@ -6,7 +6,9 @@
 // How it maps Usher onto libvirt:
 //   - Usher VMs are transient domains (DomainCreateXML) built from the
 //     Spec and the Options' default kernel/initrd/cmdline; the XML is kept
-//     in StateDir/<name>.xml so cycle can recreate the domain.
+//     in StateDir/<name>.xml so cycle can recreate the domain. Domain XML
+//     is built, and libvirt's XML (domains, capabilities) parsed, with
+//     libvirt.org/go/libvirtxml (pure Go); nothing is escaped by hand.
 //   - hibernate is DomainSave to StateDir/<name>.save (the domain then
 //     disappears from libvirt; List reports it as hibernated from the save
 //     file), restore is DomainRestore of that file.
@@ -16,7 +18,7 @@
 //   - migration is peer-to-peer live migration (the source libvirtd
 //     connects to the target's libvirt URI, advertised as the node's
 //     Address); PrepareIncoming and AbortIncoming are no-ops.
-//   - lifecycle events are mapped to nodemgr.DomainEvent; the connection
+//   - lifecycle events are mapped to nodemgr.GuestEvent; the connection
 //     is re-established after libvirtd restarts, events are re-subscribed,
 //     and differences found by a fresh listing are emitted as events.
 //

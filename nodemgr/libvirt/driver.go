@@ -13,10 +13,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/usher-vm/usher/api"
+
 	lv "github.com/digitalocean/go-libvirt"
 	"github.com/digitalocean/go-libvirt/socket/dialers"
 
-	"github.com/usher-vm/usher/core"
 	"github.com/usher-vm/usher/nodemgr"
 )
 
@@ -33,7 +34,7 @@ const (
 
 // Sentinel errors, matched with errors.Is.
 var (
-	ErrNoSuchDomain         = errors.New("no such domain")
+	ErrNoSuchDomain         = nodemgr.ErrNoGuest
 	ErrExists               = errors.New("domain already exists")
 	ErrInsufficientCapacity = errors.New("insufficient capacity")
 	ErrInvalidTransition    = errors.New("invalid state transition")
@@ -62,16 +63,16 @@ type Options struct {
 	DomainType    string // "kvm" (default) or "qemu" (TCG, tests)
 	Emulator      string // QEMU binary, "" = libvirt's default
 	Machine       string // machine type, default "pc"
-	// Default direct-kernel boot; spec.Data / spec.Args keys "kernel",
-	// "initrd", "cmdline" and "image" (a disk image) override. In cmdline,
-	// "{name}" is replaced by the domain name.
+	// Default direct-kernel boot; spec.Data keys "kernel", "initrd",
+	// "cmdline" and "image" (a disk image) override. In cmdline, "{name}"
+	// is replaced by the domain name.
 	Kernel, Initrd, Cmdline string
 	StateDir                string // absolute; save files, XML, markers, serial consoles (required)
 	Network                 string // libvirt network to attach, "" = none
 	// CallTimeout bounds each libvirt call (default 30s); LongTimeout bounds
 	// save, restore and migration (default 10m); ShutdownTimeout is the
 	// graceful shutdown wait, after which shutdown fails unless
-	// args["force"]=="1", which destroys the domain (default 60s).
+	// OpOptions.Force, which destroys the domain (default 60s).
 	CallTimeout     time.Duration
 	LongTimeout     time.Duration
 	ShutdownTimeout time.Duration
@@ -97,7 +98,7 @@ type Driver struct {
 	dropc   chan *lv.Libvirt // connections calls found hung
 	raw     chan item        // supervisor and operations -> processor (never closed)
 	supDone chan struct{}    // closed when the supervisor has returned
-	events  chan nodemgr.DomainEvent
+	events  chan nodemgr.GuestEvent
 
 	skipMu sync.Mutex
 	skip   map[string]int // Stopped events to swallow (cycle)
@@ -166,7 +167,7 @@ func New(ctx context.Context, o Options) (*Driver, error) {
 		dropc:   make(chan *lv.Libvirt, 4),
 		raw:     make(chan item, 256),
 		supDone: make(chan struct{}),
-		events:  make(chan nodemgr.DomainEvent, o.EventBuffer),
+		events:  make(chan nodemgr.GuestEvent, o.EventBuffer),
 		skip:    make(map[string]int),
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
@@ -186,8 +187,15 @@ func New(ctx context.Context, o Options) (*Driver, error) {
 // Kind names the driver.
 func (d *Driver) Kind() string { return "libvirt" }
 
+// Capabilities implements nodemgr.Driver: libvirt pushes lifecycle events
+// and migrates peer to peer (the target prepares nothing); guests outlive
+// the LNM.
+func (d *Driver) Capabilities() nodemgr.Capabilities {
+	return nodemgr.Capabilities{Events: true, LiveMigration: true, Persistent: true}
+}
+
 // Events delivers lifecycle events; closed by Close.
-func (d *Driver) Events() <-chan nodemgr.DomainEvent { return d.events }
+func (d *Driver) Events() <-chan nodemgr.GuestEvent { return d.events }
 
 // Connects counts the connections made to libvirtd (1 + reconnects).
 func (d *Driver) Connects() int64 { return d.connects.Load() }
@@ -471,7 +479,7 @@ func (d *Driver) send(it item) {
 
 // emit delivers one event, dropping it if the channel is full (the LNM's
 // scans recover).
-func (d *Driver) emit(ev nodemgr.DomainEvent) {
+func (d *Driver) emit(ev nodemgr.GuestEvent) {
 	select {
 	case d.events <- ev:
 	default:
@@ -496,14 +504,14 @@ func isNoDomain(err error) bool {
 	return false
 }
 
-func stateOf(s lv.DomainState) core.VMState {
+func stateOf(s lv.DomainState) api.VMState {
 	switch s {
 	case lv.DomainPaused, lv.DomainPmsuspended:
-		return core.StatePaused
+		return api.StatePaused
 	case lv.DomainShutoff:
-		return core.StateShutoff
+		return api.StateShutoff
 	case lv.DomainCrashed:
-		return core.StateCrashed
+		return api.StateCrashed
 	}
-	return core.StateRunning // running, blocked, being shut down, no state
+	return api.StateRunning // running, blocked, being shut down, no state
 }

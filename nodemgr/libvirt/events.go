@@ -4,9 +4,10 @@ import (
 	"errors"
 	"os"
 
+	"github.com/usher-vm/usher/api"
+
 	lv "github.com/digitalocean/go-libvirt"
 
-	"github.com/usher-vm/usher/core"
 	"github.com/usher-vm/usher/nodemgr"
 )
 
@@ -18,12 +19,12 @@ type item struct {
 	snapshot []domInfo
 	snap     bool
 	first    bool
-	synth    *nodemgr.DomainEvent
+	synth    *nodemgr.GuestEvent
 }
 
 // known is what the processor last reported for a domain.
 type known struct {
-	state      core.VMState
+	state      api.VMState
 	persistent bool
 }
 
@@ -32,7 +33,7 @@ type known struct {
 func (d *Driver) process() {
 	defer d.wg.Done()
 	seen := make(map[string]known)
-	put := func(ev nodemgr.DomainEvent, persistent bool) {
+	put := func(ev nodemgr.GuestEvent, persistent bool) {
 		if ev.Gone {
 			delete(seen, ev.Name)
 		} else {
@@ -64,13 +65,13 @@ func (d *Driver) process() {
 			}
 			for n := range seen {
 				if _, ok := now[n]; !ok {
-					put(nodemgr.DomainEvent{Name: n, Gone: true, Reason: "vanished while libvirtd was unreachable"}, false)
+					put(nodemgr.GuestEvent{Name: n, Gone: true, Reason: "vanished while libvirtd was unreachable"}, false)
 				}
 			}
 			for n, di := range now {
 				k, ok := seen[n]
 				if !ok || k.state != di.State {
-					put(nodemgr.DomainEvent{Name: n, State: di.State, Reason: di.Reason}, di.persistent)
+					put(nodemgr.GuestEvent{Name: n, State: di.State, Reason: di.Reason}, di.persistent)
 				} else {
 					seen[n] = known{state: di.State, persistent: di.persistent}
 				}
@@ -86,7 +87,7 @@ func (d *Driver) process() {
 
 // mapEvent maps one libvirt lifecycle event; ok is false for events that
 // change nothing Usher reports.
-func (d *Driver) mapEvent(m lv.DomainEventLifecycleMsg, k known) (ev nodemgr.DomainEvent, persistent, ok bool) {
+func (d *Driver) mapEvent(m lv.DomainEventLifecycleMsg, k known) (ev nodemgr.GuestEvent, persistent, ok bool) {
 	name := m.Dom.Name
 	ev.Name = name
 	persistent = k.persistent
@@ -96,29 +97,29 @@ func (d *Driver) mapEvent(m lv.DomainEventLifecycleMsg, k known) (ev nodemgr.Dom
 		if k.state != "" {
 			return ev, persistent, false
 		}
-		ev.State, ev.Reason = core.StateShutoff, "defined"
+		ev.State, ev.Reason = api.StateShutoff, "defined"
 	case lv.DomainEventUndefined:
-		if k.state == core.StateRunning || k.state == core.StatePaused {
+		if k.state == api.StateRunning || k.state == api.StatePaused {
 			return ev, false, false // a running domain became transient
 		}
 		ev.Gone, ev.Reason = true, "undefined"
 	case lv.DomainEventStarted:
-		ev.State = core.StateRunning
+		ev.State = api.StateRunning
 		ev.Reason = pick(m.Detail, "booted", "migrated", "restored", "from snapshot", "woken up", "recreated")
 	case lv.DomainEventResumed:
-		ev.State = core.StateRunning
+		ev.State = api.StateRunning
 		ev.Reason = pick(m.Detail, "unpaused", "migrated", "from snapshot", "post-copy", "post-copy failed")
 	case lv.DomainEventSuspended:
 		switch lv.DomainEventSuspendedDetailType(m.Detail) {
 		case lv.DomainEventSuspendedMigrated, lv.DomainEventSuspendedPostcopy:
 			return ev, persistent, false // the pause that ends a live migration
 		}
-		ev.State = core.StatePaused
+		ev.State = api.StatePaused
 		ev.Reason = pick(m.Detail, "paused", "migrating", "I/O error", "watchdog", "restored", "from snapshot", "API error", "post-copy", "post-copy failed")
 	case lv.DomainEventPmsuspended:
-		ev.State, ev.Reason = core.StatePaused, "guest suspended"
+		ev.State, ev.Reason = api.StatePaused, "guest suspended"
 	case lv.DomainEventCrashed:
-		ev.State, ev.Reason = core.StateCrashed, "crashed"
+		ev.State, ev.Reason = api.StateCrashed, "crashed"
 	case lv.DomainEventStopped:
 		if d.takeSkip(name) {
 			return ev, persistent, false // cycle: destroyed to be created again
@@ -133,18 +134,18 @@ func (d *Driver) mapEvent(m lv.DomainEventLifecycleMsg, k known) (ev nodemgr.Dom
 		}
 		switch {
 		case detail == lv.DomainEventStoppedSaved && fileExists(d.path(name, extSave)):
-			ev.State, ev.Reason = core.StateHibernated, "hibernated"
+			ev.State, ev.Reason = api.StateHibernated, "hibernated"
 		case detail == lv.DomainEventStoppedMigrated:
 			ev.Gone, ev.Reason = true, "migrated away"
 		case persistent:
-			ev.State = core.StateShutoff
+			ev.State = api.StateShutoff
 			if detail == lv.DomainEventStoppedCrashed {
-				ev.State = core.StateCrashed
+				ev.State = api.StateCrashed
 			}
 		case d.managed(name) && (detail == lv.DomainEventStoppedShutdown || detail == lv.DomainEventStoppedCrashed):
-			st := core.StateShutoff
+			st := api.StateShutoff
 			if detail == lv.DomainEventStoppedCrashed {
-				st = core.StateCrashed
+				st = api.StateCrashed
 			}
 			if err := d.writeOff(name, st); err != nil {
 				d.log.Warn("writing marker", "domain", name, "err", err)

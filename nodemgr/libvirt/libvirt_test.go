@@ -14,7 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
+
 	"github.com/usher-vm/usher/nodemgr"
 )
 
@@ -77,7 +78,7 @@ func destroyLater(t *testing.T, name string) {
 
 type recorder struct {
 	mu     sync.Mutex
-	evs    []nodemgr.DomainEvent
+	evs    []nodemgr.GuestEvent
 	notify chan struct{}
 	done   chan struct{}
 }
@@ -100,7 +101,7 @@ func record(d *Driver) *recorder {
 }
 
 // wait returns the first event at index >= from for name that matches.
-func (r *recorder) wait(t *testing.T, from int, name string, what string, match func(nodemgr.DomainEvent) bool) int {
+func (r *recorder) wait(t *testing.T, from int, name string, what string, match func(nodemgr.GuestEvent) bool) int {
 	t.Helper()
 	deadline := time.After(bootWait)
 	for {
@@ -128,11 +129,11 @@ func (r *recorder) mark() int {
 	return len(r.evs)
 }
 
-func isState(s core.VMState) func(nodemgr.DomainEvent) bool {
-	return func(ev nodemgr.DomainEvent) bool { return !ev.Gone && ev.State == s }
+func isState(s api.VMState) func(nodemgr.GuestEvent) bool {
+	return func(ev nodemgr.GuestEvent) bool { return !ev.Gone && ev.State == s }
 }
 
-func isGone(ev nodemgr.DomainEvent) bool { return ev.Gone }
+func isGone(ev nodemgr.GuestEvent) bool { return ev.Gone }
 
 // poll retries f until it returns nil or the deadline passes.
 func poll(t *testing.T, what string, timeout time.Duration, f func() error) {
@@ -210,7 +211,7 @@ func waitDomstate(t *testing.T, n int, name, want string) {
 	})
 }
 
-func listed(t *testing.T, d *Driver, name string) (nodemgr.DomainInfo, bool) {
+func listed(t *testing.T, d *Driver, name string) (nodemgr.GuestInfo, bool) {
 	t.Helper()
 	doms, err := d.List(context.Background())
 	if err != nil {
@@ -221,10 +222,10 @@ func listed(t *testing.T, d *Driver, name string) (nodemgr.DomainInfo, bool) {
 			return di, true
 		}
 	}
-	return nodemgr.DomainInfo{}, false
+	return nodemgr.GuestInfo{}, false
 }
 
-func wantListed(t *testing.T, d *Driver, name string, st core.VMState) {
+func wantListed(t *testing.T, d *Driver, name string, st api.VMState) {
 	t.Helper()
 	di, ok := listed(t, d, name)
 	if !ok || di.State != st {
@@ -287,7 +288,7 @@ func TestLifecycle(t *testing.T) {
 	if err := d.Start(ctx, nodemgr.Spec{Name: "huge.alice.test", MemMB: 1 << 30, VCPUs: 1}); !errors.Is(err, ErrInsufficientCapacity) {
 		t.Fatalf("huge Start: %v, want ErrInsufficientCapacity", err)
 	}
-	wantListed(t, d, name, core.StateRunning)
+	wantListed(t, d, name, api.StateRunning)
 
 	// Stats: two samples with the guest ticking in between.
 	if _, err := d.Stats(ctx); err != nil {
@@ -299,59 +300,59 @@ func TestLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := st.Domains[name]
+	s := st.Guests[name]
 	if s.CPU <= 0 || s.MemBytes <= 0 {
 		t.Fatalf("stats for %s: %+v", name, s)
 	}
 	t.Logf("stats: %+v", s)
 
-	op := func(o core.Op, args map[string]string) {
+	op := func(o api.Op, opts nodemgr.OpOptions) {
 		t.Helper()
 		t0 := time.Now()
-		if err := d.Op(ctx, name, o, args); err != nil {
+		if err := d.Op(ctx, name, o, opts); err != nil {
 			t.Fatalf("%s: %v", o, err)
 		}
 		t.Logf("%s took %v", o, time.Since(t0).Round(time.Millisecond))
 	}
-	force := map[string]string{"force": "1"}
+	force := nodemgr.OpOptions{Force: true}
 
 	m := r.mark()
-	op(core.OpPause, nil)
+	op(api.OpPause, nodemgr.OpOptions{})
 	waitDomstate(t, 1, name, "paused")
-	m = r.wait(t, m, name, "paused", isState(core.StatePaused))
-	wantListed(t, d, name, core.StatePaused)
-	if err := d.Op(ctx, name, core.OpRestore, nil); !errors.Is(err, ErrInvalidTransition) {
+	m = r.wait(t, m, name, "paused", isState(api.StatePaused))
+	wantListed(t, d, name, api.StatePaused)
+	if err := d.Op(ctx, name, api.OpRestore, nodemgr.OpOptions{}); !errors.Is(err, ErrInvalidTransition) {
 		t.Fatalf("restore of a paused domain: %v", err)
 	}
 
-	op(core.OpResume, nil)
+	op(api.OpResume, nodemgr.OpOptions{})
 	waitDomstate(t, 1, name, "running")
-	m = r.wait(t, m, name, "running", isState(core.StateRunning))
+	m = r.wait(t, m, name, "running", isState(api.StateRunning))
 
 	id := domID(t, 1, name)
-	op(core.OpReboot, force)
+	op(api.OpReboot, force)
 	waitConsole(t, cons, 2, -1) // a second boot marker
 	if got := domID(t, 1, name); got != id {
 		t.Fatalf("reboot changed the domain id %s -> %s", id, got)
 	}
 
 	_, before, _ := console(cons)
-	op(core.OpHibernate, nil)
+	op(api.OpHibernate, nodemgr.OpOptions{})
 	if got := domstate(t, 1, name); got != "" {
 		t.Fatalf("after hibernate libvirt still has the domain: %q", got)
 	}
 	if fi, err := os.Stat(d.SavePath(name)); err != nil || fi.Size() < 1<<20 {
 		t.Fatalf("save file: %v %v", fi, err)
 	}
-	m = r.wait(t, m, name, "hibernated", isState(core.StateHibernated))
-	wantListed(t, d, name, core.StateHibernated)
+	m = r.wait(t, m, name, "hibernated", isState(api.StateHibernated))
+	wantListed(t, d, name, api.StateHibernated)
 	if err := d.Start(ctx, nodemgr.Spec{Name: name, MemMB: 128, VCPUs: 1}); !errors.Is(err, ErrExists) {
 		t.Fatalf("Start over a hibernated VM: %v", err)
 	}
 
-	op(core.OpRestore, nil)
+	op(api.OpRestore, nodemgr.OpOptions{})
 	waitDomstate(t, 1, name, "running")
-	m = r.wait(t, m, name, "running", isState(core.StateRunning))
+	m = r.wait(t, m, name, "running", isState(api.StateRunning))
 	if _, err := os.Stat(d.SavePath(name)); !os.IsNotExist(err) {
 		t.Fatalf("save file left after restore: %v", err)
 	}
@@ -361,26 +362,26 @@ func TestLifecycle(t *testing.T) {
 	waitConsole(t, cons, 2, before) // the same boot carries on counting
 
 	id = domID(t, 1, name)
-	op(core.OpCycle, nil)
+	op(api.OpCycle, nodemgr.OpOptions{})
 	waitDomstate(t, 1, name, "running")
 	if got := domID(t, 1, name); got == id {
 		t.Fatalf("cycle kept domain id %s", id)
 	}
 	waitConsole(t, cons, 3, -1)
 
-	op(core.OpShutdown, force) // the busybox guest ignores ACPI: forced after ShutdownTimeout
+	op(api.OpShutdown, force) // the busybox guest ignores ACPI: forced after ShutdownTimeout
 	if got := domstate(t, 1, name); got != "" {
 		t.Fatalf("after shutdown libvirt still has the domain: %q", got)
 	}
-	m = r.wait(t, m, name, "shutoff", isState(core.StateShutoff))
-	wantListed(t, d, name, core.StateShutoff)
+	m = r.wait(t, m, name, "shutoff", isState(api.StateShutoff))
+	wantListed(t, d, name, api.StateShutoff)
 
-	op(core.OpCycle, nil) // from shutoff: boots again
+	op(api.OpCycle, nodemgr.OpOptions{}) // from shutoff: boots again
 	waitDomstate(t, 1, name, "running")
-	m = r.wait(t, m, name, "running", isState(core.StateRunning))
+	m = r.wait(t, m, name, "running", isState(api.StateRunning))
 	waitConsole(t, cons, 4, -1)
 
-	op(core.OpDestroy, nil)
+	op(api.OpDestroy, nodemgr.OpOptions{})
 	if got := domstate(t, 1, name); got != "" {
 		t.Fatalf("after destroy libvirt still has the domain: %q", got)
 	}
@@ -388,7 +389,7 @@ func TestLifecycle(t *testing.T) {
 	if di, ok := listed(t, d, name); ok {
 		t.Fatalf("destroyed domain still listed: %+v", di)
 	}
-	if err := d.Op(ctx, name, core.OpPause, nil); !errors.Is(err, ErrNoSuchDomain) {
+	if err := d.Op(ctx, name, api.OpPause, nodemgr.OpOptions{}); !errors.Is(err, ErrNoSuchDomain) {
 		t.Fatalf("pause after destroy: %v", err)
 	}
 }
@@ -402,14 +403,14 @@ func TestShutdownWithoutForceFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitConsole(t, d.ConsolePath(name), 1, -1)
-	err := d.Op(ctx, name, core.OpShutdown, nil)
-	if err == nil || !strings.Contains(err.Error(), "force=1") {
+	err := d.Op(ctx, name, api.OpShutdown, nodemgr.OpOptions{})
+	if err == nil || !strings.Contains(err.Error(), "forced shutdown") {
 		t.Fatalf("graceful shutdown of an ACPI-deaf guest: %v", err)
 	}
 	if got := domstate(t, 1, name); got != "running" {
 		t.Fatalf("after a failed shutdown libvirt says %q", got)
 	}
-	if err := d.Op(ctx, name, core.OpDestroy, nil); err != nil {
+	if err := d.Op(ctx, name, api.OpDestroy, nodemgr.OpOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -462,9 +463,9 @@ func TestMigrate(t *testing.T) {
 		t.Fatalf("source has the domain again: %q", got)
 	}
 	t.Logf("counter carried on at host2: tick %d -> %d", before, after)
-	r1.wait(t, m1, name, "gone (migrated)", func(ev nodemgr.DomainEvent) bool { return ev.Gone && strings.Contains(ev.Reason, "migrated") })
-	r2.wait(t, m2, name, "running (migrated in)", isState(core.StateRunning))
-	wantListed(t, d2, name, core.StateRunning)
+	r1.wait(t, m1, name, "gone (migrated)", func(ev nodemgr.GuestEvent) bool { return ev.Gone && strings.Contains(ev.Reason, "migrated") })
+	r2.wait(t, m2, name, "running (migrated in)", isState(api.StateRunning))
+	wantListed(t, d2, name, api.StateRunning)
 	if _, ok := listed(t, d1, name); ok {
 		t.Fatal("source still lists the domain")
 	}
@@ -484,7 +485,7 @@ func TestMigrate(t *testing.T) {
 	waitConsole(t, cons, 1, before+1)
 	// Ops work on a domain that arrived by migration (cycle takes libvirt's XML).
 	id := domID(t, 1, name)
-	if err := d1.Op(ctx, name, core.OpCycle, nil); err != nil {
+	if err := d1.Op(ctx, name, api.OpCycle, nodemgr.OpOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitDomstate(t, 1, name, "running")
@@ -492,7 +493,7 @@ func TestMigrate(t *testing.T) {
 		t.Fatalf("cycle kept domain id %s", id)
 	}
 	waitConsole(t, cons, 2, -1)
-	if err := d1.Op(ctx, name, core.OpDestroy, nil); err != nil {
+	if err := d1.Op(ctx, name, api.OpDestroy, nodemgr.OpOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -501,12 +502,16 @@ func TestForeignDomains(t *testing.T) {
 	d, r := newDriver(t, 1, "n1")
 	const name = "foreign1"
 	destroyLater(t, name)
-	x, err := d.domainXML(nodemgr.Spec{Name: name, MemMB: 96, VCPUs: 1})
+	def, err := d.domainDef(nodemgr.Spec{Name: name, MemMB: 96, VCPUs: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Its console somewhere the driver does not own.
-	x = strings.Replace(x, d.ConsolePath(name), H.RunDir+"/foreign1.console", 1)
+	def.Devices.Serials[0].Source.File.Path = H.RunDir + "/foreign1.console"
+	x, err := def.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
 	f := H.RunDir + "/foreign1.xml"
 	if err := os.WriteFile(f, []byte(x), 0o644); err != nil {
 		t.Fatal(err)
@@ -515,9 +520,9 @@ func TestForeignDomains(t *testing.T) {
 	if _, err := H.Virsh(1, "create", f); err != nil {
 		t.Fatal(err)
 	}
-	m = r.wait(t, m, name, "running", isState(core.StateRunning))
+	m = r.wait(t, m, name, "running", isState(api.StateRunning))
 	di, ok := listed(t, d, name)
-	if !ok || di.State != core.StateRunning || di.MemMB != 96 || di.VCPUs != 1 {
+	if !ok || di.State != api.StateRunning || di.MemMB != 96 || di.VCPUs != 1 {
 		t.Fatalf("foreign domain listed as %+v (%v)", di, ok)
 	}
 	if _, err := H.Virsh(1, "destroy", name); err != nil {
@@ -556,7 +561,7 @@ func TestReconnect(t *testing.T) {
 		return nil
 	})
 	t.Logf("driver reconnected %v after restart", time.Since(t0).Round(time.Millisecond))
-	wantListed(t, d, name, core.StateRunning)
+	wantListed(t, d, name, api.StateRunning)
 	if got := domstate(t, 1, name); got != "running" {
 		t.Fatalf("libvirt lost the guest across its restart: %q", got)
 	}
@@ -565,12 +570,12 @@ func TestReconnect(t *testing.T) {
 	if _, err := H.Virsh(1, "suspend", name); err != nil {
 		t.Fatal(err)
 	}
-	m = r.wait(t, m, name, "paused", isState(core.StatePaused))
+	m = r.wait(t, m, name, "paused", isState(api.StatePaused))
 	// ...and from the driver's own operations.
-	if err := d.Op(ctx, name, core.OpResume, nil); err != nil {
+	if err := d.Op(ctx, name, api.OpResume, nodemgr.OpOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	m = r.wait(t, m, name, "running", isState(core.StateRunning))
+	m = r.wait(t, m, name, "running", isState(api.StateRunning))
 
 	// A change made while the driver is disconnected is found on reconnect.
 	if err := H.KillHost(1); err != nil {

@@ -6,30 +6,29 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
 
-	lv "github.com/digitalocean/go-libvirt"
+	"github.com/usher-vm/usher/api"
 
-	"github.com/usher-vm/usher/core"
+	lv "github.com/digitalocean/go-libvirt"
+	"libvirt.org/go/libvirtxml"
+
 	"github.com/usher-vm/usher/nodemgr"
 )
 
 // domInfo is a listed domain plus what the event processor needs.
 type domInfo struct {
-	nodemgr.DomainInfo
+	nodemgr.GuestInfo
 	persistent bool
 	active     bool
 }
 
-var hostUUID = regexp.MustCompile(`(?s)<host>\s*<uuid>([^<]+)</uuid>`)
-
 // NodeInfo reports the host's CPUs and memory (NodeGetInfo), its hostname,
 // and in Model the CPU model, clock and libvirt host UUID.
-func (d *Driver) NodeInfo(ctx context.Context) (core.NodeInfo, error) {
-	var ni core.NodeInfo
+func (d *Driver) NodeInfo(ctx context.Context) (api.NodeInfo, error) {
+	var ni api.NodeInfo
 	err := d.call(ctx, 0, func(l *lv.Libvirt) error {
 		model, memKiB, cpus, mhz, _, _, _, _, err := l.NodeGetInfo()
 		if err != nil {
@@ -50,16 +49,18 @@ func (d *Driver) NodeInfo(ctx context.Context) (core.NodeInfo, error) {
 			}
 			m = append(m, byte(c))
 		}
-		uuid := ""
-		if s := hostUUID.FindStringSubmatch(caps); s != nil {
-			uuid = strings.TrimSpace(s[1])
+		// The UUID only decorates Model: unparsable capabilities are
+		// logged, not fatal.
+		uuid, err := hostUUID(caps)
+		if err != nil {
+			d.log.Warn("reading host UUID", "err", err)
 		}
-		ni = core.NodeInfo{CPUs: int(cpus), MemMB: int(memKiB / 1024), Hostname: host,
+		ni = api.NodeInfo{CPUs: int(cpus), MemMB: int(memKiB / 1024), Hostname: host,
 			Model: fmt.Sprintf("%s %dMHz host-uuid=%s", m, mhz, uuid)}
 		return nil
 	})
 	if err != nil {
-		return core.NodeInfo{}, fmt.Errorf("libvirt: node info: %w", err)
+		return api.NodeInfo{}, fmt.Errorf("libvirt: node info: %w", err)
 	}
 	ni.Name, ni.Driver, ni.Address = d.o.Node, d.Kind(), d.o.Address
 	if d.o.MigrationURI != "" {
@@ -68,9 +69,18 @@ func (d *Driver) NodeInfo(ctx context.Context) (core.NodeInfo, error) {
 	return ni, nil
 }
 
+// hostUUID reads the host UUID from libvirt's capabilities XML.
+func hostUUID(caps string) (string, error) {
+	var c libvirtxml.Caps
+	if err := c.Unmarshal(caps); err != nil {
+		return "", fmt.Errorf("parsing capabilities XML: %w", err)
+	}
+	return strings.TrimSpace(c.Host.UUID), nil
+}
+
 // List reports every libvirt domain, plus the VMs this driver hibernated
 // (save files) or shut down (markers) that libvirt no longer knows.
-func (d *Driver) List(ctx context.Context) ([]nodemgr.DomainInfo, error) {
+func (d *Driver) List(ctx context.Context) ([]nodemgr.GuestInfo, error) {
 	l, err := d.conn(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("libvirt: list: %w", err)
@@ -79,9 +89,9 @@ func (d *Driver) List(ctx context.Context) ([]nodemgr.DomainInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("libvirt: list: %w", err)
 	}
-	out := make([]nodemgr.DomainInfo, len(doms))
+	out := make([]nodemgr.GuestInfo, len(doms))
 	for i, di := range doms {
-		out[i] = di.DomainInfo
+		out[i] = di.GuestInfo
 	}
 	return out, nil
 }
@@ -115,13 +125,13 @@ func (d *Driver) listOn(ctx context.Context, l *lv.Libvirt) ([]domInfo, error) {
 		if vcpus == 0 {
 			vcpus = int(p.int("vcpu.maximum"))
 		}
-		di := domInfo{DomainInfo: nodemgr.DomainInfo{Name: r.Dom.Name, State: stateOf(st), Reason: reason,
+		di := domInfo{GuestInfo: nodemgr.GuestInfo{Name: r.Dom.Name, State: stateOf(st), Reason: reason,
 			MemMB: int(p.int("balloon.maximum") / 1024), VCPUs: vcpus},
 			persistent: isPers[r.Dom.Name], active: r.Dom.ID > 0 || (st != lv.DomainShutoff && st != lv.DomainCrashed)}
 		if !di.active {
 			// A persistent, stopped domain we hibernated or shut down.
 			if fileExists(d.path(r.Dom.Name, extSave)) {
-				di.State, di.Reason = core.StateHibernated, "hibernated"
+				di.State, di.Reason = api.StateHibernated, "hibernated"
 			}
 		}
 		have[r.Dom.Name] = true
@@ -134,16 +144,16 @@ func (d *Driver) listOn(ctx context.Context, l *lv.Libvirt) ([]domInfo, error) {
 	}
 	for _, e := range ents {
 		n := e.Name()
-		var st core.VMState
+		var st api.VMState
 		var name, reason string
 		switch {
 		case strings.HasSuffix(n, extSave):
-			name, st, reason = strings.TrimSuffix(n, extSave), core.StateHibernated, "hibernated"
+			name, st, reason = strings.TrimSuffix(n, extSave), api.StateHibernated, "hibernated"
 		case strings.HasSuffix(n, extOff):
 			name = strings.TrimSuffix(n, extOff)
 			st = d.readOff(name)
 			reason = string(st)
-			if st == core.StateShutoff {
+			if st == api.StateShutoff {
 				reason = "shutdown"
 			}
 		default:
@@ -153,9 +163,11 @@ func (d *Driver) listOn(ctx context.Context, l *lv.Libvirt) ([]domInfo, error) {
 			continue
 		}
 		have[name] = true
-		di := domInfo{DomainInfo: nodemgr.DomainInfo{Name: name, State: st, Reason: reason}}
+		di := domInfo{GuestInfo: nodemgr.GuestInfo{Name: name, State: st, Reason: reason}}
 		if b, err := os.ReadFile(d.path(name, extXML)); err == nil {
-			di.MemMB, di.VCPUs = xmlSize(b)
+			if di.MemMB, di.VCPUs, err = domainSize(b); err != nil {
+				d.log.Warn("reading size of stopped domain", "domain", name, "file", d.path(name, extXML), "err", err)
+			}
 		}
 		out = append(out, di)
 	}
@@ -265,21 +277,21 @@ func (d *Driver) domState(ctx context.Context, name string) (lv.DomainState, boo
 }
 
 // Op applies a Table 3 operation.
-func (d *Driver) Op(ctx context.Context, name string, op core.Op, args map[string]string) error {
+func (d *Driver) Op(ctx context.Context, name string, op api.Op, o nodemgr.OpOptions) error {
 	if err := validName(name); err != nil {
 		return err
 	}
-	if _, err := core.ParseOp(string(op)); err != nil {
+	if _, err := api.ParseOp(string(op)); err != nil {
 		return fmt.Errorf("libvirt: %w", err)
 	}
-	err := d.op(ctx, name, op, args)
+	err := d.op(ctx, name, op, o.Force)
 	if err != nil {
 		return fmt.Errorf("libvirt: %s %s: %w", op, name, err)
 	}
 	return nil
 }
 
-func (d *Driver) op(ctx context.Context, name string, op core.Op, args map[string]string) error {
+func (d *Driver) op(ctx context.Context, name string, op api.Op, force bool) error {
 	st, active, err := d.domState(ctx, name)
 	if err != nil {
 		return err
@@ -287,21 +299,21 @@ func (d *Driver) op(ctx context.Context, name string, op core.Op, args map[strin
 	running := active && st != lv.DomainShutoff && st != lv.DomainCrashed
 	hibernated := !running && fileExists(d.path(name, extSave))
 	off := !running && d.readOff(name) != ""
-	if !running && !hibernated && !off && !(active && op == core.OpDestroy) {
+	if !running && !hibernated && !off && !(active && op == api.OpDestroy) {
 		if active {
 			return fmt.Errorf("%w: domain is %s", ErrInvalidTransition, stateOf(st))
 		}
 		return ErrNoSuchDomain
 	}
 	bad := func() error {
-		cur := core.StateRunning
+		cur := api.StateRunning
 		switch {
 		case hibernated:
-			cur = core.StateHibernated
+			cur = api.StateHibernated
 		case off:
 			cur = d.readOff(name)
 		case st == lv.DomainPaused:
-			cur = core.StatePaused
+			cur = api.StatePaused
 		}
 		return fmt.Errorf("%w: cannot %s a %s domain", ErrInvalidTransition, op, cur)
 	}
@@ -315,35 +327,35 @@ func (d *Driver) op(ctx context.Context, name string, op core.Op, args map[strin
 		})
 	}
 	switch op {
-	case core.OpPause:
+	case api.OpPause:
 		if !running {
 			return bad()
 		}
 		return withDom(0, func(l *lv.Libvirt, dom lv.Domain) error { return l.DomainSuspend(dom) })
-	case core.OpResume:
+	case api.OpResume:
 		if !running {
 			return bad()
 		}
 		return withDom(0, func(l *lv.Libvirt, dom lv.Domain) error { return l.DomainResume(dom) })
-	case core.OpReboot:
+	case api.OpReboot:
 		if !running {
 			return bad()
 		}
-		if args["force"] == "1" {
+		if force {
 			return withDom(0, func(l *lv.Libvirt, dom lv.Domain) error { return l.DomainReset(dom, 0) })
 		}
 		return withDom(0, func(l *lv.Libvirt, dom lv.Domain) error { return l.DomainReboot(dom, lv.DomainRebootDefault) })
-	case core.OpShutdown:
+	case api.OpShutdown:
 		if !running {
 			return bad()
 		}
-		return d.shutdown(ctx, name, args["force"] == "1")
-	case core.OpHibernate:
+		return d.shutdown(ctx, name, force)
+	case api.OpHibernate:
 		if !running {
 			return bad()
 		}
 		return d.hibernate(ctx, name)
-	case core.OpRestore:
+	case api.OpRestore:
 		if !hibernated {
 			return bad()
 		}
@@ -354,7 +366,7 @@ func (d *Driver) op(ctx context.Context, name string, op core.Op, args map[strin
 		}
 		os.Remove(p)
 		return nil
-	case core.OpDestroy:
+	case api.OpDestroy:
 		if running {
 			err := withDom(0, func(l *lv.Libvirt, dom lv.Domain) error { return l.DomainDestroyFlags(dom, lv.DomainDestroyDefault) })
 			if err != nil && !errors.Is(err, ErrNoSuchDomain) {
@@ -366,10 +378,10 @@ func (d *Driver) op(ctx context.Context, name string, op core.Op, args map[strin
 		}
 		if !running {
 			// libvirt never saw this VM stop; tell the LNM ourselves.
-			d.send(item{synth: &nodemgr.DomainEvent{Name: name, Gone: true, Reason: "destroyed"}})
+			d.send(item{synth: &nodemgr.GuestEvent{Name: name, Gone: true, Reason: "destroyed"}})
 		}
 		return nil
-	case core.OpCycle:
+	case api.OpCycle:
 		return d.cycle(ctx, name, running)
 	}
 	return fmt.Errorf("unsupported operation %s", op)
@@ -400,7 +412,7 @@ func (d *Driver) shutdown(ctx context.Context, name string, force bool) error {
 		}
 		if !active || st == lv.DomainShutoff {
 			if d.managed(name) {
-				return d.writeOff(name, core.StateShutoff)
+				return d.writeOff(name, api.StateShutoff)
 			}
 			return nil
 		}
@@ -414,10 +426,10 @@ func (d *Driver) shutdown(ctx context.Context, name string, force bool) error {
 		}
 	}
 	if !force {
-		return fmt.Errorf("guest did not power off within %v (force=1 destroys it)", d.o.ShutdownTimeout)
+		return fmt.Errorf("guest did not power off within %v (a forced shutdown destroys it)", d.o.ShutdownTimeout)
 	}
 	// The marker makes the Stopped(destroyed) event read as shutoff.
-	if err := d.writeOff(name, core.StateShutoff); err != nil {
+	if err := d.writeOff(name, api.StateShutoff); err != nil {
 		return err
 	}
 	err = d.call(ctx, 0, func(l *lv.Libvirt) error {
@@ -604,7 +616,7 @@ func (d *Driver) Stats(ctx context.Context) (nodemgr.Stats, error) {
 	defer d.statMu.Unlock()
 	dt := now.Sub(d.prevAt).Seconds()
 	cur := make(map[string]counters, len(recs))
-	st := nodemgr.Stats{Domains: make(map[string]core.Sample, len(recs))}
+	st := nodemgr.Stats{Guests: make(map[string]nodemgr.Sample, len(recs))}
 	for _, r := range recs {
 		p := params(r.Params)
 		c := counters{id: r.Dom.ID, cpuNs: p.int("cpu.time")}
@@ -617,7 +629,7 @@ func (d *Driver) Stats(ctx context.Context) (nodemgr.Stats, error) {
 			c.wr += p.int(fmt.Sprintf("block.%d.wr.bytes", i))
 		}
 		cur[r.Dom.Name] = c
-		var s core.Sample
+		var s nodemgr.Sample
 		if rss := p.int("balloon.rss"); rss > 0 {
 			s.MemBytes = float64(rss) * 1024
 		} else {
@@ -634,7 +646,7 @@ func (d *Driver) Stats(ctx context.Context) (nodemgr.Stats, error) {
 			s.NetRx, s.NetTx = rate(prev.rx, c.rx), rate(prev.tx, c.tx)
 			s.DiskRead, s.DiskWrite = rate(prev.rd, c.rd), rate(prev.wr, c.wr)
 		}
-		st.Domains[r.Dom.Name] = s
+		st.Guests[r.Dom.Name] = s
 		st.Node.CPU += s.CPU
 		st.Node.MemBytes += s.MemBytes
 		st.Node.NetRx += s.NetRx

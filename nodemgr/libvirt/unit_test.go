@@ -5,9 +5,11 @@ import (
 	"strings"
 	"testing"
 
-	lv "github.com/digitalocean/go-libvirt"
+	"github.com/usher-vm/usher/api"
 
-	"github.com/usher-vm/usher/core"
+	lv "github.com/digitalocean/go-libvirt"
+	"libvirt.org/go/libvirtxml"
+
 	"github.com/usher-vm/usher/nodemgr"
 )
 
@@ -18,29 +20,221 @@ func testDriver(t *testing.T) *Driver {
 		log: slog.New(slog.DiscardHandler), skip: map[string]int{}}
 }
 
+// parseDomain unmarshals XML the driver produced; it fails the test if the
+// XML is not well formed.
+func parseDomain(t *testing.T, x string) *libvirtxml.Domain {
+	t.Helper()
+	var def libvirtxml.Domain
+	if err := def.Unmarshal(x); err != nil {
+		t.Fatalf("domain XML does not parse: %v\n%s", err, x)
+	}
+	return &def
+}
+
 func TestDomainXML(t *testing.T) {
 	d := testDriver(t)
 	x, err := d.domainXML(nodemgr.Spec{Name: "a&b", MemMB: 256, VCPUs: 2, Data: map[string]string{"initrd": "/i"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"<domain type='qemu'>", "<name>a&amp;b</name>", "<memory unit='MiB'>256</memory>", "<vcpu>2</vcpu>",
-		"<kernel>/k</kernel>", "<initrd>/i</initrd>", "<cmdline>console=ttyS0 h=a&amp;b</cmdline>", "append='on'"} {
-		if !strings.Contains(x, want) {
-			t.Errorf("XML lacks %q:\n%s", want, x)
+	def := parseDomain(t, x)
+	if def.Type != "qemu" || def.Name != "a&b" {
+		t.Errorf("type %q name %q", def.Type, def.Name)
+	}
+	if m := def.Memory; m == nil || m.Value != 256 || m.Unit != "MiB" {
+		t.Errorf("memory %+v", m)
+	}
+	if v := def.VCPU; v == nil || v.Value != 2 {
+		t.Errorf("vcpu %+v", v)
+	}
+	o := def.OS
+	if o == nil || o.Type == nil {
+		t.Fatalf("no os/type:\n%s", x)
+	}
+	if *o.Type != (libvirtxml.DomainOSType{Type: "hvm", Arch: "x86_64", Machine: "pc"}) {
+		t.Errorf("os type %+v", *o.Type)
+	}
+	if o.Kernel != "/k" || o.Initrd != "/i" || o.Cmdline != "console=ttyS0 h=a&b" || len(o.BootDevices) != 0 {
+		t.Errorf("direct kernel boot: kernel %q initrd %q cmdline %q boot %v", o.Kernel, o.Initrd, o.Cmdline, o.BootDevices)
+	}
+	if def.Features == nil || def.Features.ACPI == nil {
+		t.Error("no ACPI feature")
+	}
+	if def.OnPoweroff != "destroy" || def.OnReboot != "restart" || def.OnCrash != "destroy" {
+		t.Errorf("on_poweroff %q on_reboot %q on_crash %q", def.OnPoweroff, def.OnReboot, def.OnCrash)
+	}
+	dv := def.Devices
+	if dv == nil {
+		t.Fatalf("no devices:\n%s", x)
+	}
+	if dv.Emulator != "" || len(dv.Disks) != 0 || len(dv.Interfaces) != 0 {
+		t.Errorf("unexpected devices: emulator %q, %d disks, %d interfaces", dv.Emulator, len(dv.Disks), len(dv.Interfaces))
+	}
+	if len(dv.Serials) != 1 {
+		t.Fatalf("%d serials", len(dv.Serials))
+	}
+	ser := dv.Serials[0]
+	if ser.Source == nil || ser.Source.File == nil || ser.Source.File.Path != d.ConsolePath("a&b") || ser.Source.File.Append != "on" {
+		t.Errorf("serial source %+v, want file %s append on", ser.Source, d.ConsolePath("a&b"))
+	}
+	if ser.Target == nil || ser.Target.Port == nil || *ser.Target.Port != 0 {
+		t.Errorf("serial target %+v", ser.Target)
+	}
+	if b := dv.MemBalloon; b == nil || b.Model != "virtio" || b.Stats == nil || b.Stats.Period != 5 {
+		t.Errorf("memballoon %+v", b)
+	}
+	if m, v, err := domainSize([]byte(x)); err != nil || m != 256 || v != 2 {
+		t.Errorf("domainSize = %d MiB, %d vCPUs, %v", m, v, err)
+	}
+
+	// Defaults, and data overriding the options.
+	def = parseDomain(t, xmlOf(t, d, nodemgr.Spec{Name: "y", Data: map[string]string{"kernel": "/k2", "cmdline": "x={name} {name}"}}))
+	if def.Memory.Value != 128 || def.VCPU.Value != 1 || def.OS.Kernel != "/k2" || def.OS.Initrd != "" || def.OS.Cmdline != "x=y y" {
+		t.Errorf("defaults/overrides: mem %d vcpu %d os %+v", def.Memory.Value, def.VCPU.Value, def.OS)
+	}
+
+	d.o.Kernel = ""
+	if _, err := d.domainXML(nodemgr.Spec{Name: "x"}); err == nil || !strings.Contains(err.Error(), "no kernel and no image") {
+		t.Errorf("no kernel and no image: %v", err)
+	}
+	for image, format := range map[string]string{"/d.qcow2": "qcow2", "/d.img": "raw"} {
+		def = parseDomain(t, xmlOf(t, d, nodemgr.Spec{Name: "x", Data: map[string]string{"image": image}}))
+		if def.OS.Kernel != "" || len(def.OS.BootDevices) != 1 || def.OS.BootDevices[0].Dev != "hd" {
+			t.Errorf("%s: os %+v", image, def.OS)
+		}
+		if len(def.Devices.Disks) != 1 {
+			t.Fatalf("%s: %d disks", image, len(def.Devices.Disks))
+		}
+		disk := def.Devices.Disks[0]
+		if disk.Device != "disk" || disk.Driver == nil || *disk.Driver != (libvirtxml.DomainDiskDriver{Name: "qemu", Type: format}) ||
+			disk.Source == nil || disk.Source.File == nil || disk.Source.File.File != image ||
+			disk.Target == nil || *disk.Target != (libvirtxml.DomainDiskTarget{Dev: "vda", Bus: "virtio"}) {
+			t.Errorf("%s: disk %+v driver %+v source %+v target %+v", image, disk, disk.Driver, disk.Source, disk.Target)
 		}
 	}
-	if m, v := xmlSize([]byte(x)); m != 256 || v != 2 {
-		t.Errorf("xmlSize = %d MiB, %d vCPUs", m, v)
+
+	// Emulator and network (with and without a MAC).
+	d.o.Kernel, d.o.Emulator, d.o.Network = "/k", "/usr/bin/qemu", "default"
+	for _, mac := range []string{"", "52:54:00:12:34:56"} {
+		def = parseDomain(t, xmlOf(t, d, nodemgr.Spec{Name: "n", Data: map[string]string{"mac": mac}}))
+		if def.Devices.Emulator != "/usr/bin/qemu" {
+			t.Errorf("emulator %q", def.Devices.Emulator)
+		}
+		if len(def.Devices.Interfaces) != 1 {
+			t.Fatalf("%d interfaces", len(def.Devices.Interfaces))
+		}
+		in := def.Devices.Interfaces[0]
+		if in.Source == nil || in.Source.Network == nil || in.Source.Network.Network != "default" || in.Model == nil || in.Model.Type != "virtio" {
+			t.Errorf("interface source %+v model %+v", in.Source, in.Model)
+		}
+		if (mac == "") != (in.MAC == nil) || (in.MAC != nil && in.MAC.Address != mac) {
+			t.Errorf("interface mac %+v, want %q", in.MAC, mac)
+		}
 	}
+}
+
+// Names and data with XML-special characters come out escaped exactly once:
+// the XML is well formed and every value reads back unchanged.
+func TestDomainXMLEscaping(t *testing.T) {
+	d := testDriver(t)
+	const nasty = `a<b>&c"d'e]]>`
+	d.o.Network, d.o.Emulator, d.o.Machine = "net"+nasty, "/emu"+nasty, "pc"+nasty
+	spec := nodemgr.Spec{Name: nasty, MemMB: 64, VCPUs: 1, Data: map[string]string{
+		"kernel": "/k" + nasty, "initrd": "/i" + nasty, "cmdline": "c=" + nasty + " n={name}", "mac": "m" + nasty,
+	}}
+	x, err := d.domainXML(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, raw := range []string{"<b>", "&c", `c"d`, "]]>"} {
+		if strings.Contains(x, raw) {
+			t.Errorf("XML contains unescaped %q:\n%s", raw, x)
+		}
+	}
+	if strings.Contains(x, "&amp;amp;") || strings.Contains(x, "&amp;lt;") {
+		t.Errorf("XML is escaped twice:\n%s", x)
+	}
+	def := parseDomain(t, x)
+	dv := def.Devices
+	got := map[string]string{
+		"name": def.Name, "machine": def.OS.Type.Machine, "kernel": def.OS.Kernel, "initrd": def.OS.Initrd, "cmdline": def.OS.Cmdline,
+		"emulator": dv.Emulator, "network": dv.Interfaces[0].Source.Network.Network, "mac": dv.Interfaces[0].MAC.Address,
+		"console": dv.Serials[0].Source.File.Path,
+	}
+	want := map[string]string{
+		"name": nasty, "machine": "pc" + nasty, "kernel": "/k" + nasty, "initrd": "/i" + nasty, "cmdline": "c=" + nasty + " n=" + nasty,
+		"emulator": "/emu" + nasty, "network": "net" + nasty, "mac": "m" + nasty, "console": d.ConsolePath(nasty),
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%s: got %q, want %q", k, got[k], w)
+		}
+	}
+	// Disk image path.
 	d.o.Kernel = ""
-	if _, err := d.domainXML(nodemgr.Spec{Name: "x"}); err == nil {
-		t.Error("no kernel and no image accepted")
+	def = parseDomain(t, xmlOf(t, d, nodemgr.Spec{Name: nasty, Data: map[string]string{"image": "/img" + nasty + ".qcow2"}}))
+	if f := def.Devices.Disks[0].Source.File.File; f != "/img"+nasty+".qcow2" || def.Devices.Disks[0].Driver.Type != "qcow2" {
+		t.Errorf("image %q type %q", f, def.Devices.Disks[0].Driver.Type)
 	}
-	x, _ = d.domainXML(nodemgr.Spec{Name: "x", Args: map[string]string{"image": "/d.qcow2"}})
-	if !strings.Contains(x, "type='qcow2'") || !strings.Contains(x, "<boot dev='hd'/>") {
-		t.Errorf("disk boot XML:\n%s", x)
+}
+
+func TestDomainSize(t *testing.T) {
+	for _, c := range []struct {
+		xml         string
+		mem, vcpus  int
+		errContains string
+	}{
+		// As libvirt writes it (adopted domains).
+		{`<domain type='kvm' id='3'><name>x</name><memory unit='KiB'>262144</memory><currentMemory unit='KiB'>262144</currentMemory><vcpu placement='static'>3</vcpu></domain>`, 256, 3, ""},
+		{`<domain><memory>1048576</memory><vcpu>1</vcpu></domain>`, 1024, 1, ""},
+		{`<domain><memory unit='G'>2</memory><vcpu>4</vcpu></domain>`, 2048, 4, ""},
+		{`<domain><memory unit='bytes'>536870912</memory></domain>`, 512, 0, ""},
+		{`<domain><memory unit='MB'>1048576</memory></domain>`, 1000000, 0, ""},
+		{`<domain><name>x</name></domain>`, 0, 0, ""},
+		{`<domain><memory unit='parsecs'>1</memory></domain>`, 0, 0, `unknown unit "parsecs"`},
+		{`<domain><memory unit='EiB'>1024</memory></domain>`, 0, 0, "overflows"},
+		{`<domain><memory>12`, 0, 0, "parsing domain XML"},
+		{`<domain><vcpu>two</vcpu></domain>`, 0, 0, "parsing domain XML"},
+	} {
+		m, v, err := domainSize([]byte(c.xml))
+		if c.errContains != "" {
+			if err == nil || !strings.Contains(err.Error(), c.errContains) {
+				t.Errorf("%s: err %v, want one containing %q", c.xml, err, c.errContains)
+			}
+			continue
+		}
+		if err != nil || m != c.mem || v != c.vcpus {
+			t.Errorf("%s: %d MiB %d vCPUs %v, want %d %d", c.xml, m, v, err, c.mem, c.vcpus)
+		}
 	}
+}
+
+func TestHostUUID(t *testing.T) {
+	caps := `<capabilities>
+  <host>
+    <uuid>aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee</uuid>
+    <cpu><arch>x86_64</arch></cpu>
+  </host>
+  <guest><os_type>hvm</os_type><arch name='x86_64'><machine>pc</machine></arch></guest>
+</capabilities>`
+	if u, err := hostUUID(caps); err != nil || u != "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee" {
+		t.Errorf("hostUUID = %q, %v", u, err)
+	}
+	if u, err := hostUUID("<capabilities><host></host></capabilities>"); err != nil || u != "" {
+		t.Errorf("no uuid: %q, %v", u, err)
+	}
+	if _, err := hostUUID("<capabilities><host>"); err == nil || !strings.Contains(err.Error(), "capabilities") {
+		t.Errorf("truncated capabilities: %v", err)
+	}
+}
+
+func xmlOf(t *testing.T, d *Driver, spec nodemgr.Spec) string {
+	t.Helper()
+	x, err := d.domainXML(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
 }
 
 func TestMigrationTarget(t *testing.T) {
@@ -66,22 +260,22 @@ func TestMapEvent(t *testing.T) {
 	msg := func(name string, ev lv.DomainEventType, detail int32) lv.DomainEventLifecycleMsg {
 		return lv.DomainEventLifecycleMsg{Dom: lv.Domain{Name: name}, Event: int32(ev), Detail: detail}
 	}
-	run := known{state: core.StateRunning}
+	run := known{state: api.StateRunning}
 	cases := []struct {
 		m     lv.DomainEventLifecycleMsg
 		k     known
 		ok    bool
-		state core.VMState
+		state api.VMState
 		gone  bool
 	}{
-		{msg("a", lv.DomainEventStarted, 0), known{}, true, core.StateRunning, false},
+		{msg("a", lv.DomainEventStarted, 0), known{}, true, api.StateRunning, false},
 		{msg("a", lv.DomainEventStarted, 0), run, false, "", false},
-		{msg("a", lv.DomainEventSuspended, int32(lv.DomainEventSuspendedPaused)), run, true, core.StatePaused, false},
+		{msg("a", lv.DomainEventSuspended, int32(lv.DomainEventSuspendedPaused)), run, true, api.StatePaused, false},
 		{msg("a", lv.DomainEventSuspended, int32(lv.DomainEventSuspendedMigrated)), run, false, "", false},
 		{msg("a", lv.DomainEventStopped, int32(lv.DomainEventStoppedDestroyed)), run, true, "", true},
 		{msg("a", lv.DomainEventStopped, int32(lv.DomainEventStoppedMigrated)), run, true, "", true},
-		{msg("a", lv.DomainEventStopped, int32(lv.DomainEventStoppedShutdown)), known{state: core.StateRunning, persistent: true}, true, core.StateShutoff, false},
-		{msg("a", lv.DomainEventUndefined, 0), known{state: core.StateShutoff, persistent: true}, true, "", true},
+		{msg("a", lv.DomainEventStopped, int32(lv.DomainEventStoppedShutdown)), known{state: api.StateRunning, persistent: true}, true, api.StateShutoff, false},
+		{msg("a", lv.DomainEventUndefined, 0), known{state: api.StateShutoff, persistent: true}, true, "", true},
 	}
 	for i, c := range cases {
 		ev, _, ok := d.mapEvent(c.m, c.k)
@@ -92,7 +286,7 @@ func TestMapEvent(t *testing.T) {
 	// A managed VM that shut down stays (shutoff marker); one being cycled is skipped.
 	writeAtomic(d.path("m", extXML), []byte("<domain/>"))
 	ev, _, ok := d.mapEvent(msg("m", lv.DomainEventStopped, int32(lv.DomainEventStoppedShutdown)), run)
-	if !ok || ev.State != core.StateShutoff || d.readOff("m") != core.StateShutoff {
+	if !ok || ev.State != api.StateShutoff || d.readOff("m") != api.StateShutoff {
 		t.Errorf("managed shutdown: %+v %v marker %q", ev, ok, d.readOff("m"))
 	}
 	d.addSkip("c")

@@ -1,16 +1,17 @@
 package libvirt
 
 import (
-	"encoding/xml"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
-	"github.com/google/renameio/v2"
+	"github.com/usher-vm/usher/api"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/google/renameio/v2"
+	"libvirt.org/go/libvirtxml"
+
 	"github.com/usher-vm/usher/nodemgr"
 )
 
@@ -33,42 +34,37 @@ func (d *Driver) SavePath(name string) string { return d.path(name, extSave) }
 
 func (d *Driver) managed(name string) bool { return fileExists(d.path(name, extXML)) }
 
-func (d *Driver) readOff(name string) core.VMState {
+func (d *Driver) readOff(name string) api.VMState {
 	b, err := os.ReadFile(d.path(name, extOff))
 	if err != nil {
 		return ""
 	}
-	switch s := core.VMState(strings.TrimSpace(string(b))); s {
-	case core.StateShutoff, core.StateCrashed:
+	switch s := api.VMState(strings.TrimSpace(string(b))); s {
+	case api.StateShutoff, api.StateCrashed:
 		return s
 	}
-	return core.StateShutoff
+	return api.StateShutoff
 }
 
-func (d *Driver) writeOff(name string, st core.VMState) error {
+func (d *Driver) writeOff(name string, st api.VMState) error {
 	return writeAtomic(d.path(name, extOff), []byte(string(st)+"\n"))
 }
 
 func writeAtomic(p string, b []byte) error { return renameio.WriteFile(p, b, 0o644) }
 
-func xmlEscape(s string) string {
-	var b strings.Builder
-	xml.EscapeText(&b, []byte(s))
-	return b.String()
-}
-
 func param(spec nodemgr.Spec, key, def string) string {
-	if v, ok := spec.Args[key]; ok && v != "" {
-		return v
-	}
 	if v, ok := spec.Data[key]; ok && v != "" {
 		return v
 	}
 	return def
 }
 
-// domainXML builds the XML of a transient Usher domain.
-func (d *Driver) domainXML(spec nodemgr.Spec) (string, error) {
+// domainDef builds the definition of a transient Usher domain from the
+// Spec and the Options: direct kernel boot (kernel, initrd, cmdline with
+// "{name}" replaced by the domain name) or a disk image (qcow2 when the
+// name ends in .qcow2, raw otherwise) booted from hd; the serial console
+// goes to StateDir/<name>.console.
+func (d *Driver) domainDef(spec nodemgr.Spec) (*libvirtxml.Domain, error) {
 	mem, vcpus := spec.MemMB, spec.VCPUs
 	if mem <= 0 {
 		mem = 128
@@ -81,75 +77,121 @@ func (d *Driver) domainXML(spec nodemgr.Spec) (string, error) {
 	cmdline := strings.ReplaceAll(param(spec, "cmdline", d.o.Cmdline), "{name}", spec.Name)
 	image := param(spec, "image", "")
 	if kernel == "" && image == "" {
-		return "", fmt.Errorf("libvirt: %s: no kernel and no image to boot (set Options.Kernel or data kernel/image)", spec.Name)
+		return nil, fmt.Errorf("libvirt: %s: no kernel and no image to boot (set Options.Kernel or data kernel/image)", spec.Name)
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "<domain type='%s'>\n", xmlEscape(d.o.DomainType))
-	fmt.Fprintf(&b, "  <name>%s</name>\n", xmlEscape(spec.Name))
-	fmt.Fprintf(&b, "  <memory unit='MiB'>%d</memory>\n  <vcpu>%d</vcpu>\n", mem, vcpus)
-	fmt.Fprintf(&b, "  <os>\n    <type arch='x86_64' machine='%s'>hvm</type>\n", xmlEscape(d.o.Machine))
+	boot := &libvirtxml.DomainOS{Type: &libvirtxml.DomainOSType{Type: "hvm", Arch: "x86_64", Machine: d.o.Machine}}
 	if kernel != "" {
-		fmt.Fprintf(&b, "    <kernel>%s</kernel>\n", xmlEscape(kernel))
-		if initrd != "" {
-			fmt.Fprintf(&b, "    <initrd>%s</initrd>\n", xmlEscape(initrd))
-		}
-		fmt.Fprintf(&b, "    <cmdline>%s</cmdline>\n", xmlEscape(cmdline))
+		boot.Kernel, boot.Initrd, boot.Cmdline = kernel, initrd, cmdline
 	} else {
-		b.WriteString("    <boot dev='hd'/>\n")
+		boot.BootDevices = []libvirtxml.DomainBootDevice{{Dev: "hd"}}
 	}
-	b.WriteString("  </os>\n  <features><acpi/></features>\n")
-	b.WriteString("  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n")
-	b.WriteString("  <devices>\n")
-	if d.o.Emulator != "" {
-		fmt.Fprintf(&b, "    <emulator>%s</emulator>\n", xmlEscape(d.o.Emulator))
-	}
+	devs := &libvirtxml.DomainDeviceList{Emulator: d.o.Emulator}
 	if image != "" {
 		format := "raw"
 		if strings.HasSuffix(image, ".qcow2") {
 			format = "qcow2"
 		}
-		fmt.Fprintf(&b, "    <disk type='file' device='disk'><driver name='qemu' type='%s'/><source file='%s'/><target dev='vda' bus='virtio'/></disk>\n",
-			format, xmlEscape(image))
+		devs.Disks = append(devs.Disks, libvirtxml.DomainDisk{
+			Device: "disk",
+			Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: format},
+			Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: image}},
+			Target: &libvirtxml.DomainDiskTarget{Dev: "vda", Bus: "virtio"},
+		})
 	}
 	if d.o.Network != "" {
-		fmt.Fprintf(&b, "    <interface type='network'><source network='%s'/>", xmlEscape(d.o.Network))
-		if mac := param(spec, "mac", ""); mac != "" {
-			fmt.Fprintf(&b, "<mac address='%s'/>", xmlEscape(mac))
+		iface := libvirtxml.DomainInterface{
+			Source: &libvirtxml.DomainInterfaceSource{Network: &libvirtxml.DomainInterfaceSourceNetwork{Network: d.o.Network}},
+			Model:  &libvirtxml.DomainInterfaceModel{Type: "virtio"},
 		}
-		b.WriteString("<model type='virtio'/></interface>\n")
+		if mac := param(spec, "mac", ""); mac != "" {
+			iface.MAC = &libvirtxml.DomainInterfaceMAC{Address: mac}
+		}
+		devs.Interfaces = append(devs.Interfaces, iface)
 	}
 	// append='on': a migrated domain's destination QEMU carries on writing
 	// the same file instead of truncating it.
-	fmt.Fprintf(&b, "    <serial type='file'><source path='%s' append='on'/><target port='0'/></serial>\n",
-		xmlEscape(d.path(spec.Name, extConsole)))
-	b.WriteString("    <memballoon model='virtio'><stats period='5'/></memballoon>\n")
-	b.WriteString("  </devices>\n</domain>\n")
-	return b.String(), nil
+	port := uint(0)
+	devs.Serials = append(devs.Serials, libvirtxml.DomainSerial{
+		Source: &libvirtxml.DomainChardevSource{File: &libvirtxml.DomainChardevSourceFile{Path: d.path(spec.Name, extConsole), Append: "on"}},
+		Target: &libvirtxml.DomainSerialTarget{Port: &port},
+	})
+	devs.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "virtio", Stats: &libvirtxml.DomainMemBalloonStats{Period: 5}}
+	return &libvirtxml.Domain{
+		Type:       d.o.DomainType,
+		Name:       spec.Name,
+		Memory:     &libvirtxml.DomainMemory{Value: uint(mem), Unit: "MiB"},
+		VCPU:       &libvirtxml.DomainVCPU{Value: uint(vcpus)},
+		OS:         boot,
+		Features:   &libvirtxml.DomainFeatureList{ACPI: &libvirtxml.DomainFeature{}},
+		OnPoweroff: "destroy",
+		OnReboot:   "restart",
+		OnCrash:    "destroy",
+		Devices:    devs,
+	}, nil
 }
 
-// xmlSize reads memory and vCPUs from a saved domain XML.
-func xmlSize(b []byte) (memMB, vcpus int) {
-	var x struct {
-		Memory struct {
-			Unit  string `xml:"unit,attr"`
-			Value string `xml:",chardata"`
-		} `xml:"memory"`
-		VCPU string `xml:"vcpu"`
+// domainXML builds the XML of a transient Usher domain (see domainDef).
+func (d *Driver) domainXML(spec nodemgr.Spec) (string, error) {
+	def, err := d.domainDef(spec)
+	if err != nil {
+		return "", err
 	}
-	if xml.Unmarshal(b, &x) != nil {
-		return 0, 0
+	x, err := def.Marshal()
+	if err != nil {
+		return "", fmt.Errorf("libvirt: %s: marshalling domain XML: %w", spec.Name, err)
 	}
-	v, _ := strconv.ParseInt(strings.TrimSpace(x.Memory.Value), 10, 64)
-	switch strings.ToLower(x.Memory.Unit) {
-	case "", "k", "kib":
-		memMB = int(v / 1024)
-	case "m", "mib":
-		memMB = int(v)
-	case "g", "gib":
-		memMB = int(v * 1024)
-	case "b", "bytes":
-		memMB = int(v >> 20)
+	return x + "\n", nil
+}
+
+// domainSize reads memory (in MiB) and vCPUs from a saved domain XML,
+// ours or one libvirt produced (adopted domains).
+func domainSize(x []byte) (memMB, vcpus int, err error) {
+	var def libvirtxml.Domain
+	if err := def.Unmarshal(string(x)); err != nil {
+		return 0, 0, fmt.Errorf("parsing domain XML: %w", err)
 	}
-	vcpus, _ = strconv.Atoi(strings.TrimSpace(x.VCPU))
-	return memMB, vcpus
+	if def.Memory != nil {
+		b, err := scaleBytes(uint64(def.Memory.Value), def.Memory.Unit)
+		if err != nil {
+			return 0, 0, fmt.Errorf("domain memory: %w", err)
+		}
+		memMB = int(b >> 20)
+	}
+	if def.VCPU != nil {
+		vcpus = int(def.VCPU.Value)
+	}
+	return memMB, vcpus, nil
+}
+
+// scaleBytes converts a libvirt scaled integer to bytes, with libvirt's
+// units: "" and k/KiB are 1024, KB is 1000, b/bytes are bytes, and so on up
+// to exbibytes (case-insensitive, as libvirt reads them).
+func scaleBytes(v uint64, unit string) (uint64, error) {
+	u := strings.ToLower(unit)
+	switch u {
+	case "":
+		return v << 10, nil
+	case "b", "byte", "bytes":
+		return v, nil
+	}
+	exp := strings.IndexByte("kmgtpe", u[0]) + 1
+	if exp == 0 {
+		return 0, fmt.Errorf("unknown unit %q", unit)
+	}
+	var base uint64
+	switch u[1:] {
+	case "", "ib":
+		base = 1024
+	case "b":
+		base = 1000
+	default:
+		return 0, fmt.Errorf("unknown unit %q", unit)
+	}
+	for range exp {
+		if v > math.MaxUint64/base {
+			return 0, fmt.Errorf("%d %s overflows", v, unit)
+		}
+		v *= base
+	}
+	return v, nil
 }

@@ -9,7 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
+
 	"github.com/usher-vm/usher/nodemgr"
 )
 
@@ -23,7 +24,7 @@ const (
 // Sentinel errors; the errors returned by Hypervisor match them with
 // errors.Is and carry a more specific message.
 var (
-	ErrNoSuchDomain         = errors.New("no such domain")
+	ErrNoSuchGuest          = nodemgr.ErrNoGuest
 	ErrExists               = errors.New("domain already exists")
 	ErrInsufficientCapacity = errors.New("insufficient capacity")
 	ErrInvalidTransition    = errors.New("invalid state transition")
@@ -52,7 +53,7 @@ type Options struct {
 // domain is one simulated VM.
 type domain struct {
 	name     string
-	state    core.VMState
+	state    api.VMState
 	reason   string
 	mem      int
 	vcpus    int
@@ -74,7 +75,7 @@ func (d *domain) rand() float64 {
 }
 
 // consumes reports whether a domain in state s holds memory and vCPUs.
-func consumes(s core.VMState) bool { return s == core.StateRunning || s == core.StatePaused }
+func consumes(s api.VMState) bool { return s == api.StateRunning || s == api.StatePaused }
 
 // Hypervisor is a simulated VMM implementing nodemgr.Driver. All methods are
 // safe for concurrent use.
@@ -87,9 +88,9 @@ type Hypervisor struct {
 	reserved map[string]nodemgr.Spec // Starts sleeping through BootDelay
 	usedMem  int                     // running+paused domains and reservations
 	usedCPU  int
-	pins     map[string]float64       // SetLoad pins by domain name
-	events   chan nodemgr.DomainEvent // nil when disabled
-	file     *stateFile               // nil in memory mode
+	pins     map[string]float64      // SetLoad pins by domain name
+	events   chan nodemgr.GuestEvent // nil when disabled
+	file     *stateFile              // nil in memory mode
 
 	dropped atomic.Uint64
 }
@@ -121,7 +122,7 @@ func New(opts Options) (*Hypervisor, error) {
 		pins:     make(map[string]float64),
 	}
 	if opts.EventBuffer > 0 {
-		h.events = make(chan nodemgr.DomainEvent, opts.EventBuffer)
+		h.events = make(chan nodemgr.GuestEvent, opts.EventBuffer)
 	}
 	if opts.StateFile != "" {
 		f, err := openStateFile(opts.StateFile)
@@ -240,14 +241,14 @@ func (h *Hypervisor) syncLocked(emit bool) error {
 		}
 		d.state, d.reason, d.mem, d.vcpus, d.data, d.incoming = fd.State, fd.Reason, fd.MemMB, fd.VCPUs, copyMap(fd.Data), fd.Incoming
 		if emit {
-			h.emitLocked(nodemgr.DomainEvent{Name: d.name, State: d.state, Reason: d.reason})
+			h.emitLocked(nodemgr.GuestEvent{Name: d.name, State: d.state, Reason: d.reason})
 		}
 	}
 	for name := range h.doms {
 		if !seen[name] {
 			delete(h.doms, name)
 			if emit {
-				h.emitLocked(nodemgr.DomainEvent{Name: name, Gone: true, Reason: "vanished"})
+				h.emitLocked(nodemgr.GuestEvent{Name: name, Gone: true, Reason: "vanished"})
 			}
 		}
 	}
@@ -291,7 +292,7 @@ func (h *Hypervisor) persistLocked(f *stateFile) error {
 // commitLocked persists a mutation already applied in memory and then
 // emits its events. If the file cannot be written, memory is reloaded from
 // the file (silently: nothing was announced) and the error returned.
-func (h *Hypervisor) commitLocked(evs ...nodemgr.DomainEvent) error {
+func (h *Hypervisor) commitLocked(evs ...nodemgr.GuestEvent) error {
 	if h.file != nil {
 		if err := h.persistLocked(h.file); err != nil {
 			h.file.last = fileID{}
@@ -310,7 +311,7 @@ func (h *Hypervisor) commitLocked(evs ...nodemgr.DomainEvent) error {
 // emitLocked sends an event without blocking; a full channel drops it.
 // Holding h.mu serialises senders with Close, so a send never hits a
 // closed channel.
-func (h *Hypervisor) emitLocked(ev nodemgr.DomainEvent) {
+func (h *Hypervisor) emitLocked(ev nodemgr.GuestEvent) {
 	if h.events == nil || h.closed {
 		return
 	}
@@ -347,7 +348,7 @@ func (e *CapacityError) Is(target error) bool { return target == ErrInsufficient
 type TransitionError struct {
 	Name  string
 	Op    string
-	State core.VMState
+	State api.VMState
 }
 
 func (e *TransitionError) Error() string {
@@ -368,7 +369,7 @@ func (h *Hypervisor) checkCapacityLocked(mem, vcpus int) error {
 	return nil
 }
 
-func noSuch(name string) error { return fmt.Errorf("%w: %q", ErrNoSuchDomain, name) }
+func noSuch(name string) error { return fmt.Errorf("%w: %q", ErrNoSuchGuest, name) }
 
 func (h *Hypervisor) existsLocked(name string) error {
 	if _, ok := h.doms[name]; ok {
@@ -382,7 +383,7 @@ func (h *Hypervisor) existsLocked(name string) error {
 
 // setStateLocked moves d to state s, keeping the capacity counters right.
 // The caller has checked capacity if s consumes and d's state did not.
-func (h *Hypervisor) setStateLocked(d *domain, s core.VMState, reason string) nodemgr.DomainEvent {
+func (h *Hypervisor) setStateLocked(d *domain, s api.VMState, reason string) nodemgr.GuestEvent {
 	was, now := consumes(d.state), consumes(s)
 	if was && !now {
 		h.usedMem -= d.mem
@@ -392,25 +393,25 @@ func (h *Hypervisor) setStateLocked(d *domain, s core.VMState, reason string) no
 		h.usedCPU += d.vcpus
 	}
 	d.state, d.reason = s, reason
-	return nodemgr.DomainEvent{Name: d.name, State: s, Reason: reason}
+	return nodemgr.GuestEvent{Name: d.name, State: s, Reason: reason}
 }
 
 // addLocked creates a running domain (capacity already checked).
-func (h *Hypervisor) addLocked(spec nodemgr.Spec, reason string, incoming bool) nodemgr.DomainEvent {
+func (h *Hypervisor) addLocked(spec nodemgr.Spec, reason string, incoming bool) nodemgr.GuestEvent {
 	d := h.newDomain(spec.Name, spec.MemMB, spec.VCPUs, spec.Data)
 	d.incoming = incoming
 	h.doms[d.name] = d
-	return h.setStateLocked(d, core.StateRunning, reason)
+	return h.setStateLocked(d, api.StateRunning, reason)
 }
 
 // removeLocked deletes a domain, releasing its capacity.
-func (h *Hypervisor) removeLocked(d *domain, reason string) nodemgr.DomainEvent {
+func (h *Hypervisor) removeLocked(d *domain, reason string) nodemgr.GuestEvent {
 	if consumes(d.state) {
 		h.usedMem -= d.mem
 		h.usedCPU -= d.vcpus
 	}
 	delete(h.doms, d.name)
-	return nodemgr.DomainEvent{Name: d.name, Gone: true, Reason: reason}
+	return nodemgr.GuestEvent{Name: d.name, Gone: true, Reason: reason}
 }
 
 func validSpec(spec nodemgr.Spec) error {
@@ -441,26 +442,33 @@ func sleep(ctx context.Context, d time.Duration) error {
 // Kind returns "sim".
 func (h *Hypervisor) Kind() string { return "sim" }
 
+// Capabilities implements nodemgr.Driver: the simulated hypervisor pushes
+// events, makes the target of a migration prepare for it, and (with a
+// state file) keeps its guests across LNM restarts.
+func (h *Hypervisor) Capabilities() nodemgr.Capabilities {
+	return nodemgr.Capabilities{Events: true, PrepareIncoming: true, LiveMigration: true, Persistent: h.opts.StateFile != ""}
+}
+
 // NodeInfo describes the simulated node.
-func (h *Hypervisor) NodeInfo(ctx context.Context) (core.NodeInfo, error) {
+func (h *Hypervisor) NodeInfo(ctx context.Context) (api.NodeInfo, error) {
 	if err := ctx.Err(); err != nil {
-		return core.NodeInfo{}, err
+		return api.NodeInfo{}, err
 	}
-	return core.NodeInfo{Name: h.opts.Node, Address: h.opts.Address, Driver: "sim",
+	return api.NodeInfo{Name: h.opts.Node, Address: h.opts.Address, Driver: "sim",
 		CPUs: h.opts.CPUs, MemMB: h.opts.MemMB, Hostname: h.opts.Node, Model: "usher simulated node"}, nil
 }
 
 // List returns every domain, in no particular order. Domains still inside
 // their BootDelay are not listed yet.
-func (h *Hypervisor) List(ctx context.Context) ([]nodemgr.DomainInfo, error) {
+func (h *Hypervisor) List(ctx context.Context) ([]nodemgr.GuestInfo, error) {
 	unlock, err := h.begin(ctx, false)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	out := make([]nodemgr.DomainInfo, 0, len(h.doms))
+	out := make([]nodemgr.GuestInfo, 0, len(h.doms))
 	for _, d := range h.doms {
-		out = append(out, nodemgr.DomainInfo{Name: d.name, State: d.state, Reason: d.reason, MemMB: d.mem, VCPUs: d.vcpus})
+		out = append(out, nodemgr.GuestInfo{Name: d.name, State: d.state, Reason: d.reason, MemMB: d.mem, VCPUs: d.vcpus})
 	}
 	return out, nil
 }
@@ -530,54 +538,54 @@ func (h *Hypervisor) unreserveLocked(spec nodemgr.Spec) {
 // transition computes the result of op on a domain in state s: the new
 // state and reason, gone for destroy, and whether capacity must be
 // acquired. It does not change anything.
-func transition(name string, s core.VMState, op core.Op) (to core.VMState, reason string, gone, acquire bool, err error) {
-	bad := func() (core.VMState, string, bool, bool, error) {
+func transition(name string, s api.VMState, op api.Op) (to api.VMState, reason string, gone, acquire bool, err error) {
+	bad := func() (api.VMState, string, bool, bool, error) {
 		return "", "", false, false, &TransitionError{Name: name, Op: string(op), State: s}
 	}
 	switch op {
-	case core.OpPause:
-		if s != core.StateRunning {
+	case api.OpPause:
+		if s != api.StateRunning {
 			return bad()
 		}
-		return core.StatePaused, "paused", false, false, nil
-	case core.OpResume:
-		if s != core.StatePaused {
+		return api.StatePaused, "paused", false, false, nil
+	case api.OpResume:
+		if s != api.StatePaused {
 			return bad()
 		}
-		return core.StateRunning, "resumed", false, false, nil
-	case core.OpShutdown:
+		return api.StateRunning, "resumed", false, false, nil
+	case api.OpShutdown:
 		if !consumes(s) {
 			return bad()
 		}
-		return core.StateShutoff, "shutdown", false, false, nil
-	case core.OpReboot:
+		return api.StateShutoff, "shutdown", false, false, nil
+	case api.OpReboot:
 		if !consumes(s) {
 			return bad()
 		}
-		return core.StateRunning, "rebooted", false, false, nil
-	case core.OpHibernate:
+		return api.StateRunning, "rebooted", false, false, nil
+	case api.OpHibernate:
 		if !consumes(s) {
 			return bad()
 		}
-		return core.StateHibernated, "hibernated", false, false, nil
-	case core.OpRestore:
-		if s != core.StateHibernated {
+		return api.StateHibernated, "hibernated", false, false, nil
+	case api.OpRestore:
+		if s != api.StateHibernated {
 			return bad()
 		}
-		return core.StateRunning, "restored", false, true, nil
-	case core.OpDestroy:
+		return api.StateRunning, "restored", false, true, nil
+	case api.OpDestroy:
 		return "", "destroyed", true, false, nil
-	case core.OpCycle:
-		return core.StateRunning, "cycled", false, !consumes(s), nil
+	case api.OpCycle:
+		return api.StateRunning, "cycled", false, !consumes(s), nil
 	}
-	_, err = core.ParseOp(string(op))
+	_, err = api.ParseOp(string(op))
 	return "", "", false, false, fmt.Errorf("sim: %w", err)
 }
 
 // Op applies a Table 3 operation, taking BootDelay/4. Invalid transitions
 // fail at once; the transition is checked again after the delay in case
-// the domain changed meanwhile. args are ignored.
-func (h *Hypervisor) Op(ctx context.Context, name string, op core.Op, args map[string]string) error {
+// the domain changed meanwhile. Options are ignored.
+func (h *Hypervisor) Op(ctx context.Context, name string, op api.Op, _ nodemgr.OpOptions) error {
 	if delay := h.opts.BootDelay / 4; delay > 0 {
 		unlock, err := h.begin(ctx, false)
 		if err != nil {
@@ -619,7 +627,7 @@ func (h *Hypervisor) Op(ctx context.Context, name string, op core.Op, args map[s
 			return err
 		}
 	}
-	if op == core.OpCycle {
+	if op == api.OpCycle {
 		d.load = d.base // a fresh boot
 	}
 	d.incoming = false
@@ -717,13 +725,13 @@ func (h *Hypervisor) Stats(ctx context.Context) (nodemgr.Stats, error) {
 		return nodemgr.Stats{}, err
 	}
 	defer unlock()
-	st := nodemgr.Stats{Domains: make(map[string]core.Sample, len(h.doms))}
+	st := nodemgr.Stats{Guests: make(map[string]nodemgr.Sample, len(h.doms))}
 	for _, d := range h.doms {
-		var s core.Sample
+		var s nodemgr.Sample
 		if consumes(d.state) {
 			s.MemBytes = float64(d.mem) * (1 << 20)
 		}
-		if d.state == core.StateRunning {
+		if d.state == api.StateRunning {
 			if pin, ok := h.pins[d.name]; ok {
 				d.load = pin
 			} else {
@@ -737,7 +745,7 @@ func (h *Hypervisor) Stats(ctx context.Context) (nodemgr.Stats, error) {
 			s.DiskRead = 4e3 + 3e4*d.load
 			s.DiskWrite = 2e3 + 1e4*d.load
 		}
-		st.Domains[d.name] = s
+		st.Guests[d.name] = s
 		st.Node.CPU += s.CPU
 		st.Node.MemBytes += s.MemBytes
 		st.Node.NetRx += s.NetRx
@@ -751,7 +759,7 @@ func (h *Hypervisor) Stats(ctx context.Context) (nodemgr.Stats, error) {
 // Events returns the lifecycle event channel (nil if EventBuffer < 0). It
 // is closed by Close. Events that find it full are dropped (see Dropped);
 // the LNM's periodic scans recover from that.
-func (h *Hypervisor) Events() <-chan nodemgr.DomainEvent {
+func (h *Hypervisor) Events() <-chan nodemgr.GuestEvent {
 	if h.events == nil {
 		return nil
 	}
@@ -794,7 +802,7 @@ func (h *Hypervisor) Crash(name string) error {
 	if !consumes(d.state) {
 		return &TransitionError{Name: name, Op: "crash", State: d.state}
 	}
-	return h.commitLocked(h.setStateLocked(d, core.StateCrashed, "crashed"))
+	return h.commitLocked(h.setStateLocked(d, api.StateCrashed, "crashed"))
 }
 
 // Vanish removes a domain behind Usher's back (someone ran virsh undefine).

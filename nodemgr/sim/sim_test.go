@@ -15,7 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
+
 	"github.com/usher-vm/usher/nodemgr"
 )
 
@@ -39,7 +40,7 @@ func spec(name string, mem, vcpus int) nodemgr.Spec {
 }
 
 // nextEvent returns the next event, failing the test after waitFor.
-func nextEvent(t *testing.T, h *Hypervisor) nodemgr.DomainEvent {
+func nextEvent(t *testing.T, h *Hypervisor) nodemgr.GuestEvent {
 	t.Helper()
 	select {
 	case ev, ok := <-h.Events():
@@ -50,10 +51,10 @@ func nextEvent(t *testing.T, h *Hypervisor) nodemgr.DomainEvent {
 	case <-time.After(waitFor):
 		t.Fatal("no event within", waitFor)
 	}
-	return nodemgr.DomainEvent{}
+	return nodemgr.GuestEvent{}
 }
 
-func expectEvent(t *testing.T, h *Hypervisor, want nodemgr.DomainEvent) {
+func expectEvent(t *testing.T, h *Hypervisor, want nodemgr.GuestEvent) {
 	t.Helper()
 	if got := nextEvent(t, h); got != want {
 		t.Fatalf("event = %+v, want %+v", got, want)
@@ -71,20 +72,20 @@ func noEvent(t *testing.T, h *Hypervisor) {
 	}
 }
 
-func list(t *testing.T, h *Hypervisor) map[string]nodemgr.DomainInfo {
+func list(t *testing.T, h *Hypervisor) map[string]nodemgr.GuestInfo {
 	t.Helper()
 	ds, err := h.List(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := make(map[string]nodemgr.DomainInfo, len(ds))
+	m := make(map[string]nodemgr.GuestInfo, len(ds))
 	for _, d := range ds {
 		m[d.Name] = d
 	}
 	return m
 }
 
-func stateOf(t *testing.T, h *Hypervisor, name string) core.VMState {
+func stateOf(t *testing.T, h *Hypervisor, name string) api.VMState {
 	t.Helper()
 	d, ok := list(t, h)[name]
 	if !ok {
@@ -98,33 +99,33 @@ func mustStart(t *testing.T, h *Hypervisor, s nodemgr.Spec) {
 	if err := h.Start(context.Background(), s); err != nil {
 		t.Fatal(err)
 	}
-	expectEvent(t, h, nodemgr.DomainEvent{Name: s.Name, State: core.StateRunning, Reason: "booted"})
+	expectEvent(t, h, nodemgr.GuestEvent{Name: s.Name, State: api.StateRunning, Reason: "booted"})
 }
 
-func mustOp(t *testing.T, h *Hypervisor, name string, op core.Op) {
+func mustOp(t *testing.T, h *Hypervisor, name string, op api.Op) {
 	t.Helper()
-	if err := h.Op(context.Background(), name, op, nil); err != nil {
+	if err := h.Op(context.Background(), name, op, nodemgr.OpOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	nextEvent(t, h)
 }
 
 // into brings a fresh domain "vm" into state s.
-func into(t *testing.T, h *Hypervisor, s core.VMState) {
+func into(t *testing.T, h *Hypervisor, s api.VMState) {
 	t.Helper()
 	mustStart(t, h, spec("vm", 1024, 1))
 	switch s {
-	case core.StatePaused:
-		mustOp(t, h, "vm", core.OpPause)
-	case core.StateShutoff:
-		mustOp(t, h, "vm", core.OpShutdown)
-	case core.StateHibernated:
-		mustOp(t, h, "vm", core.OpHibernate)
-	case core.StateCrashed:
+	case api.StatePaused:
+		mustOp(t, h, "vm", api.OpPause)
+	case api.StateShutoff:
+		mustOp(t, h, "vm", api.OpShutdown)
+	case api.StateHibernated:
+		mustOp(t, h, "vm", api.OpHibernate)
+	case api.StateCrashed:
 		if err := h.Crash("vm"); err != nil {
 			t.Fatal(err)
 		}
-		expectEvent(t, h, nodemgr.DomainEvent{Name: "vm", State: core.StateCrashed, Reason: "crashed"})
+		expectEvent(t, h, nodemgr.GuestEvent{Name: "vm", State: api.StateCrashed, Reason: "crashed"})
 	}
 	if got := stateOf(t, h, "vm"); got != s {
 		t.Fatalf("setup: state %q, want %q", got, s)
@@ -132,28 +133,28 @@ func into(t *testing.T, h *Hypervisor, s core.VMState) {
 }
 
 func TestOpTransitions(t *testing.T) {
-	R, P, S, H, C := core.StateRunning, core.StatePaused, core.StateShutoff, core.StateHibernated, core.StateCrashed
-	const gone = core.VMState("gone")
+	R, P, S, H, C := api.StateRunning, api.StatePaused, api.StateShutoff, api.StateHibernated, api.StateCrashed
+	const gone = api.VMState("gone")
 	type res struct {
-		to     core.VMState // "" = invalid
+		to     api.VMState // "" = invalid
 		reason string
 	}
-	table := map[core.Op]map[core.VMState]res{
-		core.OpPause:     {R: {P, "paused"}},
-		core.OpResume:    {P: {R, "resumed"}},
-		core.OpShutdown:  {R: {S, "shutdown"}, P: {S, "shutdown"}},
-		core.OpReboot:    {R: {R, "rebooted"}, P: {R, "rebooted"}},
-		core.OpHibernate: {R: {H, "hibernated"}, P: {H, "hibernated"}},
-		core.OpRestore:   {H: {R, "restored"}},
-		core.OpDestroy:   {R: {gone, "destroyed"}, P: {gone, "destroyed"}, S: {gone, "destroyed"}, H: {gone, "destroyed"}, C: {gone, "destroyed"}},
-		core.OpCycle:     {R: {R, "cycled"}, P: {R, "cycled"}, S: {R, "cycled"}, H: {R, "cycled"}, C: {R, "cycled"}},
+	table := map[api.Op]map[api.VMState]res{
+		api.OpPause:     {R: {P, "paused"}},
+		api.OpResume:    {P: {R, "resumed"}},
+		api.OpShutdown:  {R: {S, "shutdown"}, P: {S, "shutdown"}},
+		api.OpReboot:    {R: {R, "rebooted"}, P: {R, "rebooted"}},
+		api.OpHibernate: {R: {H, "hibernated"}, P: {H, "hibernated"}},
+		api.OpRestore:   {H: {R, "restored"}},
+		api.OpDestroy:   {R: {gone, "destroyed"}, P: {gone, "destroyed"}, S: {gone, "destroyed"}, H: {gone, "destroyed"}, C: {gone, "destroyed"}},
+		api.OpCycle:     {R: {R, "cycled"}, P: {R, "cycled"}, S: {R, "cycled"}, H: {R, "cycled"}, C: {R, "cycled"}},
 	}
-	for _, op := range core.Ops() {
-		for _, from := range []core.VMState{R, P, S, H, C} {
+	for _, op := range api.Ops() {
+		for _, from := range []api.VMState{R, P, S, H, C} {
 			t.Run(fmt.Sprintf("%s_from_%s", op, from), func(t *testing.T) {
 				h := newHV(t, Options{})
 				into(t, h, from)
-				err := h.Op(context.Background(), "vm", op, nil)
+				err := h.Op(context.Background(), "vm", op, nodemgr.OpOptions{})
 				want, valid := table[op][from]
 				if !valid {
 					if err == nil {
@@ -173,13 +174,13 @@ func TestOpTransitions(t *testing.T) {
 					t.Fatal(err)
 				}
 				if want.to == gone {
-					expectEvent(t, h, nodemgr.DomainEvent{Name: "vm", Gone: true, Reason: want.reason})
+					expectEvent(t, h, nodemgr.GuestEvent{Name: "vm", Gone: true, Reason: want.reason})
 					if _, ok := list(t, h)["vm"]; ok {
 						t.Fatal("destroyed domain still listed")
 					}
 					return
 				}
-				expectEvent(t, h, nodemgr.DomainEvent{Name: "vm", State: want.to, Reason: want.reason})
+				expectEvent(t, h, nodemgr.GuestEvent{Name: "vm", State: want.to, Reason: want.reason})
 				if got := list(t, h)["vm"]; got.State != want.to || got.Reason != want.reason {
 					t.Fatalf("listed %+v, want state %q reason %q", got, want.to, want.reason)
 				}
@@ -192,17 +193,17 @@ func TestUnknownDomainAndOp(t *testing.T) {
 	h := newHV(t, Options{})
 	ctx := context.Background()
 	for _, err := range []error{
-		h.Op(ctx, "nope", core.OpPause, nil),
+		h.Op(ctx, "nope", api.OpPause, nodemgr.OpOptions{}),
 		h.Migrate(ctx, "nope", "n2", "addr"),
 		h.Crash("nope"),
 		h.Vanish("nope"),
 	} {
-		if err == nil || !strings.Contains(err.Error(), "no such domain") || !errors.Is(err, ErrNoSuchDomain) {
+		if err == nil || !strings.Contains(err.Error(), "no such guest") || !errors.Is(err, ErrNoSuchGuest) {
 			t.Errorf("error %v, want no such domain", err)
 		}
 	}
 	mustStart(t, h, spec("vm", 512, 1))
-	if err := h.Op(ctx, "vm", core.Op("explode"), nil); err == nil || !strings.Contains(err.Error(), "unknown operation") {
+	if err := h.Op(ctx, "vm", api.Op("explode"), nodemgr.OpOptions{}); err == nil || !strings.Contains(err.Error(), "unknown operation") {
 		t.Fatalf("unknown op: %v", err)
 	}
 	if err := h.Start(ctx, spec("vm", 512, 1)); err == nil || !strings.Contains(err.Error(), "already exists") {
@@ -242,30 +243,30 @@ func TestCapacity(t *testing.T) {
 	noEvent(t, h)
 
 	// Hibernating a releases its share.
-	mustOp(t, h, "a", core.OpHibernate)
+	mustOp(t, h, "a", api.OpHibernate)
 	mustStart(t, h, spec("c", 1024, 2))
 	// Restoring a now needs 2048 MiB and 2 vCPUs; 1024 MiB and 1 vCPU are free.
-	err = h.Op(ctx, "a", core.OpRestore, nil)
+	err = h.Op(ctx, "a", api.OpRestore, nodemgr.OpOptions{})
 	if err == nil || !strings.Contains(err.Error(), "memory: 1024 MiB free, 2048 MiB needed") ||
 		!strings.Contains(err.Error(), "vCPUs: 1 free, 2 needed") {
 		t.Fatalf("restore over capacity: %v", err)
 	}
-	if got := stateOf(t, h, "a"); got != core.StateHibernated {
+	if got := stateOf(t, h, "a"); got != api.StateHibernated {
 		t.Fatalf("a is %q after refused restore", got)
 	}
 	// Destroying c frees room for the restore.
-	mustOp(t, h, "c", core.OpDestroy)
-	mustOp(t, h, "a", core.OpRestore)
+	mustOp(t, h, "c", api.OpDestroy)
+	mustOp(t, h, "a", api.OpRestore)
 
 	// vCPUs alone can be short.
-	mustOp(t, h, "b", core.OpShutdown) // frees 2048 MiB, 1 vCPU
+	mustOp(t, h, "b", api.OpShutdown) // frees 2048 MiB, 1 vCPU
 	err = h.Start(ctx, spec("d", 1024, 3))
 	if err == nil || !strings.Contains(err.Error(), "vCPUs: 2 free, 3 needed") || strings.Contains(err.Error(), "memory") {
 		t.Fatalf("vCPU shortage: %v", err)
 	}
 	// A shutoff domain does not hold capacity, but cycling it back does.
 	mustStart(t, h, spec("d", 2048, 2))
-	err = h.Op(ctx, "b", core.OpCycle, nil)
+	err = h.Op(ctx, "b", api.OpCycle, nodemgr.OpOptions{})
 	if !errors.Is(err, ErrInsufficientCapacity) {
 		t.Fatalf("cycle of shutoff domain on a full node: %v", err)
 	}
@@ -274,7 +275,7 @@ func TestCapacity(t *testing.T) {
 		t.Fatal(err)
 	}
 	nextEvent(t, h)
-	mustOp(t, h, "b", core.OpCycle)
+	mustOp(t, h, "b", api.OpCycle)
 }
 
 func TestBootDelayAndCancel(t *testing.T) {
@@ -299,19 +300,19 @@ func TestBootDelayAndCancel(t *testing.T) {
 	if err := slow.Appear(spec("c", 2048, 2)); err != nil {
 		t.Fatal(err)
 	}
-	expectEvent(t, slow, nodemgr.DomainEvent{Name: "c", State: core.StateRunning, Reason: "appeared"})
+	expectEvent(t, slow, nodemgr.GuestEvent{Name: "c", State: api.StateRunning, Reason: "appeared"})
 
 	// An op cut short by ctx changes nothing (ops take BootDelay/4).
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Millisecond)
 	defer cancel2()
-	if err := slow.Op(ctx2, "c", core.OpPause, nil); !errors.Is(err, context.DeadlineExceeded) {
+	if err := slow.Op(ctx2, "c", api.OpPause, nodemgr.OpOptions{}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("op with expiring ctx: %v", err)
 	}
-	if got := stateOf(t, slow, "c"); got != core.StateRunning {
+	if got := stateOf(t, slow, "c"); got != api.StateRunning {
 		t.Fatalf("c is %q after cancelled pause", got)
 	}
 	// Invalid transitions fail without waiting.
-	if err := slow.Op(context.Background(), "c", core.OpResume, nil); !errors.Is(err, ErrInvalidTransition) {
+	if err := slow.Op(context.Background(), "c", api.OpResume, nodemgr.OpOptions{}); !errors.Is(err, ErrInvalidTransition) {
 		t.Fatalf("resume running: %v", err)
 	}
 	// Migration cut short: the domain keeps running here.
@@ -320,7 +321,7 @@ func TestBootDelayAndCancel(t *testing.T) {
 	if err := slow.Migrate(ctx3, "c", "n2", "n2:1"); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("migrate with expiring ctx: %v", err)
 	}
-	if got := stateOf(t, slow, "c"); got != core.StateRunning {
+	if got := stateOf(t, slow, "c"); got != api.StateRunning {
 		t.Fatalf("c is %q after cancelled migration", got)
 	}
 	noEvent(t, slow)
@@ -336,15 +337,15 @@ func TestMigration(t *testing.T) {
 	if err := dst.PrepareIncoming(ctx, s); err != nil {
 		t.Fatal(err)
 	}
-	expectEvent(t, dst, nodemgr.DomainEvent{Name: "vm", State: core.StateRunning, Reason: "incoming migration"})
+	expectEvent(t, dst, nodemgr.GuestEvent{Name: "vm", State: api.StateRunning, Reason: "incoming migration"})
 	if err := src.Migrate(ctx, "vm", "dst", "dst:7000"); err != nil {
 		t.Fatal(err)
 	}
-	expectEvent(t, src, nodemgr.DomainEvent{Name: "vm", Gone: true, Reason: "migrated to dst"})
+	expectEvent(t, src, nodemgr.GuestEvent{Name: "vm", Gone: true, Reason: "migrated to dst"})
 	if _, ok := list(t, src)["vm"]; ok {
 		t.Fatal("source still lists vm")
 	}
-	if got := list(t, dst)["vm"]; got.State != core.StateRunning || got.MemMB != 2048 || got.VCPUs != 2 {
+	if got := list(t, dst)["vm"]; got.State != api.StateRunning || got.MemMB != 2048 || got.VCPUs != 2 {
 		t.Fatalf("destination lists %+v", got)
 	}
 	if err := dst.PrepareIncoming(ctx, s); !errors.Is(err, ErrExists) {
@@ -363,7 +364,7 @@ func TestMigration(t *testing.T) {
 	if err := dst.AbortIncoming(ctx, "big"); err != nil {
 		t.Fatal(err)
 	}
-	expectEvent(t, dst, nodemgr.DomainEvent{Name: "big", Gone: true, Reason: "incoming migration aborted"})
+	expectEvent(t, dst, nodemgr.GuestEvent{Name: "big", Gone: true, Reason: "incoming migration aborted"})
 	if err := dst.PrepareIncoming(ctx, spec("more", 2048, 2)); err != nil {
 		t.Fatalf("prepare after abort: %v", err)
 	}
@@ -373,7 +374,7 @@ func TestMigration(t *testing.T) {
 	if err := dst.AbortIncoming(ctx, "never"); err != nil {
 		t.Fatal(err)
 	}
-	mustOp(t, dst, "vm", core.OpPause)
+	mustOp(t, dst, "vm", api.OpPause)
 	if err := dst.AbortIncoming(ctx, "vm"); err == nil {
 		t.Fatal("abort removed an adopted domain")
 	}
@@ -381,8 +382,8 @@ func TestMigration(t *testing.T) {
 	if err := dst.Migrate(ctx, "vm", "src", "src:7000"); err != nil {
 		t.Fatal(err)
 	}
-	expectEvent(t, dst, nodemgr.DomainEvent{Name: "vm", Gone: true, Reason: "migrated to src"})
-	mustOp(t, dst, "more", core.OpShutdown)
+	expectEvent(t, dst, nodemgr.GuestEvent{Name: "vm", Gone: true, Reason: "migrated to src"})
+	mustOp(t, dst, "more", api.OpShutdown)
 	if err := dst.Migrate(ctx, "more", "src", "src:7000"); err == nil || !strings.Contains(err.Error(), "cannot migrate: domain is shutoff") {
 		t.Fatalf("migrate shutoff: %v", err)
 	}
@@ -399,8 +400,8 @@ func TestPersistence(t *testing.T) {
 	mustStart(t, h1, nodemgr.Spec{Name: "a", MemMB: 2048, VCPUs: 2, Data: map[string]string{"ip": "10.1.1.1"}})
 	mustStart(t, h1, spec("b", 1024, 1))
 	mustStart(t, h1, spec("c", 1024, 1))
-	mustOp(t, h1, "b", core.OpPause)
-	mustOp(t, h1, "c", core.OpHibernate)
+	mustOp(t, h1, "b", api.OpPause)
+	mustOp(t, h1, "c", api.OpHibernate)
 	if err := h1.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -423,7 +424,7 @@ func TestPersistence(t *testing.T) {
 
 	h2 := newHV(t, Options{Node: "n1", CPUs: 4, MemMB: 4096, StateFile: file})
 	got := list(t, h2)
-	want := map[string]core.VMState{"a": core.StateRunning, "b": core.StatePaused, "c": core.StateHibernated}
+	want := map[string]api.VMState{"a": api.StateRunning, "b": api.StatePaused, "c": api.StateHibernated}
 	if len(got) != len(want) {
 		t.Fatalf("resumed %v", got)
 	}
@@ -437,7 +438,7 @@ func TestPersistence(t *testing.T) {
 		t.Fatalf("start beyond resumed capacity: %v", err)
 	}
 	mustStart(t, h2, spec("d", 1024, 1))
-	mustOp(t, h2, "b", core.OpResume)
+	mustOp(t, h2, "b", api.OpResume)
 
 	// Another node may not adopt this file.
 	if _, err := New(Options{Node: "other", StateFile: file}); err == nil || !strings.Contains(err.Error(), "belongs to node") {
@@ -451,7 +452,7 @@ func TestInject(t *testing.T) {
 	mustStart(t, h, spec("a", 1024, 1))
 	mustStart(t, h, spec("b", 1024, 1))
 	mustStart(t, h, spec("s", 1024, 1))
-	mustOp(t, h, "s", core.OpShutdown)
+	mustOp(t, h, "s", api.OpShutdown)
 
 	if err := Inject(file, "crash", "a"); err != nil {
 		t.Fatal(err)
@@ -464,24 +465,24 @@ func TestInject(t *testing.T) {
 	}
 	noEvent(t, h) // nothing noticed until the next call
 	got := list(t, h)
-	if got["a"].State != core.StateCrashed {
+	if got["a"].State != api.StateCrashed {
 		t.Errorf("a is %q, want crashed", got["a"].State)
 	}
 	if _, ok := got["b"]; ok {
 		t.Error("vanished b still listed")
 	}
-	if got["c"].State != core.StateRunning || got["c"].MemMB != 1024 || got["c"].VCPUs != 1 {
+	if got["c"].State != api.StateRunning || got["c"].MemMB != 1024 || got["c"].VCPUs != 1 {
 		t.Errorf("appeared c listed as %+v", got["c"])
 	}
-	evs := map[string]nodemgr.DomainEvent{}
+	evs := map[string]nodemgr.GuestEvent{}
 	for range 3 {
 		ev := nextEvent(t, h)
 		evs[ev.Name] = ev
 	}
-	wantEvs := map[string]nodemgr.DomainEvent{
-		"a": {Name: "a", State: core.StateCrashed, Reason: "crashed"},
+	wantEvs := map[string]nodemgr.GuestEvent{
+		"a": {Name: "a", State: api.StateCrashed, Reason: "crashed"},
 		"b": {Name: "b", Gone: true, Reason: "vanished"},
-		"c": {Name: "c", State: core.StateRunning, Reason: "appeared"},
+		"c": {Name: "c", State: api.StateRunning, Reason: "appeared"},
 	}
 	for n, w := range wantEvs {
 		if evs[n] != w {
@@ -498,8 +499,8 @@ func TestInject(t *testing.T) {
 
 	for _, c := range []struct{ action, name, want string }{
 		{"crash", "s", "cannot crash: domain is shutoff"},
-		{"crash", "zz", "no such domain"},
-		{"vanish", "zz", "no such domain"},
+		{"crash", "zz", "no such guest"},
+		{"vanish", "zz", "no such guest"},
 		{"appear", "c", "already exists"},
 		{"explode", "c", "unknown injection"},
 	} {
@@ -512,10 +513,10 @@ func TestInject(t *testing.T) {
 	if err := Inject(file, "vanish", "d"); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.Op(context.Background(), "d", core.OpPause, nil); !errors.Is(err, ErrNoSuchDomain) {
+	if err := h.Op(context.Background(), "d", api.OpPause, nodemgr.OpOptions{}); !errors.Is(err, ErrNoSuchGuest) {
 		t.Fatalf("op on injected-away domain: %v", err)
 	}
-	expectEvent(t, h, nodemgr.DomainEvent{Name: "d", Gone: true, Reason: "vanished"})
+	expectEvent(t, h, nodemgr.GuestEvent{Name: "d", Gone: true, Reason: "vanished"})
 }
 
 // TestInjectHelperProcess is the "other process" of TestInjectOtherProcess.
@@ -563,7 +564,7 @@ func TestInjectOtherProcess(t *testing.T) {
 	appeared := 0
 	for range 60 {
 		ev := nextEvent(t, h)
-		if strings.HasPrefix(ev.Name, "ext") && ev.State == core.StateRunning && ev.Reason == "appeared" {
+		if strings.HasPrefix(ev.Name, "ext") && ev.State == api.StateRunning && ev.Reason == "appeared" {
 			appeared++
 		}
 	}
@@ -576,13 +577,13 @@ func TestInjectOtherProcess(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("helper: %v\n%s", err, out)
 	}
-	if s := stateOf(t, h, "own3"); s != core.StateCrashed {
+	if s := stateOf(t, h, "own3"); s != api.StateCrashed {
 		t.Fatalf("own3 is %q", s)
 	}
-	evs := []nodemgr.DomainEvent{nextEvent(t, h), nextEvent(t, h)}
+	evs := []nodemgr.GuestEvent{nextEvent(t, h), nextEvent(t, h)}
 	sort.Slice(evs, func(i, j int) bool { return evs[i].Name < evs[j].Name })
-	if evs[0] != (nodemgr.DomainEvent{Name: "ext7", Gone: true, Reason: "vanished"}) ||
-		evs[1] != (nodemgr.DomainEvent{Name: "own3", State: core.StateCrashed, Reason: "crashed"}) {
+	if evs[0] != (nodemgr.GuestEvent{Name: "ext7", Gone: true, Reason: "vanished"}) ||
+		evs[1] != (nodemgr.GuestEvent{Name: "own3", State: api.StateCrashed, Reason: "crashed"}) {
 		t.Fatalf("events %+v", evs)
 	}
 }
@@ -620,7 +621,7 @@ func TestConcurrentStarts(t *testing.T) {
 					defer wg.Done()
 					h.List(ctx)
 					h.Stats(ctx)
-					h.Op(ctx, fmt.Sprintf("vm%d", i), core.OpReboot, nil)
+					h.Op(ctx, fmt.Sprintf("vm%d", i), api.OpReboot, nodemgr.OpOptions{})
 				}()
 			}
 			wg.Wait()
@@ -650,7 +651,7 @@ func TestCloseWhileEmitting(t *testing.T) {
 					}
 					return
 				}
-				h.Op(ctx, name, core.OpDestroy, nil)
+				h.Op(ctx, name, api.OpDestroy, nodemgr.OpOptions{})
 			}
 		}()
 	}
@@ -713,8 +714,8 @@ func TestStats(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		h.Op(ctx, "p", core.OpPause, nil)
-		h.Op(ctx, "o", core.OpShutdown, nil)
+		h.Op(ctx, "p", api.OpPause, nodemgr.OpOptions{})
+		h.Op(ctx, "o", api.OpShutdown, nodemgr.OpOptions{})
 		h.SetLoad("pin", 1.5)
 		return h
 	}
@@ -728,21 +729,21 @@ func TestStats(t *testing.T) {
 		if fmt.Sprint(s1) != fmt.Sprint(s2) {
 			t.Fatalf("same seed, different stats:\n%v\n%v", s1, s2)
 		}
-		r := s1.Domains["r"]
+		r := s1.Guests["r"]
 		if r.CPU < 0 || r.CPU > 4 || r.MemBytes != 1024<<20 || r.NetRx <= 0 || r.DiskWrite <= 0 {
 			t.Fatalf("running domain sample %+v", r)
 		}
-		if p := s1.Domains["p"]; p.CPU != 0 || p.MemBytes != 2048<<20 || p.NetRx != 0 {
+		if p := s1.Guests["p"]; p.CPU != 0 || p.MemBytes != 2048<<20 || p.NetRx != 0 {
 			t.Fatalf("paused domain sample %+v", p)
 		}
-		if o := s1.Domains["o"]; o != (core.Sample{}) {
+		if o := s1.Guests["o"]; o != (nodemgr.Sample{}) {
 			t.Fatalf("shutoff domain sample %+v", o)
 		}
-		if s1.Domains["pin"].CPU != 1.5 {
-			t.Fatalf("pinned load %v", s1.Domains["pin"].CPU)
+		if s1.Guests["pin"].CPU != 1.5 {
+			t.Fatalf("pinned load %v", s1.Guests["pin"].CPU)
 		}
-		var sum core.Sample
-		for _, s := range s1.Domains {
+		var sum nodemgr.Sample
+		for _, s := range s1.Guests {
 			sum.CPU += s.CPU
 			sum.MemBytes += s.MemBytes
 			sum.NetTx += s.NetTx
@@ -752,7 +753,7 @@ func TestStats(t *testing.T) {
 		}
 	}
 	h1.SetLoad("pin", -1)
-	if s, _ := h1.Stats(ctx); s.Domains["pin"].CPU == 1.5 {
+	if s, _ := h1.Stats(ctx); s.Guests["pin"].CPU == 1.5 {
 		t.Fatal("unpinned load stayed at the pin")
 	}
 	info, err := h1.NodeInfo(ctx)

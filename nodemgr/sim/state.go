@@ -12,7 +12,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/api"
+
 	"github.com/usher-vm/usher/nodemgr"
 )
 
@@ -27,7 +28,7 @@ type fileState struct {
 
 type fileDomain struct {
 	Name     string            `json:"name"`
-	State    core.VMState      `json:"state"`
+	State    api.VMState       `json:"state"`
 	Reason   string            `json:"reason,omitempty"`
 	MemMB    int               `json:"mem_mb"`
 	VCPUs    int               `json:"vcpus"`
@@ -211,7 +212,7 @@ func Inject(stateFile, action, name string) error {
 		if !consumes(d.State) {
 			return &TransitionError{Name: name, Op: "crash", State: d.State}
 		}
-		d.State, d.Reason = core.StateCrashed, "crashed"
+		d.State, d.Reason = api.StateCrashed, "crashed"
 		return nil
 	})
 }
@@ -241,7 +242,7 @@ func AppearIn(stateFile string, spec nodemgr.Spec) error {
 				return e
 			}
 		}
-		st.Domains = append(st.Domains, fileDomain{Name: spec.Name, State: core.StateRunning,
+		st.Domains = append(st.Domains, fileDomain{Name: spec.Name, State: api.StateRunning,
 			Reason: "appeared", MemMB: spec.MemMB, VCPUs: spec.VCPUs, Data: copyMap(spec.Data)})
 		return nil
 	})

@@ -1,0 +1,143 @@
+package site
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/usher-vm/usher/core/config"
+	"github.com/usher-vm/usher/nodemgr"
+	"github.com/usher-vm/usher/nodemgr/drivers"
+	"github.com/usher-vm/usher/transport"
+)
+
+// LNMOptions are what one LNM of a process changes of the configuration
+// (a process may run many: `usher lnm --count`, the embedded site) and
+// what a configuration file cannot say.
+type LNMOptions struct {
+	Name     string // lnm.name
+	CertFile string // lnm.cert_file
+	KeyFile  string // lnm.key_file
+	// Set overrides parameters for this LNM (lnm.sim_state_file, say).
+	Set map[string]any
+	// Driver replaces the driver lnm.driver would make (tests).
+	Driver nodemgr.Driver
+	// MinBackoff and MaxBackoff bound the reconnect backoff (0: the
+	// LNM's defaults).
+	MinBackoff, MaxBackoff time.Duration
+	Logger                 *slog.Logger
+}
+
+// LNM is an assembled local node manager: its TLS identity, its VMM
+// driver (from the driver registry), the recovery listener and the
+// nodemgr.LNM. Run serves until its context ends and then closes the
+// driver.
+type LNM struct {
+	*nodemgr.LNM
+	drv nodemgr.Driver
+}
+
+// Driver is the LNM's VMM driver.
+func (l *LNM) Driver() nodemgr.Driver { return l.drv }
+
+// overlay reads o.Set first, then the configuration.
+type overlay struct {
+	base *config.Set
+	set  map[string]any
+}
+
+func (o overlay) String(k string) string {
+	if v, ok := o.set[k].(string); ok {
+		return v
+	}
+	return o.base.String(k)
+}
+
+func (o overlay) Int(k string) int {
+	if v, ok := o.set[k].(int); ok {
+		return v
+	}
+	return o.base.Int(k)
+}
+
+func (o overlay) Duration(k string) time.Duration {
+	if v, ok := o.set[k].(time.Duration); ok {
+		return v
+	}
+	return o.base.Duration(k)
+}
+
+// NewLNM assembles an LNM from cfg (see Params) and o.
+func NewLNM(ctx context.Context, cfg *config.Set, o LNMOptions) (*LNM, error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := overlay{cfg, o.Set}
+	name, cert, key := o.Name, o.CertFile, o.KeyFile
+	if name == "" {
+		name = c.String("lnm.name")
+	}
+	if cert == "" {
+		cert = c.String("lnm.cert_file")
+	}
+	if key == "" {
+		key = c.String("lnm.key_file")
+	}
+	if name == "" {
+		return nil, fmt.Errorf("lnm.name is not set")
+	}
+	for k, v := range map[string]string{"lnm.cert_file": cert, "lnm.key_file": key, "lnm.ca_file": c.String("lnm.ca_file")} {
+		if v == "" {
+			return nil, fmt.Errorf("%s is not set (see usher ca --help)", k)
+		}
+	}
+	sn := c.String("lnm.server_name")
+	if sn == "" {
+		host, _, err := net.SplitHostPort(c.String("lnm.controller"))
+		if err != nil {
+			return nil, fmt.Errorf("lnm.controller: %w", err)
+		}
+		sn = host
+	}
+	caFile := c.String("lnm.ca_file")
+	tlsCfg, err := transport.ClientTLS(caFile, cert, key, sn)
+	if err != nil {
+		return nil, err
+	}
+	var recTLS *tls.Config
+	if c.String("lnm.recovery_listen") != "" {
+		if recTLS, err = transport.RecoveryServerTLS(caFile, cert, key); err != nil {
+			return nil, err
+		}
+	}
+	drv := o.Driver
+	if drv == nil {
+		kind, err := drivers.Lookup(c.String("lnm.driver"))
+		if err != nil {
+			return nil, err
+		}
+		if drv, err = kind.New(ctx, name, c.String("lnm.address"), c, log); err != nil {
+			return nil, fmt.Errorf("%s driver: %w", kind.Name, err)
+		}
+	}
+	l, err := nodemgr.New(nodemgr.Options{Name: name, Address: c.String("lnm.address"), Controller: c.String("lnm.controller"),
+		TLS: tlsCfg, Driver: drv, Limits: Limits(cfg, "lnm."), ScanInterval: c.Duration("lnm.scan_interval"),
+		Logger: log.With("component", "nodemgr"), RecoveryListen: c.String("lnm.recovery_listen"), RecoveryTLS: recTLS,
+		MinBackoff: o.MinBackoff, MaxBackoff: o.MaxBackoff})
+	if err != nil {
+		drv.Close()
+		return nil, err
+	}
+	return &LNM{LNM: l, drv: drv}, nil
+}
+
+// Run serves the controller until ctx ends, then closes the driver (its
+// guests keep running).
+func (l *LNM) Run(ctx context.Context) error {
+	defer l.drv.Close()
+	return l.LNM.Run(ctx)
+}
