@@ -53,6 +53,7 @@ test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzHandleReport$$' -fuzztime $(or $(FUZZTIME),800000x) ./core/
 	$(GO) test -run '^$$' -fuzz '^FuzzSizeHint$$' -fuzztime $(or $(FUZZTIME),20000x) ./core/
 	$(GO) test -run '^$$' -fuzz '^FuzzRequestConversion$$' -fuzztime $(or $(FUZZTIME),40000x) ./lua/
+	$(GO) test -run '^$$' -fuzz '^FuzzClientMethods$$' -fuzztime $(or $(FUZZTIME),60000x) ./controller/
 
 vet:
 	$(GO) vet $(PKGS)

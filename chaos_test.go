@@ -341,7 +341,17 @@ func waitState(t testing.TB, admin *client.Client, d time.Duration, ok func([]vm
 		}
 		if time.Now().After(deadline) {
 			keys, lr := snapshot(t, admin)
-			t.Fatalf("state not as expected after %v: %d VMs, lists %+v", d, len(keys), lr)
+			var lists []string
+			if lr != nil {
+				for _, l := range [][]*api.VM{lr.Lost, lr.Missing, lr.Unmanaged, lr.Conflicts} {
+					var ns []string
+					for _, v := range l {
+						ns = append(ns, v.Name+"@"+v.LNM+"("+string(v.State)+")")
+					}
+					lists = append(lists, strings.Join(ns, " "))
+				}
+			}
+			t.Fatalf("state not as expected after %v: VMs %v; lost, missing, unmanaged, conflicts: %q", d, keys, lists)
 		}
 		time.Sleep(50 * time.Millisecond) // polling a converging state
 	}

@@ -25,18 +25,19 @@ import (
 	"github.com/usher-vm/usher/core/coretest"
 	"github.com/usher-vm/usher/nodemgr"
 	lv "github.com/usher-vm/usher/nodemgr/libvirt"
+	"github.com/usher-vm/usher/nodemgr/libvirt/libvirttest"
 )
 
 type lvSite struct {
 	*site.Site
-	h       *lv.Harness
+	h       *libvirttest.Harness
 	drivers map[string]*lv.Driver
 	host    map[string]int // LNM name → harness host number
 }
 
 func startLibvirtSite(t testing.TB) *lvSite {
 	t.Helper()
-	h := lv.StartHarness(t)
+	h := libvirttest.StartHarness(t)
 	ls := &lvSite{h: h, drivers: map[string]*lv.Driver{}, host: map[string]int{"host1": 1, "host2": 2}}
 	hooks := coretest.New(map[string]string{"alice": "alice-pw", "root": "root-pw"}, "root")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -183,7 +184,9 @@ func TestLibvirtEndToEnd(t *testing.T) {
 
 	// reboot (forced: the test guest ignores ACPI): a second boot
 	name, host, drv = vm(1)
-	op(api.OpReboot, name, map[string]string{"force": "1"})
+	if r, err := alice.Op(ctx, api.OpArgs{Op: api.OpReboot, VMs: []string{name}, Force: true}); err != nil || r.OK() != 1 {
+		t.Fatalf("reboot --force %s: %v %+v", name, err, r)
+	}
 	waitConsole(t, drv.ConsolePath(name), 2, 0)
 
 	// cycle: destroyed and created again under a new domain id

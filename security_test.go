@@ -17,8 +17,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -44,6 +46,7 @@ type secOptions struct {
 	policy     string            // extra [policy] lines
 	scripts    map[string]string // site policy scripts (policy.dirs)
 	vms        int               // alice's VMs to start (default 4)
+	grace      string            // controller.grace (default 10s)
 }
 
 func (c *chaos) writeControllerConf(o secOptions) {
@@ -69,7 +72,7 @@ state_dir = %q
 report_interval = "200ms"
 keepalive = "500ms"
 write_timeout = "2s"
-grace = "10s"
+grace = %q
 %s
 
 [policy]
@@ -81,7 +84,14 @@ dirs = [%q]
 file = %q
 admins = ["root"]
 `, c.addr, filepath.Join(pki, "ctl.crt"), filepath.Join(pki, "ctl.key"), filepath.Join(pki, "ca.crt"),
-		filepath.Join(c.dir, "ctl"), o.controller, dir, o.policy, htFile))
+		filepath.Join(c.dir, "ctl"), cmpOr(o.grace, "10s"), o.controller, dir, o.policy, htFile))
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 func newSecSite(t *testing.T, o secOptions) *secSite {
@@ -207,7 +217,7 @@ func (s *secSite) healthy() {
 	if err != nil || len(lr.VMs) != 1 {
 		t.Fatalf("listing the new VM: %v %+v", err, lr)
 	}
-	if r, err := s.alice.Destroy(ctx, r.Done[0].Name); err != nil || r.OK() != 1 {
+	if r, err := s.alice.OpOnNames(ctx, api.OpDestroy, []string{r.Done[0].Name}, nil); err != nil || r.OK() != 1 {
 		t.Fatalf("destroying it: %v %+v", err, r)
 	}
 	deadline := time.Now().Add(30 * time.Second)
@@ -383,11 +393,12 @@ func TestAttackProtocolFlagsInArgs(t *testing.T) {
 }
 
 // TestAttackNodeCertificate: the holder of a node certificate of the site
-// (node3) registers and reports alice's VM that node1 holds, and plants VMs
-// for bob: the VM stays on node1 (a conflict, listed for admins), bob gets
-// nothing (the planted guests are unmanaged).
+// (node3), registering after the controller's startup window, reports
+// alice's VM that node1 holds and plants VMs for bob: the VM stays on
+// node1 (a conflict, listed for admins), bob gets nothing (the planted
+// guests are unmanaged).
 func TestAttackNodeCertificate(t *testing.T) {
-	s := newSecSite(t, secOptions{})
+	s := newSecSite(t, secOptions{grace: "1ms"})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	victim := s.before[0]
@@ -429,7 +440,27 @@ func TestAttackNodeCertificate(t *testing.T) {
 		{Name: "planted2.bob.usher.local", State: api.StateRunning}}}); err != nil {
 		t.Fatal(err)
 	}
+	// The rogue keeps its session alive as an LNM does.
+	beats := make(chan struct{})
+	beating := make(chan struct{})
+	go func() {
+		defer close(beating)
+		tk := time.NewTicker(100 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-beats:
+				return
+			case <-tk.C:
+				if st.Send("beat", struct{}{}) != nil {
+					return
+				}
+			}
+		}
+	}()
+	defer func() { close(beats); <-beating }()
 	_, lr := waitState(t, s.admin, 10*time.Second, func(_ []vmKey, lr *api.ListReply) bool { return len(lr.Conflicts) == 1 && len(lr.Unmanaged) == 2 })
+
 	if c := lr.Conflicts[0]; c.Name != victim.Name || c.LNM != "node3" {
 		t.Fatalf("conflict %+v", c)
 	}
@@ -553,18 +584,20 @@ func TestAttackPartialFrames(t *testing.T) {
 // costs the controller the same work as a wrong password; a password
 // longer than bcrypt checks is refused as such.
 func TestAttackLogins(t *testing.T) {
-	s := newSecSite(t, secOptions{controller: `login_free = 3
+	s := newSecSite(t, secOptions{controller: `login_free = 8
 login_backoff = "3s"`})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	login := func(user, pw string) error {
-		_, err := client.Connect(ctx, client.Config{Addr: s.addr, CAFile: filepath.Join(s.dir, "pki", "ca.crt"),
+		c, err := client.Connect(ctx, client.Config{Addr: s.addr, CAFile: filepath.Join(s.dir, "pki", "ca.crt"),
 			ServerName: "localhost", User: user, Password: pw, NoReconnect: true})
+		if err == nil {
+			c.Close()
+		}
 		return err
 	}
 	// Timing: unknown users and wrong passwords take as long (both run
-	// bcrypt). Measured as medians over a few tries, from 127.0.0.1 as
-	// bob (whose failures are what is counted).
+	// bcrypt). Medians of three tries each, within the free failures.
 	median := func(user string) time.Duration {
 		var ds []time.Duration
 		for range 3 {
@@ -580,17 +613,34 @@ login_backoff = "3s"`})
 	if unknown*3 < wrong {
 		t.Fatalf("an unknown user is refused in %v, a wrong password in %v: user enumeration", unknown, wrong)
 	}
-	// bob has failed 3 times: the next attempt, even right, must wait.
-	err := login("bob", "wrong")
+	// Past the free failures (here of the address, 127.0.0.1) each login
+	// must wait, across reconnects, and is told how long.
 	var e *api.Error
-	if !errors.As(err, &e) || e.Code != api.CodeUnauthorized || e.RetryAfter() <= 0 || !strings.Contains(e.Msg, "try again in") {
-		t.Fatalf("a failed login past the free ones: %v", err)
+	for i := 0; ; i++ {
+		err := login("bob", "wrong")
+		if errors.As(err, &e) && e.RetryAfter() > 0 {
+			break
+		}
+		if i == 10 {
+			t.Fatalf("no backoff after %d failed logins: %v", 6+i, err)
+		}
+	}
+	if e.Code != api.CodeUnauthorized || !strings.Contains(e.Msg, "try again in") {
+		t.Fatalf("the backoff error: %+v", e)
 	}
 	if err := login("bob", "bob-pw"); err == nil || !strings.Contains(err.Error(), "try again in") {
 		t.Fatalf("bob's right password during his backoff: %v", err)
 	}
 	if err := login("bob", strings.Repeat("p", 73)); err == nil || !strings.Contains(err.Error(), "72") {
 		t.Fatalf("a 73-byte password: %v", err)
+	}
+	// The backoff passes: bob logs in with his password.
+	deadline := time.Now().Add(30 * time.Second)
+	for login("bob", "bob-pw") != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("bob still refused after his backoff")
+		}
+		time.Sleep(200 * time.Millisecond) // waiting out the backoff
 	}
 	s.healthy()
 }
@@ -615,5 +665,137 @@ func TestAttackStateFiles(t *testing.T) {
 		}
 	}
 	s.base = s.status(true)
+	s.healthy()
+}
+
+// TestAttackHostileScripts: a careless or hostile policy author cannot
+// take the controller's memory with one operation, fill the disk or slow
+// the other scripts with the store, or read files the configuration does
+// not name.
+func TestAttackHostileScripts(t *testing.T) {
+	s := newSecSite(t, secOptions{policy: `mem_limit_mb = 32
+store_max_mb = 1`, scripts: map[string]string{
+		"bomb.lua": `usher.on("op_request", function(req)
+  if req.args.bomb then
+    local s = string.rep("x", 1000000)
+    local t = s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s ..
+              s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s ..
+              s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s .. s
+    return #t
+  end
+end)`,
+		"hog.lua": `usher.on("op_request", function(req)
+  if req.args.hog then
+    local v = string.rep("y", 60000)
+    for i = 1, 1000 do
+      local ok, err = pcall(usher.store.set, "hog." .. i, v)
+      if not ok then
+        if not tostring(err):find("full") then error(err) end
+        return
+      end
+    end
+    error("the store never filled")
+  end
+end)`,
+		"reader.lua": `usher.on("start_request", function(req)
+  for _, p in ipairs({"/etc/shadow", "/proc/self/environ", "../../../../etc/passwd"}) do
+    local users, err = usher.read_htpasswd(p)
+    for _, vm in ipairs(req.vms) do vm.data[p] = users and "read" or "refused" end
+  end
+end)`,
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	name := s.before[0].Name
+	op := func(args api.StringMap) (*api.Result, error) {
+		return s.alice.Op(ctx, api.OpArgs{Op: api.OpPause, VMs: []string{name}, Args: args})
+	}
+	if _, err := op(api.StringMap{"bomb": "1"}); !errors.Is(err, api.ErrRejected) || !strings.Contains(err.Error(), "memory limit") {
+		t.Fatalf("a 60 MB concatenation in one instruction under a 32 MB limit: %v", err)
+	}
+	if st := s.status(true); st.HeapBytes > s.base.HeapBytes+32<<20 {
+		t.Fatalf("after the bomb the controller's live heap is %d MiB (baseline %d MiB)", st.HeapBytes>>20, s.base.HeapBytes>>20)
+	}
+	if r, err := op(api.StringMap{"hog": "1"}); err != nil || r.OK() != 1 {
+		t.Fatalf("the store hog (its sets refused once full): %v %+v", err, r)
+	}
+	// Other scripts' store writes fail with the same clear error, and
+	// requests keep flowing (place_roundrobin writes the store on each).
+	r, err := s.alice.Start(ctx, api.StartArgs{Cluster: "read", Count: 3})
+	if err != nil || r.OK() != 3 {
+		t.Fatalf("starts (place_roundrobin writes the store) with the hog's share full: %v %+v", err, r)
+	}
+	{
+		for _, d := range r.Done {
+			if d.OK && d.VM != nil {
+				for _, p := range []string{"/etc/shadow", "/proc/self/environ", "../../../../etc/passwd"} {
+					if d.VM.Data[p] != "refused" {
+						t.Errorf("read_htpasswd(%s): %s", p, d.VM.Data[p])
+					}
+				}
+				s.alice.OpOnNames(ctx, api.OpDestroy, []string{d.Name}, nil)
+			}
+		}
+	}
+	// The hog's request paused the VM (its handler returned normally).
+	if r, err := s.alice.OpOnNames(ctx, api.OpResume, []string{name}, nil); err != nil || r.OK() != 1 {
+		t.Fatalf("a resume after the attacks: %v %+v", err, r)
+	}
+	waitState(t, s.admin, 10*time.Second, allRunning(len(s.before)))
+	s.healthy()
+}
+
+// TestAttackBusyMachine: with every core kept busy by other work, correct
+// policies are not cut: their budget counts their own instructions, not
+// the wall clock.
+func TestAttackBusyMachine(t *testing.T) {
+	s := newSecSite(t, secOptions{policy: `budget = "30s"`})
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 * runtime.NumCPU() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			x := 0
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				for i := range 100000 {
+					x += i
+				}
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+	var names []string
+	for i := range 40 {
+		r, err := s.alice.Start(ctx, api.StartArgs{Cluster: fmt.Sprintf("busy%d", i%4), Count: 1, MemMB: 64})
+		if err != nil || r.OK() != 1 {
+			t.Fatalf("start %d on a busy machine: %v %+v", i, err, r)
+		}
+		names = append(names, r.Done[0].Name)
+	}
+	close(stop)
+	wg.Wait()
+	stop = make(chan struct{})
+	if r, err := s.alice.OpOnNames(ctx, api.OpDestroy, names, nil); err != nil || r.OK() != len(names) {
+		t.Fatalf("destroying them: %v %+v", err, r)
+	}
+	st, err := s.admin.Policy(ctx, api.PolicyArgs{Action: "status"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range st.Scripts {
+		for _, h := range sc.Handlers {
+			if h.Cut > 0 {
+				t.Fatalf("%s %s was cut %d times on a busy machine", sc.Name, h.Name, h.Cut)
+			}
+		}
+	}
 	s.healthy()
 }

@@ -24,9 +24,11 @@ type Config struct {
 	EventBuffer   int           // pushed events queued per client before it is cut off
 	OwnerOnly     bool          // baseline: non-admins see and touch only their own VMs
 	// Adopt says when a managed VM the controller has no record of, found
-	// on a node, is adopted (see AdoptMode).
-	Adopt  AdoptMode
-	Logger *slog.Logger
+	// on a node, is adopted (see AdoptMode); AdoptWindow is how long after
+	// the controller starts any registering node is believed (recovery).
+	Adopt       AdoptMode
+	AdoptWindow time.Duration
+	Logger      *slog.Logger
 }
 
 // AdoptMode says which nodes the controller believes about VMs it has no
@@ -37,10 +39,12 @@ type AdoptMode string
 
 // Adoption modes.
 const (
-	// AdoptRecovery (the default) adopts unknown managed VMs only from a
-	// node known from before a controller restart, while it registers:
-	// the paper's crash recovery, where the nodes' reports rebuild the
-	// state. Elsewhere they go on the unmanaged list.
+	// AdoptRecovery (the default) adopts unknown managed VMs only in
+	// recovery: from a node known from before a controller restart, at its
+	// first registration since, and from any node that registers within
+	// AdoptWindow of the controller's start (its state may have been
+	// lost): the paper's crash recovery, where the nodes' reports rebuild
+	// the state. Elsewhere they go on the unmanaged list.
 	AdoptRecovery AdoptMode = "recovery"
 	// AdoptNever puts every unknown VM on the unmanaged list.
 	AdoptNever AdoptMode = "never"
@@ -123,6 +127,8 @@ type Controller struct {
 	// restart adopts every VM of the site): events are read-only once
 	// emitted.
 	adopted api.StringMap
+	// adoptUntil ends the startup window of AdoptRecovery.
+	adoptUntil time.Time
 }
 
 // New builds a controller. hooks must not be nil.
@@ -131,9 +137,10 @@ func New(cfg Config, hooks Hooks) *Controller {
 	return &Controller{
 		cfg: cfg, hooks: hooks, st: newState(cfg.Domain), log: cfg.Logger,
 		byUser: map[string]map[*Subscription]struct{}{}, watch: map[*Subscription]struct{}{},
-		idem:    newIdemCache(10000, 10*time.Minute),
-		adopted: api.StringMap{"adopted": "true"},
-		stop:    make(chan struct{}),
+		idem:       newIdemCache(10000, 10*time.Minute),
+		adopted:    api.StringMap{"adopted": "true"},
+		stop:       make(chan struct{}),
+		adoptUntil: time.Now().Add(cfg.AdoptWindow),
 	}
 }
 

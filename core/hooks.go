@@ -59,6 +59,7 @@ type Request struct {
 	Args    api.StringMap
 	All     bool // list: everyone's VMs
 	DryRun  bool // plan: change nothing
+	Force   bool // op: a shutdown or reboot the guest does not honour in time is forced
 }
 
 // Decision is what the policy chain decided about a Request: the request

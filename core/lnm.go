@@ -207,8 +207,10 @@ func (c *Controller) AttachLNM(ctx context.Context, hello api.Hello, link api.No
 		if l.acks != nil {
 			l.acks.close()
 		}
-		expected := l.lnm.State == api.LNMRecovering
-		adopt := c.cfg.Adopt == AdoptAlways || (c.cfg.Adopt == AdoptRecovery && expected)
+		recovering := (l.known && !l.attached) || time.Now().Before(c.adoptUntil)
+		adopt := c.cfg.Adopt == AdoptAlways || (c.cfg.Adopt == AdoptRecovery && recovering)
+		c.log.Debug("LNM registering", "lnm", info.Name, "adopts", adopt, "known", l.known, "first", !l.attached, "window_left", time.Until(c.adoptUntil))
+		l.attached = true
 		// Free capacity is the node's size less what its VMs take
 		// (syncSlotLocked): the size may have changed.
 		l.lnm.Info = info
@@ -588,6 +590,7 @@ func (c *Controller) ExpectLNMs(infos []api.NodeInfo) {
 			}
 			l := c.st.lnmLocked(info.Name)
 			l.lnm = api.LNM{Info: info, State: api.LNMRecovering, Since: now()}
+			l.known = true
 			c.st.syncSlotLocked(l)
 		}
 	})

@@ -181,6 +181,34 @@ func TestPolicyRewriteIsWhatRuns(t *testing.T) {
 	}
 }
 
+// TestForceReachesTheNode: --force is part of the op the node runs, for
+// exactly the request that asked for it.
+func TestForceReachesTheNode(t *testing.T) {
+	pl := newPipeline(t)
+	names := pl.start(t, 2)
+	var mu sync.Mutex
+	forced := map[string]bool{}
+	pl.n1.OnOp = func(_ context.Context, a api.LNMOpArgs) (api.LNMResults, error) {
+		mu.Lock()
+		for _, n := range a.Names {
+			forced[n] = a.Force
+		}
+		mu.Unlock()
+		return pl.n1.DefaultOp(a), nil
+	}
+	for i, force := range []bool{true, false} {
+		r, err := pl.c.OpOn(context.Background(), alice, api.OpArgs{Op: api.OpReboot, VMs: names[i : i+1], Force: force})
+		if err != nil || r.OK() != 1 {
+			t.Fatalf("reboot (force %v): %v %+v", force, err, r)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !forced[names[0]] || forced[names[1]] {
+		t.Fatalf("force seen by the node: %v (want %s forced, %s not)", forced, names[0], names[1])
+	}
+}
+
 func TestMigrateMovesTheVM(t *testing.T) {
 	pl := newPipeline(t)
 	name := pl.start(t, 1)[0]
@@ -494,5 +522,44 @@ func TestNodeBelievedOnlyAboutItsOwnVMs(t *testing.T) {
 	}
 	if c := pl.c.State().Counts(); c.Conflicts != 1 || c.VMs != 1 {
 		t.Fatalf("counts %+v", c)
+	}
+}
+
+// TestAdoptionOnlyInRecovery: outside the startup window a node that
+// registers with managed guests the controller has no record of gets
+// them listed as unmanaged; a node known from before a restart has its
+// guests adopted at its first registration, not at a later one.
+func TestAdoptionOnlyInRecovery(t *testing.T) {
+	pl := newPipeline(t)
+	ctx := context.Background()
+	rogue := apitest.NewNode("n3")
+	rogue.Put(api.Guest{Name: "planted.bob.usher.test", State: api.StateRunning, MemMB: 64, VCPUs: 1})
+	if _, err := pl.c.AttachLNM(ctx, api.Hello{Node: api.NodeInfo{Name: "n3", CPUs: 4, MemMB: 4096}}, rogue, rogue.Guests()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := pl.c.State().VM("planted.bob.usher.test"); ok {
+		t.Fatal("an unknown node's guest was adopted outside recovery")
+	}
+	if n := pl.c.State().Counts().Unmanaged; n != 1 {
+		t.Fatalf("%d unmanaged, want the planted guest", n)
+	}
+	// A node known from before a restart: adopted at its first registration.
+	pl.c.ExpectLNMs([]api.NodeInfo{{Name: "n4"}})
+	known := apitest.NewNode("n4")
+	known.Put(api.Guest{Name: "db1.alice.usher.test", State: api.StateRunning, MemMB: 64, VCPUs: 1})
+	g, err := pl.c.AttachLNM(ctx, api.Hello{Node: api.NodeInfo{Name: "n4", CPUs: 4, MemMB: 4096}}, known, known.Guests())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := pl.c.State().VM("db1.alice.usher.test"); !ok || v.LNM != "n4" {
+		t.Fatal("a known node's guest was not adopted at its first registration")
+	}
+	pl.c.DetachLNM("n4", g, "test")
+	known.Put(api.Guest{Name: "db2.alice.usher.test", State: api.StateRunning, MemMB: 64, VCPUs: 1})
+	if _, err := pl.c.AttachLNM(ctx, api.Hello{Node: api.NodeInfo{Name: "n4", CPUs: 4, MemMB: 4096}}, known, known.Guests()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := pl.c.State().VM("db2.alice.usher.test"); ok {
+		t.Fatal("a new guest was adopted at a later registration")
 	}
 }

@@ -467,7 +467,7 @@ func (c *Controller) OpOn(ctx context.Context, id api.Identity, a api.OpArgs) (r
 }
 
 func (c *Controller) opOn(ctx context.Context, id api.Identity, a api.OpArgs, dry bool) (*api.Result, error) {
-	req := &Request{ID: a.ID, Kind: KindOp, User: id, Op: a.Op, Args: a.Args, DryRun: dry}
+	req := &Request{ID: a.ID, Kind: KindOp, User: id, Op: a.Op, Args: a.Args, DryRun: dry, Force: a.Force}
 	pre := c.resolve(id, a.VMs, req)
 	d := NewDecision(req)
 	d.Dropped = pre
@@ -528,13 +528,13 @@ func (c *Controller) opOn(ctx context.Context, id api.Identity, a api.OpArgs, dr
 		return finish(""), nil
 	}
 	pending := ""
-	if !c.runBatches(ctx, len(order), func(i int) { c.opBatch(order[i], op, groups[order[i]], a.ID, res) }) {
+	if !c.runBatches(ctx, len(order), func(i int) { c.opBatch(order[i], op, a.Force, groups[order[i]], a.ID, res) }) {
 		pending = "still in progress when the request's deadline passed; watch its state"
 	}
 	return finish(pending), nil
 }
 
-func (c *Controller) opBatch(lnm string, op api.Op, names []string, reqID string, res *outcome) {
+func (c *Controller) opBatch(lnm string, op api.Op, force bool, names []string, reqID string, res *outcome) {
 	defer c.batchGuard(string(op)+" on "+lnm, names, res)
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.OpTimeout)
 	defer cancel()
@@ -544,7 +544,7 @@ func (c *Controller) opBatch(lnm string, op api.Op, names []string, reqID string
 	if link == nil {
 		err = fmt.Errorf("LNM %q disconnected", lnm)
 	} else {
-		out, err = link.OpOn(ctx, api.LNMOpArgs{Op: op, Names: names})
+		out, err = link.OpOn(ctx, api.LNMOpArgs{Op: op, Names: names, Force: force})
 	}
 	byName := make(map[string]api.VMResult, len(out.Results))
 	for _, r := range out.Results {

@@ -28,7 +28,9 @@ type lnmRec struct {
 	// holds: the copy it reported, kept out of the VM index.
 	conflicts map[string]*api.VM
 	acks      *acker
-	slot      int // 1 + its index in State.slots (0: none yet)
+	slot      int  // 1 + its index in State.slots (0: none yet)
+	known     bool // known from before a restart (ExpectLNMs)
+	attached  bool // has registered with this controller
 	// What the node's VMs take of it (see consumes), kept by every
 	// change: its free capacity is its size less this.
 	usedMem, usedCPUs, active int

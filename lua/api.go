@@ -40,23 +40,7 @@ func (ls *lstate) installAPI() {
 	for k, f := range fns {
 		u.RawSetString(k, L.NewFunction(f))
 	}
-	st := L.NewTable()
-	st.RawSetString("get", L.NewFunction(func(L *glua.LState) int {
-		L.Push(toLua(L, h.store.get(L.CheckString(1))))
-		return 1
-	}))
-	st.RawSetString("set", L.NewFunction(func(L *glua.LState) int {
-		k := L.CheckString(1)
-		val, err := fromLua(L.Get(2), 1)
-		if err != nil {
-			L.ArgError(2, err.Error())
-		}
-		if err := h.store.set(k, val); err != nil {
-			L.RaiseError("store: %v", err)
-		}
-		return 0
-	}))
-	u.RawSetString("store", st)
+	u.RawSetString("store", ls.storeTable())
 	lg := L.NewTable()
 	logger := h.log.With("script", ls.v.file)
 	for name, lvl := range map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError} {
@@ -219,7 +203,9 @@ func (ls *lstate) apiDrop(L *glua.LState) int {
 	var vms *glua.LTable
 	switch r := L.Get(1).(type) {
 	case *glua.LUserData:
-		vms = ls.vmsTable(checkReq(L))
+		view := checkReq(L)
+		mayChange(L, view.event, "req.vms", core.FieldVMs)
+		vms = ls.vmsTable(view)
 	case *glua.LTable: // a request table a script built itself
 		vms, _ = r.RawGetString("vms").(*glua.LTable)
 	}
@@ -478,10 +464,30 @@ func (ls *lstate) apiMigrate(L *glua.LState) int {
 // maxBcryptCost bounds the work one password check may take.
 const maxBcryptCost = 14
 
+// usher.bcrypt_check(hash, password [, like]) → whether password matches
+// hash. With hash nil (no such user) it does the same work against a
+// stand-in of like's cost (default 10) and answers false, so an unknown
+// user costs what a wrong password costs. A password longer than the 72
+// bytes bcrypt reads never matches.
 func (ls *lstate) apiBcrypt(L *glua.LState) int {
-	hash := L.CheckString(1)
 	pw := L.CheckString(2)
-	if pw == "" || hash == "" {
+	hash := ""
+	if s, ok := L.Get(1).(glua.LString); ok {
+		hash = string(s)
+	}
+	if pw == "" || len(pw) > 72 {
+		L.Push(glua.LFalse)
+		return 1
+	}
+	if hash == "" {
+		cost := bcrypt.DefaultCost
+		if like, ok := L.Get(3).(glua.LString); ok {
+			if c, err := bcrypt.Cost([]byte(like)); err == nil && c <= maxBcryptCost {
+				cost = c
+			}
+		}
+		stand := ls.v.h.standIn(cost)
+		ls.call.pause(func() { bcrypt.CompareHashAndPassword(stand, []byte(pw)) })
 		L.Push(glua.LFalse)
 		return 1
 	}
@@ -498,12 +504,60 @@ func (ls *lstate) apiBcrypt(L *glua.LState) int {
 // maxHtpasswd bounds the file read_htpasswd accepts.
 const maxHtpasswd = 4 << 20
 
-// usher.read_htpasswd(path) → {user=hash}, {user={groups}}
-func (ls *lstate) apiHtpasswd(L *glua.LState) int {
-	p := L.CheckString(1)
+// resolve makes a script's path absolute (relative to its directory) and
+// follows symbolic links.
+func (ls *lstate) resolve(p string) string {
 	if !filepath.IsAbs(p) {
 		p = filepath.Join(ls.v.dir, p)
 	}
+	p = filepath.Clean(p)
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r
+	}
+	return p
+}
+
+// mayRead reports whether the script may read path: only files the site's
+// configuration names, in policy.files or in the script's own
+// policy.config section (auth_htpasswd's file, say).
+func (ls *lstate) mayRead(path string) bool {
+	want := ls.resolve(path)
+	for _, f := range ls.v.h.opts.Files {
+		if ls.resolve(f) == want {
+			return true
+		}
+	}
+	found := false
+	var walk func(v any)
+	walk = func(v any) {
+		switch x := v.(type) {
+		case string:
+			if !found && x != "" && ls.resolve(x) == want {
+				found = true
+			}
+		case map[string]any:
+			for _, e := range x {
+				walk(e)
+			}
+		case []any:
+			for _, e := range x {
+				walk(e)
+			}
+		}
+	}
+	walk(map[string]any(ls.v.config))
+	return found
+}
+
+// usher.read_htpasswd(path) → {user=hash}, {user={groups}}
+func (ls *lstate) apiHtpasswd(L *glua.LState) int {
+	p := L.CheckString(1)
+	if !ls.mayRead(p) {
+		L.Push(glua.LNil)
+		L.Push(glua.LString(fmt.Sprintf("%s: not a file the site configuration names for %s (policy.files, or this script's policy.config)", p, ls.v.file)))
+		return 2
+	}
+	p = ls.resolve(p)
 	f, err := os.Open(p)
 	if err != nil {
 		L.Push(glua.LNil)
@@ -558,4 +612,123 @@ func (ls *lstate) apiSetActive(L *glua.LState) int {
 	}
 	ls.v.h.SetActive(ev, target, on)
 	return 0
+}
+
+// storeTable is usher.store: get, set, delete, cas, incr and list over
+// the host's store. Waiting for the database costs the handler neither
+// instructions nor backstop time; what it stores costs work by size.
+func (ls *lstate) storeTable() *glua.LTable {
+	L := ls.L
+	st := ls.v.h.store
+	raise := func(L *glua.LState, err error) {
+		L.RaiseError("store: %v", err)
+	}
+	ttlArg := func(L *glua.LState, n int) time.Duration {
+		if L.Get(n) == glua.LNil {
+			return 0
+		}
+		d, err := parseInterval(L.Get(n))
+		if err != nil {
+			L.ArgError(n, err.Error())
+		}
+		return d
+	}
+	value := func(L *glua.LState, n int) any {
+		v, err := fromLua(L.Get(n), 1)
+		if err != nil {
+			L.ArgError(n, err.Error())
+		}
+		return v
+	}
+	fns := map[string]glua.LGFunction{
+		// usher.store.get(key) → value or nil
+		"get": func(L *glua.LState) int {
+			var v any
+			var err error
+			ls.call.pause(func() { v, err = st.get(L.CheckString(1)) })
+			if err != nil {
+				raise(L, err)
+			}
+			L.Push(toLua(L, v))
+			return 1
+		},
+		// usher.store.set(key, value [, ttl]): nil deletes
+		"set": func(L *glua.LState) int {
+			k, v, ttl := L.CheckString(1), value(L, 2), ttlArg(L, 3)
+			ls.call.work(L, uint64(len(k))/64+1)
+			var err error
+			ls.call.pause(func() { err = st.set(ls.v.name, k, v, ttl) })
+			if err != nil {
+				raise(L, err)
+			}
+			return 0
+		},
+		// usher.store.delete(key)
+		"delete": func(L *glua.LState) int {
+			var err error
+			ls.call.pause(func() { err = st.delete(ls.v.name, L.CheckString(1)) })
+			if err != nil {
+				raise(L, err)
+			}
+			return 0
+		},
+		// usher.store.cas(key, old, new [, ttl]) → whether it swapped
+		"cas": func(L *glua.LState) int {
+			k, old, v, ttl := L.CheckString(1), value(L, 2), value(L, 3), ttlArg(L, 4)
+			var ok bool
+			var err error
+			ls.call.pause(func() { ok, err = st.cas(ls.v.name, k, old, v, ttl) })
+			if err != nil {
+				raise(L, err)
+			}
+			L.Push(glua.LBool(ok))
+			return 1
+		},
+		// usher.store.incr(key [, delta]) → the new value
+		"incr": func(L *glua.LState) int {
+			k, d := L.CheckString(1), float64(L.OptNumber(2, 1))
+			var n float64
+			var err error
+			ls.call.pause(func() { n, err = st.incr(ls.v.name, k, d) })
+			if err != nil {
+				raise(L, err)
+			}
+			L.Push(glua.LNumber(n))
+			return 1
+		},
+		// usher.store.list(prefix [, {after=, limit=}]) → {key = value}, last key
+		"list": func(L *glua.LState) int {
+			prefix := L.CheckString(1)
+			after, limit := "", 1000
+			if o := L.OptTable(2, nil); o != nil {
+				after = luaString(o.RawGetString("after"))
+				if n, ok := luaInt(o.RawGetString("limit")); ok && n > 0 {
+					limit = min(n, 10000)
+				}
+			}
+			var keys []string
+			var vals []any
+			var err error
+			ls.call.pause(func() { keys, vals, err = st.list(prefix, after, limit) })
+			if err != nil {
+				raise(L, err)
+			}
+			ls.call.work(L, uint64(len(keys))*workPerObject)
+			t := L.CreateTable(0, len(keys))
+			for i, k := range keys {
+				t.RawSetString(k, toLua(L, vals[i]))
+			}
+			L.Push(t)
+			if len(keys) == limit {
+				L.Push(glua.LString(keys[len(keys)-1]))
+				return 2
+			}
+			return 1
+		},
+	}
+	t := L.CreateTable(0, len(fns))
+	for k, f := range fns {
+		t.RawSetString(k, L.NewFunction(f))
+	}
+	return t
 }

@@ -263,6 +263,7 @@ func (f *fixtureView) request(event string, t *glua.LTable) (*core.Request, *cor
 	req.Cluster = str(t, "cluster", "")
 	req.All = glua.LVAsBool(t.RawGetString("all"))
 	req.DryRun = glua.LVAsBool(t.RawGetString("dry_run"))
+	req.Force = glua.LVAsBool(t.RawGetString("force"))
 	if l, ok := t.RawGetString("lnms").(*glua.LTable); ok {
 		req.LNMs = luaStrings(l)
 	}

@@ -2,6 +2,7 @@ package lua
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/usher-vm/usher/api"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/fsnotify/fsnotify"
 	glua "github.com/yuin/gopher-lua"
@@ -39,9 +41,13 @@ type Options struct {
 	MemLimitMB   int                       // per call / state (default 64)
 	PoolSize     int                       // Lua states per script (default GOMAXPROCS*2)
 	Config       map[string]map[string]any // usher.config per script base name
-	StorePath    string                    // persistent key-value store ("" = in memory)
-	Logger       *slog.Logger
-	Modules      ModuleConfig // site-integration modules ldap, dns, sql, fs (mod_*.go); zero = none
+	StorePath    string                    // persistent key-value store, a SQLite file ("" = in memory)
+	StoreLimits  StoreLimits               // bounds of usher.store
+	// Files are what scripts may read besides the files their own Config
+	// section names (usher.read_htpasswd).
+	Files   []string
+	Logger  *slog.Logger
+	Modules ModuleConfig // site-integration modules ldap, dns, sql, fs (mod_*.go); zero = none
 }
 
 // DefaultInstructions is the default instruction budget of a handler call:
@@ -81,6 +87,8 @@ type Host struct {
 	ndropped atomic.Uint64
 	watcher  *fsnotify.Watcher
 	onReload atomic.Pointer[func(path string, err error)] // test hook
+
+	standIns sync.Map // bcrypt cost → a stand-in hash (bcrypt_check of an unknown user)
 
 	libMu     sync.Mutex                     // guards libProtos
 	libProtos map[string]*glua.FunctionProto // require: by path + content hash
@@ -174,9 +182,14 @@ func New(opts Options) (*Host, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	st, err := openStore(opts.StorePath)
+	st, err := openStore(opts.StorePath, opts.StoreLimits, opts.Logger)
 	if err != nil {
 		return nil, err
+	}
+	if p := opts.StorePath; strings.HasSuffix(p, ".db") {
+		if err := st.importJSON(strings.TrimSuffix(p, ".db")+".json", opts.Logger); err != nil {
+			opts.Logger.Warn("old policy store not imported", "err", err)
+		}
 	}
 	mods, err := newModules(opts.Modules, opts.Logger)
 	if err != nil {
@@ -253,7 +266,7 @@ func (h *Host) Close() error {
 	}
 	h.mu.Unlock()
 	h.wg.Wait()
-	return errors.Join(h.store.flush(), h.mods.close())
+	return errors.Join(h.store.close(), h.mods.close())
 }
 
 // scanDirs lists the script files to load, later dirs overriding earlier
@@ -582,4 +595,20 @@ func knownEvent(e string) bool {
 		}
 	}
 	return false
+}
+
+// standIn is a bcrypt hash of cost no password is known to match: what an
+// unknown user's password is checked against.
+func (h *Host) standIn(cost int) []byte {
+	if v, ok := h.standIns.Load(cost); ok {
+		return v.([]byte)
+	}
+	secret := make([]byte, 32)
+	rand.Read(secret)
+	b, err := bcrypt.GenerateFromPassword([]byte(hex.EncodeToString(secret)[:32]), cost)
+	if err != nil {
+		b, _ = bcrypt.GenerateFromPassword([]byte("stand-in"), bcrypt.DefaultCost)
+	}
+	v, _ := h.standIns.LoadOrStore(cost, b)
+	return v.([]byte)
 }

@@ -359,7 +359,7 @@ usher.on("start_request", function(req) usher.op("pause", {"x"}) end)
 usher.every("1h", function() local r, err = usher.migrate({"v1.alice.usher.test"}, {"n2"}); usher.store.set("res", r and r.requested or err) end, {name = "mover"})
 usher.every("1h", function() usher.set_active("start_request", "act", false) end, {name = "night"})`)
 	rec := &recorder{}
-	h, _ := New(Options{Dirs: []string{dir}, Logger: quietLogger(), StorePath: filepath.Join(dir, "store.json")})
+	h, _ := New(Options{Dirs: []string{dir}, Logger: quietLogger(), StorePath: filepath.Join(dir, "store.db")})
 	h.Bind(testView(), rec)
 	if err := h.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -381,9 +381,13 @@ usher.every("1h", function() usher.set_active("start_request", "act", false) end
 	}
 	// the store was written atomically to disk and reloads
 	h.Close()
-	st, err := openStore(filepath.Join(dir, "store.json"))
-	if err != nil || st.get("res") != float64(1) {
-		t.Fatalf("store reload: %v %v", st.get("res"), err)
+	st, err := openStore(filepath.Join(dir, "store.db"), StoreLimits{}, quietLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	if v, err := st.get("res"); err != nil || v != float64(1) {
+		t.Fatalf("store reload: %v %v", v, err)
 	}
 }
 

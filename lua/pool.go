@@ -23,13 +23,15 @@ type lstate struct {
 	rejectUD *glua.LUserData   // marker returned by usher.reject
 	dropFn   *glua.LFunction   // req:drop
 	memLimit int64
-	views    []*vmView              // request VM views of the current call
-	reqs     []*reqView             // request views of the current call
-	reqMeta  *glua.LTable           // metatable of request views (reqMT)
-	idMeta   *glua.LTable           // metatable of identity views (identityMT)
-	walk     walker                 // the memory estimate's, reused
-	loaded   map[string]glua.LValue // require: library results of this state
-	loading  map[string]bool        // require: libraries running their top level
+	views    []*vmView                 // request VM views of the current call
+	viewUD   map[vmKey]*glua.LUserData // the view userdata of each VM of the current call
+	proxies  map[*glua.LTable]proxyOf  // read-only proxies of the current call
+	reqs     []*reqView                // request views of the current call
+	reqMeta  *glua.LTable              // metatable of request views (reqMT)
+	idMeta   *glua.LTable              // metatable of identity views (identityMT)
+	walk     walker                    // the memory estimate's, reused
+	loaded   map[string]glua.LValue    // require: library results of this state
+	loading  map[string]bool           // require: libraries running their top level
 }
 
 // rejectMark is the value inside usher.reject's userdata.
@@ -221,6 +223,7 @@ func (h *Host) invoke(ctx context.Context, hd *handler, kind callKind,
 	var ce *callError
 	if errors.As(err, &ce) && ce.cut {
 		discard = true
+		hd.stats.cuts.Add(1)
 		h.log.Warn("lua state discarded after cut-off", "script", hd.v.file, "handler", hd.spec.name, "err", ce.msg)
 	}
 	d := time.Since(t0)

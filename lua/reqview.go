@@ -27,6 +27,7 @@ import (
 // handler returned raises an error, so a stashed view cannot touch a later
 // request.
 type vmView struct {
+	ls      *lstate
 	req     *core.Request
 	d       *core.Decision
 	i       int
@@ -89,18 +90,36 @@ func (e *extras) extraSet(L *glua.LState, k, v glua.LValue) {
 	e.extra.RawSet(k, v)
 }
 
-// newVMView wraps VM i of req for the current call.
+// vmKey names one VM of one decision.
+type vmKey struct {
+	d *core.Decision
+	i int
+}
+
+// newVMView wraps VM i of req for the current call. Within a call there is
+// one view per VM (register_vm's vm argument and req.vms[1] are the same
+// userdata), so writes through either are seen by both and none is lost.
 func (ls *lstate) newVMView(req *core.Request, d *core.Decision, i int, event string) *glua.LUserData {
-	view := &vmView{req: req, d: d, i: i, event: event, live: true}
+	k := vmKey{d, i}
+	if ud := ls.viewUD[k]; ud != nil {
+		return ud
+	}
+	view := &vmView{ls: ls, req: req, d: d, i: i, event: event, live: true}
 	ls.views = append(ls.views, view)
 	ud := ls.L.NewUserData()
 	ud.Value = view
 	ud.Metatable = vmViewMT(ls.L)
+	if ls.viewUD == nil {
+		ls.viewUD = map[vmKey]*glua.LUserData{}
+	}
+	ls.viewUD[k] = ud
 	return ud
 }
 
 // endViews invalidates the views of the call that ended.
 func (ls *lstate) endViews() {
+	clear(ls.viewUD)
+	clear(ls.proxies)
 	for _, v := range ls.views {
 		v.live = false
 	}
@@ -164,7 +183,7 @@ func vmGet(L *glua.LState, view *vmView, k string) (glua.LValue, bool) {
 			if core.Writable(view.event, core.FieldData) == nil {
 				view.dataRW = true
 			} else {
-				view.data = readOnly(L, view.data, "vm.data", view.event)
+				view.data = view.ls.readOnly(view.data, "vm.data", view.event)
 			}
 		}
 		return view.data, true
@@ -238,9 +257,16 @@ func vmSet(L *glua.LState, view *vmView, k string, val glua.LValue) bool {
 }
 
 // readOnly is a proxy of t whose assignments raise, naming what and the
-// event; reads, # and pairs see t.
-func readOnly(L *glua.LState, t *glua.LTable, what, event string) *glua.LTable {
+// event; reads, #, pairs, ipairs, next, unpack and table.concat see t, and
+// table.insert, table.remove, table.sort and rawset raise too (the
+// sandbox's versions consult ls.proxies).
+func (ls *lstate) readOnly(t *glua.LTable, what, event string) *glua.LTable {
+	L := ls.L
 	proxy := L.CreateTable(0, 0)
+	if ls.proxies == nil {
+		ls.proxies = map[*glua.LTable]proxyOf{}
+	}
+	ls.proxies[proxy] = proxyOf{t: t, msg: what + " cannot change in " + event}
 	mt := L.CreateTable(0, 5)
 	mt.RawSetString("__index", t)
 	mt.RawSetString("__newindex", L.NewFunction(func(L *glua.LState) int {
@@ -381,7 +407,7 @@ func (ls *lstate) vmsTable(view *reqView) *glua.LTable {
 		}
 		view.vms, view.vmsRW = t, core.Writable(view.event, core.FieldVMs) == nil
 		if !view.vmsRW {
-			view.vms = readOnly(ls.L, t, "req.vms", view.event)
+			view.vms = ls.readOnly(t, "req.vms", view.event)
 		}
 	}
 	return view.vms
@@ -420,7 +446,7 @@ func (ls *lstate) reqGet(L *glua.LState, view *reqView, k string) (glua.LValue, 
 		if view.lnms == nil {
 			view.lnms, view.lnmsRW = strList(L, d.LNMs), core.Writable(view.event, core.FieldLNMs) == nil
 			if !view.lnmsRW {
-				view.lnms = readOnly(L, view.lnms, "req.lnms", view.event)
+				view.lnms = ls.readOnly(view.lnms, "req.lnms", view.event)
 			}
 		}
 		return view.lnms, true
@@ -428,7 +454,7 @@ func (ls *lstate) reqGet(L *glua.LState, view *reqView, k string) (glua.LValue, 
 		if view.args == nil {
 			view.args, view.argsRW = strMap(L, d.Args), core.Writable(view.event, core.FieldArgs) == nil
 			if !view.argsRW {
-				view.args = readOnly(L, view.args, "req.args", view.event)
+				view.args = ls.readOnly(view.args, "req.args", view.event)
 			}
 		}
 		return view.args, true
@@ -436,6 +462,8 @@ func (ls *lstate) reqGet(L *glua.LState, view *reqView, k string) (glua.LValue, 
 		return glua.LBool(r.All), true
 	case "dry_run":
 		return glua.LBool(r.DryRun), true
+	case "force":
+		return glua.LBool(r.Force), true
 	case "drop":
 		return ls.dropFn, true
 	}
@@ -456,7 +484,7 @@ func reqSet(L *glua.LState, view *reqView, k string, val glua.LValue) bool {
 		return nil
 	}
 	switch k {
-	case "id", "kind", "user", "all", "dry_run", "drop", "cluster":
+	case "id", "kind", "user", "all", "dry_run", "force", "drop", "cluster":
 		L.RaiseError("req.%s is read-only", k)
 	case "op":
 		mayChange(L, view.event, "req.op", core.FieldOp)
@@ -540,4 +568,65 @@ func (ls *lstate) identityMT() *glua.LTable {
 	mt.RawSetString("__metatable", glua.LString("locked"))
 	ls.idMeta = mt
 	return mt
+}
+
+// proxyOf is what a read-only proxy stands for.
+type proxyOf struct {
+	t   *glua.LTable
+	msg string
+}
+
+// deproxy returns the table a read-only proxy stands for (t itself if it
+// is none), and the proxy's refusal.
+func (ls *lstate) deproxy(t *glua.LTable) (*glua.LTable, string) {
+	if p, ok := ls.proxies[t]; ok {
+		return p.t, p.msg
+	}
+	return t, ""
+}
+
+// seeThroughProxies replaces the base and table functions that read or
+// write a table raw: readers see what a proxy stands for, writers raise
+// its refusal at the script's line.
+func (ls *lstate) seeThroughProxies(L *glua.LState) {
+	g := L.G.Global
+	tbl := g.RawGetString("table").(*glua.LTable)
+	reader := func(orig glua.LValue) *glua.LFunction {
+		f := orig.(*glua.LFunction)
+		return L.NewFunction(func(L *glua.LState) int {
+			if t, ok := L.Get(1).(*glua.LTable); ok {
+				if real, msg := ls.deproxy(t); msg != "" {
+					L.Replace(1, real)
+				}
+			}
+			L.Insert(f, 1)
+			L.Call(L.GetTop()-1, glua.MultRet)
+			return L.GetTop()
+		})
+	}
+	writer := func(orig glua.LValue) *glua.LFunction {
+		f := orig.(*glua.LFunction)
+		return L.NewFunction(func(L *glua.LState) int {
+			if t, ok := L.Get(1).(*glua.LTable); ok {
+				if _, msg := ls.deproxy(t); msg != "" {
+					L.RaiseError("%s", msg)
+				}
+			}
+			L.Insert(f, 1)
+			L.Call(L.GetTop()-1, glua.MultRet)
+			return L.GetTop()
+		})
+	}
+	g.RawSetString("next", reader(g.RawGetString("next")))
+	g.RawSetString("unpack", reader(g.RawGetString("unpack")))
+	g.RawSetString("rawget", reader(g.RawGetString("rawget")))
+	g.RawSetString("rawset", writer(g.RawGetString("rawset")))
+	tbl.RawSetString("concat", reader(tbl.RawGetString("concat")))
+	tbl.RawSetString("insert", writer(tbl.RawGetString("insert")))
+	tbl.RawSetString("remove", writer(tbl.RawGetString("remove")))
+	tbl.RawSetString("sort", writer(tbl.RawGetString("sort")))
+	tbl.RawSetString("maxn", reader(tbl.RawGetString("maxn")))
+	if f, ok := tbl.RawGetString("getn").(*glua.LFunction); ok {
+		tbl.RawSetString("getn", reader(f))
+	}
 }

@@ -16,12 +16,10 @@ package lua
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -33,48 +31,12 @@ import (
 	"github.com/usher-vm/usher/client"
 )
 
-// buildUsher builds cmd/usher with policy.modules wired in.
+// buildUsher builds cmd/usher.
 func buildUsher(t *testing.T, dir string) string {
 	t.Helper()
 	repo, _ := filepath.Abs("..")
 	bin := filepath.Join(dir, "usher")
 	args := []string{"build", "-o", bin}
-	params, err := os.ReadFile(filepath.Join(repo, "cmd", "usher", "params.go"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(params), `"policy.modules"`) {
-		ctl, err := os.ReadFile(filepath.Join(repo, "cmd", "usher", "controller.go"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		const pAnchor = `		config.Param{Key: "policy.config",`
-		const cAnchor = `	return lua.New(lua.Options{`
-		const oAnchor = `		Config:     policyConfig(cfg.Map("policy.config")),`
-		if !strings.Contains(string(params), pAnchor) || !strings.Contains(string(ctl), cAnchor) || !strings.Contains(string(ctl), oAnchor) {
-			t.Fatal("cmd/usher changed: cannot apply the policy.modules overlay; wire policy.modules as docs/site-integration.md says")
-		}
-		p2 := strings.Replace(string(params), pAnchor,
-			`		config.Param{Key: "policy.modules", Kind: config.Map, Default: map[string]any{}, Help: "site-integration modules for policies (ldap, dns, sql, fs); see docs/site-integration.md"},
-`+pAnchor, 1)
-		c2 := strings.Replace(string(ctl), cAnchor, `	mods, err := lua.ParseModuleConfig(cfg.Map("policy.modules"))
-	if err != nil {
-		return nil, err
-	}
-`+cAnchor, 1)
-		c2 = strings.Replace(c2, oAnchor, oAnchor+"\n\t\tModules:    mods,", 1)
-		ov := map[string]map[string]string{"Replace": {}}
-		for name, body := range map[string]string{"params.go": p2, "controller.go": c2} {
-			f := filepath.Join(dir, "overlay-"+name)
-			os.WriteFile(f, []byte(body), 0o644)
-			ov["Replace"][filepath.Join(repo, "cmd", "usher", name)] = f
-		}
-		b, _ := json.Marshal(ov)
-		of := filepath.Join(dir, "overlay.json")
-		os.WriteFile(of, b, 0o644)
-		args = append(args, "-overlay", of)
-		t.Log("building usher with the policy.modules overlay (cmd/usher not wired yet)")
-	}
 	cmd := exec.Command("go", append(args, "./cmd/usher")...)
 	cmd.Dir = repo
 	if out, err := cmd.CombinedOutput(); err != nil {

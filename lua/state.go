@@ -133,6 +133,7 @@ func newSandbox(ls *lstate, logger *slog.Logger, script string) *glua.LState {
 	str.RawSetString("dump", glua.LNil)
 	tbl := L.GetGlobal("table").(*glua.LTable)
 	tbl.RawSetString("concat", L.NewFunction(ls.tableConcat))
+	ls.seeThroughProxies(L)
 	// The string metatable is per state; lock it so getmetatable("") does
 	// not hand out the table and setmetatable cannot replace it.
 	if mt, ok := L.GetMetatable(glua.LString("")).(*glua.LTable); ok {

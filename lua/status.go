@@ -13,6 +13,7 @@ import (
 type hstats struct {
 	calls   atomic.Uint64
 	errors  atomic.Uint64
+	cuts    atomic.Uint64 // calls cut off at a budget or limit
 	totalNs atomic.Int64
 	maxNs   atomic.Int64
 	buckets [32]atomic.Uint64 // bucket i: latency < 2^i µs
@@ -79,7 +80,7 @@ func (h *Host) Status() []api.ScriptStatus {
 				if hd.spec.every > 0 {
 					hs.Every = hd.spec.every.String()
 				}
-				hs.Calls, hs.Errors = hd.stats.calls.Load(), hd.stats.errors.Load()
+				hs.Calls, hs.Errors, hs.Cut = hd.stats.calls.Load(), hd.stats.errors.Load(), hd.stats.cuts.Load()
 				hs.TotalUS = hd.stats.totalNs.Load() / 1000
 				if hs.Calls > 0 {
 					hs.MeanUS = float64(hd.stats.totalNs.Load()) / 1000 / float64(hs.Calls)

@@ -8,7 +8,10 @@
 --   admins      = {"alice", ...}   users that are administrators
 --   admin_group = "admin"          members of this group are administrators
 -- An empty password is never accepted. A user not in the file, or a wrong
--- password, passes to the next authenticate handler (returns false).
+-- password, passes to the next authenticate handler (returns false). An
+-- unknown user costs the same bcrypt work as a wrong password (checked
+-- against a stand-in hash of the file's cost), so the answer's timing
+-- does not tell which names exist.
 
 local cfg = usher.config
 local file = cfg.file or "htpasswd"
@@ -26,7 +29,11 @@ usher.on("authenticate", function(cred)
     return false
   end
   local hash = users[cred.user]
-  if not hash or not usher.bcrypt_check(hash, cred.password) then
+  local like
+  if not hash then
+    for _, h in pairs(users) do like = h break end
+  end
+  if not usher.bcrypt_check(hash, cred.password, like) then
     return false
   end
   local gs = groups[cred.user] or {}

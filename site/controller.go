@@ -278,6 +278,7 @@ func coreConfig(cfg *config.Set, log *slog.Logger) (core.Config, error) {
 		EventBuffer:   cfg.Int("controller.event_buffer"),
 		OwnerOnly:     cfg.Bool("controller.owner_only"),
 		Adopt:         adopt,
+		AdoptWindow:   cfg.Duration("controller.grace"),
 		Logger:        log.With("component", "core"),
 	}, nil
 }
@@ -355,7 +356,9 @@ func newPolicyHost(cfg *config.Set, stateDir string, extraDirs []string, log *sl
 		Instructions: uint64(max(cfg.Int("policy.budget_instructions"), 1000)),
 		MemLimitMB:   cfg.Int("policy.mem_limit_mb"),
 		Config:       policyConfig(cfg.Map("policy.config")),
-		StorePath:    filepath.Join(stateDir, "policy-store.json"),
+		StorePath:    filepath.Join(stateDir, "policy-store.db"),
+		StoreLimits:  lua.StoreLimits{MaxTotal: int64(cfg.Int("policy.store_max_mb")) << 20},
+		Files:        cfg.Strings("policy.files"),
 		Modules:      mods,
 		Logger:       log.With("component", "lua"),
 	})

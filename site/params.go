@@ -41,7 +41,7 @@ func Params() *config.Set {
 		config.Param{Key: "controller.login_free", Kind: config.Int, Default: 5, Help: "failed logins per user name and per address before each further one must wait (controller.login_backoff, doubling)"},
 		config.Param{Key: "controller.login_backoff", Kind: config.Duration, Default: time.Second, Help: "the first wait after controller.login_free failed logins; it doubles with each further failure"},
 		config.Param{Key: "controller.login_backoff_max", Kind: config.Duration, Default: 5 * time.Minute, Help: "the longest wait between failed logins"},
-		config.Param{Key: "controller.adopt", Kind: config.String, Default: "recovery", Help: "which nodes are believed about VMs the controller has no record of: recovery (only nodes known from before a restart, while they register), never (they go on the unmanaged list), always"},
+		config.Param{Key: "controller.adopt", Kind: config.String, Default: "recovery", Help: "which nodes are believed about VMs the controller has no record of: recovery (nodes known from before a restart, at their first registration since, and any node registering within controller.grace of the start), never (they go on the unmanaged list), always"},
 		config.Param{Key: "controller.advertise", Kind: config.String, Default: "", Help: "address LNMs should connect to, sent in recovery announcements (default: controller.listen)"},
 		config.Param{Key: "controller.grace", Kind: config.Duration, Default: 30 * time.Second, Help: "after a restart, how long known LNMs have to reconnect before they are declared failed"},
 		config.Param{Key: "controller.event_buffer", Kind: config.Int, Default: 65536, Help: "pushed events queued per client before a lagging client is cut off (the queue takes memory only for what waits)"},
@@ -56,6 +56,8 @@ func Params() *config.Set {
 		config.Param{Key: "policy.budget_instructions", Kind: config.Int, Default: 5_000_000, Help: "budget of one handler call: Lua instructions plus the work usher functions do for it (the handler's own work, so a busy machine does not cut a correct handler); about 125 ms of Lua on a fast machine"},
 		config.Param{Key: "policy.budget", Kind: config.Duration, Default: 2 * time.Second, Help: "wall-clock backstop of one handler call (time waiting in usher.op, bcrypt or a site module is not charged)"},
 		config.Param{Key: "policy.mem_limit_mb", Kind: config.Int, Default: 64, Help: "memory budget of one Lua state (MiB)"},
+		config.Param{Key: "policy.store_max_mb", Kind: config.Int, Default: 64, Help: "share of usher.store each script may fill (MiB of keys and values it wrote; a key is at most 256 bytes, a value 64 KiB)"},
+		config.Param{Key: "policy.files", Kind: config.Strings, Default: []string{}, Help: "files policies may read (usher.read_htpasswd) besides those their own policy.config section names"},
 		config.Param{Key: "policy.modules", Kind: config.Map, Default: map[string]any{}, Help: "site-integration modules for policies (ldap, dns, sql, fs); see docs/site-integration.md"},
 		config.Param{Key: "policy.config", Kind: config.Map, Default: map[string]any{}, Help: "per-script configuration sections, e.g. [policy.config.quota] max_vms = 5"},
 		// lnm

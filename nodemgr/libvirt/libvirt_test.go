@@ -1,11 +1,13 @@
 //go:build libvirt
 
-package libvirt
+package libvirt_test
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/usher-vm/usher/nodemgr/libvirt"
+	"github.com/usher-vm/usher/nodemgr/libvirt/libvirttest"
 	"os"
 	"regexp"
 	"strconv"
@@ -19,12 +21,12 @@ import (
 	"github.com/usher-vm/usher/nodemgr"
 )
 
-var H *Harness
+var H *libvirttest.Harness
 
 func TestMain(m *testing.M) {
 	start := time.Now()
-	h, err := SetupHarness()
-	if errors.Is(err, ErrHarnessSkip) {
+	h, err := libvirttest.SetupHarness()
+	if errors.Is(err, libvirttest.ErrHarnessSkip) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(0)
 	}
@@ -47,7 +49,7 @@ func TestMain(m *testing.M) {
 const bootWait = 90 * time.Second // generous: TCG on a shared 2-core machine
 
 // newDriver starts a driver on host n and records its events.
-func newDriver(t *testing.T, n int, node string, tweak ...func(*Options)) (*Driver, *recorder) {
+func newDriver(t *testing.T, n int, node string, tweak ...func(*libvirt.Options)) (*libvirt.Driver, *recorder) {
 	t.Helper()
 	o := H.Options(n, node)
 	for _, f := range tweak {
@@ -55,7 +57,7 @@ func newDriver(t *testing.T, n int, node string, tweak ...func(*Options)) (*Driv
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	d, err := New(ctx, o)
+	d, err := libvirt.New(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +85,7 @@ type recorder struct {
 	done   chan struct{}
 }
 
-func record(d *Driver) *recorder {
+func record(d *libvirt.Driver) *recorder {
 	r := &recorder{notify: make(chan struct{}, 1), done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
@@ -211,7 +213,7 @@ func waitDomstate(t *testing.T, n int, name, want string) {
 	})
 }
 
-func listed(t *testing.T, d *Driver, name string) (nodemgr.GuestInfo, bool) {
+func listed(t *testing.T, d *libvirt.Driver, name string) (nodemgr.GuestInfo, bool) {
 	t.Helper()
 	doms, err := d.List(context.Background())
 	if err != nil {
@@ -225,7 +227,7 @@ func listed(t *testing.T, d *Driver, name string) (nodemgr.GuestInfo, bool) {
 	return nodemgr.GuestInfo{}, false
 }
 
-func wantListed(t *testing.T, d *Driver, name string, st api.VMState) {
+func wantListed(t *testing.T, d *libvirt.Driver, name string, st api.VMState) {
 	t.Helper()
 	di, ok := listed(t, d, name)
 	if !ok || di.State != st {
@@ -282,11 +284,11 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("console lacks hostname marker: %q", tail(text))
 	}
 	t.Logf("guest up (console) %v after Start", time.Since(t0))
-	if err := d.Start(ctx, nodemgr.Spec{Name: name, MemMB: 128, VCPUs: 1}); !errors.Is(err, ErrExists) {
-		t.Fatalf("second Start: %v, want ErrExists", err)
+	if err := d.Start(ctx, nodemgr.Spec{Name: name, MemMB: 128, VCPUs: 1}); !errors.Is(err, libvirt.ErrExists) {
+		t.Fatalf("second Start: %v, want libvirt.ErrExists", err)
 	}
-	if err := d.Start(ctx, nodemgr.Spec{Name: "huge.alice.test", MemMB: 1 << 30, VCPUs: 1}); !errors.Is(err, ErrInsufficientCapacity) {
-		t.Fatalf("huge Start: %v, want ErrInsufficientCapacity", err)
+	if err := d.Start(ctx, nodemgr.Spec{Name: "huge.alice.test", MemMB: 1 << 30, VCPUs: 1}); !errors.Is(err, libvirt.ErrInsufficientCapacity) {
+		t.Fatalf("huge Start: %v, want libvirt.ErrInsufficientCapacity", err)
 	}
 	wantListed(t, d, name, api.StateRunning)
 
@@ -321,7 +323,7 @@ func TestLifecycle(t *testing.T) {
 	waitDomstate(t, 1, name, "paused")
 	m = r.wait(t, m, name, "paused", isState(api.StatePaused))
 	wantListed(t, d, name, api.StatePaused)
-	if err := d.Op(ctx, name, api.OpRestore, nodemgr.OpOptions{}); !errors.Is(err, ErrInvalidTransition) {
+	if err := d.Op(ctx, name, api.OpRestore, nodemgr.OpOptions{}); !errors.Is(err, libvirt.ErrInvalidTransition) {
 		t.Fatalf("restore of a paused domain: %v", err)
 	}
 
@@ -346,7 +348,7 @@ func TestLifecycle(t *testing.T) {
 	}
 	m = r.wait(t, m, name, "hibernated", isState(api.StateHibernated))
 	wantListed(t, d, name, api.StateHibernated)
-	if err := d.Start(ctx, nodemgr.Spec{Name: name, MemMB: 128, VCPUs: 1}); !errors.Is(err, ErrExists) {
+	if err := d.Start(ctx, nodemgr.Spec{Name: name, MemMB: 128, VCPUs: 1}); !errors.Is(err, libvirt.ErrExists) {
 		t.Fatalf("Start over a hibernated VM: %v", err)
 	}
 
@@ -389,13 +391,13 @@ func TestLifecycle(t *testing.T) {
 	if di, ok := listed(t, d, name); ok {
 		t.Fatalf("destroyed domain still listed: %+v", di)
 	}
-	if err := d.Op(ctx, name, api.OpPause, nodemgr.OpOptions{}); !errors.Is(err, ErrNoSuchDomain) {
+	if err := d.Op(ctx, name, api.OpPause, nodemgr.OpOptions{}); !errors.Is(err, libvirt.ErrNoSuchDomain) {
 		t.Fatalf("pause after destroy: %v", err)
 	}
 }
 
 func TestShutdownWithoutForceFails(t *testing.T) {
-	d, _ := newDriver(t, 1, "n1", func(o *Options) { o.ShutdownTimeout = time.Second })
+	d, _ := newDriver(t, 1, "n1", func(o *libvirt.Options) { o.ShutdownTimeout = time.Second })
 	ctx := context.Background()
 	const name = "sd1.alice.test"
 	destroyLater(t, name)
@@ -502,7 +504,7 @@ func TestForeignDomains(t *testing.T) {
 	d, r := newDriver(t, 1, "n1")
 	const name = "foreign1"
 	destroyLater(t, name)
-	def, err := d.domainDef(nodemgr.Spec{Name: name, MemMB: 96, VCPUs: 1})
+	def, err := d.DomainDef(nodemgr.Spec{Name: name, MemMB: 96, VCPUs: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

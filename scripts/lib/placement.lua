@@ -3,9 +3,10 @@
 --
 --   local placement = require("placement")
 --
--- nodes(req)             connected nodes as small records; when the request
---                        suggests nodes (req.lnms) and any of them is
---                        connected, only those
+-- nodes(req)             connected nodes with room for the request's
+--                        smallest VM, as small records (the node query:
+--                        filtered in Go); when the request suggests nodes
+--                        (req.lnms) and any of them qualifies, only those
 -- fits(n, vm)            n has the memory and vCPUs vm asks for
 -- take(n, vm)            reserve vm's resources on n for the rest of the request
 -- per_cpu(n)             n's load per CPU
@@ -18,21 +19,29 @@
 local M = {}
 
 function M.nodes(req)
-  local all, byname = {}, {}
-  for _, n in ipairs(usher.lnms()) do
-    if n.connected then
-      local r = {name = n.name, cpus = math.max(n.info.cpus, 1), free_mem = n.status.free_mem_mb,
-                 free_vcpus = n.status.free_vcpus, load = n.status.usage.cpu.m1, vms = n.status.vms}
-      all[#all + 1] = r
-      byname[n.name] = r
-    end
+  -- The node query filters in Go (connected, with room for the smallest
+  -- VM of the request, among the suggested nodes when any is connected):
+  -- only the candidates are handed to Lua.
+  local mem, cpus = math.huge, math.huge
+  for _, vm in ipairs(req.vms) do
+    mem = math.min(mem, vm.mem_mb or 0)
+    cpus = math.min(cpus, vm.vcpus or 0)
   end
-  local suggested = {}
-  for _, name in ipairs(req.lnms or {}) do
-    if byname[name] then suggested[#suggested + 1] = byname[name] end
+  if mem == math.huge then mem, cpus = 0, 0 end
+  local q = {connected = true, mem_mb = mem, vcpus = cpus}
+  local found
+  if req.lnms and #req.lnms > 0 then
+    q.names = req.lnms
+    found = usher.lnms(q)
+    q.names = nil
   end
-  if #suggested > 0 then return suggested end
-  return all
+  if not found or #found == 0 then found = usher.lnms(q) end
+  local out = {}
+  for _, n in ipairs(found) do
+    out[#out + 1] = {name = n.name, cpus = math.max(n.info.cpus, 1), free_mem = n.status.free_mem_mb,
+                     free_vcpus = n.status.free_vcpus, load = n.status.usage.cpu.m1, vms = n.status.vms}
+  end
+  return out
 end
 
 local function fits(n, vm)

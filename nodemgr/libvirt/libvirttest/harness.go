@@ -1,12 +1,16 @@
 //go:build libvirt
 
-package libvirt
+// Package libvirttest is the real-hypervisor test harness: two libvirtd
+// hosts on this machine and a prepared guest. Only tests import it (it
+// imports testing); it builds with the libvirt tag.
+package libvirttest
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/usher-vm/usher/nodemgr/libvirt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,7 +45,7 @@ var ErrHarnessSkip = errors.New("libvirt harness: skipped")
 // RepoRoot is the module root (found from this file's location).
 func RepoRoot() string {
 	_, f, _, _ := runtime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(f), "..", ".."))
+	return filepath.Clean(filepath.Join(filepath.Dir(f), "..", "..", ".."))
 }
 
 // GuestCmdline is the kernel command line for harness guests; the driver
@@ -166,8 +170,8 @@ func (h *Harness) StartHost(n int) error {
 }
 
 // Options returns driver options for host n with the harness guest.
-func (h *Harness) Options(n int, node string) Options {
-	return Options{
+func (h *Harness) Options(n int, node string) libvirt.Options {
+	return libvirt.Options{
 		Node: node, Socket: h.Sock(n), MigrationURI: h.URI(n), DomainType: "qemu",
 		Kernel: h.Kernel, Initrd: h.Initrd, Cmdline: GuestCmdline, StateDir: h.StateDir(n),
 		CallTimeout: 30 * time.Second, ShutdownTimeout: 3 * time.Second,

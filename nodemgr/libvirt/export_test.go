@@ -1,0 +1,11 @@
+package libvirt
+
+import (
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/usher-vm/usher/nodemgr"
+)
+
+// DomainDef is the domain definition the driver would make for spec
+// (tests outside the package).
+func (d *Driver) DomainDef(spec nodemgr.Spec) (*libvirtxml.Domain, error) { return d.domainDef(spec) }
