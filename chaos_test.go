@@ -8,6 +8,7 @@ package usher
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/internal/waitfor"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -102,15 +104,38 @@ func newChaos(t testing.TB) *chaos {
 	pki := filepath.Join(c.dir, "pki")
 	c.run("ca", "init", "--dir", pki)
 	c.run("ca", "issue", "--dir", pki, "--role", "controller", "--name", "ctl", "--host", "127.0.0.1", "--host", "localhost")
+	c.writeControllerConf(siteOptions{controller: "max_request_vms = 100000", policy: "watch = false"})
+	t.Cleanup(c.stopAll)
+	return c
+}
+
+// siteOptions vary a test site's controller configuration.
+type siteOptions struct {
+	controller string            // extra [controller] lines
+	policy     string            // extra [policy] lines
+	scripts    map[string]string // site policy scripts (policy.dirs)
+	vms        int               // alice's VMs to start (default 4)
+	grace      string            // controller.grace (default 10s)
+	cost       int               // bcrypt cost of the users' passwords (default the minimum)
+}
+
+// writeControllerConf writes the controller's configuration: users alice,
+// bob and root (password <user>-pw, root an admin) in an htpasswd file,
+// the shipped owner-only and round-robin policies, and o.
+func (c *chaos) writeControllerConf(o siteOptions) {
+	pki := filepath.Join(c.dir, "pki")
 	var ht strings.Builder
-	for _, u := range []string{"alice", "root"} {
-		h, err := bcrypt.GenerateFromPassword([]byte(u+"-pw"), bcrypt.MinCost)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&ht, "%s:%s\n", u, h)
+	for _, u := range []string{"alice", "bob", "root"} {
+		fmt.Fprintf(&ht, "%s:%s\n", u, hashPW(c.t, u+"-pw", o.cost))
 	}
 	htFile := c.write("users.htpasswd", ht.String())
+	dir := filepath.Join(c.dir, "policies")
+	os.MkdirAll(dir, 0o755)
+	for name, src := range o.scripts {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o644); err != nil {
+			c.t.Fatal(err)
+		}
+	}
 	c.ctlConf = c.write("controller.toml", fmt.Sprintf(`[controller]
 listen = %q
 cert_file = %q
@@ -120,20 +145,35 @@ state_dir = %q
 report_interval = "200ms"
 keepalive = "500ms"
 write_timeout = "2s"
-grace = "10s"
-max_request_vms = 100000
+grace = %q
+%s
 
 [policy]
 enable = ["auth_htpasswd", "authz_owner", "place_roundrobin"]
-watch = false
+dirs = [%q]
+%s
 
 [policy.config.auth_htpasswd]
 file = %q
 admins = ["root"]
 `, c.addr, filepath.Join(pki, "ctl.crt"), filepath.Join(pki, "ctl.key"), filepath.Join(pki, "ca.crt"),
-		filepath.Join(c.dir, "ctl"), htFile))
-	t.Cleanup(c.stopAll)
-	return c
+		filepath.Join(c.dir, "ctl"), cmpOr(o.grace, "10s"), o.controller, dir, o.policy, htFile))
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+func hashPW(t testing.TB, pw string, cost int) string {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), max(cost, bcrypt.MinCost))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(h)
 }
 
 func (c *chaos) start(name string, args []string, conf string) {
@@ -190,18 +230,13 @@ func (c *chaos) stopAll() {
 
 func (c *chaos) startController() {
 	c.start("controller", []string{"controller"}, c.ctlConf)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	waitfor.Error(c.t, 20*time.Second, "the controller to listen on "+c.addr, func() error {
 		conn, err := net.DialTimeout("tcp", c.addr, time.Second)
 		if err == nil {
 			conn.Close()
-			return
 		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("controller did not listen on %s", c.addr)
-		}
-		time.Sleep(20 * time.Millisecond) // polling for a port to open
-	}
+		return err
+	})
 }
 
 // lnmConf writes the configuration of an LNM (or, with count > 1, of a
@@ -280,16 +315,16 @@ func (c *chaos) simVMs(dirs ...string) map[string][]string {
 				c.t.Fatal(err)
 			}
 			var st struct {
-				Node    string `json:"node"`
-				Domains []struct {
+				Node   string `json:"node"`
+				Guests []struct {
 					Name  string `json:"name"`
 					State string `json:"state"`
-				} `json:"domains"`
+				} `json:"guests"`
 			}
 			if err := json.Unmarshal(b, &st); err != nil {
 				c.t.Fatalf("%s: %v", f, err)
 			}
-			for _, d := range st.Domains {
+			for _, d := range st.Guests {
 				out[d.Name] = append(out[d.Name], st.Node)
 			}
 		}
@@ -331,30 +366,28 @@ func equalKeys(a, b []vmKey) bool {
 // waitState polls the controller until its view equals want (or ok says so).
 func waitState(t testing.TB, admin *client.Client, d time.Duration, ok func([]vmKey, *api.ListReply) bool) ([]vmKey, *api.ListReply) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		if admin.Connected() {
-			keys, lr := snapshot(t, admin)
-			if lr != nil && ok(keys, lr) {
-				return keys, lr
-			}
+	var keys []vmKey
+	var lr *api.ListReply
+	waitfor.Error(t, d, "the expected state", func() error {
+		if !admin.Connected() {
+			return errors.New("admin client not connected")
 		}
-		if time.Now().After(deadline) {
-			keys, lr := snapshot(t, admin)
-			var lists []string
-			if lr != nil {
-				for _, l := range [][]*api.VM{lr.Lost, lr.Missing, lr.Unmanaged, lr.Conflicts} {
-					var ns []string
-					for _, v := range l {
-						ns = append(ns, v.Name+"@"+v.LNM+"("+string(v.State)+")")
-					}
-					lists = append(lists, strings.Join(ns, " "))
+		if keys, lr = snapshot(t, admin); lr != nil && ok(keys, lr) {
+			return nil
+		}
+		var lists []string
+		if lr != nil {
+			for _, l := range [][]*api.VM{lr.Lost, lr.Missing, lr.Unmanaged, lr.Conflicts} {
+				var ns []string
+				for _, v := range l {
+					ns = append(ns, v.Name+"@"+v.LNM+"("+string(v.State)+")")
 				}
+				lists = append(lists, strings.Join(ns, " "))
 			}
-			t.Fatalf("state not as expected after %v: VMs %v; lost, missing, unmanaged, conflicts: %q", d, keys, lists)
 		}
-		time.Sleep(50 * time.Millisecond) // polling a converging state
-	}
+		return fmt.Errorf("VMs %v; lost, missing, unmanaged, conflicts: %q", keys, lists)
+	})
+	return keys, lr
 }
 
 func allRunning(n int) func([]vmKey, *api.ListReply) bool {
@@ -374,20 +407,18 @@ func allRunning(n int) func([]vmKey, *api.ListReply) bool {
 // retry runs f until it succeeds with a reply from the controller (the
 // controller may be down or restarting), bounded in time.
 func retry[T any](t testing.TB, what string, f func(ctx context.Context) (T, error)) T {
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	var v T
+	err := waitfor.Poll(context.Background(), 60*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		v, err := f(ctx)
-		cancel()
-		if err == nil {
-			return v
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("%s: still failing: %v", what, err)
-			return v
-		}
-		time.Sleep(50 * time.Millisecond) // back off before retrying
+		defer cancel()
+		var err error
+		v, err = f(ctx)
+		return err
+	})
+	if err != nil {
+		t.Errorf("%s: still failing: %v", what, err)
 	}
+	return v
 }
 
 func TestChaosControllerKill9(t *testing.T) {
@@ -510,25 +541,24 @@ func TestChaosControllerKill9(t *testing.T) {
 
 func waitLNMs(t testing.TB, cl *client.Client, n int) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	waitfor.Error(t, 60*time.Second, fmt.Sprintf("%d LNMs connected", n), func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
 		lnms, err := cl.ListLNMs(ctx, nil, false)
-		cancel()
+		if err != nil {
+			return err
+		}
 		up := 0
 		for _, l := range lnms {
 			if l.State == api.LNMConnected {
 				up++
 			}
 		}
-		if err == nil && up >= n {
-			return
+		if up < n {
+			return fmt.Errorf("%d of %d connected", up, n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d LNMs connected: %v", up, n, err)
-		}
-		time.Sleep(50 * time.Millisecond) // polling a converging state
-	}
+		return nil
+	})
 }
 
 // lostWithin waits for every VM in names to be pushed as lost.
@@ -793,13 +823,12 @@ func TestChaosClientsReloadWhenRecovered(t *testing.T) {
 	if ev.Detail["lnms"] != "2" || ev.Detail["vms"] != fmt.Sprint(len(before)) {
 		t.Fatalf("recovered event %+v, want 2 LNMs and %d VMs", ev.Detail, len(before))
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(late.VMs()) != len(before) {
-		if time.Now().After(deadline) {
-			t.Fatalf("client cache holds %d VMs after the recovered event, want %d", len(late.VMs()), len(before))
+	waitfor.Error(t, 10*time.Second, "the client cache to reload after the recovered event", func() error {
+		if n := len(late.VMs()); n != len(before) {
+			return fmt.Errorf("it holds %d VMs, want %d", n, len(before))
 		}
-		time.Sleep(20 * time.Millisecond) // polling the reload the event started
-	}
+		return nil
+	})
 	for _, ev := range rec.all() {
 		if ev.Type == api.EvStateChanged && ev.Detail["adopted"] == "true" {
 			t.Fatalf("adoption streamed to a client during recovery: %+v", ev)
@@ -839,13 +868,12 @@ func TestChaosGracePeriod(t *testing.T) {
 	if st := state(); st["node1"] != api.LNMConnected || st["node2"] != api.LNMRecovering {
 		t.Fatalf("during grace: %v", st)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for state()["node2"] != api.LNMDisconnected {
-		if time.Now().After(deadline) {
-			t.Fatalf("node2 never declared failed: %v", state())
+	waitfor.Error(t, 20*time.Second, "node2 declared failed", func() error {
+		if st := state(); st["node2"] != api.LNMDisconnected {
+			return fmt.Errorf("LNM states %v", st)
 		}
-		time.Sleep(50 * time.Millisecond) // polling a state change
-	}
+		return nil
+	})
 	if st := state(); st["node1"] != api.LNMConnected {
 		t.Fatalf("node1 after grace: %v", st)
 	}

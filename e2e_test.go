@@ -2,6 +2,7 @@ package usher
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/internal/waitfor"
 	"github.com/usher-vm/usher/site"
 
 	"path/filepath"
@@ -209,8 +211,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 
 	// list with status: usage averages arrive from the LNMs' reports
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitfor.Error(t, 10*time.Second, "usage figures for every VM", func() error {
 		lr, err := alice.List(ctx, api.ListArgs{Status: true})
 		if err != nil {
 			t.Fatal(err)
@@ -224,14 +225,11 @@ func TestEndToEnd(t *testing.T) {
 				withUsage++
 			}
 		}
-		if withUsage == 9 {
-			break
+		if withUsage != 9 {
+			return fmt.Errorf("only %d VMs have them", withUsage)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d VMs have usage figures", withUsage)
-		}
-		time.Sleep(50 * time.Millisecond) // polling a monotone condition, not synchronising
-	}
+		return nil
+	})
 	lnms, err := alice.ListLNMs(ctx, nil, true)
 	if err != nil || len(lnms) != 3 {
 		t.Fatalf("list_lnms: %v %d", err, len(lnms))
@@ -446,8 +444,7 @@ func TestLNMLossAndReturn(t *testing.T) {
 // in the controller's state, reason and version.
 func waitCacheMatches(t *testing.T, s *site.Site, lnm string, names []string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitfor.Error(t, 10*time.Second, "LNM "+lnm+"'s cache to match the controller", func() error {
 		why := ""
 		cached := map[string]*api.VM{}
 		for _, v := range s.LNM(lnm).CachedVMs() {
@@ -463,14 +460,11 @@ func waitCacheMatches(t *testing.T, s *site.Site, lnm string, names []string) {
 				why = fmt.Sprintf("%s: cached %+v, controller %+v", n, c, ours)
 			}
 		}
-		if why == "" {
-			return
+		if why != "" {
+			return errors.New(why)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("LNM %s cache never matched the controller: %s", lnm, why)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func injectVanish(s *site.Site, node, vm string) error {
@@ -535,26 +529,25 @@ func TestStuckEventReaderIsCutOff(t *testing.T) {
 			t.Fatalf("start while a reader is stuck: %v %+v", err, r)
 		}
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for s.Controller.Subscribers() >= baseline {
-		if time.Now().After(deadline) {
-			t.Fatalf("stuck subscriber still attached (%d feeds)", s.Controller.Subscribers())
+	waitfor.Error(t, 20*time.Second, "the stuck subscriber to be cut off", func() error {
+		if n := s.Controller.Subscribers(); n >= baseline {
+			return fmt.Errorf("%d feeds", n)
 		}
-		time.Sleep(20 * time.Millisecond) // polling a counter
-	}
+		return nil
+	})
 	// the reading client's cache catches up through its own feed
-	waitCacheSize(t, alice, 1000, deadline)
+	waitCacheSize(t, alice, 1000)
 }
 
 // waitCacheSize waits until c's cache holds n VMs.
-func waitCacheSize(t *testing.T, c *client.Client, n int, deadline time.Time) {
+func waitCacheSize(t *testing.T, c *client.Client, n int) {
 	t.Helper()
-	for len(c.VMs()) != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("the client's cache holds %d VMs, want %d", len(c.VMs()), n)
+	waitfor.Error(t, 30*time.Second, fmt.Sprintf("the client's cache to hold %d VMs", n), func() error {
+		if got := len(c.VMs()); got != n {
+			return fmt.Errorf("it holds %d", got)
 		}
-		time.Sleep(10 * time.Millisecond) // polling a converging cache
-	}
+		return nil
+	})
 }
 
 // TestStartLeavesLNMCacheCurrent: after a start the LNM's cached VM object
@@ -658,12 +651,12 @@ func TestLaggingClientResyncsInSession(t *testing.T) {
 	}
 	t.Logf("alice's feed was cut off after %d VMs", started)
 	release()
-	waitCacheSize(t, alice, started, deadline)
+	waitCacheSize(t, alice, started)
 	// the new feed is live: a later start shows up without a reload
 	if r, err := other.Start(ctx, api.StartArgs{Cluster: "after", Count: 1}); err != nil || r.OK() != 1 {
 		t.Fatalf("start after resync: %v %+v", err, r)
 	}
-	waitCacheSize(t, alice, started+1, deadline)
+	waitCacheSize(t, alice, started+1)
 	if !alice.Connected() {
 		t.Fatal("alice is not connected after the resync")
 	}

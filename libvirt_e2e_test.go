@@ -12,13 +12,12 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/internal/waitfor"
 	"github.com/usher-vm/usher/site"
 
 	"github.com/usher-vm/usher/core"
@@ -70,63 +69,6 @@ func startLibvirtSite(t testing.TB) *lvSite {
 	return ls
 }
 
-var lvTick = regexp.MustCompile(`(?m)^tick (\d+)\r?$`)
-
-// console returns how often a guest booted and its last tick.
-func console(path string) (boots, tick int) {
-	b, _ := os.ReadFile(path)
-	text := string(b)
-	boots = strings.Count(text, "USHER-GUEST-UP")
-	if m := lvTick.FindAllStringSubmatch(text, -1); len(m) > 0 {
-		tick, _ = strconv.Atoi(m[len(m)-1][1])
-	}
-	return
-}
-
-// waitConsole waits for at least boots boot markers and a tick above after.
-func waitConsole(t testing.TB, path string, boots, after int) int {
-	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		b, tick := console(path)
-		if b >= boots && tick > after {
-			return tick
-		}
-		if time.Now().After(deadline) {
-			raw, _ := os.ReadFile(path)
-			if len(raw) > 600 {
-				raw = raw[len(raw)-600:]
-			}
-			t.Fatalf("%s: want %d boots and tick > %d, have %d boots, tick %d; tail %q", path, boots, after, b, tick, raw)
-		}
-		time.Sleep(100 * time.Millisecond) // polling a guest's console file
-	}
-}
-
-// domstate asks libvirt (not Usher) for a domain's state on a host.
-func (ls *lvSite) domstate(n int, name string) string {
-	out, err := ls.h.Virsh(n, "domstate", name)
-	if err != nil {
-		return "absent"
-	}
-	return strings.Fields(out)[0]
-}
-
-func (ls *lvSite) waitDomstate(t testing.TB, n int, name, want string) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		got := ls.domstate(n, name)
-		if got == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s on host%d is %q in libvirt, want %q", name, n, got, want)
-		}
-		time.Sleep(100 * time.Millisecond) // polling libvirt
-	}
-}
-
 func TestLibvirtEndToEnd(t *testing.T) {
 	ls := startLibvirtSite(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -145,8 +87,8 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	on := map[string]string{}
 	for _, d := range res.Done {
 		on[d.Name] = d.LNM
-		ls.waitDomstate(t, ls.host[d.LNM], d.Name, "running")
-		waitConsole(t, ls.drivers[d.LNM].ConsolePath(d.Name), 1, 0)
+		ls.h.WaitDomstate(t, ls.host[d.LNM], d.Name, "running")
+		libvirttest.WaitConsole(t, ls.drivers[d.LNM].ConsolePath(d.Name), 1, 0)
 	}
 	if len(map[string]bool{on[res.Done[0].Name]: true, on[res.Done[1].Name]: true}) != 2 {
 		t.Fatalf("placement used one host only: %v", on)
@@ -166,33 +108,33 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	// pause / resume
 	name, host, drv := vm(0)
 	op(api.OpPause, name, nil)
-	ls.waitDomstate(t, host, name, "paused")
+	ls.h.WaitDomstate(t, host, name, "paused")
 	op(api.OpResume, name, nil)
-	ls.waitDomstate(t, host, name, "running")
+	ls.h.WaitDomstate(t, host, name, "running")
 
 	// hibernate / restore: the domain leaves libvirt for a state file and
 	// comes back with its clock still counting
-	before := waitConsole(t, drv.ConsolePath(name), 1, 0)
+	before := libvirttest.WaitConsole(t, drv.ConsolePath(name), 1, 0)
 	op(api.OpHibernate, name, nil)
-	ls.waitDomstate(t, host, name, "absent")
+	ls.h.WaitDomstate(t, host, name, "")
 	if _, err := os.Stat(drv.SavePath(name)); err != nil {
 		t.Fatalf("no save file: %v", err)
 	}
 	op(api.OpRestore, name, nil)
-	ls.waitDomstate(t, host, name, "running")
-	waitConsole(t, drv.ConsolePath(name), 1, before)
+	ls.h.WaitDomstate(t, host, name, "running")
+	libvirttest.WaitConsole(t, drv.ConsolePath(name), 1, before)
 
 	// reboot (forced: the test guest ignores ACPI): a second boot
 	name, host, drv = vm(1)
 	if r, err := alice.Op(ctx, api.OpArgs{Op: api.OpReboot, VMs: []string{name}, Force: true}); err != nil || r.OK() != 1 {
 		t.Fatalf("reboot --force %s: %v %+v", name, err, r)
 	}
-	waitConsole(t, drv.ConsolePath(name), 2, 0)
+	libvirttest.WaitConsole(t, drv.ConsolePath(name), 2, 0)
 
 	// cycle: destroyed and created again under a new domain id
 	idBefore, _ := ls.h.Virsh(host, "domid", name)
 	op(api.OpCycle, name, nil)
-	ls.waitDomstate(t, host, name, "running")
+	ls.h.WaitDomstate(t, host, name, "running")
 	if idAfter, _ := ls.h.Virsh(host, "domid", name); idAfter == idBefore {
 		t.Fatalf("cycle kept domain id %s", idAfter)
 	}
@@ -200,7 +142,7 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	// destroy
 	name, host, _ = vm(2)
 	op(api.OpDestroy, name, nil)
-	ls.waitDomstate(t, host, name, "absent")
+	ls.h.WaitDomstate(t, host, name, "")
 
 	// live migration host1 → host2: the guest's counter carries on there
 	mig := res.Done[0].Name
@@ -211,18 +153,18 @@ func TestLibvirtEndToEnd(t *testing.T) {
 		t.Fatalf("no running VM on host1: %v", on)
 	}
 	path := ls.drivers["host1"].ConsolePath(mig)
-	tick := waitConsole(t, path, 1, 0)
-	boots, _ := console(path)
+	tick := libvirttest.WaitConsole(t, path, 1, 0)
+	boots, _, _ := libvirttest.Console(path)
 	mr, err := alice.Migrate(ctx, mig, "host2")
 	if err != nil || mr.OK() != 1 {
 		t.Fatalf("migrate: %v %+v", err, mr)
 	}
-	ls.waitDomstate(t, 2, mig, "running")
-	if st := ls.domstate(1, mig); st != "absent" {
-		t.Fatalf("migrated VM still %s on host1", st)
+	ls.h.WaitDomstate(t, 2, mig, "running")
+	if st, err := ls.h.Domstate(1, mig); err != nil || st != "" {
+		t.Fatalf("migrated VM still %q on host1 (%v)", st, err)
 	}
-	waitConsole(t, path, boots, tick+1)
-	if b, _ := console(path); b != boots {
+	libvirttest.WaitConsole(t, path, boots, tick+1)
+	if b, _, _ := libvirttest.Console(path); b != boots {
 		t.Fatalf("guest rebooted during migration (%d boots, was %d)", b, boots)
 	}
 	rec.waitFor(t, "migration pushed", func(ev api.Event) bool {
@@ -269,19 +211,18 @@ func waitList(t testing.TB, c interface {
 	List(context.Context, api.ListArgs) (*api.ListReply, error)
 }, ok func(*api.ListReply) bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	waitfor.Error(t, 60*time.Second, "the controller's lists", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
 		lr, err := c.List(ctx, api.ListArgs{All: true, Lists: true})
-		cancel()
-		if err == nil && ok(lr) {
-			return
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("list never matched: %v %+v", err, lr)
+		if !ok(lr) {
+			return fmt.Errorf("they do not match yet: %+v", lr)
 		}
-		time.Sleep(100 * time.Millisecond) // polling the controller's lists
-	}
+		return nil
+	})
 }
 
 // BenchmarkTenGuests starts ten guests through Usher (client → controller →
@@ -347,7 +288,7 @@ func TestLibvirtDaemonRestart(t *testing.T) {
 		if d.LNM != "host1" {
 			t.Fatalf("%s placed on %s", d.Name, d.LNM)
 		}
-		ls.waitDomstate(t, 1, d.Name, "running")
+		ls.h.WaitDomstate(t, 1, d.Name, "running")
 	}
 	rec := record(alice)
 	if err := ls.h.KillHost(1); err != nil {
@@ -358,19 +299,15 @@ func TestLibvirtDaemonRestart(t *testing.T) {
 	}
 	// Usher acts on the VMs again once the driver is back.
 	name := res.Done[0].Name
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	waitfor.Error(t, 60*time.Second, "a pause after the libvirtd restart", func() error {
 		r, err := alice.OpOnNames(ctx, api.OpPause, []string{name}, nil)
-		if err == nil && r.OK() == 1 {
-			break
+		if err == nil && r.OK() != 1 {
+			err = fmt.Errorf("result %+v", r)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pause after the libvirtd restart: %v %+v", err, r)
-		}
-		time.Sleep(200 * time.Millisecond) // the driver reconnects with backoff
-	}
-	ls.waitDomstate(t, 1, name, "paused")
-	ls.waitDomstate(t, 1, res.Done[1].Name, "running")
+		return err
+	})
+	ls.h.WaitDomstate(t, 1, name, "paused")
+	ls.h.WaitDomstate(t, 1, res.Done[1].Name, "running")
 	out, err := ls.h.Virsh(1, "list", "--all", "--name")
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/internal/waitfor"
 	"github.com/usher-vm/usher/site"
 
 	"golang.org/x/crypto/bcrypt"
@@ -74,7 +75,7 @@ func luaSiteBudget(t *testing.T, lnms int, enabled []string, cfg map[string]map[
 			startErr = host.Start(ctx)
 		},
 		ReportInterval: 100 * time.Millisecond, ScanInterval: 200 * time.Millisecond, KeepAlive: time.Second,
-		SimCPUs: 100000, SimMemMB: 1 << 30})
+		SimCPUs: 100000, SimMemMB: 1 << 30, SimPersist: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,18 +114,17 @@ func writeScript(t *testing.T, dir, name, src string) {
 // waitStatus waits until the host's status of script satisfies ok.
 func (e *luaEnv) waitStatus(t *testing.T, script string, ok func(api.ScriptStatus) bool) api.ScriptStatus {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var got api.ScriptStatus
+	waitfor.Error(t, 10*time.Second, "script "+script+" to reach the expected status", func() error {
 		for _, st := range e.host.Status() {
 			if st.Name == script && ok(st) {
-				return st
+				got = st
+				return nil
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("script %s never reached the expected status: %+v", script, e.host.Status())
-		}
-		time.Sleep(20 * time.Millisecond) // polling a status, not synchronising on time
-	}
+		return fmt.Errorf("status %+v", e.host.Status())
+	})
+	return got
 }
 
 func pinScript(node string) string {
@@ -305,5 +305,60 @@ end, {order = 30, name = "evil"})
 	// The controller still serves everyone.
 	if r, err := alice.Start(ctx, api.StartArgs{Cluster: "after", Count: 2}); err != nil || r.OK() != 2 {
 		t.Fatalf("after hostile scripts: %v %+v", err, r)
+	}
+}
+
+// TestDocumentedMissingCleanup: the vm_missing clean-up example of
+// docs/lua-api.md, as printed there, removes a VM that vanished behind
+// Usher's back: its record goes, its capacity comes back, the state's
+// invariants hold.
+func TestDocumentedMissingCleanup(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("docs", "lua-api.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var example string
+	for _, block := range strings.Split(string(doc), "```lua\n")[1:] {
+		block = block[:strings.Index(block, "```")]
+		if strings.Contains(block, `usher.on("vm_missing"`) {
+			example = block
+		}
+	}
+	if example == "" {
+		t.Fatal("docs/lua-api.md has no vm_missing example")
+	}
+	e := luaSite(t, 1, []string{"auth_htpasswd", "authz_owner", "place_roundrobin"}, nil)
+	writeScript(t, e.policies, "cleanup.lua", example)
+	e.waitStatus(t, "cleanup", func(st api.ScriptStatus) bool { return st.Loaded })
+	alice := e.login(t, "alice")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := alice.Start(ctx, api.StartArgs{Cluster: "web", Count: 2, MemMB: 512, VCPUs: 2})
+	if err != nil || r.OK() != 2 {
+		t.Fatalf("start: %v %+v", err, r)
+	}
+	gone, node := r.Done[0].Name, r.Done[0].LNM
+	before, _ := e.site.Controller.State().LNM(node)
+	if err := injectVanish(e.site, node, gone); err != nil {
+		t.Fatal(err)
+	}
+	waitfor.Error(t, 30*time.Second, "the clean-up policy to remove "+gone, func() error {
+		if v, ok := e.site.Controller.State().VM(gone); ok {
+			return fmt.Errorf("it is still recorded, %s", v.State)
+		}
+		return nil
+	})
+	if _, ok := e.site.Controller.State().VM(r.Done[1].Name); !ok {
+		t.Fatalf("the other VM, %s, went too", r.Done[1].Name)
+	}
+	waitfor.Error(t, 30*time.Second, "the vanished VM's capacity back on "+node, func() error {
+		l, _ := e.site.Controller.State().LNM(node)
+		if l.Status.FreeMemMB < before.Status.FreeMemMB+512 {
+			return fmt.Errorf("%d MiB free, was %d with the VM", l.Status.FreeMemMB, before.Status.FreeMemMB)
+		}
+		return nil
+	})
+	if err := e.site.Controller.State().Check(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -88,6 +88,21 @@ func ParseOp(s string) (Op, error) {
 	return "", fmt.Errorf("unknown operation %q (valid: %s)", s, strings.Join(names, ", "))
 }
 
+// Leaves is the state a successful operation leaves a guest in.
+func (o Op) Leaves() VMState {
+	switch o {
+	case OpPause:
+		return StatePaused
+	case OpShutdown:
+		return StateShutoff
+	case OpHibernate:
+		return StateHibernated
+	case OpDestroy:
+		return StateDestroyed
+	}
+	return StateRunning
+}
+
 // Avg holds 1-, 5- and 15-minute averages of one figure.
 type Avg struct {
 	M1  float64 `json:"m1"`

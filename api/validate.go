@@ -177,6 +177,9 @@ func (a ListArgs) Validate() error {
 }
 
 // Validate checks the arguments of list_lnms.
+// Validate checks the arguments of clusters (a flag: always valid).
+func (a ClustersArgs) Validate() error { return nil }
+
 func (a ListLNMsArgs) Validate() error {
 	return validNames("names", a.Names, MaxLNMs, ValidLabel)
 }

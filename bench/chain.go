@@ -14,6 +14,7 @@ import (
 
 	"github.com/usher-vm/usher/core"
 	"github.com/usher-vm/usher/lua"
+	"github.com/usher-vm/usher/lua/policytool"
 )
 
 // benchChain measures the per-event cost of five Lua handlers on
@@ -39,7 +40,7 @@ end, {order = %[1]d, name = "h%[1]d"})
 		return err
 	}
 	defer h.Close()
-	view := lua.NewFixtureView()
+	view := policytool.NewFixtureView()
 	h.Bind(view, nil)
 	if err := h.Start(ctx); err != nil {
 		return err

@@ -11,6 +11,9 @@
 // feed the controller cuts off for lagging is reopened and the cache
 // reloaded on the same session.
 //
-// The shell (ush), the CLI, tests and third-party tools use it. It may
-// import core and transport.
+// client and api are Usher's supported Go API: the shell (ush), the CLI,
+// the benchmarks, tests and third-party tools use them. Calls take and
+// return api types and fail with api errors (errors.Is against
+// api.ErrForbidden, api.ErrRejected, ...); no transport type appears in
+// this package's API. It may import api and transport.
 package client

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"path/filepath"
 	"sync/atomic"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/internal/waitfor"
 
 	"github.com/usher-vm/usher/transport"
 )
@@ -90,13 +92,12 @@ func TestReloadRequestedDuringFirstLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for c.CachedCount() != 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("cache holds %d VMs after %d lists; want 2 (reloaded after the first load)", c.CachedCount(), lists.Load())
+	waitfor.Error(t, 10*time.Second, "the cache to reload after the first load", func() error {
+		if n := c.CachedCount(); n != 2 {
+			return fmt.Errorf("it holds %d VMs after %d lists, want 2", n, lists.Load())
 		}
-		time.Sleep(10 * time.Millisecond) // polling the reload
-	}
+		return nil
+	})
 	if lists.Load() != 2 || feeds.Load() != 2 {
 		t.Fatalf("%d lists on %d feeds, want 2 and 2", lists.Load(), feeds.Load())
 	}

@@ -29,6 +29,9 @@ type Options struct {
 	Policy         PolicyAdmin
 	ControllerID   string
 	Known          *KnownLNMs // persisted list of LNMs (nil: none)
+	// Logger receives the endpoint's own records (logins, registrations,
+	// recovery); the transport logs through Server.Logger.
+	Logger *slog.Logger
 	// MaxRegistering bounds LNM registrations (lnm_hello: node info,
 	// status, the list of its guests, adoption) in progress at once; more
 	// wait their turn. After a controller restart every LNM of the site
@@ -82,7 +85,7 @@ func New(c *core.Controller, tlsCfg *tls.Config, opts Options) *Server {
 	if opts.AuthFailures <= 0 {
 		opts.AuthFailures = 3
 	}
-	log := opts.Server.Logger
+	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}

@@ -354,7 +354,7 @@ func TestRegistrationsWaitTheirTurn(t *testing.T) {
 		// Each registration takes 300 ms on the LNM's side: four in turn
 		// take 1.2 s, beyond the 500 ms handshake timeout.
 		transport.Handle(m, api.LListGuests, func(ctx context.Context, _ api.Empty) (api.GuestsReply, error) {
-			time.Sleep(300 * time.Millisecond)
+			time.Sleep(300 * time.Millisecond) // a slow node, not synchronisation
 			return api.GuestsReply{}, nil
 		})
 		transport.Handle(m, api.LSync, func(ctx context.Context, _ api.ReceiveArgs) (api.Empty, error) { return api.Empty{}, nil })

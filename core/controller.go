@@ -187,6 +187,26 @@ func (c *Controller) begin() error {
 	return nil
 }
 
+// validator is an argument that checks itself against api's bounds.
+type validator interface{ Validate() error }
+
+// serve is the front of every public call: the controller must be open,
+// the arguments valid and naming at most MaxRequestVMs VMs (vms), and a
+// panic anywhere in f fails this call only (recoverTo).
+func serve[A validator, R any](c *Controller, what string, a A, vms int, f func() (R, error)) (r R, err error) {
+	if err := c.begin(); err != nil {
+		return r, err
+	}
+	defer c.recoverTo(&err, what)
+	if err := a.Validate(); err != nil {
+		return r, err
+	}
+	if vms > c.cfg.MaxRequestVMs {
+		return r, api.Errorf(api.ErrBadRequest, "%d VMs in one request (limit %d)", vms, c.cfg.MaxRequestVMs)
+	}
+	return f()
+}
+
 // recoverTo turns a panic into *err; use as defer c.recoverTo(&err, "what").
 func (c *Controller) recoverTo(err *error, what string) {
 	if r := recover(); r != nil {

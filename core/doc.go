@@ -1,12 +1,16 @@
 // Package core is the mechanism of the Usher controller: the global state
-// (VMs, LNMs, virtual clusters, and the lost, missing and unmanaged lists),
-// the request pipeline (authenticate → authorize → start_request /
-// op_request / migrate_request → register_vm → batched LNM calls →
-// *_complete → state_changed), event fan-out to clients and plugins, and the
-// wire message types of the paper's Tables 2–4.
+// (VMs, LNMs, virtual clusters, and the lost, missing, unmanaged and
+// conflict lists, with exact capacity accounting), the request pipeline
+// (authenticate → authorize → start_request / op_request / migrate_request
+// → register_vm → batched calls to the nodes → *_complete →
+// state_changed), adoption and crash recovery, and event fan-out to
+// clients and plugins.
 //
-// Policy is not here: every decision goes through the Hooks interface,
-// whose production implementation is the Lua host (package lua). I/O is not
-// here either: LNMs are reached through the LNMLink interface and clients
-// through package transport. core imports only the standard library.
+// Policy is not here: each request is a read-only Request, and the chain
+// of Hooks (in production the Lua host, package lua) returns a Decision
+// whose fields change only as FieldRules declare; the controller executes
+// the decision and nothing else. I/O is not here either: nodes are reached
+// through api.Node, clients through package controller. Controller.Close
+// stops every goroutine the controller started. core imports only api and
+// the standard library.
 package core

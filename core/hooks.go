@@ -152,36 +152,47 @@ type FieldRule struct {
 	Means  string
 }
 
+// fieldRules is the one declaration of what policies may change: data,
+// never modified (FieldRules hands out copies).
+var fieldRules = [...]FieldRule{
+	{FieldVMs, []string{api.EvAuthorize, api.EvStartRequest, api.EvOpRequest, api.EvMigrateRequest},
+		"removing a VM from req.vms (or req:drop) drops it from the request: it is reported as dropped, with the reason, and nothing happens to it"},
+	{FieldOp, []string{api.EvOpRequest},
+		"the operation executed on every VM of the request instead of the one asked for (the result reports the executed op)"},
+	{FieldArgs, []string{api.EvStartRequest, api.EvOpRequest, api.EvMigrateRequest},
+		"the arguments later handlers and register_vm see; they never reach a node"},
+	{FieldLNMs, []string{api.EvStartRequest, api.EvMigrateRequest},
+		"the nodes suggested to later handlers"},
+	{FieldLNM, []string{api.EvStartRequest},
+		"the node the new VM starts on (placement); it must be connected when the request executes"},
+	{FieldTarget, []string{api.EvMigrateRequest},
+		"the node the VM migrates to; it must be connected and another than the VM's"},
+	{FieldMemMB, []string{api.EvStartRequest},
+		"the new VM's memory in MiB (1 to 16,777,216)"},
+	{FieldVCPUs, []string{api.EvStartRequest},
+		"the new VM's virtual CPUs (1 to 4,096)"},
+	{FieldData, []string{api.EvStartRequest, api.EvRegisterVM},
+		"the new VM's policy data: kept in its object, shown to clients and given to its node (the driver reads image, kernel, ip, mac…)"},
+}
+
 // FieldRules is the one declaration of what policies may change. The Lua
 // host raises at the script's line when a handler assigns anything else;
 // the controller executes the decision as these rules describe it.
 func FieldRules() []FieldRule {
-	return []FieldRule{
-		{FieldVMs, []string{api.EvAuthorize, api.EvStartRequest, api.EvOpRequest, api.EvMigrateRequest},
-			"removing a VM from req.vms (or req:drop) drops it from the request: it is reported as dropped, with the reason, and nothing happens to it"},
-		{FieldOp, []string{api.EvOpRequest},
-			"the operation executed on every VM of the request instead of the one asked for (the result reports the executed op)"},
-		{FieldArgs, []string{api.EvStartRequest, api.EvOpRequest, api.EvMigrateRequest},
-			"the arguments later handlers and register_vm see; they never reach a node"},
-		{FieldLNMs, []string{api.EvStartRequest, api.EvMigrateRequest},
-			"the nodes suggested to later handlers"},
-		{FieldLNM, []string{api.EvStartRequest},
-			"the node the new VM starts on (placement); it must be connected when the request executes"},
-		{FieldTarget, []string{api.EvMigrateRequest},
-			"the node the VM migrates to; it must be connected and another than the VM's"},
-		{FieldMemMB, []string{api.EvStartRequest},
-			"the new VM's memory in MiB (1 to 16,777,216)"},
-		{FieldVCPUs, []string{api.EvStartRequest},
-			"the new VM's virtual CPUs (1 to 4,096)"},
-		{FieldData, []string{api.EvStartRequest, api.EvRegisterVM},
-			"the new VM's policy data: kept in its object, shown to clients and given to its node (the driver reads image, kernel, ip, mac…)"},
+	out := make([]FieldRule, len(fieldRules))
+	for i, r := range fieldRules {
+		r.Events = slices.Clone(r.Events)
+		out[i] = r
 	}
+	return out
 }
 
 // Writable says whether a handler of event may change field f; the error
-// names the field and where it may change.
+// names the field and where it may change. It allocates nothing when the
+// change is allowed (handlers ask on every assignment).
 func Writable(event string, f Field) error {
-	for _, r := range FieldRules() {
+	for i := range fieldRules {
+		r := &fieldRules[i]
 		if r.Field != f {
 			continue
 		}

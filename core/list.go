@@ -19,17 +19,11 @@ func (c *Controller) authorizeOnly(ctx context.Context, req *Request) error {
 }
 
 // List implements list(vm list, status).
-func (c *Controller) List(ctx context.Context, id api.Identity, a api.ListArgs) (rep *api.ListReply, err error) {
-	if err := c.begin(); err != nil {
-		return nil, err
-	}
-	defer c.recoverTo(&err, "list")
-	if err := a.Validate(); err != nil {
-		return nil, err
-	}
-	if len(a.Names) > c.cfg.MaxRequestVMs {
-		return nil, api.Errorf(api.ErrBadRequest, "names: %d in one list (limit %d)", len(a.Names), c.cfg.MaxRequestVMs)
-	}
+func (c *Controller) List(ctx context.Context, id api.Identity, a api.ListArgs) (*api.ListReply, error) {
+	return serve(c, "list", a, len(a.Names), func() (*api.ListReply, error) { return c.list(ctx, id, a) })
+}
+
+func (c *Controller) list(ctx context.Context, id api.Identity, a api.ListArgs) (rep *api.ListReply, err error) {
 	req := &Request{Kind: KindList, User: id, All: a.All, Cluster: a.Cluster}
 	if err := c.authorizeOnly(ctx, req); err != nil {
 		return nil, err
@@ -147,14 +141,11 @@ func (c *Controller) listPage(rep *api.ListReply, a api.ListArgs, keep func(*api
 }
 
 // ListLNMs implements list_lnms(lnm list, status).
-func (c *Controller) ListLNMs(ctx context.Context, id api.Identity, a api.ListLNMsArgs) (rep *api.ListLNMsReply, err error) {
-	if err := c.begin(); err != nil {
-		return nil, err
-	}
-	defer c.recoverTo(&err, "list_lnms")
-	if err := a.Validate(); err != nil {
-		return nil, err
-	}
+func (c *Controller) ListLNMs(ctx context.Context, id api.Identity, a api.ListLNMsArgs) (*api.ListLNMsReply, error) {
+	return serve(c, "list_lnms", a, 0, func() (*api.ListLNMsReply, error) { return c.listLNMs(ctx, id, a) })
+}
+
+func (c *Controller) listLNMs(ctx context.Context, id api.Identity, a api.ListLNMsArgs) (rep *api.ListLNMsReply, err error) {
 	req := &Request{Kind: KindListLNMs, User: id, LNMs: a.Names}
 	if err := c.authorizeOnly(ctx, req); err != nil {
 		return nil, err
@@ -179,11 +170,10 @@ func (c *Controller) ListLNMs(ctx context.Context, id api.Identity, a api.ListLN
 
 // Clusters lists the caller's virtual clusters (admins: everyone's with all).
 func (c *Controller) Clusters(ctx context.Context, id api.Identity, a api.ClustersArgs) (api.ClustersReply, error) {
-	if err := c.begin(); err != nil {
-		return api.ClustersReply{}, err
-	}
-	if a.All && (id.Admin || !c.cfg.OwnerOnly) {
-		return api.ClustersReply{Clusters: c.st.Clusters("")}, nil
-	}
-	return api.ClustersReply{Clusters: c.st.Clusters(id.User)}, nil
+	return serve(c, "clusters", a, 0, func() (api.ClustersReply, error) {
+		if a.All && (id.Admin || !c.cfg.OwnerOnly) {
+			return api.ClustersReply{Clusters: c.st.Clusters("")}, nil
+		}
+		return api.ClustersReply{Clusters: c.st.Clusters(id.User)}, nil
+	})
 }

@@ -150,35 +150,13 @@ func (c *Controller) link(lnm string) api.Node {
 // Start implements start(vm list, lnm list): it allocates names, runs the
 // start_request chain, registers each VM, starts the batches on their LNMs
 // concurrently and reports exactly what was done.
-func (c *Controller) Start(ctx context.Context, id api.Identity, a api.StartArgs) (res *api.Result, err error) {
-	if err := c.begin(); err != nil {
-		return nil, err
-	}
-	defer c.recoverTo(&err, "start")
-	if err := c.checkStart(a); err != nil {
-		return nil, err
-	}
-	if err := c.waitRecovered(ctx); err != nil {
-		return nil, err
-	}
-	return c.once(ctx, id, "start", a.ID, func() (*api.Result, error) { return c.start(ctx, id, a, false) })
-}
-
-func (c *Controller) checkStart(a api.StartArgs) error {
-	if err := a.Validate(); err != nil {
-		return err
-	}
-	if n := max(a.Count, len(a.Names)); n > c.cfg.MaxRequestVMs {
-		return api.Errorf(api.ErrBadRequest, "count: %d VMs in one request (limit %d)", n, c.cfg.MaxRequestVMs)
-	}
-	return nil
-}
-
-func (c *Controller) checkList(n int) error {
-	if n > c.cfg.MaxRequestVMs {
-		return api.Errorf(api.ErrBadRequest, "vms: %d in one request (limit %d)", n, c.cfg.MaxRequestVMs)
-	}
-	return nil
+func (c *Controller) Start(ctx context.Context, id api.Identity, a api.StartArgs) (*api.Result, error) {
+	return serve(c, "start", a, max(a.Count, len(a.Names)), func() (*api.Result, error) {
+		if err := c.waitRecovered(ctx); err != nil {
+			return nil, err
+		}
+		return c.once(ctx, id, "start", a.ID, func() (*api.Result, error) { return c.start(ctx, id, a, false) })
+	})
 }
 
 // checkAllocation validates the memory and vCPUs a policy decided.
@@ -452,18 +430,10 @@ func (c *Controller) startBatch(lnm string, vms []*api.VM, reqID string, res *ou
 // op_on
 
 // OpOn implements op_on(operation, vm list).
-func (c *Controller) OpOn(ctx context.Context, id api.Identity, a api.OpArgs) (res *api.Result, err error) {
-	if err := c.begin(); err != nil {
-		return nil, err
-	}
-	defer c.recoverTo(&err, "op_on")
-	if err := a.Validate(); err != nil {
-		return nil, err
-	}
-	if err := c.checkList(len(a.VMs)); err != nil {
-		return nil, err
-	}
-	return c.once(ctx, id, "op", a.ID, func() (*api.Result, error) { return c.opOn(ctx, id, a, false) })
+func (c *Controller) OpOn(ctx context.Context, id api.Identity, a api.OpArgs) (*api.Result, error) {
+	return serve(c, "op_on", a, len(a.VMs), func() (*api.Result, error) {
+		return c.once(ctx, id, "op", a.ID, func() (*api.Result, error) { return c.opOn(ctx, id, a, false) })
+	})
 }
 
 func (c *Controller) opOn(ctx context.Context, id api.Identity, a api.OpArgs, dry bool) (*api.Result, error) {
@@ -640,17 +610,11 @@ func (c *Controller) removeGone(names []string, reason string, op api.Op, reqID 
 // the authorize chain allows): their capacity is given back and their
 // node, if connected, drops its cached object. A VM a node still runs is
 // refused: destroy it instead.
-func (c *Controller) Forget(ctx context.Context, id api.Identity, a api.ForgetArgs) (res *api.Result, err error) {
-	if err := c.begin(); err != nil {
-		return nil, err
-	}
-	defer c.recoverTo(&err, "forget")
-	if err := a.Validate(); err != nil {
-		return nil, err
-	}
-	if err := c.checkList(len(a.VMs)); err != nil {
-		return nil, err
-	}
+func (c *Controller) Forget(ctx context.Context, id api.Identity, a api.ForgetArgs) (*api.Result, error) {
+	return serve(c, "forget", a, len(a.VMs), func() (*api.Result, error) { return c.forget(ctx, id, a) })
+}
+
+func (c *Controller) forget(ctx context.Context, id api.Identity, a api.ForgetArgs) (*api.Result, error) {
 	req := &Request{Kind: KindForget, User: id}
 	pre := c.resolve(id, a.VMs, req)
 	d := NewDecision(req)
@@ -687,18 +651,10 @@ func (c *Controller) Forget(ctx context.Context, id api.Identity, a api.ForgetAr
 // migrate
 
 // Migrate implements migrate(vm list, lnm list).
-func (c *Controller) Migrate(ctx context.Context, id api.Identity, a api.MigrateArgs) (res *api.Result, err error) {
-	if err := c.begin(); err != nil {
-		return nil, err
-	}
-	defer c.recoverTo(&err, "migrate")
-	if err := a.Validate(); err != nil {
-		return nil, err
-	}
-	if err := c.checkList(len(a.VMs)); err != nil {
-		return nil, err
-	}
-	return c.once(ctx, id, "migrate", a.ID, func() (*api.Result, error) { return c.migrate(ctx, id, a, false) })
+func (c *Controller) Migrate(ctx context.Context, id api.Identity, a api.MigrateArgs) (*api.Result, error) {
+	return serve(c, "migrate", a, len(a.VMs), func() (*api.Result, error) {
+		return c.once(ctx, id, "migrate", a.ID, func() (*api.Result, error) { return c.migrate(ctx, id, a, false) })
+	})
 }
 
 type mkey struct{ src, dst string }
@@ -957,29 +913,24 @@ func (c *Controller) locate(src, dst string, slink, dlink api.Node, names []stri
 
 // Plan dry-runs a request through the live chain and returns the decision
 // trace; nothing changes.
-func (c *Controller) Plan(ctx context.Context, id api.Identity, a api.PlanArgs) (res *api.Result, err error) {
-	if err := c.begin(); err != nil {
-		return nil, err
-	}
-	defer c.recoverTo(&err, "plan")
-	if err := a.Validate(); err != nil {
-		return nil, err
-	}
+func (c *Controller) Plan(ctx context.Context, id api.Identity, a api.PlanArgs) (*api.Result, error) {
+	var vms int
 	switch {
 	case a.Start != nil:
-		if err := c.checkStart(*a.Start); err != nil {
-			return nil, err
-		}
-		return c.start(ctx, id, *a.Start, true)
+		vms = max(a.Start.Count, len(a.Start.Names))
 	case a.Op != nil:
-		if err := c.checkList(len(a.Op.VMs)); err != nil {
-			return nil, err
-		}
-		return c.opOn(ctx, id, *a.Op, true)
-	default:
-		if err := c.checkList(len(a.Migrate.VMs)); err != nil {
-			return nil, err
-		}
-		return c.migrate(ctx, id, *a.Migrate, true)
+		vms = len(a.Op.VMs)
+	case a.Migrate != nil:
+		vms = len(a.Migrate.VMs)
 	}
+	return serve(c, "plan", a, vms, func() (*api.Result, error) {
+		switch {
+		case a.Start != nil:
+			return c.start(ctx, id, *a.Start, true)
+		case a.Op != nil:
+			return c.opOn(ctx, id, *a.Op, true)
+		default:
+			return c.migrate(ctx, id, *a.Migrate, true)
+		}
+	})
 }

@@ -64,7 +64,7 @@ func (ls *lstate) installAPI() {
 	u.RawSetString("script", glua.LString(ls.v.name))
 	L.SetGlobal("usher", u)
 	lockTable(L, L.G.Global, "usher")
-	ls.installModules() // ldap, dns, sql, fs when configured (mod_modules.go)
+	ls.installModules() // Options.Modules: ldap, dns, sql, fs when configured (module.go)
 }
 
 func luaAny(v glua.LValue) any {

@@ -45,9 +45,17 @@ type Options struct {
 	StoreLimits  StoreLimits               // bounds of usher.store
 	// Files are what scripts may read besides the files their own Config
 	// section names (usher.read_htpasswd).
-	Files   []string
-	Logger  *slog.Logger
-	Modules ModuleConfig // site-integration modules ldap, dns, sql, fs (mod_*.go); zero = none
+	Files  []string
+	Logger *slog.Logger
+	// Modules are the site-integration modules (lua/modules builds them
+	// from policy.modules), installed as read-only globals in every
+	// state. The host owns them: it closes them on Close, and New closes
+	// them when it fails.
+	Modules []Module
+	// ModuleTimeout bounds one network or database call of a module
+	// (default DefaultModuleTimeout). The wait is not charged to the
+	// handler's budget; the handler's own context still cancels it.
+	ModuleTimeout time.Duration
 }
 
 // DefaultInstructions is the default instruction budget of a handler call:
@@ -65,7 +73,6 @@ type Host struct {
 	opts  Options
 	log   *slog.Logger
 	store *kvStore
-	mods  *modules // site-integration modules (nil: none configured)
 
 	view atomic.Pointer[viewBox]
 	sink atomic.Pointer[func(api.Event)]
@@ -166,7 +173,18 @@ type registry struct {
 }
 
 // New creates a host. Call Bind, then Start.
-func New(opts Options) (*Host, error) {
+func New(opts Options) (h *Host, err error) {
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, closeModules(opts.Modules))
+		}
+	}()
+	if err := checkModules(opts.Modules); err != nil {
+		return nil, fmt.Errorf("policy modules: %w", err)
+	}
+	if opts.ModuleTimeout <= 0 {
+		opts.ModuleTimeout = DefaultModuleTimeout
+	}
 	if opts.Instructions == 0 {
 		opts.Instructions = DefaultInstructions
 	}
@@ -186,17 +204,8 @@ func New(opts Options) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p := opts.StorePath; strings.HasSuffix(p, ".db") {
-		if err := st.importJSON(strings.TrimSuffix(p, ".db")+".json", opts.Logger); err != nil {
-			opts.Logger.Warn("old policy store not imported", "err", err)
-		}
-	}
-	mods, err := newModules(opts.Modules, opts.Logger)
-	if err != nil {
-		return nil, fmt.Errorf("policy modules: %w", err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &Host{mods: mods,
+	h = &Host{
 		opts: opts, log: opts.Logger.With("component", "lua"), store: st,
 		scripts: map[string]*script{}, disabled: map[string]bool{}, inactive: map[string]bool{}, offs: map[*hstats]bool{},
 		ctx: ctx, cancel: cancel, notifyQ: make(chan api.Event, NotifyQueue),
@@ -266,7 +275,7 @@ func (h *Host) Close() error {
 	}
 	h.mu.Unlock()
 	h.wg.Wait()
-	return errors.Join(h.store.close(), h.mods.close())
+	return errors.Join(h.store.close(), closeModules(h.opts.Modules))
 }
 
 // scanDirs lists the script files to load, later dirs overriding earlier

@@ -43,8 +43,8 @@ func saveByRename(t testing.TB, dir, name, src string) {
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func testView() *FixtureView {
-	v := NewFixtureView()
+func testView() *memView {
+	v := newMemView()
 	for _, n := range []string{"n1", "n2", "n3"} {
 		v.AddLNM(&api.LNM{Info: api.NodeInfo{Name: n, CPUs: 8, MemMB: 16384},
 			Status: api.NodeStatus{FreeMemMB: 8192, FreeVCPUs: 8}, State: api.LNMConnected})

@@ -1,7 +1,6 @@
 package lua
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -103,14 +102,16 @@ func TestRequireErrorsNameFileLine(t *testing.T) {
 			t.Errorf("missing %q in %s", want, msg)
 		}
 	}
-	// Check resolves relative to the checked file's directory.
-	errs := Check([]string{filepath.Join(dir, "missing.lua")})
-	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "missing.lua:3:") {
-		t.Fatalf("check: %v", errs)
+	// CheckFile on a host without Dirs resolves relative to the checked
+	// file's directory.
+	checker := newHost(t, Options{PoolSize: 1})
+	err = checker.CheckFile(filepath.Join(dir, "missing.lua"))
+	if err == nil || !strings.Contains(err.Error(), "missing.lua:3:") {
+		t.Fatalf("check: %v", err)
 	}
 	writeLib(t, dir, "nope", "return {}")
-	if errs := Check([]string{filepath.Join(dir, "missing.lua")}); len(errs) != 0 {
-		t.Fatalf("check: %v", errs)
+	if err := checker.CheckFile(filepath.Join(dir, "missing.lua")); err != nil {
+		t.Fatalf("check: %v", err)
 	}
 }
 
@@ -165,22 +166,5 @@ func TestLibraryEditReloadsDependents(t *testing.T) {
 	}
 	if st := h.Status()[0]; st.LastError != "" {
 		t.Fatalf("last error kept: %q", st.LastError)
-	}
-}
-
-func TestRunTestsResolvesLibraries(t *testing.T) {
-	dir := t.TempDir()
-	writeLib(t, dir, "rev", `return {lnm = "n1"}`)
-	writeScript(t, dir, "place.lua", placeWithRev)
-	writeScript(t, dir, "place_test.lua", `local t = usher_test
-t.fixture{lnms = {{name = "n1"}}}
-t.case("placed", function()
-  local r = t.request("start_request", {user = "a", vms = {{short = "x"}}})
-  t.eq(r.vms[1].lnm, require("rev").lnm)
-end)`)
-	var out bytes.Buffer
-	p, f, err := RunTests(dir, &out)
-	if err != nil || p != 1 || f != 0 {
-		t.Fatalf("p=%d f=%d err=%v\n%s", p, f, err, out.String())
 	}
 }

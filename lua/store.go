@@ -63,8 +63,7 @@ const storeSchema = `CREATE TABLE IF NOT EXISTS kv (
 
 // openStore opens (or creates) the store at path ("" = in memory). A
 // database that does not open or fails SQLite's quick check is moved aside
-// with a loud log line, and the store starts empty. A store of the earlier
-// release (a JSON file at path with .json for .db) is imported once.
+// with a loud log line, and the store starts empty.
 func openStore(path string, limits StoreLimits, log *slog.Logger) (*kvStore, error) {
 	s, err := tryOpenStore(path, limits)
 	if err != nil && path != "" {
@@ -148,32 +147,6 @@ func (s *kvStore) recount() error {
 	s.used = used
 	s.bytes.Store(total)
 	return rows.Err()
-}
-
-// importJSON loads a store file of the earlier release (one JSON object)
-// into an empty store, once: the file is renamed PATH.imported after.
-func (s *kvStore) importJSON(path string, log *slog.Logger) error {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		aside := path + ".damaged"
-		os.Rename(path, aside)
-		log.Error("old policy store file damaged: moved aside, not imported", "file", path, "moved_to", aside, "err", err)
-		return nil
-	}
-	for k, v := range m {
-		if err := s.set("", k, v, 0); err != nil {
-			log.Warn("old policy store entry not imported", "key", k, "err", err)
-		}
-	}
-	log.Info("old policy store imported", "file", path, "keys", len(m))
-	return os.Rename(path, path+".imported")
 }
 
 func (s *kvStore) close() error { return s.db.Close() }

@@ -696,21 +696,6 @@ func (l *LNM) Start(ctx context.Context, a api.LNMStartArgs) (api.LNMResults, er
 	return api.LNMResults{Results: res}, nil
 }
 
-// stateAfter is the state an operation leaves a guest in.
-func stateAfter(op api.Op) api.VMState {
-	switch op {
-	case api.OpPause:
-		return api.StatePaused
-	case api.OpShutdown:
-		return api.StateShutoff
-	case api.OpHibernate:
-		return api.StateHibernated
-	case api.OpDestroy:
-		return api.StateDestroyed
-	}
-	return api.StateRunning
-}
-
 // OpOn implements api.Node. Destroying a guest that does not exist
 // succeeds: it is gone, as asked.
 func (l *LNM) OpOn(ctx context.Context, a api.LNMOpArgs) (api.LNMResults, error) {
@@ -730,7 +715,7 @@ func (l *LNM) OpOn(ctx context.Context, a api.LNMOpArgs) (api.LNMResults, error)
 			delete(l.cache, n)
 			l.mu.Unlock()
 		}
-		res[i] = api.VMResult{Name: n, OK: true, State: stateAfter(a.Op)}
+		res[i] = api.VMResult{Name: n, OK: true, State: a.Op.Leaves()}
 	})
 	return api.LNMResults{Results: res}, nil
 }

@@ -1,7 +1,7 @@
 -- Fixture tests for audit_sql.lua (in-memory SQLite). What lands in the
--- tables is checked in lua/site_test.go (build tag site).
+-- tables is checked in lua/modules/sitetest (build tag site).
 local t = usher_test
-t.config{audit_sql = {fake_modules = true}}
+t.config{audit_sql = {}}
 
 t.case("logs on the way in and out of each request chain without changing the request", function()
   local res, err = t.request("start_request", {user = "alice", cluster = "web", vms = {{short = "web1"}}})

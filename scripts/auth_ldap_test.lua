@@ -1,5 +1,6 @@
 -- Fixture tests for auth_ldap.lua against the in-memory LDAP stand-in
--- (fake_modules); lua/site_test.go runs the same policy against slapd.
+-- (every policy test run has one); lua/modules/sitetest runs the same
+-- policy against slapd.
 local t = usher_test
 local people = {
   {dn = "uid=alice,ou=people,dc=usher,dc=test", uid = "alice", objectClass = {"posixAccount"}, userPassword = "alicepw"},
@@ -7,7 +8,7 @@ local people = {
   {dn = "cn=usher-admins,ou=groups,dc=usher,dc=test", cn = "usher-admins", objectClass = {"posixGroup"}, memberUid = {"bob"}},
 }
 local function cfg(extra)
-  local c = {fake_modules = true, fake_ldap = people, url = "ldap://fake", base = "ou=people,dc=usher,dc=test",
+  local c = {fake_ldap = people, url = "ldap://fake", base = "ou=people,dc=usher,dc=test",
              group_base = "ou=groups,dc=usher,dc=test"}
   for k, v in pairs(extra or {}) do c[k] = v end
   return c

@@ -1,8 +1,8 @@
--- Fixture tests for dns.lua (in-memory DNS stand-in); lua/site_test.go
+-- Fixture tests for dns.lua (in-memory DNS stand-in); lua/modules/sitetest
 -- checks the same updates against BIND with dig.
 local t = usher_test
 local function cfg(extra)
-  local c = {fake_modules = true, fake_dns_keys = {"usher-key."}, server = "127.0.0.1:53", key = "usher-key.",
+  local c = {fake_dns_keys = {"usher-key."}, server = "127.0.0.1:53", key = "usher-key.",
              zone = "usher.test", reverse_zone = "10.in-addr.arpa"}
   for k, v in pairs(extra or {}) do c[k] = v end
   return c

@@ -1,11 +1,11 @@
 -- Fixture tests for ipam_sql.lua (in-memory SQLite); the crash test in
--- lua/site_test.go kills a controller between reserve and start_complete.
+-- lua/modules/sitetest kills a controller between reserve and start_complete.
 local t = usher_test
 local ranges = {
   {name = "lab", subnet = "10.10.0.0/24", vlan = 10, first = "10.10.0.10", last = "10.10.0.12", users = {"alice"}},
   {name = "pool", subnet = "10.20.0.0/24", vlan = 20, first = "10.20.0.10", last = "10.20.0.11"},
 }
-t.config{ipam_sql = {fake_modules = true, ranges = ranges}}
+t.config{ipam_sql = {ranges = ranges}}
 
 local function ips(res)
   local out = {}

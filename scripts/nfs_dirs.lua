@@ -10,7 +10,7 @@
 -- (or its start failed) its folder is removed, and the cluster folder too
 -- once the cluster has no VM left. A failure keeps the VM from starting.
 --
--- Needs the fs module (root must lie below policy.modules.fs_roots). Config:
+-- Needs the fs module (root must lie below [policy.modules.fs] roots). Config:
 --   root = "/srv/usher"
 --   owner = "vm"       chown the cluster and VM folders to the VM's owner
 --                      (a local user of that name must exist); or a fixed

@@ -23,6 +23,7 @@ import (
 	"github.com/usher-vm/usher/core"
 	"github.com/usher-vm/usher/core/config"
 	"github.com/usher-vm/usher/lua"
+	"github.com/usher-vm/usher/lua/modules"
 	"github.com/usher-vm/usher/scripts"
 	"github.com/usher-vm/usher/transport"
 )
@@ -150,6 +151,7 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 			Max: cfg.Duration("controller.login_backoff_max")},
 		ReportInterval: cfg.Duration("controller.report_interval"),
 		Policy:         policy,
+		Logger:         log.With("component", "controller"),
 	})
 	if c.ln, err = net.Listen("tcp", cfg.String("controller.listen")); err != nil {
 		return fail(fmt.Errorf("controller.listen: %w", err))
@@ -342,25 +344,26 @@ func newPolicyHost(cfg *config.Set, stateDir string, extraDirs []string, log *sl
 			return nil, err
 		}
 	}
-	mods, err := lua.ParseModuleConfig(cfg.Map("policy.modules"))
+	mods, modTimeout, err := modules.Open(cfg.Map("policy.modules"))
 	if err != nil {
 		return nil, err
 	}
 	dirs := append([]string{shipped}, cfg.Strings("policy.dirs")...)
 	dirs = append(dirs, extraDirs...)
 	return lua.New(lua.Options{
-		Dirs:         dirs,
-		Enabled:      cfg.Strings("policy.enable"),
-		Watch:        cfg.Bool("policy.watch"),
-		Budget:       cfg.Duration("policy.budget"),
-		Instructions: uint64(max(cfg.Int("policy.budget_instructions"), 1000)),
-		MemLimitMB:   cfg.Int("policy.mem_limit_mb"),
-		Config:       policyConfig(cfg.Map("policy.config")),
-		StorePath:    filepath.Join(stateDir, "policy-store.db"),
-		StoreLimits:  lua.StoreLimits{MaxTotal: int64(cfg.Int("policy.store_max_mb")) << 20},
-		Files:        cfg.Strings("policy.files"),
-		Modules:      mods,
-		Logger:       log.With("component", "lua"),
+		Dirs:          dirs,
+		Enabled:       cfg.Strings("policy.enable"),
+		Watch:         cfg.Bool("policy.watch"),
+		Budget:        cfg.Duration("policy.budget"),
+		Instructions:  uint64(max(cfg.Int("policy.budget_instructions"), 1000)),
+		MemLimitMB:    cfg.Int("policy.mem_limit_mb"),
+		Config:        policyConfig(cfg.Map("policy.config")),
+		StorePath:     filepath.Join(stateDir, "policy-store.db"),
+		StoreLimits:   lua.StoreLimits{MaxTotal: int64(cfg.Int("policy.store_max_mb")) << 20},
+		Files:         cfg.Strings("policy.files"),
+		Modules:       mods, // the host closes them
+		ModuleTimeout: modTimeout,
+		Logger:        log.With("component", "lua"),
 	})
 }
 

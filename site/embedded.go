@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -122,50 +123,31 @@ func Start(ctx context.Context, o Options) (*Site, error) {
 		"controller.state_dir": filepath.Join(o.Dir, "controller"), "lnm.ca_file": caFile, "lnm.server_name": "localhost",
 		"lnm.recovery_listen": "127.0.0.1:0",
 	}
-	if o.Domain != "" {
-		vals["controller.domain"] = o.Domain
-	}
-	if o.ReportInterval > 0 {
-		vals["controller.report_interval"] = o.ReportInterval
-	}
-	if o.ScanInterval > 0 {
-		vals["lnm.scan_interval"] = o.ScanInterval
-	}
-	if o.KeepAlive > 0 {
-		vals["controller.keepalive"], vals["lnm.keepalive"] = o.KeepAlive, o.KeepAlive
-	}
-	if o.Grace > 0 {
-		vals["controller.grace"] = o.Grace
-	}
-	if o.SimCPUs > 0 {
-		vals["lnm.sim_cpus"] = o.SimCPUs
-	}
-	if o.SimMemMB > 0 {
-		vals["lnm.sim_mem_mb"] = o.SimMemMB
-	}
-	if o.SimBootDelay > 0 {
-		vals["lnm.sim_boot_delay"] = o.SimBootDelay
-	}
+	// What the options set (zero: the parameter's default).
+	given := map[string]any{"controller.domain": o.Domain, "controller.report_interval": o.ReportInterval,
+		"lnm.scan_interval": o.ScanInterval, "controller.keepalive": o.KeepAlive, "lnm.keepalive": o.KeepAlive,
+		"controller.grace": o.Grace, "lnm.sim_cpus": o.SimCPUs, "lnm.sim_mem_mb": o.SimMemMB, "lnm.sim_boot_delay": o.SimBootDelay}
 	if c := o.Core; c != nil {
-		for k, v := range map[string]any{"controller.start_timeout": c.StartTimeout, "controller.op_timeout": c.OpTimeout,
+		maps.Copy(given, map[string]any{"controller.start_timeout": c.StartTimeout, "controller.op_timeout": c.OpTimeout,
 			"controller.default_mem_mb": c.DefaultMemMB, "controller.default_vcpus": c.DefaultVCPUs,
-			"controller.max_request_vms": c.MaxRequestVMs, "controller.event_buffer": c.EventBuffer, "controller.adopt": string(c.Adopt)} {
-			switch x := v.(type) {
-			case time.Duration:
-				if x > 0 {
-					vals[k] = x
-				}
-			case int:
-				if x > 0 {
-					vals[k] = x
-				}
-			case string:
-				if x != "" {
-					vals[k] = x
-				}
+			"controller.max_request_vms": c.MaxRequestVMs, "controller.event_buffer": c.EventBuffer, "controller.adopt": string(c.Adopt)})
+		vals["controller.owner_only"] = c.OwnerOnly
+	}
+	for k, v := range given {
+		switch x := v.(type) {
+		case time.Duration:
+			if x > 0 {
+				vals[k] = x
+			}
+		case int:
+			if x > 0 {
+				vals[k] = x
+			}
+		case string:
+			if x != "" {
+				vals[k] = x
 			}
 		}
-		vals["controller.owner_only"] = c.OwnerOnly
 	}
 	for k, v := range vals {
 		if err := set(cfg, k, v); err != nil {

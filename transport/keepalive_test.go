@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/usher-vm/usher/internal/waitfor"
 )
 
 // pingCounter passes a connection through and counts the yamux ping
@@ -97,13 +99,7 @@ func TestKeepaliveQuietUnderTraffic(t *testing.T) {
 // keepalive had both sides ping every interval).
 func TestKeepaliveIdleDialerPings(t *testing.T) {
 	client, server, cc, sc := keepalivePair(t, 200*time.Millisecond)
-	deadline := time.Now().Add(20 * time.Second)
-	for cc.pings.Load() < 8 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the dialer sent %d keepalive pings in 20 s of idleness", cc.pings.Load())
-		}
-		time.Sleep(20 * time.Millisecond) // polling a counter
-	}
+	waitfor.True(t, 20*time.Second, "8 keepalive pings from the idle dialer", func() bool { return cc.pings.Load() >= 8 })
 	if s := sc.pings.Load(); s > 2 {
 		t.Fatalf("the accepting side sent %d pings while the dialer sent %d; it should stay quiet", s, cc.pings.Load())
 	}

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/usher-vm/usher/internal/waitfor"
 )
 
 // pipePair connects two sessions over an in-memory connection; the server
@@ -141,19 +143,11 @@ func TestPipeBrokenFailsPendingAndReopens(t *testing.T) {
 		done <- c.Call(ctx, "block", nil, nil)
 	}()
 	// Wait until the call is pending on the pipe, then break the stream.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	waitfor.True(t, 10*time.Second, "the call to become pending", func() bool {
 		p.mu.Lock()
-		n := len(p.pending)
-		p.mu.Unlock()
-		if n == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("call never became pending")
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer p.mu.Unlock()
+		return len(p.pending) == 1
+	})
 	p.st.Close()
 	select {
 	case err := <-done:
@@ -245,13 +239,7 @@ func TestPipeClosesWhenIdleAndReopens(t *testing.T) {
 	c, srv := pipePairIdle(t, nil, 100*time.Millisecond)
 	echo(t, c, "one")
 	// Idle: the caller closes its pipe and the server's pipe stream ends.
-	deadline := time.Now().Add(10 * time.Second)
-	for srv.ys.NumStreams() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("idle pipe never closed")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitfor.True(t, 10*time.Second, "the idle pipe to close", func() bool { return srv.ys.NumStreams() == 0 })
 	echo(t, c, "two")
 	if n := srv.ys.NumStreams(); n != 1 {
 		t.Fatalf("server has %d streams after reopening, want 1", n)

@@ -1,6 +1,3 @@
-// Package apitest holds test doubles of the contract for tests of the
-// mechanism: Node, an in-memory LNM link (api.Node) whose every method can
-// be made to fail, refuse or hang. Only tests import it.
 package apitest
 
 import (
@@ -236,21 +233,6 @@ func (n *Node) OpOn(ctx context.Context, a api.LNMOpArgs) (api.LNMResults, error
 	return n.DefaultOp(a), nil
 }
 
-// StateAfter is the state an operation leaves a guest in.
-func StateAfter(op api.Op) api.VMState {
-	switch op {
-	case api.OpPause:
-		return api.StatePaused
-	case api.OpShutdown:
-		return api.StateShutoff
-	case api.OpHibernate:
-		return api.StateHibernated
-	case api.OpDestroy:
-		return api.StateDestroyed
-	}
-	return api.StateRunning
-}
-
 // DefaultOp applies the operation to every named guest.
 func (n *Node) DefaultOp(a api.LNMOpArgs) api.LNMResults {
 	n.mu.Lock()
@@ -266,7 +248,7 @@ func (n *Node) DefaultOp(a api.LNMOpArgs) api.LNMResults {
 			out.Results = append(out.Results, api.VMResult{Name: name, Error: "no such guest"})
 			continue
 		}
-		st := StateAfter(a.Op)
+		st := a.Op.Leaves()
 		if a.Op == api.OpDestroy {
 			delete(n.guests, name)
 			delete(n.cache, name)

@@ -12,7 +12,7 @@ import (
 	"github.com/usher-vm/usher/site"
 
 	"github.com/usher-vm/usher/core/config"
-	"github.com/usher-vm/usher/lua"
+	"github.com/usher-vm/usher/lua/policytool"
 	"github.com/usher-vm/usher/nodemgr/sim"
 	"github.com/usher-vm/usher/repl"
 	"github.com/usher-vm/usher/transport"
@@ -181,7 +181,7 @@ Example:
 		if len(args) < 2 {
 			return fmt.Errorf("policy check needs at least one file")
 		}
-		errs := lua.Check(args[1:])
+		errs := policytool.Check(args[1:])
 		for _, e := range errs {
 			fmt.Fprintln(errOut, e)
 		}
@@ -194,7 +194,7 @@ Example:
 		if len(args) != 2 {
 			return fmt.Errorf("policy test needs one directory")
 		}
-		passed, failed, err := lua.RunTests(args[1], out)
+		passed, failed, err := policytool.RunTests(args[1], out)
 		if err != nil {
 			return err
 		}

@@ -162,7 +162,7 @@ func New(ctx context.Context, o Options) (*Driver, error) {
 	}
 	d := &Driver{
 		o:       o,
-		log:     o.Logger.With("driver", "libvirt", "node", o.Node),
+		log:     o.Logger.With("node", o.Node),
 		ready:   make(chan struct{}),
 		dropc:   make(chan *lv.Libvirt, 4),
 		raw:     make(chan item, 256),

@@ -6,15 +6,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/usher-vm/usher/nodemgr/libvirt"
-	"github.com/usher-vm/usher/nodemgr/libvirt/libvirttest"
 	"os"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/usher-vm/usher/internal/waitfor"
+	"github.com/usher-vm/usher/nodemgr/libvirt"
+	"github.com/usher-vm/usher/nodemgr/libvirt/libvirttest"
 
 	"github.com/usher-vm/usher/api"
 
@@ -45,8 +45,6 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
-
-const bootWait = 90 * time.Second // generous: TCG on a shared 2-core machine
 
 // newDriver starts a driver on host n and records its events.
 func newDriver(t *testing.T, n int, node string, tweak ...func(*libvirt.Options)) (*libvirt.Driver, *recorder) {
@@ -105,7 +103,7 @@ func record(d *libvirt.Driver) *recorder {
 // wait returns the first event at index >= from for name that matches.
 func (r *recorder) wait(t *testing.T, from int, name string, what string, match func(nodemgr.GuestEvent) bool) int {
 	t.Helper()
-	deadline := time.After(bootWait)
+	deadline := time.After(libvirttest.BootWait)
 	for {
 		r.mu.Lock()
 		for i := from; i < len(r.evs); i++ {
@@ -137,80 +135,14 @@ func isState(s api.VMState) func(nodemgr.GuestEvent) bool {
 
 func isGone(ev nodemgr.GuestEvent) bool { return ev.Gone }
 
-// poll retries f until it returns nil or the deadline passes.
-func poll(t *testing.T, what string, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-var tickRE = regexp.MustCompile(`(?m)^tick (\d+)\r?$`)
-
-// console reads a console file: boot markers and the last tick.
-func console(path string) (ups int, last int, text string) {
-	b, _ := os.ReadFile(path)
-	text = string(b)
-	ups = strings.Count(text, "USHER-GUEST-UP")
-	last = -1
-	if m := tickRE.FindAllStringSubmatch(text, -1); len(m) > 0 {
-		last, _ = strconv.Atoi(m[len(m)-1][1])
-	}
-	return ups, last, text
-}
-
-// waitConsole waits until the console shows at least ups boots and a tick
-// greater than after (in the last boot).
-func waitConsole(t *testing.T, path string, ups, after int) int {
-	t.Helper()
-	var last int
-	poll(t, "console "+path, bootWait, func() error {
-		u, l, text := console(path)
-		last = l
-		if u >= ups && l > after {
-			return nil
-		}
-		return fmt.Errorf("want %d boots and tick > %d, have %d boots, tick %d; tail: %q", ups, after, u, l, tail(text))
-	})
-	return last
-}
-
-func tail(s string) string {
-	if len(s) > 300 {
-		return s[len(s)-300:]
-	}
-	return s
-}
-
 // domstate asks libvirt directly ("" if the host has no such domain).
 func domstate(t *testing.T, n int, name string) string {
 	t.Helper()
-	out, err := H.Virsh(n, "domstate", name)
+	st, err := H.Domstate(n, name)
 	if err != nil {
-		if strings.Contains(err.Error(), "ailed to get domain") || strings.Contains(err.Error(), "not found") {
-			return ""
-		}
 		t.Fatal(err)
 	}
-	return out
-}
-
-func waitDomstate(t *testing.T, n int, name, want string) {
-	t.Helper()
-	poll(t, fmt.Sprintf("host%d domstate %s", n, name), bootWait, func() error {
-		if got := domstate(t, n, name); got != want {
-			return fmt.Errorf("got %q, want %q", got, want)
-		}
-		return nil
-	})
+	return st
 }
 
 func listed(t *testing.T, d *libvirt.Driver, name string) (nodemgr.GuestInfo, bool) {
@@ -279,9 +211,9 @@ func TestLifecycle(t *testing.T) {
 	if got := domstate(t, 1, name); got != "running" {
 		t.Fatalf("after Start libvirt says %q", got)
 	}
-	waitConsole(t, cons, 1, 0)
-	if _, _, text := console(cons); !strings.Contains(text, "USHER-GUEST-UP "+name) {
-		t.Fatalf("console lacks hostname marker: %q", tail(text))
+	libvirttest.WaitConsole(t, cons, 1, 0)
+	if _, _, text := libvirttest.Console(cons); !strings.Contains(text, "USHER-GUEST-UP "+name) {
+		t.Fatalf("console lacks hostname marker: %q", text[max(0, len(text)-300):])
 	}
 	t.Logf("guest up (console) %v after Start", time.Since(t0))
 	if err := d.Start(ctx, nodemgr.Spec{Name: name, MemMB: 128, VCPUs: 1}); !errors.Is(err, libvirt.ErrExists) {
@@ -296,8 +228,8 @@ func TestLifecycle(t *testing.T) {
 	if _, err := d.Stats(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_, last, _ := console(cons)
-	waitConsole(t, cons, 1, last+1)
+	_, last, _ := libvirttest.Console(cons)
+	libvirttest.WaitConsole(t, cons, 1, last+1)
 	st, err := d.Stats(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -320,7 +252,7 @@ func TestLifecycle(t *testing.T) {
 
 	m := r.mark()
 	op(api.OpPause, nodemgr.OpOptions{})
-	waitDomstate(t, 1, name, "paused")
+	H.WaitDomstate(t, 1, name, "paused")
 	m = r.wait(t, m, name, "paused", isState(api.StatePaused))
 	wantListed(t, d, name, api.StatePaused)
 	if err := d.Op(ctx, name, api.OpRestore, nodemgr.OpOptions{}); !errors.Is(err, libvirt.ErrInvalidTransition) {
@@ -328,17 +260,17 @@ func TestLifecycle(t *testing.T) {
 	}
 
 	op(api.OpResume, nodemgr.OpOptions{})
-	waitDomstate(t, 1, name, "running")
+	H.WaitDomstate(t, 1, name, "running")
 	m = r.wait(t, m, name, "running", isState(api.StateRunning))
 
 	id := domID(t, 1, name)
 	op(api.OpReboot, force)
-	waitConsole(t, cons, 2, -1) // a second boot marker
+	libvirttest.WaitConsole(t, cons, 2, -1) // a second boot marker
 	if got := domID(t, 1, name); got != id {
 		t.Fatalf("reboot changed the domain id %s -> %s", id, got)
 	}
 
-	_, before, _ := console(cons)
+	_, before, _ := libvirttest.Console(cons)
 	op(api.OpHibernate, nodemgr.OpOptions{})
 	if got := domstate(t, 1, name); got != "" {
 		t.Fatalf("after hibernate libvirt still has the domain: %q", got)
@@ -353,23 +285,23 @@ func TestLifecycle(t *testing.T) {
 	}
 
 	op(api.OpRestore, nodemgr.OpOptions{})
-	waitDomstate(t, 1, name, "running")
+	H.WaitDomstate(t, 1, name, "running")
 	m = r.wait(t, m, name, "running", isState(api.StateRunning))
 	if _, err := os.Stat(d.SavePath(name)); !os.IsNotExist(err) {
 		t.Fatalf("save file left after restore: %v", err)
 	}
-	if ups, _, _ := console(cons); ups != 2 {
+	if ups, _, _ := libvirttest.Console(cons); ups != 2 {
 		t.Fatalf("restore rebooted the guest (%d boot markers)", ups)
 	}
-	waitConsole(t, cons, 2, before) // the same boot carries on counting
+	libvirttest.WaitConsole(t, cons, 2, before) // the same boot carries on counting
 
 	id = domID(t, 1, name)
 	op(api.OpCycle, nodemgr.OpOptions{})
-	waitDomstate(t, 1, name, "running")
+	H.WaitDomstate(t, 1, name, "running")
 	if got := domID(t, 1, name); got == id {
 		t.Fatalf("cycle kept domain id %s", id)
 	}
-	waitConsole(t, cons, 3, -1)
+	libvirttest.WaitConsole(t, cons, 3, -1)
 
 	op(api.OpShutdown, force) // the busybox guest ignores ACPI: forced after ShutdownTimeout
 	if got := domstate(t, 1, name); got != "" {
@@ -379,9 +311,9 @@ func TestLifecycle(t *testing.T) {
 	wantListed(t, d, name, api.StateShutoff)
 
 	op(api.OpCycle, nodemgr.OpOptions{}) // from shutoff: boots again
-	waitDomstate(t, 1, name, "running")
+	H.WaitDomstate(t, 1, name, "running")
 	m = r.wait(t, m, name, "running", isState(api.StateRunning))
-	waitConsole(t, cons, 4, -1)
+	libvirttest.WaitConsole(t, cons, 4, -1)
 
 	op(api.OpDestroy, nodemgr.OpOptions{})
 	if got := domstate(t, 1, name); got != "" {
@@ -404,7 +336,7 @@ func TestShutdownWithoutForceFails(t *testing.T) {
 	if err := d.Start(ctx, nodemgr.Spec{Name: name, MemMB: 128, VCPUs: 1}); err != nil {
 		t.Fatal(err)
 	}
-	waitConsole(t, d.ConsolePath(name), 1, -1)
+	libvirttest.WaitConsole(t, d.ConsolePath(name), 1, -1)
 	err := d.Op(ctx, name, api.OpShutdown, nodemgr.OpOptions{})
 	if err == nil || !strings.Contains(err.Error(), "forced shutdown") {
 		t.Fatalf("graceful shutdown of an ACPI-deaf guest: %v", err)
@@ -427,7 +359,7 @@ func TestMigrate(t *testing.T) {
 		t.Fatal(err)
 	}
 	cons := d1.ConsolePath(name)
-	waitConsole(t, cons, 1, 1)
+	libvirttest.WaitConsole(t, cons, 1, 1)
 
 	// A failed migration leaves the domain running at the source.
 	err := d1.Migrate(ctx, name, "nowhere", "qemu+unix:///system?socket="+H.RunDir+"/no-such-sock")
@@ -444,7 +376,7 @@ func TestMigrate(t *testing.T) {
 		t.Fatal(err)
 	}
 	m1, m2 := r1.mark(), r2.mark()
-	_, before, _ := console(cons)
+	_, before, _ := libvirttest.Console(cons)
 	t0 := time.Now()
 	if err := d1.Migrate(ctx, name, "n2", info2.Address); err != nil {
 		t.Fatal(err)
@@ -456,8 +388,8 @@ func TestMigrate(t *testing.T) {
 	if got := domstate(t, 1, name); got != "" {
 		t.Fatalf("source still has the domain: %q", got)
 	}
-	after := waitConsole(t, cons, 1, before+1)
-	if ups, _, _ := console(cons); ups != 1 {
+	after := libvirttest.WaitConsole(t, cons, 1, before+1)
+	if ups, _, _ := libvirttest.Console(cons); ups != 1 {
 		t.Fatalf("guest rebooted during migration (%d boot markers)", ups)
 	}
 	// host2's QEMU is the writer now: host1 has no QEMU for it.
@@ -477,24 +409,24 @@ func TestMigrate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, before, _ = console(cons)
+	_, before, _ = libvirttest.Console(cons)
 	t0 = time.Now()
 	if err := d2.Migrate(ctx, name, "n1", info1.Address); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("migration host2 -> host1 took %v", time.Since(t0).Round(time.Millisecond))
-	waitDomstate(t, 1, name, "running")
-	waitConsole(t, cons, 1, before+1)
+	H.WaitDomstate(t, 1, name, "running")
+	libvirttest.WaitConsole(t, cons, 1, before+1)
 	// Ops work on a domain that arrived by migration (cycle takes libvirt's XML).
 	id := domID(t, 1, name)
 	if err := d1.Op(ctx, name, api.OpCycle, nodemgr.OpOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitDomstate(t, 1, name, "running")
+	H.WaitDomstate(t, 1, name, "running")
 	if got := domID(t, 1, name); got == id {
 		t.Fatalf("cycle kept domain id %s", id)
 	}
-	waitConsole(t, cons, 2, -1)
+	libvirttest.WaitConsole(t, cons, 2, -1)
 	if err := d1.Op(ctx, name, api.OpDestroy, nodemgr.OpOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -544,7 +476,7 @@ func TestReconnect(t *testing.T) {
 	if err := d.Start(ctx, nodemgr.Spec{Name: name, MemMB: 128, VCPUs: 1}); err != nil {
 		t.Fatal(err)
 	}
-	waitConsole(t, d.ConsolePath(name), 1, -1)
+	libvirttest.WaitConsole(t, d.ConsolePath(name), 1, -1)
 	before := d.Connects()
 	pid, _ := H.Pid(1)
 	if err := H.KillHost(1); err != nil {
@@ -556,7 +488,7 @@ func TestReconnect(t *testing.T) {
 	}
 	npid, _ := H.Pid(1)
 	t.Logf("libvirtd %d killed, %d answering after %v", pid, npid, time.Since(t0).Round(time.Millisecond))
-	poll(t, "driver reconnects", time.Minute, func() error {
+	waitfor.Error(t, time.Minute, "the driver to reconnect", func() error {
 		if d.Connects() <= before {
 			return fmt.Errorf("connects still %d", d.Connects())
 		}

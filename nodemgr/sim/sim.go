@@ -25,7 +25,7 @@ const (
 // errors.Is and carry a more specific message.
 var (
 	ErrNoSuchGuest          = nodemgr.ErrNoGuest
-	ErrExists               = errors.New("domain already exists")
+	ErrExists               = errors.New("guest already exists")
 	ErrInsufficientCapacity = errors.New("insufficient capacity")
 	ErrInvalidTransition    = errors.New("invalid state transition")
 	ErrClosed               = errors.New("sim: hypervisor closed")
@@ -38,7 +38,7 @@ type Options struct {
 	CPUs      int           // capacity in vCPUs (default 16)
 	MemMB     int           // capacity in MiB (default 65536)
 	BootDelay time.Duration // time from Start to running (default 0); ops and Migrate take BootDelay/4
-	// StateFile is "" to keep domains in memory only; otherwise domains
+	// StateFile is "" to keep guests in memory only; otherwise guests
 	// persist in this JSON file so they outlive the LNM process, and other
 	// processes can inject faults through it (Inject).
 	StateFile string
@@ -50,8 +50,8 @@ type Options struct {
 	EventBuffer int
 }
 
-// domain is one simulated VM.
-type domain struct {
+// guest is one simulated VM.
+type guest struct {
 	name     string
 	state    api.VMState
 	reason   string
@@ -61,11 +61,11 @@ type domain struct {
 	incoming bool    // created by PrepareIncoming and not yet operated on
 	base     float64 // synthetic CPU load the random walk reverts to (cores)
 	load     float64 // current synthetic CPU load (cores)
-	rs       uint64  // the domain's own RNG state, so samples do not depend on map order
+	rs       uint64  // the guest's own RNG state, so samples do not depend on map order
 }
 
 // rand returns a pseudo-random float in [0,1) (splitmix64).
-func (d *domain) rand() float64 {
+func (d *guest) rand() float64 {
 	d.rs += 0x9e3779b97f4a7c15
 	z := d.rs
 	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
@@ -74,7 +74,7 @@ func (d *domain) rand() float64 {
 	return float64(z>>11) / float64(1<<53)
 }
 
-// consumes reports whether a domain in state s holds memory and vCPUs.
+// consumes reports whether a guest in state s holds memory and vCPUs.
 func consumes(s api.VMState) bool { return s == api.StateRunning || s == api.StatePaused }
 
 // Hypervisor is a simulated VMM implementing nodemgr.Driver. All methods are
@@ -84,11 +84,11 @@ type Hypervisor struct {
 
 	mu       sync.Mutex // guards everything below; held while sending events
 	closed   bool
-	doms     map[string]*domain
+	guests   map[string]*guest
 	reserved map[string]nodemgr.Spec // Starts sleeping through BootDelay
-	usedMem  int                     // running+paused domains and reservations
+	usedMem  int                     // running+paused guests and reservations
 	usedCPU  int
-	pins     map[string]float64      // SetLoad pins by domain name
+	pins     map[string]float64      // SetLoad pins by guest name
 	events   chan nodemgr.GuestEvent // nil when disabled
 	file     *stateFile              // nil in memory mode
 
@@ -98,7 +98,7 @@ type Hypervisor struct {
 var _ nodemgr.Driver = (*Hypervisor)(nil)
 
 // New creates a simulated hypervisor. With a StateFile that already exists,
-// the domains recorded there are resumed as they were.
+// the guests recorded there are resumed as they were.
 func New(opts Options) (*Hypervisor, error) {
 	if opts.Node == "" {
 		return nil, errors.New("sim: Options.Node is required")
@@ -117,7 +117,7 @@ func New(opts Options) (*Hypervisor, error) {
 	}
 	h := &Hypervisor{
 		opts:     opts,
-		doms:     make(map[string]*domain),
+		guests:   make(map[string]*guest),
 		reserved: make(map[string]nodemgr.Spec),
 		pins:     make(map[string]float64),
 	}
@@ -138,7 +138,7 @@ func New(opts Options) (*Hypervisor, error) {
 	return h, nil
 }
 
-// loadInitial adopts the domains of an existing state file (or creates the
+// loadInitial adopts the guests of an existing state file (or creates the
 // file) and records this node's name and capacity in it.
 func (h *Hypervisor) loadInitial(f *stateFile) error {
 	unlock, err := f.lock(true)
@@ -153,10 +153,10 @@ func (h *Hypervisor) loadInitial(f *stateFile) error {
 	if st.Node != "" && st.Node != h.opts.Node {
 		return fmt.Errorf("sim: state file %s belongs to node %q, not %q", f.path, st.Node, h.opts.Node)
 	}
-	for _, fd := range st.Domains {
-		d := h.newDomain(fd.Name, fd.MemMB, fd.VCPUs, fd.Data)
+	for _, fd := range st.Guests {
+		d := h.newGuest(fd.Name, fd.MemMB, fd.VCPUs, fd.Data)
 		d.state, d.reason, d.incoming = fd.State, fd.Reason, fd.Incoming
-		h.doms[d.name] = d
+		h.guests[d.name] = d
 		if consumes(d.state) {
 			h.usedMem += d.mem
 			h.usedCPU += d.vcpus
@@ -165,13 +165,13 @@ func (h *Hypervisor) loadInitial(f *stateFile) error {
 	return h.persistLocked(f)
 }
 
-func (h *Hypervisor) newDomain(name string, mem, vcpus int, data map[string]string) *domain {
+func (h *Hypervisor) newGuest(name string, mem, vcpus int, data map[string]string) *guest {
 	hs := fnv.New64a()
 	hs.Write([]byte(name))
 	x := hs.Sum64() ^ uint64(h.opts.Seed)*0x9e3779b97f4a7c15
 	frac := float64(x>>11) / float64(1<<53) // [0,1)
 	base := (0.05 + 0.6*frac) * float64(vcpus)
-	return &domain{name: name, mem: mem, vcpus: vcpus, data: copyMap(data), base: base, load: base, rs: x}
+	return &guest{name: name, mem: mem, vcpus: vcpus, data: copyMap(data), base: base, load: base, rs: x}
 }
 
 func copyMap(m map[string]string) map[string]string {
@@ -228,13 +228,13 @@ func (h *Hypervisor) syncLocked(emit bool) error {
 	if err != nil {
 		return err
 	}
-	seen := make(map[string]bool, len(st.Domains))
-	for _, fd := range st.Domains {
+	seen := make(map[string]bool, len(st.Guests))
+	for _, fd := range st.Guests {
 		seen[fd.Name] = true
-		d, ok := h.doms[fd.Name]
+		d, ok := h.guests[fd.Name]
 		if !ok {
-			d = h.newDomain(fd.Name, fd.MemMB, fd.VCPUs, fd.Data)
-			h.doms[d.name] = d
+			d = h.newGuest(fd.Name, fd.MemMB, fd.VCPUs, fd.Data)
+			h.guests[d.name] = d
 		} else if d.state == fd.State && d.reason == fd.Reason {
 			d.mem, d.vcpus, d.data, d.incoming = fd.MemMB, fd.VCPUs, copyMap(fd.Data), fd.Incoming
 			continue
@@ -244,9 +244,9 @@ func (h *Hypervisor) syncLocked(emit bool) error {
 			h.emitLocked(nodemgr.GuestEvent{Name: d.name, State: d.state, Reason: d.reason})
 		}
 	}
-	for name := range h.doms {
+	for name := range h.guests {
 		if !seen[name] {
-			delete(h.doms, name)
+			delete(h.guests, name)
 			if emit {
 				h.emitLocked(nodemgr.GuestEvent{Name: name, Gone: true, Reason: "vanished"})
 			}
@@ -260,7 +260,7 @@ func (h *Hypervisor) syncLocked(emit bool) error {
 // recountLocked recomputes the capacity in use from scratch.
 func (h *Hypervisor) recountLocked() {
 	h.usedMem, h.usedCPU = 0, 0
-	for _, d := range h.doms {
+	for _, d := range h.guests {
 		if consumes(d.state) {
 			h.usedMem += d.mem
 			h.usedCPU += d.vcpus
@@ -272,13 +272,13 @@ func (h *Hypervisor) recountLocked() {
 	}
 }
 
-// persistLocked writes every domain to the state file. Caller holds h.mu
+// persistLocked writes every guest to the state file. Caller holds h.mu
 // and the exclusive file lock.
 func (h *Hypervisor) persistLocked(f *stateFile) error {
 	st := fileState{Version: 1, Node: h.opts.Node, CPUs: h.opts.CPUs, MemMB: h.opts.MemMB}
-	st.Domains = make([]fileDomain, 0, len(h.doms))
-	for _, d := range h.doms {
-		st.Domains = append(st.Domains, fileDomain{Name: d.name, State: d.state, Reason: d.reason,
+	st.Guests = make([]fileGuest, 0, len(h.guests))
+	for _, d := range h.guests {
+		st.Guests = append(st.Guests, fileGuest{Name: d.name, State: d.state, Reason: d.reason,
 			MemMB: d.mem, VCPUs: d.vcpus, Data: d.data, Incoming: d.incoming})
 	}
 	id, err := f.write(&st)
@@ -322,7 +322,7 @@ func (h *Hypervisor) emitLocked(ev nodemgr.GuestEvent) {
 	}
 }
 
-// CapacityError says which resource is short when a domain cannot run.
+// CapacityError says which resource is short when a guest cannot run.
 type CapacityError struct {
 	Node                 string
 	FreeMemMB, NeedMemMB int
@@ -344,7 +344,7 @@ func (e *CapacityError) Error() string {
 // Is makes errors.Is(err, ErrInsufficientCapacity) true.
 func (e *CapacityError) Is(target error) bool { return target == ErrInsufficientCapacity }
 
-// TransitionError is an operation that the domain's state does not allow.
+// TransitionError is an operation that the guest's state does not allow.
 type TransitionError struct {
 	Name  string
 	Op    string
@@ -352,7 +352,7 @@ type TransitionError struct {
 }
 
 func (e *TransitionError) Error() string {
-	return fmt.Sprintf("cannot %s: domain is %s (domain %q)", e.Op, e.State, e.Name)
+	return fmt.Sprintf("cannot %s: guest is %s (guest %q)", e.Op, e.State, e.Name)
 }
 
 // Is makes errors.Is(err, ErrInvalidTransition) true.
@@ -372,7 +372,7 @@ func (h *Hypervisor) checkCapacityLocked(mem, vcpus int) error {
 func noSuch(name string) error { return fmt.Errorf("%w: %q", ErrNoSuchGuest, name) }
 
 func (h *Hypervisor) existsLocked(name string) error {
-	if _, ok := h.doms[name]; ok {
+	if _, ok := h.guests[name]; ok {
 		return fmt.Errorf("%w: %q", ErrExists, name)
 	}
 	if _, ok := h.reserved[name]; ok {
@@ -383,7 +383,7 @@ func (h *Hypervisor) existsLocked(name string) error {
 
 // setStateLocked moves d to state s, keeping the capacity counters right.
 // The caller has checked capacity if s consumes and d's state did not.
-func (h *Hypervisor) setStateLocked(d *domain, s api.VMState, reason string) nodemgr.GuestEvent {
+func (h *Hypervisor) setStateLocked(d *guest, s api.VMState, reason string) nodemgr.GuestEvent {
 	was, now := consumes(d.state), consumes(s)
 	if was && !now {
 		h.usedMem -= d.mem
@@ -396,21 +396,21 @@ func (h *Hypervisor) setStateLocked(d *domain, s api.VMState, reason string) nod
 	return nodemgr.GuestEvent{Name: d.name, State: s, Reason: reason}
 }
 
-// addLocked creates a running domain (capacity already checked).
+// addLocked creates a running guest (capacity already checked).
 func (h *Hypervisor) addLocked(spec nodemgr.Spec, reason string, incoming bool) nodemgr.GuestEvent {
-	d := h.newDomain(spec.Name, spec.MemMB, spec.VCPUs, spec.Data)
+	d := h.newGuest(spec.Name, spec.MemMB, spec.VCPUs, spec.Data)
 	d.incoming = incoming
-	h.doms[d.name] = d
+	h.guests[d.name] = d
 	return h.setStateLocked(d, api.StateRunning, reason)
 }
 
-// removeLocked deletes a domain, releasing its capacity.
-func (h *Hypervisor) removeLocked(d *domain, reason string) nodemgr.GuestEvent {
+// removeLocked deletes a guest, releasing its capacity.
+func (h *Hypervisor) removeLocked(d *guest, reason string) nodemgr.GuestEvent {
 	if consumes(d.state) {
 		h.usedMem -= d.mem
 		h.usedCPU -= d.vcpus
 	}
-	delete(h.doms, d.name)
+	delete(h.guests, d.name)
 	return nodemgr.GuestEvent{Name: d.name, Gone: true, Reason: reason}
 }
 
@@ -419,7 +419,7 @@ func validSpec(spec nodemgr.Spec) error {
 		return errors.New("sim: spec has no name")
 	}
 	if spec.MemMB <= 0 || spec.VCPUs <= 0 {
-		return fmt.Errorf("sim: domain %q needs positive memory and vCPUs (got %d MiB, %d vCPUs)", spec.Name, spec.MemMB, spec.VCPUs)
+		return fmt.Errorf("sim: guest %q needs positive memory and vCPUs (got %d MiB, %d vCPUs)", spec.Name, spec.MemMB, spec.VCPUs)
 	}
 	return nil
 }
@@ -458,7 +458,7 @@ func (h *Hypervisor) NodeInfo(ctx context.Context) (api.NodeInfo, error) {
 		CPUs: h.opts.CPUs, MemMB: h.opts.MemMB, Hostname: h.opts.Node, Model: "usher simulated node"}, nil
 }
 
-// List returns every domain, in no particular order. Domains still inside
+// List returns every guest, in no particular order. Guests still inside
 // their BootDelay are not listed yet.
 func (h *Hypervisor) List(ctx context.Context) ([]nodemgr.GuestInfo, error) {
 	unlock, err := h.begin(ctx, false)
@@ -466,16 +466,16 @@ func (h *Hypervisor) List(ctx context.Context) ([]nodemgr.GuestInfo, error) {
 		return nil, err
 	}
 	defer unlock()
-	out := make([]nodemgr.GuestInfo, 0, len(h.doms))
-	for _, d := range h.doms {
+	out := make([]nodemgr.GuestInfo, 0, len(h.guests))
+	for _, d := range h.guests {
 		out = append(out, nodemgr.GuestInfo{Name: d.name, State: d.state, Reason: d.reason, MemMB: d.mem, VCPUs: d.vcpus})
 	}
 	return out, nil
 }
 
-// Start creates a domain and returns once it runs, after BootDelay. The
+// Start creates a guest and returns once it runs, after BootDelay. The
 // name and capacity are reserved while booting; if ctx ends first the
-// reservation is dropped, ctx.Err() returned and the domain never exists.
+// reservation is dropped, ctx.Err() returned and the guest never exists.
 func (h *Hypervisor) Start(ctx context.Context, spec nodemgr.Spec) error {
 	if err := validSpec(spec); err != nil {
 		return err
@@ -518,7 +518,7 @@ func (h *Hypervisor) Start(ctx context.Context, spec nodemgr.Spec) error {
 	}
 	defer unlock()
 	h.unreserveLocked(spec)
-	if _, ok := h.doms[spec.Name]; ok {
+	if _, ok := h.guests[spec.Name]; ok {
 		return fmt.Errorf("%w: %q", ErrExists, spec.Name)
 	}
 	if err := h.checkCapacityLocked(spec.MemMB, spec.VCPUs); err != nil {
@@ -535,7 +535,7 @@ func (h *Hypervisor) unreserveLocked(spec nodemgr.Spec) {
 	}
 }
 
-// transition computes the result of op on a domain in state s: the new
+// transition computes the result of op on a guest in state s: the new
 // state and reason, gone for destroy, and whether capacity must be
 // acquired. It does not change anything.
 func transition(name string, s api.VMState, op api.Op) (to api.VMState, reason string, gone, acquire bool, err error) {
@@ -584,14 +584,14 @@ func transition(name string, s api.VMState, op api.Op) (to api.VMState, reason s
 
 // Op applies a Table 3 operation, taking BootDelay/4. Invalid transitions
 // fail at once; the transition is checked again after the delay in case
-// the domain changed meanwhile. Options are ignored.
+// the guest changed meanwhile. Options are ignored.
 func (h *Hypervisor) Op(ctx context.Context, name string, op api.Op, _ nodemgr.OpOptions) error {
 	if delay := h.opts.BootDelay / 4; delay > 0 {
 		unlock, err := h.begin(ctx, false)
 		if err != nil {
 			return err
 		}
-		d, ok := h.doms[name]
+		d, ok := h.guests[name]
 		if !ok {
 			unlock()
 			return noSuch(name)
@@ -611,7 +611,7 @@ func (h *Hypervisor) Op(ctx context.Context, name string, op api.Op, _ nodemgr.O
 		return err
 	}
 	defer unlock()
-	d, ok := h.doms[name]
+	d, ok := h.guests[name]
 	if !ok {
 		return noSuch(name)
 	}
@@ -634,7 +634,7 @@ func (h *Hypervisor) Op(ctx context.Context, name string, op api.Op, _ nodemgr.O
 	return h.commitLocked(h.setStateLocked(d, to, reason))
 }
 
-// PrepareIncoming creates the destination copy of a migrating domain,
+// PrepareIncoming creates the destination copy of a migrating guest,
 // running, if capacity allows.
 func (h *Hypervisor) PrepareIncoming(ctx context.Context, spec nodemgr.Spec) error {
 	if err := validSpec(spec); err != nil {
@@ -654,8 +654,8 @@ func (h *Hypervisor) PrepareIncoming(ctx context.Context, spec nodemgr.Spec) err
 	return h.commitLocked(h.addLocked(spec, "incoming migration", true))
 }
 
-// AbortIncoming removes a domain created by PrepareIncoming that has not
-// been operated on since. It is a no-op for a domain that does not exist
+// AbortIncoming removes a guest created by PrepareIncoming that has not
+// been operated on since. It is a no-op for a guest that does not exist
 // (abort is cleanup), and an error for one that was not prepared.
 func (h *Hypervisor) AbortIncoming(ctx context.Context, name string) error {
 	unlock, err := h.begin(ctx, true)
@@ -663,23 +663,23 @@ func (h *Hypervisor) AbortIncoming(ctx context.Context, name string) error {
 		return err
 	}
 	defer unlock()
-	d, ok := h.doms[name]
+	d, ok := h.guests[name]
 	if !ok {
 		return nil
 	}
 	if !d.incoming {
-		return fmt.Errorf("sim: domain %q is not an incoming migration", name)
+		return fmt.Errorf("sim: guest %q is not an incoming migration", name)
 	}
 	return h.commitLocked(h.removeLocked(d, "incoming migration aborted"))
 }
 
-// Migrate hands a running or paused domain over to target: after
+// Migrate hands a running or paused guest over to target: after
 // BootDelay/4 the local copy is removed (the controller has already made
 // the destination copy with PrepareIncoming). If ctx ends first, the
-// domain keeps running here.
+// guest keeps running here.
 func (h *Hypervisor) Migrate(ctx context.Context, name, target, address string) error {
-	check := func() (*domain, error) {
-		d, ok := h.doms[name]
+	check := func() (*guest, error) {
+		d, ok := h.guests[name]
 		if !ok {
 			return nil, noSuch(name)
 		}
@@ -715,18 +715,18 @@ func (h *Hypervisor) Migrate(ctx context.Context, name, target, address string) 
 	return h.commitLocked(h.removeLocked(d, "migrated to "+target))
 }
 
-// Stats samples synthetic usage: each active domain's CPU load does a
-// seeded random walk around a per-domain base (or sits at its SetLoad pin);
+// Stats samples synthetic usage: each active guest's CPU load does a
+// seeded random walk around a per-guest base (or sits at its SetLoad pin);
 // memory is its allocation; network and disk rates follow the CPU load.
-// Inactive domains read zero. The node sample is the sum.
+// Inactive guests read zero. The node sample is the sum.
 func (h *Hypervisor) Stats(ctx context.Context) (nodemgr.Stats, error) {
 	unlock, err := h.begin(ctx, false)
 	if err != nil {
 		return nodemgr.Stats{}, err
 	}
 	defer unlock()
-	st := nodemgr.Stats{Guests: make(map[string]nodemgr.Sample, len(h.doms))}
-	for _, d := range h.doms {
+	st := nodemgr.Stats{Guests: make(map[string]nodemgr.Sample, len(h.guests))}
+	for _, d := range h.guests {
 		var s nodemgr.Sample
 		if consumes(d.state) {
 			s.MemBytes = float64(d.mem) * (1 << 20)
@@ -769,7 +769,7 @@ func (h *Hypervisor) Events() <-chan nodemgr.GuestEvent {
 // Dropped counts the events dropped because the channel was full.
 func (h *Hypervisor) Dropped() uint64 { return h.dropped.Load() }
 
-// Close closes the events channel and the state file lock. Domains keep
+// Close closes the events channel and the state file lock. Guests keep
 // existing (in the state file, when there is one). Later calls fail with
 // ErrClosed; closing twice is harmless.
 func (h *Hypervisor) Close() error {
@@ -788,14 +788,14 @@ func (h *Hypervisor) Close() error {
 	return nil
 }
 
-// Crash makes a running or paused domain crash, as the guest or QEMU might.
+// Crash makes a running or paused guest crash, as the guest or QEMU might.
 func (h *Hypervisor) Crash(name string) error {
 	unlock, err := h.begin(context.Background(), true)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	d, ok := h.doms[name]
+	d, ok := h.guests[name]
 	if !ok {
 		return noSuch(name)
 	}
@@ -805,21 +805,21 @@ func (h *Hypervisor) Crash(name string) error {
 	return h.commitLocked(h.setStateLocked(d, api.StateCrashed, "crashed"))
 }
 
-// Vanish removes a domain behind Usher's back (someone ran virsh undefine).
+// Vanish removes a guest behind Usher's back (someone ran virsh undefine).
 func (h *Hypervisor) Vanish(name string) error {
 	unlock, err := h.begin(context.Background(), true)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	d, ok := h.doms[name]
+	d, ok := h.guests[name]
 	if !ok {
 		return noSuch(name)
 	}
 	return h.commitLocked(h.removeLocked(d, "vanished"))
 }
 
-// Appear creates a running domain from outside Usher, subject to capacity.
+// Appear creates a running guest from outside Usher, subject to capacity.
 func (h *Hypervisor) Appear(spec nodemgr.Spec) error {
 	if err := validSpec(spec); err != nil {
 		return err
@@ -838,7 +838,7 @@ func (h *Hypervisor) Appear(spec nodemgr.Spec) error {
 	return h.commitLocked(h.addLocked(spec, "appeared", false))
 }
 
-// SetLoad pins the synthetic CPU load (cores) of a domain, which need not
+// SetLoad pins the synthetic CPU load (cores) of a guest, which need not
 // exist yet; a negative cpu removes the pin.
 func (h *Hypervisor) SetLoad(name string, cpu float64) {
 	h.mu.Lock()

@@ -110,7 +110,7 @@ func mustOp(t *testing.T, h *Hypervisor, name string, op api.Op) {
 	nextEvent(t, h)
 }
 
-// into brings a fresh domain "vm" into state s.
+// into brings a fresh guest "vm" into state s.
 func into(t *testing.T, h *Hypervisor, s api.VMState) {
 	t.Helper()
 	mustStart(t, h, spec("vm", 1024, 1))
@@ -160,7 +160,7 @@ func TestOpTransitions(t *testing.T) {
 					if err == nil {
 						t.Fatalf("%s from %s succeeded", op, from)
 					}
-					msg := fmt.Sprintf("cannot %s: domain is %s", op, from)
+					msg := fmt.Sprintf("cannot %s: guest is %s", op, from)
 					if !strings.Contains(err.Error(), msg) || !errors.Is(err, ErrInvalidTransition) {
 						t.Fatalf("error %q, want it to contain %q and match ErrInvalidTransition", err, msg)
 					}
@@ -176,7 +176,7 @@ func TestOpTransitions(t *testing.T) {
 				if want.to == gone {
 					expectEvent(t, h, nodemgr.GuestEvent{Name: "vm", Gone: true, Reason: want.reason})
 					if _, ok := list(t, h)["vm"]; ok {
-						t.Fatal("destroyed domain still listed")
+						t.Fatal("destroyed guest still listed")
 					}
 					return
 				}
@@ -199,7 +199,7 @@ func TestUnknownDomainAndOp(t *testing.T) {
 		h.Vanish("nope"),
 	} {
 		if err == nil || !strings.Contains(err.Error(), "no such guest") || !errors.Is(err, ErrNoSuchGuest) {
-			t.Errorf("error %v, want no such domain", err)
+			t.Errorf("error %v, want no such guest", err)
 		}
 	}
 	mustStart(t, h, spec("vm", 512, 1))
@@ -238,7 +238,7 @@ func TestCapacity(t *testing.T) {
 		t.Errorf("error %q blames vCPUs, which are free", err)
 	}
 	if _, ok := list(t, h)["c"]; ok {
-		t.Fatal("refused domain exists")
+		t.Fatal("refused guest exists")
 	}
 	noEvent(t, h)
 
@@ -264,13 +264,13 @@ func TestCapacity(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "vCPUs: 2 free, 3 needed") || strings.Contains(err.Error(), "memory") {
 		t.Fatalf("vCPU shortage: %v", err)
 	}
-	// A shutoff domain does not hold capacity, but cycling it back does.
+	// A shutoff guest does not hold capacity, but cycling it back does.
 	mustStart(t, h, spec("d", 2048, 2))
 	err = h.Op(ctx, "b", api.OpCycle, nodemgr.OpOptions{})
 	if !errors.Is(err, ErrInsufficientCapacity) {
-		t.Fatalf("cycle of shutoff domain on a full node: %v", err)
+		t.Fatalf("cycle of shutoff guest on a full node: %v", err)
 	}
-	// Crashed domains release too.
+	// Crashed guests release too.
 	if err := h.Crash("d"); err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +293,7 @@ func TestBootDelayAndCancel(t *testing.T) {
 		t.Fatalf("Start with expiring ctx: %v", err)
 	}
 	if len(list(t, slow)) != 0 {
-		t.Fatal("cancelled start left a domain")
+		t.Fatal("cancelled start left a guest")
 	}
 	noEvent(t, slow)
 	// Its reservation is gone: the whole node is free again.
@@ -315,7 +315,7 @@ func TestBootDelayAndCancel(t *testing.T) {
 	if err := slow.Op(context.Background(), "c", api.OpResume, nodemgr.OpOptions{}); !errors.Is(err, ErrInvalidTransition) {
 		t.Fatalf("resume running: %v", err)
 	}
-	// Migration cut short: the domain keeps running here.
+	// Migration cut short: the guest keeps running here.
 	ctx3, cancel3 := context.WithTimeout(context.Background(), 10*time.Millisecond)
 	defer cancel3()
 	if err := slow.Migrate(ctx3, "c", "n2", "n2:1"); !errors.Is(err, context.DeadlineExceeded) {
@@ -369,22 +369,22 @@ func TestMigration(t *testing.T) {
 		t.Fatalf("prepare after abort: %v", err)
 	}
 	nextEvent(t, dst)
-	// Abort of nothing is a no-op; abort of a domain that has since been
+	// Abort of nothing is a no-op; abort of a guest that has since been
 	// operated on (adopted) is refused.
 	if err := dst.AbortIncoming(ctx, "never"); err != nil {
 		t.Fatal(err)
 	}
 	mustOp(t, dst, "vm", api.OpPause)
 	if err := dst.AbortIncoming(ctx, "vm"); err == nil {
-		t.Fatal("abort removed an adopted domain")
+		t.Fatal("abort removed an adopted guest")
 	}
-	// A paused domain can migrate; a shutoff one cannot.
+	// A paused guest can migrate; a shutoff one cannot.
 	if err := dst.Migrate(ctx, "vm", "src", "src:7000"); err != nil {
 		t.Fatal(err)
 	}
 	expectEvent(t, dst, nodemgr.GuestEvent{Name: "vm", Gone: true, Reason: "migrated to src"})
 	mustOp(t, dst, "more", api.OpShutdown)
-	if err := dst.Migrate(ctx, "more", "src", "src:7000"); err == nil || !strings.Contains(err.Error(), "cannot migrate: domain is shutoff") {
+	if err := dst.Migrate(ctx, "more", "src", "src:7000"); err == nil || !strings.Contains(err.Error(), "cannot migrate: guest is shutoff") {
 		t.Fatalf("migrate shutoff: %v", err)
 	}
 	noEvent(t, dst)
@@ -418,7 +418,7 @@ func TestPersistence(t *testing.T) {
 	if err := json.Unmarshal(raw, &st); err != nil {
 		t.Fatal(err)
 	}
-	if len(st.Domains) != 3 || st.Domains[0].Name != "a" || st.Domains[0].Data["ip"] != "10.1.1.1" {
+	if len(st.Guests) != 3 || st.Guests[0].Name != "a" || st.Guests[0].Data["ip"] != "10.1.1.1" {
 		t.Fatalf("state file: %s", raw)
 	}
 
@@ -498,7 +498,7 @@ func TestInject(t *testing.T) {
 	}
 
 	for _, c := range []struct{ action, name, want string }{
-		{"crash", "s", "cannot crash: domain is shutoff"},
+		{"crash", "s", "cannot crash: guest is shutoff"},
 		{"crash", "zz", "no such guest"},
 		{"vanish", "zz", "no such guest"},
 		{"appear", "c", "already exists"},
@@ -514,7 +514,7 @@ func TestInject(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := h.Op(context.Background(), "d", api.OpPause, nodemgr.OpOptions{}); !errors.Is(err, ErrNoSuchGuest) {
-		t.Fatalf("op on injected-away domain: %v", err)
+		t.Fatalf("op on injected-away guest: %v", err)
 	}
 	expectEvent(t, h, nodemgr.GuestEvent{Name: "d", Gone: true, Reason: "vanished"})
 }
@@ -538,7 +538,7 @@ func TestInjectOtherProcess(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "n1.json")
 	h := newHV(t, Options{CPUs: 128, StateFile: file})
 	ctx := context.Background()
-	// The helper appears 30 domains while this process starts 30 of its
+	// The helper appears 30 guests while this process starts 30 of its
 	// own; the file lock must keep every update.
 	var injects []string
 	for i := range 30 {
@@ -559,7 +559,7 @@ func TestInjectOtherProcess(t *testing.T) {
 	}
 	got := list(t, h)
 	if len(got) != 60 {
-		t.Fatalf("listed %d domains, want 60", len(got))
+		t.Fatalf("listed %d guests, want 60", len(got))
 	}
 	appeared := 0
 	for range 60 {
@@ -629,7 +629,7 @@ func TestConcurrentStarts(t *testing.T) {
 				t.Fatalf("%d started, %d refused; want 64 and 136", ok, refused)
 			}
 			if n := len(list(t, h)); n != 64 {
-				t.Fatalf("%d domains listed, want 64", n)
+				t.Fatalf("%d guests listed, want 64", n)
 			}
 		})
 	}
@@ -731,13 +731,13 @@ func TestStats(t *testing.T) {
 		}
 		r := s1.Guests["r"]
 		if r.CPU < 0 || r.CPU > 4 || r.MemBytes != 1024<<20 || r.NetRx <= 0 || r.DiskWrite <= 0 {
-			t.Fatalf("running domain sample %+v", r)
+			t.Fatalf("running guest sample %+v", r)
 		}
 		if p := s1.Guests["p"]; p.CPU != 0 || p.MemBytes != 2048<<20 || p.NetRx != 0 {
-			t.Fatalf("paused domain sample %+v", p)
+			t.Fatalf("paused guest sample %+v", p)
 		}
 		if o := s1.Guests["o"]; o != (nodemgr.Sample{}) {
-			t.Fatalf("shutoff domain sample %+v", o)
+			t.Fatalf("shutoff guest sample %+v", o)
 		}
 		if s1.Guests["pin"].CPU != 1.5 {
 			t.Fatalf("pinned load %v", s1.Guests["pin"].CPU)
@@ -762,7 +762,7 @@ func TestStats(t *testing.T) {
 	}
 }
 
-// BenchmarkStartList10k starts 10,000 domains on an in-memory node and lists
+// BenchmarkStartList10k starts 10,000 guests on an in-memory node and lists
 // them once, per iteration.
 func BenchmarkStartList10k(b *testing.B) {
 	ctx := context.Background()
@@ -789,7 +789,7 @@ func BenchmarkStartList10k(b *testing.B) {
 	}
 }
 
-// BenchmarkList10k lists a node holding 10,000 domains.
+// BenchmarkList10k lists a node holding 10,000 guests.
 func BenchmarkList10k(b *testing.B) {
 	ctx := context.Background()
 	h, _ := New(Options{Node: "n", CPUs: 1 << 20, MemMB: 1 << 30, EventBuffer: -1})

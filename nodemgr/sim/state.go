@@ -19,14 +19,14 @@ import (
 
 // fileState is the JSON layout of a state file.
 type fileState struct {
-	Version int          `json:"version"`
-	Node    string       `json:"node,omitempty"`
-	CPUs    int          `json:"cpus,omitempty"`   // node capacity, so Inject can check it
-	MemMB   int          `json:"mem_mb,omitempty"` // node capacity
-	Domains []fileDomain `json:"domains"`
+	Version int         `json:"version"`
+	Node    string      `json:"node,omitempty"`
+	CPUs    int         `json:"cpus,omitempty"`   // node capacity, so Inject can check it
+	MemMB   int         `json:"mem_mb,omitempty"` // node capacity
+	Guests  []fileGuest `json:"guests"`
 }
 
-type fileDomain struct {
+type fileGuest struct {
 	Name     string            `json:"name"`
 	State    api.VMState       `json:"state"`
 	Reason   string            `json:"reason,omitempty"`
@@ -138,9 +138,9 @@ func (f *stateFile) read() (*fileState, fileID, error) {
 	if st.Version != 1 {
 		return nil, fileID{}, fmt.Errorf("sim: state file %s: unsupported version %d", f.path, st.Version)
 	}
-	for _, d := range st.Domains {
+	for _, d := range st.Guests {
 		if d.Name == "" {
-			return nil, fileID{}, fmt.Errorf("sim: state file %s: domain without a name", f.path)
+			return nil, fileID{}, fmt.Errorf("sim: state file %s: guest without a name", f.path)
 		}
 	}
 	return &st, id, nil
@@ -149,7 +149,7 @@ func (f *stateFile) read() (*fileState, fileID, error) {
 // write replaces the state file atomically (temporary file + rename) and
 // returns the new version's ID. Caller holds the exclusive lock.
 func (f *stateFile) write(st *fileState) (fileID, error) {
-	slices.SortFunc(st.Domains, func(a, b fileDomain) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(st.Guests, func(a, b fileGuest) int { return strings.Compare(a.Name, b.Name) })
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fileID{}, err
@@ -187,8 +187,8 @@ func (f *stateFile) write(st *fileState) (fileID, error) {
 
 // Inject changes the state file of a (possibly running, possibly other
 // process's) simulated hypervisor, the way something outside Usher would
-// change a real hypervisor. action is "crash" (running or paused domain →
-// crashed), "vanish" (domain removed) or "appear" (a running domain of
+// change a real hypervisor. action is "crash" (running or paused guest →
+// crashed), "vanish" (guest removed) or "appear" (a running guest of
 // 1024 MiB and 1 vCPU is created; see AppearIn for other sizes). The
 // Hypervisor using the file notices on its next call and emits events.
 func Inject(stateFile, action, name string) error {
@@ -200,15 +200,15 @@ func Inject(stateFile, action, name string) error {
 		return fmt.Errorf("sim: unknown injection %q (valid: crash, vanish, appear)", action)
 	}
 	return editStateFile(stateFile, func(st *fileState) error {
-		i := slices.IndexFunc(st.Domains, func(d fileDomain) bool { return d.Name == name })
+		i := slices.IndexFunc(st.Guests, func(d fileGuest) bool { return d.Name == name })
 		if i < 0 {
 			return noSuch(name)
 		}
 		if action == "vanish" {
-			st.Domains = slices.Delete(st.Domains, i, i+1)
+			st.Guests = slices.Delete(st.Guests, i, i+1)
 			return nil
 		}
-		d := &st.Domains[i]
+		d := &st.Guests[i]
 		if !consumes(d.State) {
 			return &TransitionError{Name: name, Op: "crash", State: d.State}
 		}
@@ -217,7 +217,7 @@ func Inject(stateFile, action, name string) error {
 	})
 }
 
-// AppearIn adds a running domain to a state file from outside Usher,
+// AppearIn adds a running guest to a state file from outside Usher,
 // refusing it if the node's recorded capacity would be exceeded.
 func AppearIn(stateFile string, spec nodemgr.Spec) error {
 	if err := validSpec(spec); err != nil {
@@ -225,7 +225,7 @@ func AppearIn(stateFile string, spec nodemgr.Spec) error {
 	}
 	return editStateFile(stateFile, func(st *fileState) error {
 		mem, cpu := 0, 0
-		for _, d := range st.Domains {
+		for _, d := range st.Guests {
 			if d.Name == spec.Name {
 				return fmt.Errorf("%w: %q", ErrExists, spec.Name)
 			}
@@ -242,7 +242,7 @@ func AppearIn(stateFile string, spec nodemgr.Spec) error {
 				return e
 			}
 		}
-		st.Domains = append(st.Domains, fileDomain{Name: spec.Name, State: api.StateRunning,
+		st.Guests = append(st.Guests, fileGuest{Name: spec.Name, State: api.StateRunning,
 			Reason: "appeared", MemMB: spec.MemMB, VCPUs: spec.VCPUs, Data: copyMap(spec.Data)})
 		return nil
 	})

@@ -5,7 +5,7 @@
 #   harness.sh start-named DIR    named with zones usher.test and 10.in-addr.arpa, TSIG key usher-key.
 #   harness.sh stop DIR           stop exactly the processes started in DIR (pids in DIR/*.pid)
 # Each start prints KEY=VALUE lines (URL, ADDR, SECRET). The Go tests
-# (lua/site_*_test.go, build tag site) do the same from Go and only call
+# (lua/modules/sitetest, build tag site) do the same from Go and only call
 # `install`.
 set -euo pipefail
 PKGS="slapd ldap-utils bind9 bind9-dnsutils"

@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/usher-vm/usher/nodemgr/libvirt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/usher-vm/usher/nodemgr/libvirt"
 )
 
 // Harness is two real libvirt hosts on this machine, started by

@@ -1,11 +1,36 @@
-package lua
+package policytool
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 )
+
+func writeScript(t testing.TB, dir, name, src string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func writeLib(t testing.TB, dir, name, src string) string {
+	t.Helper()
+	lib := filepath.Join(dir, "lib")
+	if err := os.MkdirAll(lib, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return writeScript(t, lib, name+".lua", src)
+}
+
+const placeWithRev = `local rev = require("rev")
+usher.on("start_request", function(req)
+  for _, vm in ipairs(req.vms) do vm.lnm = rev.lnm end
+end, {name = "place"})
+`
 
 func TestRunTestsReportsFailures(t *testing.T) {
 	dir := t.TempDir()
@@ -51,5 +76,22 @@ func TestCheckReportsFileLine(t *testing.T) {
 	}
 	if len(errs) != 6 {
 		t.Errorf("want 6 errors, got %d:\n%s", len(errs), all)
+	}
+}
+
+func TestRunTestsResolvesLibraries(t *testing.T) {
+	dir := t.TempDir()
+	writeLib(t, dir, "rev", `return {lnm = "n1"}`)
+	writeScript(t, dir, "place.lua", placeWithRev)
+	writeScript(t, dir, "place_test.lua", `local t = usher_test
+t.fixture{lnms = {{name = "n1"}}}
+t.case("placed", function()
+  local r = t.request("start_request", {user = "a", vms = {{short = "x"}}})
+  t.eq(r.vms[1].lnm, require("rev").lnm)
+end)`)
+	var out bytes.Buffer
+	p, f, err := RunTests(dir, &out)
+	if err != nil || p != 1 || f != 0 {
+		t.Fatalf("p=%d f=%d err=%v\n%s", p, f, err, out.String())
 	}
 }

@@ -1,9 +1,7 @@
-package lua
+package policytool
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -15,40 +13,28 @@ import (
 	"sync"
 	"time"
 
-	"github.com/usher-vm/usher/api"
-
 	glua "github.com/yuin/gopher-lua"
 
+	"github.com/usher-vm/usher/api"
 	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/lua"
+	"github.com/usher-vm/usher/lua/modules/fakes"
 )
 
 // Check compiles each file and runs its top level in a sandbox with an
 // empty view and no actions, which validates registrations (known event
 // names, valid intervals, duplicate handler names). Errors name file:line.
 func Check(files []string) []error {
-	h, err := New(Options{PoolSize: 1, Budget: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	h, err := lua.New(lua.Options{PoolSize: 1, Budget: time.Second, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return []error{err}
 	}
 	defer h.Close()
 	var errs []error
 	for _, f := range files {
-		src, err := os.ReadFile(f)
-		if err != nil {
+		if err := h.CheckFile(f); err != nil {
 			errs = append(errs, err)
-			continue
 		}
-		base := strings.TrimSuffix(filepath.Base(f), ".lua")
-		sum := sha256.Sum256(src)
-		v, err := h.newVersion(base, f, src, hex.EncodeToString(sum[:])[:12])
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if len(v.regs) == 0 {
-			errs = append(errs, fmt.Errorf("%s: registers no handler (no usher.on or usher.every call)", filepath.Base(f)))
-		}
-		v.cancel()
 	}
 	return errs
 }
@@ -80,9 +66,9 @@ type testRun struct {
 	w      io.Writer
 	load   []string
 	config map[string]map[string]any
-	view   *fixtureView
+	view   *FixtureView
 	acts   *recorder
-	host   *Host
+	host   *lua.Host
 	cases  int
 	passed int
 	failed int
@@ -93,7 +79,7 @@ type testRun struct {
 func runTestFile(dir, path string, w io.Writer) (int, int) {
 	file := filepath.Base(path)
 	logs := &strings.Builder{}
-	tr := &testRun{dir: dir, file: file, w: w, view: newFixtureView(), acts: &recorder{},
+	tr := &testRun{dir: dir, file: file, w: w, view: NewFixtureView(), acts: &recorder{},
 		config: map[string]map[string]any{}, logs: logs,
 		logger: slog.New(slog.NewTextHandler(&syncWriter{w: logs}, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	tr.load = []string{strings.TrimSuffix(file, "_test.lua")}
@@ -103,25 +89,27 @@ func runTestFile(dir, path string, w io.Writer) (int, int) {
 		fmt.Fprintf(w, "FAIL %s: %v\n", file, err)
 		return 0, 1
 	}
-	proto, err := compile(src, file)
+	proto, err := lua.Compile(src, file)
 	if err != nil {
 		fmt.Fprintf(w, "FAIL %s\n", err)
 		return 0, 1
 	}
 	// The runner state is a sandbox like a policy's, plus usher_test.
-	h, _ := New(Options{Logger: tr.logger})
+	h, err := lua.New(lua.Options{Logger: tr.logger})
+	if err != nil {
+		fmt.Fprintf(w, "FAIL %s: %v\n", file, err)
+		return 0, 1
+	}
 	defer h.Close()
-	v := &version{h: h, name: strings.TrimSuffix(file, ".lua"), file: file, dir: dir, ctx: h.ctx, cancel: func() {}}
-	ls := &lstate{v: v, memLimit: 256 << 20}
-	ls.L = newSandbox(ls, tr.logger, file)
-	defer ls.L.Close()
-	tr.install(ls.L)
+	L := h.Sandbox(dir, file)
+	defer L.Close()
+	tr.install(L)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	ls.L.SetContext(ctx)
-	ls.L.Push(ls.L.NewFunctionFromProto(proto))
-	if err := ls.L.PCall(0, 0, nil); err != nil {
-		fmt.Fprintf(w, "FAIL %s: %s\n", file, luaErrMessage(err))
+	L.SetContext(ctx)
+	L.Push(L.NewFunctionFromProto(proto))
+	if err := L.PCall(0, 0, nil); err != nil {
+		fmt.Fprintf(w, "FAIL %s: %s\n", file, lua.ErrMessage(err))
 		tr.failed++
 	} else if tr.cases == 0 {
 		fmt.Fprintf(w, "ok   %s\n", file)
@@ -148,12 +136,18 @@ func (tr *testRun) closeHost() {
 	}
 }
 
-// ensureHost (re)creates the policy host with the current load list and config.
-func (tr *testRun) ensureHost(L *glua.LState) *Host {
+// ensureHost (re)creates the policy host with the current load list and
+// config, and a fresh set of fake site modules.
+func (tr *testRun) ensureHost(L *glua.LState) *lua.Host {
 	if tr.host != nil {
 		return tr.host
 	}
-	h, err := New(Options{Dirs: []string{tr.dir}, Enabled: tr.load, Config: tr.config, PoolSize: 2, Logger: tr.logger})
+	fk, err := fakes.New()
+	if err != nil {
+		L.RaiseError("usher_test: %v", err)
+	}
+	h, err := lua.New(lua.Options{Dirs: []string{tr.dir}, Enabled: tr.load, Config: tr.config, PoolSize: 2, Logger: tr.logger,
+		Modules: fk.Modules()})
 	if err != nil {
 		L.RaiseError("usher_test: %v", err)
 	}
@@ -182,7 +176,7 @@ func (tr *testRun) install(L *glua.LState) {
 	t := L.NewTable()
 	fns := map[string]glua.LGFunction{
 		"load": func(L *glua.LState) int {
-			tr.load = luaStrings(L.CheckTable(1))
+			tr.load = lua.Strings(L.CheckTable(1))
 			tr.closeHost()
 			return 0
 		},
@@ -191,9 +185,9 @@ func (tr *testRun) install(L *glua.LState) {
 			tr.config = map[string]map[string]any{}
 			tb.ForEach(func(k, v glua.LValue) {
 				if vt, ok := v.(*glua.LTable); ok {
-					m, err := fromLua(vt, 8)
+					m, err := lua.FromLua(vt, 8)
 					if mm, ok := m.(map[string]any); ok && err == nil {
-						tr.config[luaString(k)] = mm
+						tr.config[lua.ToString(k)] = mm
 					}
 				}
 			})
@@ -249,7 +243,7 @@ func (tr *testRun) install(L *glua.LState) {
 				L.Push(glua.LString(err.Error()))
 				return 2
 			}
-			L.Push(identityTable(L, id))
+			L.Push(lua.IdentityTable(L, id))
 			return 1
 		},
 		"tick": func(L *glua.LState) int {
@@ -271,7 +265,7 @@ func (tr *testRun) install(L *glua.LState) {
 			L.Push(fn)
 			if err := L.PCall(0, 0, nil); err != nil {
 				tr.failed++
-				fmt.Fprintf(tr.w, "FAIL %s: %s: %s\n", tr.file, name, luaErrMessage(err))
+				fmt.Fprintf(tr.w, "FAIL %s: %s: %s\n", tr.file, name, lua.ErrMessage(err))
 				if tr.logs.Len() > 0 {
 					fmt.Fprintf(tr.w, "     log: %s", tr.logs.String())
 				}
@@ -361,7 +355,7 @@ func resultOf(L *glua.LState, req *core.Request, d *core.Decision, err error) *g
 	if errors.As(err, &rej) {
 		t.RawSetString("rejected", glua.LString(rej.Reason))
 	}
-	t.RawSetString("lnms", strList(L, d.LNMs))
+	t.RawSetString("lnms", lua.StringList(L, d.LNMs))
 	t.RawSetString("args", strMap(L, d.Args))
 	setStr(t, "op", string(d.Op))
 	return t
@@ -408,13 +402,13 @@ func show(v glua.LValue) string {
 		if kn, ok := k.(glua.LNumber); ok && int(kn) >= 1 && int(kn) <= n {
 			return
 		}
-		keys = append(keys, fmt.Sprintf("%s=%s", luaString(k), show(val)))
+		keys = append(keys, fmt.Sprintf("%s=%s", lua.ToString(k), show(val)))
 	})
 	sort.Strings(keys)
 	return "{" + strings.Join(append(parts, keys...), ", ") + "}"
 }
 
-// recorder is the test Actions: it records what timers ask for.
+// recorder is the test core.Actions: it records what timers ask for.
 type recorder struct {
 	mu  sync.Mutex
 	log []map[string]any
@@ -453,7 +447,21 @@ func (r *recorder) table(L *glua.LState) *glua.LTable {
 	defer r.mu.Unlock()
 	t := L.CreateTable(len(r.log), 0)
 	for i, e := range r.log {
-		t.RawSetInt(i+1, toLua(L, e))
+		t.RawSetInt(i+1, lua.ToLua(L, e))
+	}
+	return t
+}
+
+func setStr(t *glua.LTable, k, v string) {
+	if v != "" {
+		t.RawSetString(k, glua.LString(v))
+	}
+}
+
+func strMap(L *glua.LState, m map[string]string) *glua.LTable {
+	t := L.CreateTable(0, len(m))
+	for k, v := range m {
+		t.RawSetString(k, glua.LString(v))
 	}
 	return t
 }

@@ -1,11 +1,12 @@
 //go:build site
 
-package lua
+package sitetest
 
 // Harness for the site integration tests: real OpenLDAP slapd and BIND
 // named started as ordinary processes on loopback with configs in temp
-// dirs (docs in testdata/site/README.md). Every process started here is
-// stopped by its pid in t.Cleanup, also when the test fails.
+// dirs (testdata/site/harness.sh does the same by hand). Every process
+// started here is stopped by its pid in t.Cleanup, also when the test
+// fails.
 
 import (
 	"bytes"
@@ -20,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/usher-vm/usher/internal/waitfor"
 )
 
 // siteTools maps each command the tests need to its Debian package.
@@ -66,7 +69,7 @@ func requireSiteTools(t *testing.T) {
 		t.Fatalf("site tests need the Debian packages %s (apt-get install -y --no-install-recommends %s); not root, cannot install them",
 			strings.Join(pk, " "), strings.Join(pk, " "))
 	}
-	out, err := exec.Command("bash", filepath.Join("..", "testdata", "site", "harness.sh"), "install").CombinedOutput()
+	out, err := exec.Command("bash", filepath.Join(repoRoot, "testdata", "site", "harness.sh"), "install").CombinedOutput()
 	if pk2 := missing(); err != nil || len(pk2) > 0 {
 		t.Fatalf("installing Debian packages %s failed: %v\n%s", strings.Join(pk, " "), err, out)
 	}
@@ -126,19 +129,20 @@ func stopProc(cmd *exec.Cmd, done chan struct{}) {
 	}
 }
 
+// waitPort waits until what listens on addr; failing, it shows logf.
 func waitPort(t *testing.T, addr string, what string, logf string) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
+	err := waitfor.Poll(t.Context(), 15*time.Second, func() error {
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 		if err == nil {
 			c.Close()
-			return
 		}
-		time.Sleep(50 * time.Millisecond)
+		return err
+	})
+	if err != nil {
+		b, _ := os.ReadFile(logf)
+		t.Fatalf("%s did not listen on %s: %v\n%s", what, addr, err, b)
 	}
-	b, _ := os.ReadFile(logf)
-	t.Fatalf("%s did not listen on %s:\n%s", what, addr, b)
 }
 
 // slapd is a running OpenLDAP server.
@@ -276,16 +280,17 @@ zone "%[6]s" { type primary; file "%[1]s/rev.zone"; allow-update { key "%[3]s"; 
 	startProc(t, "named", exec.Command(findTool("named"), "-g", "-4", "-c", cf), logf)
 	waitPort(t, n.Addr, "named", logf)
 	// wait until the zone answers
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if strings.Contains(n.dig(t, "ns."+n.Zone, "A"), "127.0.0.1") {
-			return n
+	err := waitfor.Poll(t.Context(), 10*time.Second, func() error {
+		if got := n.dig(t, "ns."+n.Zone, "A"); !strings.Contains(got, "127.0.0.1") {
+			return fmt.Errorf("dig ns.%s A: %q", n.Zone, got)
 		}
-		time.Sleep(100 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		b, _ := os.ReadFile(logf)
+		t.Fatalf("named does not serve %s: %v\n%s", n.Zone, err, b)
 	}
-	b, _ := os.ReadFile(logf)
-	t.Fatalf("named does not serve %s:\n%s", n.Zone, b)
-	return nil
+	return n
 }
 
 // dig asks named with BIND's own client; +short answers.

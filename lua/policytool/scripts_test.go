@@ -1,4 +1,4 @@
-package lua
+package policytool
 
 import (
 	"bytes"
@@ -9,7 +9,7 @@ import (
 // TestShippedPolicies runs the shipped scripts' fixture tests.
 func TestShippedPolicies(t *testing.T) {
 	var out bytes.Buffer
-	passed, failed, err := RunTests(filepath.Join("..", "scripts"), &out)
+	passed, failed, err := RunTests(filepath.Join("..", "..", "scripts"), &out)
 	t.Log("\n" + out.String())
 	if err != nil || failed != 0 || passed == 0 {
 		t.Fatalf("passed %d failed %d err %v", passed, failed, err)
@@ -18,7 +18,7 @@ func TestShippedPolicies(t *testing.T) {
 
 // TestCheckShippedPolicies validates every shipped script.
 func TestCheckShippedPolicies(t *testing.T) {
-	files, _ := filepath.Glob(filepath.Join("..", "scripts", "*.lua"))
+	files, _ := filepath.Glob(filepath.Join("..", "..", "scripts", "*.lua"))
 	var scripts []string
 	for _, f := range files {
 		if !bytes.HasSuffix([]byte(f), []byte("_test.lua")) {

@@ -1,17 +1,14 @@
 //go:build site
 
-package lua
+package sitetest
 
 // IPAM crash test: a real `usher controller` process (with ipam_sql on an
 // SQLite file) is killed with SIGKILL between the reservation of addresses
 // (start_request) and start_complete; a second controller takes over the
 // same state and database; no address is ever assigned twice.
 //
-// cmd/usher does not yet pass policy.modules to the Lua host (that wiring
-// belongs to the cmd/ owners; see docs/site-integration.md). Until it
-// does, the test builds the binary with `go build -overlay` replacing
-// cmd/usher/params.go and controller.go by copies with exactly that
-// wiring added; once params.go declares policy.modules it builds as is.
+// The controller's configuration gives ipam_sql its database through
+// [policy.modules.sql], as a site would (lua/modules, site/controller.go).
 
 import (
 	"context"
@@ -24,17 +21,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usher-vm/usher/api"
-
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/usher-vm/usher/api"
 	"github.com/usher-vm/usher/client"
+	"github.com/usher-vm/usher/internal/waitfor"
 )
 
 // buildUsher builds cmd/usher.
 func buildUsher(t *testing.T, dir string) string {
 	t.Helper()
-	repo, _ := filepath.Abs("..")
+	repo, _ := filepath.Abs(repoRoot)
 	bin := filepath.Join(dir, "usher")
 	args := []string{"build", "-o", bin}
 	cmd := exec.Command("go", append(args, "./cmd/usher")...)
@@ -60,7 +57,7 @@ func TestSiteIPAMControllerCrash(t *testing.T) {
 	hash, _ := bcrypt.GenerateFromPassword([]byte("alicepw"), bcrypt.MinCost)
 	ht := filepath.Join(dir, "htpasswd")
 	os.WriteFile(ht, []byte("alice:"+string(hash)+"\n"), 0o600)
-	scripts, _ := filepath.Abs(filepath.Join("..", "scripts"))
+	scripts, _ := filepath.Abs(scriptsDir)
 	dbPath := filepath.Join(dir, "site.db")
 	ctlPort, recPort := freePort(t), freePort(t)
 	ctlAddr := fmt.Sprintf("127.0.0.1:%d", ctlPort)
@@ -83,8 +80,8 @@ file = %q
 stale = 8
 reconcile = "500ms"
 ranges = [{name = "lab", subnet = "10.9.0.0/24", first = "10.9.0.10", last = "10.9.0.30"}]
-[policy.modules]
-sql_path = %q
+[policy.modules.sql]
+path = %q
 `, ctlAddr, filepath.Join(pki, "ctl.crt"), filepath.Join(pki, "ctl.key"), filepath.Join(pki, "ca.crt"),
 		filepath.Join(dir, "state"), scripts, ht, dbPath)), 0o600)
 	lnmConf := filepath.Join(dir, "lnm.toml")
@@ -130,7 +127,7 @@ scan_interval = "1s"
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	eventually(t, "LNM connected", func() bool {
+	waitfor.True(t, 10*time.Second, "LNM connected", func() bool {
 		ns, err := cl.ListLNMs(ctx, nil, false)
 		return err == nil && len(ns) == 1 && ns[0].State == api.LNMConnected
 	})
@@ -150,7 +147,7 @@ scan_interval = "1s"
 
 	// 1. start two VMs; kill -9 the controller while the LNM boots them
 	go cl.Start(ctx, api.StartArgs{ID: "before-crash", Cluster: "c1", Count: 2})
-	eventually(t, "two reservations", func() bool { return count("select count(*) from ipam_addr where state = 'reserved'") == 2 })
+	waitfor.True(t, 10*time.Second, "two reservations", func() bool { return count("select count(*) from ipam_addr where state = 'reserved'") == 2 })
 	if n := count("select count(*) from ipam_addr where state = 'used'"); n != 0 {
 		t.Fatalf("start_complete already seen (%d used): no crash window", n)
 	}
@@ -162,7 +159,7 @@ scan_interval = "1s"
 	// 2. a new controller on the same state and database
 	start("controller2", ctlConf, "controller")
 	waitPort(t, ctlAddr, "controller", filepath.Join(dir, "controller2.log"))
-	eventually(t, "LNM back", func() bool {
+	waitfor.True(t, 10*time.Second, "LNM back", func() bool {
 		ns, err := cl.ListLNMs(ctx, nil, false)
 		return err == nil && len(ns) == 1 && ns[0].State == api.LNMConnected
 	})
@@ -196,7 +193,7 @@ scan_interval = "1s"
 	}
 	// then the reconcile frees the reservations of VMs that never came to be
 	t1 := time.Now()
-	eventuallyWithin(t, 30*time.Second, "stale reservations freed", func() bool {
+	waitfor.True(t, 30*time.Second, "stale reservations freed", func() bool {
 		return count("select count(*) from ipam_addr where state = 'reserved'") == 0 &&
 			count("select count(*) from ipam_addr where state = 'used'") == 2
 	})
@@ -215,7 +212,7 @@ scan_interval = "1s"
 		}
 		seen[ip] = d.Name
 	}
-	eventually(t, "all five addresses used", func() bool { return count("select count(*) from ipam_addr where state = 'used'") == 5 })
+	waitfor.True(t, 10*time.Second, "all five addresses used", func() bool { return count("select count(*) from ipam_addr where state = 'used'") == 5 })
 	rows, err := db.Query("select ip, vm, state from ipam_addr order by ip")
 	if err != nil {
 		t.Fatal(err)

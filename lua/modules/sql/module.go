@@ -1,8 +1,8 @@
-package lua
+package sql
 
 import (
 	"context"
-	"database/sql"
+	stdsql "database/sql"
 	"errors"
 	"fmt"
 	"math"
@@ -10,9 +10,9 @@ import (
 	"strings"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // PostgreSQL when sql_dsn is set
 	glua "github.com/yuin/gopher-lua"
-	_ "modernc.org/sqlite" // pure-Go SQLite, the default
+
+	"github.com/usher-vm/usher/lua"
 )
 
 // The sql module. Lua API:
@@ -27,50 +27,105 @@ import (
 // Inside sql.tx, sql.exec/sql.query use the transaction as well. NULL
 // columns are absent from a row table.
 
-type sqlDB struct {
-	db     *sql.DB
+// Name is the module's Lua global and configuration section.
+const Name = "sql"
+
+// Open parses the [policy.modules.sql] table, opens the database and
+// makes the module.
+func Open(section map[string]any, _ time.Duration) (lua.Module, error) {
+	c, err := ParseConfig(section)
+	if err != nil {
+		return nil, err
+	}
+	db, driver, err := OpenDB(c)
+	if err != nil {
+		return nil, err
+	}
+	return New(db, driver), nil
+}
+
+// New makes the module over db, whose driver is "sqlite" or "pgx" (the
+// placeholder syntax depends on it). Closing the module closes db.
+func New(db *stdsql.DB, driver string) lua.Module { return &module{db: db, driver: driver} }
+
+type module struct {
+	db     *stdsql.DB
 	driver string
 }
 
-func openSQL(path, dsn string) (*sqlDB, error) {
-	if dsn != "" {
-		db, err := sql.Open("pgx", dsn)
-		if err != nil {
-			return nil, fmt.Errorf("sql: %v", err)
+func (m *module) Name() string { return Name }
+
+func (m *module) Close() error { return m.db.Close() }
+
+// state is the module in one Lua state.
+type state struct {
+	s      *lua.ModuleState
+	driver string
+}
+
+func (m *module) Table(s *lua.ModuleState) *glua.LTable {
+	st := &state{s: s, driver: m.driver}
+	L := s.L()
+	var cur *stdsql.Tx // the open transaction of this state's current sql.tx
+	current := func() runner {
+		if cur != nil {
+			return cur
 		}
-		db.SetMaxOpenConns(8)
-		return &sqlDB{db: db, driver: "pgx"}, nil
+		return m.db
 	}
-	// One connection: SQLite serialises writers anyway, and a single
-	// connection makes every statement see the previous one's writes.
-	db, err := sql.Open("sqlite", sqliteDSN(path))
-	if err != nil {
-		return nil, fmt.Errorf("sql: %v", err)
-	}
-	db.SetMaxOpenConns(1)
-	db.SetConnMaxLifetime(0)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := db.PingContext(ctx); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("sql: opening %s: %v", path, err)
-	}
-	return &sqlDB{db: db, driver: "sqlite"}, nil
+	t := lua.FuncTable(L, map[string]glua.LGFunction{
+		"exec":  func(L *glua.LState) int { return st.exec(L, current()) },
+		"query": func(L *glua.LState) int { return st.query(L, current()) },
+		"tx": func(L *glua.LState) int {
+			fn := L.CheckFunction(1)
+			if cur != nil {
+				L.RaiseError("sql.tx: already inside a transaction")
+			}
+			var tx *stdsql.Tx
+			err := s.Net(func(ctx context.Context) error {
+				var err error
+				// The transaction outlives this call's timeout: bound it by
+				// the handler's context only; statements have their own.
+				tx, err = m.db.BeginTx(s.Context(), nil)
+				return err
+			})
+			if err != nil {
+				return lua.PushErr(L, fmt.Errorf("sql: %w", err))
+			}
+			cur = tx
+			txt := L.NewTable()
+			txt.RawSetString("exec", L.NewFunction(func(L *glua.LState) int { return st.exec(L, tx) }))
+			txt.RawSetString("query", L.NewFunction(func(L *glua.LState) int { return st.query(L, tx) }))
+			top := L.GetTop()
+			L.Push(fn)
+			L.Push(txt)
+			perr := L.PCall(1, glua.MultRet, nil)
+			cur = nil
+			if perr != nil {
+				tx.Rollback()
+				if cut := s.Cut(); cut != nil {
+					L.RaiseError("%s", cut.Error())
+				}
+				L.SetTop(top)
+				return lua.PushErr(L, errors.New(lua.ErrMessage(perr)))
+			}
+			nret := L.GetTop() - top
+			if err := s.Net(func(context.Context) error { return tx.Commit() }); err != nil {
+				L.SetTop(top)
+				return lua.PushErr(L, fmt.Errorf("sql: commit: %w", err))
+			}
+			L.Insert(glua.LTrue, top+1)
+			return nret + 1
+		},
+	})
+	t.RawSetString("driver", glua.LString(m.driver))
+	return t
 }
 
-func sqliteDSN(path string) string {
-	if strings.HasPrefix(path, "file:") {
-		return path
-	}
-	return "file:" + path + "?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=foreign_keys(1)"
-}
-
-func (d *sqlDB) close() error { return d.db.Close() }
-
-// sqlRunner is *sql.DB or *sql.Tx.
-type sqlRunner interface {
-	ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error)
-	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+// runner is *sql.DB or *sql.Tx.
+type runner interface {
+	ExecContext(ctx context.Context, q string, args ...any) (stdsql.Result, error)
+	QueryContext(ctx context.Context, q string, args ...any) (*stdsql.Rows, error)
 }
 
 // checkSQL enforces one statement (a trailing ; is allowed) and rewrites ?
@@ -179,8 +234,8 @@ func sqlValue(v any) glua.LValue {
 	return glua.LString(fmt.Sprint(v))
 }
 
-func (ls *lstate) sqlExec(L *glua.LState, d *sqlDB, r sqlRunner) int {
-	q, nph, err := checkSQL(L.CheckString(1), d.driver)
+func (st *state) exec(L *glua.LState, r runner) int {
+	q, nph, err := checkSQL(L.CheckString(1), st.driver)
 	if err != nil {
 		L.ArgError(1, err.Error())
 	}
@@ -194,14 +249,14 @@ func (ls *lstate) sqlExec(L *glua.LState, d *sqlDB, r sqlRunner) int {
 	for len(args) < nph {
 		args = append(args, nil) // trailing nils of a Lua list are NULL
 	}
-	var res sql.Result
-	err = ls.netCall(func(ctx context.Context) error {
+	var res stdsql.Result
+	err = st.s.Net(func(ctx context.Context) error {
 		var err error
 		res, err = r.ExecContext(ctx, q, args...)
 		return err
 	})
 	if err != nil {
-		return pushErr(L, fmt.Errorf("sql: %w", err))
+		return lua.PushErr(L, fmt.Errorf("sql: %w", err))
 	}
 	n, _ := res.RowsAffected()
 	id, _ := res.LastInsertId()
@@ -213,8 +268,8 @@ func (ls *lstate) sqlExec(L *glua.LState, d *sqlDB, r sqlRunner) int {
 // maxSQLRows bounds one query's result.
 const maxSQLRows = 100000
 
-func (ls *lstate) sqlQuery(L *glua.LState, d *sqlDB, r sqlRunner) int {
-	q, nph, err := checkSQL(L.CheckString(1), d.driver)
+func (st *state) query(L *glua.LState, r runner) int {
+	q, nph, err := checkSQL(L.CheckString(1), st.driver)
 	if err != nil {
 		L.ArgError(1, err.Error())
 	}
@@ -231,7 +286,7 @@ func (ls *lstate) sqlQuery(L *glua.LState, d *sqlDB, r sqlRunner) int {
 	var rows [][]any
 	var cols []string
 	var size int64
-	err = ls.netCall(func(ctx context.Context) error {
+	err = st.s.Net(func(ctx context.Context) error {
 		rs, err := r.QueryContext(ctx, q, args...)
 		if err != nil {
 			return err
@@ -267,9 +322,9 @@ func (ls *lstate) sqlQuery(L *glua.LState, d *sqlDB, r sqlRunner) int {
 		return rs.Err()
 	})
 	if err != nil {
-		return pushErr(L, fmt.Errorf("sql: %w", err))
+		return lua.PushErr(L, fmt.Errorf("sql: %w", err))
 	}
-	ls.call.charge(L, size)
+	st.s.Charge(L, size)
 	out := L.CreateTable(len(rows), 0)
 	for i, vals := range rows {
 		row := L.CreateTable(0, len(cols))
@@ -282,66 +337,4 @@ func (ls *lstate) sqlQuery(L *glua.LState, d *sqlDB, r sqlRunner) int {
 	}
 	L.Push(out)
 	return 1
-}
-
-func (ls *lstate) sqlModule(d *sqlDB) *glua.LTable {
-	L := ls.L
-	var cur *sql.Tx // the open transaction of this state's current sql.tx
-	runner := func() sqlRunner {
-		if cur != nil {
-			return cur
-		}
-		return d.db
-	}
-	t := modTable(L, map[string]glua.LGFunction{
-		"exec":  func(L *glua.LState) int { return ls.sqlExec(L, d, runner()) },
-		"query": func(L *glua.LState) int { return ls.sqlQuery(L, d, runner()) },
-		"tx": func(L *glua.LState) int {
-			fn := L.CheckFunction(1)
-			if cur != nil {
-				L.RaiseError("sql.tx: already inside a transaction")
-			}
-			var tx *sql.Tx
-			err := ls.netCall(func(ctx context.Context) error {
-				var err error
-				// The transaction outlives this call's timeout: bound it by
-				// the handler's context only; statements have their own.
-				base := ls.v.h.ctx
-				if ls.call != nil && ls.call.outer != nil {
-					base = ls.call.outer
-				}
-				tx, err = d.db.BeginTx(base, nil)
-				return err
-			})
-			if err != nil {
-				return pushErr(L, fmt.Errorf("sql: %w", err))
-			}
-			cur = tx
-			txt := L.NewTable()
-			txt.RawSetString("exec", L.NewFunction(func(L *glua.LState) int { return ls.sqlExec(L, d, tx) }))
-			txt.RawSetString("query", L.NewFunction(func(L *glua.LState) int { return ls.sqlQuery(L, d, tx) }))
-			top := L.GetTop()
-			L.Push(fn)
-			L.Push(txt)
-			perr := L.PCall(1, glua.MultRet, nil)
-			cur = nil
-			if perr != nil {
-				tx.Rollback()
-				if ls.call != nil && ls.call.isCut() {
-					L.RaiseError("%s", ls.call.err.Error())
-				}
-				L.SetTop(top)
-				return pushErr(L, errors.New(luaErrMessage(perr)))
-			}
-			nret := L.GetTop() - top
-			if err := ls.netCall(func(context.Context) error { return tx.Commit() }); err != nil {
-				L.SetTop(top)
-				return pushErr(L, fmt.Errorf("sql: commit: %w", err))
-			}
-			L.Insert(glua.LTrue, top+1)
-			return nret + 1
-		},
-	})
-	t.RawSetString("driver", glua.LString(d.driver))
-	return t
 }

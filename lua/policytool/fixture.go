@@ -1,4 +1,4 @@
-package lua
+package policytool
 
 import (
 	"fmt"
@@ -7,47 +7,43 @@ import (
 	"sync"
 	"time"
 
-	"github.com/usher-vm/usher/api"
-
 	glua "github.com/yuin/gopher-lua"
 
+	"github.com/usher-vm/usher/api"
 	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/lua"
 )
 
-// fixtureView is the in-memory core.StateView of policy tests. It is
-// exported to Go tests through NewFixtureView as well.
-type fixtureView struct {
+// FixtureView is a simple in-memory core.StateView: the state policy
+// tests run against (usher_test.fixture), and a view for Go tests and
+// benchmarks. It is safe for concurrent use.
+type FixtureView struct {
 	mu     sync.RWMutex
 	domain string
 	vms    map[string]*api.VM
 	lnms   map[string]*api.LNM
 }
 
-func newFixtureView() *fixtureView {
-	return &fixtureView{domain: "usher.test", vms: map[string]*api.VM{}, lnms: map[string]*api.LNM{}}
+// NewFixtureView returns an empty view with domain "usher.test".
+func NewFixtureView() *FixtureView {
+	return &FixtureView{domain: "usher.test", vms: map[string]*api.VM{}, lnms: map[string]*api.LNM{}}
 }
 
-// FixtureView is a simple in-memory core.StateView for tests and tools.
-type FixtureView = fixtureView
-
-// NewFixtureView returns an empty view with domain "usher.test".
-func NewFixtureView() *FixtureView { return newFixtureView() }
-
 // AddLNM adds or replaces a node.
-func (f *fixtureView) AddLNM(n *api.LNM) {
+func (f *FixtureView) AddLNM(n *api.LNM) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lnms[n.Info.Name] = n
 }
 
 // AddVM adds or replaces a VM.
-func (f *fixtureView) AddVM(v *api.VM) {
+func (f *FixtureView) AddVM(v *api.VM) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.vms[v.Name] = v
 }
 
-func (f *fixtureView) VM(name string) (*api.VM, bool) {
+func (f *FixtureView) VM(name string) (*api.VM, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	v, ok := f.vms[name]
@@ -57,7 +53,7 @@ func (f *fixtureView) VM(name string) (*api.VM, bool) {
 	return v.Clone(), true
 }
 
-func (f *fixtureView) sortedVMs(keep func(*api.VM) bool) []*api.VM {
+func (f *FixtureView) sortedVMs(keep func(*api.VM) bool) []*api.VM {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	var out []*api.VM
@@ -70,15 +66,15 @@ func (f *fixtureView) sortedVMs(keep func(*api.VM) bool) []*api.VM {
 	return out
 }
 
-func (f *fixtureView) VMsOf(owner, cluster string) []*api.VM {
+func (f *FixtureView) VMsOf(owner, cluster string) []*api.VM {
 	return f.sortedVMs(func(v *api.VM) bool { return v.Owner == owner && (cluster == "" || v.Cluster == cluster) })
 }
 
-func (f *fixtureView) VMsOn(lnm string) []*api.VM {
+func (f *FixtureView) VMsOn(lnm string) []*api.VM {
 	return f.sortedVMs(func(v *api.VM) bool { return v.LNM == lnm })
 }
 
-func (f *fixtureView) CountOf(owner string) int {
+func (f *FixtureView) CountOf(owner string) int {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	n := 0
@@ -90,7 +86,7 @@ func (f *fixtureView) CountOf(owner string) int {
 	return n
 }
 
-func (f *fixtureView) LNM(name string) (*api.LNM, bool) {
+func (f *FixtureView) LNM(name string) (*api.LNM, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	n, ok := f.lnms[name]
@@ -101,7 +97,7 @@ func (f *fixtureView) LNM(name string) (*api.LNM, bool) {
 	return &c, true
 }
 
-func (f *fixtureView) LNMs() []*api.LNM {
+func (f *FixtureView) LNMs() []*api.LNM {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	out := make([]*api.LNM, 0, len(f.lnms))
@@ -113,7 +109,7 @@ func (f *fixtureView) LNMs() []*api.LNM {
 	return out
 }
 
-func (f *fixtureView) Clusters(owner string) []api.Cluster {
+func (f *FixtureView) Clusters(owner string) []api.Cluster {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	m := map[string]*api.Cluster{}
@@ -143,7 +139,7 @@ func (f *fixtureView) Clusters(owner string) []api.Cluster {
 	return out
 }
 
-func (f *fixtureView) Domain() string {
+func (f *FixtureView) Domain() string {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.domain
@@ -157,14 +153,14 @@ func num(t *glua.LTable, k string, def float64) float64 {
 }
 
 func str(t *glua.LTable, k, def string) string {
-	if s := luaString(t.RawGetString(k)); s != "" {
+	if s := lua.ToString(t.RawGetString(k)); s != "" {
 		return s
 	}
 	return def
 }
 
 // set replaces the fixture from usher_test.fixture{domain=, lnms=, vms=}.
-func (f *fixtureView) set(t *glua.LTable) error {
+func (f *FixtureView) set(t *glua.LTable) error {
 	domain := str(t, "domain", "usher.test")
 	lnms := map[string]*api.LNM{}
 	vms := map[string]*api.VM{}
@@ -215,7 +211,7 @@ func (f *fixtureView) set(t *glua.LTable) error {
 			}
 			v.Cluster = str(e, "cluster", api.ClusterOf(v.Short))
 			if d, ok := e.RawGetString("data").(*glua.LTable); ok {
-				v.Data = luaStrMap(d)
+				v.Data = lua.StringMap(d)
 			}
 			vms[v.Name] = v
 		}
@@ -227,7 +223,7 @@ func (f *fixtureView) set(t *glua.LTable) error {
 }
 
 // request builds a core.Request from a test's Lua table.
-func (f *fixtureView) request(event string, t *glua.LTable) (*core.Request, *core.Decision, error) {
+func (f *FixtureView) request(event string, t *glua.LTable) (*core.Request, *core.Decision, error) {
 	req := &core.Request{ID: str(t, "id", "test-req")}
 	switch event {
 	case api.EvStartRequest:
@@ -248,7 +244,7 @@ func (f *fixtureView) request(event string, t *glua.LTable) (*core.Request, *cor
 	case *glua.LTable:
 		req.User = api.Identity{User: str(u, "user", ""), Admin: glua.LVAsBool(u.RawGetString("admin"))}
 		if g, ok := u.RawGetString("groups").(*glua.LTable); ok {
-			req.User.Groups = luaStrings(g)
+			req.User.Groups = lua.Strings(g)
 		}
 	default:
 		return nil, nil, fmt.Errorf("request needs user")
@@ -265,10 +261,10 @@ func (f *fixtureView) request(event string, t *glua.LTable) (*core.Request, *cor
 	req.DryRun = glua.LVAsBool(t.RawGetString("dry_run"))
 	req.Force = glua.LVAsBool(t.RawGetString("force"))
 	if l, ok := t.RawGetString("lnms").(*glua.LTable); ok {
-		req.LNMs = luaStrings(l)
+		req.LNMs = lua.Strings(l)
 	}
 	if a, ok := t.RawGetString("args").(*glua.LTable); ok {
-		req.Args = luaStrMap(a)
+		req.Args = lua.StringMap(a)
 	}
 	domain := f.Domain()
 	var chosen []struct{ lnm, target string }
@@ -301,7 +297,7 @@ func (f *fixtureView) request(event string, t *glua.LTable) (*core.Request, *cor
 					rv.Cluster = api.ClusterOf(rv.Short)
 				}
 				if d, ok := e.RawGetString("data").(*glua.LTable); ok {
-					rv.Data = luaStrMap(d)
+					rv.Data = lua.StringMap(d)
 				}
 			default:
 				return nil, nil, fmt.Errorf("vms[%d] must be a name or a table", i)

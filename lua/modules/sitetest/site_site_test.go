@@ -1,6 +1,6 @@
 //go:build site
 
-package lua
+package sitetest
 
 // Site integration tests: the shipped UCSD policies against a real slapd,
 // a real named (TSIG-signed RFC 2136 updates) and SQLite files, checked
@@ -10,7 +10,7 @@ package lua
 
 import (
 	"context"
-	"database/sql"
+	stdsql "database/sql"
 	"io"
 	"log/slog"
 	"os"
@@ -21,25 +21,38 @@ import (
 	"time"
 
 	"github.com/usher-vm/usher/api"
-
 	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/internal/waitfor"
+	"github.com/usher-vm/usher/lua"
+	"github.com/usher-vm/usher/lua/modules/dns"
+	"github.com/usher-vm/usher/lua/modules/fs"
+	"github.com/usher-vm/usher/lua/modules/ldap"
+	"github.com/usher-vm/usher/lua/modules/sql"
+	"github.com/usher-vm/usher/lua/policytool"
 )
 
-// siteHost runs the shipped scripts named in enable with the given modules.
-func siteHost(t *testing.T, mc ModuleConfig, enable []string, cfg map[string]map[string]any, view *FixtureView) *Host {
+// repoRoot is the repository, from lua/modules/sitetest.
+const repoRoot = "../../.."
+
+// scriptsDir is the shipped policies.
+const scriptsDir = repoRoot + "/scripts"
+
+// siteHost runs the shipped scripts named in enable with the given
+// modules (closed with the host) and module call timeout (0: the default).
+func siteHost(t *testing.T, mods []lua.Module, timeout time.Duration, enable []string, cfg map[string]map[string]any, view *policytool.FixtureView) *lua.Host {
 	t.Helper()
 	var logw io.Writer = io.Discard
 	if testing.Verbose() {
 		logw = os.Stderr
 	}
-	h, err := New(Options{Dirs: []string{filepath.Join("..", "scripts")}, Enabled: enable, Config: cfg,
-		Modules: mc, PoolSize: 2, Logger: slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	h, err := lua.New(lua.Options{Dirs: []string{scriptsDir}, Enabled: enable, Config: cfg,
+		Modules: mods, ModuleTimeout: timeout, PoolSize: 2, Logger: slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Close() })
 	if view == nil {
-		view = NewFixtureView()
+		view = policytool.NewFixtureView()
 	}
 	h.Bind(view, nil)
 	if err := h.Start(context.Background()); err != nil {
@@ -48,21 +61,45 @@ func siteHost(t *testing.T, mc ModuleConfig, enable []string, cfg map[string]map
 	return h
 }
 
-func eventually(t *testing.T, what string, f func() bool) {
+// ldapModule is the ldap module with the real client.
+func ldapModule(t *testing.T, c ldap.Config, timeout time.Duration) lua.Module {
 	t.Helper()
-	eventuallyWithin(t, 10*time.Second, what, f)
+	cl, err := ldap.NewClient(c, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ldap.New(cl)
 }
 
-func eventuallyWithin(t *testing.T, d time.Duration, what string, f func() bool) {
+// dnsModule is the dns module with the real client.
+func dnsModule(t *testing.T, c dns.Config) lua.Module {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if f() {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+	cl, err := dns.NewClient(c, lua.DefaultModuleTimeout)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("timed out waiting for: %s", what)
+	return dns.New(cl)
+}
+
+// outVM is a VM the chain kept, as the decision has it.
+type outVM struct {
+	Name, Short  string
+	LNM, Target  string
+	MemMB, VCPUs int
+	Data         api.StringMap
+}
+
+// keptVMs lists the VMs of req that d keeps, in order.
+func keptVMs(req *core.Request, d *core.Decision) []outVM {
+	var out []outVM
+	for i, v := range req.VMs {
+		c := d.VMs[i]
+		if c.Dropped {
+			continue
+		}
+		out = append(out, outVM{Name: v.Name, Short: v.Short, LNM: c.LNM, Target: c.Target, MemMB: c.MemMB, VCPUs: c.VCPUs, Data: c.Data})
+	}
+	return out
 }
 
 func TestSiteLDAPAuth(t *testing.T) {
@@ -70,8 +107,8 @@ func TestSiteLDAPAuth(t *testing.T) {
 	s.addUser(t, "alice", "alicepw", 2001)
 	s.addUser(t, "bob", "bobpw", 2002)
 	s.add(t, "dn: cn=usher-admins,ou=groups,"+s.Base+"\nobjectClass: posixGroup\ncn: usher-admins\ngidNumber: 3000\nmemberUid: bob\n")
-	mc := ModuleConfig{Timeout: 2 * time.Second, LDAP: LDAPModuleConfig{Servers: []string{s.URL}, PlainLoopback: true}}
-	h := siteHost(t, mc, []string{"auth_ldap"}, map[string]map[string]any{"auth_ldap": {
+	lc := ldap.Config{Servers: []string{s.URL}, PlainLoopback: true}
+	h := siteHost(t, []lua.Module{ldapModule(t, lc, 2*time.Second)}, 2*time.Second, []string{"auth_ldap"}, map[string]map[string]any{"auth_ldap": {
 		"url": s.URL, "base": "ou=people," + s.Base, "group_base": "ou=groups," + s.Base}}, nil)
 	ctx := context.Background()
 	auth := func(u, p string) (api.Identity, error) {
@@ -103,7 +140,7 @@ func TestSiteLDAPAuth(t *testing.T) {
 	}
 	// Without plain_loopback the module insists on StartTLS, which this
 	// slapd (no certificate) cannot do: the login fails closed.
-	strict := siteHost(t, ModuleConfig{LDAP: LDAPModuleConfig{Servers: []string{s.URL}}}, []string{"auth_ldap"},
+	strict := siteHost(t, []lua.Module{ldapModule(t, ldap.Config{Servers: []string{s.URL}}, lua.DefaultModuleTimeout)}, 0, []string{"auth_ldap"},
 		map[string]map[string]any{"auth_ldap": {"url": s.URL, "base": "ou=people," + s.Base}}, nil)
 	if id, err := strict.Authenticate(ctx, core.Credentials{User: "alice", Password: "alicepw"}); err == nil {
 		t.Fatalf("accepted over plain LDAP without StartTLS: %+v", id)
@@ -122,10 +159,10 @@ func TestSiteLDAPAuth(t *testing.T) {
 func TestSiteLDAPCluster(t *testing.T) {
 	s := startSlapd(t)
 	s.addUser(t, "alice", "alicepw", 2001)
-	mc := ModuleConfig{LDAP: LDAPModuleConfig{Servers: []string{s.URL}, PlainLoopback: true,
-		Binds: map[string]LDAPBind{"admin": {DN: s.RootDN, Password: s.RootPW}}}}
-	view := NewFixtureView()
-	h := siteHost(t, mc, []string{"ldap_cluster"}, map[string]map[string]any{"ldap_cluster": {
+	lc := ldap.Config{Servers: []string{s.URL}, PlainLoopback: true,
+		Binds: map[string]ldap.Bind{"admin": {DN: s.RootDN, Password: s.RootPW}}}
+	view := policytool.NewFixtureView()
+	h := siteHost(t, []lua.Module{ldapModule(t, lc, lua.DefaultModuleTimeout)}, 0, []string{"ldap_cluster"}, map[string]map[string]any{"ldap_cluster": {
 		"url": s.URL, "bind": "admin", "base": s.Base, "required": true}}, view)
 	req := &core.Request{ID: "r1", Kind: core.KindStart, User: api.Identity{User: "alice"}, Cluster: "web",
 		VMs: []core.ReqVM{{Name: "web1.alice.usher.test", Short: "web1", Owner: "alice", Cluster: "web", MemMB: 512, VCPUs: 1}}}
@@ -150,23 +187,23 @@ func TestSiteLDAPCluster(t *testing.T) {
 	// The last VM of the cluster goes: the branch goes.
 	v := &api.VM{Name: vm.Name, Short: "web1", Owner: "alice", Cluster: "web", LNM: "n1", State: api.StateDestroyed}
 	h.Notify(api.Event{Type: api.EvOpComplete, VM: v, OK: true, Detail: map[string]string{"op": "destroy"}, Time: time.Now()})
-	eventually(t, "branch removed", func() bool {
+	waitfor.True(t, 10*time.Second, "branch removed", func() bool {
 		return !strings.Contains(s.search(t, "ou=clusters,"+s.Base, "(ou=web-alice)", "ou"), "web-alice")
 	})
 }
 
 func TestSiteDNS(t *testing.T) {
 	n := startNamed(t)
-	mc := ModuleConfig{DNS: DNSModuleConfig{Servers: []string{n.Addr},
-		Keys: map[string]TSIGKey{n.KeyName: {Algorithm: "hmac-sha256", Secret: n.Secret}, "wrong-key.": {Secret: "d3Jvbmcgc2VjcmV0IGtleSAxMjM0NTY3ODkwMTIzNDU2"}}}}
+	dc := dns.Config{Servers: []string{n.Addr},
+		Keys: map[string]dns.TSIGKey{n.KeyName: {Algorithm: "hmac-sha256", Secret: n.Secret}, "wrong-key.": {Secret: "d3Jvbmcgc2VjcmV0IGtleSAxMjM0NTY3ODkwMTIzNDU2"}}}
 	cfg := map[string]any{"server": n.Addr, "key": n.KeyName, "zone": n.Zone, "reverse_zone": n.RevZone}
-	view := NewFixtureView()
-	h := siteHost(t, mc, []string{"dns"}, map[string]map[string]any{"dns": cfg}, view)
+	view := policytool.NewFixtureView()
+	h := siteHost(t, []lua.Module{dnsModule(t, dc)}, 0, []string{"dns"}, map[string]map[string]any{"dns": cfg}, view)
 	ctx := context.Background()
 	// reg runs register_vm for a new VM placed on n1 whose data (as
 	// start_request left it) holds its address; it returns the VM as
 	// register_vm left it.
-	reg := func(h *Host, short, ip string, alias bool) (outVM, error) {
+	reg := func(h *lua.Host, short, ip string, alias bool) (outVM, error) {
 		req := &core.Request{ID: "r", Kind: core.KindStart, User: api.Identity{User: "alice"}, Cluster: "web",
 			VMs: []core.ReqVM{{Name: short + ".alice." + n.Zone, Short: short, Owner: "alice", Cluster: "web", MemMB: 512, VCPUs: 1}}}
 		if alias {
@@ -198,7 +235,7 @@ func TestSiteDNS(t *testing.T) {
 	// destroy web1: its names go, the alias keeps web2's address
 	v := &api.VM{Name: vm1.Name, Short: "web1", Owner: "alice", Cluster: "web", State: api.StateDestroyed, Data: vm1.Data}
 	h.Notify(api.Event{Type: api.EvOpComplete, VM: v, OK: true, Detail: map[string]string{"op": "destroy"}, Time: time.Now()})
-	eventually(t, "records removed", func() bool {
+	waitfor.True(t, 10*time.Second, "records removed", func() bool {
 		return n.dig(t, "web1.alice."+n.Zone, "A") == "" && n.dig(t, "7.0.1.10.in-addr.arpa", "PTR") == "" &&
 			n.dig(t, "web.alice."+n.Zone, "A") == "10.1.0.8"
 	})
@@ -209,16 +246,16 @@ func TestSiteDNS(t *testing.T) {
 		bad[k] = v
 	}
 	bad["key"] = "wrong-key."
-	h2 := siteHost(t, mc, []string{"dns"}, map[string]map[string]any{"dns": bad}, view)
+	h2 := siteHost(t, []lua.Module{dnsModule(t, dc)}, 0, []string{"dns"}, map[string]map[string]any{"dns": bad}, view)
 	_, err = reg(h2, "web3", "10.1.0.9", false)
 	if err == nil || !strings.Contains(err.Error(), "NOTAUTH") {
 		t.Fatalf("wrong key: %v", err)
 	}
 	t.Logf("wrong key reported as: %v", err)
 	// the right key name with a wrong secret: BADSIG
-	mc2 := ModuleConfig{DNS: DNSModuleConfig{Servers: []string{n.Addr},
-		Keys: map[string]TSIGKey{n.KeyName: {Secret: "d3Jvbmcgc2VjcmV0IGtleSAxMjM0NTY3ODkwMTIzNDU2"}}}}
-	h3 := siteHost(t, mc2, []string{"dns"}, map[string]map[string]any{"dns": cfg}, view)
+	dc2 := dns.Config{Servers: []string{n.Addr},
+		Keys: map[string]dns.TSIGKey{n.KeyName: {Secret: "d3Jvbmcgc2VjcmV0IGtleSAxMjM0NTY3ODkwMTIzNDU2"}}}
+	h3 := siteHost(t, []lua.Module{dnsModule(t, dc2)}, 0, []string{"dns"}, map[string]map[string]any{"dns": cfg}, view)
 	_, err = reg(h3, "web4", "10.1.0.10", false)
 	if err == nil || !strings.Contains(err.Error(), "NOTAUTH") {
 		t.Fatalf("wrong secret: %v", err)
@@ -234,9 +271,16 @@ func TestSiteDNS(t *testing.T) {
 func TestSiteNFSAndAudit(t *testing.T) {
 	root := t.TempDir()
 	dbPath := filepath.Join(t.TempDir(), "site.db")
-	mc := ModuleConfig{FSRoots: []string{root}, SQLPath: dbPath}
-	view := NewFixtureView()
-	h := siteHost(t, mc, []string{"nfs_dirs", "audit_sql", "ipam_sql"}, map[string]map[string]any{
+	roots, err := fs.NewRoots([]string{root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sdb, driver, err := sql.OpenDB(sql.Config{Path: dbPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := policytool.NewFixtureView()
+	h := siteHost(t, []lua.Module{fs.New(roots), sql.New(sdb, driver)}, 0, []string{"nfs_dirs", "audit_sql", "ipam_sql"}, map[string]map[string]any{
 		"nfs_dirs": {"root": root, "owner": "1234", "group": "4321", "mode": "2770"},
 		"ipam_sql": {"ranges": []any{map[string]any{"name": "lab", "subnet": "10.1.0.0/24", "first": "10.1.0.10", "last": "10.1.0.20"}}},
 	}, view)
@@ -264,14 +308,14 @@ func TestSiteNFSAndAudit(t *testing.T) {
 	}
 	fi, _ := os.Lstat(local)
 	st := fi.Sys().(*syscall.Stat_t)
-	if fsPerm(fi.Mode()) != 0o2770 || (os.Geteuid() == 0 && (st.Uid != 1234 || st.Gid != 4321)) {
-		t.Fatalf("%s: mode %o owner %d:%d", local, fsPerm(fi.Mode()), st.Uid, st.Gid)
+	if fs.Perm(fi.Mode()) != 0o2770 || (os.Geteuid() == 0 && (st.Uid != 1234 || st.Gid != 4321)) {
+		t.Fatalf("%s: mode %o owner %d:%d", local, fs.Perm(fi.Mode()), st.Uid, st.Gid)
 	}
 	cl := &api.VM{Name: vm.Name, Short: "web1", Owner: "alice", Cluster: "web", LNM: "n1", State: api.StateRunning, Data: vm.Data}
 	view.AddVM(cl)
 	h.Notify(api.Event{Type: api.EvStartComplete, VM: cl, OK: true, LNM: "n1", Req: "r1", Time: time.Now()})
 	h.Notify(api.Event{Type: api.EvStateChanged, VM: cl, LNM: "n1", Time: time.Now()})
-	db, err := sql.Open("sqlite", "file:"+dbPath+"?mode=ro")
+	db, err := stdsql.Open("sqlite", "file:"+dbPath+"?mode=ro")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +327,7 @@ func TestSiteNFSAndAudit(t *testing.T) {
 		}
 		return s
 	}
-	eventually(t, "vm mirrored as running and address used", func() bool {
+	waitfor.True(t, 10*time.Second, "vm mirrored as running and address used", func() bool {
 		return query("select state || ' ' || ip from vms where name = ?", vm.Name) == "running 10.1.0.10" &&
 			query("select state from ipam_addr where vm = ?", vm.Name) == "used"
 	})
@@ -291,13 +335,13 @@ func TestSiteNFSAndAudit(t *testing.T) {
 		t.Errorf("audit_requests: %q", got)
 	}
 	// destroy: folders, mirror row and address go
-	view2 := NewFixtureView()
+	view2 := policytool.NewFixtureView()
 	h.Bind(view2, nil)
 	gone := cl.Clone()
 	gone.State = api.StateDestroyed
 	h.Notify(api.Event{Type: api.EvOpComplete, VM: gone, OK: true, Detail: map[string]string{"op": "destroy"}, Time: time.Now()})
 	h.Notify(api.Event{Type: api.EvStateChanged, VM: gone, Time: time.Now()})
-	eventually(t, "cleanup after destroy", func() bool {
+	waitfor.True(t, 10*time.Second, "cleanup after destroy", func() bool {
 		_, e1 := os.Lstat(local)
 		_, e2 := os.Lstat(filepath.Join(root, "clusters", "alice", "web"))
 		return os.IsNotExist(e1) && os.IsNotExist(e2) &&
