@@ -962,8 +962,18 @@ func (e *benchEnv) startProfile(ctx context.Context) func() {
 	start := time.Now()
 	fetch := func(addr, file string) {
 		defer wg.Done()
-		// the profile covers --duration seconds from the start of the phase
-		resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(e.o.duration.Seconds())))
+		// The profile covers --duration seconds from the start of the
+		// phase. A restarted controller serves pprof once it runs, a
+		// moment after its process started: try for a few seconds.
+		var resp *http.Response
+		var err error
+		for try := 0; ; try++ {
+			resp, err = http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(e.o.duration.Seconds())))
+			if err == nil || try == 250 || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond) // the listener is not up yet
+		}
 		if err != nil {
 			e.progress("profile: %v", err)
 			return

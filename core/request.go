@@ -197,8 +197,14 @@ func (c *Controller) start(ctx context.Context, id api.Identity, a api.StartArgs
 	var shorts []string
 	var pre []api.Drop
 	fits := true
-	// A cluster record allocation made but no VM joined goes again.
-	defer c.st.write(func() { c.st.dropEmptyClusterLocked(id.User, a.Cluster) })
+	// A cluster record allocation made but no VM joined goes again (one
+	// more exclusive lock only for a start that registered nothing).
+	registered := false
+	defer func() {
+		if !registered {
+			c.st.write(func() { c.st.dropEmptyClusterLocked(id.User, a.Cluster) })
+		}
+	}()
 	c.st.write(func() {
 		if len(a.Names) == 0 {
 			shorts, fits = c.st.allocLocked(id.User, a.Cluster, n)
@@ -281,6 +287,7 @@ func (c *Controller) start(ctx context.Context, id api.Identity, a api.StartArgs
 				clone = vm.Snapshot()
 			}
 		})
+		registered = registered || ok
 		if !ok {
 			fail("already exists, or its LNM disconnected")
 			continue
