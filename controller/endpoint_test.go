@@ -382,9 +382,14 @@ func TestRegistrationsWaitTheirTurn(t *testing.T) {
 // TestHandshakeHerdWaitsItsTurn: more peers than MaxHandshaking connecting
 // at once are served in turn, not refused: up to five times as many
 // accepted and waiting, the rest (here 11 of 16) in the kernel's accept
-// queue.
+// queue. The handshake timeout is long enough for sixteen handshakes in a
+// row on a slow machine under the race detector (the test is about
+// turns, not speed: at 500 ms the last of the herd timed out there).
 func TestHandshakeHerdWaitsItsTurn(t *testing.T) {
-	e := start(t, func(o *transport.ServerOptions) { o.MaxHandshaking = 1 })
+	e := start(t, func(o *transport.ServerOptions) {
+		o.MaxHandshaking = 1
+		o.Limits.HandshakeTimeout = 20 * time.Second
+	})
 	cfg, err := transport.ClientTLS(e.caFile, "", "", "localhost")
 	if err != nil {
 		t.Fatal(err)

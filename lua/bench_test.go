@@ -140,6 +140,7 @@ func BenchmarkShippedSingleStart(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(func() { h.Close() })
 	// The controller's own state, as in production (its LNM queries).
 	c := core.New(core.Config{Domain: "usher.test"}, h)
 	for i := 0; i < 100; i++ {

@@ -17,6 +17,7 @@ func fuzzState(t testing.TB) *lstate {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { h.Close() })
 	v := &version{h: h, name: "fuzz", file: "fuzz.lua", ctx: h.ctx, cancel: func() {}}
 	ls := &lstate{v: v, memLimit: 64 << 20}
 	ls.L = newSandbox(ls, quietLogger(), "fuzz.lua")

@@ -119,6 +119,13 @@ func TestNetCallNotChargedToBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Only the LDAP fake serves here: no host takes (and closes) the
+	// set's modules.
+	t.Cleanup(func() {
+		for _, m := range s.Modules() {
+			m.Close()
+		}
+	})
 	const backstop = 200 * time.Millisecond
 	slow := ldap.New(slowLDAP{s.LDAP(), backstop + 100*time.Millisecond})
 	dir := t.TempDir()
