@@ -199,6 +199,23 @@ func (c *Controller) AttachLNM(ctx context.Context, hello api.Hello, link api.No
 		}
 		acks = append(acks, vm.Snapshot())
 	}
+	// Malformed reports are set aside before the state lock is taken: a
+	// whole site registers at once after a restart, and the lock is shared.
+	bad := make([]bool, len(guests))
+	for i := range guests {
+		g := &guests[i]
+		if err := g.Validate(); err != nil {
+			c.log.Warn("LNM reported a malformed guest; ignored", "lnm", info.Name, "err", err)
+			bad[i] = true
+			continue
+		}
+		if g.Cached != nil {
+			if err := api.ValidCached(g.Cached); err != nil || g.Cached.Name != g.Name {
+				c.log.Warn("LNM sent back a malformed cached object; ignored", "lnm", info.Name, "vm", g.Name, "err", err)
+				g.Cached = nil
+			}
+		}
+	}
 	adoptEvents := true
 	quiet := false
 	var st api.LNM
@@ -238,20 +255,10 @@ func (c *Controller) AttachLNM(ctx context.Context, hello api.Hello, link api.No
 		seen := make(map[string]bool, len(guests))
 		for i := range guests {
 			g := &guests[i]
-			if err := g.Validate(); err != nil {
-				c.log.Warn("LNM reported a malformed guest; ignored", "lnm", info.Name, "err", err)
-				continue
-			}
-			if seen[g.Name] {
+			if bad[i] || seen[g.Name] {
 				continue
 			}
 			seen[g.Name] = true
-			if g.Cached != nil {
-				if err := api.ValidCached(g.Cached); err != nil || g.Cached.Name != g.Name {
-					c.log.Warn("LNM sent back a malformed cached object; ignored", "lnm", info.Name, "vm", g.Name, "err", err)
-					g.Cached = nil
-				}
-			}
 			short, owner, managed := api.ParseFullName(g.Name, c.cfg.Domain)
 			vm := c.st.vms[g.Name]
 			switch {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/core/coretest"
 
 	"github.com/usher-vm/usher/core"
 )
@@ -43,8 +44,8 @@ func saveByRename(t testing.TB, dir, name, src string) {
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func testView() *memView {
-	v := newMemView()
+func testView() *coretest.View {
+	v := coretest.NewView("usher.test")
 	for _, n := range []string{"n1", "n2", "n3"} {
 		v.AddLNM(&api.LNM{Info: api.NodeInfo{Name: n, CPUs: 8, MemMB: 16384},
 			Status: api.NodeStatus{FreeMemMB: 8192, FreeVCPUs: 8}, State: api.LNMConnected})

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/core/coretest"
 )
 
 // TestLNMViews: usher.lnm and usher.lnms hand scripts read-only views of
@@ -36,7 +37,7 @@ usher.on("start_request", function(req)
   end
 end, {order = 10, name = "use"})`)
 	h := newHost(t, Options{Dirs: []string{dir}})
-	v := newMemView()
+	v := coretest.NewView("usher.test")
 	v.AddLNM(&api.LNM{Info: api.NodeInfo{Name: "n2", CPUs: 8, MemMB: 16384, Driver: "sim", Hostname: "h2"},
 		State: api.LNMConnected, Since: time.Now(),
 		Status: api.NodeStatus{VMs: 3, FreeMemMB: 9000, FreeVCPUs: 5, ReportedAt: 1700000000,

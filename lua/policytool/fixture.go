@@ -2,148 +2,24 @@ package policytool
 
 import (
 	"fmt"
-	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	glua "github.com/yuin/gopher-lua"
 
 	"github.com/usher-vm/usher/api"
 	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/core/coretest"
 	"github.com/usher-vm/usher/lua"
 )
 
-// FixtureView is a simple in-memory core.StateView: the state policy
-// tests run against (usher_test.fixture), and a view for Go tests and
-// benchmarks. It is safe for concurrent use.
-type FixtureView struct {
-	mu     sync.RWMutex
-	domain string
-	vms    map[string]*api.VM
-	lnms   map[string]*api.LNM
-}
+// FixtureView is the state policy tests run against
+// (usher_test.fixture): an in-memory core.StateView (coretest.View) that
+// a test's Lua table can replace. It is safe for concurrent use.
+type FixtureView struct{ *coretest.View }
 
 // NewFixtureView returns an empty view with domain "usher.test".
-func NewFixtureView() *FixtureView {
-	return &FixtureView{domain: "usher.test", vms: map[string]*api.VM{}, lnms: map[string]*api.LNM{}}
-}
-
-// AddLNM adds or replaces a node.
-func (f *FixtureView) AddLNM(n *api.LNM) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.lnms[n.Info.Name] = n
-}
-
-// AddVM adds or replaces a VM.
-func (f *FixtureView) AddVM(v *api.VM) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.vms[v.Name] = v
-}
-
-func (f *FixtureView) VM(name string) (*api.VM, bool) {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	v, ok := f.vms[name]
-	if !ok {
-		return nil, false
-	}
-	return v.Clone(), true
-}
-
-func (f *FixtureView) sortedVMs(keep func(*api.VM) bool) []*api.VM {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	var out []*api.VM
-	for _, v := range f.vms {
-		if keep(v) {
-			out = append(out, v.Clone())
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
-}
-
-func (f *FixtureView) VMsOf(owner, cluster string) []*api.VM {
-	return f.sortedVMs(func(v *api.VM) bool { return v.Owner == owner && (cluster == "" || v.Cluster == cluster) })
-}
-
-func (f *FixtureView) VMsOn(lnm string) []*api.VM {
-	return f.sortedVMs(func(v *api.VM) bool { return v.LNM == lnm })
-}
-
-func (f *FixtureView) CountOf(owner string) int {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	n := 0
-	for _, v := range f.vms {
-		if v.Owner == owner {
-			n++
-		}
-	}
-	return n
-}
-
-func (f *FixtureView) LNM(name string) (*api.LNM, bool) {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	n, ok := f.lnms[name]
-	if !ok {
-		return nil, false
-	}
-	c := *n
-	return &c, true
-}
-
-func (f *FixtureView) LNMs() []*api.LNM {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	out := make([]*api.LNM, 0, len(f.lnms))
-	for _, n := range f.lnms {
-		c := *n
-		out = append(out, &c)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Info.Name < out[j].Info.Name })
-	return out
-}
-
-func (f *FixtureView) Clusters(owner string) []api.Cluster {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	m := map[string]*api.Cluster{}
-	for _, v := range f.vms {
-		if owner != "" && v.Owner != owner {
-			continue
-		}
-		k := v.Owner + "/" + v.Cluster
-		c := m[k]
-		if c == nil {
-			c = &api.Cluster{Name: v.Cluster, Owner: v.Owner}
-			m[k] = c
-		}
-		c.VMs = append(c.VMs, v.Name)
-	}
-	out := make([]api.Cluster, 0, len(m))
-	for _, c := range m {
-		sort.Strings(c.VMs)
-		out = append(out, *c)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Owner != out[j].Owner {
-			return out[i].Owner < out[j].Owner
-		}
-		return out[i].Name < out[j].Name
-	})
-	return out
-}
-
-func (f *FixtureView) Domain() string {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return f.domain
-}
+func NewFixtureView() *FixtureView { return &FixtureView{coretest.NewView("usher.test")} }
 
 func num(t *glua.LTable, k string, def float64) float64 {
 	if n, ok := t.RawGetString(k).(glua.LNumber); ok {
@@ -162,8 +38,8 @@ func str(t *glua.LTable, k, def string) string {
 // set replaces the fixture from usher_test.fixture{domain=, lnms=, vms=}.
 func (f *FixtureView) set(t *glua.LTable) error {
 	domain := str(t, "domain", "usher.test")
-	lnms := map[string]*api.LNM{}
-	vms := map[string]*api.VM{}
+	var lnms []*api.LNM
+	var vms []*api.VM
 	if lt, ok := t.RawGetString("lnms").(*glua.LTable); ok {
 		for i := 1; i <= lt.Len(); i++ {
 			e, ok := lt.RawGetInt(i).(*glua.LTable)
@@ -183,13 +59,13 @@ func (f *FixtureView) set(t *glua.LTable) error {
 			cpu.M1 = num(e, "cpu_m1", cpu.M1)
 			cpu.M5 = num(e, "cpu_m5", cpu.M5)
 			cpu.M15 = num(e, "cpu_m15", cpu.M15)
-			lnms[name] = &api.LNM{
+			lnms = append(lnms, &api.LNM{
 				Info: api.NodeInfo{Name: name, Driver: "sim", CPUs: cpus, MemMB: mem, Address: name + ":7000"},
 				Status: api.NodeStatus{VMs: int(num(e, "vms", 0)), FreeMemMB: int(num(e, "free_mem_mb", float64(mem))),
 					FreeVCPUs: int(num(e, "free_vcpus", float64(cpus))), Usage: api.Usage{CPU: cpu}, ReportedAt: time.Now().UnixMilli()},
 				State: api.LNMState(str(e, "state", string(api.LNMConnected))),
 				Since: time.Now(),
-			}
+			})
 		}
 	}
 	if vt, ok := t.RawGetString("vms").(*glua.LTable); ok {
@@ -213,12 +89,10 @@ func (f *FixtureView) set(t *glua.LTable) error {
 			if d, ok := e.RawGetString("data").(*glua.LTable); ok {
 				v.Data = lua.StringMap(d)
 			}
-			vms[v.Name] = v
+			vms = append(vms, v)
 		}
 	}
-	f.mu.Lock()
-	f.domain, f.lnms, f.vms = domain, lnms, vms
-	f.mu.Unlock()
+	f.Replace(domain, lnms, vms)
 	return nil
 }
 
