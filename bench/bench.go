@@ -706,7 +706,9 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 		e.progress("starting %d VMs", o.vms)
 		e.storm(ctx, clients, o.vms, lat, &errs, &reqs)
 		if errs.Load() > 0 {
-			return fmt.Errorf("%d VMs failed to start", errs.Load())
+			e.errMu.Lock()
+			defer e.errMu.Unlock()
+			return fmt.Errorf("%d VMs failed to start (first error: %s)", errs.Load(), e.errMsg)
 		}
 		if o.scenario == "steady" {
 			e.progress("steady state for %v", o.duration)
