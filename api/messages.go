@@ -328,3 +328,95 @@ type Report struct {
 	Usage   map[string]Usage `json:"usage,omitempty"`
 	Beat    bool             `json:"beat,omitempty"` // heartbeat only
 }
+
+// Image is one base image of the site's image store, as users see it.
+type Image struct {
+	Name        string `json:"name"`
+	Format      string `json:"format"` // qcow2 or raw
+	Description string `json:"description,omitempty"`
+	MinMemMB    int    `json:"min_mem_mb,omitempty"`
+	Boot        string `json:"boot"`            // "kernel" (direct kernel boot) or "disk"
+	Bytes       int64  `json:"bytes,omitempty"` // size of the base file
+}
+
+// ImagesReply lists the images users may start VMs from.
+type ImagesReply struct {
+	Images []Image `json:"images"`
+	// Problems are metadata files that describe no usable image (admins
+	// only).
+	Problems []string `json:"problems,omitempty"`
+}
+
+// Key actions.
+const (
+	KeysList   = "list"
+	KeysAdd    = "add"
+	KeysRemove = "remove"
+)
+
+// KeysArgs manage the caller's SSH public keys: list them, add one
+// (Key: an authorized_keys line) or remove one (Key: the line, its
+// fingerprint SHA256:… or its comment). Admins may name another User.
+type KeysArgs struct {
+	Action string `json:"action"`
+	Key    string `json:"key,omitempty"`
+	User   string `json:"user,omitempty"`
+}
+
+// SSHKey is one registered public key.
+type SSHKey struct {
+	Line        string `json:"line"`        // the authorized_keys line, normalised
+	Fingerprint string `json:"fingerprint"` // SHA256:…
+	Type        string `json:"type"`
+	Comment     string `json:"comment,omitempty"`
+}
+
+// KeysReply is the user's keys after the action.
+type KeysReply struct {
+	User string   `json:"user"`
+	Keys []SSHKey `json:"keys"`
+}
+
+// MaxKeyLine bounds one authorized_keys line; MaxKeysBytes all of a
+// user's keys together: they travel to each new VM in its data
+// (ssh_keys, one key per line), which holds at most MaxDataValue.
+const (
+	MaxKeyLine   = 2048
+	MaxKeysBytes = MaxDataValue
+)
+
+// ConsoleArgs open a VM's serial console. Tail asks for up to that many
+// bytes of the console's log (what the guest printed before, the boot log)
+// first; LogOnly sends the log and ends instead of attaching.
+//
+// The stream: the server sends "data" frames (the log, then what the guest
+// prints) and, once attached, "ready" before the first live byte; the
+// client sends "data" frames (keystrokes). Both sides send "beat" when
+// idle for a keepalive interval and close a stream silent for three;
+// "eof" ends it from either side, "error" carries why it could not open.
+type ConsoleArgs struct {
+	VM      string `json:"vm"`
+	Tail    int    `json:"tail,omitempty"`
+	LogOnly bool   `json:"log_only,omitempty"`
+}
+
+// ConsoleData is one frame of console bytes.
+type ConsoleData struct {
+	Data []byte `json:"d,omitempty"`
+}
+
+// Console frame methods.
+const (
+	ConsoleFrameData  = "data"
+	ConsoleFrameReady = "ready"
+	ConsoleFrameBeat  = "beat"
+	ConsoleFrameEOF   = "eof"
+	ConsoleFrameError = "error"
+)
+
+// MaxConsoleFrame bounds the bytes of one console frame; MaxConsoleTail
+// the log a client may ask for.
+const (
+	MaxConsoleFrame = 16 << 10
+	MaxConsoleTail  = 1 << 20
+)

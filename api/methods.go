@@ -70,8 +70,15 @@ var (
 	MPlan     = Method[PlanArgs, *Result]{"plan", Authenticated}
 	MPolicy   = Method[PolicyArgs, PolicyReply]{"policy", AdminOnly}
 	MStatus   = Method[StatusArgs, Status]{"status", AdminOnly}
+	// MImages lists the site's image store; MKeys manages the caller's
+	// SSH public keys (installed in the VMs it starts).
+	MImages = Method[Empty, ImagesReply]{"images", Authenticated}
+	MKeys   = Method[KeysArgs, KeysReply]{"keys", Authenticated}
 	// MEvents is the client's event feed: "ready", then events.
 	MEvents = Stream[EventsArgs, Event]{"events", Authenticated}
+	// MConsole attaches to a VM's serial console (owner and admins):
+	// ConsoleData frames flow both ways (see ConsoleArgs).
+	MConsole = Stream[ConsoleArgs, ConsoleData]{"console", Authenticated}
 )
 
 // The LNM link, LNM → controller.
@@ -98,6 +105,9 @@ var (
 	LPrepareMigration = Method[LNMStartArgs, LNMResults]{"prepare_migration", FromController}
 	LAbortMigration   = Method[NamesArgs, LNMResults]{"abort_migration", FromController}
 	LMigrate          = Method[LNMMigrateArgs, LNMResults]{"migrate", FromController}
+	// LConsole is MConsole's last hop: the controller relays a client's
+	// console stream to the VM's LNM.
+	LConsole = Stream[ConsoleArgs, ConsoleData]{"console", FromController}
 )
 
 // Node is Table 2: what an LNM serves to its controller, batched per

@@ -291,6 +291,39 @@ func (a EventsArgs) Validate() error {
 	return nil
 }
 
+// Validate checks ConsoleArgs.
+func (a ConsoleArgs) Validate() error {
+	if err := ValidVMName(a.VM); err != nil {
+		return bad("console: %v", err)
+	}
+	if a.Tail < 0 || a.Tail > MaxConsoleTail {
+		return bad("console: tail %d: 0 to %d bytes", a.Tail, MaxConsoleTail)
+	}
+	return nil
+}
+
+// Validate checks KeysArgs.
+func (a KeysArgs) Validate() error {
+	switch a.Action {
+	case KeysList:
+	case KeysAdd, KeysRemove:
+		if a.Key == "" {
+			return bad("keys %s: key is required", a.Action)
+		}
+	default:
+		return bad("keys: action %.20q: want list, add or remove", a.Action)
+	}
+	if len(a.Key) > MaxKeyLine {
+		return bad("keys: key is %d bytes (at most %d)", len(a.Key), MaxKeyLine)
+	}
+	if a.User != "" {
+		if err := ValidLabel(a.User); err != nil {
+			return bad("keys: user: %v", err)
+		}
+	}
+	return nil
+}
+
 // Validate checks the arguments of policy.
 func (a PolicyArgs) Validate() error {
 	switch a.Action {

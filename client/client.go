@@ -861,6 +861,20 @@ func (c *Client) Status(ctx context.Context, a api.StatusArgs) (api.Status, erro
 	return Do(ctx, c, api.MStatus, a)
 }
 
+// Images lists the site's image store (the names start's image=… takes).
+func (c *Client) Images(ctx context.Context) (api.ImagesReply, error) {
+	return Do(ctx, c, api.MImages, api.Empty{})
+}
+
+// Keys lists, adds or removes the caller's SSH public keys (admins: any
+// user's, naming a.User). New VMs get their owner's keys.
+func (c *Client) Keys(ctx context.Context, a api.KeysArgs) (api.KeysReply, error) {
+	if err := a.Validate(); err != nil {
+		return api.KeysReply{}, err
+	}
+	return Do(ctx, c, api.MKeys, a)
+}
+
 // Watch streams every event the user may see (admins: all) to f until ctx
 // ends or the session drops.
 func (c *Client) Watch(ctx context.Context, f func(api.Event)) error {
@@ -873,7 +887,7 @@ func (c *Client) Watch(ctx context.Context, f func(api.Event)) error {
 		return err
 	}
 	defer st.Close()
-	stop := context.AfterFunc(ctx, func() { st.Close() })
+	stop := context.AfterFunc(ctx, st.Abort) // ends a Recv in progress
 	defer stop()
 	bound := 3*s.Limits().KeepAlive + 5*time.Second
 	for {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/usher-vm/usher/api"
 	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/images"
 	"github.com/usher-vm/usher/transport"
 )
 
@@ -29,6 +30,8 @@ type Options struct {
 	Policy         PolicyAdmin
 	ControllerID   string
 	Known          *KnownLNMs // persisted list of LNMs (nil: none)
+	Keys           *KeyStore  // users' SSH public keys (nil: keys calls fail)
+	ImageDir       string     // the site image store as the controller sees it ("" = none)
 	// Logger receives the endpoint's own records (logins, registrations,
 	// recovery); the transport logs through Server.Logger.
 	Logger *slog.Logger
@@ -186,6 +189,8 @@ func (s *Server) clientMux() *transport.Mux {
 	handle(m, api.MMigrate, s.c.Migrate)
 	handle(m, api.MForget, s.c.Forget)
 	handle(m, api.MPlan, s.c.Plan)
+	handle(m, api.MImages, s.images)
+	handle(m, api.MKeys, s.keys)
 	handle(m, api.MStatus, func(ctx context.Context, id api.Identity, a api.StatusArgs) (api.Status, error) {
 		st := api.Status{Counts: s.c.State().Counts(), Sessions: s.Sessions(), Feeds: s.c.Subscribers()}
 		if a.Check {
@@ -211,6 +216,7 @@ func (s *Server) clientMux() *transport.Mux {
 		return s.opts.Policy(ctx, id, a)
 	})
 	transport.HandleStream(m, api.MEvents, s.events)
+	transport.HandleStream(m, api.MConsole, s.console)
 	return m
 }
 
@@ -540,4 +546,72 @@ func (s *Server) Recover(ctx context.Context, tlsCfg *tls.Config, self string, g
 	if failed := s.c.EndGrace(); len(failed) > 0 {
 		s.log.Warn("LNMs did not return after the controller restart", "lnms", failed)
 	}
+}
+
+// images lists the image store; metadata problems are shown to admins
+// only (they name paths on the controller).
+func (s *Server) images(ctx context.Context, id api.Identity, _ api.Empty) (api.ImagesReply, error) {
+	list, errs := images.Store{Dir: s.opts.ImageDir}.List()
+	rep := api.ImagesReply{Images: make([]api.Image, 0, len(list))}
+	for _, im := range list {
+		rep.Images = append(rep.Images, im.Info())
+	}
+	if id.Admin {
+		for _, err := range errs {
+			rep.Problems = append(rep.Problems, err.Error())
+		}
+	}
+	return rep, nil
+}
+
+// keys manages the caller's SSH keys; an admin may name another user.
+func (s *Server) keys(ctx context.Context, id api.Identity, a api.KeysArgs) (api.KeysReply, error) {
+	if s.opts.Keys == nil {
+		return api.KeysReply{}, api.Errorf(api.ErrUnavailable, "keys: this controller keeps no SSH keys")
+	}
+	user := id.User
+	if a.User != "" && a.User != id.User {
+		if !id.Admin {
+			return api.KeysReply{}, api.Errorf(api.ErrForbidden, "keys: only admins manage another user's keys")
+		}
+		user = a.User
+	}
+	rep, err := s.opts.Keys.Serve(user, a)
+	if err == nil && a.Action != api.KeysList {
+		s.log.Info("SSH keys changed", "user", user, "by", id.User, "action", a.Action, "keys", len(rep.Keys))
+	}
+	return rep, err
+}
+
+// console relays a client's console stream to the VM's node (owner and
+// admins, as the authorize chain allows), frame by frame, until either
+// side ends.
+func (s *Server) console(ctx context.Context, a api.ConsoleArgs, st *transport.Stream) error {
+	defer st.Close()
+	fail := func(err error) error {
+		st.Send(api.ConsoleFrameError, api.AsError(err))
+		return err
+	}
+	if err := a.Validate(); err != nil {
+		return fail(err)
+	}
+	id := identity(ctx)
+	vm, err := s.c.ConsoleTarget(ctx, id, a.VM, a.LogOnly)
+	if err != nil {
+		return fail(err)
+	}
+	s.mu.Lock()
+	node := s.lnms[vm.LNM]
+	s.mu.Unlock()
+	if node == nil {
+		return fail(api.Errorf(api.ErrUnavailable, "console of %s: its node %s is not connected", vm.Name, vm.LNM))
+	}
+	up, err := transport.OpenStream(ctx, node, api.LConsole, a)
+	if err != nil {
+		return fail(api.Errorf(api.ErrUnavailable, "console of %s: reaching node %s: %v", vm.Name, vm.LNM, err))
+	}
+	s.log.Info("console opened", "user", id.User, "vm", vm.Name, "lnm", vm.LNM, "log_only", a.LogOnly)
+	err = transport.ConsoleRelay(ctx, st, up, transport.SessionFrom(ctx).Limits().KeepAlive)
+	s.log.Info("console closed", "user", id.User, "vm", vm.Name, "err", err)
+	return err
 }

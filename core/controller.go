@@ -23,6 +23,10 @@ type Config struct {
 	MaxRequestVMs int           // largest VM list one request may carry
 	EventBuffer   int           // pushed events queued per client before it is cut off
 	OwnerOnly     bool          // baseline: non-admins see and touch only their own VMs
+	// GuestKeys returns a user's registered SSH public keys (one
+	// authorized_keys line per line): a VM they start gets them as its data
+	// ssh_keys before start_request, where a policy may change them.
+	GuestKeys func(user string) string
 	// Adopt says when a managed VM the controller has no record of, found
 	// on a node, is adopted (see AdoptMode); AdoptWindow is how long after
 	// the controller starts any registering node is believed (recovery).

@@ -27,6 +27,7 @@ const (
 	KindList     RequestKind = "list"
 	KindListLNMs RequestKind = "list_lnms"
 	KindForget   RequestKind = "forget"
+	KindConsole  RequestKind = "console"
 )
 
 // ReqVM is one VM of a request as the controller resolved it. For a start

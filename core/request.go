@@ -230,6 +230,13 @@ func (c *Controller) start(ctx context.Context, id api.Identity, a api.StartArgs
 	}
 	d := NewDecision(req)
 	d.Dropped = pre
+	if c.cfg.GuestKeys != nil {
+		if keys := c.cfg.GuestKeys(id.User); keys != "" {
+			for i := range d.VMs {
+				d.VMs[i].Data = api.StringMap{api.DataSSHKeys: keys}
+			}
+		}
+	}
 	if err := c.runChain(ctx, api.EvStartRequest, req, d); err != nil {
 		return nil, err
 	}
@@ -940,4 +947,50 @@ func (c *Controller) Plan(ctx context.Context, id api.Identity, a api.PlanArgs) 
 			return c.migrate(ctx, id, *a.Migrate, true)
 		}
 	})
+}
+
+// ---------------------------------------------------------------------------
+// console
+
+// ConsoleTarget authorizes attaching to a VM's serial console — its owner
+// or an admin, as the authorize chain allows (request kind "console") —
+// and returns the VM, whose node serves the console. Attaching needs a VM
+// that runs; reading the log (logOnly) any VM its node still holds.
+func (c *Controller) ConsoleTarget(ctx context.Context, id api.Identity, vm string, logOnly bool) (*api.VM, error) {
+	req := &Request{Kind: KindConsole, User: id}
+	pre := c.resolve(id, []string{vm}, req)
+	if len(pre) > 0 {
+		return nil, api.Errorf(api.ErrNotFound, "console: no VM %s", vm)
+	}
+	d := NewDecision(req)
+	if err := c.hooks.Authorize(ctx, req, d); err != nil {
+		return nil, err
+	}
+	if d.VMs[0].Dropped {
+		reason := "refused by policy"
+		if len(d.Dropped) > 0 {
+			reason = d.Dropped[0].Reason
+		}
+		return nil, api.Errorf(api.ErrForbidden, "console of %s: %s", vm, reason)
+	}
+	v, ok := c.st.VM(vm)
+	if !ok {
+		return nil, api.Errorf(api.ErrNotFound, "console: no VM %s", vm)
+	}
+	if v.Owner != id.User && !id.Admin {
+		return nil, api.Errorf(api.ErrForbidden, "console of %s: only its owner and admins attach to it", vm)
+	}
+	switch v.State {
+	case api.StateRunning, api.StatePaused, api.StateStarting:
+	case api.StateShutoff, api.StateCrashed, api.StateHibernated:
+		if !logOnly {
+			return nil, api.Errorf(api.ErrBadRequest, "console of %s: the VM is %s (its log: console --log)", vm, v.State)
+		}
+	default:
+		return nil, api.Errorf(api.ErrBadRequest, "console of %s: the VM is %s", vm, v.State)
+	}
+	if !c.st.connected(v.LNM) {
+		return nil, api.Errorf(api.ErrUnavailable, "console of %s: its node %s is not connected", vm, v.LNM)
+	}
+	return v, nil
 }

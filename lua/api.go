@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/usher-vm/usher/images"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -36,6 +37,7 @@ func (ls *lstate) installAPI() {
 		"time":         func(L *glua.LState) int { L.Push(unixf(time.Now())); return 1 },
 		"bcrypt_check": ls.apiBcrypt, "read_htpasswd": ls.apiHtpasswd,
 		"set_active": ls.apiSetActive,
+		"images":     ls.apiImages, "image": ls.apiImage,
 	}
 	for k, f := range fns {
 		u.RawSetString(k, L.NewFunction(f))
@@ -363,6 +365,42 @@ func (ls *lstate) apiClusters(L *glua.LState) int {
 
 func (ls *lstate) apiDomain(L *glua.LState) int {
 	L.Push(glua.LString(ls.view().Domain()))
+	return 1
+}
+
+// imageTable is an image of the store as scripts see it.
+func imageTable(L *glua.LState, im api.Image) *glua.LTable {
+	t := L.NewTable()
+	t.RawSetString("name", glua.LString(im.Name))
+	t.RawSetString("format", glua.LString(im.Format))
+	t.RawSetString("boot", glua.LString(im.Boot))
+	t.RawSetString("description", glua.LString(im.Description))
+	t.RawSetString("min_mem_mb", glua.LNumber(im.MinMemMB))
+	t.RawSetString("bytes", glua.LNumber(im.Bytes))
+	return t
+}
+
+// apiImages lists the site's image store (policy.image_dir): a list of
+// image tables, by name.
+func (ls *lstate) apiImages(L *glua.LState) int {
+	list, _ := images.Store{Dir: ls.v.h.opts.ImageDir}.List()
+	out := L.NewTable()
+	for _, im := range list {
+		out.Append(imageTable(L, im.Info()))
+	}
+	L.Push(out)
+	return 1
+}
+
+// apiImage returns one image of the store, or nil and why not.
+func (ls *lstate) apiImage(L *glua.LState) int {
+	im, err := images.Store{Dir: ls.v.h.opts.ImageDir}.Get(L.CheckString(1))
+	if err != nil {
+		L.Push(glua.LNil)
+		L.Push(glua.LString(err.Error()))
+		return 2
+	}
+	L.Push(imageTable(L, im.Info()))
 	return 1
 }
 

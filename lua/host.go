@@ -52,6 +52,8 @@ type Options struct {
 	// state. The host owns them: it closes them on Close, and New closes
 	// them when it fails.
 	Modules []Module
+	// ImageDir is the site image store usher.images() lists ("" = none).
+	ImageDir string
 	// ModuleTimeout bounds one network or database call of a module
 	// (default DefaultModuleTimeout). The wait is not charged to the
 	// handler's budget; the handler's own context still cancels it.

@@ -3,6 +3,7 @@ package nodemgr
 import (
 	"context"
 	"errors"
+	"io"
 
 	"github.com/usher-vm/usher/api"
 )
@@ -100,4 +101,16 @@ type Driver interface {
 	Events() <-chan GuestEvent
 	// Close releases the driver. Guests keep running.
 	Close() error
+}
+
+// Consoler is implemented by drivers whose guests have a serial console
+// a user may attach to (ush console).
+type Consoler interface {
+	// ConsoleLog returns up to max bytes from the end of what the guest
+	// printed on its console (its boot log), also from before this LNM
+	// started and from before a migration.
+	ConsoleLog(ctx context.Context, name string, max int) ([]byte, error)
+	// Console attaches to the guest's console: reads are what it prints,
+	// writes are keystrokes. Close detaches.
+	Console(ctx context.Context, name string) (io.ReadWriteCloser, error)
 }

@@ -94,7 +94,7 @@ func New(o Options) (*LNM, error) {
 		cache: map[string]*api.VM{}, reported: map[string]api.VMState{},
 		avg: map[string]*Averager{}, usage: map[string]api.Usage{}, kick: make(chan struct{}, 1),
 		wake: make(chan struct{}, 1)}
-	l.mux = nodeMux(l)
+	l.mux = nodeMux(l, l.console)
 	return l, nil
 }
 
@@ -513,7 +513,7 @@ func (l *LNM) helloStatus(ctx context.Context) (*api.NodeStatus, error) {
 
 // nodeMux registers every method of api.Node once, against the link's
 // declarations; only the controller (the peer this LNM dialled) calls them.
-func nodeMux(n api.Node) *transport.Mux {
+func nodeMux(n api.Node, console func(ctx context.Context, a api.ConsoleArgs, st *transport.Stream) error) *transport.Mux {
 	m := transport.NewMux(func(ctx context.Context, s *transport.Session, method string, a api.Access) error {
 		if a != api.FromController {
 			return api.Errorf(api.ErrForbidden, "%s is for %s", method, a)
@@ -533,7 +533,64 @@ func nodeMux(n api.Node) *transport.Mux {
 	transport.Handle(m, api.LPrepareMigration, n.PrepareMigration)
 	transport.Handle(m, api.LAbortMigration, n.AbortMigration)
 	transport.Handle(m, api.LMigrate, n.Migrate)
+	transport.HandleStream(m, api.LConsole, console)
 	return m
+}
+
+// console serves api.LConsole: the log's tail, then (unless LogOnly) the
+// guest's serial console, both ways, until either side ends. Only guests
+// the controller placed here (cached objects) have their console served.
+func (l *LNM) console(ctx context.Context, a api.ConsoleArgs, st *transport.Stream) error {
+	defer st.Close()
+	fail := func(err error) error {
+		st.Send(api.ConsoleFrameError, api.AsError(err))
+		return err
+	}
+	if err := a.Validate(); err != nil {
+		return fail(err)
+	}
+	c, ok := l.drv.(Consoler)
+	if !ok {
+		return fail(api.Errorf(api.ErrBadRequest, "console: the %s driver of node %s has no consoles", l.drv.Kind(), l.opts.Name))
+	}
+	l.mu.Lock()
+	_, managed := l.cache[a.VM]
+	l.mu.Unlock()
+	if !managed {
+		return fail(api.Errorf(api.ErrNotFound, "console: node %s holds no VM %s", l.opts.Name, a.VM))
+	}
+	if a.Tail > 0 || a.LogOnly {
+		tail := a.Tail
+		if tail == 0 {
+			tail = api.MaxConsoleTail
+		}
+		b, err := c.ConsoleLog(ctx, a.VM, tail)
+		if err != nil {
+			return fail(api.Errorf(api.ErrBadRequest, "console: %v", err))
+		}
+		for len(b) > 0 {
+			n := min(len(b), api.MaxConsoleFrame)
+			if err := st.Send(api.ConsoleFrameData, api.ConsoleData{Data: b[:n]}); err != nil {
+				return err
+			}
+			b = b[n:]
+		}
+		if a.LogOnly {
+			return st.Send(api.ConsoleFrameEOF, struct{}{})
+		}
+	}
+	rw, err := c.Console(ctx, a.VM)
+	if err != nil {
+		return fail(api.Errorf(api.ErrBadRequest, "console: %v", err))
+	}
+	if err := st.Send(api.ConsoleFrameReady, struct{}{}); err != nil {
+		rw.Close()
+		return err
+	}
+	l.log.Info("console attached", "vm", a.VM)
+	err = transport.ConsoleBridge(ctx, st, rw, transport.SessionFrom(ctx).Limits().KeepAlive)
+	l.log.Info("console detached", "vm", a.VM, "err", err)
+	return err
 }
 
 // NodeInfo implements api.Node (get_node_info).

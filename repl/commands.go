@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -157,6 +159,35 @@ Examples:
   forget web3
   forget @batch`,
 			pos: []argKind{argVMSet}, run: cmdForget},
+		&command{name: "images", summary: "list the images VMs can start from (start … image=NAME)",
+			doc: `Lists the base images of the site's image store: name, format, how it
+boots (kernel: direct kernel boot; disk: from its own boot loader), the
+memory it needs and its description. A VM started with image=NAME boots
+from its own copy-on-write overlay of the image, which is removed when
+the VM is destroyed. Admins also see metadata files that describe no
+usable image.
+
+Examples:
+  images
+  start -n web -c 3 image=debian-small`,
+			run: cmdImages},
+		&command{name: "keys", usage: "[list] | add KEY|FILE | remove KEY|FINGERPRINT|COMMENT [--user USER]",
+			summary: "manage the SSH public keys installed in your new VMs",
+			doc: `Registers SSH public keys with the controller. Every VM you start
+afterwards gets them (cloud-init seed) for its login user, so that
+"ssh root@web1.<you>.<domain>" works once it has booted. add takes an
+authorized_keys line or the path of a .pub file; remove takes the key,
+its fingerprint (SHA256:…) or its comment. Admins may manage another
+user's keys with --user. Keys already given to running VMs stay there.
+
+Examples:
+  keys
+  keys add ~/.ssh/id_ed25519.pub
+  keys add ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI… alice@laptop
+  keys remove SHA256:0d3Jp…
+  keys list --user alice`,
+			opts: []opt{{long: "user", arg: "USER", help: "another user's keys (admins)"}},
+			run:  cmdKeys},
 		&command{name: "whoami", summary: "show who the session is authenticated as",
 			doc: `Prints the user, groups, admin flag, Usher domain and controller
 address of the session (from the session, no remote call).
@@ -1053,4 +1084,84 @@ func syncCache(ctx context.Context, c *client.Client, r *api.Result) {
 			return
 		}
 	}
+}
+
+// --- images, keys ---
+
+func cmdImages(ctx context.Context, s *session, line string, a *parsed) (*step, error) {
+	c, err := s.client()
+	if err != nil {
+		return nil, err
+	}
+	if len(a.pos) > 0 {
+		return nil, errors.New("images takes no arguments")
+	}
+	return &step{remote: func(ctx context.Context) (*outcome, error) {
+		r, err := c.Images(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return &outcome{text: formatImages(r), value: r}, nil
+	}}, nil
+}
+
+func cmdKeys(ctx context.Context, s *session, line string, a *parsed) (*step, error) {
+	c, err := s.client()
+	if err != nil {
+		return nil, err
+	}
+	args := api.KeysArgs{Action: api.KeysList, User: a.opts["user"]}
+	if len(a.pos) > 0 {
+		args.Action = a.pos[0]
+		rest := strings.Join(a.pos[1:], " ")
+		switch args.Action {
+		case api.KeysList:
+			if rest != "" {
+				return nil, errors.New("keys list takes no key")
+			}
+		case api.KeysAdd, api.KeysRemove:
+			if rest == "" {
+				return nil, fmt.Errorf("keys %s: give a key (an authorized_keys line or a .pub file)", args.Action)
+			}
+			args.Key = rest
+			if len(a.pos) == 2 && !strings.HasPrefix(rest, "SHA256:") {
+				if b, err := readKeyFile(rest); err == nil {
+					args.Key = b
+				} else if !errors.Is(err, os.ErrNotExist) {
+					return nil, fmt.Errorf("keys %s: %w", args.Action, err)
+				}
+			}
+		default:
+			return nil, fmt.Errorf("keys: unknown action %q (list, add or remove)", args.Action)
+		}
+	}
+	if err := args.Validate(); err != nil {
+		return nil, err
+	}
+	return &step{remote: func(ctx context.Context) (*outcome, error) {
+		r, err := c.Keys(ctx, args)
+		if err != nil {
+			return nil, err
+		}
+		return &outcome{text: formatKeys(r), value: r}, nil
+	}}, nil
+}
+
+// readKeyFile reads a .pub file named on the command line (~ is the
+// home folder); a large file is refused, not read.
+func readKeyFile(p string) (string, error) {
+	if rest, ok := strings.CutPrefix(p, "~/"); ok {
+		if home, err := os.UserHomeDir(); err == nil {
+			p = filepath.Join(home, rest)
+		}
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return "", err
+	}
+	if !st.Mode().IsRegular() || st.Size() > api.MaxKeyLine {
+		return "", fmt.Errorf("%s is not a public key file (at most %d bytes)", p, api.MaxKeyLine)
+	}
+	b, err := os.ReadFile(p)
+	return strings.TrimSpace(string(b)), err
 }

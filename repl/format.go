@@ -361,3 +361,35 @@ func tableNoHeader(rows [][]string) string {
 	tw.Flush()
 	return strings.TrimRight(b.String(), "\n")
 }
+
+func formatImages(r api.ImagesReply) string {
+	var b strings.Builder
+	if len(r.Images) == 0 {
+		b.WriteString("no images (the site has no image store, or it is empty)")
+	} else {
+		var rows [][]string
+		for _, im := range r.Images {
+			mem := ""
+			if im.MinMemMB > 0 {
+				mem = fmt.Sprintf("%d", im.MinMemMB)
+			}
+			rows = append(rows, []string{im.Name, im.Format, im.Boot, mem, fmt.Sprintf("%.1f", float64(im.Bytes)/(1<<20)), im.Description})
+		}
+		b.WriteString(table([]string{"IMAGE", "FORMAT", "BOOT", "MIN_MB", "SIZE_MIB", "DESCRIPTION"}, rows))
+	}
+	for _, p := range r.Problems {
+		b.WriteString("\nproblem: " + p)
+	}
+	return b.String()
+}
+
+func formatKeys(r api.KeysReply) string {
+	if len(r.Keys) == 0 {
+		return "no SSH keys registered for " + r.User + " (keys add ~/.ssh/id_ed25519.pub)"
+	}
+	var rows [][]string
+	for _, k := range r.Keys {
+		rows = append(rows, []string{k.Type, k.Fingerprint, k.Comment})
+	}
+	return table([]string{"TYPE", "FINGERPRINT", "COMMENT"}, rows)
+}

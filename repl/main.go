@@ -154,7 +154,7 @@ func mainWith(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 1
 		}
 		defer c.Close()
-		if err := execLine(ctx, c, cc.Addr, line, *m.json, stdout); err != nil {
+		if err := execLine(ctx, c, cc.Addr, line, *m.json, stdin, stdout); err != nil {
 			errorf(stderr, "%v", err)
 			return 1
 		}

@@ -2,6 +2,7 @@ package repl
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"os"
 	"os/exec"
@@ -102,6 +103,23 @@ func (tm *term) expect(re string) string {
 	}
 }
 
+// seen waits (up to 20s) until the whole output matches re; the mark
+// stays.
+func (tm *term) seen(re string) {
+	tm.t.Helper()
+	rx := regexp.MustCompile(re)
+	deadline := time.After(20 * time.Second)
+	for !rx.MatchString(tm.output()) {
+		select {
+		case <-tm.more:
+		case <-tm.done:
+			tm.t.Fatalf("shell ended before %q appeared", re)
+		case <-deadline:
+			tm.t.Fatalf("timed out waiting for %q", re)
+		}
+	}
+}
+
 func (tm *term) send(s string) {
 	tm.t.Helper()
 	if _, err := io.WriteString(tm.pty, s); err != nil {
@@ -163,7 +181,10 @@ func TestShellOnTerminal(t *testing.T) {
 	tm.send("ami\r")
 	tm.expect(`alice@usher\.local`)
 
-	// completion of VM names from the cache
+	// completion of VM names from the cache (once the resume's result is
+	// printed: a result arriving between two Tabs redraws the line, and the
+	// second Tab counts as a first)
+	tm.seen(`resumed 1 of 1 VMs`)
 	tm.send("pause w\t")
 	tm.expect(`ush> pause web`)
 	tm.send("\t")
@@ -224,4 +245,43 @@ func TestPasswordPromptWithoutEcho(t *testing.T) {
 	}
 	tm.expect(`ush> `)
 	tm.exit()
+}
+
+// A console on a real terminal: the log's tail, keystrokes echoed by the
+// (simulated) guest, Ctrl-] back to the shell, which reads its next line
+// itself (no reader left behind on the terminal). Others cannot attach;
+// admins can read the log.
+func TestConsoleOnTerminal(t *testing.T) {
+	s := testSite(t, 1, 0)
+	cfg := writeClientConfig(t, s, "alice", "alice-pw")
+	tm := startTerm(t, shellEnv(t, cfg))
+	tm.expect(`ush> `)
+	tm.send("start -n web -c 1\r")
+	tm.expect(`started 1 of 1 VMs in cluster web`)
+	tm.send("console web1\r")
+	tm.expect(`Connected to the console of web1\.alice\.usher\.local\. Detach with Ctrl-\]\.`)
+	tm.expect(`USHER-GUEST-UP web1\s+web1 login: `)
+	tm.send("root\r")
+	tm.expect(`root\s+web1 login: `)
+	tm.send("\x1d")
+	tm.expect(`\[web1\.alice\.usher\.local: detached\]`)
+	tm.expect(`ush> `)
+	tm.send("whoami\r")
+	tm.expect(`alice@usher\.local`)
+	tm.exit()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	if err := Exec(ctx, connect(t, s, "bob"), "console --log web1.alice.usher.local", false, &out); err == nil || !strings.Contains(err.Error(), "no VM") {
+		t.Errorf("bob read alice's console: %v %q", err, out.String())
+	}
+	out.Reset()
+	if err := Exec(ctx, connect(t, s, "root"), "console --log web1.alice.usher.local", false, &out); err != nil || !strings.Contains(out.String(), "USHER-GUEST-UP web1") {
+		t.Errorf("admin's console --log: %v %q", err, out.String())
+	}
+	out.Reset()
+	if err := Exec(ctx, connect(t, s, "alice"), "console web1", false, &out); err == nil || !strings.Contains(err.Error(), "needs a terminal") {
+		t.Errorf("attach without input: %v", err)
+	}
 }

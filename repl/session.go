@@ -66,7 +66,10 @@ type outcome struct {
 type step struct {
 	local  *outcome
 	remote func(ctx context.Context) (*outcome, error)
-	quit   bool
+	// terminal runs synchronously with the terminal to itself (console):
+	// not as a job, and never while the line editor reads.
+	terminal func(ctx context.Context) error
+	quit     bool
 }
 
 // job is a command running asynchronously.
@@ -85,6 +88,10 @@ type session struct {
 	out         *printer
 	interactive bool
 	jsonOut     bool
+	// in is where a console's keystrokes come from (nil: nowhere, console
+	// only shows logs); tty says it is a terminal to put in raw mode.
+	in  io.Reader
+	tty bool
 
 	mu       sync.Mutex
 	c        *client.Client

@@ -40,11 +40,16 @@ type Options struct {
 // returns an error for any failure, including a request that only partly
 // succeeded (after printing what was done).
 func Exec(ctx context.Context, c *client.Client, line string, jsonOut bool, out io.Writer) error {
-	return execLine(ctx, c, "", line, jsonOut, out)
+	return execLine(ctx, c, "", line, jsonOut, nil, out)
 }
 
-func execLine(ctx context.Context, c *client.Client, addr, line string, jsonOut bool, out io.Writer) error {
-	s := &session{out: &printer{w: out}, jsonOut: jsonOut, addr: addr}
+// execLine runs one command; in (nil: none) gives a console its
+// keystrokes.
+func execLine(ctx context.Context, c *client.Client, addr, line string, jsonOut bool, in io.Reader, out io.Writer) error {
+	s := &session{out: &printer{w: out}, jsonOut: jsonOut, addr: addr, in: in}
+	if f, ok := in.(*os.File); ok && isTerminal(int(f.Fd())) {
+		s.tty = true
+	}
 	s.attach(c)
 	defer s.close()
 	st, j, err := s.prepare(ctx, line)
@@ -53,6 +58,9 @@ func execLine(ctx context.Context, c *client.Client, addr, line string, jsonOut 
 	}
 	if st == nil || st.quit {
 		return nil
+	}
+	if st.terminal != nil {
+		return st.terminal(ctx)
 	}
 	jsonOut = jsonOut || j
 	o := st.local
@@ -124,6 +132,12 @@ func (s *session) handle(jobCtx, cmdCtx context.Context, line string) bool {
 		return true
 	}
 	jsonOut := s.jsonOut || j
+	if st.terminal != nil {
+		if err := st.terminal(cmdCtx); err != nil {
+			s.out.print("error: " + err.Error())
+		}
+		return false
+	}
 	if st.local != nil {
 		text := render(st.local, jsonOut)
 		if st.local.err != nil && !jsonOut {
@@ -137,6 +151,7 @@ func (s *session) handle(jobCtx, cmdCtx context.Context, line string) bool {
 }
 
 func (s *session) runLiner(ctx context.Context, o Options) error {
+	s.in, s.tty = os.Stdin, true
 	ln := liner.NewLiner()
 	defer ln.Close()
 	ln.SetCtrlCAborts(true)

@@ -2,8 +2,10 @@
 --
 -- Address ranges (per subnet/VLAN) are assigned to users or groups in the
 -- config. In start_request (after placement) every VM gets an address,
--- reserved in the table ipam_addr, and vm.data.ip / vm.data.vlan /
--- vm.data.subnet. A successful start_complete marks the address used; a
+-- reserved in the table ipam_addr, and the guest configuration the node
+-- applies: vm.data.ip / subnet / vlan / gateway / nameservers / search and a MAC
+-- made from the address (52:54 and its four bytes: unique wherever the
+-- address is, kept for the VM's life). A successful start_complete marks the address used; a
 -- failed start or a destroy frees it. ipam_addr.ip is the primary key: an
 -- address can never be handed out twice, also across a controller crash,
 -- because reservations live in the database (SQLite file or PostgreSQL),
@@ -17,7 +19,10 @@
 -- Needs the sql module. Config:
 --   ranges = {
 --     {name = "lab", subnet = "10.10.0.0/24", vlan = 10, first = "10.10.0.10",
---      last = "10.10.0.250", users = {"alice"}, groups = {"sysnet"}},
+--      last = "10.10.0.250", users = {"alice"}, groups = {"sysnet"},
+--      gateway = "10.10.0.1", dns = {"10.10.0.2"}, search = {"example.org"}},
+--     -- search defaults to <owner>.<Usher domain>, so "ssh web2" works
+--     -- between a user's VMs
 --     {name = "pool", subnet = "10.20.0.0/16", first = "10.20.0.10", last = "10.20.3.250"}, -- anyone
 --   }
 --   stale = 120        seconds before a reservation is reconciled
@@ -82,6 +87,20 @@ local function reserve(req, vm)
   return nil
 end
 
+-- mac_of makes a VM's MAC from its address: 52:54 and the four bytes.
+local function mac_of(ip)
+  local n = ip2n(ip)
+  local b = {}
+  for i = 4, 1, -1 do b[i] = n % 256; n = (n - b[i]) / 256 end
+  return string.format("52:54:%02x:%02x:%02x:%02x", b[1], b[2], b[3], b[4])
+end
+
+-- list joins a config list (or takes a string) for VM data.
+local function list(v)
+  if type(v) == "table" then return table.concat(v, ",") end
+  return tostring(v)
+end
+
 local function range_by_name(name)
   for _, r in ipairs(ranges) do if r.name == name then return r end end
 end
@@ -95,8 +114,12 @@ usher.on("start_request", function(req)
     if ip then
       local r = range_by_name(rname) or {}
       vm.data.ip = ip
+      vm.data.mac = mac_of(ip)
       if r.vlan then vm.data.vlan = tostring(r.vlan) end
       if r.subnet then vm.data.subnet = r.subnet end
+      if r.gateway then vm.data.gateway = r.gateway end
+      if r.dns then vm.data.nameservers = list(r.dns) end
+      vm.data.search = list(r.search or vm.owner .. "." .. usher.domain())
     else
       none[#none + 1] = vm.name
     end

@@ -110,6 +110,11 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 	if err != nil {
 		return nil, err
 	}
+	keys, err := controller.LoadKeyStore(filepath.Join(stateDir, "ssh-keys.json"), log)
+	if err != nil {
+		return nil, err
+	}
+	ccfg.GuestKeys = keys.Keys
 	c := &Controller{cfg: cfg, log: log, tls: tlsCfg, announce: announce, stateDir: stateDir}
 	hooks, policy := o.Hooks, o.Policy
 	if hooks == nil {
@@ -142,6 +147,8 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 	}
 	c.Server = controller.New(c.Core, tlsCfg, controller.Options{
 		Known:        c.known,
+		Keys:         keys,
+		ImageDir:     cfg.String("controller.image_dir"),
 		ControllerID: randomID(),
 		Server: transport.ServerOptions{Limits: Limits(cfg, "controller."), Logger: log.With("component", "transport"),
 			MaxHandshaking: cfg.Int("controller.max_handshaking"), MaxPerIP: cfg.Int("controller.max_per_ip"),
@@ -361,6 +368,7 @@ func newPolicyHost(cfg *config.Set, stateDir string, extraDirs []string, log *sl
 		StorePath:     filepath.Join(stateDir, "policy-store.db"),
 		StoreLimits:   lua.StoreLimits{MaxTotal: int64(cfg.Int("policy.store_max_mb")) << 20},
 		Files:         cfg.Strings("policy.files"),
+		ImageDir:      cfg.String("controller.image_dir"),
 		Modules:       mods, // the host closes them
 		ModuleTimeout: modTimeout,
 		Logger:        log.With("component", "lua"),

@@ -70,6 +70,20 @@ func (o overlay) Duration(k string) time.Duration {
 	return o.base.Duration(k)
 }
 
+func (o overlay) Bool(k string) bool {
+	if v, ok := o.set[k].(bool); ok {
+		return v
+	}
+	return o.base.Bool(k)
+}
+
+func (o overlay) Strings(k string) []string {
+	if v, ok := o.set[k].([]string); ok {
+		return v
+	}
+	return o.base.Strings(k)
+}
+
 // NewLNM assembles an LNM from cfg (see Params) and o.
 func NewLNM(ctx context.Context, cfg *config.Set, o LNMOptions) (*LNM, error) {
 	log := o.Logger

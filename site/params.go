@@ -21,6 +21,7 @@ func Params() *config.Set {
 		config.Param{Key: "controller.ca_file", Kind: config.String, Default: "", Help: "site CA certificate; LNM certificates must be signed by it"},
 		config.Param{Key: "controller.domain", Kind: config.String, Default: "usher.local", Help: "Usher domain: VM names are <name>.<owner>.<domain>; VMs found with this suffix are adopted"},
 		config.Param{Key: "controller.state_dir", Kind: config.String, Default: "/var/lib/usher", Help: "where the controller keeps its small persistent state (policy store)"},
+		config.Param{Key: "controller.image_dir", Kind: config.String, Default: "", Help: "the site image store as the controller sees it (base images + NAME.json metadata; the same store LNMs mount as lnm.libvirt_image_dir); \"\" = none"},
 		config.Param{Key: "controller.report_interval", Kind: config.Duration, Default: 5 * time.Second, Help: "how often LNMs report usage figures"},
 		config.Param{Key: "controller.start_timeout", Kind: config.Duration, Default: 5 * time.Minute, Help: "how long an LNM may take to start one batch of VMs"},
 		config.Param{Key: "controller.op_timeout", Kind: config.Duration, Default: 5 * time.Minute, Help: "how long an LNM may take for an operation or migration batch"},
@@ -51,7 +52,7 @@ func Params() *config.Set {
 		// policy
 		config.Param{Key: "policy.shipped_dir", Kind: config.String, Default: "", Help: "directory of the shipped policy scripts (empty: the copy built into the binary)"},
 		config.Param{Key: "policy.dirs", Kind: config.Strings, Default: []string{}, Help: "site policy directories, watched for changes"},
-		config.Param{Key: "policy.enable", Kind: config.Strings, Default: []string{"auth_htpasswd", "authz_owner", "quota", "place_leastloaded"}, Help: "shipped scripts to load"},
+		config.Param{Key: "policy.enable", Kind: config.Strings, Default: []string{"auth_htpasswd", "authz_owner", "quota", "images", "place_leastloaded"}, Help: "shipped scripts to load"},
 		config.Param{Key: "policy.watch", Kind: config.Bool, Default: true, Help: "hot-reload scripts when their files change"},
 		config.Param{Key: "policy.budget_instructions", Kind: config.Int, Default: 5_000_000, Help: "budget of one handler call: Lua instructions plus the work usher functions do for it (the handler's own work, so a busy machine does not cut a correct handler); about 125 ms of Lua on a fast machine"},
 		config.Param{Key: "policy.budget", Kind: config.Duration, Default: 2 * time.Second, Help: "wall-clock backstop of one handler call (time waiting in usher.op, bcrypt or a site module is not charged)"},

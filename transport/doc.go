@@ -1,7 +1,8 @@
 // Package transport carries Usher's links: TLS 1.3 connections each holding
 // a yamux session; length-prefixed JSON frames; calls multiplexed on one
 // pipe stream per session (binary headers, replies in any order) and
-// long-lived streams for event feeds and LNM reports; typed registration
+// long-lived streams for event feeds, LNM reports and serial consoles
+// (ConsoleBridge, ConsoleRelay); typed registration
 // and calls against the declarations of package api (Handle, HandleStream,
 // Call, OpenStream) behind one Guard that checks each method's access.
 //

@@ -593,8 +593,9 @@ func (s *Session) open(ctx context.Context, method string, args any) (*yamux.Str
 // Every Send carries a write deadline; a failed write closes the stream (a
 // peer that stops reading is cut off rather than left to stall us).
 type Stream struct {
-	st *yamux.Stream
-	s  *Session
+	st      *yamux.Stream
+	s       *Session
+	aborted atomic.Bool
 }
 
 // Send writes one message with a write deadline.
@@ -619,6 +620,9 @@ func (t *Stream) Recv(timeout time.Duration) (*Envelope, error) {
 	} else {
 		t.st.SetReadDeadline(time.Time{})
 	}
+	if t.aborted.Load() { // after setting ours: see Abort
+		t.st.SetReadDeadline(time.Unix(1, 0))
+	}
 	b, err := t.s.readFrame(t.st)
 	shrink(t.st)
 	if err != nil {
@@ -636,5 +640,15 @@ func (t *Stream) Recv(timeout time.Duration) (*Envelope, error) {
 // seldom empty and nothing changes.
 func shrink(st *yamux.Stream) { st.Shrink() }
 
-// Close closes the stream.
+// Close closes the stream (our side: the peer reads EOF; a Recv in
+// progress here still waits for the peer).
 func (t *Stream) Close() error { return t.st.Close() }
+
+// Abort closes the stream and makes a Recv in progress, and every later
+// one, fail at once: for a stream whose reader another goroutine must
+// stop.
+func (t *Stream) Abort() {
+	t.aborted.Store(true)
+	t.st.SetReadDeadline(time.Unix(1, 0))
+	t.st.Close()
+}

@@ -2,6 +2,7 @@ package policytool
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -74,6 +75,7 @@ type testRun struct {
 	failed int
 	logs   *strings.Builder
 	logger *slog.Logger
+	images string // a temporary image store made by usher_test.images ("" = none)
 }
 
 func runTestFile(dir, path string, w io.Writer) (int, int) {
@@ -84,6 +86,11 @@ func runTestFile(dir, path string, w io.Writer) (int, int) {
 		logger: slog.New(slog.NewTextHandler(&syncWriter{w: logs}, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	tr.load = []string{strings.TrimSuffix(file, "_test.lua")}
 	defer tr.closeHost()
+	defer func() {
+		if tr.images != "" {
+			os.RemoveAll(tr.images)
+		}
+	}()
 	src, err := os.ReadFile(path)
 	if err != nil {
 		fmt.Fprintf(w, "FAIL %s: %v\n", file, err)
@@ -147,7 +154,7 @@ func (tr *testRun) ensureHost(L *glua.LState) *lua.Host {
 		L.RaiseError("usher_test: %v", err)
 	}
 	h, err := lua.New(lua.Options{Dirs: []string{tr.dir}, Enabled: tr.load, Config: tr.config, PoolSize: 2, Logger: tr.logger,
-		Modules: fk.Modules()})
+		Modules: fk.Modules(), ImageDir: tr.images})
 	if err != nil {
 		L.RaiseError("usher_test: %v", err)
 	}
@@ -191,6 +198,46 @@ func (tr *testRun) install(L *glua.LState) {
 					}
 				}
 			})
+			tr.closeHost()
+			return 0
+		},
+		"images": func(L *glua.LState) int {
+			// images{name = {format = "qcow2", min_mem_mb = 256, description = "…"}}:
+			// a temporary image store with these images (empty base files).
+			tb := L.CheckTable(1)
+			if tr.images == "" {
+				d, err := os.MkdirTemp("", "usher-test-images-")
+				if err != nil {
+					L.RaiseError("usher_test.images: %v", err)
+				}
+				tr.images = d
+			}
+			var bad error
+			tb.ForEach(func(k, v glua.LValue) {
+				vt, ok := v.(*glua.LTable)
+				m, err := lua.FromLua(vt, 4)
+				mm, isMap := m.(map[string]any)
+				if bad != nil || !ok || err != nil || !isMap {
+					bad = fmt.Errorf("image %s: want a table of metadata", lua.ToString(k))
+					return
+				}
+				name := lua.ToString(k)
+				format, _ := mm["format"].(string)
+				if format == "" {
+					format = "qcow2"
+					mm["format"] = format
+				}
+				meta, _ := json.Marshal(mm)
+				if err := os.WriteFile(filepath.Join(tr.images, name+".json"), meta, 0o644); err != nil {
+					bad = err
+				}
+				if err := os.WriteFile(filepath.Join(tr.images, name+"."+format), nil, 0o644); err != nil {
+					bad = err
+				}
+			})
+			if bad != nil {
+				L.RaiseError("usher_test.images: %v", bad)
+			}
 			tr.closeHost()
 			return 0
 		},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,6 +19,8 @@ type Config interface {
 	String(key string) string
 	Int(key string) int
 	Duration(key string) time.Duration
+	Bool(key string) bool
+	Strings(key string) []string
 }
 
 // Kind is one VMM driver.
@@ -60,14 +63,26 @@ func Kinds() []Kind {
 				{Key: "lnm.libvirt_kernel", Kind: config.String, Default: "", Help: "libvirt driver: default guest kernel (a VM's data may choose another: kernel=…)"},
 				{Key: "lnm.libvirt_initrd", Kind: config.String, Default: "", Help: "libvirt driver: default guest initramfs"},
 				{Key: "lnm.libvirt_cmdline", Kind: config.String, Default: "console=ttyS0", Help: "libvirt driver: default kernel command line ({name} = the VM name)"},
-				{Key: "lnm.libvirt_network", Kind: config.String, Default: "", Help: "libvirt driver: libvirt network to attach guests to (\"\" = none)"},
+				{Key: "lnm.libvirt_network", Kind: config.String, Default: "", Help: "libvirt driver: libvirt network to attach guests to when no bridge is set (\"\" = none)"},
+				{Key: "lnm.libvirt_bridge", Kind: config.String, Default: "", Help: "libvirt driver: host bridge guests' NICs join (a VM gets a NIC when its data has an address, ip=…, or net=dhcp)"},
+				{Key: "lnm.libvirt_vlan_bridges", Kind: config.Strings, Default: []string{}, Help: "libvirt driver: bridge per VLAN, as VLAN=BRIDGE (10=br10,20=br20); a VM's data vlan=N picks one"},
+				{Key: "lnm.libvirt_vlan_tagging", Kind: config.Bool, Default: false, Help: "libvirt driver: tag a VLAN without its own bridge on lnm.libvirt_bridge (an Open vSwitch bridge)"},
+				{Key: "lnm.libvirt_image_dir", Kind: config.String, Default: "", Help: "libvirt driver: the site image store as this node sees it (the same path on every host of a migration domain); \"\" = no images"},
+				{Key: "lnm.libvirt_disk_dir", Kind: config.String, Default: "", Help: "libvirt driver: where each VM's overlay and cloud-init seed live (default: the state dir)"},
+				{Key: "lnm.libvirt_disk_migration", Kind: config.String, Default: "shared", Help: "libvirt driver: shared (the disk dir is storage all hosts see at one path, and libvirt can tell) or shared-unsafe (shared, but libvirt cannot tell: migrate with VIR_MIGRATE_UNSAFE)"},
 				{Key: "lnm.libvirt_shutdown_timeout", Kind: config.Duration, Default: 60 * time.Second, Help: "libvirt driver: graceful shutdown wait before failing (or destroying, when forced)"},
 			},
 			New: func(ctx context.Context, node, address string, c Config, log *slog.Logger) (nodemgr.Driver, error) {
+				vlanBridges, err := ParseVLANBridges(c.Strings("lnm.libvirt_vlan_bridges"))
+				if err != nil {
+					return nil, err
+				}
 				return libvirt.New(ctx, libvirt.Options{Node: node, Address: address, Socket: c.String("lnm.libvirt_socket"), URI: c.String("lnm.libvirt_uri"),
 					MigrationURI: c.String("lnm.libvirt_migration_uri"), DomainType: c.String("lnm.libvirt_domain_type"),
 					Kernel: c.String("lnm.libvirt_kernel"), Initrd: c.String("lnm.libvirt_initrd"), Cmdline: c.String("lnm.libvirt_cmdline"),
 					StateDir: c.String("lnm.libvirt_state_dir"), Network: c.String("lnm.libvirt_network"),
+					Bridge: c.String("lnm.libvirt_bridge"), VLANBridges: vlanBridges, VLANTagging: c.Bool("lnm.libvirt_vlan_tagging"),
+					ImageDir: c.String("lnm.libvirt_image_dir"), DiskDir: c.String("lnm.libvirt_disk_dir"), DiskMigration: c.String("lnm.libvirt_disk_migration"),
 					ShutdownTimeout: c.Duration("lnm.libvirt_shutdown_timeout"), Logger: log.With("component", "libvirt")})
 			},
 		},
@@ -100,4 +115,21 @@ func Params() []config.Param {
 		ps = append(ps, k.Params...)
 	}
 	return ps
+}
+
+// ParseVLANBridges reads lnm.libvirt_vlan_bridges: VLAN=BRIDGE entries.
+func ParseVLANBridges(list []string) (map[int]string, error) {
+	m := map[int]string{}
+	for _, e := range list {
+		v, br, ok := strings.Cut(strings.TrimSpace(e), "=")
+		id, err := strconv.Atoi(v)
+		if !ok || err != nil || id < 1 || id > 4094 || br == "" || strings.ContainsAny(br, "/ ") {
+			return nil, fmt.Errorf("lnm.libvirt_vlan_bridges: %q: want VLAN=BRIDGE with a VLAN id from 1 to 4094", e)
+		}
+		if _, dup := m[id]; dup {
+			return nil, fmt.Errorf("lnm.libvirt_vlan_bridges: VLAN %d given twice", id)
+		}
+		m[id] = br
+	}
+	return m, nil
 }

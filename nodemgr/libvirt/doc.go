@@ -26,14 +26,26 @@
 // a call that times out drops the connection, and a fresh client is built.
 // libvirt is never called from the goroutine that receives its events.
 //
+//   - guests users can reach (guest.go): a VM's data names an image of the
+//     site image store (package images), booted from a per-VM qcow2
+//     overlay in DiskDir; its address, VLAN, MAC, name servers, host name,
+//     SSH keys and user-data become a NIC on the node's bridge, a
+//     cloud-init NoCloud seed (an ISO 9660 written with go-diskfs) and,
+//     for kernel-boot images, kernel arguments;
+//   - the serial console is a pty logged to StateDir/<name>.console;
+//     Console opens it through libvirt (nodemgr.Consoler).
+//
 // What it may touch: the libvirtd it is configured for (domains it is asked
-// to operate on, and the listing of all domains), and inside StateDir only
-// files named <domain>.xml, .save, .save.tmp, .off and .console. Serial
-// consoles are written by QEMU to StateDir/<name>.console, so StateDir must
-// be an absolute path that libvirtd and QEMU can see (the same path on the
-// host and inside a libvirtd mount namespace). It starts two goroutines per
-// driver (connection supervisor and event processor) plus one per
-// outstanding libvirt call; it starts no processes.
+// to operate on, and the listing of all domains); inside StateDir only
+// files named <domain>.xml, .save, .save.tmp, .off and .console; inside
+// DiskDir only <domain>.qcow2, <domain>.seed.iso and its own temporary
+// .seed-work-* folders; the image store it only reads. Serial consoles are
+// written by QEMU to StateDir/<name>.console, so StateDir must be an
+// absolute path that libvirtd and QEMU can see (the same path on the host
+// and inside a libvirtd mount namespace). It starts two goroutines per
+// driver (connection supervisor and event processor), one per outstanding
+// libvirt call and one per open console; the only process it starts is
+// qemu-img, to create an overlay.
 //
 // The real-hypervisor tests and their harness (harness.go, build tag
 // "libvirt", and testdata/libvirt/harness.sh) start two libvirtds of their

@@ -68,7 +68,27 @@ type Options struct {
 	// is replaced by the domain name.
 	Kernel, Initrd, Cmdline string
 	StateDir                string // absolute; save files, XML, markers, serial consoles (required)
-	Network                 string // libvirt network to attach, "" = none
+	// Network is a libvirt network to attach guests to when no Bridge is
+	// set ("" = none).
+	Network string
+	// ImageDir is the site image store as this node sees it (the same
+	// path on every host of a migration domain); a VM's data image=NAME
+	// boots from an overlay of NAME there. "" = no images.
+	ImageDir string
+	// DiskDir holds each VM's overlay (<name>.qcow2) and cloud-init seed
+	// (<name>.seed.iso); default StateDir. DiskMigration says how
+	// migrations treat it: DiskShared (default) or DiskSharedUnsafe.
+	DiskDir       string
+	DiskMigration string
+	// Bridge is the host bridge guests' NICs join; VLANBridges the bridge
+	// per VLAN (a VM's data vlan=N); with VLANTagging, a VLAN without its
+	// own bridge is tagged on Bridge (an Open vSwitch bridge).
+	Bridge      string
+	VLANBridges map[int]string
+	VLANTagging bool
+	// QemuImg is the qemu-img binary that makes overlays (default
+	// "qemu-img", Debian package qemu-utils).
+	QemuImg string
 	// CallTimeout bounds each libvirt call (default 30s); LongTimeout bounds
 	// save, restore and migration (default 10m); ShutdownTimeout is the
 	// graceful shutdown wait, after which shutdown fails unless
@@ -134,6 +154,25 @@ func New(ctx context.Context, o Options) (*Driver, error) {
 	if o.Cmdline == "" {
 		o.Cmdline = DefaultCmdline
 	}
+	if o.DiskDir == "" {
+		o.DiskDir = o.StateDir
+	}
+	if !filepath.IsAbs(o.DiskDir) {
+		return nil, fmt.Errorf("libvirt: Options.DiskDir must be an absolute path (got %q)", o.DiskDir)
+	}
+	if o.ImageDir != "" && !filepath.IsAbs(o.ImageDir) {
+		return nil, fmt.Errorf("libvirt: Options.ImageDir must be an absolute path (got %q)", o.ImageDir)
+	}
+	switch o.DiskMigration {
+	case "":
+		o.DiskMigration = DiskShared
+	case DiskShared, DiskSharedUnsafe:
+	default:
+		return nil, fmt.Errorf("libvirt: Options.DiskMigration %q: want %s or %s", o.DiskMigration, DiskShared, DiskSharedUnsafe)
+	}
+	if o.QemuImg == "" {
+		o.QemuImg = "qemu-img"
+	}
 	if o.MigrationHost == "" {
 		o.MigrationHost = "127.0.0.1"
 	}
@@ -157,8 +196,10 @@ func New(ctx context.Context, o Options) (*Driver, error) {
 			return nil, fmt.Errorf("libvirt: bad URI %q: %w", o.URI, err)
 		}
 	}
-	if err := os.MkdirAll(o.StateDir, 0o755); err != nil {
-		return nil, fmt.Errorf("libvirt: state dir: %w", err)
+	for _, dir := range []string{o.StateDir, o.DiskDir} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("libvirt: %w", err)
+		}
 	}
 	d := &Driver{
 		o:       o,

@@ -8,4 +8,7 @@ import (
 
 // DomainDef is the domain definition the driver would make for spec
 // (tests outside the package).
-func (d *Driver) DomainDef(spec nodemgr.Spec) (*libvirtxml.Domain, error) { return d.domainDef(spec) }
+func (d *Driver) DomainDef(spec nodemgr.Spec) (*libvirtxml.Domain, error) {
+	def, _, err := d.specDef(spec)
+	return def, err
+}

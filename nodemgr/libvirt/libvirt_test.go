@@ -441,7 +441,7 @@ func TestForeignDomains(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Its console somewhere the driver does not own.
-	def.Devices.Serials[0].Source.File.Path = H.RunDir + "/foreign1.console"
+	def.Devices.Serials[0].Log.File = H.RunDir + "/foreign1.console"
 	x, err := def.Marshal()
 	if err != nil {
 		t.Fatal(err)

@@ -184,7 +184,7 @@ func (d *Driver) Start(ctx context.Context, spec nodemgr.Spec) error {
 	if fileExists(d.path(spec.Name, extSave)) {
 		return fmt.Errorf("libvirt: start %s: %w (hibernated; restore or destroy it)", spec.Name, ErrExists)
 	}
-	x, err := d.domainXML(spec)
+	x, g, err := d.domainXML(spec)
 	if err != nil {
 		return err
 	}
@@ -207,8 +207,13 @@ func (d *Driver) Start(ctx context.Context, spec nodemgr.Spec) error {
 	}
 	os.Remove(d.path(spec.Name, extOff))
 	os.Remove(d.path(spec.Name, extConsole)) // a fresh boot, a fresh console
+	if err := d.makeDisks(ctx, spec.Name, g); err != nil {
+		os.Remove(d.path(spec.Name, extXML))
+		return fmt.Errorf("libvirt: start %s: %w", spec.Name, err)
+	}
 	if err := d.create(ctx, spec.Name, x); err != nil {
 		os.Remove(d.path(spec.Name, extXML))
+		d.removeDisks(spec.Name)
 		return err
 	}
 	return nil
@@ -376,6 +381,7 @@ func (d *Driver) op(ctx context.Context, name string, op api.Op, force bool) err
 		for _, ext := range []string{extSave, extOff, extXML} {
 			os.Remove(d.path(name, ext))
 		}
+		d.removeDisks(name)
 		if !running {
 			// libvirt never saw this VM stop; tell the LNM ourselves.
 			d.send(item{synth: &nodemgr.GuestEvent{Name: name, Gone: true, Reason: "destroyed"}})
@@ -574,8 +580,11 @@ func (d *Driver) Migrate(ctx context.Context, name, target, address string) erro
 		if err != nil {
 			return err
 		}
-		_, err = l.DomainMigratePerform3Params(dom, lv.OptString{dconn}, params, nil,
-			lv.MigrateLive|lv.MigratePeer2peer)
+		flags := lv.MigrateLive | lv.MigratePeer2peer
+		if d.o.DiskMigration == DiskSharedUnsafe {
+			flags |= lv.MigrateUnsafe
+		}
+		_, err = l.DomainMigratePerform3Params(dom, lv.OptString{dconn}, params, nil, flags)
 		return err
 	})
 	if err != nil {
@@ -583,7 +592,8 @@ func (d *Driver) Migrate(ctx context.Context, name, target, address string) erro
 	}
 	d.log.Info("migrated", "domain", name, "target", target, "uri", dconn, "took", time.Since(start))
 	// The domain lives there now; its files here go, except the console,
-	// which the destination QEMU keeps appending to.
+	// which the destination QEMU keeps appending to, and its disks, which
+	// it uses (shared storage).
 	for _, ext := range []string{extXML, extOff} {
 		os.Remove(d.path(name, ext))
 	}

@@ -2,6 +2,7 @@ package libvirt
 
 import (
 	"log/slog"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -33,7 +34,7 @@ func parseDomain(t *testing.T, x string) *libvirtxml.Domain {
 
 func TestDomainXML(t *testing.T) {
 	d := testDriver(t)
-	x, err := d.domainXML(nodemgr.Spec{Name: "a&b", MemMB: 256, VCPUs: 2, Data: map[string]string{"initrd": "/i"}})
+	x, _, err := d.domainXML(nodemgr.Spec{Name: "a&b", MemMB: 256, VCPUs: 2, Data: map[string]string{"initrd": "/i"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,8 +75,8 @@ func TestDomainXML(t *testing.T) {
 		t.Fatalf("%d serials", len(dv.Serials))
 	}
 	ser := dv.Serials[0]
-	if ser.Source == nil || ser.Source.File == nil || ser.Source.File.Path != d.ConsolePath("a&b") || ser.Source.File.Append != "on" {
-		t.Errorf("serial source %+v, want file %s append on", ser.Source, d.ConsolePath("a&b"))
+	if ser.Source == nil || ser.Source.Pty == nil || ser.Log == nil || ser.Log.File != d.ConsolePath("a&b") || ser.Log.Append != "on" {
+		t.Errorf("serial source %+v log %+v, want a pty logged to %s, appending", ser.Source, ser.Log, d.ConsolePath("a&b"))
 	}
 	if ser.Target == nil || ser.Target.Port == nil || *ser.Target.Port != 0 {
 		t.Errorf("serial target %+v", ser.Target)
@@ -94,28 +95,12 @@ func TestDomainXML(t *testing.T) {
 	}
 
 	d.o.Kernel = ""
-	if _, err := d.domainXML(nodemgr.Spec{Name: "x"}); err == nil || !strings.Contains(err.Error(), "no kernel and no image") {
+	if _, _, err := d.domainXML(nodemgr.Spec{Name: "x"}); err == nil || !strings.Contains(err.Error(), "no kernel and no image") {
 		t.Errorf("no kernel and no image: %v", err)
 	}
-	for image, format := range map[string]string{"/d.qcow2": "qcow2", "/d.img": "raw"} {
-		def = parseDomain(t, xmlOf(t, d, nodemgr.Spec{Name: "x", Data: map[string]string{"image": image}}))
-		if def.OS.Kernel != "" || len(def.OS.BootDevices) != 1 || def.OS.BootDevices[0].Dev != "hd" {
-			t.Errorf("%s: os %+v", image, def.OS)
-		}
-		if len(def.Devices.Disks) != 1 {
-			t.Fatalf("%s: %d disks", image, len(def.Devices.Disks))
-		}
-		disk := def.Devices.Disks[0]
-		if disk.Device != "disk" || disk.Driver == nil || *disk.Driver != (libvirtxml.DomainDiskDriver{Name: "qemu", Type: format}) ||
-			disk.Source == nil || disk.Source.File == nil || disk.Source.File.File != image ||
-			disk.Target == nil || *disk.Target != (libvirtxml.DomainDiskTarget{Dev: "vda", Bus: "virtio"}) {
-			t.Errorf("%s: disk %+v driver %+v source %+v target %+v", image, disk, disk.Driver, disk.Source, disk.Target)
-		}
-	}
-
-	// Emulator and network (with and without a MAC).
+	// Emulator and network (with and without a MAC: one is derived).
 	d.o.Kernel, d.o.Emulator, d.o.Network = "/k", "/usr/bin/qemu", "default"
-	for _, mac := range []string{"", "52:54:00:12:34:56"} {
+	for mac, want := range map[string]string{"": defaultMAC("n", netip.Addr{}), "52:54:00:12:34:56": "52:54:00:12:34:56"} {
 		def = parseDomain(t, xmlOf(t, d, nodemgr.Spec{Name: "n", Data: map[string]string{"mac": mac}}))
 		if def.Devices.Emulator != "/usr/bin/qemu" {
 			t.Errorf("emulator %q", def.Devices.Emulator)
@@ -127,8 +112,8 @@ func TestDomainXML(t *testing.T) {
 		if in.Source == nil || in.Source.Network == nil || in.Source.Network.Network != "default" || in.Model == nil || in.Model.Type != "virtio" {
 			t.Errorf("interface source %+v model %+v", in.Source, in.Model)
 		}
-		if (mac == "") != (in.MAC == nil) || (in.MAC != nil && in.MAC.Address != mac) {
-			t.Errorf("interface mac %+v, want %q", in.MAC, mac)
+		if in.MAC == nil || in.MAC.Address != want {
+			t.Errorf("interface mac %+v, want %q", in.MAC, want)
 		}
 	}
 }
@@ -140,9 +125,9 @@ func TestDomainXMLEscaping(t *testing.T) {
 	const nasty = `a<b>&c"d'e]]>`
 	d.o.Network, d.o.Emulator, d.o.Machine = "net"+nasty, "/emu"+nasty, "pc"+nasty
 	spec := nodemgr.Spec{Name: nasty, MemMB: 64, VCPUs: 1, Data: map[string]string{
-		"kernel": "/k" + nasty, "initrd": "/i" + nasty, "cmdline": "c=" + nasty + " n={name}", "mac": "m" + nasty,
+		"kernel": "/k" + nasty, "initrd": "/i" + nasty, "cmdline": "c=" + nasty + " n={name}",
 	}}
-	x, err := d.domainXML(spec)
+	x, _, err := d.domainXML(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,23 +143,22 @@ func TestDomainXMLEscaping(t *testing.T) {
 	dv := def.Devices
 	got := map[string]string{
 		"name": def.Name, "machine": def.OS.Type.Machine, "kernel": def.OS.Kernel, "initrd": def.OS.Initrd, "cmdline": def.OS.Cmdline,
-		"emulator": dv.Emulator, "network": dv.Interfaces[0].Source.Network.Network, "mac": dv.Interfaces[0].MAC.Address,
-		"console": dv.Serials[0].Source.File.Path,
+		"emulator": dv.Emulator, "network": dv.Interfaces[0].Source.Network.Network,
+		"console": dv.Serials[0].Log.File,
 	}
 	want := map[string]string{
 		"name": nasty, "machine": "pc" + nasty, "kernel": "/k" + nasty, "initrd": "/i" + nasty, "cmdline": "c=" + nasty + " n=" + nasty,
-		"emulator": "/emu" + nasty, "network": "net" + nasty, "mac": "m" + nasty, "console": d.ConsolePath(nasty),
+		"emulator": "/emu" + nasty, "network": "net" + nasty, "console": d.ConsolePath(nasty),
 	}
 	for k, w := range want {
 		if got[k] != w {
 			t.Errorf("%s: got %q, want %q", k, got[k], w)
 		}
 	}
-	// Disk image path.
-	d.o.Kernel = ""
-	def = parseDomain(t, xmlOf(t, d, nodemgr.Spec{Name: nasty, Data: map[string]string{"image": "/img" + nasty + ".qcow2"}}))
-	if f := def.Devices.Disks[0].Source.File.File; f != "/img"+nasty+".qcow2" || def.Devices.Disks[0].Driver.Type != "qcow2" {
-		t.Errorf("image %q type %q", f, def.Devices.Disks[0].Driver.Type)
+	// A MAC that is not one is refused, not written.
+	spec.Data["mac"] = "m" + nasty
+	if _, _, err := d.domainXML(spec); err == nil || !strings.Contains(err.Error(), "not a unicast Ethernet address") {
+		t.Errorf("bad MAC: %v", err)
 	}
 }
 
@@ -230,7 +214,7 @@ func TestHostUUID(t *testing.T) {
 
 func xmlOf(t *testing.T, d *Driver, spec nodemgr.Spec) string {
 	t.Helper()
-	x, err := d.domainXML(spec)
+	x, _, err := d.domainXML(spec)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,11 +60,15 @@ func param(spec nodemgr.Spec, key, def string) string {
 }
 
 // domainDef builds the definition of a transient Usher domain from the
-// Spec and the Options: direct kernel boot (kernel, initrd, cmdline with
-// "{name}" replaced by the domain name) or a disk image (qcow2 when the
-// name ends in .qcow2, raw otherwise) booted from hd; the serial console
-// goes to StateDir/<name>.console.
-func (d *Driver) domainDef(spec nodemgr.Spec) (*libvirtxml.Domain, error) {
+// Spec, its guest configuration and the Options. Boot: direct kernel boot
+// (kernel, initrd, cmdline with "{name}" replaced by the domain name and
+// the guest's host name and address appended; from the data, else the
+// image's metadata, else the Options) or the image's own boot loader.
+// Disks: the overlay of the image (vda), the NoCloud seed (read-only).
+// NIC: on the node's bridge for the guest's VLAN, with its MAC. The serial
+// console is a pty (ush console opens it) logged, appending, to
+// StateDir/<name>.console.
+func (d *Driver) domainDef(spec nodemgr.Spec, g *guestConf) (*libvirtxml.Domain, error) {
 	mem, vcpus := spec.MemMB, spec.VCPUs
 	if mem <= 0 {
 		mem = 128
@@ -72,48 +76,62 @@ func (d *Driver) domainDef(spec nodemgr.Spec) (*libvirtxml.Domain, error) {
 	if vcpus <= 0 {
 		vcpus = 1
 	}
-	kernel := param(spec, "kernel", d.o.Kernel)
-	initrd := param(spec, "initrd", d.o.Initrd)
-	cmdline := strings.ReplaceAll(param(spec, "cmdline", d.o.Cmdline), "{name}", spec.Name)
-	image := param(spec, "image", "")
-	if kernel == "" && image == "" {
-		return nil, fmt.Errorf("libvirt: %s: no kernel and no image to boot (set Options.Kernel or data kernel/image)", spec.Name)
+	kernel, initrd, cmdline := d.o.Kernel, d.o.Initrd, d.o.Cmdline
+	if im := g.image; im != nil {
+		kernel, initrd = im.Kernel, im.Initrd
+		if im.Cmdline != "" {
+			cmdline = im.Cmdline
+		}
+	}
+	kernel, initrd = param(spec, "kernel", kernel), param(spec, "initrd", initrd)
+	cmdline = strings.ReplaceAll(param(spec, "cmdline", cmdline), "{name}", spec.Name)
+	if kernel == "" && g.image == nil {
+		return nil, fmt.Errorf("libvirt: %s: no kernel and no image to boot (set Options.Kernel, or data image=NAME)", spec.Name)
 	}
 	boot := &libvirtxml.DomainOS{Type: &libvirtxml.DomainOSType{Type: "hvm", Arch: "x86_64", Machine: d.o.Machine}}
 	if kernel != "" {
-		boot.Kernel, boot.Initrd, boot.Cmdline = kernel, initrd, cmdline
+		if g.seeded() {
+			cmdline = g.kernelArgs(cmdline)
+		}
+		boot.Kernel, boot.Initrd, boot.Cmdline = kernel, initrd, strings.TrimSpace(cmdline)
 	} else {
 		boot.BootDevices = []libvirtxml.DomainBootDevice{{Dev: "hd"}}
 	}
 	devs := &libvirtxml.DomainDeviceList{Emulator: d.o.Emulator}
-	if image != "" {
-		format := "raw"
-		if strings.HasSuffix(image, ".qcow2") {
-			format = "qcow2"
-		}
-		devs.Disks = append(devs.Disks, libvirtxml.DomainDisk{
+	disk := func(file, format, dev string, ro bool) {
+		dd := libvirtxml.DomainDisk{
 			Device: "disk",
 			Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: format},
-			Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: image}},
-			Target: &libvirtxml.DomainDiskTarget{Dev: "vda", Bus: "virtio"},
-		})
+			Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: file}},
+			Target: &libvirtxml.DomainDiskTarget{Dev: dev, Bus: "virtio"},
+		}
+		if ro {
+			dd.ReadOnly = &libvirtxml.DomainDiskReadOnly{}
+		}
+		devs.Disks = append(devs.Disks, dd)
 	}
-	if d.o.Network != "" {
-		iface := libvirtxml.DomainInterface{
-			Source: &libvirtxml.DomainInterfaceSource{Network: &libvirtxml.DomainInterfaceSourceNetwork{Network: d.o.Network}},
-			Model:  &libvirtxml.DomainInterfaceModel{Type: "virtio"},
+	dev := 'a'
+	if g.image != nil {
+		disk(d.OverlayPath(spec.Name), "qcow2", "vda", false)
+		dev++
+	}
+	if g.seeded() {
+		disk(d.SeedPath(spec.Name), "raw", "vd"+string(dev), true)
+	}
+	if g.nic || d.o.Network != "" {
+		iface, err := d.nicDef(g)
+		if err != nil {
+			return nil, fmt.Errorf("libvirt: %s: %w", spec.Name, err)
 		}
-		if mac := param(spec, "mac", ""); mac != "" {
-			iface.MAC = &libvirtxml.DomainInterfaceMAC{Address: mac}
-		}
-		devs.Interfaces = append(devs.Interfaces, iface)
+		devs.Interfaces = append(devs.Interfaces, *iface)
 	}
 	// append='on': a migrated domain's destination QEMU carries on writing
 	// the same file instead of truncating it.
 	port := uint(0)
 	devs.Serials = append(devs.Serials, libvirtxml.DomainSerial{
-		Source: &libvirtxml.DomainChardevSource{File: &libvirtxml.DomainChardevSourceFile{Path: d.path(spec.Name, extConsole), Append: "on"}},
+		Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}},
 		Target: &libvirtxml.DomainSerialTarget{Port: &port},
+		Log:    &libvirtxml.DomainChardevLog{File: d.path(spec.Name, extConsole), Append: "on"},
 	})
 	devs.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "virtio", Stats: &libvirtxml.DomainMemBalloonStats{Period: 5}}
 	return &libvirtxml.Domain{
@@ -130,17 +148,27 @@ func (d *Driver) domainDef(spec nodemgr.Spec) (*libvirtxml.Domain, error) {
 	}, nil
 }
 
-// domainXML builds the XML of a transient Usher domain (see domainDef).
-func (d *Driver) domainXML(spec nodemgr.Spec) (string, error) {
-	def, err := d.domainDef(spec)
+// specDef checks a Spec's guest configuration and builds its domain.
+func (d *Driver) specDef(spec nodemgr.Spec) (*libvirtxml.Domain, *guestConf, error) {
+	g, err := d.guestConfig(spec)
 	if err != nil {
-		return "", err
+		return nil, nil, err
+	}
+	def, err := d.domainDef(spec, g)
+	return def, g, err
+}
+
+// domainXML builds the XML of a transient Usher domain (see domainDef).
+func (d *Driver) domainXML(spec nodemgr.Spec) (string, *guestConf, error) {
+	def, g, err := d.specDef(spec)
+	if err != nil {
+		return "", nil, err
 	}
 	x, err := def.Marshal()
 	if err != nil {
-		return "", fmt.Errorf("libvirt: %s: marshalling domain XML: %w", spec.Name, err)
+		return "", nil, fmt.Errorf("libvirt: %s: marshalling domain XML: %w", spec.Name, err)
 	}
-	return x + "\n", nil
+	return x + "\n", g, nil
 }
 
 // domainSize reads memory (in MiB) and vCPUs from a saved domain XML,

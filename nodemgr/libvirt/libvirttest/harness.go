@@ -26,17 +26,35 @@ import (
 // Harness is two real libvirt hosts on this machine, started by
 // testdata/libvirt/harness.sh: host1 and host2, each a libvirtd in its own
 // mount namespace with its own host UUID, so live migration between them
-// works. Guests boot the prepared kernel and busybox initramfs, whose /init
+// works. Both run inside the run's own network namespace (NetNS: only lo
+// and the bridge br0 at 10.77.0.1/24, no route out), so guests with a NIC
+// on br0 reach each other and the lab services (StartLab) and nothing else.
+//
+// Guests boot the prepared kernel and busybox initramfs, whose /init
 // prints "USHER-GUEST-UP <hostname>" and then "tick N" every second on the
-// serial console (hostname from the kernel argument usher.hostname=).
+// serial console (hostname from the kernel argument usher.hostname=, or a
+// NoCloud seed's local-hostname). With ip= on the kernel command line it
+// configures eth0 (static or DHCP) and runs dropbear on port 22; with
+// root=/dev/vdX it boots that disk instead (see BuildImage). The full
+// contract is in harness.sh's header.
 type Harness struct {
 	Sock1, Sock2 string // libvirtd unix sockets (reachable from the root namespace)
 	URI1, URI2   string // qemu+unix:///system?socket=… for each; also usable as MigrationURI
 	Kernel       string // guest kernel
 	Initrd       string // guest initramfs
 	RunDir       string // hosts' folders, pid files; StateDir(1|2) live here
-	Cache        string // <repo>/.cache/libvirt (kernel, initramfs)
+	Cache        string // <repo>/.cache/libvirt (kernel, modules, initramfs, test key, images)
 	Script       string // testdata/libvirt/harness.sh
+	NetNS        string // the lab's network namespace (ip netns exec NetNS …)
+	// SSHKey is the test ssh key (private half; SSHKey+".pub" the public
+	// one). Initramfs guests without a NoCloud seed accept it for root.
+	SSHKey string
+	// GuestHostKey is the path of the public host key (one line,
+	// "ssh-ed25519 …") of every guest booted from Initrd (made when the
+	// initramfs is built), for a known_hosts file.
+	GuestHostKey string
+	// ImageDir is the image store BuildImage filled ("" before).
+	ImageDir string
 }
 
 // ErrHarnessSkip is returned by SetupHarness when the tests cannot run here
@@ -61,7 +79,7 @@ func SetupHarness() (*Harness, error) {
 	root := RepoRoot()
 	h := &Harness{Script: filepath.Join(root, "testdata", "libvirt", "harness.sh"), Cache: filepath.Join(root, ".cache", "libvirt")}
 	if os.Getuid() != 0 {
-		msg := "libvirt harness needs root (system libvirtds in mount namespaces); Debian packages: libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils busybox-static"
+		msg := "libvirt harness needs root (system libvirtds in mount and network namespaces); Debian packages: libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils busybox-static iproute2 dnsmasq-base dropbear-bin bind9 bind9-utils bind9-dnsutils socat openssh-client iputils-ping mmdebstrap e2fsprogs genisoimage"
 		if os.Getenv("CI") == "true" {
 			return nil, errors.New(msg)
 		}
@@ -78,9 +96,9 @@ func SetupHarness() (*Harness, error) {
 		return nil, err
 	}
 	kv := parseKV(out)
-	h.Kernel, h.Initrd = kv["KERNEL"], kv["INITRD"]
-	if h.Kernel == "" || h.Initrd == "" {
-		return nil, fmt.Errorf("libvirt harness: prepare printed no KERNEL/INITRD:\n%s", out)
+	h.Kernel, h.Initrd, h.SSHKey, h.GuestHostKey = kv["KERNEL"], kv["INITRD"], kv["SSH_KEY"], kv["GUEST_HOST_KEY"]
+	if h.Kernel == "" || h.Initrd == "" || h.SSHKey == "" || h.GuestHostKey == "" {
+		return nil, fmt.Errorf("libvirt harness: prepare printed no KERNEL/INITRD/SSH_KEY/GUEST_HOST_KEY:\n%s", out)
 	}
 	// Short path: unix socket paths are limited to 108 bytes.
 	h.RunDir, err = os.MkdirTemp("", "usher-lv-")
@@ -100,7 +118,11 @@ func SetupHarness() (*Harness, error) {
 		return nil, err
 	}
 	kv = parseKV(out)
-	h.Sock1, h.Sock2 = kv["SOCK1"], kv["SOCK2"]
+	h.Sock1, h.Sock2, h.NetNS = kv["SOCK1"], kv["SOCK2"], kv["NETNS"]
+	if h.Sock1 == "" || h.Sock2 == "" || h.NetNS == "" {
+		h.Stop()
+		return nil, fmt.Errorf("libvirt harness: start printed no SOCK1/SOCK2/NETNS:\n%s", out)
+	}
 	h.URI1 = "qemu+unix:///system?socket=" + h.Sock1
 	h.URI2 = "qemu+unix:///system?socket=" + h.Sock2
 	return h, nil
@@ -126,7 +148,8 @@ func StartHarness(t testing.TB) *Harness {
 	return h
 }
 
-// Stop stops both hosts (destroying their guests) and removes RunDir.
+// Stop stops both hosts (destroying their guests) and the lab services,
+// deletes the lab's network namespace and removes RunDir.
 func (h *Harness) Stop() error {
 	if h.RunDir == "" {
 		return nil
@@ -196,13 +219,24 @@ func (h *Harness) Virsh(n int, args ...string) (string, error) {
 func (h *Harness) run(timeout time.Duration, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "bash", append([]string{h.Script}, args...)...)
+	cmd := h.command(ctx, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
 		return out.String(), fmt.Errorf("libvirt harness %s: %w\n%s", strings.Join(args, " "), err, errb.String())
 	}
 	return out.String(), nil
+}
+
+// command is harness.sh with args in its own process group: when ctx
+// ends, the whole group is killed (not only bash), and Wait gives up on
+// output pipes a leftover child may hold after a grace period.
+func (h *Harness) command(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "bash", append([]string{h.Script}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	return cmd
 }
 
 func parseKV(s string) map[string]string {
