@@ -47,15 +47,16 @@ type labSite struct {
 
 const labDomain = "usher.test"
 
-func startLabSite(t *testing.T) *labSite {
+func startLabSite(t testing.TB, overcommit int) *labSite {
 	t.Helper()
 	h := libvirttest.StartHarness(t)
 	lab := h.MustStartLab(t, labDomain)
-	images, err := h.BuildImage()
+	built, err := h.BuildImage()
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
+	images := labStore(t, built, dir)
 	var lines []string
 	for _, u := range [][2]string{{"alice", "alice-pw"}, {"root", "root-pw"}} {
 		b, err := bcrypt.GenerateFromPassword([]byte(u[1]), bcrypt.MinCost)
@@ -115,6 +116,7 @@ secret = %q
 		NewDriver: func(name string) (nodemgr.Driver, string, error) {
 			o := h.Options(host[name], name)
 			o.Bridge, o.ImageDir, o.DiskDir, o.DiskMigration = lab.Bridge, images, disks, lv.DiskSharedUnsafe
+			o.VCPUOvercommit = overcommit
 			d, err := lv.New(context.Background(), o)
 			if err != nil {
 				return nil, "", err
@@ -138,9 +140,33 @@ secret = %q
 	return ls
 }
 
+// labStore is the site's image store: the harness's Debian image
+// (debian-small) and "tiny", the initramfs guest as an image (its disk
+// unused), all symbolic links into the harness's cache.
+func labStore(t testing.TB, built, dir string) string {
+	t.Helper()
+	store := filepath.Join(dir, "images")
+	if err := os.MkdirAll(store, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"debian-small.qcow2", "debian-small.json", "vmlinuz", "initramfs.gz"} {
+		if err := os.Symlink(filepath.Join(built, f), filepath.Join(store, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(store, "tiny.raw"), make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	meta := `{"format":"raw","description":"busybox + dropbear initramfs guest","kernel":"vmlinuz","initrd":"initramfs.gz","cmdline":"console=ttyS0 quiet"}`
+	if err := os.WriteFile(filepath.Join(store, "tiny.json"), []byte(meta), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return store
+}
+
 // ush runs one shell command as c (the code of ush -c) and returns what
 // it printed.
-func ush(t *testing.T, c *client.Client, line string) string {
+func ush(t testing.TB, c *client.Client, line string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -153,7 +179,7 @@ func ush(t *testing.T, c *client.Client, line string) string {
 }
 
 func TestLibvirtGuestsReachableByName(t *testing.T) {
-	ls := startLabSite(t)
+	ls := startLabSite(t, 1)
 	lab := ls.lab
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
@@ -165,7 +191,7 @@ func TestLibvirtGuestsReachableByName(t *testing.T) {
 	key := libvirttest.NewKey(t, t.TempDir(), "alice")
 
 	ush(t, alice, "keys add "+key+".pub")
-	if out := ush(t, alice, "images"); !strings.Contains(out, "debian-small") {
+	if out := ush(t, alice, "images"); !strings.Contains(out, "debian-small") || !strings.Contains(out, "tiny") {
 		t.Fatalf("images lists no debian-small:\n%s", out)
 	}
 	if out := ush(t, alice, "start -n sneetch -c 3 image=debian-small"); !strings.Contains(out, "started 3 of 3 VMs") {
@@ -339,4 +365,87 @@ func (l *sshLoop) stop(t *testing.T) (time.Duration, int) {
 		gap = max(gap, l.at[i].Sub(l.at[i-1]))
 	}
 	return gap, len(l.at)
+}
+
+// BenchmarkBootToSSH: ten initramfs guests (image tiny, addresses from
+// ipam_sql, names in named, alice's key from the seed) started through
+// Usher — ush, controller, the shipped policies, both LNMs — until every
+// one answers ssh by name; then ten of the same guests started directly
+// on the two hosts' drivers (go-libvirt; addresses, keys and seeds given
+// by hand), until every one answers ssh at its address. Both in one run,
+// on the same lab; the hosts offer 4 vCPUs per CPU so ten fit.
+//
+//	go test -tags libvirt -run '^$' -bench BootToSSH -benchtime 1x .
+func BenchmarkBootToSSH(b *testing.B) {
+	ls := startLabSite(b, 4)
+	lab := ls.lab
+	ctx := context.Background()
+	alice, err := ls.Client(ctx, "alice", "alice-pw")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer alice.Close()
+	key := libvirttest.NewKey(b, b.TempDir(), "alice")
+	pub, _ := os.ReadFile(key + ".pub")
+	ush(b, alice, "keys add "+key+".pub")
+	const n = 10
+	waitAll := func(hosts []string, want []string) {
+		var wg sync.WaitGroup
+		for i := range hosts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				lab.WaitSSHWithin(b, 5*time.Minute, key, hosts[i], want[i])
+			}()
+		}
+		wg.Wait()
+	}
+	var usherT, directT time.Duration
+	for i := 0; i < b.N; i++ {
+		cl := fmt.Sprintf("boot%d", i)
+		t0 := time.Now()
+		ush(b, alice, fmt.Sprintf("start -n %s -c %d image=tiny", cl, n))
+		var hosts, want []string
+		for j := 1; j <= n; j++ {
+			hosts = append(hosts, fmt.Sprintf("%s%d.alice.%s", cl, j, labDomain))
+			want = append(want, fmt.Sprintf("%s%d", cl, j))
+		}
+		waitAll(hosts, want)
+		usherT += time.Since(t0)
+		ush(b, alice, "destroy @"+cl)
+
+		t0 = time.Now()
+		hosts, want = nil, nil
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for j := 0; j < n; j++ {
+			name := fmt.Sprintf("direct%d-%d", i, j) // not an Usher name: never adopted
+			ip := fmt.Sprintf("10.77.0.%d", 200+j)
+			d := ls.drivers[[]string{"host1", "host2"}[j%2]]
+			hosts, want = append(hosts, ip), append(want, fmt.Sprintf("direct%d-%d", i, j))
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs <- d.Start(ctx, nodemgr.Spec{Name: name, MemMB: 128, VCPUs: 1, Data: api.StringMap{
+					api.DataImage: "tiny", api.DataIP: ip, api.DataSubnet: "10.77.0.0/24", api.DataGateway: lab.Gateway,
+					api.DataSSHKeys: strings.TrimSpace(string(pub))}})
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		waitAll(hosts, want)
+		directT += time.Since(t0)
+		for j := 0; j < n; j++ {
+			d := ls.drivers[[]string{"host1", "host2"}[j%2]]
+			d.Op(ctx, fmt.Sprintf("direct%d-%d", i, j), api.OpDestroy, nodemgr.OpOptions{})
+		}
+	}
+	b.ReportMetric(usherT.Seconds()/float64(b.N), "usher-s")
+	b.ReportMetric(directT.Seconds()/float64(b.N), "direct-s")
+	b.ReportMetric(float64(usherT)/float64(directT), "usher/direct")
 }

@@ -69,7 +69,9 @@ func Kinds() []Kind {
 				{Key: "lnm.libvirt_vlan_tagging", Kind: config.Bool, Default: false, Help: "libvirt driver: tag a VLAN without its own bridge on lnm.libvirt_bridge (an Open vSwitch bridge)"},
 				{Key: "lnm.libvirt_image_dir", Kind: config.String, Default: "", Help: "libvirt driver: the site image store as this node sees it (the same path on every host of a migration domain); \"\" = no images"},
 				{Key: "lnm.libvirt_disk_dir", Kind: config.String, Default: "", Help: "libvirt driver: where each VM's overlay and cloud-init seed live (default: the state dir)"},
-				{Key: "lnm.libvirt_disk_migration", Kind: config.String, Default: "shared", Help: "libvirt driver: shared (the disk dir is storage all hosts see at one path, and libvirt can tell) or shared-unsafe (shared, but libvirt cannot tell: migrate with VIR_MIGRATE_UNSAFE)"},
+				{Key: "lnm.libvirt_disk_migration", Kind: config.String, Default: "shared", Help: "libvirt driver: shared (the disk dir is storage all hosts see at one path, and libvirt can tell), shared-unsafe (shared, but libvirt cannot tell: migrate with VIR_MIGRATE_UNSAFE) or copy (local disks at the same path on every host: the target makes the overlay, libvirt copies its data)"},
+				{Key: "lnm.libvirt_local_disk_dir", Kind: config.String, Default: "", Help: "libvirt driver: where the LNM finds the disk dir when libvirtd sees it under another path (libvirtd in another mount namespace); default: the disk dir"},
+				{Key: "lnm.libvirt_vcpu_overcommit", Kind: config.Int, Default: 1, Help: "libvirt driver: vCPUs offered per host CPU (what placement counts); one VM never gets more vCPUs than the host has CPUs"},
 				{Key: "lnm.libvirt_shutdown_timeout", Kind: config.Duration, Default: 60 * time.Second, Help: "libvirt driver: graceful shutdown wait before failing (or destroying, when forced)"},
 			},
 			New: func(ctx context.Context, node, address string, c Config, log *slog.Logger) (nodemgr.Driver, error) {
@@ -82,7 +84,9 @@ func Kinds() []Kind {
 					Kernel: c.String("lnm.libvirt_kernel"), Initrd: c.String("lnm.libvirt_initrd"), Cmdline: c.String("lnm.libvirt_cmdline"),
 					StateDir: c.String("lnm.libvirt_state_dir"), Network: c.String("lnm.libvirt_network"),
 					Bridge: c.String("lnm.libvirt_bridge"), VLANBridges: vlanBridges, VLANTagging: c.Bool("lnm.libvirt_vlan_tagging"),
-					ImageDir: c.String("lnm.libvirt_image_dir"), DiskDir: c.String("lnm.libvirt_disk_dir"), DiskMigration: c.String("lnm.libvirt_disk_migration"),
+					VCPUOvercommit: c.Int("lnm.libvirt_vcpu_overcommit"),
+					ImageDir:       c.String("lnm.libvirt_image_dir"), DiskDir: c.String("lnm.libvirt_disk_dir"), DiskMigration: c.String("lnm.libvirt_disk_migration"),
+					LocalDiskDir:    c.String("lnm.libvirt_local_disk_dir"),
 					ShutdownTimeout: c.Duration("lnm.libvirt_shutdown_timeout"), Logger: log.With("component", "libvirt")})
 			},
 		},

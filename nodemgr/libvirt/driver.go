@@ -76,9 +76,13 @@ type Options struct {
 	// boots from an overlay of NAME there. "" = no images.
 	ImageDir string
 	// DiskDir holds each VM's overlay (<name>.qcow2) and cloud-init seed
-	// (<name>.seed.iso); default StateDir. DiskMigration says how
-	// migrations treat it: DiskShared (default) or DiskSharedUnsafe.
+	// (<name>.seed.iso), as libvirtd sees it; default StateDir.
+	// LocalDiskDir is where this process finds the same folder, when
+	// libvirtd runs in another mount namespace (default DiskDir).
+	// DiskMigration says how migrations treat it: DiskShared (default),
+	// DiskSharedUnsafe or DiskCopy.
 	DiskDir       string
+	LocalDiskDir  string
 	DiskMigration string
 	// Bridge is the host bridge guests' NICs join; VLANBridges the bridge
 	// per VLAN (a VM's data vlan=N); with VLANTagging, a VLAN without its
@@ -89,6 +93,10 @@ type Options struct {
 	// QemuImg is the qemu-img binary that makes overlays (default
 	// "qemu-img", Debian package qemu-utils).
 	QemuImg string
+	// VCPUOvercommit is how many vCPUs the node offers per host CPU
+	// (NodeInfo.CPUs, what placement counts; default 1). One VM never gets
+	// more vCPUs than the host has CPUs.
+	VCPUOvercommit int
 	// CallTimeout bounds each libvirt call (default 30s); LongTimeout bounds
 	// save, restore and migration (default 10m); ShutdownTimeout is the
 	// graceful shutdown wait, after which shutdown fails unless
@@ -163,12 +171,21 @@ func New(ctx context.Context, o Options) (*Driver, error) {
 	if o.ImageDir != "" && !filepath.IsAbs(o.ImageDir) {
 		return nil, fmt.Errorf("libvirt: Options.ImageDir must be an absolute path (got %q)", o.ImageDir)
 	}
+	if o.LocalDiskDir == "" {
+		o.LocalDiskDir = o.DiskDir
+	}
 	switch o.DiskMigration {
 	case "":
 		o.DiskMigration = DiskShared
-	case DiskShared, DiskSharedUnsafe:
+	case DiskShared, DiskSharedUnsafe, DiskCopy:
 	default:
-		return nil, fmt.Errorf("libvirt: Options.DiskMigration %q: want %s or %s", o.DiskMigration, DiskShared, DiskSharedUnsafe)
+		return nil, fmt.Errorf("libvirt: Options.DiskMigration %q: want %s, %s or %s", o.DiskMigration, DiskShared, DiskSharedUnsafe, DiskCopy)
+	}
+	if o.VCPUOvercommit <= 0 {
+		o.VCPUOvercommit = 1
+	}
+	if o.VCPUOvercommit > 64 {
+		return nil, fmt.Errorf("libvirt: Options.VCPUOvercommit %d: at most 64 vCPUs per CPU", o.VCPUOvercommit)
 	}
 	if o.QemuImg == "" {
 		o.QemuImg = "qemu-img"
@@ -196,7 +213,7 @@ func New(ctx context.Context, o Options) (*Driver, error) {
 			return nil, fmt.Errorf("libvirt: bad URI %q: %w", o.URI, err)
 		}
 	}
-	for _, dir := range []string{o.StateDir, o.DiskDir} {
+	for _, dir := range []string{o.StateDir, o.LocalDiskDir} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("libvirt: %w", err)
 		}
@@ -229,10 +246,10 @@ func New(ctx context.Context, o Options) (*Driver, error) {
 func (d *Driver) Kind() string { return "libvirt" }
 
 // Capabilities implements nodemgr.Driver: libvirt pushes lifecycle events
-// and migrates peer to peer (the target prepares nothing); guests outlive
-// the LNM.
+// and migrates peer to peer (the target prepares only its disks, when they
+// are copied); guests outlive the LNM.
 func (d *Driver) Capabilities() nodemgr.Capabilities {
-	return nodemgr.Capabilities{Events: true, LiveMigration: true, Persistent: true}
+	return nodemgr.Capabilities{Events: true, LiveMigration: true, Persistent: true, PrepareIncoming: d.o.DiskMigration == DiskCopy}
 }
 
 // Events delivers lifecycle events; closed by Close.

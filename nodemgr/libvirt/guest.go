@@ -43,6 +43,12 @@ const (
 	// moves memory only, with VIR_MIGRATE_UNSAFE. Only when the path
 	// really is shared, cache coherent storage.
 	DiskSharedUnsafe = "shared-unsafe"
+	// DiskCopy: DiskDir is local storage at the same path on every host:
+	// the target makes the VM's overlay (of its own copy of the image) and
+	// seed before the migration (PrepareIncoming), libvirt copies the
+	// overlay's data with the memory (VIR_MIGRATE_NON_SHARED_INC), and the
+	// source removes its files afterwards.
+	DiskCopy = "copy"
 )
 
 // guestConf is a VM's guest configuration, from its data (see the
@@ -254,10 +260,25 @@ func (g *guestConf) kernelArgs(cmdline string) string {
 	return b.String()
 }
 
+// TapName is the host-side device of a VM's NIC on node: "u", three hex
+// digits of the node's name and ten of the VM's (15 characters at most, as
+// Linux allows). Stable names, unique per node, make a migration's target
+// never reuse a name the source still holds (two libvirtds sharing one
+// network namespace, as in the test lab, would otherwise race for the
+// same vnetN), and give sites names to match in firewall rules.
+func TapName(node, vm string) string {
+	h := fnv.New64a()
+	h.Write([]byte(vm))
+	n := fnv.New32a()
+	n.Write([]byte(node))
+	return fmt.Sprintf("u%03x%010x", n.Sum32()&0xfff, h.Sum64()&0xffffffffff)
+}
+
 // nicDef is the guest's NIC on the node's bridge for its VLAN (or the
 // configured libvirt network).
-func (d *Driver) nicDef(g *guestConf) (*libvirtxml.DomainInterface, error) {
-	iface := &libvirtxml.DomainInterface{Model: &libvirtxml.DomainInterfaceModel{Type: "virtio"}}
+func (d *Driver) nicDef(name string, g *guestConf) (*libvirtxml.DomainInterface, error) {
+	iface := &libvirtxml.DomainInterface{Model: &libvirtxml.DomainInterfaceModel{Type: "virtio"},
+		Target: &libvirtxml.DomainInterfaceTarget{Dev: TapName(d.o.Node, name)}}
 	if g.mac != "" {
 		iface.MAC = &libvirtxml.DomainInterfaceMAC{Address: g.mac}
 	}
@@ -286,13 +307,19 @@ func (d *Driver) nicDef(g *guestConf) (*libvirtxml.DomainInterface, error) {
 // ---------------------------------------------------------------------------
 // disks: the overlay of the VM's image and its seed
 
+// diskPath is a VM's disk as libvirtd and QEMU see it (the domain XML);
+// localDiskPath the same file as this process sees it.
 func (d *Driver) diskPath(name, ext string) string { return filepath.Join(d.o.DiskDir, name+ext) }
+func (d *Driver) localDiskPath(name, ext string) string {
+	return filepath.Join(d.o.LocalDiskDir, name+ext)
+}
 
-// OverlayPath is the copy-on-write overlay of a VM started from an image.
-func (d *Driver) OverlayPath(name string) string { return d.diskPath(name, extOverlay) }
+// OverlayPath is the copy-on-write overlay of a VM started from an image,
+// as this process sees it.
+func (d *Driver) OverlayPath(name string) string { return d.localDiskPath(name, extOverlay) }
 
-// SeedPath is a VM's cloud-init NoCloud seed.
-func (d *Driver) SeedPath(name string) string { return d.diskPath(name, extSeed) }
+// SeedPath is a VM's cloud-init NoCloud seed, as this process sees it.
+func (d *Driver) SeedPath(name string) string { return d.localDiskPath(name, extSeed) }
 
 // makeDisks creates the VM's overlay (qemu-img create with the image as
 // backing file) and its seed. Existing files of the name are replaced:
@@ -319,8 +346,8 @@ func (d *Driver) makeDisks(ctx context.Context, name string, g *guestConf) error
 // removeDisks removes the VM's overlay and seed.
 func (d *Driver) removeDisks(name string) {
 	for _, ext := range []string{extOverlay, extSeed} {
-		if err := os.Remove(d.diskPath(name, ext)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			d.log.Warn("removing a VM's disk", "domain", name, "file", d.diskPath(name, ext), "err", err)
+		if err := os.Remove(d.localDiskPath(name, ext)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			d.log.Warn("removing a VM's disk", "domain", name, "file", d.localDiskPath(name, ext), "err", err)
 		}
 	}
 }
@@ -404,7 +431,7 @@ func (d *Driver) writeSeed(name string, g *guestConf) error {
 	if err != nil {
 		return err
 	}
-	work, err := os.MkdirTemp(d.o.DiskDir, ".seed-work-")
+	work, err := os.MkdirTemp(d.o.LocalDiskDir, ".seed-work-")
 	if err != nil {
 		return err
 	}

@@ -182,6 +182,22 @@ func TestGuestConfiguration(t *testing.T) {
 		}
 	}
 
+	// DHCP stays possible: the site's server (the lab's dnsmasq) answers
+	// the MAC the VM's data gives.
+	const dhcpName, dhcpIP, dhcpMAC = "gc3.alice.usher.test", "10.77.0.55", "52:54:00:77:00:55"
+	destroyLater(t, dhcpName)
+	if err := lab.SetDHCPHosts([]libvirttest.DHCPHost{{MAC: dhcpMAC, IP: dhcpIP, Name: "gc3"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d1.Start(ctx, nodemgr.Spec{Name: dhcpName, MemMB: 128, VCPUs: 1, Data: api.StringMap{
+		api.DataNet: "dhcp", api.DataMAC: dhcpMAC, api.DataSSHKeys: strings.TrimSpace(string(pub))}}); err != nil {
+		t.Fatal(err)
+	}
+	lab.WaitSSHWithin(t, libvirttest.BootWait, key, dhcpIP, "gc3")
+	if err := d1.Op(ctx, dhcpName, api.OpDestroy, nodemgr.OpOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
 	// A start that fails leaves no disks behind: an image the store lacks.
 	bad := nodemgr.Spec{Name: "gc2.alice.usher.test", MemMB: 128, Data: api.StringMap{api.DataImage: "nope"}}
 	if err := d1.Start(ctx, bad); err == nil || !strings.Contains(err.Error(), "no such image") {
@@ -210,4 +226,76 @@ func tail(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
+}
+
+// Without shared storage: each host's disk folder is its own (the same
+// path, /var/lib/libvirt/usher-disks, is a different folder in each host's
+// mount namespace). The target makes the overlay and seed before the
+// migration, libvirt copies the overlay's data, the source's files go;
+// what the guest wrote to its disk is there after the move.
+func TestDiskCopyMigration(t *testing.T) {
+	lab := H.MustStartLab(t, "usher.test")
+	store := tinyStore(t)
+	copyMode := func(n int) func(*libvirt.Options) {
+		return func(o *libvirt.Options) {
+			o.Bridge, o.ImageDir, o.DiskMigration = lab.Bridge, store, libvirt.DiskCopy
+			o.DiskDir = "/var/lib/libvirt/usher-disks"
+			o.LocalDiskDir = filepath.Join(H.RunDir, fmt.Sprintf("host%d", n), "lib", "usher-disks")
+		}
+	}
+	d1, r1 := newDriver(t, 1, "c1", copyMode(1))
+	d2, r2 := newDriver(t, 2, "c2", copyMode(2))
+	key := libvirttest.NewKey(t, t.TempDir(), "alice")
+	pub, _ := os.ReadFile(key + ".pub")
+	const name, ip = "cp1.alice.usher.test", "10.77.0.42"
+	destroyLater(t, name)
+	spec := nodemgr.Spec{Name: name, MemMB: 128, VCPUs: 1, Data: api.StringMap{
+		api.DataImage: "tiny", api.DataIP: ip, api.DataSubnet: "10.77.0.0/24", api.DataSSHKeys: strings.TrimSpace(string(pub))}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	m := r1.mark()
+	if err := d1.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	r1.wait(t, m, name, "running", isState(api.StateRunning))
+	lab.WaitSSHWithin(t, libvirttest.BootWait, key, ip, "cp1")
+	if _, err := lab.SSH(ctx, key, ip, "echo USHER-DISK-DATA | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null"); err != nil {
+		t.Fatal(err)
+	}
+	if !d1.Capabilities().PrepareIncoming {
+		t.Fatal("copy mode does not ask the target to prepare")
+	}
+	if err := d2.PrepareIncoming(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if d1.OverlayPath(name) == d2.OverlayPath(name) {
+		t.Fatal("both hosts' disk folders are the same folder: not a copy test")
+	}
+	m2 := r2.mark()
+	if err := d1.Migrate(ctx, name, "c2", H.URI2); err != nil {
+		t.Fatal(err)
+	}
+	r2.wait(t, m2, name, "running on c2", isState(api.StateRunning))
+	if _, err := os.Stat(d1.OverlayPath(name)); !os.IsNotExist(err) {
+		t.Errorf("the source's overlay is still there (%v)", err)
+	}
+	if got, err := lab.SSH(ctx, key, ip, "dd if=/dev/vda bs=16 count=1 2>/dev/null"); err != nil || !strings.HasPrefix(got, "USHER-DISK-DATA") {
+		t.Fatalf("the guest's disk after the move: %q %v", got, err)
+	}
+	if err := d2.Op(ctx, name, api.OpDestroy, nodemgr.OpOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(d2.OverlayPath(name)); !os.IsNotExist(err) {
+		t.Errorf("the target's overlay survived destroy (%v)", err)
+	}
+	// A prepared migration that does not happen leaves nothing behind.
+	if err := d2.PrepareIncoming(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.AbortIncoming(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(d2.OverlayPath(name)); !os.IsNotExist(err) {
+		t.Errorf("abort left the overlay (%v)", err)
+	}
 }

@@ -33,6 +33,7 @@ func testStore(t *testing.T) string {
 func TestGuestConfigAndDomain(t *testing.T) {
 	d := testDriver(t)
 	d.o.ImageDir, d.o.DiskDir, d.o.Bridge = testStore(t), t.TempDir(), "br0"
+	d.o.LocalDiskDir = d.o.DiskDir
 	d.o.VLANBridges = map[int]string{10: "br10"}
 	spec := nodemgr.Spec{Name: "web1.alice.usher.test", MemMB: 256, Data: map[string]string{
 		"image": "small", "ip": "10.77.0.10", "subnet": "10.77.0.0/24", "gateway": "10.77.0.1",
@@ -188,4 +189,25 @@ func readSeed(t *testing.T, path string) map[string]string {
 		out[e.Name()] = string(b)
 	}
 	return out
+}
+
+func TestTapNames(t *testing.T) {
+	a, b := TapName("host1", "web1.alice.x"), TapName("host2", "web1.alice.x")
+	if a == b || len(a) != 14 || len(b) != 14 || TapName("host1", "web1.alice.x") != a || TapName("host1", "web2.alice.x") == a {
+		t.Fatalf("tap names %q %q", a, b)
+	}
+	d := testDriver(t)
+	d.o.Node, d.o.Bridge = "host1", "br0"
+	x := xmlOf(t, d, nodemgr.Spec{Name: "web1.alice.x", Data: map[string]string{"ip": "10.0.0.5"}})
+	if def := parseDomain(t, x); def.Devices.Interfaces[0].Target.Dev != a {
+		t.Fatalf("NIC target %+v, want %s", def.Devices.Interfaces[0].Target, a)
+	}
+	out, changed, err := retarget(x, "host2", "web1.alice.x")
+	if err != nil || !changed || parseDomain(t, out).Devices.Interfaces[0].Target.Dev != b {
+		t.Fatalf("retarget: %v %v\n%s", changed, err, out)
+	}
+	plain := xmlOf(t, d, nodemgr.Spec{Name: "p"})
+	if _, changed, err := retarget(plain, "host2", "p"); err != nil || changed {
+		t.Errorf("a domain without NICs: %v %v", changed, err)
+	}
 }

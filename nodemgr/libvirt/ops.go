@@ -55,7 +55,7 @@ func (d *Driver) NodeInfo(ctx context.Context) (api.NodeInfo, error) {
 		if err != nil {
 			d.log.Warn("reading host UUID", "err", err)
 		}
-		ni = api.NodeInfo{CPUs: int(cpus), MemMB: int(memKiB / 1024), Hostname: host,
+		ni = api.NodeInfo{CPUs: int(cpus) * d.o.VCPUOvercommit, MemMB: int(memKiB / 1024), Hostname: host,
 			Model: fmt.Sprintf("%s %dMHz host-uuid=%s", m, mhz, uuid)}
 		return nil
 	})
@@ -533,11 +533,47 @@ func (d *Driver) cycle(ctx context.Context, name string, running bool) error {
 	return d.create(ctx, name, string(x))
 }
 
-// PrepareIncoming is a no-op: libvirt migrates peer to peer.
-func (d *Driver) PrepareIncoming(ctx context.Context, spec nodemgr.Spec) error { return ctx.Err() }
+// PrepareIncoming readies this host as a migration's target: nothing
+// (libvirt migrates peer to peer), except with DiskCopy, where the VM's
+// overlay (of this host's copy of its image) and seed are made here for
+// libvirt to copy the overlay's data into.
+func (d *Driver) PrepareIncoming(ctx context.Context, spec nodemgr.Spec) error {
+	if err := ctx.Err(); err != nil || d.o.DiskMigration != DiskCopy {
+		return err
+	}
+	if err := validName(spec.Name); err != nil {
+		return err
+	}
+	g, err := d.guestConfig(spec)
+	if err != nil {
+		return err
+	}
+	if _, active, err := d.domState(ctx, spec.Name); err != nil {
+		return err
+	} else if active {
+		return fmt.Errorf("libvirt: prepare %s: %w here", spec.Name, ErrExists)
+	}
+	if err := d.makeDisks(ctx, spec.Name, g); err != nil {
+		return fmt.Errorf("libvirt: prepare %s: %w", spec.Name, err)
+	}
+	return nil
+}
 
-// AbortIncoming is a no-op: libvirt migrates peer to peer.
-func (d *Driver) AbortIncoming(ctx context.Context, name string) error { return ctx.Err() }
+// AbortIncoming undoes PrepareIncoming: with DiskCopy, the disks made for
+// a migration that did not happen go (unless the VM runs here after all).
+func (d *Driver) AbortIncoming(ctx context.Context, name string) error {
+	if err := ctx.Err(); err != nil || d.o.DiskMigration != DiskCopy {
+		return err
+	}
+	if err := validName(name); err != nil {
+		return err
+	}
+	if _, active, err := d.domState(ctx, name); err != nil || active {
+		return err
+	}
+	d.removeDisks(name)
+	return nil
+}
 
 // migrationTarget turns a target's advertised address into the libvirt URI
 // the source libvirtd connects to and the URI of QEMU's data stream.
@@ -580,9 +616,22 @@ func (d *Driver) Migrate(ctx context.Context, name, target, address string) erro
 		if err != nil {
 			return err
 		}
+		// The target names the NIC's tap for itself (TapName).
+		x, err := l.DomainGetXMLDesc(dom, lv.DomainXMLMigratable|lv.DomainXMLSecure)
+		if err != nil {
+			return err
+		}
+		if dx, changed, err := retarget(x, target, name); err != nil {
+			return err
+		} else if changed {
+			params = append(params, lv.TypedParam{Field: lv.MigrateParamDestXML, Value: *lv.NewTypedParamValueString(dx)})
+		}
 		flags := lv.MigrateLive | lv.MigratePeer2peer
-		if d.o.DiskMigration == DiskSharedUnsafe {
+		switch d.o.DiskMigration {
+		case DiskSharedUnsafe:
 			flags |= lv.MigrateUnsafe
+		case DiskCopy:
+			flags |= lv.MigrateNonSharedInc // the overlay's data; the target has the image
 		}
 		_, err = l.DomainMigratePerform3Params(dom, lv.OptString{dconn}, params, nil, flags)
 		return err
@@ -596,6 +645,9 @@ func (d *Driver) Migrate(ctx context.Context, name, target, address string) erro
 	// it uses (shared storage).
 	for _, ext := range []string{extXML, extOff} {
 		os.Remove(d.path(name, ext))
+	}
+	if d.o.DiskMigration == DiskCopy {
+		d.removeDisks(name) // copied: the target has its own
 	}
 	return nil
 }
@@ -703,4 +755,31 @@ func stateReason(st lv.DomainState, r uint64) string {
 		return pick(i, "unknown", "panicked")
 	}
 	return ""
+}
+
+// retarget rewrites a domain's migratable XML for node: the taps of its
+// NICs get node's names (TapName). It reports whether anything changed.
+func retarget(x, node, name string) (string, bool, error) {
+	var def libvirtxml.Domain
+	if err := def.Unmarshal(x); err != nil {
+		return "", false, fmt.Errorf("parsing the domain's XML: %w", err)
+	}
+	changed := false
+	if def.Devices != nil {
+		for i := range def.Devices.Interfaces {
+			in := &def.Devices.Interfaces[i]
+			if in.Target != nil && strings.HasPrefix(in.Target.Dev, "u") && len(in.Target.Dev) == 14 {
+				in.Target.Dev = TapName(node, name)
+				changed = true
+			}
+		}
+	}
+	if !changed {
+		return x, false, nil
+	}
+	out, err := def.Marshal()
+	if err != nil {
+		return "", false, fmt.Errorf("the domain's XML for %s: %w", node, err)
+	}
+	return out, true, nil
 }

@@ -112,14 +112,14 @@ func (d *Driver) domainDef(spec nodemgr.Spec, g *guestConf) (*libvirtxml.Domain,
 	}
 	dev := 'a'
 	if g.image != nil {
-		disk(d.OverlayPath(spec.Name), "qcow2", "vda", false)
+		disk(d.diskPath(spec.Name, extOverlay), "qcow2", "vda", false)
 		dev++
 	}
 	if g.seeded() {
-		disk(d.SeedPath(spec.Name), "raw", "vd"+string(dev), true)
+		disk(d.diskPath(spec.Name, extSeed), "raw", "vd"+string(dev), true)
 	}
 	if g.nic || d.o.Network != "" {
-		iface, err := d.nicDef(g)
+		iface, err := d.nicDef(spec.Name, g)
 		if err != nil {
 			return nil, fmt.Errorf("libvirt: %s: %w", spec.Name, err)
 		}
