@@ -1,6 +1,7 @@
 package client
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"sort"
@@ -14,6 +15,10 @@ import (
 const MaxRangeSize = 100000
 
 // SplitSet splits a set expression into items: commas and spaces separate
+// ErrNoMatch is wrapped by set expansion errors about names, patterns or
+// clusters that match none of the VMs.
+var ErrNoMatch = errors.New("no such VM")
+
 // items, except inside [...] and /.../.
 func SplitSet(expr string) []string {
 	var items []string
@@ -151,7 +156,7 @@ func ExpandVMs(expr string, vms []*api.VM, domain string) ([]string, error) {
 				}
 			}
 			if len(hit) == 0 {
-				return nil, fmt.Errorf("no VM of yours matches %s", it)
+				return nil, fmt.Errorf("%w: none of yours matches %s", ErrNoMatch, it)
 			}
 			sort.Strings(hit)
 			for _, n := range hit {
@@ -160,7 +165,7 @@ func ExpandVMs(expr string, vms []*api.VM, domain string) ([]string, error) {
 		case strings.HasPrefix(it, "@"):
 			names := clusters[it[1:]]
 			if len(names) == 0 {
-				return nil, fmt.Errorf("no cluster %q among your VMs", it[1:])
+				return nil, fmt.Errorf("%w: no cluster %q among your VMs", ErrNoMatch, it[1:])
 			}
 			for _, n := range sortedNatural(names, byFull) {
 				add(n)
@@ -182,9 +187,9 @@ func ExpandVMs(expr string, vms []*api.VM, domain string) ([]string, error) {
 				}
 				if got == nil {
 					if domain != "" && strings.HasSuffix(n, "."+domain) {
-						return nil, fmt.Errorf("no such VM %s among your VMs", n)
+						return nil, fmt.Errorf("%w %s among your VMs", ErrNoMatch, n)
 					}
-					return nil, fmt.Errorf("no such VM %q among your VMs", n)
+					return nil, fmt.Errorf("%w %q among your VMs", ErrNoMatch, n)
 				}
 				for _, g := range got {
 					add(g)

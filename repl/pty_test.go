@@ -103,6 +103,31 @@ func (tm *term) expect(re string) string {
 	}
 }
 
+// tabUntil presses Tab until the output after the mark matches re (at
+// most five times, each waiting up to 4s), then moves the mark past it.
+func (tm *term) tabUntil(re string) {
+	tm.t.Helper()
+	rx := regexp.MustCompile(re)
+	for i := 0; i < 5; i++ {
+		tm.send("\t")
+		deadline := time.After(4 * time.Second)
+	wait:
+		for {
+			out := tm.output()
+			if loc := rx.FindStringIndex(out[min(tm.mark, len(out)):]); loc != nil {
+				tm.mark += loc[1]
+				return
+			}
+			select {
+			case <-tm.more:
+			case <-deadline:
+				break wait
+			}
+		}
+	}
+	tm.t.Fatalf("Tab never showed %q; output after mark:\n%s", re, tm.output()[min(tm.mark, len(tm.output())):])
+}
+
 // seen waits (up to 20s) until the whole output matches re; the mark
 // stays.
 func (tm *term) seen(re string) {
@@ -187,8 +212,10 @@ func TestShellOnTerminal(t *testing.T) {
 	tm.seen(`resumed 1 of 1 VMs`)
 	tm.send("pause w\t")
 	tm.expect(`ush> pause web`)
-	tm.send("\t")
-	tm.expect(`web1\s+web2`)
+	// A second Tab lists the candidates. Anything printed between the two
+	// (a notification redraws the line) makes liner count the next Tab as
+	// a first again, so Tab is pressed until the list shows.
+	tm.tabUntil(`web1\s+web2`)
 	tm.send("\x15") // Ctrl-U: drop the line
 	// completion of commands and options
 	tm.send("list --st\t")

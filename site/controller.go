@@ -55,6 +55,7 @@ type Controller struct {
 	cfg      *config.Set
 	log      *slog.Logger
 	ln       net.Listener
+	httpLn   net.Listener // the HTTP API's, when controller.http_listen is set
 	tls      *tls.Config
 	announce *tls.Config
 	stateDir string
@@ -163,6 +164,13 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 	if c.ln, err = net.Listen("tcp", cfg.String("controller.listen")); err != nil {
 		return fail(fmt.Errorf("controller.listen: %w", err))
 	}
+	if addr := cfg.String("controller.http_listen"); addr != "" {
+		if c.httpLn, err = net.Listen("tcp", addr); err != nil {
+			c.ln.Close()
+			return fail(fmt.Errorf("controller.http_listen: %w", err))
+		}
+		log.Info("HTTP API listening", "addr", "https://"+c.httpLn.Addr().String()+"/api/v1/")
+	}
 	log.Info("controller listening", "addr", c.ln.Addr().String(), "domain", ccfg.Domain)
 	c.self = cfg.String("controller.advertise")
 	if c.self == "" {
@@ -181,6 +189,14 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 
 // Addr is the address the controller listens on.
 func (c *Controller) Addr() string { return c.ln.Addr().String() }
+
+// HTTPAddr is the HTTP API's address ("" when it is off).
+func (c *Controller) HTTPAddr() string {
+	if c.httpLn == nil {
+		return ""
+	}
+	return c.httpLn.Addr().String()
+}
 
 // Run serves until ctx ends or Close is called: the endpoint, crash
 // recovery, ticket key rotation, the size hint and (if configured)
@@ -233,6 +249,13 @@ func (c *Controller) Run(ctx context.Context) error {
 		keepSizeHint(ctx, c.Core.State(), filepath.Join(c.stateDir, "state-size.json"), c.hint.VMs, c.log)
 	})
 	bg(func() { c.Server.Recover(ctx, c.announce, c.self, c.cfg.Duration("controller.grace")) })
+	if c.httpLn != nil {
+		bg(func() {
+			if err := c.Server.ServeHTTP(ctx, c.httpLn, c.tls, controller.HTTPOptions{}); err != nil {
+				c.log.Error("HTTP API stopped", "err", err)
+			}
+		})
+	}
 	err := c.Server.Serve(ctx, c.ln)
 	c.stop()
 	wg.Wait()
@@ -268,6 +291,9 @@ func (c *Controller) Close() {
 		return
 	}
 	c.ln.Close()
+	if c.httpLn != nil {
+		c.httpLn.Close()
+	}
 	c.shutdown()
 }
 

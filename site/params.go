@@ -21,6 +21,7 @@ func Params() *config.Set {
 		config.Param{Key: "controller.ca_file", Kind: config.String, Default: "", Help: "site CA certificate; LNM certificates must be signed by it"},
 		config.Param{Key: "controller.domain", Kind: config.String, Default: "usher.local", Help: "Usher domain: VM names are <name>.<owner>.<domain>; VMs found with this suffix are adopted"},
 		config.Param{Key: "controller.state_dir", Kind: config.String, Default: "/var/lib/usher", Help: "where the controller keeps its small persistent state (policy store)"},
+		config.Param{Key: "controller.http_listen", Kind: config.String, Default: "", Help: "address of the HTTP API (HTTPS with the controller's certificate; docs/http-api.md); \"\" = off"},
 		config.Param{Key: "controller.image_dir", Kind: config.String, Default: "", Help: "the site image store as the controller sees it (base images + NAME.json metadata; the same store LNMs mount as lnm.libvirt_image_dir); \"\" = none"},
 		config.Param{Key: "controller.report_interval", Kind: config.Duration, Default: 5 * time.Second, Help: "how often LNMs report usage figures"},
 		config.Param{Key: "controller.start_timeout", Kind: config.Duration, Default: 5 * time.Minute, Help: "how long an LNM may take to start one batch of VMs"},

@@ -63,6 +63,7 @@ Example:
 	lnms := fs.Int("lnms", 3, "simulated LNMs to start")
 	noShell := fs.Bool("no-shell", false, "do not open the shell; run until interrupted")
 	listen := fs.String("listen", "127.0.0.1:0", "controller address")
+	httpListen := fs.String("http-listen", "127.0.0.1:0", "HTTP API address (\"\": off)")
 	boot := fs.Duration("boot-delay", 300*time.Millisecond, "simulated boot time of a VM")
 	cfg.BindFlags(fs, "log.")
 	if err := cfg.LoadFiles(config.DefaultPaths()...); err != nil {
@@ -118,6 +119,9 @@ Example:
 	if err := cfg.Set("policy.config", fmt.Sprintf(`{auth_htpasswd = {file = %q, admins = ["admin"]}, quota = {max_vms = 50}}`, htFile), "demo"); err != nil {
 		return err
 	}
+	if err := cfg.Set("controller.http_listen", *httpListen, "demo"); err != nil {
+		return err
+	}
 	s, err := site.Start(ctx, site.Options{Dir: dir, Config: cfg, Listen: *listen, LNMs: *lnms, Logger: log,
 		SimPersist: true, SimBootDelay: *boot, ExtraPolicyDirs: []string{filepath.Join(dir, "policies")}})
 	if err != nil {
@@ -150,6 +154,9 @@ Example:
 	fmt.Fprintf(out, "Usher demo: controller on %s, %d simulated LNMs, state in %s\n", s.Addr, *lnms, dir)
 	fmt.Fprintf(out, "users: demo (client.toml), admin (admin.toml); policies: drop *.lua into %s\n", filepath.Join(dir, "policies"))
 	fmt.Fprintf(out, "client config: %s\n", clientCfg)
+	if a := s.Ctl.HTTPAddr(); a != "" {
+		fmt.Fprintf(out, "HTTP API: https://localhost:%s/api/v1/ (CA %s; user demo, the password in client.toml)\n", portOf(a), s.CAFile)
+	}
 	if *noShell {
 		<-ctx.Done()
 		return nil
@@ -160,4 +167,9 @@ Example:
 	}
 	defer c.Close()
 	return repl.Run(ctx, repl.Options{Client: c, In: os.Stdin, Out: out, HistoryFile: filepath.Join(dir, "ush_history")})
+}
+
+func portOf(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
 }

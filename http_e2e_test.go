@@ -1,0 +1,362 @@
+package usher
+
+// The HTTP API over real HTTPS against a running site: authentication,
+// resources, sets, errors, per-user isolation, parity with the native
+// client, and the event stream resuming after a dropped connection.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/core"
+	"github.com/usher-vm/usher/core/coretest"
+	"github.com/usher-vm/usher/internal/waitfor"
+	"github.com/usher-vm/usher/site"
+)
+
+type httpSite struct {
+	*site.Site
+	base string
+	hc   *http.Client
+}
+
+func startHTTPSite(t *testing.T) *httpSite {
+	t.Helper()
+	h := coretest.New(map[string]string{"alice": "alice-pw", "bob": "bob-pw", "root": "root-pw"}, "root")
+	cfg := site.Params()
+	if err := cfg.Set("controller.http_listen", "127.0.0.1:0", "test"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := site.Start(ctx, site.Options{Dir: t.TempDir(), LNMs: 2, Hooks: h, Config: cfg,
+		Bind:           func(c *core.Controller) { h.View = c.State() },
+		ReportInterval: 100 * time.Millisecond, ScanInterval: 200 * time.Millisecond, KeepAlive: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	pem, err := os.ReadFile(s.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}}}
+	t.Cleanup(hc.CloseIdleConnections)
+	return &httpSite{Site: s, base: "https://" + s.Ctl.HTTPAddr(), hc: hc}
+}
+
+// do makes one call as user (password user-pw; "" = no credentials) and
+// decodes the JSON answer into out (if not nil); it returns the status.
+func (hs *httpSite) do(t *testing.T, user, method, path string, body any, out any) int {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, hs.base+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if user != "" {
+		req.SetBasicAuth(user, user+"-pw")
+	}
+	resp, err := hs.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %d %s: %v", method, path, resp.StatusCode, b, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+type apiErr struct {
+	Error api.Error `json:"error"`
+}
+
+func TestHTTPAPI(t *testing.T) {
+	hs := startHTTPSite(t)
+
+	// Authentication: none, wrong, right.
+	var e apiErr
+	if st := hs.do(t, "", "GET", "/api/v1/whoami", nil, &e); st != 401 || e.Error.Code != api.CodeUnauthorized {
+		t.Fatalf("no credentials: %d %+v", st, e)
+	}
+	req, _ := http.NewRequest("GET", hs.base+"/api/v1/whoami", nil)
+	req.SetBasicAuth("alice", "wrong")
+	resp, err := hs.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Basic") {
+		t.Fatalf("wrong password: %d %v", resp.StatusCode, resp.Header)
+	}
+	var who api.AuthReply
+	if st := hs.do(t, "alice", "GET", "/api/v1/whoami", nil, &who); st != 200 || who.Identity.User != "alice" || who.Identity.Admin {
+		t.Fatalf("whoami: %d %+v", st, who)
+	}
+
+	// Start, list, an operation on a set.
+	var res api.Result
+	if st := hs.do(t, "alice", "POST", "/api/v1/vms", api.StartArgs{Cluster: "web", Count: 3, ID: "h1"}, &res); st != 200 || res.OK() != 3 {
+		t.Fatalf("start: %d %+v", st, res)
+	}
+	var lr api.ListReply
+	if st := hs.do(t, "alice", "GET", "/api/v1/vms", nil, &lr); st != 200 || len(lr.VMs) != 3 {
+		t.Fatalf("list: %d %d VMs", st, len(lr.VMs))
+	}
+	res = api.Result{}
+	if st := hs.do(t, "alice", "POST", "/api/v1/vms/"+url.PathEscape("web[1-2]")+"/pause", map[string]any{}, &res); st != 200 || res.OK() != 2 {
+		t.Fatalf("pause web[1-2]: %d %+v", st, res)
+	}
+	var vm api.VM
+	if st := hs.do(t, "alice", "GET", "/api/v1/vms/web1", nil, &vm); st != 200 || vm.State != api.StatePaused {
+		t.Fatalf("GET web1: %d %+v", st, vm)
+	}
+	lr = api.ListReply{}
+	if st := hs.do(t, "alice", "GET", "/api/v1/vms?vms="+url.QueryEscape("/web[23]/"), nil, &lr); st != 200 || len(lr.VMs) != 2 {
+		t.Fatalf("list /web[23]/: %d %d", st, len(lr.VMs))
+	}
+
+	// The native client sees what HTTP did; the same plan both ways is the
+	// same result.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	alice, err := hs.Client(ctx, "alice", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	waitfor.Error(t, 20*time.Second, "the native cache to see web1 paused", func() error {
+		if v, ok := alice.VM(vm.Name); !ok || v.State != api.StatePaused {
+			return fmt.Errorf("%+v", v)
+		}
+		return nil
+	})
+	plan := api.PlanArgs{Op: &api.OpArgs{Op: api.OpResume, VMs: []string{vm.Name}}}
+	native, err := alice.Plan(ctx, plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var viaHTTP api.Result
+	if st := hs.do(t, "alice", "POST", "/api/v1/plan", plan, &viaHTTP); st != 200 {
+		t.Fatalf("plan: %d", st)
+	}
+	nb, _ := json.Marshal(native)
+	hb, _ := json.Marshal(viaHTTP)
+	if !bytes.Equal(nb, hb) {
+		t.Errorf("plan differs:\nnative %s\nhttp   %s", nb, hb)
+	}
+
+	// Isolation: bob sees and touches none of alice's VMs.
+	lr = api.ListReply{}
+	if st := hs.do(t, "bob", "GET", "/api/v1/vms", nil, &lr); st != 200 || len(lr.VMs) != 0 {
+		t.Fatalf("bob's list: %d %+v", st, lr.VMs)
+	}
+	e = apiErr{}
+	if st := hs.do(t, "bob", "POST", "/api/v1/vms/"+vm.Name+"/destroy", map[string]any{}, &e); st != 404 || e.Error.Code != api.CodeNotFound {
+		t.Fatalf("bob destroys alice's VM: %d %+v", st, e)
+	}
+	e = apiErr{}
+	if st := hs.do(t, "bob", "GET", "/api/v1/vms?all=1", nil, &e); st != 403 {
+		t.Fatalf("bob lists everyone's: %d %+v", st, e)
+	}
+	lr = api.ListReply{}
+	if st := hs.do(t, "root", "GET", "/api/v1/vms?all=1", nil, &lr); st != 200 || len(lr.VMs) != 3 {
+		t.Fatalf("admin's list: %d %d", st, len(lr.VMs))
+	}
+
+	// Bad input: clear errors, nothing changed.
+	for _, c := range []struct {
+		method, path string
+		body         any
+		status       int
+		code         string
+	}{
+		{"POST", "/api/v1/vms", map[string]any{"cluster": "x", "count": -1}, 400, api.CodeBadRequest},
+		{"POST", "/api/v1/vms", map[string]any{"cluster": "x", "colour": "red"}, 400, api.CodeBadRequest},
+		{"POST", "/api/v1/vms/web1/explode", map[string]any{}, 404, api.CodeNotFound},
+		{"POST", "/api/v1/vms/nosuch/pause", map[string]any{}, 404, api.CodeNotFound},
+		{"GET", "/api/v1/nothing", nil, 404, api.CodeNotFound},
+		{"GET", "/api/v1/policy", nil, 403, api.CodeForbidden},
+		{"GET", "/api/v1/events?all=1", nil, 403, api.CodeForbidden},
+	} {
+		e = apiErr{}
+		if st := hs.do(t, "alice", c.method, c.path, c.body, &e); st != c.status || e.Error.Code != c.code || e.Error.Msg == "" {
+			t.Errorf("%s %s: %d %+v, want %d %s", c.method, c.path, st, e, c.status, c.code)
+		}
+	}
+	var rawReq = func(body string) int {
+		req, _ := http.NewRequest("POST", hs.base+"/api/v1/vms", strings.NewReader(body))
+		req.SetBasicAuth("alice", "alice-pw")
+		resp, err := hs.hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if st := rawReq(`{"cluster":`); st != 400 {
+		t.Errorf("truncated JSON: %d", st)
+	}
+
+	// Resources: nodes, clusters, images, keys.
+	var nodes api.ListLNMsReply
+	if st := hs.do(t, "alice", "GET", "/api/v1/nodes", nil, &nodes); st != 200 || len(nodes.LNMs) != 2 {
+		t.Errorf("nodes: %d %+v", st, nodes)
+	}
+	var cls api.ClustersReply
+	if st := hs.do(t, "alice", "GET", "/api/v1/clusters", nil, &cls); st != 200 || len(cls.Clusters) != 1 || len(cls.Clusters[0].VMs) != 3 {
+		t.Errorf("clusters: %d %+v", st, cls)
+	}
+	var ims api.ImagesReply
+	if st := hs.do(t, "alice", "GET", "/api/v1/images", nil, &ims); st != 200 || ims.Images == nil {
+		t.Errorf("images: %d %+v", st, ims)
+	}
+	const key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHvVr1Xn2zS1p3Zc0Pq3A1C7dUIxFt8e0XyE0m2cQ0tA alice@laptop"
+	var kr api.KeysReply
+	if st := hs.do(t, "alice", "POST", "/api/v1/keys", map[string]string{"key": key}, &kr); st != 200 || len(kr.Keys) != 1 {
+		t.Fatalf("keys add: %d %+v", st, kr)
+	}
+	if st := hs.do(t, "alice", "DELETE", "/api/v1/keys/"+url.PathEscape(kr.Keys[0].Fingerprint), nil, &kr); st != 200 || len(kr.Keys) != 0 {
+		t.Errorf("keys remove: %d %+v", st, kr)
+	}
+}
+
+// sseEvent is one event of a stream.
+type sseEvent struct {
+	id, typ string
+	ev      api.Event
+}
+
+// openEvents opens an event stream as user; events arrive on the channel
+// until the stream ends (then it is closed).
+func (hs *httpSite) openEvents(t *testing.T, ctx context.Context, user, lastID string) <-chan sseEvent {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, "GET", hs.base+"/api/v1/events", nil)
+	req.SetBasicAuth(user, user+"-pw")
+	if lastID != "" {
+		req.Header.Set("Last-Event-ID", lastID)
+	}
+	resp, err := hs.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("events: %d %v", resp.StatusCode, resp.Header)
+	}
+	out := make(chan sseEvent, 256)
+	ready := make(chan struct{})
+	go func() {
+		defer close(out)
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		var cur sseEvent
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case line == ": ready":
+				close(ready)
+			case strings.HasPrefix(line, "id: "):
+				cur.id = line[4:]
+			case strings.HasPrefix(line, "event: "):
+				cur.typ = line[7:]
+			case strings.HasPrefix(line, "data: "):
+				json.Unmarshal([]byte(line[6:]), &cur.ev)
+			case line == "" && cur.typ != "":
+				out <- cur
+				cur = sseEvent{}
+			}
+		}
+	}()
+	select {
+	case <-ready:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the event stream never said ready")
+	}
+	return out
+}
+
+// next waits for an event matching ok.
+func next(t *testing.T, evs <-chan sseEvent, what string, ok func(sseEvent) bool) sseEvent {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case e, open := <-evs:
+			if !open {
+				t.Fatalf("the stream ended before %s", what)
+			}
+			if ok(e) {
+				return e
+			}
+		case <-deadline:
+			t.Fatalf("no event: %s", what)
+		}
+	}
+}
+
+func TestHTTPEventStreamResumes(t *testing.T) {
+	hs := startHTTPSite(t)
+	var res api.Result
+	if st := hs.do(t, "alice", "POST", "/api/v1/vms", api.StartArgs{Cluster: "ev", Count: 2}, &res); st != 200 || res.OK() != 2 {
+		t.Fatalf("start: %d %+v", st, res)
+	}
+	bctx, bcancel := context.WithCancel(context.Background())
+	defer bcancel()
+	bob := hs.openEvents(t, bctx, "bob", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	evs := hs.openEvents(t, ctx, "alice", "")
+	hs.do(t, "alice", "POST", "/api/v1/vms/ev1/pause", map[string]any{}, nil)
+	got := next(t, evs, "ev1 paused", func(e sseEvent) bool {
+		return e.typ == api.EvStateChanged && e.ev.VM != nil && e.ev.VM.Short == "ev1" && e.ev.VM.State == api.StatePaused
+	})
+	cancel() // the connection drops
+	for range evs {
+	}
+	// While alice is away, ev2 is paused and ev1 resumed.
+	hs.do(t, "alice", "POST", "/api/v1/vms/ev2/pause", map[string]any{}, nil)
+	hs.do(t, "alice", "POST", "/api/v1/vms/ev1/resume", map[string]any{}, nil)
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	evs = hs.openEvents(t, ctx2, "alice", got.id)
+	next(t, evs, "the missed ev2 pause", func(e sseEvent) bool {
+		return e.typ == api.EvStateChanged && e.ev.VM != nil && e.ev.VM.Short == "ev2" && e.ev.VM.State == api.StatePaused
+	})
+	next(t, evs, "the missed ev1 resume", func(e sseEvent) bool {
+		return e.typ == api.EvStateChanged && e.ev.VM != nil && e.ev.VM.Short == "ev1" && e.ev.VM.State == api.StateRunning
+	})
+	// Bob's stream never carried alice's events.
+	bcancel()
+	for e := range bob {
+		if e.ev.User == "alice" || (e.ev.VM != nil && e.ev.VM.Owner == "alice") {
+			t.Fatalf("bob saw alice's event %+v", e)
+		}
+	}
+	// A resume from an event never kept: resync.
+	ctx3, cancel3 := context.WithCancel(context.Background())
+	defer cancel3()
+	evs = hs.openEvents(t, ctx3, "alice", "999999999")
+	next(t, evs, "resync", func(e sseEvent) bool { return e.typ == "resync" })
+}
