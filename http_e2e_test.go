@@ -360,3 +360,58 @@ func TestHTTPEventStreamResumes(t *testing.T) {
 	evs = hs.openEvents(t, ctx3, "alice", "999999999")
 	next(t, evs, "resync", func(e sseEvent) bool { return e.typ == "resync" })
 }
+
+func TestHTTPTokens(t *testing.T) {
+	hs := startHTTPSite(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	alice, err := hs.Client(ctx, "alice", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	rep, err := alice.Tokens(ctx, api.TokensArgs{Action: api.TokensCreate, Name: "ci"})
+	if err != nil || rep.Secret == "" {
+		t.Fatalf("create: %v %+v", err, rep)
+	}
+	bearer := func(method, path, tok string, body any) (int, []byte) {
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequest(method, hs.base+path, rd)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := hs.hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	if st, b := bearer("GET", "/api/v1/whoami", rep.Secret, nil); st != 200 || !strings.Contains(string(b), `"user":"alice"`) {
+		t.Fatalf("whoami with a token: %d %s", st, b)
+	}
+	if st, b := bearer("POST", "/api/v1/vms", rep.Secret, api.StartArgs{Cluster: "tok", Count: 1}); st != 200 || !strings.Contains(string(b), `"ok":true`) {
+		t.Fatalf("start with a token: %d %s", st, b)
+	}
+	if st, _ := bearer("POST", "/api/v1/tokens", rep.Secret, map[string]string{"name": "more"}); st != 403 {
+		t.Errorf("a token made a token: %d", st)
+	}
+	if st, _ := bearer("GET", "/api/v1/whoami", rep.Secret+"x", nil); st != 401 {
+		t.Errorf("a wrong token: %d", st)
+	}
+	// Bob cannot revoke alice's token; alice can, over HTTP with her password.
+	var e apiErr
+	if st := hs.do(t, "bob", "DELETE", "/api/v1/tokens/"+rep.Tokens[0].ID+"?user=alice", nil, &e); st != 403 {
+		t.Errorf("bob revoked alice's token: %d %+v", st, e)
+	}
+	var tr api.TokensReply
+	if st := hs.do(t, "alice", "DELETE", "/api/v1/tokens/"+rep.Tokens[0].ID, nil, &tr); st != 200 || len(tr.Tokens) != 0 {
+		t.Fatalf("revoke: %d %+v", st, tr)
+	}
+	if st, _ := bearer("GET", "/api/v1/whoami", rep.Secret, nil); st != 401 {
+		t.Errorf("a revoked token still works: %d", st)
+	}
+}

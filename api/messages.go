@@ -420,3 +420,44 @@ const (
 	MaxConsoleFrame = 16 << 10
 	MaxConsoleTail  = 1 << 20
 )
+
+// Token actions.
+const (
+	TokensList   = "list"
+	TokensCreate = "create"
+	TokensRevoke = "revoke"
+)
+
+// TokensArgs manage the caller's API tokens (HTTP API: Authorization:
+// Bearer TOKEN): list them, create one (Name, optional Expires as a Go
+// duration, "720h"; "" = never), or revoke one (ID). Admins may name
+// another User for list and revoke. A request made with a token cannot
+// create tokens.
+type TokensArgs struct {
+	Action  string `json:"action"`
+	Name    string `json:"name,omitempty"`
+	Expires string `json:"expires,omitempty"`
+	ID      string `json:"id,omitempty"`
+	User    string `json:"user,omitempty"`
+}
+
+// Token describes an API token (never its secret).
+type Token struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name,omitempty"`
+	User    string    `json:"user"`
+	Admin   bool      `json:"admin,omitempty"`
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires,omitzero"`
+}
+
+// TokensReply lists the user's tokens; Secret is the new token, shown
+// only in the answer to create.
+type TokensReply struct {
+	User   string  `json:"user"`
+	Tokens []Token `json:"tokens"`
+	Secret string  `json:"secret,omitempty"`
+}
+
+// MaxTokens bounds a user's tokens.
+const MaxTokens = 32

@@ -74,6 +74,9 @@ var (
 	// SSH public keys (installed in the VMs it starts).
 	MImages = Method[Empty, ImagesReply]{"images", Authenticated}
 	MKeys   = Method[KeysArgs, KeysReply]{"keys", Authenticated}
+	// MTokens manages the caller's API tokens (the HTTP API's Bearer
+	// authentication).
+	MTokens = Method[TokensArgs, TokensReply]{"tokens", Authenticated}
 	// MEvents is the client's event feed: "ready", then events.
 	MEvents = Stream[EventsArgs, Event]{"events", Authenticated}
 	// MConsole attaches to a VM's serial console (owner and admins):

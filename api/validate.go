@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"strconv"
+	"time"
 )
 
 // Bounds of every field of both links. A value outside them is refused
@@ -298,6 +299,35 @@ func (a ConsoleArgs) Validate() error {
 	}
 	if a.Tail < 0 || a.Tail > MaxConsoleTail {
 		return bad("console: tail %d: 0 to %d bytes", a.Tail, MaxConsoleTail)
+	}
+	return nil
+}
+
+// Validate checks TokensArgs.
+func (a TokensArgs) Validate() error {
+	switch a.Action {
+	case TokensList:
+	case TokensCreate:
+		if len(a.Name) > 64 {
+			return bad("tokens create: name is %d bytes (at most 64)", len(a.Name))
+		}
+		if a.Expires != "" {
+			d, err := time.ParseDuration(a.Expires)
+			if err != nil || d <= 0 || d > 10*365*24*time.Hour {
+				return bad("tokens create: expires %.20q: a duration such as 720h, up to ten years", a.Expires)
+			}
+		}
+	case TokensRevoke:
+		if a.ID == "" || len(a.ID) > 64 {
+			return bad("tokens revoke: the token's id is required")
+		}
+	default:
+		return bad("tokens: action %.20q: want list, create or revoke", a.Action)
+	}
+	if a.User != "" {
+		if err := ValidLabel(a.User); err != nil {
+			return bad("tokens: user: %v", err)
+		}
 	}
 	return nil
 }

@@ -875,6 +875,15 @@ func (c *Client) Keys(ctx context.Context, a api.KeysArgs) (api.KeysReply, error
 	return Do(ctx, c, api.MKeys, a)
 }
 
+// Tokens lists, creates or revokes the caller's API tokens (for the HTTP
+// API); the reply to create holds the new token's secret, shown once.
+func (c *Client) Tokens(ctx context.Context, a api.TokensArgs) (api.TokensReply, error) {
+	if err := a.Validate(); err != nil {
+		return api.TokensReply{}, err
+	}
+	return Do(ctx, c, api.MTokens, a)
+}
+
 // Watch streams every event the user may see (admins: all) to f until ctx
 // ends or the session drops.
 func (c *Client) Watch(ctx context.Context, f func(api.Event)) error {

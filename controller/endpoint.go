@@ -29,9 +29,10 @@ type Options struct {
 	Logins         LoginLimits   // backoff after failed logins, per user and per address
 	Policy         PolicyAdmin
 	ControllerID   string
-	Known          *KnownLNMs // persisted list of LNMs (nil: none)
-	Keys           *KeyStore  // users' SSH public keys (nil: keys calls fail)
-	ImageDir       string     // the site image store as the controller sees it ("" = none)
+	Known          *KnownLNMs  // persisted list of LNMs (nil: none)
+	Keys           *KeyStore   // users' SSH public keys (nil: keys calls fail)
+	Tokens         *TokenStore // API tokens (nil: tokens calls fail, no Bearer logins)
+	ImageDir       string      // the site image store as the controller sees it ("" = none)
 	// Logger receives the endpoint's own records (logins, registrations,
 	// recovery); the transport logs through Server.Logger.
 	Logger *slog.Logger
@@ -191,6 +192,9 @@ func (s *Server) clientMux() *transport.Mux {
 	handle(m, api.MPlan, s.c.Plan)
 	handle(m, api.MImages, s.images)
 	handle(m, api.MKeys, s.keys)
+	handle(m, api.MTokens, func(ctx context.Context, id api.Identity, a api.TokensArgs) (api.TokensReply, error) {
+		return s.tokens(ctx, id, a, false)
+	})
 	handle(m, api.MStatus, func(ctx context.Context, id api.Identity, a api.StatusArgs) (api.Status, error) {
 		st := api.Status{Counts: s.c.State().Counts(), Sessions: s.Sessions(), Feeds: s.c.Subscribers()}
 		if a.Check {
@@ -614,4 +618,30 @@ func (s *Server) console(ctx context.Context, a api.ConsoleArgs, st *transport.S
 	err = transport.ConsoleRelay(ctx, st, up, transport.SessionFrom(ctx).Limits().KeepAlive)
 	s.log.Info("console closed", "user", id.User, "vm", vm.Name, "err", err)
 	return err
+}
+
+// tokens manages API tokens; an admin may list and revoke another user's.
+// A request authenticated by a token (viaToken) cannot make tokens.
+func (s *Server) tokens(ctx context.Context, id api.Identity, a api.TokensArgs, viaToken bool) (api.TokensReply, error) {
+	if err := a.Validate(); err != nil {
+		return api.TokensReply{}, err
+	}
+	if s.opts.Tokens == nil {
+		return api.TokensReply{}, api.Errorf(api.ErrUnavailable, "tokens: this controller keeps no API tokens")
+	}
+	user := id.User
+	if a.User != "" && a.User != id.User {
+		if !id.Admin || a.Action == api.TokensCreate {
+			return api.TokensReply{}, api.Errorf(api.ErrForbidden, "tokens: only admins list or revoke another user's tokens, and nobody makes them for another")
+		}
+		user = a.User
+	}
+	if viaToken && a.Action == api.TokensCreate {
+		return api.TokensReply{}, api.Errorf(api.ErrForbidden, "tokens: a token cannot make tokens; log in with your password")
+	}
+	rep, err := s.opts.Tokens.Serve(id, user, a)
+	if err == nil && a.Action != api.TokensList {
+		s.log.Info("API tokens changed", "user", user, "by", id.User, "action", a.Action, "tokens", len(rep.Tokens))
+	}
+	return rep, err
 }

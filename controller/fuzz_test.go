@@ -56,7 +56,11 @@ func startLive(dir string) (*live, error) {
 	if err != nil {
 		return nil, err
 	}
-	srv := controller.New(c, tlsCfg, controller.Options{Logins: controller.LoginLimits{Free: 1 << 30}, Keys: keys, ImageDir: dir})
+	tokens, err := controller.LoadTokenStore(filepath.Join(dir, "tokens.json"), slog.New(slog.DiscardHandler))
+	if err != nil {
+		return nil, err
+	}
+	srv := controller.New(c, tlsCfg, controller.Options{Logins: controller.LoginLimits{Free: 1 << 30}, Keys: keys, Tokens: tokens, ImageDir: dir})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -103,7 +107,7 @@ var clientMethods = []api.Method[json.RawMessage, json.RawMessage]{
 	{Name: api.MWhoami.Name}, {Name: api.MList.Name}, {Name: api.MListLNMs.Name}, {Name: api.MClusters.Name},
 	{Name: api.MStart.Name}, {Name: api.MOpOn.Name}, {Name: api.MMigrate.Name}, {Name: api.MForget.Name},
 	{Name: api.MPlan.Name}, {Name: api.MPolicy.Name}, {Name: api.MStatus.Name}, {Name: api.MAuth.Name},
-	{Name: api.MImages.Name}, {Name: api.MKeys.Name},
+	{Name: api.MImages.Name}, {Name: api.MKeys.Name}, {Name: api.MTokens.Name},
 }
 
 // FuzzClientMethods calls every method of the client link with arbitrary
@@ -122,6 +126,7 @@ func FuzzClientMethods(f *testing.F) {
 		"clusters": api.ClustersArgs{All: true},
 		"status":   api.StatusArgs{Check: true},
 		"policy":   api.PolicyArgs{Action: "status"},
+		"tokens":   api.TokensArgs{Action: api.TokensCreate, Name: "ci", Expires: "1h"},
 		"keys":     api.KeysArgs{Action: api.KeysAdd, Key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHvVr1Xn2zS1p3Zc0Pq3A1C7dUIxFt8e0XyE0m2cQ0tA a@b"},
 	}
 	for i, m := range clientMethods {

@@ -23,7 +23,8 @@ import (
 // The HTTP API: the client link's calls as JSON resources over HTTPS,
 // for tools that do not link the Go client. Same authentication chain
 // (HTTP Basic over TLS), same login backoff, same per-user visibility, the
-// same policy chain behind every call, the same sets as the shell
+// same policy chain behind every call (API tokens, Bearer, stand for the
+// identity they were made by), the same sets as the shell
 // (web[1-4], /re/, @cluster) and the same error codes.
 //
 //	GET    /api/v1/whoami
@@ -34,6 +35,7 @@ import (
 //	POST   /api/v1/plan                 api.PlanArgs
 //	GET    /api/v1/nodes[?status=1]     GET /api/v1/clusters[?all=1]   GET /api/v1/images
 //	GET    /api/v1/keys                 POST /api/v1/keys {"key"}      DELETE /api/v1/keys/{key}
+//	GET    /api/v1/tokens               POST /api/v1/tokens {"name","expires"}   DELETE /api/v1/tokens/{id}
 //	GET    /api/v1/policy               (admins)
 //	GET    /api/v1/events[?cluster=C&all=1]   Server-Sent Events, resumable (Last-Event-ID)
 
@@ -186,9 +188,15 @@ func (s *Server) ServeHTTP(ctx context.Context, ln net.Listener, tlsCfg *tls.Con
 // identity authenticates a request: HTTP Basic through the
 // authentication chain, after the same login backoff as the native link.
 func (h *httpAPI) identity(r *http.Request) (api.Identity, error) {
+	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		if h.s.opts.Tokens == nil {
+			return api.Identity{}, api.Errorf(api.ErrUnauthorized, "this controller keeps no API tokens")
+		}
+		return h.s.opts.Tokens.Identity(strings.TrimSpace(tok))
+	}
 	user, pw, ok := r.BasicAuth()
 	if !ok {
-		return api.Identity{}, api.Errorf(api.ErrUnauthorized, "log in with HTTP Basic authentication (user and password)")
+		return api.Identity{}, api.Errorf(api.ErrUnauthorized, "log in with HTTP Basic authentication (user and password) or an API token (Authorization: Bearer …)")
 	}
 	k := sha256.Sum256([]byte(user + "\x00" + pw))
 	if id, ok := h.auth.get(k); ok {
@@ -371,6 +379,30 @@ func (h *httpAPI) routes() http.Handler {
 	m.HandleFunc("GET /api/v1/keys", h.authed(keys(api.KeysList)))
 	m.HandleFunc("POST /api/v1/keys", h.authed(keys(api.KeysAdd)))
 	m.HandleFunc("DELETE /api/v1/keys/{key}", h.authed(keys(api.KeysRemove)))
+	tokens := func(action string) handlerFunc {
+		return func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
+			a := api.TokensArgs{Action: action, User: r.URL.Query().Get("user"), ID: r.PathValue("id")}
+			if action == api.TokensCreate {
+				var body struct {
+					Name    string `json:"name"`
+					Expires string `json:"expires"`
+				}
+				if err := decode(r, &body); err != nil {
+					return err
+				}
+				a.Name, a.Expires = body.Name, body.Expires
+			}
+			viaToken := strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ")
+			rep, err := h.s.tokens(r.Context(), id, a, viaToken)
+			if err == nil {
+				writeJSON(w, http.StatusOK, rep)
+			}
+			return err
+		}
+	}
+	m.HandleFunc("GET /api/v1/tokens", h.authed(tokens(api.TokensList)))
+	m.HandleFunc("POST /api/v1/tokens", h.authed(tokens(api.TokensCreate)))
+	m.HandleFunc("DELETE /api/v1/tokens/{id}", h.authed(tokens(api.TokensRevoke)))
 	m.HandleFunc("GET /api/v1/policy", h.authed(func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
 		if !id.Admin {
 			return api.Errorf(api.ErrForbidden, "policy status needs an admin")

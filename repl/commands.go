@@ -188,6 +188,23 @@ Examples:
   keys list --user alice`,
 			opts: []opt{{long: "user", arg: "USER", help: "another user's keys (admins)"}},
 			run:  cmdKeys},
+		&command{name: "token", usage: "[list] | create [--name NAME] [--expires DURATION] | revoke ID [--user USER]",
+			summary: "manage API tokens for the HTTP API",
+			doc: `API tokens let scripts and other systems use the HTTP API without
+your password: "Authorization: Bearer TOKEN". A token stands for you as
+you are now (your groups, admin or not) until it is revoked or expires.
+create prints the token once: keep it, it cannot be shown again (only a
+hash is kept). A token cannot make tokens. Admins may list and revoke
+another user's with --user.
+
+Examples:
+  token create --name ci --expires 720h
+  token list
+  token revoke 3f9a1c0b7e21`,
+			opts: []opt{{long: "name", arg: "NAME", help: "what the token is for"},
+				{long: "expires", arg: "DURATION", help: "lifetime, e.g. 720h (default: until revoked)"},
+				{long: "user", arg: "USER", help: "another user's tokens (admins; list and revoke)"}},
+			run: cmdToken},
 		&command{name: "whoami", summary: "show who the session is authenticated as",
 			doc: `Prints the user, groups, admin flag, Usher domain and controller
 address of the session (from the session, no remote call).
@@ -1164,4 +1181,38 @@ func readKeyFile(p string) (string, error) {
 	}
 	b, err := os.ReadFile(p)
 	return strings.TrimSpace(string(b)), err
+}
+
+func cmdToken(ctx context.Context, s *session, line string, a *parsed) (*step, error) {
+	c, err := s.client()
+	if err != nil {
+		return nil, err
+	}
+	args := api.TokensArgs{Action: api.TokensList, User: a.opts["user"], Name: a.opts["name"], Expires: a.opts["expires"]}
+	if len(a.pos) > 0 {
+		args.Action = a.pos[0]
+	}
+	switch args.Action {
+	case api.TokensList, api.TokensCreate:
+		if len(a.pos) > 1 {
+			return nil, fmt.Errorf("token %s takes no more words", args.Action)
+		}
+	case api.TokensRevoke:
+		if len(a.pos) != 2 {
+			return nil, errors.New("token revoke ID")
+		}
+		args.ID = a.pos[1]
+	default:
+		return nil, fmt.Errorf("token: unknown action %q (list, create or revoke)", args.Action)
+	}
+	if err := args.Validate(); err != nil {
+		return nil, err
+	}
+	return &step{remote: func(ctx context.Context) (*outcome, error) {
+		r, err := c.Tokens(ctx, args)
+		if err != nil {
+			return nil, err
+		}
+		return &outcome{text: formatTokens(r), value: r}, nil
+	}}, nil
 }

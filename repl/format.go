@@ -393,3 +393,28 @@ func formatKeys(r api.KeysReply) string {
 	}
 	return table([]string{"TYPE", "FINGERPRINT", "COMMENT"}, rows)
 }
+
+func formatTokens(r api.TokensReply) string {
+	var b strings.Builder
+	if r.Secret != "" {
+		b.WriteString("new token (shown once; use it as \"Authorization: Bearer TOKEN\"):\n  " + r.Secret + "\n")
+	}
+	if len(r.Tokens) == 0 {
+		b.WriteString("no API tokens for " + r.User)
+		return b.String()
+	}
+	var rows [][]string
+	for _, t := range r.Tokens {
+		exp := "never"
+		if !t.Expires.IsZero() {
+			exp = t.Expires.Local().Format("2006-01-02 15:04")
+		}
+		admin := ""
+		if t.Admin {
+			admin = "admin"
+		}
+		rows = append(rows, []string{t.ID, t.Name, t.Created.Local().Format("2006-01-02 15:04"), exp, admin})
+	}
+	b.WriteString(table([]string{"ID", "NAME", "CREATED", "EXPIRES", ""}, rows))
+	return b.String()
+}

@@ -116,6 +116,10 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 		return nil, err
 	}
 	ccfg.GuestKeys = keys.Keys
+	tokens, err := controller.LoadTokenStore(filepath.Join(stateDir, "api-tokens.json"), log)
+	if err != nil {
+		return nil, err
+	}
 	c := &Controller{cfg: cfg, log: log, tls: tlsCfg, announce: announce, stateDir: stateDir}
 	hooks, policy := o.Hooks, o.Policy
 	if hooks == nil {
@@ -149,6 +153,7 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 	c.Server = controller.New(c.Core, tlsCfg, controller.Options{
 		Known:        c.known,
 		Keys:         keys,
+		Tokens:       tokens,
 		ImageDir:     cfg.String("controller.image_dir"),
 		ControllerID: randomID(),
 		Server: transport.ServerOptions{Limits: Limits(cfg, "controller."), Logger: log.With("component", "transport"),
