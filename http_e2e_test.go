@@ -415,3 +415,39 @@ func TestHTTPTokens(t *testing.T) {
 		t.Errorf("a revoked token still works: %d", st)
 	}
 }
+
+func TestHTTPMetrics(t *testing.T) {
+	hs := startHTTPSite(t)
+	var res api.Result
+	if st := hs.do(t, "alice", "POST", "/api/v1/vms", api.StartArgs{Cluster: "m", Count: 2}, &res); st != 200 || res.OK() != 2 {
+		t.Fatalf("start: %d %+v", st, res)
+	}
+	hs.do(t, "alice", "POST", "/api/v1/vms/m1/pause", map[string]any{}, nil)
+	hs.do(t, "alice", "POST", "/api/v1/vms/nosuch/pause", map[string]any{}, nil)
+	var e apiErr
+	if st := hs.do(t, "alice", "GET", "/metrics", nil, &e); st != 403 {
+		t.Errorf("metrics for a user: %d %+v", st, e)
+	}
+	req, _ := http.NewRequest("GET", hs.base+"/metrics", nil)
+	req.SetBasicAuth("root", "root-pw")
+	resp, err := hs.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	text := string(b)
+	for _, want := range []string{
+		`usher_vms{state="running"} 1`, `usher_vms{state="paused"} 1`, `usher_nodes{state="connected"} 2`,
+		`usher_requests_total{method="start",outcome="ok"} 1`, `usher_requests_total{method="op_on",outcome="ok"} 1`,
+		`usher_request_duration_seconds_count{method="start"} 1`, `usher_logins_total{outcome="ok"}`,
+		`usher_vm_list_entries{list="lost"} 0`, "go_goroutines", "process_resident_memory_bytes",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+		t.Errorf("metrics: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+}

@@ -261,4 +261,6 @@ type Counts struct {
 	LNMs      int `json:"lnms"`
 	Connected int `json:"connected"`
 	Clusters  int `json:"clusters"`
+	// ByState counts VMs per state (states with none are left out).
+	ByState map[VMState]int `json:"by_state,omitempty"`
 }

@@ -32,6 +32,7 @@ type Options struct {
 	Known          *KnownLNMs  // persisted list of LNMs (nil: none)
 	Keys           *KeyStore   // users' SSH public keys (nil: keys calls fail)
 	Tokens         *TokenStore // API tokens (nil: tokens calls fail, no Bearer logins)
+	Metrics        *Metrics    // Prometheus metrics on the HTTP API's /metrics (nil: none)
 	ImageDir       string      // the site image store as the controller sees it ("" = none)
 	// Logger receives the endpoint's own records (logins, registrations,
 	// recovery); the transport logs through Server.Logger.
@@ -243,15 +244,18 @@ func (s *Server) auth(ctx context.Context, a api.AuthArgs) (api.AuthReply, error
 		return fail(err)
 	}
 	if wait := s.logins.wait(a.User, st.peer.IP); wait > 0 {
+		s.opts.Metrics.login("backoff")
 		return fail(api.RetryAfter(api.Errorf(api.ErrUnauthorized,
 			"too many failed logins for %s or from %s: try again in %s", a.User, st.peer.IP, wait.Round(time.Second)), wait))
 	}
 	id, err := s.c.Authenticate(ctx, core.Credentials{User: a.User, Password: a.Password, Remote: st.peer.Remote})
 	if err != nil {
 		s.logins.failed(a.User, st.peer.IP)
+		s.opts.Metrics.login("failed")
 		return fail(err)
 	}
 	s.logins.succeeded(a.User, st.peer.IP)
+	s.opts.Metrics.login("ok")
 	st.id.Store(&id)
 	sess.Authenticated()
 	s.log.Info("user connected", "user", id.User, "remote", st.peer.Remote)

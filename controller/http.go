@@ -38,6 +38,7 @@ import (
 //	GET    /api/v1/tokens               POST /api/v1/tokens {"name","expires"}   DELETE /api/v1/tokens/{id}
 //	GET    /api/v1/policy               (admins)
 //	GET    /api/v1/events[?cluster=C&all=1]   Server-Sent Events, resumable (Last-Event-ID)
+//	GET    /metrics                     Prometheus metrics (admins)
 
 // maxBody bounds a request body (the largest start or op request fits).
 const maxBody = 8 << 20
@@ -205,6 +206,7 @@ func (h *httpAPI) identity(r *http.Request) (api.Identity, error) {
 	ip, _, _ := net.SplitHostPort(r.RemoteAddr)
 	s := h.s
 	if wait := s.logins.wait(user, ip); wait > 0 {
+		s.opts.Metrics.login("backoff")
 		return api.Identity{}, api.RetryAfter(api.Errorf(api.ErrUnauthorized,
 			"too many failed logins for %s or from %s: try again in %s", user, ip, wait.Round(time.Second)), wait)
 	}
@@ -215,9 +217,11 @@ func (h *httpAPI) identity(r *http.Request) (api.Identity, error) {
 	id, err := s.c.Authenticate(r.Context(), core.Credentials{User: user, Password: pw, Remote: r.RemoteAddr})
 	if err != nil {
 		s.logins.failed(user, ip)
+		s.opts.Metrics.login("failed")
 		return api.Identity{}, err
 	}
 	s.logins.succeeded(user, ip)
+	s.opts.Metrics.login("ok")
 	h.auth.put(k, id)
 	return id, nil
 }
@@ -417,6 +421,7 @@ func (h *httpAPI) routes() http.Handler {
 		return err
 	}))
 	m.HandleFunc("GET /api/v1/events", h.authed(h.events))
+	m.Handle("GET /metrics", h.metricsHandler())
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.ErrNotFound, "no resource %s %s (see docs/http-api.md)", r.Method, r.URL.Path))
 	})

@@ -59,6 +59,20 @@ func (s *State) Check() error {
 	if running != s.running {
 		fail("running count %d, %d VMs running", s.running, running)
 	}
+	per := map[api.VMState]int{}
+	for _, vm := range s.vms {
+		per[vm.State]++
+	}
+	for st, n := range s.byState {
+		if per[st] != n {
+			fail("%d VMs counted %s, %d are", n, st, per[st])
+		}
+	}
+	for st, n := range per {
+		if s.byState[st] != n {
+			fail("%d VMs counted %s, %d are", s.byState[st], st, n)
+		}
+	}
 	for o, m := range s.owners {
 		if len(m) == 0 {
 			fail("owner %q has an empty index", o)

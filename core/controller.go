@@ -23,6 +23,9 @@ type Config struct {
 	MaxRequestVMs int           // largest VM list one request may carry
 	EventBuffer   int           // pushed events queued per client before it is cut off
 	OwnerOnly     bool          // baseline: non-admins see and touch only their own VMs
+	// Observe, when set, is told of every client call the controller
+	// serves: its method, how long it took and how it ended (metrics).
+	Observe func(method string, took time.Duration, err error)
 	// GuestKeys returns a user's registered SSH public keys (one
 	// authorized_keys line per line): a VM they start gets them as its data
 	// ssh_keys before start_request, where a policy may change them.
@@ -198,6 +201,10 @@ type validator interface{ Validate() error }
 // the arguments valid and naming at most MaxRequestVMs VMs (vms), and a
 // panic anywhere in f fails this call only (recoverTo).
 func serve[A validator, R any](c *Controller, what string, a A, vms int, f func() (R, error)) (r R, err error) {
+	if obs := c.cfg.Observe; obs != nil {
+		t0 := time.Now()
+		defer func() { obs(what, time.Since(t0), err) }()
+	}
 	if err := c.begin(); err != nil {
 		return r, err
 	}

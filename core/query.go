@@ -132,6 +132,12 @@ func (s *State) Counts() api.Counts {
 	c := api.Counts{VMs: len(s.vms), Lost: len(s.lost), Missing: len(s.missing), LNMs: len(s.lnms), Clusters: len(s.clusters),
 		Connected: s.lnmsIn[api.LNMConnected], Unmanaged: s.unmanaged, Conflicts: s.conflicts}
 	c.Running = s.running
+	c.ByState = make(map[api.VMState]int, len(s.byState))
+	for st, n := range s.byState {
+		if n != 0 {
+			c.ByState[st] = n
+		}
+	}
 	return c
 }
 

@@ -53,6 +53,7 @@ type State struct {
 	missing  map[string]*api.VM
 	requests map[string][]*api.VM // owner\x00request id → VMs it created
 	running  int                  // VMs in state running: kept by insert, remove and setState, so Counts is O(1)
+	byState  map[api.VMState]int  // VMs per state, kept the same way (metrics)
 	// LNMs in each state, kept by syncSlotLocked: whether a restarted
 	// controller is whole again is asked at every registration.
 	lnmsIn    map[api.LNMState]int
@@ -75,6 +76,7 @@ func newState(domain string) *State {
 		missing:  map[string]*api.VM{},
 		requests: map[string][]*api.VM{},
 		lnmsIn:   map[api.LNMState]int{},
+		byState:  map[api.VMState]int{},
 	}
 }
 
@@ -136,6 +138,7 @@ func (s *State) insertLocked(vm *api.VM) bool {
 	if vm.State == api.StateRunning {
 		s.running++
 	}
+	s.byState[vm.State]++
 	o := s.owners[vm.Owner]
 	if o == nil {
 		o = s.ownerMapLocked(vm.Owner)
@@ -172,6 +175,7 @@ func (s *State) removeLocked(vm *api.VM) {
 	if vm.State == api.StateRunning {
 		s.running--
 	}
+	s.byState[vm.State]--
 	delete(s.vms, vm.Name)
 	if o := s.owners[vm.Owner]; o != nil {
 		delete(o, vm.Name)
@@ -235,6 +239,8 @@ func (s *State) setStateLocked(vm *api.VM, st api.VMState, reason string) bool {
 		if st == api.StateRunning {
 			s.running++
 		}
+		s.byState[vm.State]--
+		s.byState[st]++
 	}
 	var l *lnmRec
 	if indexed && consumes(vm.State) != consumes(st) {

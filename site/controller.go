@@ -116,6 +116,8 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 		return nil, err
 	}
 	ccfg.GuestKeys = keys.Keys
+	metrics := controller.NewMetrics()
+	ccfg.Observe = metrics.Observe
 	tokens, err := controller.LoadTokenStore(filepath.Join(stateDir, "api-tokens.json"), log)
 	if err != nil {
 		return nil, err
@@ -154,6 +156,7 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 		Known:        c.known,
 		Keys:         keys,
 		Tokens:       tokens,
+		Metrics:      metrics,
 		ImageDir:     cfg.String("controller.image_dir"),
 		ControllerID: randomID(),
 		Server: transport.ServerOptions{Limits: Limits(cfg, "controller."), Logger: log.With("component", "transport"),
