@@ -9,7 +9,7 @@ PKGS    := ./...
 # mid-run (golang/go#75804, fixed in Go 1.27); counts have no deadline.
 FUZZTIME ?=
 
-.PHONY: all build demo test test-unit test-chaos test-libvirt test-site test-fuzz bench vet fmt-check clean
+.PHONY: all build demo test test-unit test-chaos test-libvirt test-site test-web test-fuzz bench vet fmt-check clean
 
 all: build
 
@@ -23,7 +23,7 @@ demo: build
 
 # Every test, with the race detector, plus vet, a formatting check and a
 # short fuzz pass over each decoder.
-test: vet fmt-check test-unit test-libvirt test-site test-fuzz
+test: vet fmt-check test-unit test-libvirt test-site test-web test-fuzz
 
 test-unit:
 	$(GO) test -race -count=1 $(PKGS)
@@ -45,6 +45,11 @@ test-libvirt:
 test-site:
 	$(GO) test -race -count=1 -tags site ./lua/...
 
+# The web console in a real headless Chromium (chromedp); testdata/web/harness.sh
+# installs the Debian package chromium when missing.
+test-web:
+	$(GO) test -race -count=1 -tags web -run 'Web' -v .
+
 test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadEnvelope$$' -fuzztime $(or $(FUZZTIME),300000x) ./transport/
 	$(GO) test -run '^$$' -fuzz '^FuzzPipeDecode$$' -fuzztime $(or $(FUZZTIME),300000x) ./transport/
@@ -59,6 +64,7 @@ vet:
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags libvirt $(PKGS)
 	$(GO) vet -tags site $(PKGS)
+	$(GO) vet -tags web $(PKGS)
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

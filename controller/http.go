@@ -17,6 +17,7 @@ import (
 
 	"github.com/usher-vm/usher/api"
 	"github.com/usher-vm/usher/client"
+	"github.com/usher-vm/usher/controller/webui"
 	"github.com/usher-vm/usher/core"
 )
 
@@ -39,6 +40,7 @@ import (
 //	GET    /api/v1/policy               (admins)
 //	GET    /api/v1/events[?cluster=C&all=1]   Server-Sent Events, resumable (Last-Event-ID)
 //	GET    /metrics                     Prometheus metrics (admins)
+//	GET    /ui/                         the web console (package webui)
 
 // maxBody bounds a request body (the largest start or op request fits).
 const maxBody = 8 << 20
@@ -74,10 +76,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc.Encode(v)
 }
 
-// writeError answers with {"error": {"code", "msg"}}.
-func writeError(w http.ResponseWriter, err error) {
+// writeError answers with {"error": {"code", "msg"}}. A 401 asks for
+// Basic credentials, except from the web console (X-Usher-Client: web),
+// where the browser would answer it with its own login dialog.
+func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	e := api.AsError(err)
-	if e.Code == api.CodeUnauthorized {
+	if e.Code == api.CodeUnauthorized && r.Header.Get("X-Usher-Client") != "web" {
 		w.Header().Set("WWW-Authenticate", `Basic realm="usher", charset="UTF-8"`)
 	}
 	if e.RetryMS > 0 {
@@ -237,7 +241,7 @@ func (h *httpAPI) authed(f handlerFunc) http.HandlerFunc {
 			err = f(w, r, id)
 		}
 		if err != nil {
-			writeError(w, err)
+			writeError(w, r, err)
 		}
 	}
 }
@@ -422,8 +426,17 @@ func (h *httpAPI) routes() http.Handler {
 	}))
 	m.HandleFunc("GET /api/v1/events", h.authed(h.events))
 	m.Handle("GET /metrics", h.metricsHandler())
+	ui := http.StripPrefix("/ui/", http.FileServerFS(webui.FS()))
+	m.Handle("GET /ui/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		ui.ServeHTTP(w, r)
+	}))
+	m.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, api.Errorf(api.ErrNotFound, "no resource %s %s (see docs/http-api.md)", r.Method, r.URL.Path))
+		writeError(w, r, api.Errorf(api.ErrNotFound, "no resource %s %s (see docs/http-api.md)", r.Method, r.URL.Path))
 	})
 	return m
 }

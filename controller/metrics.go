@@ -132,7 +132,7 @@ func (h *httpAPI) metricsHandler() http.Handler {
 	m := h.s.opts.Metrics
 	if m == nil {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			writeError(w, api.Errorf(api.ErrNotFound, "this controller keeps no metrics"))
+			writeError(w, r, api.Errorf(api.ErrNotFound, "this controller keeps no metrics"))
 		})
 	}
 	reg := prometheus.NewRegistry()
