@@ -451,3 +451,60 @@ func TestHTTPMetrics(t *testing.T) {
 		t.Errorf("metrics: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
 }
+
+func TestHTTPAsyncOperations(t *testing.T) {
+	hs := startHTTPSite(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	evs := hs.openEvents(t, ctx, "alice", "")
+	req, _ := http.NewRequest("POST", hs.base+"/api/v1/vms?async=1", strings.NewReader(`{"cluster":"as","count":2,"id":"async-1"}`))
+	req.SetBasicAuth("alice", "alice-pw")
+	resp, err := hs.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var op api.Operation
+	json.NewDecoder(resp.Body).Decode(&op)
+	resp.Body.Close()
+	if resp.StatusCode != 202 || op.ID == "" || resp.Header.Get("Location") != "/api/v1/operations/"+op.ID || op.Method != "start" {
+		t.Fatalf("async start: %d %+v %v", resp.StatusCode, op, resp.Header)
+	}
+	var done api.Operation
+	if st := hs.do(t, "alice", "GET", "/api/v1/operations/"+op.ID+"/wait?timeout=60s", nil, &done); st != 200 || done.Status != api.OpDone || done.Result == nil || done.Result.OK() != 2 {
+		t.Fatalf("wait: %d %+v", st, done)
+	}
+	next(t, evs, "the operation's event", func(e sseEvent) bool {
+		return e.typ == api.EvOperation && e.ev.Detail["id"] == op.ID && e.ev.Detail["status"] == api.OpDone
+	})
+	// The request id makes a retry idempotent, asynchronous or not.
+	var again api.Result
+	if st := hs.do(t, "alice", "POST", "/api/v1/vms", api.StartArgs{Cluster: "as", Count: 2, ID: "async-1"}, &again); st != 200 || again.OK() != 2 {
+		t.Fatalf("retry: %d %+v", st, again)
+	}
+	var lr api.ListReply
+	if hs.do(t, "alice", "GET", "/api/v1/vms?cluster=as", nil, &lr); len(lr.VMs) != 2 {
+		t.Fatalf("a retry started more VMs: %d", len(lr.VMs))
+	}
+	// An asynchronous operation that fails says why; others' operations are not found.
+	req, _ = http.NewRequest("POST", hs.base+"/api/v1/vms/as1/restore?async=1", strings.NewReader(`{}`))
+	req.SetBasicAuth("alice", "alice-pw")
+	resp, err = hs.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(resp.Body).Decode(&op)
+	resp.Body.Close()
+	if st := hs.do(t, "alice", "GET", "/api/v1/operations/"+op.ID+"/wait", nil, &done); st != 200 || done.Status != api.OpDone || done.Result.OK() != 0 {
+		t.Fatalf("restore of a running VM: %d %+v", st, done)
+	}
+	var e apiErr
+	if st := hs.do(t, "bob", "GET", "/api/v1/operations/"+op.ID, nil, &e); st != 404 {
+		t.Errorf("bob reads alice's operation: %d", st)
+	}
+	var list struct {
+		Operations []api.Operation `json:"operations"`
+	}
+	if hs.do(t, "alice", "GET", "/api/v1/operations", nil, &list); len(list.Operations) != 2 {
+		t.Errorf("alice's operations: %+v", list)
+	}
+}

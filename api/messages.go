@@ -461,3 +461,25 @@ type TokensReply struct {
 
 // MaxTokens bounds a user's tokens.
 const MaxTokens = 32
+
+// Operation is an asynchronous request of the HTTP API (?async=1): it
+// runs on after the answer; poll it, wait for it, or watch the event
+// stream for its "operation" event.
+type Operation struct {
+	ID      string    `json:"id"`
+	User    string    `json:"user"`
+	Method  string    `json:"method"` // start, op_on, migrate, forget
+	Status  string    `json:"status"` // running, done, failed
+	Created time.Time `json:"created"`
+	Done    time.Time `json:"done,omitzero"`
+	Result  *Result   `json:"result,omitempty"`
+	Error   *Error    `json:"error,omitempty"`
+}
+
+// Operation statuses, and the event type announcing one's end.
+const (
+	OpRunning   = "running"
+	OpDone      = "done"
+	OpFailed    = "failed"
+	EvOperation = "operation"
+)

@@ -37,6 +37,7 @@ import (
 //	GET    /api/v1/nodes[?status=1]     GET /api/v1/clusters[?all=1]   GET /api/v1/images
 //	GET    /api/v1/keys                 POST /api/v1/keys {"key"}      DELETE /api/v1/keys/{key}
 //	GET    /api/v1/tokens               POST /api/v1/tokens {"name","expires"}   DELETE /api/v1/tokens/{id}
+//	GET    /api/v1/operations[/{id}[/wait?timeout=30s]]   asynchronous requests (?async=1 on POSTs)
 //	GET    /api/v1/policy               (admins)
 //	GET    /api/v1/events[?cluster=C&all=1]   Server-Sent Events, resumable (Last-Event-ID)
 //	GET    /metrics                     Prometheus metrics (admins)
@@ -146,6 +147,8 @@ type httpAPI struct {
 	o      HTTPOptions
 	auth   *authCache
 	replay *replay
+	ops    *operations
+	ctx    context.Context // the server's: asynchronous operations run under it
 }
 
 // ServeHTTP serves the HTTP API over TLS on ln until ctx ends (then it
@@ -159,7 +162,7 @@ func (s *Server) ServeHTTP(ctx context.Context, ln net.Listener, tlsCfg *tls.Con
 		o.Replay = 8192
 	}
 	h := &httpAPI{s: s, o: o, auth: &authCache{ttl: o.AuthTTL, max: 10_000, m: map[[32]byte]authEntry{}},
-		replay: newReplay(o.Replay)}
+		replay: newReplay(o.Replay), ops: newOperations(1000), ctx: ctx}
 	cfg := tlsCfg.Clone()
 	cfg.ClientAuth = tls.NoClientCert
 	cfg.NextProtos = []string{"h2", "http/1.1"}
@@ -184,6 +187,7 @@ func (s *Server) ServeHTTP(ctx context.Context, ln net.Listener, tlsCfg *tls.Con
 	case err = <-errc:
 	}
 	wg.Wait()
+	h.ops.wg.Wait()
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
@@ -317,9 +321,14 @@ func (h *httpAPI) routes() http.Handler {
 		if err := a.Validate(); err != nil {
 			return err
 		}
-		res, err := c.Start(r.Context(), id, a)
-		return result(w, res, err)
+		return h.async(w, r, id, "start", func(ctx context.Context) (*api.Result, error) { return c.Start(ctx, id, a) })
 	}))
+	m.HandleFunc("GET /api/v1/operations", h.authed(func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
+		writeJSON(w, http.StatusOK, map[string][]api.Operation{"operations": h.ops.list(id, flag(r, "all"))})
+		return nil
+	}))
+	m.HandleFunc("GET /api/v1/operations/{id}", h.authed(h.operation(false)))
+	m.HandleFunc("GET /api/v1/operations/{id}/wait", h.authed(h.operation(true)))
 	m.HandleFunc("POST /api/v1/vms/{set}/{action}", h.authed(h.action))
 	m.HandleFunc("POST /api/v1/plan", h.authed(func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
 		var a api.PlanArgs
@@ -466,20 +475,19 @@ func (h *httpAPI) action(w http.ResponseWriter, r *http.Request, id api.Identity
 		return err
 	}
 	c := h.s.c
-	var res *api.Result
 	switch action := r.PathValue("action"); action {
 	case "migrate":
 		a := api.MigrateArgs{ID: body.ID, VMs: names, LNMs: body.LNMs, Args: body.Args}
 		if err := a.Validate(); err != nil {
 			return err
 		}
-		res, err = c.Migrate(r.Context(), id, a)
+		return h.async(w, r, id, "migrate", func(ctx context.Context) (*api.Result, error) { return c.Migrate(ctx, id, a) })
 	case "forget":
 		a := api.ForgetArgs{VMs: names}
 		if err := a.Validate(); err != nil {
 			return err
 		}
-		res, err = c.Forget(r.Context(), id, a)
+		return h.async(w, r, id, "forget", func(ctx context.Context) (*api.Result, error) { return c.Forget(ctx, id, a) })
 	default:
 		op, perr := api.ParseOp(action)
 		if perr != nil {
@@ -489,9 +497,8 @@ func (h *httpAPI) action(w http.ResponseWriter, r *http.Request, id api.Identity
 		if err := a.Validate(); err != nil {
 			return err
 		}
-		res, err = c.OpOn(r.Context(), id, a)
+		return h.async(w, r, id, "op_on", func(ctx context.Context) (*api.Result, error) { return c.OpOn(ctx, id, a) })
 	}
-	return result(w, res, err)
 }
 
 func opNames() string {
@@ -703,7 +710,11 @@ func (h *httpAPI) events(w http.ResponseWriter, r *http.Request, id api.Identity
 			if err != nil {
 				return nil
 			}
-			if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.Seq, ev.Type, b); err != nil {
+			idLine := ""
+			if ev.Seq != 0 { // operation events have no number of their own
+				idLine = fmt.Sprintf("id: %d\n", ev.Seq)
+			}
+			if _, err := fmt.Fprintf(w, "%sevent: %s\ndata: %s\n\n", idLine, ev.Type, b); err != nil {
 				return nil
 			}
 		}
