@@ -221,6 +221,19 @@ func TestHTTPAPI(t *testing.T) {
 		t.Errorf("truncated JSON: %d", st)
 	}
 
+	// The OpenAPI document, served as checked in.
+	req, _ = http.NewRequest("GET", hs.base+"/api/v1/openapi.json", nil)
+	if resp, err := hs.hc.Do(req); err != nil {
+		t.Fatal(err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		want, _ := os.ReadFile("docs/openapi.json")
+		if resp.StatusCode != 200 || !bytes.Equal(b, want) {
+			t.Errorf("openapi.json: %d, %d bytes, docs/openapi.json %d", resp.StatusCode, len(b), len(want))
+		}
+	}
+
 	// Resources: nodes, clusters, images, keys.
 	var nodes api.ListLNMsReply
 	if st := hs.do(t, "alice", "GET", "/api/v1/nodes", nil, &nodes); st != 200 || len(nodes.LNMs) != 2 {

@@ -149,6 +149,7 @@ type httpAPI struct {
 	replay *replay
 	ops    *operations
 	ctx    context.Context // the server's: asynchronous operations run under it
+	docs   []docRoute      // the routes' documentation (OpenAPI)
 }
 
 // ServeHTTP serves the HTTP API over TLS on ln until ctx ends (then it
@@ -260,21 +261,24 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
-func flag(r *http.Request, name string) bool {
+func queryFlag(r *http.Request, name string) bool {
 	v := r.URL.Query().Get(name)
 	return v == "1" || v == "true" || v == "yes"
 }
 
 func (h *httpAPI) routes() http.Handler {
 	m := http.NewServeMux()
-	c := h.s.c
-	m.HandleFunc("GET /api/v1/whoami", h.authed(func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
+	var c *core.Controller // nil when only the routes' documentation is built
+	if h.s != nil {
+		c = h.s.c
+	}
+	h.route(m, "GET /api/v1/whoami", routeDoc{Summary: "Who the caller is, and the Usher domain", Query: []string{}, Body: nil, Reply: api.AuthReply{}}, (func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
 		writeJSON(w, http.StatusOK, api.AuthReply{Identity: id, Domain: c.Domain()})
 		return nil
 	}))
-	m.HandleFunc("GET /api/v1/vms", h.authed(func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
+	h.route(m, "GET /api/v1/vms", routeDoc{Summary: "List VMs (yours; admins: everyone’s with all=1)", Query: []string{"all", "cluster", "status", "lists", "vms"}, Body: nil, Reply: &api.ListReply{}}, (func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
 		q := r.URL.Query()
-		a := api.ListArgs{All: flag(r, "all"), Cluster: q.Get("cluster"), Status: flag(r, "status"), Lists: flag(r, "lists")}
+		a := api.ListArgs{All: queryFlag(r, "all"), Cluster: q.Get("cluster"), Status: queryFlag(r, "status"), Lists: queryFlag(r, "lists")}
 		if set := q.Get("vms"); set != "" {
 			names, err := h.expand(r.Context(), id, set, a.All)
 			if err != nil {
@@ -295,7 +299,7 @@ func (h *httpAPI) routes() http.Handler {
 		writeJSON(w, http.StatusOK, rep)
 		return nil
 	}))
-	m.HandleFunc("GET /api/v1/vms/{vm}", h.authed(func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
+	h.route(m, "GET /api/v1/vms/{vm}", routeDoc{Summary: "One VM", Query: []string{"status"}, Body: nil, Reply: &api.VM{}}, (func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
 		names, err := h.expand(r.Context(), id, r.PathValue("vm"), id.Admin)
 		if err != nil {
 			return err
@@ -303,7 +307,7 @@ func (h *httpAPI) routes() http.Handler {
 		if len(names) != 1 {
 			return api.Errorf(api.ErrBadRequest, "%q names %d VMs; GET /api/v1/vms?vms=SET lists sets", r.PathValue("vm"), len(names))
 		}
-		rep, err := c.List(r.Context(), id, api.ListArgs{Names: names, Status: flag(r, "status"), All: id.Admin})
+		rep, err := c.List(r.Context(), id, api.ListArgs{Names: names, Status: queryFlag(r, "status"), All: id.Admin})
 		if err != nil {
 			return err
 		}
@@ -313,7 +317,7 @@ func (h *httpAPI) routes() http.Handler {
 		writeJSON(w, http.StatusOK, rep.VMs[0])
 		return nil
 	}))
-	m.HandleFunc("POST /api/v1/vms", h.authed(func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
+	h.route(m, "POST /api/v1/vms", routeDoc{Summary: "Start VMs in a cluster (?async=1: answer at once with an operation)", Query: []string{"async"}, Body: api.StartArgs{}, Reply: &api.Result{}}, (func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
 		var a api.StartArgs
 		if err := decode(r, &a); err != nil {
 			return err
@@ -323,14 +327,14 @@ func (h *httpAPI) routes() http.Handler {
 		}
 		return h.async(w, r, id, "start", func(ctx context.Context) (*api.Result, error) { return c.Start(ctx, id, a) })
 	}))
-	m.HandleFunc("GET /api/v1/operations", h.authed(func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
-		writeJSON(w, http.StatusOK, map[string][]api.Operation{"operations": h.ops.list(id, flag(r, "all"))})
+	h.route(m, "GET /api/v1/operations", routeDoc{Summary: "Your asynchronous operations (admins: everyone’s with all=1)", Query: []string{"all"}, Body: nil, Reply: opList{}}, (func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
+		writeJSON(w, http.StatusOK, opList{h.ops.list(id, queryFlag(r, "all"))})
 		return nil
 	}))
-	m.HandleFunc("GET /api/v1/operations/{id}", h.authed(h.operation(false)))
-	m.HandleFunc("GET /api/v1/operations/{id}/wait", h.authed(h.operation(true)))
-	m.HandleFunc("POST /api/v1/vms/{set}/{action}", h.authed(h.action))
-	m.HandleFunc("POST /api/v1/plan", h.authed(func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
+	h.route(m, "GET /api/v1/operations/{id}", routeDoc{Summary: "One asynchronous operation", Query: []string{}, Body: nil, Reply: api.Operation{}}, (h.operation(false)))
+	h.route(m, "GET /api/v1/operations/{id}/wait", routeDoc{Summary: "Wait for an asynchronous operation to end (timeout=30s, up to 10m)", Query: []string{"timeout"}, Body: nil, Reply: api.Operation{}}, (h.operation(true)))
+	h.route(m, "POST /api/v1/vms/{set}/{action}", routeDoc{Summary: "An operation (pause, resume, shutdown, reboot, hibernate, restore, destroy, cycle), migrate or forget on a VM set (?async=1)", Query: []string{"async"}, Body: actionBody{}, Reply: &api.Result{}}, (h.action))
+	h.route(m, "POST /api/v1/plan", routeDoc{Summary: "Dry-run a request through the policy chain: what it would do and the decision trace", Query: []string{}, Body: api.PlanArgs{}, Reply: &api.Result{}}, (func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
 		var a api.PlanArgs
 		if err := decode(r, &a); err != nil {
 			return err
@@ -341,8 +345,8 @@ func (h *httpAPI) routes() http.Handler {
 		res, err := c.Plan(r.Context(), id, a)
 		return result(w, res, err)
 	}))
-	m.HandleFunc("GET /api/v1/nodes", h.authed(func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
-		a := api.ListLNMsArgs{Status: flag(r, "status")}
+	h.route(m, "GET /api/v1/nodes", routeDoc{Summary: "The LNMs (physical nodes)", Query: []string{"status"}, Body: nil, Reply: &api.ListLNMsReply{}}, (func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
+		a := api.ListLNMsArgs{Status: queryFlag(r, "status")}
 		if err := a.Validate(); err != nil {
 			return err
 		}
@@ -353,8 +357,8 @@ func (h *httpAPI) routes() http.Handler {
 		writeJSON(w, http.StatusOK, rep)
 		return nil
 	}))
-	m.HandleFunc("GET /api/v1/clusters", h.authed(func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
-		rep, err := c.Clusters(r.Context(), id, api.ClustersArgs{All: flag(r, "all")})
+	h.route(m, "GET /api/v1/clusters", routeDoc{Summary: "Virtual clusters (admins: everyone’s with all=1)", Query: []string{"all"}, Body: nil, Reply: api.ClustersReply{}}, (func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
+		rep, err := c.Clusters(r.Context(), id, api.ClustersArgs{All: queryFlag(r, "all")})
 		if err != nil {
 			return err
 		}
@@ -364,7 +368,7 @@ func (h *httpAPI) routes() http.Handler {
 		writeJSON(w, http.StatusOK, rep)
 		return nil
 	}))
-	m.HandleFunc("GET /api/v1/images", h.authed(func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
+	h.route(m, "GET /api/v1/images", routeDoc{Summary: "The site image store", Query: []string{}, Body: nil, Reply: api.ImagesReply{}}, (func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
 		rep, err := h.s.images(r.Context(), id, api.Empty{})
 		if err == nil {
 			writeJSON(w, http.StatusOK, rep)
@@ -375,9 +379,7 @@ func (h *httpAPI) routes() http.Handler {
 		return func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
 			a := api.KeysArgs{Action: action, User: r.URL.Query().Get("user"), Key: r.PathValue("key")}
 			if action == api.KeysAdd {
-				var body struct {
-					Key string `json:"key"`
-				}
+				var body keyBody
 				if err := decode(r, &body); err != nil {
 					return err
 				}
@@ -393,17 +395,14 @@ func (h *httpAPI) routes() http.Handler {
 			return err
 		}
 	}
-	m.HandleFunc("GET /api/v1/keys", h.authed(keys(api.KeysList)))
-	m.HandleFunc("POST /api/v1/keys", h.authed(keys(api.KeysAdd)))
-	m.HandleFunc("DELETE /api/v1/keys/{key}", h.authed(keys(api.KeysRemove)))
+	h.route(m, "GET /api/v1/keys", routeDoc{Summary: "Your SSH public keys (admins: user=U)", Query: []string{"user"}, Body: nil, Reply: api.KeysReply{}}, (keys(api.KeysList)))
+	h.route(m, "POST /api/v1/keys", routeDoc{Summary: "Register an SSH public key", Query: []string{"user"}, Body: keyBody{}, Reply: api.KeysReply{}}, (keys(api.KeysAdd)))
+	h.route(m, "DELETE /api/v1/keys/{key}", routeDoc{Summary: "Remove an SSH public key (the line, its fingerprint or its comment)", Query: []string{"user"}, Body: nil, Reply: api.KeysReply{}}, (keys(api.KeysRemove)))
 	tokens := func(action string) handlerFunc {
 		return func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
 			a := api.TokensArgs{Action: action, User: r.URL.Query().Get("user"), ID: r.PathValue("id")}
 			if action == api.TokensCreate {
-				var body struct {
-					Name    string `json:"name"`
-					Expires string `json:"expires"`
-				}
+				var body tokenBody
 				if err := decode(r, &body); err != nil {
 					return err
 				}
@@ -417,10 +416,10 @@ func (h *httpAPI) routes() http.Handler {
 			return err
 		}
 	}
-	m.HandleFunc("GET /api/v1/tokens", h.authed(tokens(api.TokensList)))
-	m.HandleFunc("POST /api/v1/tokens", h.authed(tokens(api.TokensCreate)))
-	m.HandleFunc("DELETE /api/v1/tokens/{id}", h.authed(tokens(api.TokensRevoke)))
-	m.HandleFunc("GET /api/v1/policy", h.authed(func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
+	h.route(m, "GET /api/v1/tokens", routeDoc{Summary: "Your API tokens (admins: user=U)", Query: []string{"user"}, Body: nil, Reply: api.TokensReply{}}, (tokens(api.TokensList)))
+	h.route(m, "POST /api/v1/tokens", routeDoc{Summary: "Make an API token (its secret is in this answer only)", Query: []string{}, Body: tokenBody{}, Reply: api.TokensReply{}}, (tokens(api.TokensCreate)))
+	h.route(m, "DELETE /api/v1/tokens/{id}", routeDoc{Summary: "Revoke an API token", Query: []string{"user"}, Body: nil, Reply: api.TokensReply{}}, (tokens(api.TokensRevoke)))
+	h.route(m, "GET /api/v1/policy", routeDoc{Summary: "The policy scripts’ status (admins)", Query: []string{}, Body: nil, Reply: api.PolicyReply{}}, (func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
 		if !id.Admin {
 			return api.Errorf(api.ErrForbidden, "policy status needs an admin")
 		}
@@ -433,8 +432,17 @@ func (h *httpAPI) routes() http.Handler {
 		}
 		return err
 	}))
-	m.HandleFunc("GET /api/v1/events", h.authed(h.events))
+	h.route(m, "GET /api/v1/events", routeDoc{Summary: "Server-Sent Events of your VMs (admins: all=1), resumable with Last-Event-ID", Query: []string{"cluster", "all", "after"}, Body: nil, Reply: nil}, (h.events))
 	m.Handle("GET /metrics", h.metricsHandler())
+	m.HandleFunc("GET /api/v1/openapi.json", func(w http.ResponseWriter, r *http.Request) {
+		b, err := OpenAPI()
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		w.Header().Set("Content-Type", "application/openapi+json")
+		w.Write(b)
+	})
 	ui := http.StripPrefix("/ui/", http.FileServerFS(webui.FS()))
 	m.Handle("GET /ui/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
@@ -461,12 +469,7 @@ func result(w http.ResponseWriter, res *api.Result, err error) error {
 
 // action serves POST /api/v1/vms/{set}/{action}.
 func (h *httpAPI) action(w http.ResponseWriter, r *http.Request, id api.Identity) error {
-	var body struct {
-		ID    string            `json:"id,omitempty"`
-		Args  map[string]string `json:"args,omitempty"`
-		Force bool              `json:"force,omitempty"`
-		LNMs  []string          `json:"lnms,omitempty"`
-	}
+	var body actionBody
 	if err := decode(r, &body); err != nil {
 		return err
 	}
@@ -657,7 +660,7 @@ func visible(id api.Identity, watch bool, cluster string, ev api.Event) bool {
 // gets every event of its own after that one.
 func (h *httpAPI) events(w http.ResponseWriter, r *http.Request, id api.Identity) error {
 	q := r.URL.Query()
-	cluster, watch := q.Get("cluster"), flag(r, "all")
+	cluster, watch := q.Get("cluster"), queryFlag(r, "all")
 	if watch && !id.Admin {
 		return api.Errorf(api.ErrForbidden, "watching every event needs an admin")
 	}

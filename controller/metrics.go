@@ -129,7 +129,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 
 // metricsHandler serves /metrics to admins.
 func (h *httpAPI) metricsHandler() http.Handler {
-	m := h.s.opts.Metrics
+	var m *Metrics
+	if h.s != nil {
+		m = h.s.opts.Metrics
+	}
 	if m == nil {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, r, api.Errorf(api.ErrNotFound, "this controller keeps no metrics"))

@@ -119,7 +119,7 @@ func (o *operations) list(id api.Identity, all bool) []api.Operation {
 // (?async=1), answering 202 with the operation; otherwise it runs it and
 // answers its result.
 func (h *httpAPI) async(w http.ResponseWriter, r *http.Request, id api.Identity, method string, call func(ctx context.Context) (*api.Result, error)) error {
-	if !flag(r, "async") {
+	if !queryFlag(r, "async") {
 		res, err := call(r.Context())
 		return result(w, res, err)
 	}
