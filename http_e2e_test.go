@@ -521,3 +521,43 @@ func TestHTTPAsyncOperations(t *testing.T) {
 		t.Errorf("alice's operations: %+v", list)
 	}
 }
+
+func TestLNMMetrics(t *testing.T) {
+	h := coretest.New(map[string]string{"alice": "alice-pw"}, "")
+	cfg := site.Params()
+	cfg.Set("lnm.metrics_listen", "127.0.0.1:0", "test")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := site.Start(ctx, site.Options{Dir: t.TempDir(), LNMs: 1, Hooks: h, Config: cfg,
+		Bind:           func(c *core.Controller) { h.View = c.State() },
+		ReportInterval: 100 * time.Millisecond, ScanInterval: 200 * time.Millisecond, KeepAlive: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	alice, err := s.Client(ctx, "alice", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	if r, err := alice.Start(ctx, api.StartArgs{Cluster: "m", Count: 1}); err != nil || r.OK() != 1 {
+		t.Fatalf("start: %v %+v", err, r)
+	}
+	pem, _ := os.ReadFile(s.CAFile)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "node1"}}}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get("https://" + s.MetricsAddr("node1") + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`usher_lnm_driver_call_duration_seconds_count{call="start",outcome="ok"} 1`,
+		`usher_lnm_connected 1`, `usher_lnm_guests 1`, `usher_lnm_node_cpu_cores{window="1m"}`, `usher_lnm_driver_call_duration_seconds_count{call="list",outcome="ok"}`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("LNM metrics lack %s", want)
+		}
+	}
+}

@@ -42,6 +42,7 @@ func (o *operations) run(ctx context.Context, id api.Identity, method string, f 
 	o.mu.Lock()
 	o.gcLocked()
 	o.m[e.op.ID] = e
+	first := e.op // what the answer says: the goroutine changes e.op
 	o.mu.Unlock()
 	o.wg.Add(1)
 	go func() {
@@ -59,7 +60,7 @@ func (o *operations) run(ctx context.Context, id api.Identity, method string, f 
 		o.mu.Unlock()
 		announce(op)
 	}()
-	return e.op
+	return first
 }
 
 // gcLocked drops finished operations older than an hour, and the oldest

@@ -259,6 +259,16 @@ func (s *Site) LNM(name string) *nodemgr.LNM {
 	return nil
 }
 
+// MetricsAddr is where LNM name serves its metrics ("" = off or no such LNM).
+func (s *Site) MetricsAddr(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sl := s.lnms[name]; sl != nil {
+		return sl.LNM.MetricsAddr()
+	}
+	return ""
+}
+
 // WaitLNMs waits until n LNMs are connected to the controller.
 func (s *Site) WaitLNMs(ctx context.Context, n int) error {
 	if _, ok := ctx.Deadline(); !ok {

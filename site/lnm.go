@@ -37,7 +37,8 @@ type LNMOptions struct {
 // driver.
 type LNM struct {
 	*nodemgr.LNM
-	drv nodemgr.Driver
+	drv     nodemgr.Driver
+	metrics *lnmMetrics // nil unless lnm.metrics_listen is set
 }
 
 // Driver is the LNM's VMM driver.
@@ -138,20 +139,48 @@ func NewLNM(ctx context.Context, cfg *config.Set, o LNMOptions) (*LNM, error) {
 			return nil, fmt.Errorf("%s driver: %w", kind.Name, err)
 		}
 	}
+	var lm *lnmMetrics
+	used := drv
+	if addr := c.String("lnm.metrics_listen"); addr != "" {
+		if lm, err = newLNMMetrics(addr, cert, key, c.String("lnm.metrics_token_file")); err != nil {
+			drv.Close()
+			return nil, err
+		}
+		used = nodemgr.Instrument(drv, lm.observe)
+	}
 	l, err := nodemgr.New(nodemgr.Options{Name: name, Address: c.String("lnm.address"), Controller: c.String("lnm.controller"),
-		TLS: tlsCfg, Driver: drv, Limits: Limits(cfg, "lnm."), ScanInterval: c.Duration("lnm.scan_interval"),
+		TLS: tlsCfg, Driver: used, Limits: Limits(cfg, "lnm."), ScanInterval: c.Duration("lnm.scan_interval"),
 		Logger: log.With("component", "nodemgr"), RecoveryListen: c.String("lnm.recovery_listen"), RecoveryTLS: recTLS,
 		MinBackoff: o.MinBackoff, MaxBackoff: o.MaxBackoff})
 	if err != nil {
+		if lm != nil {
+			lm.ln.Close()
+		}
 		drv.Close()
 		return nil, err
 	}
-	return &LNM{LNM: l, drv: drv}, nil
+	if lm != nil {
+		lm.node = l
+	}
+	return &LNM{LNM: l, drv: drv, metrics: lm}, nil
 }
 
-// Run serves the controller until ctx ends, then closes the driver (its
-// guests keep running).
+// MetricsAddr is where the LNM serves its metrics ("" = off).
+func (l *LNM) MetricsAddr() string {
+	if l.metrics == nil {
+		return ""
+	}
+	return l.metrics.ln.Addr().String()
+}
+
+// Run serves the controller (and the metrics, if configured) until ctx
+// ends, then closes the driver (its guests keep running).
 func (l *LNM) Run(ctx context.Context) error {
 	defer l.drv.Close()
+	if l.metrics != nil {
+		done := make(chan struct{})
+		go func() { defer close(done); l.metrics.serve(ctx) }()
+		defer func() { <-done }()
+	}
 	return l.LNM.Run(ctx)
 }

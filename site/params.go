@@ -71,6 +71,8 @@ func Params() *config.Set {
 		config.Param{Key: "lnm.cert_file", Kind: config.String, Default: "", Help: "LNM certificate (from `usher ca issue --role lnm`)"},
 		config.Param{Key: "lnm.key_file", Kind: config.String, Default: "", Help: "LNM key"},
 		config.Param{Key: "lnm.ca_file", Kind: config.String, Default: "", Help: "site CA certificate"},
+		config.Param{Key: "lnm.metrics_listen", Kind: config.String, Default: "", Help: "address of the LNM's Prometheus metrics (HTTPS with the LNM's certificate, GET /metrics): driver call latencies, node usage; \"\" = off"},
+		config.Param{Key: "lnm.metrics_token_file", Kind: config.String, Default: "", Help: "a file holding the bearer token scrapes of lnm.metrics_listen must send (\"\" = none: bind it to a management address)"},
 		config.Param{Key: "lnm.recovery_listen", Kind: config.String, Default: ":7071", Help: "where the LNM listens for a restarted controller's recovery announcement (\"\" = off)"},
 		config.Param{Key: "lnm.keepalive", Kind: config.Duration, Default: 5 * time.Second, Help: "yamux keepalive interval on the link to the controller"},
 		config.Param{Key: "lnm.write_timeout", Kind: config.Duration, Default: 10 * time.Second, Help: "a write or keepalive ping to the controller that takes longer fails the link (then the LNM reconnects)"},

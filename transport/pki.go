@@ -147,17 +147,19 @@ func (ca *CA) Issue(role, name string, hosts []string, dir string) (certPath, ke
 	case RoleController:
 		// Client auth too: the controller dials LNMs to announce recovery.
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
-		for _, h := range hosts {
-			if ip := net.ParseIP(h); ip != nil {
-				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-			} else {
-				tmpl.DNSNames = append(tmpl.DNSNames, h)
-			}
-		}
 	case RoleLNM:
-		// Server auth too: the LNM listens for recovery announcements. The
+		// Server auth too: the LNM listens for recovery announcements and
+		// serves its metrics (under its name and the hosts given). The
 		// role (OU) is what clients check, so it never passes as controller.
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}
+		tmpl.DNSNames = append(tmpl.DNSNames, name)
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else if h != name || role != RoleLNM {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {

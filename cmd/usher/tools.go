@@ -66,7 +66,7 @@ Example:
 		name := fs.String("name", "", "certificate name (for lnm: the node name)")
 		outDir := fs.String("out", "", "where to write NAME.crt and NAME.key (default: the CA directory)")
 		var hosts multi
-		fs.Var(&hosts, "host", "DNS name or IP of the controller (repeatable)")
+		fs.Var(&hosts, "host", "DNS name or IP the certificate serves under (repeatable): the controller's; for an LNM, besides its name, for its metrics")
 		if err := parse(fs, args[1:]); err != nil {
 			return err
 		}
