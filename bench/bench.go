@@ -3,6 +3,8 @@ package bench
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -51,8 +53,13 @@ type benchReport struct {
 	P99ms          float64 `json:"p99_ms"`
 	// requests, reload: the p99 split into the time from sending to the
 	// reply and how late the paced sender was (the machine is shared)
-	ServiceP99ms      float64 `json:"service_p99_ms,omitempty"`
-	LatenessP99ms     float64 `json:"send_lateness_p99_ms,omitempty"`
+	ServiceP99ms  float64 `json:"service_p99_ms,omitempty"`
+	LatenessP99ms float64 `json:"send_lateness_p99_ms,omitempty"`
+	// requests with --api both: the HTTP API's figures beside the native
+	// ones above, at the same rate in the same run
+	HTTPP50ms         float64 `json:"http_p50_ms,omitempty"`
+	HTTPP99ms         float64 `json:"http_p99_ms,omitempty"`
+	HTTPErrors        int64   `json:"http_errors,omitempty"`
 	ControllerCPU     float64 `json:"controller_cpu_seconds"`
 	ControllerCPUPct  float64 `json:"controller_cpu_percent"`
 	ControllerPeakRSS int64   `json:"controller_peak_rss_bytes"`
@@ -87,6 +94,8 @@ type benchOpts struct {
 	budget       time.Duration
 	heap         string
 	pprofAddr    string
+	api          string // requests: native, http or both
+	httpAddr     string // the controller's HTTP API
 }
 
 // Run is `usher bench`: it parses args and runs one scenario. It must run
@@ -109,6 +118,8 @@ scenario:
   recovery     --vms VMs running; kill -9 the controller and restart it: time
                until the state is whole again
   requests     single-VM starts at --rate requests/s for --duration: latency
+               (--api http: through the HTTP API; --api both: native, then
+               HTTP, at the same rate in one run, with their ratio)
   chain        per-event cost of a chain of five Lua handlers (in process)
   reload       hot-swap a placement script every 500ms under a stream of
                starts: errors must stay 0
@@ -132,6 +143,7 @@ Examples:
 	fs.IntVar(&o.clients, "clients", 4, "concurrent clients")
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "how long steady, requests, chain and reload run")
 	fs.IntVar(&o.rate, "rate", 1000, "requests: target requests per second")
+	fs.StringVar(&o.api, "api", "native", "requests: native (the Go client), http (the HTTP API) or both, one after the other")
 	fs.IntVar(&o.generators, "generators", 2, "load-generator processes hosting the LNMs")
 	fs.StringVar(&o.jsonFile, "json", "", "also write the report as JSON to this file")
 	fs.BoolVar(&o.keep, "keep", false, "keep the working directory (logs, state) afterwards")
@@ -149,6 +161,9 @@ Examples:
 	if o.lnms < 1 || o.lnms > 100000 || o.vms < 0 || o.vms > 10000000 || o.batch < 1 || o.clients < 1 || o.clients > 1000 ||
 		o.generators < 1 || o.generators > 64 || o.duration <= 0 || o.duration > time.Hour || o.rate < 1 {
 		return fmt.Errorf("flag out of range (see --help)")
+	}
+	if o.api != "native" && o.api != "http" && o.api != "both" {
+		return fmt.Errorf("--api %q: native, http or both", o.api)
 	}
 	if o.generators > o.lnms {
 		o.generators = o.lnms
@@ -195,6 +210,10 @@ func printReport(w io.Writer, r *benchReport) {
 	fmt.Fprintf(w, "latency       p50 %.3f ms  p95 %.3f ms  p99 %.3f ms\n", r.P50ms, r.P95ms, r.P99ms)
 	if r.ServiceP99ms > 0 {
 		fmt.Fprintf(w, "  p99 split   from send to reply %.3f ms, sender late by %.3f ms\n", r.ServiceP99ms, r.LatenessP99ms)
+	}
+	if r.HTTPP50ms > 0 {
+		fmt.Fprintf(w, "HTTP API      p50 %.3f ms  p99 %.3f ms (errors %d); HTTP/native p50 %.2f, p99 %.2f\n",
+			r.HTTPP50ms, r.HTTPP99ms, r.HTTPErrors, r.HTTPP50ms/max(r.P50ms, 0.001), r.HTTPP99ms/max(r.P99ms, 0.001))
 	}
 	if r.ControllerPeakRSS > 0 {
 		fmt.Fprintf(w, "controller    %.2f CPU s (%.2f%% of a core), RSS %.1f MiB, peak %.1f MiB\n",
@@ -478,6 +497,15 @@ level = %q
 		filepath.Join(dir, "ctl"), o.report.String(), o.budget.String(), policies, htFile, o.logLevel)
 	if o.memLimitMB > 0 {
 		conf = strings.Replace(conf, "[policy]", fmt.Sprintf("memory_limit_mb = %d\n\n[policy]", o.memLimitMB), 1)
+	}
+	if o.api != "native" {
+		hl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		e.o.httpAddr = hl.Addr().String()
+		hl.Close()
+		conf = strings.Replace(conf, "[policy]", fmt.Sprintf("http_listen = %q\n\n[policy]", e.o.httpAddr), 1)
 	}
 	if o.profile != "" || o.heap != "" {
 		pl, err := net.Listen("tcp", "127.0.0.1:0")
@@ -772,10 +800,32 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 		cpu0, _, _, _ := procStat(pid)
 		mark()
 		stopProf := e.startProfile(ctx)
-		e.openLoop(ctx, clients, lat, rep, &errs, &reqs)
+		if o.api != "http" {
+			e.openLoop(ctx, e.nativeStart(clients), lat, rep, &errs, &reqs)
+		}
+		if o.api != "native" {
+			send, err := e.httpStart()
+			if err != nil {
+				stopProf()
+				return err
+			}
+			if o.api == "http" {
+				e.openLoop(ctx, send, lat, rep, &errs, &reqs)
+			} else {
+				var hlat latencies
+				var herrs atomic.Int64
+				var hrep benchReport
+				e.openLoop(ctx, send, &hlat, &hrep, &herrs, &reqs)
+				hlat.fill(&hrep)
+				rep.HTTPP50ms, rep.HTTPP99ms, rep.HTTPErrors = hrep.P50ms, hrep.P99ms, herrs.Load()
+			}
+		}
 		cpu1, rss, peak, _ := procStat(pid)
 		stopProf()
 		rep.Seconds = o.duration.Seconds()
+		if o.api == "both" {
+			rep.Seconds *= 2
+		}
 		rep.ControllerCPU, rep.ControllerRSS, rep.ControllerPeakRSS = cpu1-cpu0, rss, peak
 		rep.ThroughputPerS = float64(reqs.Load()) / rep.Seconds
 	case "reload":
@@ -800,7 +850,7 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 			}
 		}()
 		e.o.batch = 1
-		e.openLoop(ctx, clients, lat, rep, &errs, &reqs)
+		e.openLoop(ctx, e.nativeStart(clients), lat, rep, &errs, &reqs)
 		close(stop)
 		cpu1, rss, peak, _ := procStat(pid)
 		rep.Seconds = o.duration.Seconds()
@@ -863,7 +913,7 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 // openLoop issues single-VM starts at o.rate per second for o.duration,
 // spread over the clients; latency is measured from the scheduled send time
 // so a stalled controller shows up (no coordinated omission).
-func (e *benchEnv) openLoop(ctx context.Context, clients []*client.Client, lat *latencies, rep *benchReport, errs, reqs *atomic.Int64) {
+func (e *benchEnv) openLoop(ctx context.Context, send func(ctx context.Context, i int) bool, lat *latencies, rep *benchReport, errs, reqs *atomic.Int64) {
 	var service, lateness latencies
 	defer func() {
 		var a, b benchReport
@@ -888,23 +938,69 @@ func (e *benchEnv) openLoop(ctx context.Context, clients []*client.Client, lat *
 		}
 		sem <- struct{}{}
 		wg.Add(1)
-		c := clients[i%len(clients)]
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			cctx, cancel := context.WithTimeout(ctx, time.Minute)
 			sent := time.Now()
-			r, err := c.Start(cctx, api.StartArgs{Cluster: fmt.Sprintf("r%d", i%64), Count: 1})
+			ok := send(cctx, i)
 			cancel()
 			lat.add(time.Since(at))
 			service.add(time.Since(sent))
 			lateness.add(sent.Sub(at))
 			reqs.Add(1)
-			if err != nil || r.OK() != 1 {
+			if !ok {
 				errs.Add(1)
 			}
 		}()
 	}
 	wg.Wait()
+}
+
+// nativeStart sends request i (a single-VM start) through the Go client.
+func (e *benchEnv) nativeStart(clients []*client.Client) func(ctx context.Context, i int) bool {
+	return func(ctx context.Context, i int) bool {
+		r, err := clients[i%len(clients)].Start(ctx, api.StartArgs{Cluster: fmt.Sprintf("r%d", i%64), Count: 1})
+		if err != nil {
+			e.firstError(err.Error())
+		}
+		return err == nil && r.OK() == 1
+	}
+}
+
+// httpStart sends request i through the HTTP API (HTTP/2 over TLS, Basic
+// as the clients' users).
+func (e *benchEnv) httpStart() (func(ctx context.Context, i int) bool, error) {
+	pem, err := os.ReadFile(filepath.Join(e.dir, "pki", "ca.crt"))
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"},
+		ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64}}
+	url := "https://" + e.o.httpAddr + "/api/v1/vms"
+	return func(ctx context.Context, i int) bool {
+		user := e.users[i%len(e.users)]
+		body := fmt.Sprintf(`{"cluster":"h%d","count":1}`, i%64)
+		req, err := http.NewRequestWithContext(ctx, "POST", url, strings.NewReader(body))
+		if err != nil {
+			return false
+		}
+		req.SetBasicAuth(user, user+"-pw")
+		resp, err := hc.Do(req)
+		if err != nil {
+			e.firstError(err.Error())
+			return false
+		}
+		var r api.Result
+		derr := json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || derr != nil {
+			e.firstError(fmt.Sprintf("HTTP %d", resp.StatusCode))
+			return false
+		}
+		return r.OK() == 1
+	}, nil
 }
 
 // genPprof is the pprof setting of load generator g: with --cpuprofile the
