@@ -454,7 +454,7 @@ func TestHTTPMetrics(t *testing.T) {
 		`usher_vms{state="running"} 1`, `usher_vms{state="paused"} 1`, `usher_nodes{state="connected"} 2`,
 		`usher_requests_total{method="start",outcome="ok"} 1`, `usher_requests_total{method="op_on",outcome="ok"} 1`,
 		`usher_request_duration_seconds_count{method="start"} 1`, `usher_logins_total{outcome="ok"}`,
-		`usher_vm_list_entries{list="lost"} 0`, "go_goroutines", "process_resident_memory_bytes",
+		`usher_vm_list_entries{list="lost"} 0`, "usher_event_feed_cuts_total 0", "go_goroutines", "process_resident_memory_bytes",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("metrics lack %s", want)

@@ -62,6 +62,7 @@ func (m *Metrics) login(outcome string) {
 type stateCollector struct {
 	s                                      *Server
 	vms, nodes, lists, sessions, feeds     *prometheus.Desc
+	cuts                                   *prometheus.Desc
 	calls, errors, cut, seconds, policyErr *prometheus.Desc
 }
 
@@ -75,6 +76,7 @@ func newStateCollector(s *Server) *stateCollector {
 		lists:     d("usher_vm_list_entries", "Entries of the admins' lists: lost, missing, unmanaged guests and conflicts.", "list"),
 		sessions:  d("usher_sessions", "Open sessions on the native link (clients and LNMs)."),
 		feeds:     d("usher_event_feeds", "Open event feeds of clients."),
+		cuts:      d("usher_event_feed_cuts_total", "Event feeds cut off because their client fell too far behind (the event queue's drops)."),
 		calls:     d("usher_policy_handler_calls_total", "Calls of each policy handler.", "script", "event", "handler"),
 		errors:    d("usher_policy_handler_errors_total", "Calls of each policy handler that failed.", "script", "event", "handler"),
 		cut:       d("usher_policy_handler_cutoffs_total", "Calls of each policy handler cut off at a budget.", "script", "event", "handler"),
@@ -84,7 +86,7 @@ func newStateCollector(s *Server) *stateCollector {
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.vms, c.nodes, c.lists, c.sessions, c.feeds, c.calls, c.errors, c.cut, c.seconds, c.policyErr} {
+	for _, d := range []*prometheus.Desc{c.vms, c.nodes, c.lists, c.sessions, c.feeds, c.cuts, c.calls, c.errors, c.cut, c.seconds, c.policyErr} {
 		ch <- d
 	}
 }
@@ -102,6 +104,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.sessions, prometheus.GaugeValue, float64(c.s.Sessions()))
 	ch <- prometheus.MustNewConstMetric(c.feeds, prometheus.GaugeValue, float64(c.s.c.Subscribers()))
+	ch <- prometheus.MustNewConstMetric(c.cuts, prometheus.CounterValue, float64(c.s.c.FeedCuts()))
 	if c.s.opts.Policy == nil {
 		return
 	}

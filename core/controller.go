@@ -114,9 +114,10 @@ type Controller struct {
 	seq   atomic.Uint64
 	gen   atomic.Uint64
 
-	subMu  sync.RWMutex
-	byUser map[string]map[*Subscription]struct{}
-	watch  map[*Subscription]struct{}
+	subMu    sync.RWMutex
+	byUser   map[string]map[*Subscription]struct{}
+	watch    map[*Subscription]struct{}
+	feedCuts atomic.Uint64
 
 	idem   *idemCache
 	wg     sync.WaitGroup // batches, acknowledgements, background syncs
@@ -350,6 +351,7 @@ type Subscription struct {
 	watch   bool
 	ready   chan struct{} // capacity 1
 	max     int
+	cuts    *atomic.Uint64 // the controller's count of feeds cut off
 
 	mu     sync.Mutex
 	q      []api.Event
@@ -377,6 +379,9 @@ func (s *Subscription) offer(ev api.Event) {
 		// Cut off: what is queued is still delivered (a caller waiting
 		// for one of those events sees it), then the client reloads.
 		s.over.Store(true)
+		if s.cuts != nil {
+			s.cuts.Add(1)
+		}
 		s.closed = true
 		s.signal()
 		return
@@ -431,7 +436,7 @@ func (c *Controller) Subscribe(id api.Identity, cluster string, watch bool) (*Su
 			return nil, api.Errorf(api.ErrBadRequest, "cluster: %v", err)
 		}
 	}
-	s := &Subscription{ready: make(chan struct{}, 1), max: c.cfg.EventBuffer, user: id.User, cluster: cluster, watch: watch}
+	s := &Subscription{ready: make(chan struct{}, 1), max: c.cfg.EventBuffer, user: id.User, cluster: cluster, watch: watch, cuts: &c.feedCuts}
 	c.subMu.Lock()
 	defer c.subMu.Unlock()
 	m := c.byUser[id.User]
@@ -445,6 +450,10 @@ func (c *Controller) Subscribe(id api.Identity, cluster string, watch bool) (*Su
 	}
 	return s, nil
 }
+
+// FeedCuts counts event feeds cut off because their client fell too far
+// behind (each then reloads its cache).
+func (c *Controller) FeedCuts() uint64 { return c.feedCuts.Load() }
 
 // Subscribers counts the open event feeds.
 func (c *Controller) Subscribers() int {
