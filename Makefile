@@ -59,6 +59,7 @@ test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSizeHint$$' -fuzztime $(or $(FUZZTIME),20000x) ./core/
 	$(GO) test -run '^$$' -fuzz '^FuzzRequestConversion$$' -fuzztime $(or $(FUZZTIME),40000x) ./lua/
 	$(GO) test -run '^$$' -fuzz '^FuzzClientMethods$$' -fuzztime $(or $(FUZZTIME),60000x) ./controller/
+	$(GO) test -run '^$$' -fuzz '^FuzzHTTPAPI$$' -fuzztime $(or $(FUZZTIME),30000x) ./controller/
 
 vet:
 	$(GO) vet $(PKGS)

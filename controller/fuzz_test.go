@@ -1,12 +1,17 @@
 package controller_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -171,4 +176,64 @@ func FuzzClientMethods(f *testing.F) {
 func errorsIsInternal(err error) bool {
 	var e *api.Error
 	return errors.As(err, &e) && e.Code == api.CodeInternal
+}
+
+// httpRoutes are the HTTP API's routes a fuzzed request may take ({} is
+// filled with fuzzed text).
+var httpRoutes = []struct{ method, path string }{
+	{"GET", "/api/v1/whoami"}, {"GET", "/api/v1/vms?{}"}, {"GET", "/api/v1/vms/{}"}, {"POST", "/api/v1/vms"},
+	{"POST", "/api/v1/vms/{}/pause"}, {"POST", "/api/v1/vms/{}/destroy"}, {"POST", "/api/v1/vms/{}/migrate"},
+	{"POST", "/api/v1/vms/{}/forget"}, {"POST", "/api/v1/vms/{}/{}"}, {"POST", "/api/v1/plan"}, {"GET", "/api/v1/nodes?{}"},
+	{"GET", "/api/v1/clusters?{}"}, {"GET", "/api/v1/images"}, {"POST", "/api/v1/keys"}, {"DELETE", "/api/v1/keys/{}"},
+	{"POST", "/api/v1/tokens"}, {"DELETE", "/api/v1/tokens/{}"}, {"GET", "/api/v1/operations/{}"}, {"GET", "/api/v1/policy"},
+	{"POST", "/api/v1/vms?async=1"}, {"GET", "/{}"},
+}
+
+// FuzzHTTPAPI sends arbitrary paths, queries and bodies to the HTTP API's
+// routes, as a user and as an admin: never an internal error, and the
+// state's invariants hold after every request.
+func FuzzHTTPAPI(f *testing.F) {
+	f.Add(uint8(3), false, "", []byte(`{"cluster":"web","count":3}`))
+	f.Add(uint8(4), false, "web[1-2]", []byte(`{}`))
+	f.Add(uint8(6), true, "web1.alice.usher.test", []byte(`{"lnms":["n2"]}`))
+	f.Add(uint8(1), true, "all=1&lists=1&vms=/w.*/", []byte(nil))
+	f.Add(uint8(9), false, "", []byte(`{"start":{"cluster":"x","count":-1}}`))
+	f.Add(uint8(8), false, "web1/../../x", []byte(`{"args":{"a":"b"},"force":true}`))
+	f.Add(uint8(15), false, "", []byte(`{"name":"ci","expires":"-1h"}`))
+	dir := f.TempDir()
+	liveSite, err := startLive(dir)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(liveSite.stop)
+	keys, _ := controller.LoadKeyStore(filepath.Join(dir, "hkeys.json"), slog.New(slog.DiscardHandler))
+	tokens, _ := controller.LoadTokenStore(filepath.Join(dir, "htokens.json"), slog.New(slog.DiscardHandler))
+	srv := controller.New(liveSite.c, nil, controller.Options{Logins: controller.LoginLimits{Free: 1 << 30}, Keys: keys, Tokens: tokens})
+	ctx, cancel := context.WithCancel(context.Background())
+	f.Cleanup(cancel)
+	h := srv.HTTPHandler(ctx, controller.HTTPOptions{})
+	f.Fuzz(func(t *testing.T, which uint8, asAdmin bool, text string, body []byte) {
+		r := httpRoutes[int(which)%len(httpRoutes)]
+		path := strings.ReplaceAll(r.path, "{}", url.PathEscape(text))
+		if strings.Contains(r.path, "?{}") {
+			path = strings.ReplaceAll(r.path, "{}", text)
+		}
+		req, err := http.NewRequest(r.method, "https://usher"+path, bytes.NewReader(body))
+		if err != nil {
+			return // not a request a client could send
+		}
+		user := "alice"
+		if asAdmin {
+			user = "root"
+		}
+		req.SetBasicAuth(user, "pw")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code >= 500 && rec.Code != http.StatusServiceUnavailable {
+			t.Fatalf("%s %s %q: %d %s", r.method, path, body, rec.Code, rec.Body.String())
+		}
+		if err := liveSite.c.State().Check(); err != nil {
+			t.Fatalf("after %s %s %q: %v", r.method, path, body, err)
+		}
+	})
 }

@@ -162,8 +162,7 @@ func (s *Server) ServeHTTP(ctx context.Context, ln net.Listener, tlsCfg *tls.Con
 	if o.Replay <= 0 {
 		o.Replay = 8192
 	}
-	h := &httpAPI{s: s, o: o, auth: &authCache{ttl: o.AuthTTL, max: 10_000, m: map[[32]byte]authEntry{}},
-		replay: newReplay(o.Replay), ops: newOperations(1000), ctx: ctx}
+	h := s.newHTTP(ctx, o)
 	cfg := tlsCfg.Clone()
 	cfg.ClientAuth = tls.NoClientCert
 	cfg.NextProtos = []string{"h2", "http/1.1"}
@@ -193,6 +192,24 @@ func (s *Server) ServeHTTP(ctx context.Context, ln net.Listener, tlsCfg *tls.Con
 		err = nil
 	}
 	return err
+}
+
+func (s *Server) newHTTP(ctx context.Context, o HTTPOptions) *httpAPI {
+	if o.AuthTTL <= 0 {
+		o.AuthTTL = 30 * time.Second
+	}
+	if o.Replay <= 0 {
+		o.Replay = 8192
+	}
+	return &httpAPI{s: s, o: o, auth: &authCache{ttl: o.AuthTTL, max: 10_000, m: map[[32]byte]authEntry{}},
+		replay: newReplay(o.Replay), ops: newOperations(1000), ctx: ctx}
+}
+
+// HTTPHandler is the HTTP API's handler without a listener or the replay
+// feed (tests and fuzzing; ServeHTTP serves the whole of it). Event
+// streams see only operation events; asynchronous operations run under ctx.
+func (s *Server) HTTPHandler(ctx context.Context, o HTTPOptions) http.Handler {
+	return s.newHTTP(ctx, o).routes()
 }
 
 // identity authenticates a request: HTTP Basic through the
