@@ -155,7 +155,7 @@ Example:
 	fmt.Fprintf(out, "users: demo (client.toml), admin (admin.toml); policies: drop *.lua into %s\n", filepath.Join(dir, "policies"))
 	fmt.Fprintf(out, "client config: %s\n", clientCfg)
 	if a := s.Ctl.HTTPAddr(); a != "" {
-		fmt.Fprintf(out, "HTTP API: https://localhost:%s/api/v1/ (CA %s; user demo, the password in client.toml)\n", portOf(a), s.CAFile)
+		fmt.Fprintf(out, "web console and HTTP API: https://localhost:%s/ (CA %s; user demo, the password in client.toml)\n", portOf(a), s.CAFile)
 	}
 	if *noShell {
 		<-ctx.Done()
