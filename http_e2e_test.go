@@ -73,6 +73,7 @@ func (hs *httpSite) do(t *testing.T, user, method, path string, body any, out an
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header.Set("Content-Type", "application/json")
 	if user != "" {
 		req.SetBasicAuth(user, user+"-pw")
 	}
@@ -209,6 +210,7 @@ func TestHTTPAPI(t *testing.T) {
 	}
 	var rawReq = func(body string) int {
 		req, _ := http.NewRequest("POST", hs.base+"/api/v1/vms", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
 		req.SetBasicAuth("alice", "alice-pw")
 		resp, err := hs.hc.Do(req)
 		if err != nil {
@@ -219,6 +221,15 @@ func TestHTTPAPI(t *testing.T) {
 	}
 	if st := rawReq(`{"cluster":`); st != 400 {
 		t.Errorf("truncated JSON: %d", st)
+	}
+	// What a form on another site could make a browser send: refused.
+	form, _ := http.NewRequest("POST", hs.base+"/api/v1/vms/web3/destroy", strings.NewReader("x=1"))
+	form.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	form.SetBasicAuth("alice", "alice-pw")
+	if resp, err := hs.hc.Do(form); err != nil || resp.StatusCode != 400 {
+		t.Errorf("a form POST: %v %v", resp.StatusCode, err)
+	} else {
+		resp.Body.Close()
 	}
 
 	// The OpenAPI document, served as checked in.
@@ -394,6 +405,7 @@ func TestHTTPTokens(t *testing.T) {
 			rd = bytes.NewReader(b)
 		}
 		req, _ := http.NewRequest(method, hs.base+path, rd)
+		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Authorization", "Bearer "+tok)
 		resp, err := hs.hc.Do(req)
 		if err != nil {
@@ -471,6 +483,7 @@ func TestHTTPAsyncOperations(t *testing.T) {
 	defer cancel()
 	evs := hs.openEvents(t, ctx, "alice", "")
 	req, _ := http.NewRequest("POST", hs.base+"/api/v1/vms?async=1", strings.NewReader(`{"cluster":"as","count":2,"id":"async-1"}`))
+	req.Header.Set("Content-Type", "application/json")
 	req.SetBasicAuth("alice", "alice-pw")
 	resp, err := hs.hc.Do(req)
 	if err != nil {
@@ -500,6 +513,7 @@ func TestHTTPAsyncOperations(t *testing.T) {
 	}
 	// An asynchronous operation that fails says why; others' operations are not found.
 	req, _ = http.NewRequest("POST", hs.base+"/api/v1/vms/as1/restore?async=1", strings.NewReader(`{}`))
+	req.Header.Set("Content-Type", "application/json")
 	req.SetBasicAuth("alice", "alice-pw")
 	resp, err = hs.hc.Do(req)
 	if err != nil {

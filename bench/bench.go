@@ -987,6 +987,7 @@ func (e *benchEnv) httpStart() (func(ctx context.Context, i int) bool, error) {
 			return false
 		}
 		req.SetBasicAuth(user, user+"-pw")
+		req.Header.Set("Content-Type", "application/json")
 		resp, err := hc.Do(req)
 		if err != nil {
 			e.firstError(err.Error())

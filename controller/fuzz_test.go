@@ -227,6 +227,7 @@ func FuzzHTTPAPI(f *testing.F) {
 			user = "root"
 		}
 		req.SetBasicAuth(user, "pw")
+		req.Header.Set("Content-Type", "application/json")
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		if rec.Code >= 500 && rec.Code != http.StatusServiceUnavailable {

@@ -258,6 +258,13 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request, id api.Identity) e
 // the response.
 func (h *httpAPI) authed(f handlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		// A POST must say it carries JSON: a page elsewhere cannot make a
+		// browser send that to us without CORS allowing it (none is), so
+		// Basic credentials a browser remembers cannot be used from it.
+		if r.Method == http.MethodPost && !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
+			writeError(w, r, api.Errorf(api.ErrBadRequest, "POST bodies are JSON: send Content-Type: application/json (an empty object {} when there is nothing to say)"))
+			return
+		}
 		id, err := h.identity(r)
 		if err == nil {
 			err = f(w, r, id)
