@@ -194,11 +194,10 @@ Example:
 		if len(args) != 2 {
 			return fmt.Errorf("policy test needs one directory")
 		}
-		passed, failed, err := policytool.RunTests(args[1], out)
+		_, failed, err := policytool.RunTests(args[1], out) // it prints the summary
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "%d passed, %d failed\n", passed, failed)
 		if failed > 0 {
 			return fmt.Errorf("%d test(s) failed", failed)
 		}
