@@ -33,12 +33,17 @@ type httpSite struct {
 	hc   *http.Client
 }
 
-func startHTTPSite(t *testing.T) *httpSite {
+// startHTTPSite starts a site with the HTTP API on; sets are extra
+// parameters, key and value in turn.
+func startHTTPSite(t *testing.T, sets ...string) *httpSite {
 	t.Helper()
 	h := coretest.New(map[string]string{"alice": "alice-pw", "bob": "bob-pw", "root": "root-pw"}, "root")
 	cfg := site.Params()
-	if err := cfg.Set("controller.http_listen", "127.0.0.1:0", "test"); err != nil {
-		t.Fatal(err)
+	sets = append([]string{"controller.http_listen", "127.0.0.1:0"}, sets...)
+	for i := 0; i+1 < len(sets); i += 2 {
+		if err := cfg.Set(sets[i], sets[i+1], "test"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -727,4 +728,64 @@ func TestAttackBusyMachine(t *testing.T) {
 		}
 	}
 	s.healthy()
+}
+
+// The HTTP API's boundaries: an oversized body is refused and the next
+// call works; wrong passwords over HTTP count against the same backoff as
+// the native link's (an attacker gets no second budget); a form POST from
+// another site is refused; a tampered or revoked token is refused.
+func TestAttackHTTPBoundaries(t *testing.T) {
+	hs := startHTTPSite(t, "controller.login_backoff", "1m")
+	big := `{"cluster":"x","count":1,"args":{"a":"` + strings.Repeat("x", 9<<20) + `"}}`
+	req, _ := http.NewRequest("POST", hs.base+"/api/v1/vms", strings.NewReader(big))
+	req.Header.Set("Content-Type", "application/json")
+	req.SetBasicAuth("alice", "alice-pw")
+	resp, err := hs.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Errorf("a 9 MiB body: %d", resp.StatusCode)
+	}
+	var who api.AuthReply
+	if st := hs.do(t, "alice", "GET", "/api/v1/whoami", nil, &who); st != 200 {
+		t.Fatalf("after the big body: %d", st)
+	}
+	// Wrong passwords for bob over HTTP until the backoff answers.
+	backoff := false
+	for i := 0; i < 10 && !backoff; i++ {
+		req, _ := http.NewRequest("GET", hs.base+"/api/v1/whoami", nil)
+		req.SetBasicAuth("bob", "wrong")
+		resp, err := hs.hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		backoff = resp.Header.Get("Retry-After") != ""
+	}
+	if !backoff {
+		t.Fatal("no login backoff over HTTP after 10 wrong passwords")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if c, err := hs.Client(ctx, "bob", "bob-pw"); err == nil {
+		c.Close()
+		t.Error("the native link let bob in during the backoff HTTP failures earned")
+	} else if !strings.Contains(err.Error(), "too many failed logins") {
+		t.Errorf("native login during the backoff: %v", err)
+	}
+	// Tokens: tampered and unknown ones.
+	for _, tok := range []string{"usher_0000_x", "usher_" + strings.Repeat("a", 200), "Basic abc"} {
+		req, _ := http.NewRequest("GET", hs.base+"/api/v1/whoami", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := hs.hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 401 {
+			t.Errorf("token %.20q: %d", tok, resp.StatusCode)
+		}
+	}
 }

@@ -539,7 +539,19 @@ func opNames() string {
 // expand resolves a VM set expression (the shell's: names, short names,
 // ranges, /regex/, @cluster) against the VMs the caller may see.
 func (h *httpAPI) expand(ctx context.Context, id api.Identity, set string, all bool) ([]string, error) {
-	rep, err := h.s.c.List(ctx, id, api.ListArgs{All: all && id.Admin})
+	a := api.ListArgs{All: all && id.Admin}
+	// Full names only (what scripts and the console send): look just those
+	// up, not every VM the caller may see (an admin's is the whole site).
+	if items := client.SplitSet(set); len(items) > 0 && len(items) <= api.MaxRequestVMs {
+		full := true
+		for _, it := range items {
+			full = full && api.ValidVMName(it) == nil && strings.HasSuffix(it, "."+h.s.c.Domain()) && strings.Count(it, ".") >= 2
+		}
+		if full {
+			a.Names = items
+		}
+	}
+	rep, err := h.s.c.List(ctx, id, a)
 	if err != nil {
 		return nil, err
 	}
