@@ -65,6 +65,14 @@ type ListLNMsReply struct {
 	LNMs []*LNM `json:"lnms"`
 }
 
+// SetLNMModeArgs changes a node's mode: isolated, draining or active
+// (restore). Maintenance follows a drain by itself.
+type SetLNMModeArgs struct {
+	LNM    string   `json:"lnm"`
+	Mode   NodeMode `json:"mode"`
+	Reason string   `json:"reason,omitempty"`
+}
+
 // ClustersArgs asks for the caller's virtual clusters (All: everyone's,
 // for admins).
 type ClustersArgs struct {

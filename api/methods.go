@@ -70,6 +70,8 @@ var (
 	MPlan     = Method[PlanArgs, *Result]{"plan", Authenticated}
 	MPolicy   = Method[PolicyArgs, PolicyReply]{"policy", AdminOnly}
 	MStatus   = Method[StatusArgs, Status]{"status", AdminOnly}
+	// MSetLNMMode isolates, drains or restores a node (admins).
+	MSetLNMMode = Method[SetLNMModeArgs, *LNM]{"set_lnm_mode", AdminOnly}
 	// MImages lists the site's image store; MKeys manages the caller's
 	// SSH public keys (installed in the VMs it starts).
 	MImages = Method[Empty, ImagesReply]{"images", Authenticated}

@@ -192,12 +192,52 @@ const (
 	LNMRecovering   LNMState = "recovering" // known from before a controller restart, not back yet
 )
 
+// NodeMode is a node's place in its lifecycle, set by admins (and by
+// policies) independently of whether its LNM is connected.
+type NodeMode string
+
+// Node modes. A node is active unless an admin isolated or drained it;
+// a draining node enters maintenance by itself once no VM on it takes
+// resources (running, paused, migrating, starting or lost).
+const (
+	ModeActive      NodeMode = "active"      // new VMs may be placed there
+	ModeIsolated    NodeMode = "isolated"    // nothing new placed there; its VMs stay
+	ModeDraining    NodeMode = "draining"    // nothing new placed there; its VMs leave (drain policy)
+	ModeMaintenance NodeMode = "maintenance" // empty: may be powered off or removed
+)
+
+// ParseNodeMode validates a mode name.
+func ParseNodeMode(s string) (NodeMode, error) {
+	switch m := NodeMode(s); m {
+	case ModeActive, ModeIsolated, ModeDraining, ModeMaintenance:
+		return m, nil
+	}
+	return "", fmt.Errorf("node mode %q: want active, isolated, draining or maintenance", s)
+}
+
+// Placeable reports whether new VMs may be placed on a node in mode m.
+func (m NodeMode) Placeable() bool { return m == ModeActive || m == "" }
+
 // LNM is the controller's record of a local node manager.
 type LNM struct {
 	Info   NodeInfo   `json:"info"`
 	Status NodeStatus `json:"status"`
 	State  LNMState   `json:"state"`
 	Since  time.Time  `json:"since"`
+	// Mode is the node's lifecycle mode (admin commands lnm
+	// isolate|drain|restore); ModeReason says why, ModeBy who set it and
+	// ModeSince when. Notice is what a policy last reported about it
+	// (a drain's progress, VMs that cannot move, a fence that failed).
+	Mode       NodeMode  `json:"mode"`
+	ModeReason string    `json:"mode_reason,omitempty"`
+	ModeBy     string    `json:"mode_by,omitempty"`
+	ModeSince  time.Time `json:"mode_since,omitzero"`
+	Notice     string    `json:"notice,omitempty"`
+	// Fenced is set once the site's fencing command confirmed the node
+	// is powered off while disconnected: only then may its VMs be
+	// restarted elsewhere. Cleared when it registers again (its stale
+	// guests destroyed).
+	Fenced bool `json:"fenced,omitempty"`
 }
 
 // Cluster is a virtual cluster: a named set of VMs of one owner.

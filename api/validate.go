@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // Bounds of every field of both links. A value outside them is refused
@@ -183,6 +184,27 @@ func (a ClustersArgs) Validate() error { return nil }
 
 func (a ListLNMsArgs) Validate() error {
 	return validNames("names", a.Names, MaxLNMs, ValidLabel)
+}
+
+// MaxReasonLen bounds a node mode's reason and a policy's notice.
+const MaxReasonLen = 512
+
+// Validate checks the arguments of set_lnm_mode.
+func (a SetLNMModeArgs) Validate() error {
+	if err := ValidLabel(a.LNM); err != nil {
+		return bad("lnm: %v", err)
+	}
+	switch a.Mode {
+	case ModeActive, ModeIsolated, ModeDraining:
+	case ModeMaintenance:
+		return bad("mode maintenance is entered by a drain once the node is empty: drain it")
+	default:
+		return bad("mode %q: want isolated, draining or active", a.Mode)
+	}
+	if len(a.Reason) > MaxReasonLen || !utf8.ValidString(a.Reason) {
+		return bad("reason: at most %d bytes of UTF-8", MaxReasonLen)
+	}
+	return nil
 }
 
 // Validate checks the arguments of start.

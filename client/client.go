@@ -719,6 +719,17 @@ func (c *Client) ListLNMs(ctx context.Context, names []string, status bool) ([]*
 	return r.LNMs, nil
 }
 
+// SetLNMMode isolates (api.ModeIsolated), drains (api.ModeDraining) or
+// restores (api.ModeActive) a node, with a reason (admins). It returns the
+// node's record as changed.
+func (c *Client) SetLNMMode(ctx context.Context, lnm string, mode api.NodeMode, reason string) (*api.LNM, error) {
+	a := api.SetLNMModeArgs{LNM: lnm, Mode: mode, Reason: reason}
+	if err := a.Validate(); err != nil {
+		return nil, err
+	}
+	return Do(ctx, c, api.MSetLNMMode, a)
+}
+
 // Clusters lists virtual clusters (all: everyone's, for admins).
 func (c *Client) Clusters(ctx context.Context, all bool) ([]api.Cluster, error) {
 	r, err := Do(ctx, c, api.MClusters, api.ClustersArgs{All: all})

@@ -35,6 +35,7 @@ import (
 //	POST   /api/v1/vms/{set}/{action}   action: an operation, migrate ({"lnms"}), forget; {"args","force","id"}
 //	POST   /api/v1/plan                 api.PlanArgs
 //	GET    /api/v1/nodes[?status=1]     GET /api/v1/clusters[?all=1]   GET /api/v1/images
+//	POST   /api/v1/nodes/{node}/{action}   action: isolate, drain, restore; {"reason"} (admins)
 //	GET    /api/v1/keys                 POST /api/v1/keys {"key"}      DELETE /api/v1/keys/{key}
 //	GET    /api/v1/tokens               POST /api/v1/tokens {"name","expires"}   DELETE /api/v1/tokens/{id}
 //	GET    /api/v1/operations[/{id}[/wait?timeout=30s]]   asynchronous requests (?async=1 on POSTs)
@@ -379,6 +380,32 @@ func (h *httpAPI) routes() http.Handler {
 			return err
 		}
 		writeJSON(w, http.StatusOK, rep)
+		return nil
+	}))
+	h.route(m, "POST /api/v1/nodes/{node}/{action}", routeDoc{Summary: "Isolate, drain or restore a node (admins; action isolate, drain, restore)", Query: []string{}, Body: nodeModeBody{}, Reply: &api.LNM{}}, (func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
+		var body nodeModeBody
+		if err := decode(r, &body); err != nil {
+			return err
+		}
+		a := api.SetLNMModeArgs{LNM: r.PathValue("node"), Reason: body.Reason}
+		switch r.PathValue("action") {
+		case "isolate":
+			a.Mode = api.ModeIsolated
+		case "drain":
+			a.Mode = api.ModeDraining
+		case "restore":
+			a.Mode = api.ModeActive
+		default:
+			return api.Errorf(api.ErrNotFound, "unknown node action %q (isolate, drain, restore)", r.PathValue("action"))
+		}
+		if err := a.Validate(); err != nil {
+			return err
+		}
+		l, err := c.SetLNMMode(r.Context(), id, a)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, l)
 		return nil
 	}))
 	h.route(m, "GET /api/v1/clusters", routeDoc{Summary: "Virtual clusters (admins: everyone’s with all=1)", Query: []string{"all"}, Body: nil, Reply: api.ClustersReply{}}, (func(w http.ResponseWriter, r *http.Request, id api.Identity) error {

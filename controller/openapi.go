@@ -34,6 +34,9 @@ type docRoute struct {
 
 // Bodies and answers that have no api type of their own.
 type (
+	nodeModeBody struct {
+		Reason string `json:"reason,omitempty"`
+	}
 	opList struct {
 		Operations []api.Operation `json:"operations"`
 	}

@@ -133,13 +133,16 @@ func (s *State) Check() error {
 			fail("node %s: free %d MiB, %d vCPUs; size %d, %d less what its VMs take is %d, %d", name,
 				l.lnm.Status.FreeMemMB, l.lnm.Status.FreeVCPUs, l.lnm.Info.MemMB, l.lnm.Info.CPUs, l.lnm.Info.MemMB-mem, l.lnm.Info.CPUs-cpus)
 		}
+		if l.lnm.Mode == api.ModeDraining && l.active == 0 && l.lnm.State == api.LNMConnected && !l.attaching {
+			fail("node %s is draining with no VM left: it should be in maintenance", name)
+		}
 		if l.slot < 1 || l.slot > len(s.slots) {
 			fail("node %s has no query slot", name)
 			continue
 		}
 		t := s.slots[l.slot-1]
 		if t.Info.Name != name || t.State != l.lnm.State || t.Status.FreeMemMB != l.lnm.Status.FreeMemMB ||
-			t.Status.FreeVCPUs != l.lnm.Status.FreeVCPUs || t.Status.VMs != l.lnm.Status.VMs {
+			t.Status.FreeVCPUs != l.lnm.Status.FreeVCPUs || t.Status.VMs != l.lnm.Status.VMs || t.Mode != l.lnm.Mode {
 			fail("node %s: its query slot disagrees with its record", name)
 		}
 	}

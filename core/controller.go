@@ -35,7 +35,15 @@ type Config struct {
 	// the controller starts any registering node is believed (recovery).
 	Adopt       AdoptMode
 	AdoptWindow time.Duration
-	Logger      *slog.Logger
+	// SaveModes keeps the nodes' modes (every one not active) across
+	// restarts; called after each change, serialised. Nil: not kept.
+	SaveModes func(map[string]ModeRecord) error
+	// Fence powers a lost node off (the site's fencing command) and
+	// returns nil only once that is confirmed; FenceTimeout bounds it
+	// (default one minute). Nil: fencing, hence failover, is off.
+	Fence        func(ctx context.Context, node api.NodeInfo) error
+	FenceTimeout time.Duration
+	Logger       *slog.Logger
 }
 
 // AdoptMode says which nodes the controller believes about VMs it has no
@@ -95,6 +103,9 @@ func (c Config) withDefaults() Config {
 	if c.Adopt == "" {
 		c.Adopt = AdoptRecovery
 	}
+	if c.FenceTimeout <= 0 {
+		c.FenceTimeout = time.Minute
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -137,6 +148,8 @@ type Controller struct {
 	adopted api.StringMap
 	// adoptUntil ends the startup window of AdoptRecovery.
 	adoptUntil time.Time
+	// modeMu serialises the saving of node modes.
+	modeMu sync.Mutex
 }
 
 // New builds a controller. hooks must not be nil.
@@ -287,6 +300,9 @@ func (c *Controller) emit(evs ...api.Event) {
 		}
 		c.notify(ev)
 		c.fanout(ev)
+	}
+	if c.st.modePending.Load() {
+		c.flushModes()
 	}
 }
 

@@ -28,6 +28,7 @@ const (
 	KindListLNMs RequestKind = "list_lnms"
 	KindForget   RequestKind = "forget"
 	KindConsole  RequestKind = "console"
+	KindFailover RequestKind = "failover" // restart of a fenced node's lost VMs (migrate_request chain)
 )
 
 // ReqVM is one VM of a request as the controller resolved it. For a start

@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"sync"
 	"time"
@@ -217,6 +218,8 @@ func (c *Controller) AttachLNM(ctx context.Context, hello api.Hello, link api.No
 		}
 	}
 	adoptEvents := true
+	fenced := false
+	var stale []string
 	quiet := false
 	var st api.LNM
 	c.st.write(func() {
@@ -228,6 +231,8 @@ func (c *Controller) AttachLNM(ctx context.Context, hello api.Hello, link api.No
 		adopt := c.cfg.Adopt == AdoptAlways || (c.cfg.Adopt == AdoptRecovery && recovering)
 		c.log.Debug("LNM registering", "lnm", info.Name, "adopts", adopt, "known", l.known, "first", !l.attached, "window_left", time.Until(c.adoptUntil))
 		l.attached = true
+		l.attaching = true
+		fenced = l.lnm.Fenced
 		// Free capacity is the node's size less what its VMs take
 		// (syncSlotLocked): the size may have changed.
 		l.lnm.Info = info
@@ -262,6 +267,9 @@ func (c *Controller) AttachLNM(ctx context.Context, hello api.Hello, link api.No
 			short, owner, managed := api.ParseFullName(g.Name, c.cfg.Domain)
 			vm := c.st.vms[g.Name]
 			switch {
+			case vm != nil && vm.LNM != info.Name && fenced:
+				// Fenced, then restarted elsewhere: this copy is stale.
+				stale = append(stale, g.Name)
 			case vm != nil && vm.LNM != info.Name && c.heldElsewhereLocked(vm):
 				if c.st.setConflictLocked(l, *g, false, vm.LNM) {
 					evs = append(evs, c.conflictEvent(vm, info.Name))
@@ -316,8 +324,33 @@ func (c *Controller) AttachLNM(ctx context.Context, hello api.Hello, link api.No
 				evs = append(evs, api.Event{Type: api.EvVMMissing, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name})
 			}
 		}
+		if fenced {
+			l.lnm.Fenced = false
+			l.lnm.Notice = fmt.Sprintf("registered again after being fenced: %d stale guests destroyed", len(stale))
+			evs = append(evs, modeEvent(l, l.lnm.Mode, ""))
+		}
+		l.attaching = false
+		c.st.drainedLocked(l)
 		st = l.lnm
 	})
+	if len(stale) > 0 {
+		c.log.Warn("a fenced node came back with guests restarted elsewhere: destroying its copies", "lnm", info.Name, "guests", len(stale))
+		c.goTracked("destroy stale guests on "+info.Name, func() {
+			rctx, cancel := context.WithTimeout(context.Background(), c.cfg.OpTimeout)
+			defer cancel()
+			defer context.AfterFunc(ctxOf(c.stop), cancel)()
+			out, err := link.OpOn(rctx, api.LNMOpArgs{Op: api.OpDestroy, Names: stale, Force: true})
+			if err != nil {
+				c.log.Error("destroying stale guests of a fenced node failed", "lnm", info.Name, "err", err)
+				return
+			}
+			for _, r := range out.Results {
+				if !r.OK {
+					c.log.Error("a stale guest of a fenced node was not destroyed", "lnm", info.Name, "vm", r.Name, "err", r.Error)
+				}
+			}
+		})
+	}
 	evs[0] = api.Event{Type: api.EvLNMConnected, LNM: info.Name, Detail: api.StringMap{"address": st.Info.Address}}
 	// A full sync: the LNM's cache becomes exactly these objects.
 	c.goTracked("sync of "+info.Name, func() {

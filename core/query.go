@@ -149,6 +149,9 @@ type LNMQuery struct {
 	OrderBy   string // "load" (1-minute CPU per core, then free memory), "free_mem", "vms", or "" (name)
 	Limit     int    // at most this many (0: all)
 	Names     []string
+	// Mode keeps only nodes in that mode; "" with Connected keeps only
+	// nodes taking new VMs (active), "any" keeps every mode.
+	Mode string
 }
 
 func lnmKey(l *api.LNM, by string) float64 {
@@ -175,6 +178,17 @@ func (q LNMQuery) match(l *api.LNM, only map[string]bool) bool {
 	}
 	if q.Connected && l.State != api.LNMConnected {
 		return false
+	}
+	switch q.Mode {
+	case "any":
+	case "":
+		if q.Connected && !l.Mode.Placeable() {
+			return false
+		}
+	default:
+		if string(l.Mode) != q.Mode {
+			return false
+		}
 	}
 	return l.Status.FreeMemMB >= q.MemMB && l.Status.FreeVCPUs >= q.VCPUs
 }
@@ -310,6 +324,7 @@ func (s *State) syncSlotLocked(l *lnmRec) {
 		s.lnmsIn[l.lnm.State]++
 	}
 	t.State = l.lnm.State
+	t.Mode = l.lnm.Mode
 	t.Status.FreeMemMB, t.Status.FreeVCPUs, t.Status.VMs = l.lnm.Status.FreeMemMB, l.lnm.Status.FreeVCPUs, l.lnm.Status.VMs
 	t.Status.Usage.CPU.M1 = l.lnm.Status.Usage.CPU.M1
 }

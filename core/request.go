@@ -256,8 +256,8 @@ func (c *Controller) start(ctx context.Context, id api.Identity, a api.StartArgs
 			fail("no placement policy chose an LNM")
 			continue
 		}
-		if !c.st.connected(vd.LNM) {
-			fail(fmt.Sprintf("LNM %q is not connected", vd.LNM))
+		if why := c.st.placeable(vd.LNM); why != "" {
+			fail(why)
 			continue
 		}
 		if err := checkAllocation(vd.MemMB, vd.VCPUs); err != nil {
@@ -287,7 +287,7 @@ func (c *Controller) start(ctx context.Context, id api.Identity, a api.StartArgs
 		c.st.write(func() {
 			// The node may have gone since the check: then the VM is
 			// not registered at all.
-			if l := c.st.lnms[vm.LNM]; l == nil || l.lnm.State != api.LNMConnected {
+			if c.st.placeableLocked(vm.LNM) != "" {
 				return
 			}
 			if ok = c.st.insertLocked(vm); ok {
@@ -296,7 +296,7 @@ func (c *Controller) start(ctx context.Context, id api.Identity, a api.StartArgs
 		})
 		registered = registered || ok
 		if !ok {
-			fail("already exists, or its LNM disconnected")
+			fail("already exists, or its LNM disconnected or stopped taking new VMs")
 			continue
 		}
 		if _, seen := groups[vd.LNM]; !seen {
@@ -362,6 +362,13 @@ func (c *Controller) replay(id api.Identity, a api.StartArgs) *api.Result {
 }
 
 func (c *Controller) startBatch(lnm string, vms []*api.VM, reqID string, res *outcome) {
+	c.startBatchFrom(lnm, vms, reqID, res, nil)
+}
+
+// startBatchFrom starts vms on lnm; origin, for a failover, names the
+// fenced node each VM came from: a VM that fails to start goes back there
+// as lost (its object kept for another attempt) instead of being removed.
+func (c *Controller) startBatchFrom(lnm string, vms []*api.VM, reqID string, res *outcome, origin map[string]string) {
 	names := make([]string, len(vms))
 	for i, v := range vms {
 		names[i] = v.Name
@@ -428,6 +435,14 @@ func (c *Controller) startBatch(lnm string, vms []*api.VM, reqID string, res *ou
 				if msg == "" {
 					msg = "LNM returned no result"
 				}
+				if from, ok := origin[vm.Name]; ok {
+					msg = "restart on " + lnm + " failed: " + msg
+					c.st.moveLocked(vm, from)
+					c.st.setStateLocked(vm, api.StateLost, msg)
+					res.set(api.VMResult{Name: vm.Name, Error: msg, State: api.StateLost, LNM: from})
+					evs = append(evs, api.Event{Type: api.EvStartComplete, VM: vm.Snapshot(), User: vm.Owner, LNM: lnm, Req: reqID, Error: msg})
+					continue
+				}
 				c.st.setStateLocked(vm, api.StateFailed, msg)
 				cl := vm.Snapshot()
 				c.st.removeLocked(vm)
@@ -490,6 +505,12 @@ func (c *Controller) opOn(ctx context.Context, id api.Identity, a api.OpArgs, dr
 		if !c.st.connected(vm.LNM) {
 			res.set(api.VMResult{Name: rv.Name, Error: fmt.Sprintf("LNM %q is not connected (VM is %s; forget removes a lost VM's record)", vm.LNM, vm.State)})
 			continue
+		}
+		if op == api.OpRestore {
+			if m := c.st.modeOf(vm.LNM); m == api.ModeDraining || m == api.ModeMaintenance {
+				res.set(api.VMResult{Name: rv.Name, Error: fmt.Sprintf("its node %s is %s: restoring would run it there (migrate it after the node is restored)", vm.LNM, m)})
+				continue
+			}
 		}
 		if dry {
 			res.set(api.VMResult{Name: rv.Name, OK: true, LNM: vm.LNM, State: vm.State})
@@ -712,8 +733,8 @@ func (c *Controller) migrate(ctx context.Context, id api.Identity, a api.Migrate
 			res.set(api.VMResult{Name: rv.Name, Error: fmt.Sprintf("source LNM %q is not connected", vm.LNM)})
 			continue
 		}
-		if !c.st.connected(vd.Target) {
-			res.set(api.VMResult{Name: rv.Name, Error: fmt.Sprintf("target LNM %q is not connected", vd.Target)})
+		if why := c.st.placeable(vd.Target); why != "" {
+			res.set(api.VMResult{Name: rv.Name, Error: "target " + why})
 			continue
 		}
 		if dry {

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/usher-vm/usher/api"
@@ -31,6 +32,7 @@ type lnmRec struct {
 	slot      int  // 1 + its index in State.slots (0: none yet)
 	known     bool // known from before a restart (ExpectLNMs)
 	attached  bool // has registered with this controller
+	attaching bool // its registration is being applied (its VMs not all counted yet)
 	// What the node's VMs take of it (see consumes), kept by every
 	// change: its free capacity is its size less this.
 	usedMem, usedCPUs, active int
@@ -63,6 +65,12 @@ type State struct {
 	// Reserve), taken when their first VM is inserted.
 	ownerHint   map[string]int
 	clusterHint map[clusterKey]int
+	// Node modes kept from before a restart for nodes with no record yet
+	// (RestoreModes), and the lnm_mode events of automatic changes (a
+	// drained node entering maintenance) not yet emitted (flushModes).
+	savedModes  map[string]ModeRecord
+	modeEvents  []api.Event
+	modePending atomic.Bool
 }
 
 func newState(domain string) *State {
@@ -114,6 +122,9 @@ func (s *State) chargeLocked(l *lnmRec, vm *api.VM, sign int) {
 	l.usedCPUs += sign * vm.VCPUs
 	l.active += sign
 	s.syncSlotLocked(l)
+	if sign < 0 && l.active == 0 {
+		s.drainedLocked(l)
+	}
 }
 
 // lnmLocked returns the record of a node, making an empty one (an
@@ -123,6 +134,11 @@ func (s *State) lnmLocked(name string) *lnmRec {
 	if l == nil {
 		l = &lnmRec{vms: map[string]*api.VM{}, unmanaged: map[string]*api.VM{}, conflicts: map[string]*api.VM{}}
 		l.lnm.Info.Name = name
+		l.lnm.Mode = api.ModeActive
+		if r, ok := s.savedModes[name]; ok {
+			setModeLocked(l, r)
+			delete(s.savedModes, name)
+		}
 		s.lnms[name] = l
 	}
 	return l

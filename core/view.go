@@ -37,6 +37,18 @@ type Actions interface {
 	Migrate(ctx context.Context, id api.Identity, args api.MigrateArgs) (*api.Result, error)
 }
 
+// NodeActions are what node lifecycle policies (drain, failover) may do
+// besides Actions; the controller implements them. SetLNMModeBy and
+// SetLNMNotice change a node's mode or notice (by names the script);
+// Fence runs the site's fencing command against a lost node; Failover
+// restarts lost VMs of fenced nodes elsewhere.
+type NodeActions interface {
+	SetLNMModeBy(name string, mode api.NodeMode, reason, by string) (*api.LNM, error)
+	SetLNMNotice(name, notice string) error
+	Fence(ctx context.Context, name string) error
+	Failover(ctx context.Context, id api.Identity, args api.MigrateArgs) (*api.Result, error)
+}
+
 // SystemIdentity is the identity internal policies act as.
 func SystemIdentity() api.Identity {
 	return api.Identity{User: "usher", Groups: []string{"admin"}, Admin: true}

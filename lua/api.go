@@ -34,6 +34,7 @@ func (ls *lstate) installAPI() {
 		"vm": ls.apiVM, "vms": ls.apiVMs, "count": ls.apiCount, "lnm": ls.apiLNM, "lnms": ls.apiLNMs,
 		"clusters": ls.apiClusters, "domain": ls.apiDomain,
 		"op": ls.apiOp, "migrate": ls.apiMigrate,
+		"lnm_mode": ls.apiLNMMode, "lnm_notice": ls.apiLNMNotice, "fence": ls.apiFence, "failover": ls.apiFailover,
 		"time":         func(L *glua.LState) int { L.Push(unixf(time.Now())); return 1 },
 		"bcrypt_check": ls.apiBcrypt, "read_htpasswd": ls.apiHtpasswd,
 		"set_active": ls.apiSetActive,
@@ -315,6 +316,7 @@ func (ls *lstate) apiLNMs(L *glua.LState) int {
 	var ns []*api.LNM
 	if q, ok := L.Get(1).(*glua.LTable); ok {
 		query := core.LNMQuery{
+			Mode:      glua.LVAsString(q.RawGetString("mode")),
 			Connected: glua.LVAsBool(q.RawGetString("connected")),
 			MemMB:     int(glua.LVAsNumber(q.RawGetString("mem_mb"))),
 			VCPUs:     int(glua.LVAsNumber(q.RawGetString("vcpus"))),
@@ -332,6 +334,11 @@ func (ls *lstate) apiLNMs(L *glua.LState) int {
 		case "", "load", "free_mem", "vms":
 		default:
 			L.RaiseError("usher.lnms: order_by %q: want load, free_mem or vms", query.OrderBy)
+		}
+		if query.Mode != "" && query.Mode != "any" {
+			if _, err := api.ParseNodeMode(query.Mode); err != nil {
+				L.RaiseError("usher.lnms: %v (or \"any\")", err)
+			}
 		}
 		if qv, ok := ls.view().(interface {
 			QueryLNMs(core.LNMQuery) []*api.LNM
@@ -444,7 +451,8 @@ func resultTable(L *glua.LState, r *api.Result) *glua.LTable {
 // actionTimeout bounds one usher.op / usher.migrate call.
 const actionTimeout = 2 * time.Minute
 
-// usher.op(opname, {vm names}, args) → result | nil, err
+// usher.op(opname, {vm names}, args) → result | nil, err; args.force =
+// "true" forces a shutdown or reboot the guest does not honour in time.
 func (ls *lstate) apiOp(L *glua.LState) int {
 	ls.checkAsync(L, "usher.op")
 	op, err := api.ParseOp(L.CheckString(1))
@@ -456,11 +464,15 @@ func (ls *lstate) apiOp(L *glua.LState) int {
 	if t := L.OptTable(3, nil); t != nil {
 		args = luaStrMap(t)
 	}
+	// force ("true") is the op's force flag: a shutdown or reboot the
+	// guest does not honour in time is forced.
+	force := args["force"] == "true"
+	delete(args, "force")
 	var res *api.Result
 	ls.call.pause(func() {
 		ctx, cancel := context.WithTimeout(ls.v.ctx, actionTimeout)
 		defer cancel()
-		res, err = ls.v.h.view.Load().act.OpOn(ctx, core.SystemIdentity(), api.OpArgs{Op: op, VMs: names, Args: args})
+		res, err = ls.v.h.view.Load().act.OpOn(ctx, core.SystemIdentity(), api.OpArgs{Op: op, VMs: names, Args: args, Force: force})
 	})
 	if err != nil {
 		L.Push(glua.LNil)
@@ -494,6 +506,91 @@ func (ls *lstate) apiMigrate(L *glua.LState) int {
 		L.Push(glua.LNil)
 		L.Push(glua.LString(err.Error()))
 		return 2
+	}
+	L.Push(resultTable(L, res))
+	return 1
+}
+
+// nodeActions returns the controller's node actions, raising when there
+// are none (a view without a controller).
+func (ls *lstate) nodeActions(L *glua.LState, what string) core.NodeActions {
+	ls.checkAsync(L, what)
+	na, ok := ls.v.h.view.Load().act.(core.NodeActions)
+	if !ok {
+		L.RaiseError("%s: no controller bound (node actions unavailable)", what)
+	}
+	return na
+}
+
+// pushErr returns nil, err to Lua.
+func pushErr(L *glua.LState, err error) int {
+	L.Push(glua.LNil)
+	L.Push(glua.LString(err.Error()))
+	return 2
+}
+
+// usher.lnm_mode(name, mode, reason) → lnm | nil, err: isolate ("isolated"),
+// drain ("draining") or restore ("active") a node as this script.
+func (ls *lstate) apiLNMMode(L *glua.LState) int {
+	na := ls.nodeActions(L, "usher.lnm_mode")
+	name, mode, reason := L.CheckString(1), L.CheckString(2), L.OptString(3, "")
+	var n *api.LNM
+	var err error
+	ls.call.pause(func() { n, err = na.SetLNMModeBy(name, api.NodeMode(mode), reason, "policy "+ls.v.name) })
+	if err != nil {
+		return pushErr(L, err)
+	}
+	L.Push(lnmValue(L, n))
+	return 1
+}
+
+// usher.lnm_notice(name, text) → true | nil, err: what this script reports
+// about a node (shown by lnms, sent as an lnm_mode event when it changed).
+func (ls *lstate) apiLNMNotice(L *glua.LState) int {
+	na := ls.nodeActions(L, "usher.lnm_notice")
+	name, text := L.CheckString(1), L.CheckString(2)
+	var err error
+	ls.call.pause(func() { err = na.SetLNMNotice(name, text) })
+	if err != nil {
+		return pushErr(L, err)
+	}
+	L.Push(glua.LTrue)
+	return 1
+}
+
+// usher.fence(name) → true | nil, err: run the site's fencing command
+// against a lost node (blocks until it confirms, fails or times out).
+func (ls *lstate) apiFence(L *glua.LState) int {
+	na := ls.nodeActions(L, "usher.fence")
+	name := L.CheckString(1)
+	var err error
+	ls.call.pause(func() { err = na.Fence(ls.v.ctx, name) })
+	if err != nil {
+		return pushErr(L, err)
+	}
+	L.Push(glua.LTrue)
+	return 1
+}
+
+// usher.failover({vm names}, {lnm names}) → result | nil, err: restart lost
+// VMs of fenced nodes elsewhere (the migrate_request chain, kind
+// "failover", chooses their nodes).
+func (ls *lstate) apiFailover(L *glua.LState) int {
+	na := ls.nodeActions(L, "usher.failover")
+	names := luaStrings(L.CheckTable(1))
+	var lnms []string
+	if t := L.OptTable(2, nil); t != nil {
+		lnms = luaStrings(t)
+	}
+	var res *api.Result
+	var err error
+	ls.call.pause(func() {
+		ctx, cancel := context.WithTimeout(ls.v.ctx, actionTimeout)
+		defer cancel()
+		res, err = na.Failover(ctx, core.SystemIdentity(), api.MigrateArgs{VMs: names, LNMs: lnms})
+	})
+	if err != nil {
+		return pushErr(L, err)
 	}
 	L.Push(resultTable(L, res))
 	return 1

@@ -87,6 +87,19 @@ func (v *lnmView) field(L *glua.LState, k string) glua.LValue {
 		return glua.LString(string(n.State))
 	case "since":
 		return unixf(n.Since)
+	case "mode":
+		return glua.LString(string(n.Mode))
+	case "mode_reason":
+		return optString(n.ModeReason)
+	case "mode_since":
+		if n.ModeSince.IsZero() {
+			return glua.LNil
+		}
+		return unixf(n.ModeSince)
+	case "notice":
+		return optString(n.Notice)
+	case "fenced":
+		return glua.LBool(n.Fenced)
 	case "info":
 		if v.info == nil {
 			v.info = L.NewUserData()

@@ -148,6 +148,26 @@ Examples:
   migrate web[1-4] node[3-4]
   migrate @db /node[0-9]/`,
 			pos: []argKind{argVMSet, argLNMSet}, run: cmdMigrate},
+		&command{name: "lnm", usage: "isolate|drain|restore LNMSET [--reason TEXT]",
+			summary: "take nodes out of service and back (admins)",
+			doc: `Changes the mode of the nodes of LNMSET (admins):
+  isolate  nothing new is placed there; its VMs stay and keep running
+  drain    nothing new is placed there and its VMs leave (the drain
+           policy, scripts/drain.lua: live migration, or per VM the
+           strategy in its data "drain": migrate, shutdown, stop); once no
+           VM takes its resources it is in maintenance and may be powered
+           off or removed
+  restore  back to active: new VMs may be placed there again (cancels a
+           drain; the VMs that left stay where they went)
+The mode survives controller restarts. lnms shows it with the drain's
+progress; watch shows lnm_mode events. See docs/maintenance.md.
+
+Examples:
+  lnm isolate node3 --reason "disk errors"
+  lnm drain node[1-2] --reason "kernel update"
+  lnm restore node[1-2]`,
+			opts: []opt{{long: "reason", arg: "TEXT", help: "why (shown by lnms and in the event)"}},
+			pos:  []argKind{argNone, argLNMSet}, run: cmdLNMMode},
 		&command{name: "forget", usage: "VMSET", summary: "remove the records of missing or lost VMs",
 			doc: `Removes the controller's records of the VMs of VMSET that are missing
 (gone from their node) or lost (their node failed): their capacity is
@@ -700,6 +720,59 @@ func cmdMigrate(ctx context.Context, s *session, line string, a *parsed) (*step,
 		}
 		syncCache(ctx, c, r)
 		return resultOutcome(r, "migrate", "migrated", "to "+strings.Join(targets, ",")), nil
+	}}, nil
+}
+
+// --- lnm isolate|drain|restore ---
+
+func cmdLNMMode(ctx context.Context, s *session, line string, a *parsed) (*step, error) {
+	if len(a.pos) < 2 {
+		return nil, errors.New("lnm: usage: lnm isolate|drain|restore LNMSET [--reason TEXT]")
+	}
+	var mode api.NodeMode
+	switch a.pos[0] {
+	case "isolate":
+		mode = api.ModeIsolated
+	case "drain":
+		mode = api.ModeDraining
+	case "restore":
+		mode = api.ModeActive
+	default:
+		return nil, fmt.Errorf("lnm: unknown action %q (isolate, drain or restore)", a.pos[0])
+	}
+	reason := a.opts["reason"]
+	if err := (api.SetLNMModeArgs{LNM: "x", Mode: mode, Reason: reason}).Validate(); err != nil {
+		return nil, err
+	}
+	c, err := s.client()
+	if err != nil {
+		return nil, err
+	}
+	set := strings.Join(a.pos[1:], " ")
+	return &step{remote: func(ctx context.Context) (*outcome, error) {
+		names, err := s.resolveLNMs(ctx, set)
+		if err != nil {
+			return nil, err
+		}
+		var out []*api.LNM
+		var errs []error
+		for _, n := range names {
+			l, err := c.SetLNMMode(ctx, n, mode, reason)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", n, err))
+				continue
+			}
+			out = append(out, l)
+		}
+		r := &api.ListLNMsReply{LNMs: out}
+		if r.LNMs == nil {
+			r.LNMs = []*api.LNM{}
+		}
+		text := formatLNMs(out, false)
+		if len(errs) > 0 {
+			return &outcome{text: text, value: r}, errors.Join(errs...)
+		}
+		return &outcome{text: text, value: r}, nil
 	}}, nil
 }
 

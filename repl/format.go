@@ -90,13 +90,24 @@ func formatLNMs(lnms []*api.LNM, status bool) string {
 	if len(lnms) == 0 {
 		return "no LNMs"
 	}
-	header := []string{"NAME", "STATE", "ADDRESS", "DRIVER", "CPUS", "MEM", "VMS", "FREE-MEM", "FREE-VCPUS"}
+	header := []string{"NAME", "STATE", "MODE", "ADDRESS", "DRIVER", "CPUS", "MEM", "VMS", "FREE-MEM", "FREE-VCPUS"}
 	if status {
 		header = append(header, "CPU(1/5/15m)", "MEM-USED")
 	}
 	var rows [][]string
+	var notes []string
 	for _, l := range lnms {
-		r := []string{l.Info.Name, string(l.State), l.Info.Address, l.Info.Driver, fmt.Sprint(l.Info.CPUs),
+		mode := string(l.Mode)
+		if mode == "" {
+			mode = string(api.ModeActive)
+		}
+		if l.Fenced {
+			mode += ",fenced"
+		}
+		if why := modeNote(l); why != "" {
+			notes = append(notes, l.Info.Name+": "+why)
+		}
+		r := []string{l.Info.Name, string(l.State), mode, l.Info.Address, l.Info.Driver, fmt.Sprint(l.Info.CPUs),
 			fmt.Sprintf("%dM", l.Info.MemMB), fmt.Sprint(l.Status.VMs), fmt.Sprintf("%dM", l.Status.FreeMemMB), fmt.Sprint(l.Status.FreeVCPUs)}
 		if status {
 			u := l.Status.Usage
@@ -104,7 +115,33 @@ func formatLNMs(lnms []*api.LNM, status bool) string {
 		}
 		rows = append(rows, r)
 	}
-	return table(header, rows)
+	out := table(header, rows)
+	if len(notes) > 0 {
+		out += "\n" + strings.Join(notes, "\n")
+	}
+	return out
+}
+
+// modeNote says why a node is not active and what a policy reported.
+func modeNote(l *api.LNM) string {
+	var parts []string
+	if l.Mode != "" && l.Mode != api.ModeActive {
+		p := string(l.Mode)
+		if !l.ModeSince.IsZero() {
+			p += " since " + l.ModeSince.Local().Format("2006-01-02 15:04")
+		}
+		if l.ModeBy != "" {
+			p += " by " + l.ModeBy
+		}
+		if l.ModeReason != "" {
+			p += ": " + l.ModeReason
+		}
+		parts = append(parts, p)
+	}
+	if l.Notice != "" {
+		parts = append(parts, l.Notice)
+	}
+	return strings.Join(parts, " — ")
 }
 
 func formatClusters(cls []api.Cluster, owner bool) string {

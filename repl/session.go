@@ -236,6 +236,27 @@ func describeEvent(ev api.Event, all bool) string {
 		if all {
 			return fmt.Sprintf("* LNM %s disconnected", ev.LNM)
 		}
+	case api.EvLNMMode:
+		if all {
+			d := ev.Detail
+			msg := fmt.Sprintf("* LNM %s %s", ev.LNM, d["mode"])
+			if d["previous"] != "" && d["previous"] != d["mode"] {
+				msg += " (was " + d["previous"] + ")"
+			}
+			if d["reason"] != "" && d["previous"] != d["mode"] {
+				msg += ": " + d["reason"]
+			}
+			if d["fenced"] == "true" {
+				msg += ", fenced"
+			}
+			if d["notice"] != "" {
+				msg += " — " + d["notice"]
+			}
+			if ev.Error != "" {
+				msg += " — error: " + ev.Error
+			}
+			return msg
+		}
 	case api.EvRecovered:
 		return fmt.Sprintf("* the controller has rebuilt its state after a restart (%s LNMs, %s VMs)", ev.Detail["lnms"], ev.Detail["vms"])
 	case api.EvError:

@@ -116,6 +116,15 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 		return nil, err
 	}
 	ccfg.GuestKeys = keys.Keys
+	modes, err := controller.LoadNodeModes(filepath.Join(stateDir, "node-modes.json"), log)
+	if err != nil {
+		return nil, err
+	}
+	ccfg.SaveModes = controller.SaveNodeModes(filepath.Join(stateDir, "node-modes.json"))
+	if argv := cfg.Strings("controller.fence_command"); len(argv) > 0 {
+		ccfg.Fence = controller.FenceCommand(argv, log.With("component", "controller"))
+		ccfg.FenceTimeout = cfg.Duration("controller.fence_timeout")
+	}
 	metrics := controller.NewMetrics()
 	ccfg.Observe = metrics.Observe
 	tokens, err := controller.LoadTokenStore(filepath.Join(stateDir, "api-tokens.json"), log)
@@ -132,6 +141,7 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 		c.Host, hooks, policy = host, host, policyAdmin(host)
 	}
 	c.Core = core.New(ccfg, hooks)
+	c.Core.RestoreModes(modes)
 	fail := func(err error) (*Controller, error) {
 		c.Core.Close()
 		if c.Host != nil {

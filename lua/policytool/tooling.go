@@ -481,6 +481,36 @@ func (r *recorder) Migrate(_ context.Context, _ api.Identity, a api.MigrateArgs)
 	return &api.Result{Requested: len(a.VMs)}, nil
 }
 
+// The node actions are recorded too; they succeed (a fence confirms).
+
+func (r *recorder) SetLNMModeBy(name string, mode api.NodeMode, reason, _ string) (*api.LNM, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.log = append(r.log, map[string]any{"kind": "lnm_mode", "lnm": name, "mode": string(mode), "reason": reason})
+	return &api.LNM{Info: api.NodeInfo{Name: name}, Mode: mode, ModeReason: reason}, nil
+}
+
+func (r *recorder) SetLNMNotice(name, notice string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.log = append(r.log, map[string]any{"kind": "lnm_notice", "lnm": name, "notice": notice})
+	return nil
+}
+
+func (r *recorder) Fence(_ context.Context, name string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.log = append(r.log, map[string]any{"kind": "fence", "lnm": name})
+	return nil
+}
+
+func (r *recorder) Failover(_ context.Context, _ api.Identity, a api.MigrateArgs) (*api.Result, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.log = append(r.log, map[string]any{"kind": "failover", "vms": toAnys(a.VMs), "lnms": toAnys(a.LNMs)})
+	return &api.Result{Requested: len(a.VMs)}, nil
+}
+
 func toAnys(xs []string) []any {
 	out := make([]any, len(xs))
 	for i, x := range xs {

@@ -1,0 +1,357 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/api/apitest"
+	"github.com/usher-vm/usher/internal/waitfor"
+)
+
+var root = api.Identity{User: "root", Admin: true}
+
+// saved records what SaveModes was given.
+type saved struct {
+	mu   sync.Mutex
+	last map[string]ModeRecord
+	n    int
+}
+
+func (s *saved) save(m map[string]ModeRecord) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.last, s.n = maps.Clone(m), s.n+1
+	return nil
+}
+
+func (s *saved) get() map[string]ModeRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.last)
+}
+
+// lifecycle is a controller with nodes n1 and n2 (peered) that saves its
+// modes and fences with fence.
+func newLifecycle(t *testing.T, fence func(context.Context, api.NodeInfo) error) (*pipeline, *saved, map[string]uint64) {
+	t.Helper()
+	p := &policy{place: "n1", target: "n2"}
+	sv := &saved{}
+	c := New(Config{Domain: "usher.test", OpTimeout: 10 * time.Second, StartTimeout: 10 * time.Second,
+		SaveModes: sv.save, Fence: fence, FenceTimeout: 200 * time.Millisecond}, p)
+	t.Cleanup(c.Close)
+	pl := &pipeline{c: c, p: p, n1: apitest.NewNode("n1"), n2: apitest.NewNode("n2")}
+	pl.n1.Peers["n2"], pl.n2.Peers["n1"] = pl.n2, pl.n1
+	gens := map[string]uint64{}
+	for _, n := range []*apitest.Node{pl.n1, pl.n2} {
+		gen, err := c.AttachLNM(context.Background(), api.Hello{Node: api.NodeInfo{Name: n.Name, CPUs: 16, MemMB: 16384}}, n, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gens[n.Name] = gen
+	}
+	t.Cleanup(func() {
+		if err := c.State().Check(); err != nil {
+			t.Errorf("state invariants at the end: %v", err)
+		}
+	})
+	return pl, sv, gens
+}
+
+func (pl *pipeline) mode(t *testing.T, name string) *api.LNM {
+	t.Helper()
+	l, ok := pl.c.State().LNM(name)
+	if !ok {
+		t.Fatalf("no LNM %s", name)
+	}
+	return l
+}
+
+func (p *policy) events(typ string) []api.Event {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []api.Event
+	for _, e := range p.notes {
+		if e.Type == typ {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// TestIsolatedNodeTakesNothingNew: an isolated node keeps its VMs running
+// and is refused as the node of a start and the target of a migration,
+// whatever the placement policy chose; restoring it makes it placeable
+// again. Every change is saved and announced.
+func TestIsolatedNodeTakesNothingNew(t *testing.T) {
+	pl, sv, _ := newLifecycle(t, nil)
+	name := pl.start(t, 1)[0]
+	if _, err := pl.c.SetLNMMode(context.Background(), alice, api.SetLNMModeArgs{LNM: "n1", Mode: api.ModeIsolated}); !errors.Is(err, api.ErrForbidden) {
+		t.Fatalf("a user isolated a node: %v", err)
+	}
+	l, err := pl.c.SetLNMMode(context.Background(), root, api.SetLNMModeArgs{LNM: "n1", Mode: api.ModeIsolated, Reason: "disk errors"})
+	if err != nil || l.Mode != api.ModeIsolated || l.ModeReason != "disk errors" || l.ModeBy != "root" {
+		t.Fatalf("isolate: %v %+v", err, l)
+	}
+	if got := sv.get(); got["n1"].Mode != api.ModeIsolated || got["n1"].Reason != "disk errors" {
+		t.Fatalf("saved modes: %+v", got)
+	}
+	r, err := pl.c.Start(context.Background(), alice, api.StartArgs{Cluster: "web", Count: 1})
+	if err != nil || r.OK() != 0 || !strings.Contains(r.Done[0].Error, "isolated") {
+		t.Fatalf("a start placed on an isolated node: %v %+v", err, r)
+	}
+	if v := pl.vm(t, name); v.State != api.StateRunning || v.LNM != "n1" {
+		t.Fatalf("the VM on the isolated node: %+v", v)
+	}
+	// A migration onto it is refused too.
+	pl.p.set(func(p *policy) { p.place, p.target = "n2", "n1" })
+	other := pl.start(t, 1)[0]
+	r, err = pl.c.Migrate(context.Background(), alice, api.MigrateArgs{VMs: []string{other}})
+	if err != nil || r.OK() != 0 || !strings.Contains(r.Done[0].Error, "isolated") {
+		t.Fatalf("migrated onto an isolated node: %v %+v", err, r)
+	}
+	// Queries for placement leave it out unless asked.
+	if got := pl.c.State().QueryLNMs(LNMQuery{Connected: true}); len(got) != 1 || got[0].Info.Name != "n2" {
+		t.Fatalf("placement query offers %v", got)
+	}
+	if got := pl.c.State().QueryLNMs(LNMQuery{Connected: true, Mode: "isolated"}); len(got) != 1 || got[0].Info.Name != "n1" {
+		t.Fatalf("mode query offers %v", got)
+	}
+	if _, err := pl.c.SetLNMMode(context.Background(), root, api.SetLNMModeArgs{LNM: "n1", Mode: api.ModeActive}); err != nil {
+		t.Fatal(err)
+	}
+	if got := sv.get(); len(got) != 0 {
+		t.Fatalf("saved modes after restore: %+v", got)
+	}
+	pl.p.set(func(p *policy) { p.place = "n1" })
+	pl.start(t, 1)
+	evs := pl.p.events(api.EvLNMMode)
+	if len(evs) != 2 || evs[0].Detail["mode"] != "isolated" || evs[0].Detail["reason"] != "disk errors" || evs[1].Detail["mode"] != "active" {
+		t.Fatalf("lnm_mode events: %+v", evs)
+	}
+	if _, err := pl.c.SetLNMMode(context.Background(), root, api.SetLNMModeArgs{LNM: "nope", Mode: api.ModeIsolated}); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("unknown node: %v", err)
+	}
+	if _, err := pl.c.SetLNMMode(context.Background(), root, api.SetLNMModeArgs{LNM: "n1", Mode: api.ModeMaintenance}); !errors.Is(err, api.ErrBadRequest) {
+		t.Fatalf("maintenance by hand: %v", err)
+	}
+}
+
+// TestDrainedNodeEntersMaintenance: a draining node whose last VM left is
+// in maintenance by itself (saved, announced); an empty node drained goes
+// there at once; a hibernated VM on it may not be restored there.
+func TestDrainedNodeEntersMaintenance(t *testing.T) {
+	pl, sv, _ := newLifecycle(t, nil)
+	names := pl.start(t, 2)
+	if _, err := pl.c.SetLNMMode(context.Background(), root, api.SetLNMModeArgs{LNM: "n1", Mode: api.ModeDraining, Reason: "kernel"}); err != nil {
+		t.Fatal(err)
+	}
+	if m := pl.mode(t, "n1").Mode; m != api.ModeDraining {
+		t.Fatalf("n1 is %s", m)
+	}
+	r, err := pl.c.Migrate(context.Background(), root, api.MigrateArgs{VMs: names[:1]})
+	if err != nil || r.OK() != 1 {
+		t.Fatalf("migrate: %v %+v", err, r)
+	}
+	if m := pl.mode(t, "n1").Mode; m != api.ModeDraining {
+		t.Fatalf("n1 is %s with a VM left", m)
+	}
+	// The second one hibernates: it no longer takes the node's resources.
+	if r, err := pl.c.OpOn(context.Background(), alice, api.OpArgs{Op: api.OpHibernate, VMs: names[1:]}); err != nil || r.OK() != 1 {
+		t.Fatalf("hibernate: %v %+v", err, r)
+	}
+	l := pl.mode(t, "n1")
+	if l.Mode != api.ModeMaintenance || !strings.Contains(l.Notice, "drained") {
+		t.Fatalf("n1 after its last VM left: %+v", l)
+	}
+	if got := sv.get(); got["n1"].Mode != api.ModeMaintenance || got["n1"].Reason != "kernel" {
+		t.Fatalf("saved: %+v", got)
+	}
+	r, err = pl.c.OpOn(context.Background(), alice, api.OpArgs{Op: api.OpRestore, VMs: names[1:]})
+	if err != nil || r.OK() != 0 || !strings.Contains(r.Done[0].Error, "maintenance") {
+		t.Fatalf("restored a VM on a node in maintenance: %v %+v", err, r)
+	}
+	evs := pl.p.events(api.EvLNMMode)
+	if len(evs) != 2 || evs[1].Detail["mode"] != "maintenance" || evs[1].Detail["previous"] != "draining" {
+		t.Fatalf("events: %+v", evs)
+	}
+	// n2 is empty of running VMs? No: it runs the migrated one; drain an
+	// empty node instead.
+	pl3 := apitest.NewNode("n3")
+	if _, err := pl.c.AttachLNM(context.Background(), api.Hello{Node: api.NodeInfo{Name: "n3", CPUs: 4, MemMB: 4096}}, pl3, nil); err != nil {
+		t.Fatal(err)
+	}
+	l, err = pl.c.SetLNMMode(context.Background(), root, api.SetLNMModeArgs{LNM: "n3", Mode: api.ModeDraining})
+	if err != nil || l.Mode != api.ModeMaintenance {
+		t.Fatalf("an empty node drained: %v %+v", err, l)
+	}
+}
+
+// TestModesSurviveRestart: modes restored before the nodes register are
+// theirs when they do; a draining node is judged empty only once it has
+// registered its guests.
+func TestModesSurviveRestart(t *testing.T) {
+	c := New(Config{Domain: "usher.test"}, &policy{})
+	defer c.Close()
+	since := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	c.ExpectLNMs([]api.NodeInfo{{Name: "n1"}, {Name: "n2"}})
+	c.RestoreModes(map[string]ModeRecord{
+		"n1": {Mode: api.ModeDraining, Reason: "rack move", By: "root", Since: since},
+		"n2": {Mode: api.ModeIsolated, By: "root", Since: since},
+		"n3": {Mode: api.ModeIsolated, Reason: "not seen yet", Since: since},
+		"BAD NAME": {Mode: api.ModeIsolated},
+	})
+	guest := api.Guest{Name: api.FullName("web1", "alice", "usher.test"), State: api.StateRunning, MemMB: 64, VCPUs: 1}
+	if _, err := c.AttachLNM(context.Background(), api.Hello{Node: api.NodeInfo{Name: "n1", CPUs: 4, MemMB: 4096}}, apitest.NewNode("n1"), []api.Guest{guest}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"n2", "n3"} {
+		if _, err := c.AttachLNM(context.Background(), api.Hello{Node: api.NodeInfo{Name: n, CPUs: 4, MemMB: 4096}}, apitest.NewNode(n), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := map[string]api.NodeMode{"n1": api.ModeDraining, "n2": api.ModeIsolated, "n3": api.ModeIsolated}
+	for n, m := range want {
+		l, _ := c.State().LNM(n)
+		if l.Mode != m || !l.ModeSince.Equal(since) {
+			t.Errorf("%s after the restart: %+v", n, l)
+		}
+	}
+	if err := c.State().Check(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFailoverNeedsConfirmedFence: a lost node's VMs are restarted
+// elsewhere only after the fencing command confirmed it is off; a fence
+// that fails or times out restarts nothing; the fenced node coming back
+// has its stale copy destroyed, not adopted or listed as a conflict.
+func TestFailoverNeedsConfirmedFence(t *testing.T) {
+	var mu sync.Mutex
+	outcome := "fail"
+	fence := func(ctx context.Context, n api.NodeInfo) error {
+		mu.Lock()
+		o := outcome
+		mu.Unlock()
+		switch o {
+		case "fail":
+			return errors.New("ipmi: connection refused")
+		case "hang":
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return nil
+	}
+	set := func(o string) { mu.Lock(); outcome = o; mu.Unlock() }
+	pl, _, gens := newLifecycle(t, fence)
+	name := pl.start(t, 1)[0]
+	ctx := context.Background()
+	if err := pl.c.Fence(ctx, "n1"); err == nil || !strings.Contains(err.Error(), "connected") {
+		t.Fatalf("fenced a connected node: %v", err)
+	}
+	pl.c.DetachLNM("n1", gens["n1"], "link lost")
+	if v := pl.vm(t, name); v.State != api.StateLost {
+		t.Fatalf("after the node failed: %+v", v)
+	}
+	noRestart := func(why string) {
+		t.Helper()
+		r, err := pl.c.Failover(ctx, root, api.MigrateArgs{VMs: []string{name}})
+		if err != nil || r.OK() != 0 || len(r.Dropped) != 1 || !strings.Contains(r.Dropped[0].Reason, "not fenced") {
+			t.Fatalf("%s: failover: %v %+v", why, err, r)
+		}
+		if v := pl.vm(t, name); v.State != api.StateLost || v.LNM != "n1" {
+			t.Fatalf("%s: %+v", why, v)
+		}
+		if _, ok := pl.n2.Guest(name); ok {
+			t.Fatalf("%s: the VM runs on n2", why)
+		}
+	}
+	noRestart("never fenced")
+	if err := pl.c.Fence(ctx, "n1"); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("failed fence: %v", err)
+	}
+	noRestart("fence failed")
+	set("hang")
+	if err := pl.c.Fence(ctx, "n1"); err == nil || !strings.Contains(err.Error(), "deadline") {
+		t.Fatalf("hung fence: %v", err)
+	}
+	noRestart("fence timed out")
+	if pl.mode(t, "n1").Fenced {
+		t.Fatal("n1 marked fenced")
+	}
+	set("ok")
+	if err := pl.c.Fence(ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	if l := pl.mode(t, "n1"); !l.Fenced {
+		t.Fatalf("n1 not fenced: %+v", l)
+	}
+	r, err := pl.c.Failover(ctx, root, api.MigrateArgs{VMs: []string{name}})
+	if err != nil || r.OK() != 1 || r.Done[0].LNM != "n2" {
+		t.Fatalf("failover: %v %+v", err, r)
+	}
+	v := pl.vm(t, name)
+	if v.LNM != "n2" || v.State != api.StateRunning || v.Data["registered"] != "" && v.Data == nil {
+		t.Fatalf("after failover: %+v", v)
+	}
+	if _, ok := pl.n2.Guest(name); !ok {
+		t.Fatal("not running on n2")
+	}
+	// A second failover of the same VM does nothing: it is not lost.
+	if r, err := pl.c.Failover(ctx, root, api.MigrateArgs{VMs: []string{name}}); err != nil || r.OK() != 0 {
+		t.Fatalf("second failover: %v %+v", err, r)
+	}
+	// n1 comes back (its power-off undone by hand) still holding the guest.
+	if _, err := pl.c.AttachLNM(ctx, api.Hello{Node: api.NodeInfo{Name: "n1", CPUs: 16, MemMB: 16384}}, pl.n1, pl.n1.Guests()); err != nil {
+		t.Fatal(err)
+	}
+	waitfor.True(t, 10*time.Second, "the stale copy on n1 destroyed", func() bool {
+		_, ok := pl.n1.Guest(name)
+		return !ok
+	})
+	if v := pl.vm(t, name); v.LNM != "n2" || v.State != api.StateRunning {
+		t.Fatalf("after n1 came back: %+v", v)
+	}
+	if n := pl.c.State().Counts(); n.Conflicts != 0 || n.Unmanaged != 0 || n.VMs != 1 {
+		t.Fatalf("counts: %+v", n)
+	}
+	if l := pl.mode(t, "n1"); l.Fenced || !strings.Contains(l.Notice, "1 stale") {
+		t.Fatalf("n1 after it came back: %+v", l)
+	}
+}
+
+// TestFailoverRestartFailsKeepsTheVM: a restart the target refuses leaves
+// the VM lost on its fenced node, its object whole, to be tried again.
+func TestFailoverRestartFailsKeepsTheVM(t *testing.T) {
+	pl, _, gens := newLifecycle(t, func(context.Context, api.NodeInfo) error { return nil })
+	name := pl.start(t, 1)[0]
+	before := pl.vm(t, name)
+	pl.c.DetachLNM("n1", gens["n1"], "power loss")
+	if err := pl.c.Fence(context.Background(), "n1"); err != nil {
+		t.Fatal(err)
+	}
+	pl.n2.OnStart = func(ctx context.Context, a api.LNMStartArgs) (api.LNMResults, error) {
+		var out api.LNMResults
+		for _, v := range a.VMs {
+			out.Results = append(out.Results, api.VMResult{Name: v.Name, Error: "no room"})
+		}
+		return out, nil
+	}
+	r, err := pl.c.Failover(context.Background(), root, api.MigrateArgs{VMs: []string{name}})
+	if err != nil || r.OK() != 0 || !strings.Contains(r.Done[0].Error, "no room") {
+		t.Fatalf("failover: %v %+v", err, r)
+	}
+	v := pl.vm(t, name)
+	if v.State != api.StateLost || v.LNM != "n1" || v.MemMB != before.MemMB || !maps.Equal(v.Data, before.Data) {
+		t.Fatalf("after a failed restart: %+v (before %+v)", v, before)
+	}
+	pl.n2.OnStart = nil
+	if r, err := pl.c.Failover(context.Background(), root, api.MigrateArgs{VMs: []string{name}}); err != nil || r.OK() != 1 {
+		t.Fatalf("second attempt: %v %+v", err, r)
+	}
+}
