@@ -396,6 +396,7 @@ func (c *Controller) failover(ctx context.Context, id api.Identity, a api.Migrat
 			}
 			vm := c.st.vms[rv.Name]
 			origin[vm.Name] = vm.LNM
+			c.st.markStaleLocked(vm.LNM, vm.Name)
 			reason := "restarting on " + vd.Target + ": its node " + vm.LNM + " was fenced"
 			c.st.moveLocked(vm, vd.Target)
 			c.st.setStateLocked(vm, api.StateStarting, reason)
@@ -418,6 +419,19 @@ func (c *Controller) failover(ctx context.Context, id api.Identity, a api.Migrat
 		pending = "still starting when the request's deadline passed; watch its state"
 	}
 	return res.result(a.ID, len(a.VMs), names, d, pending), nil
+}
+
+// markStaleLocked records that node's copy of VM name, if it has one, is
+// stale.
+func (s *State) markStaleLocked(node, name string) {
+	l := s.lnms[node]
+	if l == nil {
+		return
+	}
+	if l.stale == nil {
+		l.stale = map[string]bool{}
+	}
+	l.stale[name] = true
 }
 
 // failoverBlockLocked says why VM name may not be restarted elsewhere.

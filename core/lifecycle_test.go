@@ -201,9 +201,9 @@ func TestModesSurviveRestart(t *testing.T) {
 	since := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
 	c.ExpectLNMs([]api.NodeInfo{{Name: "n1"}, {Name: "n2"}})
 	c.RestoreModes(map[string]ModeRecord{
-		"n1": {Mode: api.ModeDraining, Reason: "rack move", By: "root", Since: since},
-		"n2": {Mode: api.ModeIsolated, By: "root", Since: since},
-		"n3": {Mode: api.ModeIsolated, Reason: "not seen yet", Since: since},
+		"n1":       {Mode: api.ModeDraining, Reason: "rack move", By: "root", Since: since},
+		"n2":       {Mode: api.ModeIsolated, By: "root", Since: since},
+		"n3":       {Mode: api.ModeIsolated, Reason: "not seen yet", Since: since},
 		"BAD NAME": {Mode: api.ModeIsolated},
 	})
 	guest := api.Guest{Name: api.FullName("web1", "alice", "usher.test"), State: api.StateRunning, MemMB: 64, VCPUs: 1}
@@ -353,5 +353,38 @@ func TestFailoverRestartFailsKeepsTheVM(t *testing.T) {
 	pl.n2.OnStart = nil
 	if r, err := pl.c.Failover(context.Background(), root, api.MigrateArgs{VMs: []string{name}}); err != nil || r.OK() != 1 {
 		t.Fatalf("second attempt: %v %+v", err, r)
+	}
+}
+
+// TestMigratedAwayCopyDestroyedOnReturn: the source's link failed mid-way
+// while the target already ran the VM (recorded there); the source comes
+// back still holding a copy: that copy is destroyed, not a conflict.
+func TestMigratedAwayCopyDestroyedOnReturn(t *testing.T) {
+	pl, _, gens := newLifecycle(t, nil)
+	name := pl.start(t, 1)[0]
+	pl.n1.OnMigrate = func(_ context.Context, a api.LNMMigrateArgs) (api.LNMResults, error) {
+		for _, n := range a.Names { // the target has it; the source never let go
+			g, _ := pl.n1.Guest(n)
+			pl.n2.Put(g)
+		}
+		return api.LNMResults{}, apitest.ErrDown
+	}
+	r, err := pl.c.Migrate(context.Background(), alice, api.MigrateArgs{VMs: []string{name}, LNMs: []string{"n2"}})
+	if err != nil || r.OK() != 1 || r.Done[0].LNM != "n2" {
+		t.Fatalf("migrate: %v %+v", err, r)
+	}
+	pl.c.DetachLNM("n1", gens["n1"], "link lost")
+	if _, err := pl.c.AttachLNM(context.Background(), api.Hello{Node: api.NodeInfo{Name: "n1", CPUs: 16, MemMB: 16384}}, pl.n1, pl.n1.Guests()); err != nil {
+		t.Fatal(err)
+	}
+	waitfor.True(t, 10*time.Second, "the stale copy on n1 destroyed", func() bool {
+		_, ok := pl.n1.Guest(name)
+		return !ok
+	})
+	if v := pl.vm(t, name); v.LNM != "n2" || v.State != api.StateRunning {
+		t.Fatalf("after n1 came back: %+v", v)
+	}
+	if n := pl.c.State().Counts(); n.Conflicts != 0 || n.VMs != 1 {
+		t.Fatalf("counts: %+v", n)
 	}
 }

@@ -267,8 +267,9 @@ func (c *Controller) AttachLNM(ctx context.Context, hello api.Hello, link api.No
 			short, owner, managed := api.ParseFullName(g.Name, c.cfg.Domain)
 			vm := c.st.vms[g.Name]
 			switch {
-			case vm != nil && vm.LNM != info.Name && fenced:
-				// Fenced, then restarted elsewhere: this copy is stale.
+			case vm != nil && vm.LNM != info.Name && (fenced || l.stale[g.Name]):
+				// Restarted elsewhere after a fence, or migrated away
+				// while this node could not say it let go: stale.
 				stale = append(stale, g.Name)
 			case vm != nil && vm.LNM != info.Name && c.heldElsewhereLocked(vm):
 				if c.st.setConflictLocked(l, *g, false, vm.LNM) {
@@ -324,6 +325,7 @@ func (c *Controller) AttachLNM(ctx context.Context, hello api.Hello, link api.No
 				evs = append(evs, api.Event{Type: api.EvVMMissing, VM: vm.Snapshot(), User: vm.Owner, LNM: info.Name})
 			}
 		}
+		l.stale = nil
 		if fenced {
 			l.lnm.Fenced = false
 			l.lnm.Notice = fmt.Sprintf("registered again after being fenced: %d stale guests destroyed", len(stale))
@@ -333,24 +335,7 @@ func (c *Controller) AttachLNM(ctx context.Context, hello api.Hello, link api.No
 		c.st.drainedLocked(l)
 		st = l.lnm
 	})
-	if len(stale) > 0 {
-		c.log.Warn("a fenced node came back with guests restarted elsewhere: destroying its copies", "lnm", info.Name, "guests", len(stale))
-		c.goTracked("destroy stale guests on "+info.Name, func() {
-			rctx, cancel := context.WithTimeout(context.Background(), c.cfg.OpTimeout)
-			defer cancel()
-			defer context.AfterFunc(ctxOf(c.stop), cancel)()
-			out, err := link.OpOn(rctx, api.LNMOpArgs{Op: api.OpDestroy, Names: stale, Force: true})
-			if err != nil {
-				c.log.Error("destroying stale guests of a fenced node failed", "lnm", info.Name, "err", err)
-				return
-			}
-			for _, r := range out.Results {
-				if !r.OK {
-					c.log.Error("a stale guest of a fenced node was not destroyed", "lnm", info.Name, "vm", r.Name, "err", r.Error)
-				}
-			}
-		})
-	}
+	c.destroyStale(info.Name, link, stale)
 	evs[0] = api.Event{Type: api.EvLNMConnected, LNM: info.Name, Detail: api.StringMap{"address": st.Info.Address}}
 	// A full sync: the LNM's cache becomes exactly these objects.
 	c.goTracked("sync of "+info.Name, func() {
@@ -365,6 +350,30 @@ func (c *Controller) AttachLNM(ctx context.Context, hello api.Hello, link api.No
 	c.openGateIfWhole()
 	c.log.Info("LNM connected", "lnm", info.Name, "guests", len(guests))
 	return gen, nil
+}
+
+// destroyStale destroys a node's stale copies of VMs that run elsewhere
+// (see lnmRec.stale), in the background.
+func (c *Controller) destroyStale(node string, link api.Node, names []string) {
+	if len(names) == 0 || link == nil {
+		return
+	}
+	c.log.Warn("a node holds stale copies of VMs that run elsewhere: destroying them", "lnm", node, "guests", len(names))
+	c.goTracked("destroy stale guests on "+node, func() {
+		rctx, cancel := context.WithTimeout(context.Background(), c.cfg.OpTimeout)
+		defer cancel()
+		defer context.AfterFunc(ctxOf(c.stop), cancel)()
+		out, err := link.OpOn(rctx, api.LNMOpArgs{Op: api.OpDestroy, Names: names, Force: true})
+		if err != nil {
+			c.log.Error("destroying stale guests failed", "lnm", node, "err", err)
+			return
+		}
+		for _, r := range out.Results {
+			if !r.OK {
+				c.log.Error("a stale guest was not destroyed", "lnm", node, "vm", r.Name, "err", r.Error)
+			}
+		}
+	})
 }
 
 // heldElsewhereLocked reports whether vm's own node still holds it: it is
@@ -461,11 +470,14 @@ func (c *Controller) HandleReport(lnm string, gen uint64, r api.Report) {
 	defer c.logPanic("LNM report from " + lnm)
 	var evs []api.Event
 	var acks []*api.VM
+	var stale []string
+	var link api.Node
 	c.st.write(func() {
 		l := c.st.lnms[lnm]
 		if l == nil || l.gen != gen {
 			return
 		}
+		link = l.link
 		if r.Node != nil {
 			l.lnm.Status.Usage, l.lnm.Status.ReportedAt = r.Node.Usage, r.Node.ReportedAt
 			c.st.syncSlotLocked(l)
@@ -500,6 +512,11 @@ func (c *Controller) HandleReport(lnm string, gen uint64, r api.Report) {
 				}
 				if vm.State == api.StateMigrating {
 					continue // the destination reports before the migration is recorded
+				}
+				if l.stale[g.Name] {
+					delete(l.stale, g.Name)
+					stale = append(stale, g.Name)
+					continue
 				}
 				if c.heldElsewhereLocked(vm) {
 					if c.st.setConflictLocked(l, g, false, vm.LNM) {
@@ -554,6 +571,7 @@ func (c *Controller) HandleReport(lnm string, gen uint64, r api.Report) {
 	})
 	c.ack(lnm, acks)
 	c.emit(evs...)
+	c.destroyStale(lnm, link, stale)
 }
 
 // ---------------------------------------------------------------------------
@@ -629,7 +647,7 @@ func (c *Controller) ExpectLNMs(infos []api.NodeInfo) {
 				continue
 			}
 			l := c.st.lnmLocked(info.Name)
-			l.lnm = api.LNM{Info: info, State: api.LNMRecovering, Since: now()}
+			l.lnm.Info, l.lnm.State, l.lnm.Since = info, api.LNMRecovering, now()
 			l.known = true
 			c.st.syncSlotLocked(l)
 		}

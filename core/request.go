@@ -845,6 +845,7 @@ func (c *Controller) migrateBatch(src, dst string, vms []*api.VM, reqID string, 
 				continue
 			}
 			r, got := okm[v.Name]
+			located := !got
 			if !got {
 				switch where[v.Name] {
 				case dst:
@@ -855,6 +856,11 @@ func (c *Controller) migrateBatch(src, dst string, vms []*api.VM, reqID string, 
 			}
 			switch {
 			case !ready[v.Name]:
+				if perr != nil {
+					// The target may have prepared a copy it could
+					// not tell of: stale if it ever reports it.
+					c.st.markStaleLocked(dst, v.Name)
+				}
 				msg := "target could not prepare the migration"
 				if perr != nil {
 					msg += ": " + perr.Error()
@@ -867,6 +873,11 @@ func (c *Controller) migrateBatch(src, dst string, vms []*api.VM, reqID string, 
 				fail(v.Name, msg)
 				evs = append(evs, api.Event{Type: api.EvMigrateComplete, VM: vm.Snapshot(), User: vm.Owner, LNM: src, Req: reqID, Error: msg})
 			case got && r.OK:
+				if located {
+					// The source never said it let go: a copy it may
+					// still hold is stale, destroyed if it reports it.
+					c.st.markStaleLocked(src, v.Name)
+				}
 				c.st.moveLocked(vm, dst)
 				st := r.State
 				if st == "" {
@@ -888,6 +899,7 @@ func (c *Controller) migrateBatch(src, dst string, vms []*api.VM, reqID string, 
 				c.st.setStateLocked(vm, p, "migration failed")
 				srcAcks = append(srcAcks, vm.Snapshot())
 				abort = append(abort, v.Name)
+				c.st.markStaleLocked(dst, v.Name) // should the abort not reach it
 				fail(v.Name, "migration failed, VM stays on "+src+": "+msg)
 				evs = append(evs, api.Event{Type: api.EvMigrateComplete, VM: vm.Snapshot(), User: vm.Owner, LNM: src, Req: reqID, Error: msg})
 			default:

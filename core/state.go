@@ -33,6 +33,11 @@ type lnmRec struct {
 	known     bool // known from before a restart (ExpectLNMs)
 	attached  bool // has registered with this controller
 	attaching bool // its registration is being applied (its VMs not all counted yet)
+	// stale names VMs recorded elsewhere whose copy on this node is known
+	// to be stale (restarted elsewhere after a fence, or migrated away
+	// while this node could not confirm it let go): destroyed if it
+	// reports them.
+	stale map[string]bool
 	// What the node's VMs take of it (see consumes), kept by every
 	// change: its free capacity is its size less this.
 	usedMem, usedCPUs, active int
@@ -238,6 +243,7 @@ func (s *State) moveLocked(vm *api.VM, lnm string) {
 	vm.LNM = lnm
 	l := s.lnmLocked(lnm)
 	l.vms[vm.Name] = vm
+	delete(l.stale, vm.Name)
 	s.chargeLocked(l, vm, 1)
 }
 
