@@ -218,6 +218,21 @@ func (h *Host) dispatch() {
 	}
 }
 
+// NotifyNow delivers ev to its handlers at once, in the caller's
+// goroutine, and returns their errors (policy tests: usher_test.notify).
+func (h *Host) NotifyNow(ctx context.Context, ev api.Event) error {
+	var errs []error
+	for _, hd := range h.snap.Load().chains[ev.Type] {
+		_, err := h.invoke(ctx, hd, kindAsync, func(ls *lstate) []glua.LValue {
+			return []glua.LValue{eventTable(ls.L, ev)}
+		}, nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s (handler %s on %s)", err.Error(), hd.label(), ev.Type))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // startTimers runs one goroutine per usher.every registration of v until v
 // is replaced or unloaded.
 func (h *Host) startTimers(v *version) {

@@ -90,6 +90,9 @@ func (f *FixtureView) set(t *glua.LTable) error {
 				v.Short, v.Owner, _ = api.ParseFullName(v.Name, domain)
 			}
 			v.Cluster = str(e, "cluster", api.ClusterOf(v.Short))
+			if c, ok := e.RawGetString("cpu").(glua.LNumber); ok {
+				v.Usage = &api.Usage{CPU: api.Avg{M1: float64(c), M5: float64(c), M15: float64(c)}}
+			}
 			if d, ok := e.RawGetString("data").(*glua.LTable); ok {
 				v.Data = lua.StringMap(d)
 			}

@@ -301,6 +301,30 @@ func (tr *testRun) install(L *glua.LState) {
 			}
 			return 0
 		},
+		"notify": func(L *glua.LState) int {
+			h := tr.ensureHost(L)
+			e := L.CheckTable(1)
+			ev := api.Event{Type: str(e, "type", ""), LNM: str(e, "lnm", ""), User: str(e, "user", ""), Error: str(e, "error", ""),
+				OK: glua.LVAsBool(e.RawGetString("ok")), Time: time.Now()}
+			if ev.Type == "" {
+				L.ArgError(1, "an event needs a type")
+			}
+			if d, ok := e.RawGetString("detail").(*glua.LTable); ok {
+				ev.Detail = lua.StringMap(d)
+			}
+			if name := str(e, "vm", ""); name != "" {
+				if vm, ok := tr.view.VM(name); ok {
+					ev.VM = vm
+				} else {
+					L.ArgError(1, "no VM "+name+" in the fixture")
+				}
+			}
+			if err := h.NotifyNow(context.Background(), ev); err != nil {
+				L.Push(glua.LString(err.Error()))
+				return 1
+			}
+			return 0
+		},
 		"actions": func(L *glua.LState) int {
 			L.Push(tr.acts.table(L))
 			return 1
