@@ -255,6 +255,24 @@ func TestHTTPAPI(t *testing.T) {
 	if st := hs.do(t, "alice", "GET", "/api/v1/nodes", nil, &nodes); st != 200 || len(nodes.LNMs) != 2 {
 		t.Errorf("nodes: %d %+v", st, nodes)
 	}
+	// Node modes: admins only; the mode and reason come back.
+	node := nodes.LNMs[0].Info.Name
+	if st := hs.do(t, "alice", "POST", "/api/v1/nodes/"+node+"/isolate", map[string]string{"reason": "x"}, &e); st != 403 {
+		t.Errorf("a user isolated a node: %d %+v", st, e)
+	}
+	var l api.LNM
+	if st := hs.do(t, "root", "POST", "/api/v1/nodes/"+node+"/isolate", map[string]string{"reason": "fan noise"}, &l); st != 200 || l.Mode != api.ModeIsolated || l.ModeReason != "fan noise" {
+		t.Errorf("isolate: %d %+v", st, l)
+	}
+	if st := hs.do(t, "root", "POST", "/api/v1/nodes/"+node+"/explode", map[string]string{}, &e); st != 404 {
+		t.Errorf("unknown node action: %d %+v", st, e)
+	}
+	if st := hs.do(t, "root", "POST", "/api/v1/nodes/nosuch/drain", map[string]string{}, &e); st != 404 {
+		t.Errorf("unknown node: %d %+v", st, e)
+	}
+	if st := hs.do(t, "root", "POST", "/api/v1/nodes/"+node+"/restore", map[string]string{}, &l); st != 200 || l.Mode != api.ModeActive {
+		t.Errorf("restore: %d %+v", st, l)
+	}
 	var cls api.ClustersReply
 	if st := hs.do(t, "alice", "GET", "/api/v1/clusters", nil, &cls); st != 200 || len(cls.Clusters) != 1 || len(cls.Clusters[0].VMs) != 3 {
 		t.Errorf("clusters: %d %+v", st, cls)

@@ -16,6 +16,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -76,7 +78,9 @@ func startLabSite(t testing.TB, overcommit int) *labSite {
 domain = %q
 image_dir = %q
 [policy]
-enable = ["auth_htpasswd", "authz_owner", "images", "place_leastloaded", "ipam_sql", "dns", "nfs_dirs"]
+enable = ["auth_htpasswd", "authz_owner", "images", "place_leastloaded", "ipam_sql", "dns", "nfs_dirs", "drain"]
+[policy.config.drain]
+interval = "1s"
 [policy.config.auth_htpasswd]
 file = %q
 admins = ["root"]
@@ -455,4 +459,105 @@ func BenchmarkBootToSSH(b *testing.B) {
 	b.ReportMetric(usherT.Seconds()/float64(b.N), "usher-s")
 	b.ReportMetric(directT.Seconds()/float64(b.N), "direct-s")
 	b.ReportMetric(float64(usherT)/float64(directT), "usher/direct")
+}
+
+// consoleLog is what VM name's serial console printed (ush console --log).
+func consoleLog(t testing.TB, c *client.Client, name string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	if err := repl.Exec(ctx, c, "console --log "+name, false, &out); err != nil {
+		return ""
+	}
+	return out.String()
+}
+
+var tickLine = regexp.MustCompile(`(?m)^tick (\d+)\r?$`)
+
+// ticks are the counter values a test guest printed, in order.
+func ticks(log string) []int {
+	var out []int
+	for _, m := range tickLine.FindAllStringSubmatch(log, -1) {
+		n, _ := strconv.Atoi(m[1])
+		out = append(out, n)
+	}
+	return out
+}
+
+// TestLibvirtDrainAndRestore: host1 runs two guests printing a counter on
+// their consoles; "lnm drain host1" live-migrates both to host2 (drain.lua)
+// where their counters carry on (no reboot), host1 enters maintenance;
+// "lnm restore host1" and a new VM is placed there again.
+func TestLibvirtDrainAndRestore(t *testing.T) {
+	ls := startLabSite(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	alice, err := ls.Client(ctx, "alice", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	root, err := ls.Client(ctx, "root", "root-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	if out := ush(t, alice, "start -n tick -c 2 --on host1 image=tiny"); !strings.Contains(out, "started 2 of 2") {
+		t.Fatalf("start:\n%s", out)
+	}
+	names := []string{"tick1.alice." + labDomain, "tick2.alice." + labDomain}
+	before := map[string]int{}
+	for _, n := range names {
+		if v, _ := alice.VM(n); v == nil || v.LNM != "host1" {
+			t.Fatalf("%s: %+v", n, v)
+		}
+		waitfor.True(t, 5*time.Minute, n+" counting on its console", func() bool {
+			tk := ticks(consoleLog(t, alice, n))
+			return len(tk) > 0 && tk[len(tk)-1] >= 3
+		})
+	}
+	for _, n := range names {
+		tk := ticks(consoleLog(t, alice, n))
+		before[n] = tk[len(tk)-1]
+	}
+	ush(t, root, `lnm drain host1 --reason "kernel update"`)
+	waitfor.True(t, 5*time.Minute, "host1 in maintenance", func() bool {
+		ls, err := root.ListLNMs(ctx, []string{"host1"}, false)
+		return err == nil && len(ls) == 1 && ls[0].Mode == api.ModeMaintenance
+	})
+	if out := ush(t, root, "lnms"); !strings.Contains(out, "maintenance") || !strings.Contains(out, "kernel update") {
+		t.Errorf("lnms does not show the maintenance:\n%s", out)
+	}
+	for _, n := range names {
+		v, _ := alice.VM(n)
+		if v == nil || v.LNM != "host2" || v.State != api.StateRunning {
+			t.Fatalf("%s after the drain: %+v", n, v)
+		}
+		// Its counter carries on where it was: the guest was not rebooted.
+		var log string
+		waitfor.True(t, 2*time.Minute, n+" counting on host2", func() bool {
+			log = consoleLog(t, alice, n)
+			tk := ticks(log)
+			return len(tk) > 0 && tk[len(tk)-1] >= before[n]+3
+		})
+		tk := ticks(log)
+		for i := 1; i < len(tk); i++ {
+			if tk[i] < tk[i-1] {
+				t.Fatalf("%s: its counter went back from %d to %d (rebooted?):\n%s", n, tk[i-1], tk[i], log)
+			}
+		}
+		if c := strings.Count(log, "USHER-GUEST-UP"); c > 1 {
+			t.Fatalf("%s booted %d times:\n%s", n, c, log)
+		}
+		t.Logf("%s: counter at %d before the drain, %d on host2", n, before[n], tk[len(tk)-1])
+	}
+	ush(t, root, "lnm restore host1")
+	if out := ush(t, alice, "start -n again -c 1 --on host1 image=tiny"); !strings.Contains(out, "started 1 of 1") {
+		t.Fatalf("start after restore:\n%s", out)
+	}
+	if v, _ := alice.VM("again1.alice." + labDomain); v == nil || v.LNM != "host1" {
+		t.Fatalf("after restore: %+v", v)
+	}
+	ush(t, alice, "destroy @tick @again")
 }

@@ -112,7 +112,7 @@ var clientMethods = []api.Method[json.RawMessage, json.RawMessage]{
 	{Name: api.MWhoami.Name}, {Name: api.MList.Name}, {Name: api.MListLNMs.Name}, {Name: api.MClusters.Name},
 	{Name: api.MStart.Name}, {Name: api.MOpOn.Name}, {Name: api.MMigrate.Name}, {Name: api.MForget.Name},
 	{Name: api.MPlan.Name}, {Name: api.MPolicy.Name}, {Name: api.MStatus.Name}, {Name: api.MAuth.Name},
-	{Name: api.MImages.Name}, {Name: api.MKeys.Name}, {Name: api.MTokens.Name},
+	{Name: api.MImages.Name}, {Name: api.MKeys.Name}, {Name: api.MTokens.Name}, {Name: api.MSetLNMMode.Name},
 }
 
 // FuzzClientMethods calls every method of the client link with arbitrary
@@ -122,17 +122,18 @@ var clientMethods = []api.Method[json.RawMessage, json.RawMessage]{
 // hold after every call.
 func FuzzClientMethods(f *testing.F) {
 	seeds := map[string]any{
-		"start":    api.StartArgs{Cluster: "web", Count: 3, MemMB: 256},
-		"op_on":    api.OpArgs{Op: api.OpPause, VMs: []string{"web1.alice.usher.test"}},
-		"migrate":  api.MigrateArgs{VMs: []string{"web2.alice.usher.test"}, LNMs: []string{"n2"}},
-		"forget":   api.ForgetArgs{VMs: []string{"web3.alice.usher.test"}},
-		"plan":     api.PlanArgs{Start: &api.StartArgs{Cluster: "db", Count: 2}},
-		"list":     api.ListArgs{All: true, Lists: true, Limit: 2, After: "a"},
-		"clusters": api.ClustersArgs{All: true},
-		"status":   api.StatusArgs{Check: true},
-		"policy":   api.PolicyArgs{Action: "status"},
-		"tokens":   api.TokensArgs{Action: api.TokensCreate, Name: "ci", Expires: "1h"},
-		"keys":     api.KeysArgs{Action: api.KeysAdd, Key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHvVr1Xn2zS1p3Zc0Pq3A1C7dUIxFt8e0XyE0m2cQ0tA a@b"},
+		"start":        api.StartArgs{Cluster: "web", Count: 3, MemMB: 256},
+		"op_on":        api.OpArgs{Op: api.OpPause, VMs: []string{"web1.alice.usher.test"}},
+		"migrate":      api.MigrateArgs{VMs: []string{"web2.alice.usher.test"}, LNMs: []string{"n2"}},
+		"forget":       api.ForgetArgs{VMs: []string{"web3.alice.usher.test"}},
+		"plan":         api.PlanArgs{Start: &api.StartArgs{Cluster: "db", Count: 2}},
+		"list":         api.ListArgs{All: true, Lists: true, Limit: 2, After: "a"},
+		"clusters":     api.ClustersArgs{All: true},
+		"status":       api.StatusArgs{Check: true},
+		"policy":       api.PolicyArgs{Action: "status"},
+		"tokens":       api.TokensArgs{Action: api.TokensCreate, Name: "ci", Expires: "1h"},
+		"set_lnm_mode": api.SetLNMModeArgs{LNM: "n1", Mode: api.ModeDraining, Reason: "fuzz"},
+		"keys":         api.KeysArgs{Action: api.KeysAdd, Key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHvVr1Xn2zS1p3Zc0Pq3A1C7dUIxFt8e0XyE0m2cQ0tA a@b"},
 	}
 	for i, m := range clientMethods {
 		b, _ := json.Marshal(seeds[m.Name])

@@ -66,7 +66,8 @@ local function drain(node, budget)
     if #failed > 5 then notice = notice .. string.format(" and %d more", #failed - 5) end
     usher.log.warn("drain: VMs could not leave", "lnm", node.name, "vms", #failed, "first", failed[1])
   end
-  usher.lnm_notice(node.name, notice)
+  -- Once the last VM left, the controller's own notice ("drained") stands.
+  if left - moved > 0 or #failed > 0 then usher.lnm_notice(node.name, notice) end
   return budget
 end
 
