@@ -78,7 +78,7 @@ func startLabSite(t testing.TB, overcommit int) *labSite {
 domain = %q
 image_dir = %q
 [policy]
-enable = ["auth_htpasswd", "authz_owner", "images", "place_leastloaded", "ipam_sql", "dns", "nfs_dirs", "drain"]
+enable = ["auth_htpasswd", "authz_owner", "images", "qos", "place_leastloaded", "ipam_sql", "dns", "nfs_dirs", "drain"]
 [policy.config.drain]
 interval = "1s"
 [policy.config.auth_htpasswd]

@@ -35,4 +35,19 @@ const (
 	// DataUserData is extra cloud-init user-data a policy adds (a
 	// #cloud-config document or a script), merged after Usher's own.
 	DataUserData = "user_data"
+	// DataQoS is the VM's class: QoSGuaranteed (its vCPUs and memory are
+	// never overcommitted: placement counts them against the node's host
+	// CPUs, and the node gives it a large CPU weight) or QoSBestEffort
+	// (the default: it shares what the node offers, overcommitted as the
+	// node is configured).
+	DataQoS = "qos"
 )
+
+// The values of DataQoS.
+const (
+	QoSGuaranteed = "guaranteed"
+	QoSBestEffort = "best-effort"
+)
+
+// Guaranteed reports whether a VM's data makes it guaranteed.
+func Guaranteed(data StringMap) bool { return data[DataQoS] == QoSGuaranteed }

@@ -171,6 +171,10 @@ type NodeInfo struct {
 	MemMB    int    `json:"mem_mb"`
 	Hostname string `json:"hostname,omitempty"`
 	Model    string `json:"model,omitempty"`
+	// GuaranteedCPUs is how many vCPUs the node can guarantee: its host
+	// CPUs, when CPUs offers more (vCPU overcommit for best-effort VMs).
+	// 0: all of CPUs.
+	GuaranteedCPUs int `json:"guaranteed_cpus,omitempty"`
 }
 
 // NodeStatus is a node's dynamic state (get_node_status).
@@ -178,7 +182,10 @@ type NodeStatus struct {
 	VMs        int   `json:"vms"`
 	FreeMemMB  int   `json:"free_mem_mb"`
 	FreeVCPUs  int   `json:"free_vcpus"`
-	Usage      Usage `json:"usage"`
+	// FreeGuaranteedVCPUs is how many more vCPUs of guaranteed VMs fit:
+	// what its guaranteed VMs leave of GuaranteedCPUs, at most FreeVCPUs.
+	FreeGuaranteedVCPUs int   `json:"free_guaranteed_vcpus"`
+	Usage               Usage `json:"usage"`
 	ReportedAt int64 `json:"reported_at"` // unix ms
 }
 

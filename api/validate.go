@@ -96,6 +96,9 @@ func ValidData(m StringMap) error {
 	if total > MaxDataBytes {
 		return fmt.Errorf("data: %d bytes in all (at most %d)", total, MaxDataBytes)
 	}
+	if q, ok := m[DataQoS]; ok && q != QoSGuaranteed && q != QoSBestEffort {
+		return fmt.Errorf("data[%q] = %.20q: %s or %s", DataQoS, q, QoSGuaranteed, QoSBestEffort)
+	}
 	return nil
 }
 

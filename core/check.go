@@ -109,12 +109,15 @@ func (s *State) Check() error {
 		states[l.lnm.State]++
 		unmanaged += len(l.unmanaged)
 		conflicts += len(l.conflicts)
-		mem, cpus, active := 0, 0, 0
+		mem, cpus, active, gcpus := 0, 0, 0, 0
 		take := func(v *api.VM) {
 			if consumes(v.State) {
 				mem += v.MemMB
 				cpus += v.VCPUs
 				active++
+				if api.Guaranteed(v.Data) {
+					gcpus += v.VCPUs
+				}
 			}
 		}
 		for n, v := range l.vms {
@@ -129,6 +132,9 @@ func (s *State) Check() error {
 		if mem != l.usedMem || cpus != l.usedCPUs || active != l.active {
 			fail("node %s: VMs take %d MiB, %d vCPUs, %d VMs; its record says %d, %d, %d", name, mem, cpus, active, l.usedMem, l.usedCPUs, l.active)
 		}
+		if gcpus != l.guaranteedCPUs || l.lnm.Status.FreeGuaranteedVCPUs != min(guaranteeable(l.lnm.Info)-gcpus, l.lnm.Info.CPUs-cpus) {
+			fail("node %s: guaranteed VMs take %d vCPUs, its record says %d (free to guarantee %d)", name, gcpus, l.guaranteedCPUs, l.lnm.Status.FreeGuaranteedVCPUs)
+		}
 		if l.lnm.Status.FreeMemMB != l.lnm.Info.MemMB-mem || l.lnm.Status.FreeVCPUs != l.lnm.Info.CPUs-cpus {
 			fail("node %s: free %d MiB, %d vCPUs; size %d, %d less what its VMs take is %d, %d", name,
 				l.lnm.Status.FreeMemMB, l.lnm.Status.FreeVCPUs, l.lnm.Info.MemMB, l.lnm.Info.CPUs, l.lnm.Info.MemMB-mem, l.lnm.Info.CPUs-cpus)
@@ -142,7 +148,8 @@ func (s *State) Check() error {
 		}
 		t := s.slots[l.slot-1]
 		if t.Info.Name != name || t.State != l.lnm.State || t.Status.FreeMemMB != l.lnm.Status.FreeMemMB ||
-			t.Status.FreeVCPUs != l.lnm.Status.FreeVCPUs || t.Status.VMs != l.lnm.Status.VMs || t.Mode != l.lnm.Mode {
+			t.Status.FreeVCPUs != l.lnm.Status.FreeVCPUs || t.Status.VMs != l.lnm.Status.VMs || t.Mode != l.lnm.Mode ||
+			t.Status.FreeGuaranteedVCPUs != l.lnm.Status.FreeGuaranteedVCPUs {
 			fail("node %s: its query slot disagrees with its record", name)
 		}
 	}

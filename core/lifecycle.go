@@ -243,6 +243,33 @@ func (s *State) placeableLocked(name string) string {
 	return ""
 }
 
+// guaranteeLocked says why node name cannot take guaranteed VM vm ("" if
+// it can, or vm is best-effort): its vCPUs must fit what the node can
+// still guarantee and its memory what is free (memory is never
+// overcommitted).
+func (s *State) guaranteeLocked(name string, vm *api.VM) string {
+	if !api.Guaranteed(vm.Data) {
+		return ""
+	}
+	l := s.lnms[name]
+	if l == nil {
+		return fmt.Sprintf("LNM %q is not connected", name)
+	}
+	st := l.lnm.Status
+	if st.FreeGuaranteedVCPUs < vm.VCPUs || st.FreeMemMB < vm.MemMB {
+		return fmt.Sprintf("LNM %s cannot guarantee %d vCPUs and %d MiB (%d vCPUs and %d MiB left to guarantee)",
+			name, vm.VCPUs, vm.MemMB, max(st.FreeGuaranteedVCPUs, 0), max(st.FreeMemMB, 0))
+	}
+	return ""
+}
+
+// guarantee is guaranteeLocked under the read lock.
+func (s *State) guarantee(name string, vm *api.VM) string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.guaranteeLocked(name, vm)
+}
+
 // modeOf is node name's mode.
 func (s *State) modeOf(name string) api.NodeMode {
 	s.mu.RLock()
@@ -395,6 +422,9 @@ func (c *Controller) failover(ctx context.Context, id api.Identity, a api.Migrat
 				return
 			}
 			vm := c.st.vms[rv.Name]
+			if why = c.st.guaranteeLocked(vd.Target, vm); why != "" {
+				return
+			}
 			origin[vm.Name] = vm.LNM
 			c.st.markStaleLocked(vm.LNM, vm.Name)
 			reason := "restarting on " + vd.Target + ": its node " + vm.LNM + " was fenced"

@@ -388,3 +388,81 @@ func TestMigratedAwayCopyDestroyedOnReturn(t *testing.T) {
 		t.Fatalf("counts: %+v", n)
 	}
 }
+
+// TestGuaranteedNeverOvercommitted: n1 offers 16 vCPUs on 4 host CPUs.
+// Best-effort VMs may take all 16; guaranteed ones only what the host
+// CPUs leave, whatever placement chose — at start, on migration and on
+// failover — and what they take is given back when they go.
+func TestGuaranteedNeverOvercommitted(t *testing.T) {
+	p := &policy{place: "n1", target: "n1", qos: api.QoSGuaranteed}
+	c := New(Config{Domain: "usher.test", OpTimeout: 10 * time.Second, StartTimeout: 10 * time.Second}, p)
+	defer c.Close()
+	n1, n2 := apitest.NewNode("n1"), apitest.NewNode("n2")
+	n1.Peers["n2"], n2.Peers["n1"] = n2, n1
+	ctx := context.Background()
+	for _, n := range []*apitest.Node{n1, n2} {
+		if _, err := c.AttachLNM(ctx, api.Hello{Node: api.NodeInfo{Name: n.Name, CPUs: 16, GuaranteedCPUs: 4, MemMB: 16384}}, n, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := func(n, vcpus int) *api.Result {
+		t.Helper()
+		r, err := c.Start(ctx, alice, api.StartArgs{Cluster: "g", Count: n, VCPUs: vcpus, MemMB: 256})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if r := start(3, 1); r.OK() != 3 {
+		t.Fatalf("three guaranteed 1-vCPU VMs on 4 host CPUs: %+v", r)
+	}
+	r := start(1, 2)
+	if r.OK() != 0 || !strings.Contains(r.Done[0].Error, "cannot guarantee 2 vCPUs") {
+		t.Fatalf("a fourth and fifth guaranteed vCPU: %+v", r)
+	}
+	l, _ := c.State().LNM("n1")
+	if l.Status.FreeGuaranteedVCPUs != 1 || l.Status.FreeVCPUs != 13 {
+		t.Fatalf("n1: %+v", l.Status)
+	}
+	// Best-effort VMs take the overcommitted rest, and then nothing more
+	// can be guaranteed there.
+	p.set(func(p *policy) { p.qos = "" })
+	if r := start(1, 12); r.OK() != 1 {
+		t.Fatalf("best-effort: %+v", r)
+	}
+	if l, _ := c.State().LNM("n1"); l.Status.FreeGuaranteedVCPUs != 1 || l.Status.FreeVCPUs != 1 {
+		t.Fatalf("n1 after best-effort: %+v", l.Status)
+	}
+	// Placement queries for guaranteed VMs see what can be guaranteed.
+	if got := c.State().QueryLNMs(LNMQuery{Connected: true, VCPUs: 2, Guaranteed: true}); len(got) != 1 || got[0].Info.Name != "n2" {
+		t.Fatalf("guaranteed query: %v", got)
+	}
+	// A guaranteed VM migrating onto a node that cannot guarantee it is
+	// refused; onto one that can, accepted.
+	p.set(func(p *policy) { p.place, p.qos = "n2", api.QoSGuaranteed })
+	big := start(1, 4).Done[0].Name
+	r, err := c.Migrate(ctx, alice, api.MigrateArgs{VMs: []string{big}, LNMs: []string{"n1"}})
+	if err != nil || r.OK() != 0 || !strings.Contains(r.Done[0].Error, "cannot guarantee") {
+		t.Fatalf("migration onto a full node: %v %+v", err, r)
+	}
+	if err := c.State().Check(); err != nil {
+		t.Fatal(err)
+	}
+	// Destroyed, they give back what they held.
+	all, _ := c.List(ctx, alice, api.ListArgs{})
+	var names []string
+	for _, v := range all.VMs {
+		names = append(names, v.Name)
+	}
+	if r, err := c.OpOn(ctx, alice, api.OpArgs{Op: api.OpDestroy, VMs: names}); err != nil || r.OK() != len(names) {
+		t.Fatalf("destroy: %v %+v", err, r)
+	}
+	for _, n := range []string{"n1", "n2"} {
+		if l, _ := c.State().LNM(n); l.Status.FreeGuaranteedVCPUs != 4 || l.Status.FreeVCPUs != 16 {
+			t.Fatalf("%s after destroy: %+v", n, l.Status)
+		}
+	}
+	if err := c.State().Check(); err != nil {
+		t.Fatal(err)
+	}
+}

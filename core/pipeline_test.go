@@ -22,6 +22,7 @@ type policy struct {
 	rewrite api.Op
 	panicIn string
 	notes   []api.Event
+	qos     string // data qos of new VMs
 }
 
 func (p *policy) boom(stage string) {
@@ -54,6 +55,9 @@ func (p *policy) Request(_ context.Context, event string, r *Request, d *Decisio
 	case api.EvStartRequest:
 		for i := range d.VMs {
 			d.VMs[i].LNM = p.place
+			if p.qos != "" {
+				d.VMs[i].Data = api.StringMap{api.DataQoS: p.qos}
+			}
 		}
 	case api.EvMigrateRequest:
 		for i := range d.VMs {

@@ -149,6 +149,9 @@ type LNMQuery struct {
 	OrderBy   string // "load" (1-minute CPU per core, then free memory), "free_mem", "vms", or "" (name)
 	Limit     int    // at most this many (0: all)
 	Names     []string
+	// Guaranteed counts VCPUs against what the node can still guarantee
+	// (NodeStatus.FreeGuaranteedVCPUs): placement of a guaranteed VM.
+	Guaranteed bool
 	// Mode keeps only nodes in that mode; "" with Connected keeps only
 	// nodes taking new VMs (active), "any" keeps every mode.
 	Mode string
@@ -190,7 +193,18 @@ func (q LNMQuery) match(l *api.LNM, only map[string]bool) bool {
 			return false
 		}
 	}
+	if q.Guaranteed {
+		return l.Status.FreeMemMB >= q.MemMB && l.Status.FreeGuaranteedVCPUs >= q.VCPUs
+	}
 	return l.Status.FreeMemMB >= q.MemMB && l.Status.FreeVCPUs >= q.VCPUs
+}
+
+// guaranteeable is how many vCPUs a node can guarantee.
+func guaranteeable(i api.NodeInfo) int {
+	if i.GuaranteedCPUs > 0 && i.GuaranteedCPUs < i.CPUs {
+		return i.GuaranteedCPUs
+	}
+	return i.CPUs
 }
 
 func (q LNMQuery) names() map[string]bool {
@@ -310,6 +324,7 @@ func (q LNMQuery) Apply(all []*api.LNM) []*api.LNM {
 func (s *State) syncSlotLocked(l *lnmRec) {
 	l.lnm.Status.FreeMemMB = l.lnm.Info.MemMB - l.usedMem
 	l.lnm.Status.FreeVCPUs = l.lnm.Info.CPUs - l.usedCPUs
+	l.lnm.Status.FreeGuaranteedVCPUs = min(guaranteeable(l.lnm.Info)-l.guaranteedCPUs, l.lnm.Status.FreeVCPUs)
 	l.lnm.Status.VMs = l.active
 	if l.slot == 0 {
 		s.slots = append(s.slots, api.LNM{})
@@ -326,6 +341,7 @@ func (s *State) syncSlotLocked(l *lnmRec) {
 	t.State = l.lnm.State
 	t.Mode = l.lnm.Mode
 	t.Status.FreeMemMB, t.Status.FreeVCPUs, t.Status.VMs = l.lnm.Status.FreeMemMB, l.lnm.Status.FreeVCPUs, l.lnm.Status.VMs
+	t.Status.FreeGuaranteedVCPUs = l.lnm.Status.FreeGuaranteedVCPUs
 	t.Status.Usage.CPU.M1 = l.lnm.Status.Usage.CPU.M1
 }
 

@@ -284,19 +284,26 @@ func (c *Controller) start(ctx context.Context, id api.Identity, a api.StartArgs
 			MemMB: vd.MemMB, VCPUs: vd.VCPUs, Data: maps.Clone(vd.Data), Version: 1, Created: now(), Request: a.ID}
 		var clone *api.VM
 		ok := false
+		why := "already exists"
 		c.st.write(func() {
 			// The node may have gone since the check: then the VM is
-			// not registered at all.
-			if c.st.placeableLocked(vm.LNM) != "" {
+			// not registered at all. A guaranteed VM must fit what the
+			// node can still guarantee, counted under the lock that
+			// takes it.
+			if why = c.st.placeableLocked(vm.LNM); why != "" {
 				return
 			}
+			if why = c.st.guaranteeLocked(vm.LNM, vm); why != "" {
+				return
+			}
+			why = "already exists"
 			if ok = c.st.insertLocked(vm); ok {
 				clone = vm.Snapshot()
 			}
 		})
 		registered = registered || ok
 		if !ok {
-			fail("already exists, or its LNM disconnected or stopped taking new VMs")
+			fail(why)
 			continue
 		}
 		if _, seen := groups[vd.LNM]; !seen {
@@ -734,6 +741,10 @@ func (c *Controller) migrate(ctx context.Context, id api.Identity, a api.Migrate
 			continue
 		}
 		if why := c.st.placeable(vd.Target); why != "" {
+			res.set(api.VMResult{Name: rv.Name, Error: "target " + why})
+			continue
+		}
+		if why := c.st.guarantee(vd.Target, vm); why != "" {
 			res.set(api.VMResult{Name: rv.Name, Error: "target " + why})
 			continue
 		}

@@ -41,6 +41,8 @@ type lnmRec struct {
 	// What the node's VMs take of it (see consumes), kept by every
 	// change: its free capacity is its size less this.
 	usedMem, usedCPUs, active int
+	// guaranteedCPUs is what its guaranteed VMs (data qos=guaranteed) take.
+	guaranteedCPUs int
 }
 
 // State is the controller's global state: running VMs, LNMs, virtual
@@ -126,6 +128,9 @@ func (s *State) chargeLocked(l *lnmRec, vm *api.VM, sign int) {
 	l.usedMem += sign * vm.MemMB
 	l.usedCPUs += sign * vm.VCPUs
 	l.active += sign
+	if api.Guaranteed(vm.Data) {
+		l.guaranteedCPUs += sign * vm.VCPUs
+	}
 	s.syncSlotLocked(l)
 	if sign < 0 && l.active == 0 {
 		s.drainedLocked(l)

@@ -316,12 +316,13 @@ func (ls *lstate) apiLNMs(L *glua.LState) int {
 	var ns []*api.LNM
 	if q, ok := L.Get(1).(*glua.LTable); ok {
 		query := core.LNMQuery{
-			Mode:      glua.LVAsString(q.RawGetString("mode")),
-			Connected: glua.LVAsBool(q.RawGetString("connected")),
-			MemMB:     int(glua.LVAsNumber(q.RawGetString("mem_mb"))),
-			VCPUs:     int(glua.LVAsNumber(q.RawGetString("vcpus"))),
-			OrderBy:   glua.LVAsString(q.RawGetString("order_by")),
-			Limit:     int(glua.LVAsNumber(q.RawGetString("limit"))),
+			Mode:       glua.LVAsString(q.RawGetString("mode")),
+			Guaranteed: glua.LVAsBool(q.RawGetString("guaranteed")),
+			Connected:  glua.LVAsBool(q.RawGetString("connected")),
+			MemMB:      int(glua.LVAsNumber(q.RawGetString("mem_mb"))),
+			VCPUs:      int(glua.LVAsNumber(q.RawGetString("vcpus"))),
+			OrderBy:    glua.LVAsString(q.RawGetString("order_by")),
+			Limit:      int(glua.LVAsNumber(q.RawGetString("limit"))),
 		}
 		if names, ok := q.RawGetString("names").(*glua.LTable); ok {
 			names.ForEach(func(_, v glua.LValue) {

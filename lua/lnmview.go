@@ -135,6 +135,11 @@ func (v *lnmView) infoField(k string) glua.LValue {
 		return optString(i.Hostname)
 	case "model":
 		return optString(i.Model)
+	case "guaranteed_cpus":
+		if i.GuaranteedCPUs > 0 {
+			return glua.LNumber(i.GuaranteedCPUs)
+		}
+		return glua.LNumber(i.CPUs)
 	}
 	return glua.LNil
 }
@@ -148,6 +153,8 @@ func (v *lnmView) statusField(L *glua.LState, k string) glua.LValue {
 		return glua.LNumber(s.FreeMemMB)
 	case "free_vcpus":
 		return glua.LNumber(s.FreeVCPUs)
+	case "free_guaranteed_vcpus":
+		return glua.LNumber(s.FreeGuaranteedVCPUs)
 	case "usage":
 		if v.usage == nil {
 			v.usage = L.NewUserData()

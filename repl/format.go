@@ -90,7 +90,7 @@ func formatLNMs(lnms []*api.LNM, status bool) string {
 	if len(lnms) == 0 {
 		return "no LNMs"
 	}
-	header := []string{"NAME", "STATE", "MODE", "ADDRESS", "DRIVER", "CPUS", "MEM", "VMS", "FREE-MEM", "FREE-VCPUS"}
+	header := []string{"NAME", "STATE", "MODE", "ADDRESS", "DRIVER", "CPUS", "MEM", "VMS", "FREE-MEM", "FREE-VCPUS", "GUARANTEEABLE"}
 	if status {
 		header = append(header, "CPU(1/5/15m)", "MEM-USED")
 	}
@@ -108,7 +108,8 @@ func formatLNMs(lnms []*api.LNM, status bool) string {
 			notes = append(notes, l.Info.Name+": "+why)
 		}
 		r := []string{l.Info.Name, string(l.State), mode, l.Info.Address, l.Info.Driver, fmt.Sprint(l.Info.CPUs),
-			fmt.Sprintf("%dM", l.Info.MemMB), fmt.Sprint(l.Status.VMs), fmt.Sprintf("%dM", l.Status.FreeMemMB), fmt.Sprint(l.Status.FreeVCPUs)}
+			fmt.Sprintf("%dM", l.Info.MemMB), fmt.Sprint(l.Status.VMs), fmt.Sprintf("%dM", l.Status.FreeMemMB), fmt.Sprint(l.Status.FreeVCPUs),
+			fmt.Sprint(max(l.Status.FreeGuaranteedVCPUs, 0))}
 		if status {
 			u := l.Status.Usage
 			r = append(r, fmt.Sprintf("%.2f/%.2f/%.2f", u.CPU.M1, u.CPU.M5, u.CPU.M15), human(u.MemBytes.M1))

@@ -34,7 +34,8 @@ local function nodes(req)
   local out = {}
   for _, n in ipairs(query(req, q)) do
     out[#out + 1] = {name = n.name, cpus = math.max(n.info.cpus, 1), free_mem = n.status.free_mem_mb,
-                     free_vcpus = n.status.free_vcpus, load = n.status.usage.cpu.m1, vms = n.status.vms}
+                     free_vcpus = n.status.free_vcpus, free_gvcpus = n.status.free_guaranteed_vcpus,
+                     load = n.status.usage.cpu.m1, vms = n.status.vms}
   end
   return out
 end
@@ -143,6 +144,7 @@ end, {order = 50, name = "migrate_target"})
 local one = {connected = true, order_by = "load", limit = 1, mem_mb = 0, vcpus = 0}
 local function place_one(req, vm)
   one.mem_mb, one.vcpus, one.names = vm.mem_mb or 0, vm.vcpus or 0, nil
+  one.guaranteed = placement.guaranteed(vm)
   local found = query(req, one)
   if #found > 0 then
     vm.lnm = found[1].name

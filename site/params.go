@@ -55,7 +55,7 @@ func Params() *config.Set {
 		// policy
 		config.Param{Key: "policy.shipped_dir", Kind: config.String, Default: "", Help: "directory of the shipped policy scripts (empty: the copy built into the binary)"},
 		config.Param{Key: "policy.dirs", Kind: config.Strings, Default: []string{}, Help: "site policy directories, watched for changes"},
-		config.Param{Key: "policy.enable", Kind: config.Strings, Default: []string{"auth_htpasswd", "authz_owner", "quota", "images", "place_leastloaded"}, Help: "shipped scripts to load"},
+		config.Param{Key: "policy.enable", Kind: config.Strings, Default: []string{"auth_htpasswd", "authz_owner", "quota", "images", "qos", "place_leastloaded", "drain"}, Help: "shipped scripts to load"},
 		config.Param{Key: "policy.watch", Kind: config.Bool, Default: true, Help: "hot-reload scripts when their files change"},
 		config.Param{Key: "policy.budget_instructions", Kind: config.Int, Default: 5_000_000, Help: "budget of one handler call: Lua instructions plus the work usher functions do for it (the handler's own work, so a busy machine does not cut a correct handler); about 125 ms of Lua on a fast machine"},
 		config.Param{Key: "policy.budget", Kind: config.Duration, Default: 2 * time.Second, Help: "wall-clock backstop of one handler call (time waiting in usher.op, bcrypt or a site module is not charged)"},

@@ -62,7 +62,8 @@ func (f *FixtureView) set(t *glua.LTable) error {
 			lnms = append(lnms, &api.LNM{
 				Info: api.NodeInfo{Name: name, Driver: "sim", CPUs: cpus, MemMB: mem, Address: name + ":7000"},
 				Status: api.NodeStatus{VMs: int(num(e, "vms", 0)), FreeMemMB: int(num(e, "free_mem_mb", float64(mem))),
-					FreeVCPUs: int(num(e, "free_vcpus", float64(cpus))), Usage: api.Usage{CPU: cpu}, ReportedAt: time.Now().UnixMilli()},
+					FreeVCPUs: int(num(e, "free_vcpus", float64(cpus))), Usage: api.Usage{CPU: cpu}, ReportedAt: time.Now().UnixMilli(),
+					FreeGuaranteedVCPUs: int(num(e, "free_guaranteed_vcpus", num(e, "free_vcpus", float64(cpus))))},
 				State:      api.LNMState(str(e, "state", string(api.LNMConnected))),
 				Since:      time.Now().Add(-time.Duration(num(e, "since_s", 0) * float64(time.Second))),
 				Mode:       api.NodeMode(str(e, "mode", string(api.ModeActive))),

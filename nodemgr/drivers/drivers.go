@@ -42,12 +42,13 @@ func Kinds() []Kind {
 			Params: []config.Param{
 				{Key: "lnm.sim_state_file", Kind: config.String, Default: "", Help: "sim driver: file keeping the simulated VMs (they outlive the LNM)"},
 				{Key: "lnm.sim_cpus", Kind: config.Int, Default: 16, Help: "sim driver: vCPU capacity"},
+				{Key: "lnm.sim_host_cpus", Kind: config.Int, Default: 0, Help: "sim driver: how many of sim_cpus can be guaranteed (host CPUs under overcommit; 0 = all)"},
 				{Key: "lnm.sim_mem_mb", Kind: config.Int, Default: 65536, Help: "sim driver: memory capacity (MiB)"},
 				{Key: "lnm.sim_boot_delay", Kind: config.Duration, Default: time.Duration(0), Help: "sim driver: time from start to running"},
 				{Key: "lnm.sim_event_buffer", Kind: config.Int, Default: 0, Help: "sim driver: events buffered (0: 1024; negative: none, scans only)"},
 			},
 			New: func(ctx context.Context, node, address string, c Config, log *slog.Logger) (nodemgr.Driver, error) {
-				return sim.New(sim.Options{Node: node, Address: address, CPUs: c.Int("lnm.sim_cpus"), MemMB: c.Int("lnm.sim_mem_mb"),
+				return sim.New(sim.Options{Node: node, Address: address, CPUs: c.Int("lnm.sim_cpus"), HostCPUs: c.Int("lnm.sim_host_cpus"), MemMB: c.Int("lnm.sim_mem_mb"),
 					BootDelay: c.Duration("lnm.sim_boot_delay"), StateFile: c.String("lnm.sim_state_file"), EventBuffer: c.Int("lnm.sim_event_buffer")})
 			},
 		},

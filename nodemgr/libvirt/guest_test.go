@@ -211,3 +211,28 @@ func TestTapNames(t *testing.T) {
 		t.Errorf("a domain without NICs: %v %v", changed, err)
 	}
 }
+
+// TestCPUWeightsByClass: a guaranteed guest's vCPUs weigh 512 times a
+// best-effort guest's (libvirt <cputune><shares>).
+func TestCPUWeightsByClass(t *testing.T) {
+	d := testDriver(t)
+	d.o.ImageDir, d.o.DiskDir, d.o.Bridge = testStore(t), t.TempDir(), "br0"
+	d.o.LocalDiskDir = d.o.DiskDir
+	for _, c := range []struct {
+		qos    string
+		shares uint
+	}{{"", 2 * 3}, {"best-effort", 2 * 3}, {"guaranteed", 1024 * 3}} {
+		spec := nodemgr.Spec{Name: "db1.alice.usher.test", MemMB: 256, VCPUs: 3, Data: map[string]string{"image": "small", "net": "none"}}
+		if c.qos != "" {
+			spec.Data["qos"] = c.qos
+		}
+		x, _, err := d.domainXML(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		def := parseDomain(t, x)
+		if def.CPUTune == nil || def.CPUTune.Shares == nil || def.CPUTune.Shares.Value != c.shares {
+			t.Errorf("qos %q: cputune %+v, want shares %d", c.qos, def.CPUTune, c.shares)
+		}
+	}
+}

@@ -55,7 +55,7 @@ func (d *Driver) NodeInfo(ctx context.Context) (api.NodeInfo, error) {
 		if err != nil {
 			d.log.Warn("reading host UUID", "err", err)
 		}
-		ni = api.NodeInfo{CPUs: int(cpus) * d.o.VCPUOvercommit, MemMB: int(memKiB / 1024), Hostname: host,
+		ni = api.NodeInfo{CPUs: int(cpus) * d.o.VCPUOvercommit, GuaranteedCPUs: int(cpus), MemMB: int(memKiB / 1024), Hostname: host,
 			Model: fmt.Sprintf("%s %dMHz host-uuid=%s", m, mhz, uuid)}
 		return nil
 	})

@@ -139,6 +139,7 @@ func (d *Driver) domainDef(spec nodemgr.Spec, g *guestConf) (*libvirtxml.Domain,
 		Name:       spec.Name,
 		Memory:     &libvirtxml.DomainMemory{Value: uint(mem), Unit: "MiB"},
 		VCPU:       &libvirtxml.DomainVCPU{Value: uint(vcpus)},
+		CPUTune:    cpuTune(spec, vcpus),
 		OS:         boot,
 		Features:   &libvirtxml.DomainFeatureList{ACPI: &libvirtxml.DomainFeature{}},
 		OnPoweroff: "destroy",
@@ -146,6 +147,26 @@ func (d *Driver) domainDef(spec nodemgr.Spec, g *guestConf) (*libvirtxml.Domain,
 		OnCrash:    "destroy",
 		Devices:    devs,
 	}, nil
+}
+
+// CPU weights (libvirt <cputune><shares>, cgroup cpu.weight): under
+// contention a guaranteed VM's vCPUs weigh 512 times a best-effort VM's,
+// so it gets its CPUs (placement never puts more guaranteed vCPUs on a
+// node than it has host CPUs) and best-effort VMs share what is left,
+// equally among themselves (the weights of Kubernetes' Guaranteed and
+// BestEffort classes).
+const (
+	sharesGuaranteed = 1024
+	sharesBestEffort = 2
+)
+
+// cpuTune is the CPU weight of a guest by its class (data qos).
+func cpuTune(spec nodemgr.Spec, vcpus int) *libvirtxml.DomainCPUTune {
+	per := sharesBestEffort
+	if api.Guaranteed(spec.Data) {
+		per = sharesGuaranteed
+	}
+	return &libvirtxml.DomainCPUTune{Shares: &libvirtxml.DomainCPUTuneShares{Value: uint(min(per*vcpus, 262144))}}
 }
 
 // specDef checks a Spec's guest configuration and builds its domain.

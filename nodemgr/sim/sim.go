@@ -36,6 +36,10 @@ type Options struct {
 	Node      string        // node name (NodeInfo.Name); required
 	Address   string        // advertised address (NodeInfo.Address)
 	CPUs      int           // capacity in vCPUs (default 16)
+	// HostCPUs is how many of CPUs can be guaranteed (the host's CPUs
+	// when CPUs overcommits them; default CPUs): guaranteed guests (data
+	// qos=guaranteed) never take more.
+	HostCPUs int
 	MemMB     int           // capacity in MiB (default 65536)
 	BootDelay time.Duration // time from Start to running (default 0); ops and Migrate take BootDelay/4
 	// StateFile is "" to keep guests in memory only; otherwise guests
@@ -103,11 +107,14 @@ func New(opts Options) (*Hypervisor, error) {
 	if opts.Node == "" {
 		return nil, errors.New("sim: Options.Node is required")
 	}
-	if opts.CPUs < 0 || opts.MemMB < 0 || opts.BootDelay < 0 {
-		return nil, errors.New("sim: negative CPUs, MemMB or BootDelay")
+	if opts.CPUs < 0 || opts.MemMB < 0 || opts.BootDelay < 0 || opts.HostCPUs < 0 {
+		return nil, errors.New("sim: negative CPUs, HostCPUs, MemMB or BootDelay")
 	}
 	if opts.CPUs == 0 {
 		opts.CPUs = DefaultCPUs
+	}
+	if opts.HostCPUs == 0 || opts.HostCPUs > opts.CPUs {
+		opts.HostCPUs = opts.CPUs
 	}
 	if opts.MemMB == 0 {
 		opts.MemMB = DefaultMemMB
@@ -328,6 +335,7 @@ type CapacityError struct {
 	FreeMemMB, NeedMemMB int
 	FreeVCPUs, NeedVCPUs int
 	ShortMem, ShortVCPUs bool
+	Guaranteed           bool // the vCPUs short are those the node can guarantee
 }
 
 func (e *CapacityError) Error() string {
@@ -335,7 +343,9 @@ func (e *CapacityError) Error() string {
 	if e.ShortMem {
 		msg += fmt.Sprintf(" memory: %d MiB free, %d MiB needed;", e.FreeMemMB, e.NeedMemMB)
 	}
-	if e.ShortVCPUs {
+	if e.ShortVCPUs && e.Guaranteed {
+		msg += fmt.Sprintf(" guaranteed vCPUs: %d left to guarantee, %d needed;", e.FreeVCPUs, e.NeedVCPUs)
+	} else if e.ShortVCPUs {
 		msg += fmt.Sprintf(" vCPUs: %d free, %d needed;", e.FreeVCPUs, e.NeedVCPUs)
 	}
 	return msg[:len(msg)-1]
@@ -358,11 +368,29 @@ func (e *TransitionError) Error() string {
 // Is makes errors.Is(err, ErrInvalidTransition) true.
 func (e *TransitionError) Is(target error) bool { return target == ErrInvalidTransition }
 
-// checkCapacityLocked fails if mem/vcpus more would exceed capacity.
-func (h *Hypervisor) checkCapacityLocked(mem, vcpus int) error {
+// checkCapacityLocked fails if spec's memory and vCPUs more would exceed
+// capacity: for a guaranteed guest, the vCPUs HostCPUs can still
+// guarantee.
+func (h *Hypervisor) checkCapacityLocked(spec nodemgr.Spec) error {
+	mem, vcpus := spec.MemMB, spec.VCPUs
 	freeMem, freeCPU := h.opts.MemMB-h.usedMem, h.opts.CPUs-h.usedCPU
+	g := api.Guaranteed(spec.Data)
+	if g {
+		taken := 0
+		for _, d := range h.guests {
+			if consumes(d.state) && d.data[api.DataQoS] == api.QoSGuaranteed {
+				taken += d.vcpus
+			}
+		}
+		for _, s := range h.reserved {
+			if api.Guaranteed(s.Data) {
+				taken += s.VCPUs
+			}
+		}
+		freeCPU = min(freeCPU, h.opts.HostCPUs-taken)
+	}
 	e := &CapacityError{Node: h.opts.Node, FreeMemMB: freeMem, NeedMemMB: mem, FreeVCPUs: freeCPU, NeedVCPUs: vcpus,
-		ShortMem: mem > freeMem, ShortVCPUs: vcpus > freeCPU}
+		ShortMem: mem > freeMem, ShortVCPUs: vcpus > freeCPU, Guaranteed: g}
 	if e.ShortMem || e.ShortVCPUs {
 		return e
 	}
@@ -455,7 +483,7 @@ func (h *Hypervisor) NodeInfo(ctx context.Context) (api.NodeInfo, error) {
 		return api.NodeInfo{}, err
 	}
 	return api.NodeInfo{Name: h.opts.Node, Address: h.opts.Address, Driver: "sim",
-		CPUs: h.opts.CPUs, MemMB: h.opts.MemMB, Hostname: h.opts.Node, Model: "usher simulated node"}, nil
+		CPUs: h.opts.CPUs, MemMB: h.opts.MemMB, Hostname: h.opts.Node, Model: "usher simulated node", GuaranteedCPUs: h.opts.HostCPUs}, nil
 }
 
 // List returns every guest, in no particular order. Guests still inside
@@ -489,7 +517,7 @@ func (h *Hypervisor) Start(ctx context.Context, spec nodemgr.Spec) error {
 		unlock()
 		return err
 	}
-	if err := h.checkCapacityLocked(spec.MemMB, spec.VCPUs); err != nil {
+	if err := h.checkCapacityLocked(spec); err != nil {
 		unlock()
 		return err
 	}
@@ -521,7 +549,7 @@ func (h *Hypervisor) Start(ctx context.Context, spec nodemgr.Spec) error {
 	if _, ok := h.guests[spec.Name]; ok {
 		return fmt.Errorf("%w: %q", ErrExists, spec.Name)
 	}
-	if err := h.checkCapacityLocked(spec.MemMB, spec.VCPUs); err != nil {
+	if err := h.checkCapacityLocked(spec); err != nil {
 		return err
 	}
 	return h.commitLocked(h.addLocked(spec, "booted", false))
@@ -623,7 +651,7 @@ func (h *Hypervisor) Op(ctx context.Context, name string, op api.Op, _ nodemgr.O
 		return h.commitLocked(h.removeLocked(d, reason))
 	}
 	if acquire {
-		if err := h.checkCapacityLocked(d.mem, d.vcpus); err != nil {
+		if err := h.checkCapacityLocked(nodemgr.Spec{Name: d.name, MemMB: d.mem, VCPUs: d.vcpus, Data: d.data}); err != nil {
 			return err
 		}
 	}
@@ -648,7 +676,7 @@ func (h *Hypervisor) PrepareIncoming(ctx context.Context, spec nodemgr.Spec) err
 	if err := h.existsLocked(spec.Name); err != nil {
 		return err
 	}
-	if err := h.checkCapacityLocked(spec.MemMB, spec.VCPUs); err != nil {
+	if err := h.checkCapacityLocked(spec); err != nil {
 		return err
 	}
 	return h.commitLocked(h.addLocked(spec, "incoming migration", true))
@@ -832,7 +860,7 @@ func (h *Hypervisor) Appear(spec nodemgr.Spec) error {
 	if err := h.existsLocked(spec.Name); err != nil {
 		return err
 	}
-	if err := h.checkCapacityLocked(spec.MemMB, spec.VCPUs); err != nil {
+	if err := h.checkCapacityLocked(spec); err != nil {
 		return err
 	}
 	return h.commitLocked(h.addLocked(spec, "appeared", false))

@@ -801,3 +801,28 @@ func BenchmarkList10k(b *testing.B) {
 		h.List(ctx)
 	}
 }
+
+// TestGuaranteedCapacity: on a node offering 8 vCPUs on 2 host CPUs,
+// guaranteed guests (data qos=guaranteed) take at most 2 vCPUs in all,
+// best-effort ones the rest; a guaranteed guest that stops gives its
+// share back; NodeInfo says how many can be guaranteed.
+func TestGuaranteedCapacity(t *testing.T) {
+	h := newHV(t, Options{CPUs: 8, HostCPUs: 2, MemMB: 8192})
+	ctx := context.Background()
+	g := func(name string, vcpus int) nodemgr.Spec {
+		s := spec(name, 256, vcpus)
+		s.Data = map[string]string{api.DataQoS: api.QoSGuaranteed}
+		return s
+	}
+	if ni, err := h.NodeInfo(ctx); err != nil || ni.CPUs != 8 || ni.GuaranteedCPUs != 2 {
+		t.Fatalf("node info: %+v %v", ni, err)
+	}
+	mustStart(t, h, g("g1", 2))
+	err := h.Start(ctx, g("g2", 1))
+	if !errors.Is(err, ErrInsufficientCapacity) || !strings.Contains(err.Error(), "guaranteed vCPUs: 0 left to guarantee, 1 needed") {
+		t.Fatalf("a third guaranteed vCPU: %v", err)
+	}
+	mustStart(t, h, spec("b1", 256, 6)) // best-effort: the overcommitted rest
+	mustOp(t, h, "g1", api.OpShutdown)
+	mustStart(t, h, g("g2", 2))
+}

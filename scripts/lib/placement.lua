@@ -7,7 +7,8 @@
 --                        smallest VM, as small records (the node query:
 --                        filtered in Go); when the request suggests nodes
 --                        (req.lnms) and any of them qualifies, only those
--- fits(n, vm)            n has the memory and vCPUs vm asks for
+-- fits(n, vm)            n has the memory and vCPUs vm asks for (a guaranteed
+--                        VM, data.qos = "guaranteed": vCPUs n can guarantee)
 -- take(n, vm)            reserve vm's resources on n for the rest of the request
 -- per_cpu(n)             n's load per CPU
 -- place(req, choose)     choose(candidates, vm) for every VM without a node;
@@ -39,19 +40,31 @@ function M.nodes(req)
   local out = {}
   for _, n in ipairs(found) do
     out[#out + 1] = {name = n.name, cpus = math.max(n.info.cpus, 1), free_mem = n.status.free_mem_mb,
-                     free_vcpus = n.status.free_vcpus, load = n.status.usage.cpu.m1, vms = n.status.vms}
+                     free_vcpus = n.status.free_vcpus, free_gvcpus = n.status.free_guaranteed_vcpus,
+                     load = n.status.usage.cpu.m1, vms = n.status.vms}
   end
   return out
 end
 
+local function guaranteed(vm)
+  local d = vm.data
+  return d ~= nil and d.qos == "guaranteed"
+end
+M.guaranteed = guaranteed
+
 local function fits(n, vm)
-  return n.free_mem >= (vm.mem_mb or 0) and n.free_vcpus >= (vm.vcpus or 0)
+  local free = guaranteed(vm) and (n.free_gvcpus or n.free_vcpus) or n.free_vcpus
+  return n.free_mem >= (vm.mem_mb or 0) and free >= (vm.vcpus or 0)
 end
 M.fits = fits
 
 local function take(n, vm)
   n.free_mem = n.free_mem - (vm.mem_mb or 0)
   n.free_vcpus = n.free_vcpus - (vm.vcpus or 0)
+  if n.free_gvcpus then
+    if guaranteed(vm) then n.free_gvcpus = n.free_gvcpus - (vm.vcpus or 0) end
+    n.free_gvcpus = math.min(n.free_gvcpus, n.free_vcpus)
+  end
   n.vms = n.vms + 1
   n.load = n.load + (vm.vcpus or 1)
 end
