@@ -364,3 +364,89 @@ retry = "300ms"`})
 		t.Fatalf("f1 back: %+v", l)
 	}
 }
+
+// TestReservationsHoldAndExpire: r1 (8 vCPUs, 8 GiB) holds half for alice
+// until a few seconds from now: bob gets only the other half; alice's VMs
+// under the reservation fit in it; she may extend it within policy, not
+// beyond; when it ends her VMs are shut down (reservations.lua) and bob
+// gets the room.
+func TestReservationsHoldAndExpire(t *testing.T) {
+	c := newChaos(t)
+	c.writeControllerConf(siteOptions{policy: `watch = false
+[policy.config.reservations]
+interval = "500ms"
+max_length = "1m"`})
+	conf, _ := os.ReadFile(c.ctlConf)
+	os.WriteFile(c.ctlConf, []byte(strings.Replace(string(conf), `"place_roundrobin"]`, `"reservations", "place_roundrobin"]`, 1)), 0o600)
+	c.startController()
+	pki := filepath.Join(c.dir, "pki")
+	c.run("ca", "issue", "--dir", pki, "--role", "lnm", "--name", "r1")
+	lconf := c.write("lnm-r1.toml", fmt.Sprintf(`[lnm]
+name = "r1"
+controller = %q
+server_name = "localhost"
+cert_file = %q
+key_file = %q
+ca_file = %q
+driver = "sim"
+sim_cpus = 8
+sim_mem_mb = 8192
+recovery_listen = "127.0.0.1:0"
+scan_interval = "300ms"
+`, c.addr, filepath.Join(pki, "r1.crt"), filepath.Join(pki, "r1.key"), filepath.Join(pki, "ca.crt")))
+	c.start("r1", []string{"lnm"}, lconf)
+	root, alice, bob := c.client("root"), c.client("alice"), c.client("bob")
+	waitLNMs(t, root, 1)
+	ctx := context.Background()
+	end := time.Now().Add(8 * time.Second).UTC().Format(time.RFC3339)
+	rep, err := root.Reservations(ctx, api.ReservationsArgs{Action: api.ResCreate, User: "alice", MemMB: 4096, VCPUs: 4, LNMs: []string{"r1"}, End: end})
+	if err != nil || len(rep.Reservations) != 1 {
+		t.Fatalf("create: %v %+v", err, rep)
+	}
+	id := rep.Reservations[0].ID
+	if _, err := alice.Reservations(ctx, api.ReservationsArgs{Action: api.ResCreate, User: "alice", MemMB: 1, LNMs: []string{"r1"}, For: "1h"}); err == nil {
+		t.Fatal("a user created a reservation")
+	}
+	// bob: only the half that is not held.
+	r, err := bob.Start(ctx, api.StartArgs{Cluster: "b", Count: 6, MemMB: 1024, VCPUs: 1})
+	if err != nil || r.OK() != 4 || len(r.Dropped) != 2 {
+		t.Fatalf("bob's six VMs: %v %+v", err, r)
+	}
+	// alice: her four fit in the reservation, a fifth does not.
+	r, err = alice.Start(ctx, api.StartArgs{Cluster: "job", Count: 5, MemMB: 1024, VCPUs: 1, Args: api.StringMap{"reservation": id}})
+	if err != nil || r.OK() != 4 || len(r.Dropped) != 1 || !strings.Contains(r.Dropped[0].Reason, "full") {
+		t.Fatalf("alice's five VMs: %v %+v", err, r)
+	}
+	var jobs []string
+	for _, d := range r.Done {
+		jobs = append(jobs, d.Name)
+		if v := d.VM; v == nil || v.Data[api.DataReservation] != id || v.Data[api.DataReservationEnd] == "" {
+			t.Fatalf("%s: %+v", d.Name, v)
+		}
+	}
+	// Extending: within max_length yes, beyond no.
+	if _, err := alice.Reservations(ctx, api.ReservationsArgs{Action: api.ResExtend, ID: id, For: "2m"}); err == nil || !strings.Contains(err.Error(), "max_length") {
+		t.Fatalf("extension beyond policy: %v", err)
+	}
+	rep, err = alice.Reservations(ctx, api.ReservationsArgs{Action: api.ResExtend, ID: id, For: "2s"})
+	if err != nil || rep.Reservations[0].End.Format(time.RFC3339) == end {
+		t.Fatalf("extension: %v %+v", err, rep)
+	}
+	// It ends: alice's VMs are shut down, the room is bob's.
+	waitState(t, root, 90*time.Second, func(keys []vmKey, lr *api.ListReply) bool {
+		n := 0
+		for _, v := range lr.VMs {
+			if v.Owner == "alice" && v.State == api.StateShutoff {
+				n++
+			}
+		}
+		return n == len(jobs)
+	})
+	if got, _ := alice.Reservations(ctx, api.ReservationsArgs{Action: api.ResList}); len(got.Reservations) != 1 || got.Reservations[0].State != api.ResEnded {
+		t.Fatalf("after the end: %+v", got)
+	}
+	r, err = bob.Start(ctx, api.StartArgs{Cluster: "c", Count: 4, MemMB: 1024, VCPUs: 1})
+	if err != nil || r.OK() != 4 {
+		t.Fatalf("bob after the reservation: %v %+v", err, r)
+	}
+}

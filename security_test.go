@@ -582,14 +582,14 @@ func TestAttackStateFiles(t *testing.T) {
 	s := newSecSite(t, siteOptions{})
 	s.kill9("controller")
 	state := filepath.Join(s.dir, "ctl")
-	for _, f := range []string{"known-lnms.json", "state-size.json", "policy-store.db", "node-modes.json"} {
+	for _, f := range []string{"known-lnms.json", "state-size.json", "policy-store.db", "node-modes.json", "reservations.json"} {
 		if err := os.WriteFile(filepath.Join(state, f), []byte("{ damaged"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
 	s.startController()
 	waitState(t, s.admin, 60*time.Second, allRunning(len(s.before)))
-	for _, f := range []string{"known-lnms.json", "policy-store.db", "node-modes.json"} {
+	for _, f := range []string{"known-lnms.json", "policy-store.db", "node-modes.json", "reservations.json"} {
 		if aside, _ := filepath.Glob(filepath.Join(state, f+".damaged-*")); len(aside) != 1 {
 			t.Errorf("%s was not moved aside: %v", f, aside)
 		}

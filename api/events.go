@@ -22,8 +22,9 @@ const (
 	EvVMForgotten     = "vm_forgotten" // an owner or admin forgot a missing or lost VM
 	EvLNMConnected    = "lnm_connected"
 	EvLNMDisconnected = "lnm_disconnected"
-	EvLNMMode         = "lnm_mode"  // a node's mode, notice or fence changed
-	EvRecovered       = "recovered" // a restarted controller's state is whole again: to every feed
+	EvLNMMode         = "lnm_mode"    // a node's mode, notice or fence changed
+	EvReservation     = "reservation" // a reservation was created, started, extended or ended (detail state)
+	EvRecovered       = "recovered"   // a restarted controller's state is whole again: to every feed
 	EvError           = "error"
 	EvTimer           = "timer"
 )
@@ -36,5 +37,5 @@ func RequestEvents() []string {
 // NotifyEvents are the notification events policies may handle.
 func NotifyEvents() []string {
 	return []string{EvStartComplete, EvOpComplete, EvMigrateComplete, EvStateChanged, EvVMLost,
-		EvVMMissing, EvVMUnmanaged, EvVMConflict, EvVMForgotten, EvLNMConnected, EvLNMDisconnected, EvLNMMode, EvRecovered, EvError}
+		EvVMMissing, EvVMUnmanaged, EvVMConflict, EvVMForgotten, EvLNMConnected, EvLNMDisconnected, EvLNMMode, EvReservation, EvRecovered, EvError}
 }

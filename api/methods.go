@@ -70,6 +70,9 @@ var (
 	MPlan     = Method[PlanArgs, *Result]{"plan", Authenticated}
 	MPolicy   = Method[PolicyArgs, PolicyReply]{"policy", AdminOnly}
 	MStatus   = Method[StatusArgs, Status]{"status", AdminOnly}
+	// MReservations lists, creates (admins), extends and cancels
+	// reservations.
+	MReservations = Method[ReservationsArgs, ReservationsReply]{"reservations", Authenticated}
 	// MSetLNMMode isolates, drains or restores a node (admins).
 	MSetLNMMode = Method[SetLNMModeArgs, *LNM]{"set_lnm_mode", AdminOnly}
 	// MImages lists the site's image store; MKeys manages the caller's

@@ -179,14 +179,14 @@ type NodeInfo struct {
 
 // NodeStatus is a node's dynamic state (get_node_status).
 type NodeStatus struct {
-	VMs        int   `json:"vms"`
-	FreeMemMB  int   `json:"free_mem_mb"`
-	FreeVCPUs  int   `json:"free_vcpus"`
+	VMs       int `json:"vms"`
+	FreeMemMB int `json:"free_mem_mb"`
+	FreeVCPUs int `json:"free_vcpus"`
 	// FreeGuaranteedVCPUs is how many more vCPUs of guaranteed VMs fit:
 	// what its guaranteed VMs leave of GuaranteedCPUs, at most FreeVCPUs.
 	FreeGuaranteedVCPUs int   `json:"free_guaranteed_vcpus"`
 	Usage               Usage `json:"usage"`
-	ReportedAt int64 `json:"reported_at"` // unix ms
+	ReportedAt          int64 `json:"reported_at"` // unix ms
 }
 
 // LNMState is the connection state of an LNM as the controller sees it.

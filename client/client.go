@@ -730,6 +730,15 @@ func (c *Client) SetLNMMode(ctx context.Context, lnm string, mode api.NodeMode, 
 	return Do(ctx, c, api.MSetLNMMode, a)
 }
 
+// Reservations lists, creates (admins), extends or cancels reservations
+// (see api.ReservationsArgs).
+func (c *Client) Reservations(ctx context.Context, a api.ReservationsArgs) (api.ReservationsReply, error) {
+	if err := a.Validate(); err != nil {
+		return api.ReservationsReply{}, err
+	}
+	return Do(ctx, c, api.MReservations, a)
+}
+
 // Clusters lists virtual clusters (all: everyone's, for admins).
 func (c *Client) Clusters(ctx context.Context, all bool) ([]api.Cluster, error) {
 	r, err := Do(ctx, c, api.MClusters, api.ClustersArgs{All: all})

@@ -192,6 +192,7 @@ func (s *Server) clientMux() *transport.Mux {
 	handle(m, api.MForget, s.c.Forget)
 	handle(m, api.MPlan, s.c.Plan)
 	handle(m, api.MSetLNMMode, s.c.SetLNMMode)
+	handle(m, api.MReservations, s.c.Reservations)
 	handle(m, api.MImages, s.images)
 	handle(m, api.MKeys, s.keys)
 	handle(m, api.MTokens, func(ctx context.Context, id api.Identity, a api.TokensArgs) (api.TokensReply, error) {

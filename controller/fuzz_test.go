@@ -113,6 +113,7 @@ var clientMethods = []api.Method[json.RawMessage, json.RawMessage]{
 	{Name: api.MStart.Name}, {Name: api.MOpOn.Name}, {Name: api.MMigrate.Name}, {Name: api.MForget.Name},
 	{Name: api.MPlan.Name}, {Name: api.MPolicy.Name}, {Name: api.MStatus.Name}, {Name: api.MAuth.Name},
 	{Name: api.MImages.Name}, {Name: api.MKeys.Name}, {Name: api.MTokens.Name}, {Name: api.MSetLNMMode.Name},
+	{Name: api.MReservations.Name},
 }
 
 // FuzzClientMethods calls every method of the client link with arbitrary
@@ -133,6 +134,7 @@ func FuzzClientMethods(f *testing.F) {
 		"policy":       api.PolicyArgs{Action: "status"},
 		"tokens":       api.TokensArgs{Action: api.TokensCreate, Name: "ci", Expires: "1h"},
 		"set_lnm_mode": api.SetLNMModeArgs{LNM: "n1", Mode: api.ModeDraining, Reason: "fuzz"},
+		"reservations": api.ReservationsArgs{Action: api.ResCreate, User: "alice", MemMB: 512, VCPUs: 1, LNMs: []string{"n1"}, For: "1h"},
 		"keys":         api.KeysArgs{Action: api.KeysAdd, Key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHvVr1Xn2zS1p3Zc0Pq3A1C7dUIxFt8e0XyE0m2cQ0tA a@b"},
 	}
 	for i, m := range clientMethods {

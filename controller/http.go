@@ -36,6 +36,7 @@ import (
 //	POST   /api/v1/plan                 api.PlanArgs
 //	GET    /api/v1/nodes[?status=1]     GET /api/v1/clusters[?all=1]   GET /api/v1/images
 //	POST   /api/v1/nodes/{node}/{action}   action: isolate, drain, restore; {"reason"} (admins)
+//	GET    /api/v1/reservations[?all=1]   POST /api/v1/reservations   POST …/{id}/extend   DELETE …/{id}
 //	GET    /api/v1/keys                 POST /api/v1/keys {"key"}      DELETE /api/v1/keys/{key}
 //	GET    /api/v1/tokens               POST /api/v1/tokens {"name","expires"}   DELETE /api/v1/tokens/{id}
 //	GET    /api/v1/operations[/{id}[/wait?timeout=30s]]   asynchronous requests (?async=1 on POSTs)
@@ -408,6 +409,33 @@ func (h *httpAPI) routes() http.Handler {
 		writeJSON(w, http.StatusOK, l)
 		return nil
 	}))
+	resv := func(action string) handlerFunc {
+		return func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
+			var a api.ReservationsArgs
+			switch action {
+			case api.ResList:
+				a.All = queryFlag(r, "all")
+			case api.ResCreate, api.ResExtend:
+				if err := decode(r, &a); err != nil {
+					return err
+				}
+			}
+			a.Action = action
+			if action != api.ResList && action != api.ResCreate {
+				a.ID = r.PathValue("id")
+			}
+			rep, err := c.Reservations(r.Context(), id, a)
+			if err != nil {
+				return err
+			}
+			writeJSON(w, http.StatusOK, rep)
+			return nil
+		}
+	}
+	h.route(m, "GET /api/v1/reservations", routeDoc{Summary: "Reservations (yours; admins: everyone’s with all=1)", Query: []string{"all"}, Body: nil, Reply: api.ReservationsReply{}}, resv(api.ResList))
+	h.route(m, "POST /api/v1/reservations", routeDoc{Summary: "Create a reservation (admins): user, cluster, mem_mb, vcpus, lnms, start, end or for, on_end", Query: []string{}, Body: api.ReservationsArgs{}, Reply: api.ReservationsReply{}}, resv(api.ResCreate))
+	h.route(m, "POST /api/v1/reservations/{id}/extend", routeDoc{Summary: "Extend a reservation (owner as policy allows, admins): end or for", Query: []string{}, Body: api.ReservationsArgs{}, Reply: api.ReservationsReply{}}, resv(api.ResExtend))
+	h.route(m, "DELETE /api/v1/reservations/{id}", routeDoc{Summary: "Cancel a reservation (owner, admins)", Query: []string{}, Body: nil, Reply: api.ReservationsReply{}}, resv(api.ResCancel))
 	h.route(m, "GET /api/v1/clusters", routeDoc{Summary: "Virtual clusters (admins: everyone’s with all=1)", Query: []string{"all"}, Body: nil, Reply: api.ClustersReply{}}, (func(w http.ResponseWriter, r *http.Request, id api.Identity) error {
 		rep, err := c.Clusters(r.Context(), id, api.ClustersArgs{All: queryFlag(r, "all")})
 		if err != nil {

@@ -121,3 +121,52 @@ func (b *limitedBuffer) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// LoadReservations reads the reservations kept across restarts
+// (reservations.json). A missing file is none; a damaged one is moved
+// aside with a loud log line and none are restored.
+func LoadReservations(path string, log *slog.Logger) ([]api.Reservation, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading reservations: %w", err)
+	}
+	var list []api.Reservation
+	err = json.Unmarshal(b, &list)
+	for _, r := range list {
+		if err != nil {
+			break
+		}
+		if verr := api.ValidReservationID(r.ID); verr != nil {
+			err = verr
+		} else if verr := api.ValidLabel(r.Owner); verr != nil {
+			err = fmt.Errorf("reservation %s: owner: %v", r.ID, verr)
+		}
+	}
+	if err != nil {
+		aside, merr := MoveAside(path)
+		if merr != nil {
+			return nil, fmt.Errorf("reservations %s is damaged (%v) and could not be moved aside: %w", path, err, merr)
+		}
+		log.Error("reservations file damaged: moved aside; no reservation is held (create them again)",
+			"file", path, "moved_to", aside, "err", err)
+		return nil, nil
+	}
+	return list, nil
+}
+
+// SaveReservations returns the core's SaveReservations for path.
+func SaveReservations(path string) func([]api.Reservation) error {
+	return func(list []api.Reservation) error {
+		b, err := json.MarshalIndent(list, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := renameio.WriteFile(path, b, 0o600); err != nil {
+			return fmt.Errorf("saving reservations: %w", err)
+		}
+		return nil
+	}
+}

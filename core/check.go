@@ -132,6 +132,30 @@ func (s *State) Check() error {
 		if mem != l.usedMem || cpus != l.usedCPUs || active != l.active {
 			fail("node %s: VMs take %d MiB, %d vCPUs, %d VMs; its record says %d, %d, %d", name, mem, cpus, active, l.usedMem, l.usedCPUs, l.active)
 		}
+		// What its active reservations hold, from their VMs on it.
+		hmem, hcpus := 0, 0
+		for _, rr := range l.res {
+			if s.reservations[rr.r.ID] != rr {
+				fail("node %s holds for a reservation %s the state does not list", name, rr.r.ID)
+			}
+			if !rr.active {
+				continue
+			}
+			um, uc := 0, 0
+			for _, v := range rr.vms {
+				if v.LNM == name && consumes(v.State) && s.vms[v.Name] == v {
+					um += v.MemMB
+					uc += v.VCPUs
+				}
+			}
+			hmem += max(rr.r.MemMB-um, 0)
+			hcpus += max(rr.r.VCPUs-uc, 0)
+		}
+		if hmem != l.heldMem || hcpus != l.heldCPUs {
+			fail("node %s: reservations hold %d MiB, %d vCPUs; its record says %d, %d", name, hmem, hcpus, l.heldMem, l.heldCPUs)
+		}
+		mem += hmem
+		cpus += hcpus
 		if gcpus != l.guaranteedCPUs || l.lnm.Status.FreeGuaranteedVCPUs != min(guaranteeable(l.lnm.Info)-gcpus, l.lnm.Info.CPUs-cpus) {
 			fail("node %s: guaranteed VMs take %d vCPUs, its record says %d (free to guarantee %d)", name, gcpus, l.guaranteedCPUs, l.lnm.Status.FreeGuaranteedVCPUs)
 		}

@@ -41,9 +41,12 @@ type Config struct {
 	// Fence powers a lost node off (the site's fencing command) and
 	// returns nil only once that is confirmed; FenceTimeout bounds it
 	// (default one minute). Nil: fencing, hence failover, is off.
-	Fence        func(ctx context.Context, node api.NodeInfo) error
-	FenceTimeout time.Duration
-	Logger       *slog.Logger
+	Fence func(ctx context.Context, node api.NodeInfo) error
+	// SaveReservations keeps the reservations across restarts; called
+	// after each change, serialised. Nil: not kept.
+	SaveReservations func([]api.Reservation) error
+	FenceTimeout     time.Duration
+	Logger           *slog.Logger
 }
 
 // AdoptMode says which nodes the controller believes about VMs it has no
@@ -148,8 +151,11 @@ type Controller struct {
 	adopted api.StringMap
 	// adoptUntil ends the startup window of AdoptRecovery.
 	adoptUntil time.Time
-	// modeMu serialises the saving of node modes.
-	modeMu sync.Mutex
+	// modeMu serialises the saving of node modes, resMu of reservations.
+	modeMu, resMu sync.Mutex
+	// The reservation clock (runClock), started by the first reservation.
+	clockOnce sync.Once
+	clockWake chan struct{}
 }
 
 // New builds a controller. hooks must not be nil.

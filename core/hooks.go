@@ -21,14 +21,15 @@ type RequestKind string
 
 // Request kinds.
 const (
-	KindStart    RequestKind = "start"
-	KindOp       RequestKind = "op"
-	KindMigrate  RequestKind = "migrate"
-	KindList     RequestKind = "list"
-	KindListLNMs RequestKind = "list_lnms"
-	KindForget   RequestKind = "forget"
-	KindConsole  RequestKind = "console"
-	KindFailover RequestKind = "failover" // restart of a fenced node's lost VMs (migrate_request chain)
+	KindStart       RequestKind = "start"
+	KindOp          RequestKind = "op"
+	KindMigrate     RequestKind = "migrate"
+	KindList        RequestKind = "list"
+	KindListLNMs    RequestKind = "list_lnms"
+	KindForget      RequestKind = "forget"
+	KindConsole     RequestKind = "console"
+	KindFailover    RequestKind = "failover"    // restart of a fenced node's lost VMs (migrate_request chain)
+	KindReservation RequestKind = "reservation" // an owner extends a reservation (authorize; args action, id, owner, start, end, new_end)
 )
 
 // ReqVM is one VM of a request as the controller resolved it. For a start

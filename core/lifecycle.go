@@ -425,6 +425,9 @@ func (c *Controller) failover(ctx context.Context, id api.Identity, a api.Migrat
 			if why = c.st.guaranteeLocked(vd.Target, vm); why != "" {
 				return
 			}
+			if why = c.st.reservationFitLocked(vd.Target, vm); why != "" {
+				return
+			}
 			origin[vm.Name] = vm.LNM
 			c.st.markStaleLocked(vm.LNM, vm.Name)
 			reason := "restarting on " + vd.Target + ": its node " + vm.LNM + " was fenced"

@@ -466,3 +466,113 @@ func TestGuaranteedNeverOvercommitted(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestReservationHoldsAndExpires: a reservation of 8 GiB and 8 vCPUs on n1
+// for alice: what it holds is free to no one else (placement's view and the
+// mechanism agree), alice's VMs under it fit in it and take from it, not
+// from the rest; an extension by its owner goes through the authorize
+// chain; at its end the hold is released and an event says so.
+func TestReservationHoldsAndExpires(t *testing.T) {
+	pl, _, _ := newLifecycle(t, nil)
+	var saved []api.Reservation
+	var mu sync.Mutex
+	pl.c.cfg.SaveReservations = func(l []api.Reservation) error { mu.Lock(); saved = l; mu.Unlock(); return nil }
+	ctx := context.Background()
+	res := func(who api.Identity, a api.ReservationsArgs) (api.ReservationsReply, error) {
+		return pl.c.Reservations(ctx, who, a)
+	}
+	if _, err := res(alice, api.ReservationsArgs{Action: api.ResCreate, User: "alice", MemMB: 8192, VCPUs: 8, LNMs: []string{"n1"}, For: "1h"}); !errors.Is(err, api.ErrForbidden) {
+		t.Fatalf("a user created a reservation: %v", err)
+	}
+	if _, err := res(root, api.ReservationsArgs{Action: api.ResCreate, User: "alice", MemMB: 20000, LNMs: []string{"n1"}, For: "1h"}); !errors.Is(err, api.ErrUnavailable) {
+		t.Fatalf("a reservation larger than the node: %v", err)
+	}
+	rep, err := res(root, api.ReservationsArgs{Action: api.ResCreate, User: "alice", MemMB: 8192, VCPUs: 8, LNMs: []string{"n1"}, For: "1h"})
+	if err != nil || len(rep.Reservations) != 1 || rep.Reservations[0].State != api.ResActive {
+		t.Fatalf("create: %v %+v", err, rep)
+	}
+	r := rep.Reservations[0]
+	if l := pl.mode(t, "n1"); l.Status.FreeMemMB != 16384-8192 || l.Status.FreeVCPUs != 16-8 {
+		t.Fatalf("n1 while reserved: %+v", l.Status)
+	}
+	mu.Lock()
+	if len(saved) != 1 || saved[0].ID != r.ID {
+		t.Fatalf("saved: %+v", saved)
+	}
+	mu.Unlock()
+	// Someone else's VMs fit only in what is not held.
+	bob := api.Identity{User: "bob"}
+	if rr, err := pl.c.Start(ctx, bob, api.StartArgs{Cluster: "b", Count: 1, MemMB: 8192, VCPUs: 1}); err != nil || rr.OK() != 1 {
+		t.Fatalf("bob's VM in the free half: %v %+v", err, rr)
+	}
+	rr, err := pl.c.Start(ctx, bob, api.StartArgs{Cluster: "b", Count: 1, MemMB: 1024, VCPUs: 1})
+	if err != nil || rr.OK() != 0 || !strings.Contains(rr.Done[0].Error, "reserved") {
+		t.Fatalf("bob's VM in the held half: %v %+v", err, rr)
+	}
+	// alice's VMs under it take from it.
+	pl.p.set(func(p *policy) { p.qos = "" })
+	withRes := func(id string) {
+		pl.p.set(func(p *policy) { p.data = api.StringMap{api.DataReservation: id} })
+	}
+	withRes(r.ID)
+	rr, err = pl.c.Start(ctx, alice, api.StartArgs{Cluster: "a", Count: 2, MemMB: 4096, VCPUs: 4})
+	if err != nil || rr.OK() != 2 {
+		t.Fatalf("alice under her reservation: %v %+v", err, rr)
+	}
+	if v := pl.vm(t, rr.Done[0].Name); v.Data[api.DataReservationEnd] != r.End.Format(time.RFC3339) {
+		t.Fatalf("VM data: %+v", v.Data)
+	}
+	rr, err = pl.c.Start(ctx, alice, api.StartArgs{Cluster: "a", Count: 1, MemMB: 128, VCPUs: 1})
+	if err != nil || rr.OK() != 0 || !strings.Contains(rr.Done[0].Error, "left on n1") {
+		t.Fatalf("beyond the reservation: %v %+v", err, rr)
+	}
+	if got, _ := pl.c.State().Reservation(r.ID); len(got.VMs) != 2 || got.Used["n1"].MemMB != 8192 {
+		t.Fatalf("reservation in use: %+v", got)
+	}
+	// bob may not use it.
+	rr, err = pl.c.Start(ctx, bob, api.StartArgs{Cluster: "b", Count: 1, MemMB: 128, VCPUs: 1})
+	if err != nil || rr.OK() != 0 || !strings.Contains(rr.Done[0].Error, "not held for") {
+		t.Fatalf("bob under alice's reservation: %v %+v", err, rr)
+	}
+	if err := pl.c.State().Check(); err != nil {
+		t.Fatal(err)
+	}
+	// Extending: the owner may; someone else finds nothing.
+	if _, err := res(bob, api.ReservationsArgs{Action: api.ResExtend, ID: r.ID, For: "1h"}); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("bob extended: %v", err)
+	}
+	rep, err = res(alice, api.ReservationsArgs{Action: api.ResExtend, ID: r.ID, For: "1h"})
+	if err != nil || !rep.Reservations[0].End.Equal(r.End.Add(time.Hour)) {
+		t.Fatalf("extend: %v %+v", err, rep)
+	}
+	// Cancelled (as ending): the hold goes, alice's VMs stay (the policy
+	// decides), an event says so.
+	rep, err = res(alice, api.ReservationsArgs{Action: api.ResCancel, ID: r.ID})
+	if err != nil || rep.Reservations[0].State != api.ResEnded {
+		t.Fatalf("cancel: %v %+v", err, rep)
+	}
+	if l := pl.mode(t, "n1"); l.Status.FreeMemMB != 16384-8192-8192 || l.Status.FreeVCPUs != 16-1-8 {
+		t.Fatalf("n1 after the end: %+v", l.Status)
+	}
+	var states []string
+	for _, e := range pl.p.events(api.EvReservation) {
+		states = append(states, e.Detail["state"])
+	}
+	if strings.Join(states, ",") != "created,active,extended,ended" {
+		t.Fatalf("reservation events: %v", states)
+	}
+	// A short one ends by the clock.
+	withRes("")
+	rep, err = res(root, api.ReservationsArgs{Action: api.ResCreate, User: "alice", MemMB: 1024, LNMs: []string{"n2"}, End: time.Now().Add(300 * time.Millisecond).UTC().Format(time.RFC3339Nano)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := rep.Reservations[0].ID
+	waitfor.True(t, 30*time.Second, "the short reservation to end", func() bool {
+		got, _ := pl.c.State().Reservation(short)
+		return got.State == api.ResEnded
+	})
+	if l := pl.mode(t, "n2"); l.Status.FreeMemMB != 16384 {
+		t.Fatalf("n2 after the clock ended its reservation: %+v", l.Status)
+	}
+}

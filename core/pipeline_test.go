@@ -3,6 +3,7 @@ package core
 import (
 	"context"
 	"errors"
+	"maps"
 	"strings"
 	"sync"
 	"testing"
@@ -22,7 +23,8 @@ type policy struct {
 	rewrite api.Op
 	panicIn string
 	notes   []api.Event
-	qos     string // data qos of new VMs
+	qos     string        // data qos of new VMs
+	data    api.StringMap // data of new VMs
 }
 
 func (p *policy) boom(stage string) {
@@ -57,6 +59,9 @@ func (p *policy) Request(_ context.Context, event string, r *Request, d *Decisio
 			d.VMs[i].LNM = p.place
 			if p.qos != "" {
 				d.VMs[i].Data = api.StringMap{api.DataQoS: p.qos}
+			}
+			if len(p.data) > 0 && p.data[api.DataReservation] != "" {
+				d.VMs[i].Data = maps.Clone(p.data)
 			}
 		}
 	case api.EvMigrateRequest:

@@ -322,8 +322,8 @@ func (q LNMQuery) Apply(all []*api.LNM) []*api.LNM {
 // each state. Every change to those fields of a record calls it. The
 // caller holds mu.
 func (s *State) syncSlotLocked(l *lnmRec) {
-	l.lnm.Status.FreeMemMB = l.lnm.Info.MemMB - l.usedMem
-	l.lnm.Status.FreeVCPUs = l.lnm.Info.CPUs - l.usedCPUs
+	l.lnm.Status.FreeMemMB = l.lnm.Info.MemMB - l.usedMem - l.heldMem
+	l.lnm.Status.FreeVCPUs = l.lnm.Info.CPUs - l.usedCPUs - l.heldCPUs
 	l.lnm.Status.FreeGuaranteedVCPUs = min(guaranteeable(l.lnm.Info)-l.guaranteedCPUs, l.lnm.Status.FreeVCPUs)
 	l.lnm.Status.VMs = l.active
 	if l.slot == 0 {

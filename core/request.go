@@ -296,6 +296,12 @@ func (c *Controller) start(ctx context.Context, id api.Identity, a api.StartArgs
 			if why = c.st.guaranteeLocked(vm.LNM, vm); why != "" {
 				return
 			}
+			if why = c.st.reservationFitLocked(vm.LNM, vm); why != "" {
+				return
+			}
+			if rr := c.st.reservationOf(vm); rr != nil {
+				vm.Data[api.DataReservationEnd] = rr.r.End.Format(time.RFC3339)
+			}
 			why = "already exists"
 			if ok = c.st.insertLocked(vm); ok {
 				clone = vm.Snapshot()
@@ -745,6 +751,10 @@ func (c *Controller) migrate(ctx context.Context, id api.Identity, a api.Migrate
 			continue
 		}
 		if why := c.st.guarantee(vd.Target, vm); why != "" {
+			res.set(api.VMResult{Name: rv.Name, Error: "target " + why})
+			continue
+		}
+		if why := c.st.reservationFit(vd.Target, vm); why != "" {
 			res.set(api.VMResult{Name: rv.Name, Error: "target " + why})
 			continue
 		}

@@ -43,6 +43,10 @@ type lnmRec struct {
 	usedMem, usedCPUs, active int
 	// guaranteedCPUs is what its guaranteed VMs (data qos=guaranteed) take.
 	guaranteedCPUs int
+	// res are the reservations held on it; heldMem and heldCPUs what
+	// the active ones hold that their VMs do not take (see holdLocked).
+	res               []*resRec
+	heldMem, heldCPUs int
 }
 
 // State is the controller's global state: running VMs, LNMs, virtual
@@ -75,9 +79,10 @@ type State struct {
 	// Node modes kept from before a restart for nodes with no record yet
 	// (RestoreModes), and the lnm_mode events of automatic changes (a
 	// drained node entering maintenance) not yet emitted (flushModes).
-	savedModes  map[string]ModeRecord
-	modeEvents  []api.Event
-	modePending atomic.Bool
+	reservations map[string]*resRec
+	savedModes   map[string]ModeRecord
+	modeEvents   []api.Event
+	modePending  atomic.Bool
 }
 
 func newState(domain string) *State {
@@ -130,6 +135,9 @@ func (s *State) chargeLocked(l *lnmRec, vm *api.VM, sign int) {
 	l.active += sign
 	if api.Guaranteed(vm.Data) {
 		l.guaranteedCPUs += sign * vm.VCPUs
+	}
+	if vm.Data[api.DataReservation] != "" {
+		s.chargeReservationLocked(l, vm, sign)
 	}
 	s.syncSlotLocked(l)
 	if sign < 0 && l.active == 0 {
@@ -185,6 +193,9 @@ func (s *State) insertLocked(vm *api.VM) bool {
 	l.vms[vm.Name] = vm
 	s.chargeLocked(l, vm, 1)
 	s.trackListsLocked(vm)
+	if rr := s.reservationOf(vm); rr != nil {
+		rr.vms[vm.Name] = vm
+	}
 	if vm.Request != "" {
 		k := vm.Owner + "\x00" + vm.Request
 		s.requests[k] = append(s.requests[k], vm)
@@ -222,6 +233,9 @@ func (s *State) removeLocked(vm *api.VM) {
 	}
 	delete(s.lost, vm.Name)
 	delete(s.missing, vm.Name)
+	if rr := s.reservationOf(vm); rr != nil {
+		delete(rr.vms, vm.Name)
+	}
 	if vm.Request != "" {
 		k := vm.Owner + "\x00" + vm.Request
 		list := s.requests[k]

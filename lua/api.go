@@ -34,6 +34,7 @@ func (ls *lstate) installAPI() {
 		"vm": ls.apiVM, "vms": ls.apiVMs, "count": ls.apiCount, "lnm": ls.apiLNM, "lnms": ls.apiLNMs,
 		"clusters": ls.apiClusters, "domain": ls.apiDomain,
 		"op": ls.apiOp, "migrate": ls.apiMigrate,
+		"reservation": ls.apiReservation, "reservations": ls.apiReservations,
 		"lnm_mode": ls.apiLNMMode, "lnm_notice": ls.apiLNMNotice, "fence": ls.apiFence, "failover": ls.apiFailover,
 		"time":         func(L *glua.LState) int { L.Push(unixf(time.Now())); return 1 },
 		"bcrypt_check": ls.apiBcrypt, "read_htpasswd": ls.apiHtpasswd,
@@ -509,6 +510,81 @@ func (ls *lstate) apiMigrate(L *glua.LState) int {
 		return 2
 	}
 	L.Push(resultTable(L, res))
+	return 1
+}
+
+// reservationView is a state view that knows reservations.
+type reservationView interface {
+	Reservation(id string) (*api.Reservation, bool)
+	Reservations(owner string) []api.Reservation
+}
+
+// reservationTable is what Lua sees of a reservation: its record, what
+// its VMs use on each node (used) and what is left of it there (unused).
+func reservationTable(L *glua.LState, r *api.Reservation) *glua.LTable {
+	t := L.CreateTable(0, 16)
+	t.RawSetString("id", glua.LString(r.ID))
+	t.RawSetString("owner", glua.LString(r.Owner))
+	setStr(t, "cluster", r.Cluster)
+	t.RawSetString("mem_mb", glua.LNumber(r.MemMB))
+	t.RawSetString("vcpus", glua.LNumber(r.VCPUs))
+	t.RawSetString("start", unixf(r.Start))
+	t.RawSetString("end", unixf(r.End))
+	t.RawSetString("on_end", glua.LString(r.OnEnd))
+	t.RawSetString("state", glua.LString(r.State))
+	setStr(t, "by", r.By)
+	lnms, vms := L.CreateTable(len(r.LNMs), 0), L.CreateTable(len(r.VMs), 0)
+	used, unused := L.CreateTable(0, len(r.LNMs)), L.CreateTable(0, len(r.LNMs))
+	use := func(mem, cpus int) *glua.LTable {
+		u := L.CreateTable(0, 2)
+		u.RawSetString("mem_mb", glua.LNumber(mem))
+		u.RawSetString("vcpus", glua.LNumber(cpus))
+		return u
+	}
+	for i, n := range r.LNMs {
+		lnms.RawSetInt(i+1, glua.LString(n))
+		u := r.Used[n]
+		used.RawSetString(n, use(u.MemMB, u.VCPUs))
+		unused.RawSetString(n, use(max(r.MemMB-u.MemMB, 0), max(r.VCPUs-u.VCPUs, 0)))
+	}
+	for i, n := range r.VMs {
+		vms.RawSetInt(i+1, glua.LString(n))
+	}
+	t.RawSetString("lnms", lnms)
+	t.RawSetString("vms", vms)
+	t.RawSetString("used", used)
+	t.RawSetString("unused", unused)
+	return t
+}
+
+// usher.reservation(id) → reservation | nil
+func (ls *lstate) apiReservation(L *glua.LState) int {
+	rv, ok := ls.view().(reservationView)
+	if !ok {
+		L.Push(glua.LNil)
+		return 1
+	}
+	r, found := rv.Reservation(L.CheckString(1))
+	if !found {
+		L.Push(glua.LNil)
+		return 1
+	}
+	L.Push(reservationTable(L, r))
+	return 1
+}
+
+// usher.reservations([owner]) → {reservation...}
+func (ls *lstate) apiReservations(L *glua.LState) int {
+	var list []api.Reservation
+	if rv, ok := ls.view().(reservationView); ok {
+		list = rv.Reservations(L.OptString(1, ""))
+	}
+	ls.call.work(L, uint64(len(list))*workPerObject)
+	t := L.CreateTable(len(list), 0)
+	for i := range list {
+		t.RawSetInt(i+1, reservationTable(L, &list[i]))
+	}
+	L.Push(t)
 	return 1
 }
 

@@ -168,6 +168,33 @@ Examples:
   lnm restore node[1-2]`,
 			opts: []opt{{long: "reason", arg: "TEXT", help: "why (shown by lnms and in the event)"}},
 			pos:  []argKind{argNone, argLNMSet}, run: cmdLNMMode},
+		&command{name: "reserve", usage: "[list] [--all] | create --user USER [--cluster C] [--mem MB] [--vcpus N] [--on LNMSET] [--start TIME] (--for DURATION | --until TIME) [--on-end shutdown|destroy] | extend ID (--for DURATION | --until TIME) | cancel ID",
+			summary: "reservations: resources held for a user on nodes until a time",
+			doc: `A reservation holds memory and vCPUs on each of some nodes for one
+user (optionally one virtual cluster) from a start (default now) to an
+end. While it is active nothing else is placed in what it holds; its
+owner starts VMs in it with "start … reservation=ID" (the reservations
+policy). When it ends its VMs are shut down (or destroyed, --on-end
+destroy). Admins create reservations; owners list theirs, extend them
+(as policy allows) and cancel them. TIME is RFC 3339
+(2026-12-24T08:00:00Z); DURATION is like 90m or 8h. Without --on the
+controller picks one node with room for it now. See docs/maintenance.md.
+
+Examples:
+  reserve create --user alice --mem 8192 --vcpus 4 --on node[1-2] --for 8h
+  reserve
+  start -n job -c 4 --mem 2048 --vcpus 1 reservation=r-3f9a0c11d2e4
+  reserve extend r-3f9a0c11d2e4 --for 2h
+  reserve cancel r-3f9a0c11d2e4`,
+			opts: []opt{{long: "all", short: "a", help: "everyone's (admins)"}, {long: "user", arg: "USER", help: "create: whom it is for"},
+				{long: "cluster", short: "n", arg: "CLUSTER", help: "create: only this virtual cluster of the user", kind: argCluster},
+				{long: "mem", arg: "MB", help: "create: memory held on each node"}, {long: "vcpus", arg: "N", help: "create: vCPUs held on each node"},
+				{long: "on", arg: "LNMSET", help: "create: the nodes (default: one with room)", kind: argLNMSet},
+				{long: "start", arg: "TIME", help: "create: when it starts (default now)"},
+				{long: "for", arg: "DURATION", help: "create: how long; extend: how much longer"},
+				{long: "until", arg: "TIME", help: "create, extend: when it ends"},
+				{long: "on-end", arg: "ACTION", help: "create: shutdown (default) or destroy its VMs at the end"}},
+			run: cmdReserve},
 		&command{name: "forget", usage: "VMSET", summary: "remove the records of missing or lost VMs",
 			doc: `Removes the controller's records of the VMs of VMSET that are missing
 (gone from their node) or lost (their node failed): their capacity is
@@ -773,6 +800,77 @@ func cmdLNMMode(ctx context.Context, s *session, line string, a *parsed) (*step,
 			return &outcome{text: text, value: r}, errors.Join(errs...)
 		}
 		return &outcome{text: text, value: r}, nil
+	}}, nil
+}
+
+// --- reserve ---
+
+func cmdReserve(ctx context.Context, s *session, line string, a *parsed) (*step, error) {
+	c, err := s.client()
+	if err != nil {
+		return nil, err
+	}
+	args := api.ReservationsArgs{Action: api.ResList, All: a.has("all")}
+	if len(a.pos) > 0 {
+		args.Action = a.pos[0]
+	}
+	num := func(k string) (int, error) {
+		v := a.opts[k]
+		if v == "" {
+			return 0, nil
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("reserve: --%s %q: a number", k, v)
+		}
+		return n, nil
+	}
+	set := ""
+	switch args.Action {
+	case api.ResList:
+		if len(a.pos) > 1 {
+			return nil, errors.New("reserve list takes no arguments")
+		}
+	case api.ResCreate:
+		if len(a.pos) > 1 {
+			return nil, errors.New("reserve create takes options only (reserve create --user U --mem MB --for 8h)")
+		}
+		args.User, args.Cluster, args.Start, args.OnEnd = a.opts["user"], a.opts["cluster"], a.opts["start"], a.opts["on-end"]
+		args.For, args.End = a.opts["for"], a.opts["until"]
+		if args.MemMB, err = num("mem"); err != nil {
+			return nil, err
+		}
+		if args.VCPUs, err = num("vcpus"); err != nil {
+			return nil, err
+		}
+		set = a.opts["on"]
+	case api.ResExtend, api.ResCancel:
+		if len(a.pos) != 2 {
+			return nil, fmt.Errorf("reserve %s: give the reservation's id (reserve lists them)", args.Action)
+		}
+		args.ID = a.pos[1]
+		args.For, args.End = a.opts["for"], a.opts["until"]
+	default:
+		return nil, fmt.Errorf("reserve: unknown action %q (list, create, extend or cancel)", args.Action)
+	}
+	if set == "" {
+		if err := args.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	return &step{remote: func(ctx context.Context) (*outcome, error) {
+		if set != "" {
+			names, err := s.resolveLNMs(ctx, set)
+			if err != nil {
+				return nil, err
+			}
+			args.LNMs = names
+		}
+		r, err := c.Reservations(ctx, args)
+		if err != nil {
+			return nil, err
+		}
+		return &outcome{text: formatReservations(r), value: r}, nil
 	}}, nil
 }
 

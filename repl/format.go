@@ -432,6 +432,28 @@ func formatKeys(r api.KeysReply) string {
 	return table([]string{"TYPE", "FINGERPRINT", "COMMENT"}, rows)
 }
 
+func formatReservations(r api.ReservationsReply) string {
+	if len(r.Reservations) == 0 {
+		return "no reservations"
+	}
+	var rows [][]string
+	for _, x := range r.Reservations {
+		owner := x.Owner
+		if x.Cluster != "" {
+			owner += "/" + x.Cluster
+		}
+		mem, cpus := 0, 0
+		for _, u := range x.Used {
+			mem += u.MemMB
+			cpus += u.VCPUs
+		}
+		rows = append(rows, []string{x.ID, owner, x.State, strings.Join(x.LNMs, ","),
+			fmt.Sprintf("%dM/%d", x.MemMB, x.VCPUs), fmt.Sprintf("%dM/%d", mem, cpus), fmt.Sprint(len(x.VMs)),
+			x.Start.Local().Format("2006-01-02 15:04"), x.End.Local().Format("2006-01-02 15:04"), x.OnEnd})
+	}
+	return table([]string{"ID", "OWNER", "STATE", "LNMS", "HELD(EACH)", "USED", "VMS", "START", "END", "AT-END"}, rows)
+}
+
 func formatTokens(r api.TokensReply) string {
 	var b strings.Builder
 	if r.Secret != "" {

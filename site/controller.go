@@ -121,6 +121,11 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 		return nil, err
 	}
 	ccfg.SaveModes = controller.SaveNodeModes(filepath.Join(stateDir, "node-modes.json"))
+	reservations, err := controller.LoadReservations(filepath.Join(stateDir, "reservations.json"), log)
+	if err != nil {
+		return nil, err
+	}
+	ccfg.SaveReservations = controller.SaveReservations(filepath.Join(stateDir, "reservations.json"))
 	if argv := cfg.Strings("controller.fence_command"); len(argv) > 0 {
 		ccfg.Fence = controller.FenceCommand(argv, log.With("component", "controller"))
 		ccfg.FenceTimeout = cfg.Duration("controller.fence_timeout")
@@ -142,6 +147,7 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 	}
 	c.Core = core.New(ccfg, hooks)
 	c.Core.RestoreModes(modes)
+	c.Core.RestoreReservations(reservations)
 	fail := func(err error) (*Controller, error) {
 		c.Core.Close()
 		if c.Host != nil {

@@ -2,7 +2,9 @@ package policytool
 
 import (
 	"fmt"
+	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	glua "github.com/yuin/gopher-lua"
@@ -16,10 +18,39 @@ import (
 // FixtureView is the state policy tests run against
 // (usher_test.fixture): an in-memory core.StateView (coretest.View) that
 // a test's Lua table can replace. It is safe for concurrent use.
-type FixtureView struct{ *coretest.View }
+type FixtureView struct {
+	*coretest.View
+	mu  sync.RWMutex
+	res map[string]api.Reservation
+}
 
 // NewFixtureView returns an empty view with domain "usher.test".
-func NewFixtureView() *FixtureView { return &FixtureView{coretest.NewView("usher.test")} }
+func NewFixtureView() *FixtureView { return &FixtureView{View: coretest.NewView("usher.test")} }
+
+// Reservation implements usher.reservation for fixtures.
+func (f *FixtureView) Reservation(id string) (*api.Reservation, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	r, ok := f.res[id]
+	if !ok {
+		return nil, false
+	}
+	return &r, true
+}
+
+// Reservations implements usher.reservations for fixtures.
+func (f *FixtureView) Reservations(owner string) []api.Reservation {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []api.Reservation
+	for _, r := range f.res {
+		if owner == "" || r.Owner == owner {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
 
 func num(t *glua.LTable, k string, def float64) float64 {
 	if n, ok := t.RawGetString(k).(glua.LNumber); ok {
@@ -100,6 +131,46 @@ func (f *FixtureView) set(t *glua.LTable) error {
 			vms = append(vms, v)
 		}
 	}
+	res := map[string]api.Reservation{}
+	if rt, ok := t.RawGetString("reservations").(*glua.LTable); ok {
+		for i := 1; i <= rt.Len(); i++ {
+			e, ok := rt.RawGetInt(i).(*glua.LTable)
+			if !ok {
+				return fmt.Errorf("reservations[%d] is not a table", i)
+			}
+			now := time.Now()
+			r := api.Reservation{ID: str(e, "id", ""), Owner: str(e, "owner", ""), Cluster: str(e, "cluster", ""),
+				MemMB: int(num(e, "mem_mb", 0)), VCPUs: int(num(e, "vcpus", 0)), State: str(e, "state", api.ResActive),
+				OnEnd: str(e, "on_end", api.OnEndShutdown), Start: now.Add(-time.Hour),
+				End: now.Add(time.Duration(num(e, "end_s", 3600) * float64(time.Second)))}
+			if r.ID == "" || r.Owner == "" {
+				return fmt.Errorf("reservations[%d] needs id and owner", i)
+			}
+			if l, ok := e.RawGetString("lnms").(*glua.LTable); ok {
+				l.ForEach(func(_, v glua.LValue) { r.LNMs = append(r.LNMs, v.String()) })
+			}
+			// Its VMs and what they use: the fixture VMs whose data names it.
+			for _, v := range vms {
+				if v.Data[api.DataReservation] != r.ID {
+					continue
+				}
+				r.VMs = append(r.VMs, v.Name)
+				if v.State == api.StateRunning || v.State == api.StatePaused {
+					if r.Used == nil {
+						r.Used = map[string]api.ReservationUse{}
+					}
+					u := r.Used[v.LNM]
+					u.MemMB += v.MemMB
+					u.VCPUs += v.VCPUs
+					r.Used[v.LNM] = u
+				}
+			}
+			res[r.ID] = r
+		}
+	}
+	f.mu.Lock()
+	f.res = res
+	f.mu.Unlock()
 	f.Replace(domain, lnms, vms)
 	return nil
 }
