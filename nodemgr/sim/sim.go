@@ -33,13 +33,13 @@ var (
 
 // Options configure a simulated hypervisor.
 type Options struct {
-	Node      string        // node name (NodeInfo.Name); required
-	Address   string        // advertised address (NodeInfo.Address)
-	CPUs      int           // capacity in vCPUs (default 16)
+	Node    string // node name (NodeInfo.Name); required
+	Address string // advertised address (NodeInfo.Address)
+	CPUs    int    // capacity in vCPUs (default 16)
 	// HostCPUs is how many of CPUs can be guaranteed (the host's CPUs
 	// when CPUs overcommits them; default CPUs): guaranteed guests (data
 	// qos=guaranteed) never take more.
-	HostCPUs int
+	HostCPUs  int
 	MemMB     int           // capacity in MiB (default 65536)
 	BootDelay time.Duration // time from Start to running (default 0); ops and Migrate take BootDelay/4
 	// StateFile is "" to keep guests in memory only; otherwise guests
