@@ -193,6 +193,7 @@ func TestWebConsole(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS(`button[data-tab="nodes"]`)),
 		chromedp.Click(chromedp.CSS(`button[data-tab="nodes"]`)))
 	waitPage("two nodes listed", `String(document.querySelectorAll("#nodes tbody tr").length === 2)`)
+	waitPage("their modes shown", `String(document.querySelector("#nodes tbody tr td:nth-child(3)").textContent.trim() === "active")`)
 }
 
 func portOf(addr string) string {

@@ -294,7 +294,9 @@ async function loadNodes() {
   try {
     const r = await api("GET", "/api/v1/nodes?status=1");
     $("#nodes tbody").innerHTML = (r.lnms || [])
-      .map((n) => `<tr><td>${esc(n.info.name)}</td><td>${esc(n.state)}</td><td>${esc(n.info.driver)}</td><td>${n.status.vms}</td>
+      .map((n) => `<tr><td>${esc(n.info.name)}</td><td>${esc(n.state)}</td>
+        <td title="${esc([n.mode_reason, n.notice].filter(Boolean).join(" — "))}">${esc(n.mode || "active")}${n.fenced ? ", fenced" : ""}</td>
+        <td>${esc(n.info.driver)}</td><td>${n.status.vms}</td>
         <td>${n.status.free_vcpus}/${n.info.cpus}</td><td>${n.status.free_mem_mb}/${n.info.mem_mb}</td><td>${fmtUsage(n.status.usage)}</td></tr>`)
       .join("");
   } catch (e) {
