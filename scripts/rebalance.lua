@@ -25,20 +25,25 @@ local store = usher.store
 
 local function cpu(vm) return vm.usage and vm.usage.cpu.m5 or 0 end
 
--- moved(node): CPU moved onto (+) or off (-) node within the settle time.
-local function moved(node)
-  local sum = 0
-  for _, v in pairs(store.list("in." .. node .. ".")) do sum = sum + tonumber(v) end
-  for _, v in pairs(store.list("out." .. node .. ".")) do sum = sum - tonumber(v) end
-  return sum
+-- moved(): CPU moved onto (+) or off (-) each node within the settle
+-- time (two store reads a pass, whatever the number of nodes).
+local function moved()
+  local by = {}
+  for prefix, sign in pairs({["in."] = 1, ["out."] = -1}) do
+    for k, v in pairs(store.list(prefix, {limit = 10000})) do
+      local node = k:sub(#prefix + 1):match("^([^.]+)%.")
+      if node then by[node] = (by[node] or 0) + sign * tonumber(v) end
+    end
+  end
+  return by
 end
 
 local function pass()
-  local nodes = {}
+  local nodes, by = {}, moved()
   for _, n in ipairs(usher.lnms{connected = true}) do -- active nodes only
     if n.info.cpus > 0 then
       nodes[#nodes + 1] = {node = n, cpus = n.info.cpus,
-                           load = (n.status.usage.cpu.m5 + moved(n.name)) / n.info.cpus}
+                           load = (n.status.usage.cpu.m5 + (by[n.name] or 0)) / n.info.cpus}
     end
   end
   for _ = 1, max_moves do
