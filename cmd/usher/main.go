@@ -26,6 +26,7 @@ func commands() []command {
 		{"lnm", "run a local node manager on this host", runLNM},
 		{"demo", "run an embedded site (controller + simulated LNMs + shipped policies) and open the shell", runDemo},
 		{"ca", "create a site CA and issue controller/LNM certificates", runCA},
+		{"etcd", "run an embedded etcd member (for highly available controllers)", runEtcd},
 		{"config", "show the effective configuration and where each value came from", runConfig},
 		{"policy", "check, test, inspect and (un)register Lua policy scripts", runPolicy},
 		{"plan", "dry-run a request through the live policy chain and show the decision trace", runPlan},
