@@ -7,13 +7,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/client"
 	"github.com/usher-vm/usher/ha"
 	"github.com/usher-vm/usher/internal/waitfor"
 )
@@ -163,4 +167,113 @@ func TestEtcdMembersTLSAndElection(t *testing.T) {
 	if err := members[first].Put(context.Background(), term, "known/n1", "stale"); !errors.Is(err, ha.ErrNotLeader) {
 		t.Fatalf("the old leader wrote: %v", err)
 	}
+}
+
+// TestHAControllerFailover: two controllers share a three-member etcd;
+// the LNMs and clients know both addresses. kill -9 of the leader: the
+// standby leads in a higher term, every LNM registers with it, every VM
+// is accounted for, new starts are served, and what lives in etcd (known
+// LNMs, a node's mode) is there.
+func TestHAControllerFailover(t *testing.T) {
+	c := newChaos(t)
+	eps := c.etcdCluster()
+	addrs := []string{c.addr, freePort(t)}
+	base, err := os.ReadFile(c.ctlConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	confs := map[string]string{}
+	for i, name := range []string{"ctl1", "ctl2"} {
+		conf := strings.Replace(string(base), fmt.Sprintf("listen = %q", c.addr), fmt.Sprintf("listen = %q\nadvertise = %q\nid = %q\netcd = [%q, %q, %q]\netcd_ttl = \"2s\"", addrs[i], addrs[i], name, eps[0], eps[1], eps[2]), 1)
+		conf = strings.Replace(conf, filepath.Join(c.dir, "ctl")+`"`, filepath.Join(c.dir, name)+`"`, 1)
+		confs[name] = c.write(name+".toml", conf)
+		c.start(name, []string{"controller"}, confs[name])
+	}
+	both := strings.Join(addrs, ",")
+	for _, n := range []string{"n1", "n2", "n3"} {
+		pki := filepath.Join(c.dir, "pki")
+		c.run("ca", "issue", "--dir", pki, "--role", "lnm", "--name", n)
+		os.MkdirAll(filepath.Join(c.dir, "sim"), 0o755)
+		c.start(n, []string{"lnm"}, c.lnmConf(n, both))
+	}
+	dial := func(user string) *client.Client {
+		var cl *client.Client
+		waitfor.Error(t, 90*time.Second, user+" connected to the leader", func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			var err error
+			cl, err = client.Connect(ctx, client.Config{Addr: both, CAFile: filepath.Join(c.dir, "pki", "ca.crt"), ServerName: "localhost",
+				User: user, Password: user + "-pw", MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
+			return err
+		})
+		t.Cleanup(func() { cl.Close() })
+		return cl
+	}
+	root, alice := dial("root"), dial("alice")
+	waitLNMs(t, root, 3)
+	res := retry(t, "start", func(ctx context.Context) (*api.Result, error) {
+		return alice.Start(ctx, api.StartArgs{Cluster: "ha", Count: 6, ID: "ha-6"})
+	})
+	if res == nil || res.OK() != 6 {
+		t.Fatalf("start: %+v", res)
+	}
+	if _, err := root.SetLNMMode(context.Background(), "n3", api.ModeIsolated, "replicated?"); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := waitState(t, root, 30*time.Second, allRunning(6))
+
+	// Who leads: the election's record in etcd.
+	tlsCfg, err := ha.ClientTLS(filepath.Join(c.dir, "pki", "ctl.crt"), filepath.Join(c.dir, "pki", "ctl.key"), filepath.Join(c.dir, "pki", "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs, err := ha.New(ha.Config{Endpoints: eps, TLS: tlsCfg, Prefix: "/usher/usher.local/", ID: "observer", Address: "-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obs.Close()
+	var leader ha.Leader
+	waitfor.Error(t, 30*time.Second, "a leader in etcd", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		leader, err = obs.CurrentLeader(ctx)
+		return err
+	})
+	killed := time.Now()
+	c.kill9(leader.ID)
+	var next ha.Leader
+	waitfor.Error(t, 60*time.Second, "another leader", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		next, err = obs.CurrentLeader(ctx)
+		if err == nil && (next.ID == leader.ID || next.Term <= leader.Term) {
+			err = fmt.Errorf("still %+v", next)
+		}
+		return err
+	})
+	waitLNMs(t, root, 3)
+	after, _ := waitState(t, root, 60*time.Second, allRunning(6))
+	t.Logf("%s (term %d) killed; %s leads in term %d; the site was whole again %v later", leader.ID, leader.Term, next.ID, next.Term, time.Since(killed).Round(10*time.Millisecond))
+	if !equalKeys(before, after) {
+		t.Fatalf("VMs before %v, after %v", before, after)
+	}
+	onlyOnce(t, c, mustList(t, root))
+	if l := lnmRecord(t, root, "n3"); l.Mode != api.ModeIsolated || l.ModeReason != "replicated?" {
+		t.Fatalf("n3's mode after failover: %+v", l)
+	}
+	res = retry(t, "start after failover", func(ctx context.Context) (*api.Result, error) {
+		return alice.Start(ctx, api.StartArgs{Cluster: "after", Count: 2, ID: "after-2"})
+	})
+	if res == nil || res.OK() != 2 {
+		t.Fatalf("start after failover: %+v", res)
+	}
+}
+
+func mustList(t *testing.T, cl *client.Client) *api.ListReply {
+	t.Helper()
+	_, lr := snapshot(t, cl)
+	if lr == nil {
+		t.Fatal("no list")
+	}
+	return lr
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,7 +19,7 @@ import (
 
 // Config says how to reach and authenticate with a controller.
 type Config struct {
-	Addr        string        // controller host:port
+	Addr        string        // controller host:port; several, comma-separated, for highly available controllers (the one that answers is used)
 	CAFile      string        // site CA certificate (PEM)
 	ServerName  string        // name in the controller's certificate; default the host of Addr
 	TLS         *tls.Config   // overrides CAFile/ServerName when set
@@ -104,7 +105,8 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		}
 		sn := cfg.ServerName
 		if sn == "" {
-			host, _, err := net.SplitHostPort(cfg.Addr)
+			first, _, _ := strings.Cut(cfg.Addr, ",")
+			host, _, err := net.SplitHostPort(strings.TrimSpace(first))
 			if err != nil {
 				return nil, fmt.Errorf("client: controller address %q: %w", cfg.Addr, err)
 			}
@@ -134,7 +136,18 @@ func (c *Client) dial(ctx context.Context) error {
 	if err := auth.Validate(); err != nil {
 		return fmt.Errorf("authenticating as %s: %w", c.cfg.User, err)
 	}
-	s, err := transport.Dial(ctx, c.cfg.Addr, c.tls, c.limits, c.log)
+	// Several addresses: highly available controllers, of which only the
+	// leader serves; the first that takes the session is used.
+	var s *transport.Session
+	var err error
+	for _, addr := range strings.Split(c.cfg.Addr, ",") {
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		s, err = transport.Dial(dctx, strings.TrimSpace(addr), c.tls, c.limits, c.log)
+		cancel()
+		if err == nil {
+			break
+		}
+	}
 	if err != nil {
 		return err
 	}

@@ -29,7 +29,7 @@ type Options struct {
 	Logins         LoginLimits   // backoff after failed logins, per user and per address
 	Policy         PolicyAdmin
 	ControllerID   string
-	Known          *KnownLNMs  // persisted list of LNMs (nil: none)
+	Known          KnownStore  // persisted list of LNMs (nil: none)
 	Keys           *KeyStore   // users' SSH public keys (nil: keys calls fail)
 	Tokens         *TokenStore // API tokens (nil: tokens calls fail, no Bearer logins)
 	Metrics        *Metrics    // Prometheus metrics on the HTTP API's /metrics (nil: none)

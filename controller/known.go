@@ -14,6 +14,19 @@ import (
 	"github.com/usher-vm/usher/api"
 )
 
+// KnownStore keeps the LNMs a controller has seen: a file (KnownLNMs) or,
+// for highly available controllers, etcd (package ha).
+type KnownStore interface {
+	// Record adds or updates an LNM, returning once it is durable.
+	Record(api.NodeInfo) error
+	// List returns the known LNMs sorted by name.
+	List() []api.NodeInfo
+	// Flush returns the error of the last write.
+	Flush() error
+}
+
+var _ KnownStore = (*KnownLNMs)(nil)
+
 // KnownLNMs is the controller's only persistent state: the LNMs it has
 // seen, so a restarted controller can announce itself to them. The file is
 // rewritten atomically (temp file + fsync + rename).

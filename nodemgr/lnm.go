@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,7 +21,7 @@ import (
 type Options struct {
 	Name         string        // node name; must match the certificate's CN
 	Address      string        // advertised address (migration target)
-	Controller   string        // controller address host:port
+	Controller   string        // controller address host:port; several, comma-separated, for highly available controllers (tried in turn)
 	TLS          *tls.Config   // client TLS with the LNM certificate
 	Driver       Driver        // the VMM
 	ScanInterval time.Duration // how often to look for missing or unexpected guests
@@ -62,6 +63,7 @@ type LNM struct {
 	kick      chan struct{} // asks the reporter for an immediate scan
 	wake      chan struct{} // a recovery announcement: reconnect now
 	target    atomic.Pointer[string]
+	next      atomic.Uint32          // which of the configured controller addresses is tried
 	recovery  atomic.Pointer[string] // the recovery listener's address
 }
 
@@ -110,7 +112,17 @@ func (l *LNM) controllerAddr() string {
 	if p := l.target.Load(); p != nil {
 		return *p
 	}
-	return l.opts.Controller
+	addrs := strings.Split(l.opts.Controller, ",")
+	return strings.TrimSpace(addrs[int(l.next.Load())%len(addrs)])
+}
+
+// nextController is called when a session could not be had or ended: an
+// announced address is forgotten (its controller may be gone: the next
+// announcement brings it back), and the next configured one is tried.
+func (l *LNM) nextController() {
+	if l.target.Swap(nil) == nil {
+		l.next.Add(1)
+	}
 }
 
 // listenRecovery starts the recovery listener: each announcement points
@@ -165,9 +177,14 @@ func (l *LNM) Run(ctx context.Context) error {
 	for {
 		start := time.Now()
 		err := l.session(ctx)
-		l.connected.Store(false)
+		wasUp := l.connected.Swap(false)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if !wasUp {
+			// No session could be had there: another controller (a
+			// dead leader's successor, for highly available ones).
+			l.nextController()
 		}
 		if time.Since(start) > 10*time.Second {
 			bo.Reset()

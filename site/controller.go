@@ -22,6 +22,7 @@ import (
 	"github.com/usher-vm/usher/controller"
 	"github.com/usher-vm/usher/core"
 	"github.com/usher-vm/usher/core/config"
+	"github.com/usher-vm/usher/ha"
 	"github.com/usher-vm/usher/lua"
 	"github.com/usher-vm/usher/lua/modules"
 	"github.com/usher-vm/usher/scripts"
@@ -40,7 +41,12 @@ type ControllerOptions struct {
 	Policy controller.PolicyAdmin
 	// ExtraPolicyDirs are watched after policy.dirs.
 	ExtraPolicyDirs []string
-	Logger          *slog.Logger
+	// Replicated, for a leader of a highly available site (RunHA), is
+	// the term's replicated state in etcd: known LNMs, node modes and
+	// reservations come from it and go to it instead of the state
+	// directory.
+	Replicated *ha.Store
+	Logger     *slog.Logger
 }
 
 // Controller is an assembled controller process: TLS with session tickets
@@ -59,7 +65,7 @@ type Controller struct {
 	tls      *tls.Config
 	announce *tls.Config
 	stateDir string
-	known    *controller.KnownLNMs
+	known    controller.KnownStore
 	hint     core.SizeHint
 	self     string
 
@@ -116,16 +122,29 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 		return nil, err
 	}
 	ccfg.GuestKeys = keys.Keys
-	modes, err := controller.LoadNodeModes(filepath.Join(stateDir, "node-modes.json"), log)
-	if err != nil {
-		return nil, err
+	var modes map[string]core.ModeRecord
+	var reservations []api.Reservation
+	if r := o.Replicated; r != nil {
+		if err := r.Load(); err != nil {
+			return nil, err
+		}
+		if modes, err = r.LoadModes(); err != nil {
+			return nil, err
+		}
+		if reservations, err = r.LoadReservations(); err != nil {
+			return nil, err
+		}
+		ccfg.SaveModes, ccfg.SaveReservations = r.SaveModes, r.SaveReservations
+	} else {
+		if modes, err = controller.LoadNodeModes(filepath.Join(stateDir, "node-modes.json"), log); err != nil {
+			return nil, err
+		}
+		ccfg.SaveModes = controller.SaveNodeModes(filepath.Join(stateDir, "node-modes.json"))
+		if reservations, err = controller.LoadReservations(filepath.Join(stateDir, "reservations.json"), log); err != nil {
+			return nil, err
+		}
+		ccfg.SaveReservations = controller.SaveReservations(filepath.Join(stateDir, "reservations.json"))
 	}
-	ccfg.SaveModes = controller.SaveNodeModes(filepath.Join(stateDir, "node-modes.json"))
-	reservations, err := controller.LoadReservations(filepath.Join(stateDir, "reservations.json"), log)
-	if err != nil {
-		return nil, err
-	}
-	ccfg.SaveReservations = controller.SaveReservations(filepath.Join(stateDir, "reservations.json"))
 	if argv := cfg.Strings("controller.fence_command"); len(argv) > 0 {
 		ccfg.Fence = controller.FenceCommand(argv, log.With("component", "controller"))
 		ccfg.FenceTimeout = cfg.Duration("controller.fence_timeout")
@@ -165,7 +184,9 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 	if o.Bind != nil {
 		o.Bind(c.Core)
 	}
-	if c.known, err = controller.LoadKnownLNMs(filepath.Join(stateDir, "known-lnms.json"), log); err != nil {
+	if o.Replicated != nil {
+		c.known = o.Replicated
+	} else if c.known, err = controller.LoadKnownLNMs(filepath.Join(stateDir, "known-lnms.json"), log); err != nil {
 		return fail(err)
 	}
 	c.Server = controller.New(c.Core, tlsCfg, controller.Options{

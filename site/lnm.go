@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/usher-vm/usher/core/config"
@@ -112,7 +113,8 @@ func NewLNM(ctx context.Context, cfg *config.Set, o LNMOptions) (*LNM, error) {
 	}
 	sn := c.String("lnm.server_name")
 	if sn == "" {
-		host, _, err := net.SplitHostPort(c.String("lnm.controller"))
+		first, _, _ := strings.Cut(c.String("lnm.controller"), ",")
+		host, _, err := net.SplitHostPort(strings.TrimSpace(first))
 		if err != nil {
 			return nil, fmt.Errorf("lnm.controller: %w", err)
 		}

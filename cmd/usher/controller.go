@@ -34,6 +34,9 @@ Example:
 	if err != nil {
 		return err
 	}
+	if len(cfg.Strings("controller.etcd")) > 0 {
+		return site.RunHA(ctx, cfg, site.ControllerOptions{Logger: log})
+	}
 	c, err := site.NewController(ctx, cfg, site.ControllerOptions{Logger: log})
 	if err != nil {
 		return err

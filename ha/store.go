@@ -1,0 +1,195 @@
+package ha
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/usher-vm/usher/api"
+	"github.com/usher-vm/usher/core"
+)
+
+// Store is the replicated state a leader reads when its term begins and
+// writes while it lasts, under the site prefix: lnms/<name> (the known
+// LNMs), modes (node modes) and reservations. Every write is guarded by
+// the term: once another controller leads, it fails with ErrNotLeader.
+type Store struct {
+	m    *Member
+	term int64
+
+	mu      sync.Mutex
+	known   map[string]api.NodeInfo // as last read or written
+	lastErr error
+}
+
+// Store returns the replicated state of term.
+func (m *Member) Store(term int64) *Store { return &Store{m: m, term: term} }
+
+// opTimeout bounds one etcd call of the store.
+const opTimeout = 10 * time.Second
+
+func (s *Store) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), opTimeout)
+}
+
+// Load reads the known LNMs (the first call of a term).
+func (s *Store) Load() error {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	resp, err := s.m.cli.Get(ctx, s.m.cfg.Prefix+"lnms/", clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("ha: reading known LNMs: %w", err)
+	}
+	known := map[string]api.NodeInfo{}
+	for _, kv := range resp.Kvs {
+		var n api.NodeInfo
+		if err := json.Unmarshal(kv.Value, &n); err != nil || api.ValidLabel(n.Name) != nil {
+			s.m.log.Error("ha: a damaged known-LNM record in etcd: skipped", "key", string(kv.Key), "err", err)
+			continue
+		}
+		known[n.Name] = n
+	}
+	s.mu.Lock()
+	s.known = known
+	s.mu.Unlock()
+	return nil
+}
+
+// Record implements controller.KnownStore: the LNM is in etcd before its
+// registration is answered (a write only when it changed).
+func (s *Store) Record(n api.NodeInfo) error {
+	rec := api.NodeInfo{Name: n.Name, Address: n.Address, Recovery: n.Recovery, Driver: n.Driver}
+	s.mu.Lock()
+	old, ok := s.known[n.Name]
+	s.mu.Unlock()
+	if ok && old == rec {
+		return nil
+	}
+	b, _ := json.Marshal(rec)
+	ctx, cancel := s.ctx()
+	defer cancel()
+	err := s.m.Put(ctx, s.term, "lnms/"+n.Name, string(b))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastErr = err
+	if err == nil {
+		if s.known == nil {
+			s.known = map[string]api.NodeInfo{}
+		}
+		s.known[n.Name] = rec
+	}
+	return err
+}
+
+// List implements controller.KnownStore.
+func (s *Store) List() []api.NodeInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]api.NodeInfo, 0, len(s.known))
+	for _, n := range s.known {
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Flush implements controller.KnownStore.
+func (s *Store) Flush() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastErr
+}
+
+// put writes one JSON document.
+func (s *Store) put(key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	return s.m.Put(ctx, s.term, key, string(b))
+}
+
+// get reads one JSON document (absent: v unchanged).
+func (s *Store) get(key string, v any) error {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	val, ok, err := s.m.Get(ctx, key)
+	if err != nil || !ok {
+		return err
+	}
+	if err := json.Unmarshal([]byte(val), v); err != nil {
+		return fmt.Errorf("ha: %s in etcd is damaged: %w", key, err)
+	}
+	return nil
+}
+
+// SaveModes is the core's SaveModes.
+func (s *Store) SaveModes(m map[string]core.ModeRecord) error { return s.put("modes", m) }
+
+// LoadModes reads the node modes.
+func (s *Store) LoadModes() (map[string]core.ModeRecord, error) {
+	m := map[string]core.ModeRecord{}
+	err := s.get("modes", &m)
+	return m, err
+}
+
+// SaveReservations is the core's SaveReservations.
+func (s *Store) SaveReservations(list []api.Reservation) error { return s.put("reservations", list) }
+
+// LoadReservations reads the reservations.
+func (s *Store) LoadReservations() ([]api.Reservation, error) {
+	var list []api.Reservation
+	err := s.get("reservations", &list)
+	return list, err
+}
+
+// Status is what `usher controller status` shows of an HA site.
+type Status struct {
+	Leader  Leader         `json:"leader"`
+	Members []EtcdEndpoint `json:"etcd"`
+}
+
+// EtcdEndpoint is one etcd member's health as its endpoint answers.
+type EtcdEndpoint struct {
+	Endpoint string `json:"endpoint"`
+	OK       bool   `json:"ok"`
+	Leader   bool   `json:"leader,omitempty"` // the raft leader
+	Version  string `json:"version,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// Health asks each etcd endpoint for its status and etcd for the leader.
+func (m *Member) Health(ctx context.Context) (Status, error) {
+	var st Status
+	var errs []string
+	for _, ep := range m.cfg.Endpoints {
+		e := EtcdEndpoint{Endpoint: ep}
+		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		resp, err := m.cli.Status(sctx, ep)
+		cancel()
+		if err != nil {
+			e.Error = err.Error()
+		} else {
+			e.OK, e.Version, e.Leader = true, resp.Version, resp.Leader == resp.Header.MemberId
+		}
+		st.Members = append(st.Members, e)
+	}
+	l, err := m.CurrentLeader(ctx)
+	if err != nil {
+		errs = append(errs, err.Error())
+	}
+	st.Leader = l
+	if len(errs) > 0 {
+		return st, errors.New(strings.Join(errs, "; "))
+	}
+	return st, nil
+}
