@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -176,26 +177,7 @@ func TestEtcdMembersTLSAndElection(t *testing.T) {
 // LNMs, a node's mode) is there.
 func TestHAControllerFailover(t *testing.T) {
 	c := newChaos(t)
-	eps := c.etcdCluster()
-	addrs := []string{c.addr, freePort(t)}
-	base, err := os.ReadFile(c.ctlConf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	confs := map[string]string{}
-	for i, name := range []string{"ctl1", "ctl2"} {
-		conf := strings.Replace(string(base), fmt.Sprintf("listen = %q", c.addr), fmt.Sprintf("listen = %q\nadvertise = %q\nid = %q\netcd = [%q, %q, %q]\netcd_ttl = \"2s\"", addrs[i], addrs[i], name, eps[0], eps[1], eps[2]), 1)
-		conf = strings.Replace(conf, filepath.Join(c.dir, "ctl")+`"`, filepath.Join(c.dir, name)+`"`, 1)
-		confs[name] = c.write(name+".toml", conf)
-		c.start(name, []string{"controller"}, confs[name])
-	}
-	both := strings.Join(addrs, ",")
-	for _, n := range []string{"n1", "n2", "n3"} {
-		pki := filepath.Join(c.dir, "pki")
-		c.run("ca", "issue", "--dir", pki, "--role", "lnm", "--name", n)
-		os.MkdirAll(filepath.Join(c.dir, "sim"), 0o755)
-		c.start(n, []string{"lnm"}, c.lnmConf(n, both))
-	}
+	eps, both := c.startHA("n1", "n2", "n3")
 	dial := func(user string) *client.Client {
 		var cl *client.Client
 		waitfor.Error(t, 90*time.Second, user+" connected to the leader", func() error {
@@ -276,4 +258,126 @@ func mustList(t *testing.T, cl *client.Client) *api.ListReply {
 		t.Fatal("no list")
 	}
 	return lr
+}
+
+// signal sends sig to process name.
+func (c *chaos) signal(name string, sig os.Signal) {
+	c.t.Helper()
+	c.mu.Lock()
+	p := c.procs[name]
+	c.mu.Unlock()
+	if p == nil {
+		c.t.Fatalf("no process %s", name)
+	}
+	p.cmd.Process.Signal(sig)
+}
+
+// startHA starts two HA controllers over a three-member etcd and the
+// named LNMs knowing both; it returns both addresses joined.
+func (c *chaos) startHA(lnms ...string) (eps []string, both string) {
+	c.t.Helper()
+	eps = c.etcdCluster()
+	addrs := []string{c.addr, freePort(c.t)}
+	base, err := os.ReadFile(c.ctlConf)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for i, name := range []string{"ctl1", "ctl2"} {
+		conf := strings.Replace(string(base), fmt.Sprintf("listen = %q", c.addr), fmt.Sprintf("listen = %q\nadvertise = %q\nid = %q\netcd = [%q, %q, %q]\netcd_ttl = \"2s\"", addrs[i], addrs[i], name, eps[0], eps[1], eps[2]), 1)
+		conf = strings.Replace(conf, filepath.Join(c.dir, "ctl")+`"`, filepath.Join(c.dir, name)+`"`, 1)
+		c.start(name, []string{"controller"}, c.write(name+".toml", conf))
+	}
+	both = strings.Join(addrs, ",")
+	for _, n := range lnms {
+		c.run("ca", "issue", "--dir", filepath.Join(c.dir, "pki"), "--role", "lnm", "--name", n)
+		os.MkdirAll(filepath.Join(c.dir, "sim"), 0o755)
+		c.start(n, []string{"lnm"}, c.lnmConf(n, both))
+	}
+	return eps, both
+}
+
+// TestHAPausedLeaderIsFenced: the leader is frozen (SIGSTOP: it can
+// neither renew its lease nor notice, its sessions stay open, as in a
+// partition from etcd); the standby leads in a newer term and the LNMs
+// follow it. Woken up, the old leader stops on its own: it neither keeps
+// the LNMs nor acts on them, and the site stays whole.
+func TestHAPausedLeaderIsFenced(t *testing.T) {
+	c := newChaos(t)
+	eps, both := c.startHA("n1", "n2")
+	cl := func(user string) *client.Client {
+		var out *client.Client
+		waitfor.Error(t, 90*time.Second, user+" connected", func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			var err error
+			out, err = client.Connect(ctx, client.Config{Addr: both, CAFile: filepath.Join(c.dir, "pki", "ca.crt"), ServerName: "localhost",
+				User: user, Password: user + "-pw", MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
+			return err
+		})
+		t.Cleanup(func() { out.Close() })
+		return out
+	}
+	root, alice := cl("root"), cl("alice")
+	waitLNMs(t, root, 2)
+	if res := retry(t, "start", func(ctx context.Context) (*api.Result, error) {
+		return alice.Start(ctx, api.StartArgs{Cluster: "p", Count: 4, ID: "p-4"})
+	}); res == nil || res.OK() != 4 {
+		t.Fatalf("start: %+v", res)
+	}
+	before, _ := waitState(t, root, 30*time.Second, allRunning(4))
+	tlsCfg, err := ha.ClientTLS(filepath.Join(c.dir, "pki", "ctl.crt"), filepath.Join(c.dir, "pki", "ctl.key"), filepath.Join(c.dir, "pki", "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs, err := ha.New(ha.Config{Endpoints: eps, TLS: tlsCfg, Prefix: "/usher/usher.local/", ID: "observer", Address: "-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obs.Close()
+	leader := func() ha.Leader {
+		var l ha.Leader
+		waitfor.Error(t, 30*time.Second, "a leader", func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			var err error
+			l, err = obs.CurrentLeader(ctx)
+			return err
+		})
+		return l
+	}
+	old := leader()
+	c.signal(old.ID, syscall.SIGSTOP)
+	var next ha.Leader
+	waitfor.True(t, 60*time.Second, "a new leader while the old one is frozen", func() bool {
+		next = leader()
+		return next.ID != old.ID && next.Term > old.Term
+	})
+	waitLNMs(t, root, 2)
+	waitState(t, root, 60*time.Second, allRunning(4))
+	c.signal(old.ID, syscall.SIGCONT)
+	// Woken, the old leader stands down; the new one keeps the site.
+	logf := filepath.Join(c.dir, old.ID+".log")
+	waitfor.True(t, 60*time.Second, old.ID+" to stand down", func() bool {
+		b, _ := os.ReadFile(logf)
+		return strings.Contains(string(b), "no longer leading")
+	})
+	if res := retry(t, "start after", func(ctx context.Context) (*api.Result, error) {
+		return alice.Start(ctx, api.StartArgs{Cluster: "q", Count: 2, ID: "q-2"})
+	}); res == nil || res.OK() != 2 {
+		t.Fatalf("start after: %+v", res)
+	}
+	after, lr := waitState(t, root, 60*time.Second, allRunning(6))
+	onlyOnce(t, c, lr)
+	for _, k := range before {
+		found := false
+		for _, a := range after {
+			found = found || a == k
+		}
+		if !found {
+			t.Errorf("%+v gone after the failover", k)
+		}
+	}
+	if l := leader(); l.ID != next.ID || l.Term != next.Term {
+		t.Fatalf("leader after the old one woke: %+v (was %+v)", l, next)
+	}
 }

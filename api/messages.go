@@ -257,6 +257,10 @@ type Status struct {
 type Hello struct {
 	Node   NodeInfo   `json:"node"`
 	Status NodeStatus `json:"status"`
+	// MinTerm is the highest leadership term the LNM has seen (highly
+	// available controllers): a controller leading in an older term must
+	// refuse the registration.
+	MinTerm int64 `json:"min_term,omitempty"`
 }
 
 // HelloReply tells the LNM the controller's view.
@@ -264,6 +268,8 @@ type HelloReply struct {
 	Domain         string `json:"domain"`
 	ReportInterval int64  `json:"report_interval_ms"`
 	ControllerID   string `json:"controller_id"`
+	// Term is the controller's leadership term (0: not highly available).
+	Term int64 `json:"term,omitempty"`
 }
 
 // Guest is one VM found on a node's hypervisor: its real state and, when

@@ -29,11 +29,14 @@ type Options struct {
 	Logins         LoginLimits   // backoff after failed logins, per user and per address
 	Policy         PolicyAdmin
 	ControllerID   string
-	Known          KnownStore  // persisted list of LNMs (nil: none)
-	Keys           *KeyStore   // users' SSH public keys (nil: keys calls fail)
-	Tokens         *TokenStore // API tokens (nil: tokens calls fail, no Bearer logins)
-	Metrics        *Metrics    // Prometheus metrics on the HTTP API's /metrics (nil: none)
-	ImageDir       string      // the site image store as the controller sees it ("" = none)
+	Known          KnownStore // persisted list of LNMs (nil: none)
+	// Term is this controller's leadership term (highly available
+	// controllers; 0 otherwise): LNMs that have seen a newer one refuse it.
+	Term     int64
+	Keys     *KeyStore   // users' SSH public keys (nil: keys calls fail)
+	Tokens   *TokenStore // API tokens (nil: tokens calls fail, no Bearer logins)
+	Metrics  *Metrics    // Prometheus metrics on the HTTP API's /metrics (nil: none)
+	ImageDir string      // the site image store as the controller sees it ("" = none)
 	// Logger receives the endpoint's own records (logins, registrations,
 	// recovery); the transport logs through Server.Logger.
 	Logger *slog.Logger
@@ -401,6 +404,9 @@ func (s *Server) hello(ctx context.Context, a api.Hello) (api.HelloReply, error)
 		time.AfterFunc(100*time.Millisecond, func() { sess.Close() })
 		return api.HelloReply{}, api.Errorf(api.ErrForbidden, "certificate is for node %q, not %q", ns.peer.LNM, a.Node.Name)
 	}
+	if a.MinTerm > s.opts.Term {
+		return api.HelloReply{}, api.Errorf(api.ErrForbidden, "this controller leads in term %d; the LNM has seen term %d: a newer leader exists", s.opts.Term, a.MinTerm)
+	}
 	if err := a.Validate(); err != nil {
 		return api.HelloReply{}, err
 	}
@@ -433,7 +439,7 @@ func (s *Server) hello(ctx context.Context, a api.Hello) (api.HelloReply, error)
 	}
 	ns.gen.Store(g)
 	ns.once.Do(func() { close(ns.attached) })
-	return api.HelloReply{Domain: s.c.Domain(), ReportInterval: s.opts.ReportInterval.Milliseconds(), ControllerID: s.opts.ControllerID}, nil
+	return api.HelloReply{Domain: s.c.Domain(), ReportInterval: s.opts.ReportInterval.Milliseconds(), ControllerID: s.opts.ControllerID, Term: s.opts.Term}, nil
 }
 
 // reports reads an LNM's report stream until it ends or falls silent.
@@ -540,7 +546,7 @@ func (s *Server) Recover(ctx context.Context, tlsCfg *tls.Config, self string, g
 			}
 			actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
-			if err := transport.Announce(actx, n.Recovery, tlsCfg, transport.Announcement{Controller: self, ID: s.opts.ControllerID}); err != nil {
+			if err := transport.Announce(actx, n.Recovery, tlsCfg, transport.Announcement{Controller: self, ID: s.opts.ControllerID, Term: s.opts.Term}); err != nil {
 				s.log.Info("recovery announcement not delivered; the LNM will retry on its own", "lnm", n.Name, "err", err)
 			}
 		}()

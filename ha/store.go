@@ -32,6 +32,15 @@ type Store struct {
 // Store returns the replicated state of term.
 func (m *Member) Store(term int64) *Store { return &Store{m: m, term: term} }
 
+// Term is the leadership term the store writes for (0 for a nil store:
+// a controller that is not highly available).
+func (s *Store) Term() int64 {
+	if s == nil {
+		return 0
+	}
+	return s.term
+}
+
 // opTimeout bounds one etcd call of the store.
 const opTimeout = 10 * time.Second
 

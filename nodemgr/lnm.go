@@ -63,8 +63,14 @@ type LNM struct {
 	kick      chan struct{} // asks the reporter for an immediate scan
 	wake      chan struct{} // a recovery announcement: reconnect now
 	target    atomic.Pointer[string]
-	next      atomic.Uint32          // which of the configured controller addresses is tried
-	recovery  atomic.Pointer[string] // the recovery listener's address
+	next      atomic.Uint32 // which of the configured controller addresses is tried
+	// Leadership terms (highly available controllers): the highest seen,
+	// and the current session's (-1 until its registration is answered).
+	// A session whose term is older than the highest seen is refused
+	// every call and closed: a deposed leader cannot act on this node.
+	maxTerm, sessTerm atomic.Int64
+	endSession        atomic.Pointer[context.CancelFunc]
+	recovery          atomic.Pointer[string] // the recovery listener's address
 }
 
 var _ api.Node = (*LNM)(nil)
@@ -96,7 +102,7 @@ func New(o Options) (*LNM, error) {
 		cache: map[string]*api.VM{}, reported: map[string]api.VMState{},
 		avg: map[string]*Averager{}, usage: map[string]api.Usage{}, kick: make(chan struct{}, 1),
 		wake: make(chan struct{}, 1)}
-	l.mux = nodeMux(l, l.console)
+	l.mux = nodeMux(l, l.console, l.staleTerm)
 	return l, nil
 }
 
@@ -142,7 +148,18 @@ func (l *LNM) listenRecovery(ctx context.Context, wg *sync.WaitGroup) error {
 	go func() {
 		defer wg.Done()
 		transport.ServeRecovery(ctx, ln, l.opts.RecoveryTLS, l.log, func(a transport.Announcement) {
-			l.log.Info("recovery announcement received", "controller", a.Controller)
+			l.log.Info("recovery announcement received", "controller", a.Controller, "term", a.Term)
+			if a.Term < l.maxTerm.Load() {
+				l.log.Warn("announcement from a controller of an older term ignored", "controller", a.Controller, "term", a.Term, "seen", l.maxTerm.Load())
+				return
+			}
+			if l.raiseTerm(a.Term) {
+				// A newer leader: the current session's controller may no
+				// longer act here.
+				if end := l.endSession.Load(); end != nil && l.sessTerm.Load() < a.Term {
+					(*end)()
+				}
+			}
 			if a.Controller != "" {
 				c := a.Controller
 				l.target.Store(&c)
@@ -230,7 +247,10 @@ func (l *LNM) session(ctx context.Context) error {
 		return err
 	}
 	s.SetMux(l.mux)
+	l.sessTerm.Store(-1)
 	sctx, cancel := context.WithCancel(ctx)
+	l.endSession.Store(&cancel)
+	defer l.endSession.Store(nil)
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
@@ -252,11 +272,16 @@ func (l *LNM) session(ctx context.Context) error {
 		return fmt.Errorf("node status for registration: %w", err)
 	}
 	hctx, hcancel := context.WithTimeout(ctx, 2*time.Minute)
-	hello, err := transport.Call(hctx, s, api.MHello, api.Hello{Node: info, Status: *status})
+	hello, err := transport.Call(hctx, s, api.MHello, api.Hello{Node: info, Status: *status, MinTerm: l.maxTerm.Load()})
 	hcancel()
 	if err != nil {
 		return fmt.Errorf("registering with controller: %w", err)
 	}
+	if hello.Term < l.maxTerm.Load() {
+		return fmt.Errorf("controller leads in term %d, older than term %d seen: not serving it", hello.Term, l.maxTerm.Load())
+	}
+	l.raiseTerm(hello.Term)
+	l.sessTerm.Store(hello.Term)
 	interval := time.Duration(hello.ReportInterval) * time.Millisecond
 	if interval <= 0 {
 		interval = 5 * time.Second
@@ -528,14 +553,37 @@ func (l *LNM) helloStatus(ctx context.Context) (*api.NodeStatus, error) {
 // ---------------------------------------------------------------------------
 // Table 2: the remote API served to the controller (api.Node)
 
+// raiseTerm records a leadership term seen; it reports whether it is
+// newer than any before.
+func (l *LNM) raiseTerm(t int64) bool {
+	for {
+		cur := l.maxTerm.Load()
+		if t <= cur {
+			return false
+		}
+		if l.maxTerm.CompareAndSwap(cur, t) {
+			return true
+		}
+	}
+}
+
+// staleTerm says why the current session's controller may not act here
+// (nil: it may): it registered in a term older than one since seen.
+func (l *LNM) staleTerm() error {
+	if st, max := l.sessTerm.Load(), l.maxTerm.Load(); st >= 0 && st < max {
+		return api.Errorf(api.ErrForbidden, "this controller leads in term %d; a newer leader (term %d) exists", st, max)
+	}
+	return nil
+}
+
 // nodeMux registers every method of api.Node once, against the link's
 // declarations; only the controller (the peer this LNM dialled) calls them.
-func nodeMux(n api.Node, console func(ctx context.Context, a api.ConsoleArgs, st *transport.Stream) error) *transport.Mux {
+func nodeMux(n api.Node, console func(ctx context.Context, a api.ConsoleArgs, st *transport.Stream) error, stale func() error) *transport.Mux {
 	m := transport.NewMux(func(ctx context.Context, s *transport.Session, method string, a api.Access) error {
 		if a != api.FromController {
 			return api.Errorf(api.ErrForbidden, "%s is for %s", method, a)
 		}
-		return nil
+		return stale()
 	})
 	transport.Handle(m, api.LGetNodeInfo, func(ctx context.Context, _ api.Empty) (api.NodeInfo, error) { return n.NodeInfo(ctx) })
 	transport.Handle(m, api.LGetNodeStatus, func(ctx context.Context, _ api.Empty) (api.NodeStatus, error) { return n.NodeStatus(ctx) })

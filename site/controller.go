@@ -196,6 +196,7 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 		Metrics:      metrics,
 		ImageDir:     cfg.String("controller.image_dir"),
 		ControllerID: randomID(),
+		Term:         o.Replicated.Term(),
 		Server: transport.ServerOptions{Limits: Limits(cfg, "controller."), Logger: log.With("component", "transport"),
 			MaxHandshaking: cfg.Int("controller.max_handshaking"), MaxPerIP: cfg.Int("controller.max_per_ip"),
 			MaxPendingPerIP: cfg.Int("controller.max_pending_per_ip"), LoginTimeout: cfg.Duration("controller.login_timeout"),

@@ -16,8 +16,9 @@ import (
 // Announcement is the controller's recovery message to a known LNM: "I am
 // back, reconnect to me at Controller".
 type Announcement struct {
-	Controller string `json:"controller"` // address to connect to
-	ID         string `json:"id"`         // controller instance id
+	Controller string `json:"controller"`     // address to connect to
+	ID         string `json:"id"`             // controller instance id
+	Term       int64  `json:"term,omitempty"` // its leadership term (highly available controllers)
 }
 
 // RecoveryServerTLS is the LNM's TLS configuration for its recovery
