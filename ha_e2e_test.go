@@ -202,6 +202,19 @@ func TestHAControllerFailover(t *testing.T) {
 	if _, err := root.SetLNMMode(context.Background(), "n3", api.ModeIsolated, "replicated?"); err != nil {
 		t.Fatal(err)
 	}
+	// What a lone controller keeps in its state directory: in etcd.
+	const key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHvVr1Xn2zS1p3Zc0Pq3A1C7dUIxFt8e0XyE0m2cQ0tA alice@ha"
+	if _, err := alice.Keys(context.Background(), api.KeysArgs{Action: api.KeysAdd, Key: key}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := alice.Tokens(context.Background(), api.TokensArgs{Action: api.TokensCreate, Name: "ci"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resv, err := root.Reservations(context.Background(), api.ReservationsArgs{Action: api.ResCreate, User: "alice", MemMB: 256, LNMs: []string{"n1"}, For: "1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	before, _ := waitState(t, root, 30*time.Second, allRunning(6))
 
 	// Who leads: the election's record in etcd.
@@ -242,6 +255,21 @@ func TestHAControllerFailover(t *testing.T) {
 	onlyOnce(t, c, mustList(t, root))
 	if l := lnmRecord(t, root, "n3"); l.Mode != api.ModeIsolated || l.ModeReason != "replicated?" {
 		t.Fatalf("n3's mode after failover: %+v", l)
+	}
+	if kr := retry(t, "keys", func(ctx context.Context) (api.KeysReply, error) {
+		return alice.Keys(ctx, api.KeysArgs{Action: api.KeysList})
+	}); len(kr.Keys) != 1 {
+		t.Fatalf("alice's keys after failover: %+v", kr)
+	}
+	if tr := retry(t, "tokens", func(ctx context.Context) (api.TokensReply, error) {
+		return alice.Tokens(ctx, api.TokensArgs{Action: api.TokensList})
+	}); len(tr.Tokens) != 1 || tr.Tokens[0].ID != tok.Tokens[0].ID {
+		t.Fatalf("alice's tokens after failover: %+v", tr)
+	}
+	if rr := retry(t, "reservations", func(ctx context.Context) (api.ReservationsReply, error) {
+		return root.Reservations(ctx, api.ReservationsArgs{Action: api.ResList, All: true})
+	}); len(rr.Reservations) != 1 || rr.Reservations[0].ID != resv.Reservations[0].ID || rr.Reservations[0].State != api.ResActive {
+		t.Fatalf("reservations after failover: %+v", rr)
 	}
 	res = retry(t, "start after failover", func(ctx context.Context) (*api.Result, error) {
 		return alice.Start(ctx, api.StartArgs{Cluster: "after", Count: 2, ID: "after-2"})

@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"regexp"
 	"strings"
 	"sync"
 
-	"github.com/google/renameio/v2"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/usher-vm/usher/api"
@@ -24,7 +22,7 @@ import (
 // normalised: type, base64 blob and a comment of safe characters only,
 // so a key line can be written into a guest's configuration as is.
 type KeyStore struct {
-	path string
+	blob Blob
 	mu   sync.Mutex
 	m    map[string][]string // user → authorized_keys lines
 }
@@ -32,9 +30,15 @@ type KeyStore struct {
 // LoadKeyStore reads the file (missing: no keys). A damaged file is moved
 // aside with a loud log line, as the known-LNM file is.
 func LoadKeyStore(path string, log *slog.Logger) (*KeyStore, error) {
-	k := &KeyStore{path: path, m: map[string][]string{}}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
+	return LoadKeyStoreFrom(FileBlob(path), log)
+}
+
+// LoadKeyStoreFrom is LoadKeyStore from any Blob.
+func LoadKeyStoreFrom(blob Blob, log *slog.Logger) (*KeyStore, error) {
+	path := blob.Name()
+	k := &KeyStore{blob: blob, m: map[string][]string{}}
+	b, err := blob.Read()
+	if err == nil && b == nil {
 		return k, nil
 	}
 	if err != nil {
@@ -56,7 +60,7 @@ func LoadKeyStore(path string, log *slog.Logger) (*KeyStore, error) {
 		}
 	}
 	if err != nil {
-		aside, merr := MoveAside(path)
+		aside, merr := blob.Aside()
 		if merr != nil {
 			return nil, fmt.Errorf("SSH keys %s are damaged (%v) and could not be moved aside: %w", path, err, merr)
 		}
@@ -182,7 +186,7 @@ func (k *KeyStore) saveLocked(user string, lines []string) error {
 	if err != nil {
 		return err
 	}
-	if err := renameio.WriteFile(k.path, append(b, '\n'), 0o600); err != nil {
+	if err := k.blob.Write(append(b, '\n')); err != nil {
 		return api.Errorf(api.ErrInternal, "saving SSH keys: %v", err)
 	}
 	k.m = next

@@ -7,16 +7,13 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/google/renameio/v2"
 
 	"github.com/usher-vm/usher/api"
 )
@@ -27,7 +24,7 @@ import (
 // SHA-256 of each token is kept, in one JSON file (0600) rewritten
 // atomically on every change; the secret is shown once, when made.
 type TokenStore struct {
-	path string
+	blob Blob
 	now  func() time.Time
 	mu   sync.Mutex
 	list []storedToken
@@ -44,9 +41,15 @@ const tokenPrefix = "usher_"
 // LoadTokenStore reads the file (missing: no tokens). A damaged file is
 // moved aside with a loud log line (its tokens stop working).
 func LoadTokenStore(path string, log *slog.Logger) (*TokenStore, error) {
-	t := &TokenStore{path: path, now: time.Now}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
+	return LoadTokenStoreFrom(FileBlob(path), log)
+}
+
+// LoadTokenStoreFrom is LoadTokenStore from any Blob.
+func LoadTokenStoreFrom(blob Blob, log *slog.Logger) (*TokenStore, error) {
+	path := blob.Name()
+	t := &TokenStore{blob: blob, now: time.Now}
+	b, err := blob.Read()
+	if err == nil && b == nil {
 		return t, nil
 	}
 	if err != nil {
@@ -60,7 +63,7 @@ func LoadTokenStore(path string, log *slog.Logger) (*TokenStore, error) {
 		}
 	}
 	if err != nil {
-		aside, merr := MoveAside(path)
+		aside, merr := blob.Aside()
 		if merr != nil {
 			return nil, fmt.Errorf("API tokens %s are damaged (%v) and could not be moved aside: %w", path, err, merr)
 		}
@@ -163,7 +166,7 @@ func (t *TokenStore) saveLocked(list []storedToken) error {
 	if err != nil {
 		return err
 	}
-	if err := renameio.WriteFile(t.path, append(b, '\n'), 0o600); err != nil {
+	if err := t.blob.Write(append(b, '\n')); err != nil {
 		return api.Errorf(api.ErrInternal, "saving API tokens: %v", err)
 	}
 	t.list = list

@@ -202,3 +202,51 @@ func (m *Member) Health(ctx context.Context) (Status, error) {
 	}
 	return st, nil
 }
+
+// Blob is one document of the replicated state under the site prefix
+// (what a controller alone keeps in a file of its state directory: API
+// tokens, SSH keys), written only while the term lasts.
+type Blob struct {
+	s   *Store
+	key string
+}
+
+// Blob returns the document named name.
+func (s *Store) Blob(name string) *Blob { return &Blob{s: s, key: "blobs/" + name} }
+
+// Name is its key.
+func (b *Blob) Name() string { return "etcd:" + b.s.m.cfg.Prefix + b.key }
+
+// Read returns its content (nil, nil: none yet).
+func (b *Blob) Read() ([]byte, error) {
+	ctx, cancel := b.s.ctx()
+	defer cancel()
+	v, ok, err := b.s.m.Get(ctx, b.key)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return []byte(v), nil
+}
+
+// Write replaces its content if the term still lasts.
+func (b *Blob) Write(p []byte) error {
+	ctx, cancel := b.s.ctx()
+	defer cancel()
+	return b.s.m.Put(ctx, b.s.term, b.key, string(p))
+}
+
+// Aside keeps a damaged document under another key and removes it.
+func (b *Blob) Aside() (string, error) {
+	old, err := b.Read()
+	if err != nil {
+		return "", err
+	}
+	aside := b.key + ".damaged-" + time.Now().UTC().Format("20060102T150405.000")
+	ctx, cancel := b.s.ctx()
+	defer cancel()
+	p := b.s.m.cfg.Prefix
+	if err := b.s.m.Txn(ctx, b.s.term, clientv3.OpPut(p+aside, string(old)), clientv3.OpDelete(p+b.key)); err != nil {
+		return "", err
+	}
+	return "etcd:" + p + aside, nil
+}

@@ -117,7 +117,15 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 	if err != nil {
 		return nil, err
 	}
-	keys, err := controller.LoadKeyStore(filepath.Join(stateDir, "ssh-keys.json"), log)
+	// What a controller alone keeps in its state directory, highly
+	// available ones keep in etcd.
+	blob := func(name, file string) controller.Blob {
+		if o.Replicated != nil {
+			return o.Replicated.Blob(name)
+		}
+		return controller.FileBlob(filepath.Join(stateDir, file))
+	}
+	keys, err := controller.LoadKeyStoreFrom(blob("ssh-keys", "ssh-keys.json"), log)
 	if err != nil {
 		return nil, err
 	}
@@ -151,7 +159,7 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 	}
 	metrics := controller.NewMetrics()
 	ccfg.Observe = metrics.Observe
-	tokens, err := controller.LoadTokenStore(filepath.Join(stateDir, "api-tokens.json"), log)
+	tokens, err := controller.LoadTokenStoreFrom(blob("api-tokens", "api-tokens.json"), log)
 	if err != nil {
 		return nil, err
 	}
