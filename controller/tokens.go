@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-
 	"github.com/usher-vm/usher/api"
 )
 
