@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -171,7 +172,8 @@ func TestEtcdMembersTLSAndElection(t *testing.T) {
 }
 
 // TestHAControllerFailover: two controllers share a three-member etcd;
-// the LNMs and clients know both addresses. kill -9 of the leader: the
+// the LNMs and clients know both addresses. One etcd member is lost, then
+// the leader (kill -9 both): the
 // standby leads in a higher term, every LNM registers with it, every VM
 // is accounted for, new starts are served, and what lives in etcd (known
 // LNMs, a node's mode) is there.
@@ -234,6 +236,8 @@ func TestHAControllerFailover(t *testing.T) {
 		leader, err = obs.CurrentLeader(ctx)
 		return err
 	})
+	// One etcd member is lost too: the other two are a quorum.
+	c.kill9("m2")
 	killed := time.Now()
 	c.kill9(leader.ID)
 	var next ha.Leader
@@ -249,6 +253,15 @@ func TestHAControllerFailover(t *testing.T) {
 	waitLNMs(t, root, 3)
 	after, _ := waitState(t, root, 60*time.Second, allRunning(6))
 	t.Logf("%s (term %d) killed; %s leads in term %d; the site was whole again %v later", leader.ID, leader.Term, next.ID, next.Term, time.Since(killed).Round(10*time.Millisecond))
+	// usher controller status, with the survivor's configuration.
+	st := exec.Command(c.bin, "controller", "status")
+	st.Env = append(os.Environ(), "USHER_CONFIG="+filepath.Join(c.dir, next.ID+".toml"))
+	out, err := st.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), fmt.Sprintf("leader: %s at %s, term %d", next.ID, next.Address, next.Term)) ||
+		strings.Count(string(out), "ok, version") != 2 || !strings.Contains(string(out), "DOWN") {
+		t.Fatalf("usher controller status: %v\n%s", err, out)
+	}
+	t.Logf("usher controller status:\n%s", out)
 	if !equalKeys(before, after) {
 		t.Fatalf("VMs before %v, after %v", before, after)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
@@ -74,7 +75,8 @@ func New(cfg Config) (*Member, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Endpoints, TLS: cfg.TLS, DialTimeout: 5 * time.Second,
-		DialKeepAliveTime: cfg.TTL / 2, DialKeepAliveTimeout: cfg.TTL / 2, Logger: nil})
+		DialKeepAliveTime: cfg.TTL / 2, DialKeepAliveTimeout: cfg.TTL / 2,
+		Logger: zap.NewNop()}) // its retries are ours to report
 	if err != nil {
 		return nil, fmt.Errorf("ha: etcd client: %w", err)
 	}

@@ -131,6 +131,10 @@ func TestElectionTermsAndGuardedWrites(t *testing.T) {
 	if err != nil || l.ID != first || l.Term != term || l.Address != first+":7000" {
 		t.Fatalf("current leader: %+v %v (leads: %s in %d)", l, err, first, term)
 	}
+	st, err := members["c1"].Health(ctx)
+	if err != nil || st.Leader.ID != first || len(st.Controllers) != 3 || st.Controllers[0].ID != first || len(st.Members) != 1 || !st.Members[0].OK {
+		t.Fatalf("health: %+v %v", st, err)
+	}
 	if err := members[first].Put(ctx, term, "known/n1", "x"); err != nil {
 		t.Fatalf("leader's write: %v", err)
 	}

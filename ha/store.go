@@ -161,10 +161,13 @@ func (s *Store) LoadReservations() ([]api.Reservation, error) {
 	return list, err
 }
 
-// Status is what `usher controller status` shows of an HA site.
+// Status is what `usher controller status` shows of an HA site: the
+// leader, every controller campaigning (the leader first, then the
+// standbys in the order they would lead), and each etcd endpoint.
 type Status struct {
-	Leader  Leader         `json:"leader"`
-	Members []EtcdEndpoint `json:"etcd"`
+	Leader      Leader         `json:"leader"`
+	Controllers []Leader       `json:"controllers"`
+	Members     []EtcdEndpoint `json:"etcd"`
 }
 
 // EtcdEndpoint is one etcd member's health as its endpoint answers.
@@ -197,6 +200,15 @@ func (m *Member) Health(ctx context.Context) (Status, error) {
 		errs = append(errs, err.Error())
 	}
 	st.Leader = l
+	if resp, err := m.cli.Get(ctx, m.electionPrefix(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)); err == nil {
+		for _, kv := range resp.Kvs {
+			var c Leader
+			if json.Unmarshal(kv.Value, &c) == nil {
+				c.Term = kv.CreateRevision
+				st.Controllers = append(st.Controllers, c)
+			}
+		}
+	}
 	if len(errs) > 0 {
 		return st, errors.New(strings.Join(errs, "; "))
 	}
