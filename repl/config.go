@@ -19,7 +19,7 @@ import (
 // in the [client] section of the Usher configuration files.
 func Params() []config.Param {
 	return []config.Param{
-		{Key: "client.addr", Kind: config.String, Default: "127.0.0.1:7070", Help: "controller address host:port"},
+		{Key: "client.addr", Kind: config.String, Default: "127.0.0.1:7070", Help: "controller address host:port; several, comma-separated, for highly available controllers (docs/ha.md)"},
 		{Key: "client.ca_file", Kind: config.String, Default: "", Help: "site CA certificate (PEM) the controller's certificate is checked against"},
 		{Key: "client.server_name", Kind: config.String, Default: "", Help: "name in the controller's certificate (default: host of client.addr)"},
 		{Key: "client.user", Kind: config.String, Default: "", Help: "user name (default: $USER)"},

@@ -71,7 +71,7 @@ func Params() *config.Set {
 		// lnm
 		config.Param{Key: "lnm.pprof", Kind: config.String, Default: "", Help: "serve Go pprof profiles on this loopback address (\"\" = off)"},
 		config.Param{Key: "lnm.name", Kind: config.String, Default: "", Help: "node name (must equal the CN of the LNM certificate)"},
-		config.Param{Key: "lnm.controller", Kind: config.String, Default: "127.0.0.1:7070", Help: "controller address"},
+		config.Param{Key: "lnm.controller", Kind: config.String, Default: "127.0.0.1:7070", Help: "controller address host:port; several, comma-separated, for highly available controllers (docs/ha.md)"},
 		config.Param{Key: "lnm.server_name", Kind: config.String, Default: "", Help: "name in the controller's certificate (default: host of lnm.controller)"},
 		config.Param{Key: "lnm.address", Kind: config.String, Default: "", Help: "address advertised to the controller as this node's migration target"},
 		config.Param{Key: "lnm.cert_file", Kind: config.String, Default: "", Help: "LNM certificate (from `usher ca issue --role lnm`)"},
