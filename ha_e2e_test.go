@@ -236,6 +236,18 @@ func TestHAControllerFailover(t *testing.T) {
 		leader, err = obs.CurrentLeader(ctx)
 		return err
 	})
+	// A client that knows only the standby is sent to the leader.
+	standby := strings.Replace(both, leader.Address, "", 1)
+	standby = strings.Trim(standby, ",")
+	via, err := client.Connect(context.Background(), client.Config{Addr: standby, CAFile: filepath.Join(c.dir, "pki", "ca.crt"),
+		ServerName: "localhost", User: "alice", Password: "alice-pw"})
+	if err != nil {
+		t.Fatalf("a client of the standby %s: %v", standby, err)
+	}
+	if n := len(via.VMs()); n != 6 {
+		t.Fatalf("the client sent to the leader sees %d VMs", n)
+	}
+	via.Close()
 	// One etcd member is lost too: the other two are a quorum.
 	c.kill9("m2")
 	killed := time.Now()

@@ -15,6 +15,7 @@ type Error struct {
 	Code    string `json:"code"`
 	Msg     string `json:"msg"`
 	RetryMS int64  `json:"retry_ms,omitempty"` // too_many, unauthorized: wait this long before retrying
+	Leader  string `json:"leader,omitempty"`   // not_leader: the leader's address, when known
 }
 
 // Error codes.
@@ -28,6 +29,7 @@ const (
 	CodeInternal     = "internal"
 	CodeTooMany      = "too_many"
 	CodeUnknown      = "unknown_method"
+	CodeNotLeader    = "not_leader" // a standby of highly available controllers: go to Error.Leader
 )
 
 // Sentinel errors, one per code: errors.Is(err, ErrRejected) holds for an
@@ -42,6 +44,7 @@ var (
 	ErrInternal      = &sentinel{CodeInternal, "internal error"}
 	ErrTooMany       = &sentinel{CodeTooMany, "too many"}
 	ErrUnknownMethod = &sentinel{CodeUnknown, "unknown method"}
+	ErrNotLeader     = &sentinel{CodeNotLeader, "not the leader"}
 )
 
 // sentinel is the type of the exported sentinels: comparable, and carrying
@@ -53,7 +56,17 @@ func (s *sentinel) Error() string { return s.msg }
 var sentinels = map[string]*sentinel{
 	CodeBadRequest: ErrBadRequest, CodeUnauthorized: ErrUnauthorized, CodeForbidden: ErrForbidden,
 	CodeNotFound: ErrNotFound, CodeRejected: ErrRejected, CodeUnavailable: ErrUnavailable,
-	CodeInternal: ErrInternal, CodeTooMany: ErrTooMany, CodeUnknown: ErrUnknownMethod,
+	CodeInternal: ErrInternal, CodeTooMany: ErrTooMany, CodeUnknown: ErrUnknownMethod, CodeNotLeader: ErrNotLeader,
+}
+
+// NotLeader is a standby's answer: it does not lead; leader is where the
+// leader is ("" when none is elected).
+func NotLeader(leader string) *Error {
+	msg := "this controller stands by; no leader is elected yet: try again"
+	if leader != "" {
+		msg = "this controller stands by; the leader is " + leader
+	}
+	return &Error{Code: CodeNotLeader, Msg: msg, Leader: leader}
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Msg }

@@ -137,33 +137,54 @@ func (c *Client) dial(ctx context.Context) error {
 		return fmt.Errorf("authenticating as %s: %w", c.cfg.User, err)
 	}
 	// Several addresses: highly available controllers, of which only the
-	// leader serves; the first that takes the session is used.
+	// leader serves. A standby answers the login with where the leader
+	// is: that is tried next.
+	cands := strings.Split(c.cfg.Addr, ",")
+	for i := range cands {
+		cands[i] = strings.TrimSpace(cands[i])
+	}
+	tried := map[string]bool{}
 	var s *transport.Session
+	var rep api.AuthReply
 	var err error
-	for _, addr := range strings.Split(c.cfg.Addr, ",") {
+	for i := 0; i < len(cands) && i < 16; i++ {
+		addr := cands[i]
+		if tried[addr] {
+			continue
+		}
+		tried[addr] = true
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		s, err = transport.Dial(dctx, strings.TrimSpace(addr), c.tls, c.limits, c.log)
+		s, err = transport.Dial(dctx, addr, c.tls, c.limits, c.log)
+		cancel()
+		if err != nil {
+			continue
+		}
+		s.SetMux(transport.NewMux(nil))
+		c.sessWG.Add(1)
+		go func(s *transport.Session) {
+			defer c.sessWG.Done()
+			s.Serve(context.Background())
+			s.Wait()
+		}(s)
+		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		rep, err = transport.Call(actx, s, api.MAuth, auth)
 		cancel()
 		if err == nil {
 			break
 		}
+		s.Close()
+		var nl *api.Error
+		if errors.As(err, &nl) && nl.Code == api.CodeNotLeader {
+			if nl.Leader != "" && !tried[nl.Leader] {
+				// the leader next
+				cands = append(cands[:i+1], append([]string{nl.Leader}, cands[i+1:]...)...)
+			}
+			continue
+		}
+		return fmt.Errorf("authenticating as %s: %w", c.cfg.User, err)
 	}
 	if err != nil {
 		return err
-	}
-	s.SetMux(transport.NewMux(nil))
-	c.sessWG.Add(1)
-	go func() {
-		defer c.sessWG.Done()
-		s.Serve(context.Background())
-		s.Wait()
-	}()
-	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	rep, err := transport.Call(actx, s, api.MAuth, auth)
-	cancel()
-	if err != nil {
-		s.Close()
-		return fmt.Errorf("authenticating as %s: %w", c.cfg.User, err)
 	}
 	if err := c.load(ctx, s, &rep); err != nil {
 		s.Close()

@@ -198,7 +198,8 @@ func (l *LNM) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if !wasUp {
+		redirected := errors.Is(err, errRedirected)
+		if !wasUp && !redirected {
 			// No session could be had there: another controller (a
 			// dead leader's successor, for highly available ones).
 			l.nextController()
@@ -207,6 +208,11 @@ func (l *LNM) Run(ctx context.Context) error {
 			bo.Reset()
 		}
 		wait := bo.NextBackOff()
+		if redirected {
+			// A standby named the leader: go there (after the shortest
+			// wait, should two standbys name each other).
+			wait = l.opts.MinBackoff
+		}
 		l.log.Warn("controller session ended; reconnecting", "err", err, "in", wait)
 		t := time.NewTimer(wait)
 		select {
@@ -274,6 +280,12 @@ func (l *LNM) session(ctx context.Context) error {
 	hctx, hcancel := context.WithTimeout(ctx, 2*time.Minute)
 	hello, err := transport.Call(hctx, s, api.MHello, api.Hello{Node: info, Status: *status, MinTerm: l.maxTerm.Load()})
 	hcancel()
+	var nl *api.Error
+	if errors.As(err, &nl) && nl.Code == api.CodeNotLeader && nl.Leader != "" && nl.Leader != l.controllerAddr() {
+		leader := nl.Leader
+		l.target.Store(&leader)
+		return fmt.Errorf("%w: %s", errRedirected, leader)
+	}
 	if err != nil {
 		return fmt.Errorf("registering with controller: %w", err)
 	}
@@ -552,6 +564,10 @@ func (l *LNM) helloStatus(ctx context.Context) (*api.NodeStatus, error) {
 
 // ---------------------------------------------------------------------------
 // Table 2: the remote API served to the controller (api.Node)
+
+// errRedirected ends a session with a standby controller that named the
+// leader: the next session goes there at once.
+var errRedirected = errors.New("redirected to the leader")
 
 // raiseTerm records a leadership term seen; it reports whether it is
 // newer than any before.

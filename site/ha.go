@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/usher-vm/usher/controller"
 	"github.com/usher-vm/usher/core/config"
 	"github.com/usher-vm/usher/ha"
+	"github.com/usher-vm/usher/transport"
 )
 
 // HAMember builds this controller's etcd membership from controller.etcd
@@ -52,8 +56,8 @@ func HAMember(cfg *config.Set, log *slog.Logger) (*ha.Member, error) {
 // announcing itself to the known LNMs (they follow it) and rebuilding the
 // state from their reports, as after a restart; the moment it stops
 // leading everything it serves stops, and it campaigns again. A standby
-// serves nothing: clients and LNMs configured with every controller's
-// address try the next.
+// answers every client and LNM on controller.listen with where the leader
+// is (api.NotLeader), which they follow.
 func RunHA(ctx context.Context, cfg *config.Set, o ControllerOptions) error {
 	log := o.Logger
 	if log == nil {
@@ -65,7 +69,55 @@ func RunHA(ctx context.Context, cfg *config.Set, o ControllerOptions) error {
 	}
 	defer m.Close()
 	log.Info("highly available controller: campaigning", "etcd", cfg.Strings("controller.etcd"), "advertise", cfg.String("controller.advertise"))
+	tlsCfg, err := transport.ServerTLS(cfg.String("controller.cert_file"), cfg.String("controller.key_file"), cfg.String("controller.ca_file"))
+	if err != nil {
+		return err
+	}
+	// While it stands by it answers on controller.listen with where the
+	// leader is (a leader found is remembered for a second).
+	var lmu sync.Mutex
+	var known string
+	var at time.Time
+	leader := func() string {
+		lmu.Lock()
+		defer lmu.Unlock()
+		// A known leader is kept a second; not knowing is asked again.
+		if known == "" || time.Since(at) > time.Second {
+			lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			l, err := m.CurrentLeader(lctx)
+			cancel()
+			known, at = "", time.Now()
+			switch {
+			case err != nil:
+				log.Warn("standby: who leads is not known", "err", err)
+			case l.Address != cfg.String("controller.advertise"):
+				known = l.Address
+			}
+		}
+		return known
+	}
+	var stopStandby func()
+	standby := func() {
+		sctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		ln, err := net.Listen("tcp", cfg.String("controller.listen"))
+		if err != nil {
+			log.Error("standby: cannot listen (clients and LNMs will not be told where the leader is)", "err", err)
+			close(done)
+		} else {
+			go func() {
+				defer close(done)
+				controller.ServeStandby(sctx, ln, tlsCfg, transport.ServerOptions{Limits: Limits(cfg, "controller."),
+					Logger: log.With("component", "transport")}, leader)
+			}()
+		}
+		stopStandby = func() { cancel(); <-done }
+	}
+	standby()
+	defer func() { stopStandby() }()
 	return m.Run(ctx, func(lctx context.Context, term int64) {
+		stopStandby()
+		defer standby()
 		start := time.Now()
 		opts := o
 		opts.Replicated = m.Store(term)
