@@ -179,6 +179,12 @@ func TestEtcdMembersTLSAndElection(t *testing.T) {
 // LNMs, a node's mode) is there.
 func TestHAControllerFailover(t *testing.T) {
 	c := newChaos(t)
+	// A policy numbering VMs through usher.store: replicated, the
+	// numbers go on across the failover.
+	os.MkdirAll(filepath.Join(c.dir, "policies"), 0o755)
+	c.write(filepath.Join("policies", "seq.lua"), `usher.on("register_vm", function(req, vm)
+  vm.data.seq = tostring(usher.store.incr("seq"))
+end)`)
 	eps, both := c.startHA("n1", "n2", "n3")
 	dial := func(user string) *client.Client {
 		var cl *client.Client
@@ -301,6 +307,13 @@ func TestHAControllerFailover(t *testing.T) {
 	})
 	if res == nil || res.OK() != 2 {
 		t.Fatalf("start after failover: %+v", res)
+	}
+	seqs := map[string]bool{}
+	for _, d := range res.Done {
+		seqs[d.VM.Data["seq"]] = true
+	}
+	if !seqs["7"] || !seqs["8"] {
+		t.Fatalf("usher.store did not go on across the failover: the new VMs are numbered %v (want 7 and 8)", seqs)
 	}
 }
 

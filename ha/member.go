@@ -251,12 +251,18 @@ func (m *Member) CurrentLeader(ctx context.Context) (Leader, error) {
 // guard is the condition of a leader's writes: its election key still
 // exists with the revision that made it leader.
 func (m *Member) guard(term int64) (clientv3.Cmp, error) {
+	cmp, _, err := m.guardKey(term)
+	return cmp, err
+}
+
+// guardKey is guard and the election key it compares.
+func (m *Member) guardKey(term int64) (clientv3.Cmp, string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.term == 0 || m.term != term {
-		return clientv3.Cmp{}, ErrNotLeader
+		return clientv3.Cmp{}, "", ErrNotLeader
 	}
-	return clientv3.Compare(clientv3.CreateRevision(m.key), "=", term), nil
+	return clientv3.Compare(clientv3.CreateRevision(m.key), "=", term), m.key, nil
 }
 
 // Put writes key (under the site prefix) if this controller still leads

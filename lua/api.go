@@ -831,7 +831,7 @@ func (ls *lstate) apiSetActive(L *glua.LState) int {
 // instructions nor backstop time; what it stores costs work by size.
 func (ls *lstate) storeTable() *glua.LTable {
 	L := ls.L
-	st := ls.v.h.store
+	st := ls.v.h.kv
 	raise := func(L *glua.LState, err error) {
 		L.RaiseError("store: %v", err)
 	}
@@ -857,7 +857,7 @@ func (ls *lstate) storeTable() *glua.LTable {
 		"get": func(L *glua.LState) int {
 			var v any
 			var err error
-			ls.call.pause(func() { v, err = st.get(L.CheckString(1)) })
+			ls.call.pause(func() { v, err = st.Get(L.CheckString(1)) })
 			if err != nil {
 				raise(L, err)
 			}
@@ -869,7 +869,7 @@ func (ls *lstate) storeTable() *glua.LTable {
 			k, v, ttl := L.CheckString(1), value(L, 2), ttlArg(L, 3)
 			ls.call.work(L, uint64(len(k))/64+1)
 			var err error
-			ls.call.pause(func() { err = st.set(ls.v.name, k, v, ttl) })
+			ls.call.pause(func() { err = st.Set(ls.v.name, k, v, ttl) })
 			if err != nil {
 				raise(L, err)
 			}
@@ -878,7 +878,7 @@ func (ls *lstate) storeTable() *glua.LTable {
 		// usher.store.delete(key)
 		"delete": func(L *glua.LState) int {
 			var err error
-			ls.call.pause(func() { err = st.delete(ls.v.name, L.CheckString(1)) })
+			ls.call.pause(func() { err = st.Delete(ls.v.name, L.CheckString(1)) })
 			if err != nil {
 				raise(L, err)
 			}
@@ -889,7 +889,7 @@ func (ls *lstate) storeTable() *glua.LTable {
 			k, old, v, ttl := L.CheckString(1), value(L, 2), value(L, 3), ttlArg(L, 4)
 			var ok bool
 			var err error
-			ls.call.pause(func() { ok, err = st.cas(ls.v.name, k, old, v, ttl) })
+			ls.call.pause(func() { ok, err = st.CAS(ls.v.name, k, old, v, ttl) })
 			if err != nil {
 				raise(L, err)
 			}
@@ -901,7 +901,7 @@ func (ls *lstate) storeTable() *glua.LTable {
 			k, d := L.CheckString(1), float64(L.OptNumber(2, 1))
 			var n float64
 			var err error
-			ls.call.pause(func() { n, err = st.incr(ls.v.name, k, d) })
+			ls.call.pause(func() { n, err = st.Incr(ls.v.name, k, d) })
 			if err != nil {
 				raise(L, err)
 			}
@@ -921,7 +921,7 @@ func (ls *lstate) storeTable() *glua.LTable {
 			var keys []string
 			var vals []any
 			var err error
-			ls.call.pause(func() { keys, vals, err = st.list(prefix, after, limit) })
+			ls.call.pause(func() { keys, vals, err = st.List(prefix, after, limit) })
 			if err != nil {
 				raise(L, err)
 			}

@@ -43,6 +43,10 @@ type Options struct {
 	Config       map[string]map[string]any // usher.config per script base name
 	StorePath    string                    // persistent key-value store, a SQLite file ("" = in memory)
 	StoreLimits  StoreLimits               // bounds of usher.store
+	// Store, when set, is usher.store instead of the SQLite file at
+	// StorePath (highly available controllers: etcd). The host does not
+	// close it.
+	Store KV
 	// Files are what scripts may read besides the files their own Config
 	// section names (usher.read_htpasswd).
 	Files  []string
@@ -74,7 +78,8 @@ const NotifyQueue = 4096
 type Host struct {
 	opts  Options
 	log   *slog.Logger
-	store *kvStore
+	store *kvStore // the default store (nil when Options.Store is used)
+	kv    KV
 
 	view atomic.Pointer[viewBox]
 	sink atomic.Pointer[func(api.Event)]
@@ -202,13 +207,17 @@ func New(opts Options) (h *Host, err error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	st, err := openStore(opts.StorePath, opts.StoreLimits, opts.Logger)
-	if err != nil {
-		return nil, err
+	var st *kvStore
+	var kv KV = opts.Store
+	if kv == nil {
+		if st, err = openStore(opts.StorePath, opts.StoreLimits, opts.Logger); err != nil {
+			return nil, err
+		}
+		kv = st
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h = &Host{
-		opts: opts, log: opts.Logger.With("component", "lua"), store: st,
+		opts: opts, log: opts.Logger.With("component", "lua"), store: st, kv: kv,
 		scripts: map[string]*script{}, disabled: map[string]bool{}, inactive: map[string]bool{}, offs: map[*hstats]bool{},
 		ctx: ctx, cancel: cancel, notifyQ: make(chan api.Event, NotifyQueue),
 	}
@@ -277,7 +286,11 @@ func (h *Host) Close() error {
 	}
 	h.mu.Unlock()
 	h.wg.Wait()
-	return errors.Join(h.store.close(), closeModules(h.opts.Modules))
+	var err error
+	if h.store != nil {
+		err = h.store.close()
+	}
+	return errors.Join(err, closeModules(h.opts.Modules))
 }
 
 // scanDirs lists the script files to load, later dirs overriding earlier

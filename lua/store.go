@@ -17,6 +17,46 @@ import (
 	_ "modernc.org/sqlite" // pure-Go SQLite
 )
 
+// KV is where usher.store keeps its data: by default an SQLite file in the
+// state directory (kvStore); for highly available controllers, etcd
+// (package ha), so every controller that leads sees the same store.
+// Values are plain JSON data; owner is the script that writes (its share
+// of the store is bounded); a key with a TTL expires.
+type KV interface {
+	Get(k string) (any, error)
+	Set(owner, k string, v any, ttl time.Duration) error
+	Delete(owner, k string) error
+	CAS(owner, k string, old, v any, ttl time.Duration) (bool, error)
+	Incr(owner, k string, delta float64) (float64, error)
+	List(prefix, after string, limit int) ([]string, []any, error)
+	Close() error
+}
+
+// Get implements KV.
+func (s *kvStore) Get(k string) (any, error) { return s.get(k) }
+
+// Set implements KV.
+func (s *kvStore) Set(owner, k string, v any, ttl time.Duration) error { return s.set(owner, k, v, ttl) }
+
+// Delete implements KV.
+func (s *kvStore) Delete(owner, k string) error { return s.delete(owner, k) }
+
+// CAS implements KV.
+func (s *kvStore) CAS(owner, k string, old, v any, ttl time.Duration) (bool, error) {
+	return s.cas(owner, k, old, v, ttl)
+}
+
+// Incr implements KV.
+func (s *kvStore) Incr(owner, k string, delta float64) (float64, error) { return s.incr(owner, k, delta) }
+
+// List implements KV.
+func (s *kvStore) List(prefix, after string, limit int) ([]string, []any, error) {
+	return s.list(prefix, after, limit)
+}
+
+// Close implements KV.
+func (s *kvStore) Close() error { return s.close() }
+
 // kvStore is the persistent key-value store behind usher.store: one row
 // per key in an embedded SQLite database (WAL mode), so a write costs its
 // row, not the whole store, and readers never wait for a writer. Values

@@ -166,7 +166,7 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 	c := &Controller{cfg: cfg, log: log, tls: tlsCfg, announce: announce, stateDir: stateDir}
 	hooks, policy := o.Hooks, o.Policy
 	if hooks == nil {
-		host, err := newPolicyHost(cfg, stateDir, o.ExtraPolicyDirs, log)
+		host, err := newPolicyHost(cfg, stateDir, o.ExtraPolicyDirs, o.Replicated, log)
 		if err != nil {
 			return nil, err
 		}
@@ -423,7 +423,7 @@ func policyConfig(m map[string]any) map[string]map[string]any {
 }
 
 // newPolicyHost builds the Lua host from the policy.* parameters.
-func newPolicyHost(cfg *config.Set, stateDir string, extraDirs []string, log *slog.Logger) (*lua.Host, error) {
+func newPolicyHost(cfg *config.Set, stateDir string, extraDirs []string, replicated *ha.Store, log *slog.Logger) (*lua.Host, error) {
 	shipped := cfg.String("policy.shipped_dir")
 	if shipped == "" {
 		var err error
@@ -437,7 +437,13 @@ func newPolicyHost(cfg *config.Set, stateDir string, extraDirs []string, log *sl
 	}
 	dirs := append([]string{shipped}, cfg.Strings("policy.dirs")...)
 	dirs = append(dirs, extraDirs...)
+	maxStore := int64(cfg.Int("policy.store_max_mb")) << 20
+	var store lua.KV
+	if replicated != nil {
+		store = replicated.KV(0, 0, maxStore) // usher.store in etcd: the same for every leader
+	}
 	return lua.New(lua.Options{
+		Store:         store,
 		Dirs:          dirs,
 		Enabled:       cfg.Strings("policy.enable"),
 		Watch:         cfg.Bool("policy.watch"),
@@ -446,7 +452,7 @@ func newPolicyHost(cfg *config.Set, stateDir string, extraDirs []string, log *sl
 		MemLimitMB:    cfg.Int("policy.mem_limit_mb"),
 		Config:        policyConfig(cfg.Map("policy.config")),
 		StorePath:     filepath.Join(stateDir, "policy-store.db"),
-		StoreLimits:   lua.StoreLimits{MaxTotal: int64(cfg.Int("policy.store_max_mb")) << 20},
+		StoreLimits:   lua.StoreLimits{MaxTotal: maxStore},
 		Files:         cfg.Strings("policy.files"),
 		ImageDir:      cfg.String("controller.image_dir"),
 		Modules:       mods, // the host closes them
