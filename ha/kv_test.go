@@ -134,7 +134,7 @@ func TestReplicatedPolicyStore(t *testing.T) {
 		t.Fatalf("deleted: %v", v)
 	}
 	// A term that is not ours writes nothing.
-	stale := m.Store(term - 1).KV(0, 0, 0)
+	stale := m.Store(term-1).KV(0, 0, 0)
 	if err := stale.Set("lease", "x", 1, 0); !errors.Is(err, ha.ErrNotLeader) {
 		t.Fatalf("a stale term's write: %v", err)
 	}

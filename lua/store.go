@@ -36,7 +36,9 @@ type KV interface {
 func (s *kvStore) Get(k string) (any, error) { return s.get(k) }
 
 // Set implements KV.
-func (s *kvStore) Set(owner, k string, v any, ttl time.Duration) error { return s.set(owner, k, v, ttl) }
+func (s *kvStore) Set(owner, k string, v any, ttl time.Duration) error {
+	return s.set(owner, k, v, ttl)
+}
 
 // Delete implements KV.
 func (s *kvStore) Delete(owner, k string) error { return s.delete(owner, k) }
@@ -47,7 +49,9 @@ func (s *kvStore) CAS(owner, k string, old, v any, ttl time.Duration) (bool, err
 }
 
 // Incr implements KV.
-func (s *kvStore) Incr(owner, k string, delta float64) (float64, error) { return s.incr(owner, k, delta) }
+func (s *kvStore) Incr(owner, k string, delta float64) (float64, error) {
+	return s.incr(owner, k, delta)
+}
 
 // List implements KV.
 func (s *kvStore) List(prefix, after string, limit int) ([]string, []any, error) {
