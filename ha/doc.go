@@ -6,7 +6,10 @@
 // another), and writes the replicated state only through transactions
 // that hold while it is still the leader of its term.
 //
-// It may import api and the etcd client; nothing of core, controller or
-// site imports it but the composition root (site). The embedded etcd
-// member for small sites and tests is package ha/member.
+// It also keeps, in etcd, what a lone controller keeps in its state
+// directory (Store: known LNMs, node modes, reservations, token and key
+// documents; KV: the policies' usher.store), every write guarded by the
+// term. It may import api, core (its record types) and the etcd client;
+// only the composition root (site) imports it. The embedded etcd member
+// for small sites and tests is package ha/member.
 package ha
