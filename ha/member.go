@@ -139,8 +139,8 @@ func (m *Member) campaign(ctx context.Context, lead func(ctx context.Context, te
 	var vmu sync.Mutex
 	vouched := time.Now().Add(time.Duration(grant.TTL) * time.Second)
 	keepCtx, stopKeep := context.WithCancel(ctx)
-	defer stopKeep()
 	lost := make(chan struct{})
+	defer func() { stopKeep(); <-lost }() // the renewals end with the campaign
 	go func() {
 		defer close(lost)
 		t := time.NewTicker(m.cfg.TTL / 4)
