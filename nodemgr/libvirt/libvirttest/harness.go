@@ -54,7 +54,9 @@ type Harness struct {
 	// initramfs is built), for a known_hosts file.
 	GuestHostKey string
 	// ImageDir is the image store BuildImage filled ("" before).
-	ImageDir string
+	ImageDir  string
+	watcher   *exec.Cmd     // the watch process (stops the hosts if the tests die)
+	watchDone chan struct{} // closed when it has ended
 }
 
 // ErrHarnessSkip is returned by SetupHarness when the tests cannot run here
@@ -111,7 +113,8 @@ func SetupHarness() (*Harness, error) {
 	if err := w.Start(); err != nil {
 		return nil, fmt.Errorf("libvirt harness: watcher: %w", err)
 	}
-	go w.Wait()
+	h.watcher, h.watchDone = w, make(chan struct{})
+	go func() { w.Wait(); close(h.watchDone) }() // ended by Stop
 	out, err = h.run(3*time.Minute, "start", h.RunDir)
 	if err != nil {
 		h.Stop()
@@ -157,6 +160,17 @@ func (h *Harness) Stop() error {
 	_, err := h.run(2*time.Minute, "stop", h.RunDir)
 	if err == nil {
 		err = os.RemoveAll(h.RunDir)
+	}
+	// The watcher sees the hosts stopped within a second or so and ends;
+	// it is waited for (and killed if it does not), so nothing of the
+	// harness outlives Stop.
+	if h.watchDone != nil {
+		select {
+		case <-h.watchDone:
+		case <-time.After(15 * time.Second):
+			h.watcher.Process.Kill()
+			<-h.watchDone
+		}
 	}
 	return err
 }
