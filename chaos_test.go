@@ -117,6 +117,7 @@ type siteOptions struct {
 	vms        int               // alice's VMs to start (default 4)
 	grace      string            // controller.grace (default 10s)
 	cost       int               // bcrypt cost of the users' passwords (default the minimum)
+	enable     []string          // more shipped scripts to enable (drain, failover, …)
 }
 
 // writeControllerConf writes the controller's configuration: users alice,
@@ -149,7 +150,7 @@ grace = %q
 %s
 
 [policy]
-enable = ["auth_htpasswd", "authz_owner", "place_roundrobin"]
+enable = ["auth_htpasswd", "authz_owner", "place_roundrobin"%s]
 dirs = [%q]
 %s
 
@@ -157,7 +158,16 @@ dirs = [%q]
 file = %q
 admins = ["root"]
 `, c.addr, filepath.Join(pki, "ctl.crt"), filepath.Join(pki, "ctl.key"), filepath.Join(pki, "ca.crt"),
-		filepath.Join(c.dir, "ctl"), cmpOr(o.grace, "10s"), o.controller, dir, o.policy, htFile))
+		filepath.Join(c.dir, "ctl"), cmpOr(o.grace, "10s"), o.controller, extraEnable(o.enable), dir, o.policy, htFile))
+}
+
+// extraEnable is o.enable as more entries of a TOML list.
+func extraEnable(names []string) string {
+	out := ""
+	for _, n := range names {
+		out += fmt.Sprintf(", %q", n)
+	}
+	return out
 }
 
 func cmpOr(a, b string) string {
@@ -239,9 +249,14 @@ func (c *chaos) startController() {
 	})
 }
 
-// lnmConf writes the configuration of an LNM (or, with count > 1, of a
-// load-generator process hosting count simulated LNMs).
+// lnmConf writes the configuration of an LNM with a simulated node of
+// practically unbounded size.
 func (c *chaos) lnmConf(name, controller string) string {
+	return c.lnmConfSized(name, controller, 100000, 100000000)
+}
+
+// lnmConfSized is lnmConf for a node of cpus vCPUs and memMB MiB.
+func (c *chaos) lnmConfSized(name, controller string, cpus, memMB int) string {
 	pki := filepath.Join(c.dir, "pki")
 	return c.write("lnm-"+name+".toml", fmt.Sprintf(`[lnm]
 name = %q
@@ -252,24 +267,30 @@ key_file = %q
 ca_file = %q
 driver = "sim"
 sim_state_file = %q
-sim_cpus = 100000
-sim_mem_mb = 100000000
+sim_cpus = %d
+sim_mem_mb = %d
 recovery_listen = "127.0.0.1:0"
 scan_interval = "300ms"
 keepalive = "500ms"
 write_timeout = "2s"
 `, name, controller, filepath.Join(pki, name+".crt"), filepath.Join(pki, name+".key"), filepath.Join(pki, "ca.crt"),
-		filepath.Join(c.dir, "sim", name+".json")))
+		filepath.Join(c.dir, "sim", name+".json"), cpus, memMB))
 }
 
 func (c *chaos) startLNM(name string) {
+	c.t.Helper()
+	c.startLNMConf(name, c.lnmConf(name, c.addr))
+}
+
+// startLNMConf starts LNM name (issuing its certificate once) with conf.
+func (c *chaos) startLNMConf(name, conf string) {
 	c.t.Helper()
 	pki := filepath.Join(c.dir, "pki")
 	if _, err := os.Stat(filepath.Join(pki, name+".crt")); err != nil {
 		c.run("ca", "issue", "--dir", pki, "--role", "lnm", "--name", name)
 	}
 	os.MkdirAll(filepath.Join(c.dir, "sim"), 0o755)
-	c.start(name, []string{"lnm"}, c.lnmConf(name, c.addr))
+	c.start(name, []string{"lnm"}, conf)
 }
 
 // startLNMs starts one process hosting count simulated LNMs prefix1…N.

@@ -119,7 +119,7 @@ func TestEtcdMembersTLSAndElection(t *testing.T) {
 		}
 	}()
 	for _, id := range []string{"c1", "c2", "c3"} {
-		m, err := ha.New(ha.Config{Endpoints: eps, TLS: tlsCfg, Prefix: "/usher/chaos/", TTL: 2 * time.Second, ID: id, Address: id + ":7000"})
+		m, err := ha.New(ha.Config{Endpoints: eps, TLS: tlsCfg, Prefix: "/usher/chaos/", TTL: 3 * time.Second, ID: id, Address: id + ":7000"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -186,20 +186,7 @@ func TestHAControllerFailover(t *testing.T) {
   vm.data.seq = tostring(usher.store.incr("seq"))
 end)`)
 	eps, both := c.startHA("n1", "n2", "n3")
-	dial := func(user string) *client.Client {
-		var cl *client.Client
-		waitfor.Error(t, 90*time.Second, user+" connected to the leader", func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			var err error
-			cl, err = client.Connect(ctx, client.Config{Addr: both, CAFile: filepath.Join(c.dir, "pki", "ca.crt"), ServerName: "localhost",
-				User: user, Password: user + "-pw", MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
-			return err
-		})
-		t.Cleanup(func() { cl.Close() })
-		return cl
-	}
-	root, alice := dial("root"), dial("alice")
+	root, alice := c.haClient("root", both), c.haClient("alice", both)
 	waitLNMs(t, root, 3)
 	res := retry(t, "start", func(ctx context.Context) (*api.Result, error) {
 		return alice.Start(ctx, api.StartArgs{Cluster: "ha", Count: 6, ID: "ha-6"})
@@ -226,22 +213,8 @@ end)`)
 	before, _ := waitState(t, root, 30*time.Second, allRunning(6))
 
 	// Who leads: the election's record in etcd.
-	tlsCfg, err := ha.ClientTLS(filepath.Join(c.dir, "pki", "ctl.crt"), filepath.Join(c.dir, "pki", "ctl.key"), filepath.Join(c.dir, "pki", "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	obs, err := ha.New(ha.Config{Endpoints: eps, TLS: tlsCfg, Prefix: "/usher/usher.local/", ID: "observer", Address: "-"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer obs.Close()
-	var leader ha.Leader
-	waitfor.Error(t, 30*time.Second, "a leader in etcd", func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		leader, err = obs.CurrentLeader(ctx)
-		return err
-	})
+	leaderNow := c.haLeader(eps)
+	leader := leaderNow()
 	// A client that knows only the standby is sent to the leader.
 	standby := strings.Replace(both, leader.Address, "", 1)
 	standby = strings.Trim(standby, ",")
@@ -259,14 +232,9 @@ end)`)
 	killed := time.Now()
 	c.kill9(leader.ID)
 	var next ha.Leader
-	waitfor.Error(t, 60*time.Second, "another leader", func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		next, err = obs.CurrentLeader(ctx)
-		if err == nil && (next.ID == leader.ID || next.Term <= leader.Term) {
-			err = fmt.Errorf("still %+v", next)
-		}
-		return err
+	waitfor.True(t, 60*time.Second, "another leader", func() bool {
+		next = leaderNow()
+		return next.ID != leader.ID && next.Term > leader.Term
 	})
 	waitLNMs(t, root, 3)
 	after, _ := waitState(t, root, 60*time.Second, allRunning(6))
@@ -349,17 +317,59 @@ func (c *chaos) startHA(lnms ...string) (eps []string, both string) {
 		c.t.Fatal(err)
 	}
 	for i, name := range []string{"ctl1", "ctl2"} {
-		conf := strings.Replace(string(base), fmt.Sprintf("listen = %q", c.addr), fmt.Sprintf("listen = %q\nadvertise = %q\nid = %q\netcd = [%q, %q, %q]\netcd_ttl = \"2s\"", addrs[i], addrs[i], name, eps[0], eps[1], eps[2]), 1)
+		conf := strings.Replace(string(base), fmt.Sprintf("listen = %q", c.addr), fmt.Sprintf("listen = %q\nadvertise = %q\nid = %q\netcd = [%q, %q, %q]\netcd_ttl = \"3s\"", addrs[i], addrs[i], name, eps[0], eps[1], eps[2]), 1)
 		conf = strings.Replace(conf, filepath.Join(c.dir, "ctl")+`"`, filepath.Join(c.dir, name)+`"`, 1)
 		c.start(name, []string{"controller"}, c.write(name+".toml", conf))
 	}
 	both = strings.Join(addrs, ",")
 	for _, n := range lnms {
-		c.run("ca", "issue", "--dir", filepath.Join(c.dir, "pki"), "--role", "lnm", "--name", n)
-		os.MkdirAll(filepath.Join(c.dir, "sim"), 0o755)
-		c.start(n, []string{"lnm"}, c.lnmConf(n, both))
+		c.startLNMConf(n, c.lnmConf(n, both))
 	}
 	return eps, both
+}
+
+// haClient connects user to whichever of the HA controllers at addrs
+// leads, waiting for one to.
+func (c *chaos) haClient(user, addrs string) *client.Client {
+	c.t.Helper()
+	var cl *client.Client
+	waitfor.Error(c.t, 90*time.Second, user+" connected to the leader", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		var err error
+		cl, err = client.Connect(ctx, client.Config{Addr: addrs, CAFile: filepath.Join(c.dir, "pki", "ca.crt"), ServerName: "localhost",
+			User: user, Password: user + "-pw", MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
+		return err
+	})
+	c.t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// haLeader returns a function asking etcd (eps) who leads the chaos site,
+// waiting up to a minute for a leader.
+func (c *chaos) haLeader(eps []string) func() ha.Leader {
+	c.t.Helper()
+	pki := filepath.Join(c.dir, "pki")
+	tlsCfg, err := ha.ClientTLS(filepath.Join(pki, "ctl.crt"), filepath.Join(pki, "ctl.key"), filepath.Join(pki, "ca.crt"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	obs, err := ha.New(ha.Config{Endpoints: eps, TLS: tlsCfg, Prefix: "/usher/usher.local/", ID: "observer", Address: "-"})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { obs.Close() })
+	return func() ha.Leader {
+		var l ha.Leader
+		waitfor.Error(c.t, 60*time.Second, "a leader", func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			var err error
+			l, err = obs.CurrentLeader(ctx)
+			return err
+		})
+		return l
+	}
 }
 
 // TestHAPausedLeaderIsFenced: the leader is frozen (SIGSTOP: it can
@@ -370,20 +380,7 @@ func (c *chaos) startHA(lnms ...string) (eps []string, both string) {
 func TestHAPausedLeaderIsFenced(t *testing.T) {
 	c := newChaos(t)
 	eps, both := c.startHA("n1", "n2")
-	cl := func(user string) *client.Client {
-		var out *client.Client
-		waitfor.Error(t, 90*time.Second, user+" connected", func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			var err error
-			out, err = client.Connect(ctx, client.Config{Addr: both, CAFile: filepath.Join(c.dir, "pki", "ca.crt"), ServerName: "localhost",
-				User: user, Password: user + "-pw", MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
-			return err
-		})
-		t.Cleanup(func() { out.Close() })
-		return out
-	}
-	root, alice := cl("root"), cl("alice")
+	root, alice := c.haClient("root", both), c.haClient("alice", both)
 	waitLNMs(t, root, 2)
 	if res := retry(t, "start", func(ctx context.Context) (*api.Result, error) {
 		return alice.Start(ctx, api.StartArgs{Cluster: "p", Count: 4, ID: "p-4"})
@@ -391,26 +388,7 @@ func TestHAPausedLeaderIsFenced(t *testing.T) {
 		t.Fatalf("start: %+v", res)
 	}
 	before, _ := waitState(t, root, 30*time.Second, allRunning(4))
-	tlsCfg, err := ha.ClientTLS(filepath.Join(c.dir, "pki", "ctl.crt"), filepath.Join(c.dir, "pki", "ctl.key"), filepath.Join(c.dir, "pki", "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	obs, err := ha.New(ha.Config{Endpoints: eps, TLS: tlsCfg, Prefix: "/usher/usher.local/", ID: "observer", Address: "-"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer obs.Close()
-	leader := func() ha.Leader {
-		var l ha.Leader
-		waitfor.Error(t, 30*time.Second, "a leader", func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			var err error
-			l, err = obs.CurrentLeader(ctx)
-			return err
-		})
-		return l
-	}
+	leader := c.haLeader(eps)
 	old := leader()
 	c.signal(old.ID, syscall.SIGSTOP)
 	var next ha.Leader
@@ -457,41 +435,9 @@ func TestHAPausedLeaderIsFenced(t *testing.T) {
 func TestChaosHALeaderKills(t *testing.T) {
 	c := newChaos(t)
 	eps, both := c.startHA("n1", "n2", "n3")
-	connect := func(user string) *client.Client {
-		var out *client.Client
-		waitfor.Error(t, 90*time.Second, user+" connected", func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			var err error
-			out, err = client.Connect(ctx, client.Config{Addr: both, CAFile: filepath.Join(c.dir, "pki", "ca.crt"), ServerName: "localhost",
-				User: user, Password: user + "-pw", MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
-			return err
-		})
-		t.Cleanup(func() { out.Close() })
-		return out
-	}
-	root, alice := connect("root"), connect("alice")
+	root, alice := c.haClient("root", both), c.haClient("alice", both)
 	waitLNMs(t, root, 3)
-	tlsCfg, err := ha.ClientTLS(filepath.Join(c.dir, "pki", "ctl.crt"), filepath.Join(c.dir, "pki", "ctl.key"), filepath.Join(c.dir, "pki", "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	obs, err := ha.New(ha.Config{Endpoints: eps, TLS: tlsCfg, Prefix: "/usher/usher.local/", ID: "observer", Address: "-"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer obs.Close()
-	leader := func() ha.Leader {
-		var l ha.Leader
-		waitfor.Error(t, 60*time.Second, "a leader", func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			var err error
-			l, err = obs.CurrentLeader(ctx)
-			return err
-		})
-		return l
-	}
+	leader := c.haLeader(eps)
 	confOf := func(id string) string { return filepath.Join(c.dir, id+".toml") }
 
 	// The load: requests load-0, load-1, … of two VMs each, each retried

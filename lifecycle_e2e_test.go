@@ -88,14 +88,11 @@ func onlyOnce(t *testing.T, c *chaos, lr *api.ListReply) {
 // across a controller restart), and after restore new VMs go there.
 func TestDrainUnderLoad(t *testing.T) {
 	c := newChaos(t)
-	c.writeControllerConf(siteOptions{controller: "max_request_vms = 100000",
+	c.writeControllerConf(siteOptions{controller: "max_request_vms = 100000", enable: []string{"drain"},
 		policy: `watch = false
 [policy.config.drain]
 interval = "200ms"
 max_parallel = 8`})
-	// drain.lua is shipped; enable it beside the test site's policies.
-	conf, _ := os.ReadFile(c.ctlConf)
-	os.WriteFile(c.ctlConf, []byte(strings.Replace(string(conf), `"place_roundrobin"]`, `"place_roundrobin", "drain"]`, 1)), 0o600)
 	c.startController()
 	for i := 1; i <= 4; i++ {
 		c.startLNM(fmt.Sprintf("n%d", i))
@@ -282,15 +279,13 @@ hang) exec sleep 60 ;;
 *) echo "ipmi $1: connection refused"; exit 1 ;;
 esac
 `, modeFile, attempts))
-	c.writeControllerConf(siteOptions{
+	c.writeControllerConf(siteOptions{enable: []string{"failover"},
 		controller: fmt.Sprintf("max_request_vms = 100000\nfence_command = [\"/bin/sh\", %q, \"{node}\"]\nfence_timeout = \"1s\"", script),
 		policy: `watch = false
 [policy.config.failover]
 interval = "200ms"
 grace = "1s"
 retry = "300ms"`})
-	conf, _ := os.ReadFile(c.ctlConf)
-	os.WriteFile(c.ctlConf, []byte(strings.Replace(string(conf), `"place_roundrobin"]`, `"place_roundrobin", "failover"]`, 1)), 0o600)
 	c.startController()
 	c.startLNM("f1")
 	c.startLNM("f2")
@@ -381,33 +376,16 @@ retry = "300ms"`})
 // gets the room.
 func TestReservationsHoldAndExpire(t *testing.T) {
 	c := newChaos(t)
-	c.writeControllerConf(siteOptions{policy: `watch = false
+	c.writeControllerConf(siteOptions{enable: []string{"reservations"}, policy: `watch = false
 [policy.config.reservations]
 interval = "500ms"
 max_length = "1m"`})
-	conf, _ := os.ReadFile(c.ctlConf)
-	os.WriteFile(c.ctlConf, []byte(strings.Replace(string(conf), `"place_roundrobin"]`, `"reservations", "place_roundrobin"]`, 1)), 0o600)
 	c.startController()
-	pki := filepath.Join(c.dir, "pki")
-	c.run("ca", "issue", "--dir", pki, "--role", "lnm", "--name", "r1")
-	lconf := c.write("lnm-r1.toml", fmt.Sprintf(`[lnm]
-name = "r1"
-controller = %q
-server_name = "localhost"
-cert_file = %q
-key_file = %q
-ca_file = %q
-driver = "sim"
-sim_cpus = 8
-sim_mem_mb = 8192
-recovery_listen = "127.0.0.1:0"
-scan_interval = "300ms"
-`, c.addr, filepath.Join(pki, "r1.crt"), filepath.Join(pki, "r1.key"), filepath.Join(pki, "ca.crt")))
-	c.start("r1", []string{"lnm"}, lconf)
+	c.startLNMConf("r1", c.lnmConfSized("r1", c.addr, 8, 8192))
 	root, alice, bob := c.client("root"), c.client("alice"), c.client("bob")
 	waitLNMs(t, root, 1)
 	ctx := context.Background()
-	end := time.Now().Add(8 * time.Second).UTC().Format(time.RFC3339)
+	end := time.Now().Add(15 * time.Second).UTC().Format(time.RFC3339)
 	rep, err := root.Reservations(ctx, api.ReservationsArgs{Action: api.ResCreate, User: "alice", MemMB: 4096, VCPUs: 4, LNMs: []string{"r1"}, End: end})
 	if err != nil || len(rep.Reservations) != 1 {
 		t.Fatalf("create: %v %+v", err, rep)

@@ -3,70 +3,38 @@ package controller
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"os/exec"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/google/renameio/v2"
 	"github.com/usher-vm/usher/api"
 	"github.com/usher-vm/usher/core"
 )
 
-// LoadNodeModes reads the node modes kept across restarts (node-modes.json:
-// every node that is not active). A missing file is none; a damaged one is
-// moved aside with a loud log line and none are restored (admins isolate
-// or drain again; nothing else is lost).
-func LoadNodeModes(path string, log *slog.Logger) (map[string]core.ModeRecord, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return map[string]core.ModeRecord{}, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading node modes: %w", err)
-	}
-	m := map[string]core.ModeRecord{}
-	err = json.Unmarshal(b, &m)
-	for name, r := range m {
-		if err != nil {
-			break
-		}
-		if verr := api.ValidLabel(name); verr != nil {
-			err = fmt.Errorf("node name %q: %v", name, verr)
-		} else if _, perr := api.ParseNodeMode(string(r.Mode)); perr != nil {
-			err = fmt.Errorf("node %s: %v", name, perr)
-		}
-	}
-	if err != nil {
-		aside, merr := MoveAside(path)
-		if merr != nil {
-			return nil, fmt.Errorf("node modes %s is damaged (%v) and could not be moved aside: %w", path, err, merr)
-		}
-		log.Error("node modes file damaged: moved aside; every node starts active (isolate or drain again)",
-			"file", path, "moved_to", aside, "err", err)
-		return map[string]core.ModeRecord{}, nil
-	}
-	return m, nil
-}
-
-// SaveNodeModes returns the core's SaveModes for path: the whole map,
-// written atomically (temp file + fsync + rename).
-func SaveNodeModes(path string) func(map[string]core.ModeRecord) error {
-	return func(m map[string]core.ModeRecord) error {
-		b, err := json.MarshalIndent(m, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := renameio.WriteFile(path, b, 0o600); err != nil {
-			return fmt.Errorf("saving node modes: %w", err)
+// LoadNodeModes reads the node modes kept across restarts (every node
+// that is not active). None kept is none; a damaged document is set aside
+// with a loud log line and none are restored (admins isolate or drain
+// again; nothing else is lost).
+func LoadNodeModes(b Blob, log *slog.Logger) (map[string]core.ModeRecord, error) {
+	m, err := LoadJSON(b, "node modes", "every node starts active (isolate or drain again)", log, func(m map[string]core.ModeRecord) error {
+		for name, r := range m {
+			if err := api.ValidLabel(name); err != nil {
+				return fmt.Errorf("node name %q: %v", name, err)
+			}
+			if _, err := api.ParseNodeMode(string(r.Mode)); err != nil {
+				return fmt.Errorf("node %s: %v", name, err)
+			}
 		}
 		return nil
+	})
+	if m == nil {
+		m = map[string]core.ModeRecord{}
 	}
+	return m, err
 }
 
 // FenceCommand returns the core's Fence for the site's fencing command:
@@ -122,51 +90,19 @@ func (b *limitedBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// LoadReservations reads the reservations kept across restarts
-// (reservations.json). A missing file is none; a damaged one is moved
-// aside with a loud log line and none are restored.
-func LoadReservations(path string, log *slog.Logger) ([]api.Reservation, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading reservations: %w", err)
-	}
-	var list []api.Reservation
-	err = json.Unmarshal(b, &list)
-	for _, r := range list {
-		if err != nil {
-			break
-		}
-		if verr := api.ValidReservationID(r.ID); verr != nil {
-			err = verr
-		} else if verr := api.ValidLabel(r.Owner); verr != nil {
-			err = fmt.Errorf("reservation %s: owner: %v", r.ID, verr)
-		}
-	}
-	if err != nil {
-		aside, merr := MoveAside(path)
-		if merr != nil {
-			return nil, fmt.Errorf("reservations %s is damaged (%v) and could not be moved aside: %w", path, err, merr)
-		}
-		log.Error("reservations file damaged: moved aside; no reservation is held (create them again)",
-			"file", path, "moved_to", aside, "err", err)
-		return nil, nil
-	}
-	return list, nil
-}
-
-// SaveReservations returns the core's SaveReservations for path.
-func SaveReservations(path string) func([]api.Reservation) error {
-	return func(list []api.Reservation) error {
-		b, err := json.MarshalIndent(list, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := renameio.WriteFile(path, b, 0o600); err != nil {
-			return fmt.Errorf("saving reservations: %w", err)
+// LoadReservations reads the reservations kept across restarts. None
+// kept is none; a damaged document is set aside with a loud log line and
+// none are restored.
+func LoadReservations(b Blob, log *slog.Logger) ([]api.Reservation, error) {
+	return LoadJSON(b, "reservations", "no reservation is held (create them again)", log, func(list []api.Reservation) error {
+		for _, r := range list {
+			if err := api.ValidReservationID(r.ID); err != nil {
+				return err
+			}
+			if err := api.ValidLabel(r.Owner); err != nil {
+				return fmt.Errorf("reservation %s: owner: %v", r.ID, err)
+			}
 		}
 		return nil
-	}
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strings"
 	"time"
 
 	"github.com/usher-vm/usher/api"
@@ -199,7 +200,7 @@ func (c *Controller) setMode(name string, mode api.NodeMode, reason, by string) 
 // changed.
 func (c *Controller) SetLNMNotice(name, notice string) error {
 	if len(notice) > api.MaxReasonLen {
-		notice = notice[:api.MaxReasonLen]
+		notice = strings.ToValidUTF8(notice[:api.MaxReasonLen], "") // not cut inside a character
 	}
 	var ev *api.Event
 	found := false

@@ -63,6 +63,23 @@ func newLifecycle(t *testing.T, fence func(context.Context, api.NodeInfo) error)
 	return pl, sv, gens
 }
 
+// n1ReturnsWithStaleCopy registers n1 again with the guests it holds,
+// among them a copy of VM name, which runs on n2: the copy is destroyed
+// and the VM stays running on n2.
+func (pl *pipeline) n1ReturnsWithStaleCopy(t *testing.T, name string) {
+	t.Helper()
+	if _, err := pl.c.AttachLNM(context.Background(), api.Hello{Node: api.NodeInfo{Name: "n1", CPUs: 16, MemMB: 16384}}, pl.n1, pl.n1.Guests()); err != nil {
+		t.Fatal(err)
+	}
+	waitfor.True(t, 10*time.Second, "the stale copy on n1 destroyed", func() bool {
+		_, ok := pl.n1.Guest(name)
+		return !ok
+	})
+	if v := pl.vm(t, name); v.LNM != "n2" || v.State != api.StateRunning {
+		t.Fatalf("after n1 came back: %+v", v)
+	}
+}
+
 func (pl *pipeline) mode(t *testing.T, name string) *api.LNM {
 	t.Helper()
 	l, ok := pl.c.State().LNM(name)
@@ -249,6 +266,7 @@ func TestFailoverNeedsConfirmedFence(t *testing.T) {
 	}
 	set := func(o string) { mu.Lock(); outcome = o; mu.Unlock() }
 	pl, _, gens := newLifecycle(t, fence)
+	pl.p.set(func(p *policy) { p.data = api.StringMap{"ip": "10.0.0.7"} })
 	name := pl.start(t, 1)[0]
 	ctx := context.Background()
 	if err := pl.c.Fence(ctx, "n1"); err == nil || !strings.Contains(err.Error(), "connected") {
@@ -295,8 +313,9 @@ func TestFailoverNeedsConfirmedFence(t *testing.T) {
 	if err != nil || r.OK() != 1 || r.Done[0].LNM != "n2" {
 		t.Fatalf("failover: %v %+v", err, r)
 	}
+	// Restarted from its kept object: the same data.
 	v := pl.vm(t, name)
-	if v.LNM != "n2" || v.State != api.StateRunning || v.Data["registered"] != "" && v.Data == nil {
+	if v.LNM != "n2" || v.State != api.StateRunning || v.Data["ip"] != "10.0.0.7" {
 		t.Fatalf("after failover: %+v", v)
 	}
 	if _, ok := pl.n2.Guest(name); !ok {
@@ -307,16 +326,7 @@ func TestFailoverNeedsConfirmedFence(t *testing.T) {
 		t.Fatalf("second failover: %v %+v", err, r)
 	}
 	// n1 comes back (its power-off undone by hand) still holding the guest.
-	if _, err := pl.c.AttachLNM(ctx, api.Hello{Node: api.NodeInfo{Name: "n1", CPUs: 16, MemMB: 16384}}, pl.n1, pl.n1.Guests()); err != nil {
-		t.Fatal(err)
-	}
-	waitfor.True(t, 10*time.Second, "the stale copy on n1 destroyed", func() bool {
-		_, ok := pl.n1.Guest(name)
-		return !ok
-	})
-	if v := pl.vm(t, name); v.LNM != "n2" || v.State != api.StateRunning {
-		t.Fatalf("after n1 came back: %+v", v)
-	}
+	pl.n1ReturnsWithStaleCopy(t, name)
 	if n := pl.c.State().Counts(); n.Conflicts != 0 || n.Unmanaged != 0 || n.VMs != 1 {
 		t.Fatalf("counts: %+v", n)
 	}
@@ -374,16 +384,7 @@ func TestMigratedAwayCopyDestroyedOnReturn(t *testing.T) {
 		t.Fatalf("migrate: %v %+v", err, r)
 	}
 	pl.c.DetachLNM("n1", gens["n1"], "link lost")
-	if _, err := pl.c.AttachLNM(context.Background(), api.Hello{Node: api.NodeInfo{Name: "n1", CPUs: 16, MemMB: 16384}}, pl.n1, pl.n1.Guests()); err != nil {
-		t.Fatal(err)
-	}
-	waitfor.True(t, 10*time.Second, "the stale copy on n1 destroyed", func() bool {
-		_, ok := pl.n1.Guest(name)
-		return !ok
-	})
-	if v := pl.vm(t, name); v.LNM != "n2" || v.State != api.StateRunning {
-		t.Fatalf("after n1 came back: %+v", v)
-	}
+	pl.n1ReturnsWithStaleCopy(t, name)
 	if n := pl.c.State().Counts(); n.Conflicts != 0 || n.VMs != 1 {
 		t.Fatalf("counts: %+v", n)
 	}
@@ -562,7 +563,7 @@ func TestReservationHoldsAndExpires(t *testing.T) {
 		t.Fatalf("reservation events: %v", states)
 	}
 	// A short one ends by the clock.
-	withRes("")
+	pl.p.set(func(p *policy) { p.data = nil })
 	rep, err = res(root, api.ReservationsArgs{Action: api.ResCreate, User: "alice", MemMB: 1024, LNMs: []string{"n2"}, End: time.Now().Add(300 * time.Millisecond).UTC().Format(time.RFC3339Nano)})
 	if err != nil {
 		t.Fatal(err)

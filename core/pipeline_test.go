@@ -60,7 +60,7 @@ func (p *policy) Request(_ context.Context, event string, r *Request, d *Decisio
 			if p.qos != "" {
 				d.VMs[i].Data = api.StringMap{api.DataQoS: p.qos}
 			}
-			if len(p.data) > 0 && p.data[api.DataReservation] != "" {
+			if len(p.data) > 0 {
 				d.VMs[i].Data = maps.Clone(p.data)
 			}
 		}

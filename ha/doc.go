@@ -9,7 +9,7 @@
 // It also keeps, in etcd, what a lone controller keeps in its state
 // directory (Store: known LNMs, node modes, reservations, token and key
 // documents; KV: the policies' usher.store), every write guarded by the
-// term. It may import api, core (its record types) and the etcd client;
+// term. It may import api and the etcd client;
 // only the composition root (site) imports it. The embedded etcd member
 // for small sites and tests is package ha/member.
 package ha

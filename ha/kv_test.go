@@ -15,7 +15,7 @@ import (
 // leading runs one member until it leads and returns it with its term.
 func leading(t *testing.T, ep, prefix string) (*ha.Member, int64) {
 	t.Helper()
-	m, err := ha.New(ha.Config{Endpoints: []string{ep}, Prefix: prefix, TTL: 2 * time.Second, ID: "c1", Address: "c1:7000"})
+	m, err := ha.New(ha.Config{Endpoints: []string{ep}, Prefix: prefix, TTL: 3 * time.Second, ID: "c1", Address: "c1:7000"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -98,7 +98,7 @@ func TestElectionTermsAndGuardedWrites(t *testing.T) {
 	stops := map[string]context.CancelFunc{}
 	var wg sync.WaitGroup
 	for _, id := range []string{"c1", "c2", "c3"} {
-		m, err := ha.New(ha.Config{Endpoints: []string{ep}, Prefix: "/usher/test/", TTL: 2 * time.Second, ID: id, Address: id + ":7000"})
+		m, err := ha.New(ha.Config{Endpoints: []string{ep}, Prefix: "/usher/test/", TTL: 3 * time.Second, ID: id, Address: id + ":7000"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -197,7 +197,7 @@ func TestElectionTermsAndGuardedWrites(t *testing.T) {
 func TestLeaderStopsWhenItsLeaseGoes(t *testing.T) {
 	ep := startEtcd(t)
 	rec := &leaders{leading: map[string]int64{}}
-	m, err := ha.New(ha.Config{Endpoints: []string{ep}, Prefix: "/usher/t2/", TTL: 2 * time.Second, ID: "c1", Address: "c1:7000"})
+	m, err := ha.New(ha.Config{Endpoints: []string{ep}, Prefix: "/usher/t2/", TTL: 3 * time.Second, ID: "c1", Address: "c1:7000"})
 	if err != nil {
 		t.Fatal(err)
 	}

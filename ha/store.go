@@ -13,12 +13,12 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/usher-vm/usher/api"
-	"github.com/usher-vm/usher/core"
 )
 
 // Store is the replicated state a leader reads when its term begins and
 // writes while it lasts, under the site prefix: lnms/<name> (the known
-// LNMs), modes (node modes) and reservations. Every write is guarded by
+// LNMs), blobs/<name> (documents: node modes, reservations, API tokens,
+// SSH keys) and store/<key> (usher.store, KV). Every write is guarded by
 // the term: once another controller leads, it fails with ErrNotLeader.
 type Store struct {
 	m    *Member
@@ -114,51 +114,6 @@ func (s *Store) Flush() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.lastErr
-}
-
-// put writes one JSON document.
-func (s *Store) put(key string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := s.ctx()
-	defer cancel()
-	return s.m.Put(ctx, s.term, key, string(b))
-}
-
-// get reads one JSON document (absent: v unchanged).
-func (s *Store) get(key string, v any) error {
-	ctx, cancel := s.ctx()
-	defer cancel()
-	val, ok, err := s.m.Get(ctx, key)
-	if err != nil || !ok {
-		return err
-	}
-	if err := json.Unmarshal([]byte(val), v); err != nil {
-		return fmt.Errorf("ha: %s in etcd is damaged: %w", key, err)
-	}
-	return nil
-}
-
-// SaveModes is the core's SaveModes.
-func (s *Store) SaveModes(m map[string]core.ModeRecord) error { return s.put("modes", m) }
-
-// LoadModes reads the node modes.
-func (s *Store) LoadModes() (map[string]core.ModeRecord, error) {
-	m := map[string]core.ModeRecord{}
-	err := s.get("modes", &m)
-	return m, err
-}
-
-// SaveReservations is the core's SaveReservations.
-func (s *Store) SaveReservations(list []api.Reservation) error { return s.put("reservations", list) }
-
-// LoadReservations reads the reservations.
-func (s *Store) LoadReservations() ([]api.Reservation, error) {
-	var list []api.Reservation
-	err := s.get("reservations", &list)
-	return list, err
 }
 
 // Status is what `usher controller status` shows of an HA site: the

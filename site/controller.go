@@ -130,29 +130,22 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 		return nil, err
 	}
 	ccfg.GuestKeys = keys.Keys
-	var modes map[string]core.ModeRecord
-	var reservations []api.Reservation
-	if r := o.Replicated; r != nil {
-		if err := r.Load(); err != nil {
+	if o.Replicated != nil {
+		if err := o.Replicated.Load(); err != nil {
 			return nil, err
 		}
-		if modes, err = r.LoadModes(); err != nil {
-			return nil, err
-		}
-		if reservations, err = r.LoadReservations(); err != nil {
-			return nil, err
-		}
-		ccfg.SaveModes, ccfg.SaveReservations = r.SaveModes, r.SaveReservations
-	} else {
-		if modes, err = controller.LoadNodeModes(filepath.Join(stateDir, "node-modes.json"), log); err != nil {
-			return nil, err
-		}
-		ccfg.SaveModes = controller.SaveNodeModes(filepath.Join(stateDir, "node-modes.json"))
-		if reservations, err = controller.LoadReservations(filepath.Join(stateDir, "reservations.json"), log); err != nil {
-			return nil, err
-		}
-		ccfg.SaveReservations = controller.SaveReservations(filepath.Join(stateDir, "reservations.json"))
 	}
+	modesDoc, resDoc := blob("node-modes", "node-modes.json"), blob("reservations", "reservations.json")
+	modes, err := controller.LoadNodeModes(modesDoc, log)
+	if err != nil {
+		return nil, err
+	}
+	reservations, err := controller.LoadReservations(resDoc, log)
+	if err != nil {
+		return nil, err
+	}
+	ccfg.SaveModes = controller.SaveJSON[map[string]core.ModeRecord](modesDoc, "node modes")
+	ccfg.SaveReservations = controller.SaveJSON[[]api.Reservation](resDoc, "reservations")
 	if argv := cfg.Strings("controller.fence_command"); len(argv) > 0 {
 		ccfg.Fence = controller.FenceCommand(argv, log.With("component", "controller"))
 		ccfg.FenceTimeout = cfg.Duration("controller.fence_timeout")
