@@ -66,6 +66,7 @@ type chaos struct {
 	ctlConf string
 	mu      sync.Mutex
 	procs   map[string]*proc
+	haHTTP  map[string]string // HA controllers' HTTP API addresses, by name
 }
 
 type proc struct {
@@ -73,13 +74,30 @@ type proc struct {
 	done chan struct{} // closed once the process has been reaped
 }
 
+// handedOut are the ports freePort gave this test process: a port
+// released by freePort and not bound yet (a process still starting) could
+// otherwise be handed out twice.
+var handedOut = struct {
+	sync.Mutex
+	m map[string]bool
+}{m: map[string]bool{}}
+
 func freePort(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		handedOut.Lock()
+		dup := handedOut.m[addr]
+		handedOut.m[addr] = true
+		handedOut.Unlock()
+		if !dup {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func (c *chaos) run(args ...string) {
@@ -228,7 +246,16 @@ func (c *chaos) stopAll() {
 		<-p.done
 	}
 	if c.t.Failed() {
+		names := []string{}
 		for name := range procs {
+			names = append(names, name+".log")
+		}
+		clients, _ := filepath.Glob(filepath.Join(c.dir, "*.client.log"))
+		for _, f := range clients {
+			names = append(names, filepath.Base(f))
+		}
+		for _, name := range names {
+			name = strings.TrimSuffix(name, ".log")
 			b, _ := os.ReadFile(filepath.Join(c.dir, name+".log"))
 			if len(b) > 4000 {
 				b = b[len(b)-4000:]

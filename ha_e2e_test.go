@@ -5,8 +5,14 @@ package usher
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -227,6 +233,21 @@ end)`)
 		t.Fatalf("the client sent to the leader sees %d VMs", n)
 	}
 	via.Close()
+	// So is an HTTP API client: a redirect to the same path on the
+	// leader's HTTP API, where the token works.
+	get := c.haHTTPGet(tok.Secret)
+	var standbyID string
+	for id := range c.haHTTP {
+		if id != leader.ID {
+			standbyID = id
+		}
+	}
+	if code, loc, _ := get("https://" + c.haHTTP[standbyID] + "/api/v1/vms"); code != http.StatusTemporaryRedirect || loc != "https://"+c.haHTTP[leader.ID]+"/api/v1/vms" {
+		t.Fatalf("the standby's HTTP API: %d to %q; want 307 to the leader's", code, loc)
+	}
+	if code, _, body := get("https://" + c.haHTTP[leader.ID] + "/api/v1/vms"); code != http.StatusOK || countVMs(body) != 6 {
+		t.Fatalf("the leader's HTTP API: %d %s", code, body)
+	}
 	// One etcd member is lost too: the other two are a quorum.
 	c.kill9("m2")
 	killed := time.Now()
@@ -270,6 +291,10 @@ end)`)
 	}); len(rr.Reservations) != 1 || rr.Reservations[0].ID != resv.Reservations[0].ID || rr.Reservations[0].State != api.ResActive {
 		t.Fatalf("reservations after failover: %+v", rr)
 	}
+	// The token, replicated, works on the new leader's HTTP API.
+	if code, _, body := get("https://" + c.haHTTP[next.ID] + "/api/v1/vms"); code != http.StatusOK || countVMs(body) != 6 {
+		t.Fatalf("the new leader's HTTP API: %d %s", code, body)
+	}
 	res = retry(t, "start after failover", func(ctx context.Context) (*api.Result, error) {
 		return alice.Start(ctx, api.StartArgs{Cluster: "after", Count: 2, ID: "after-2"})
 	})
@@ -283,6 +308,15 @@ end)`)
 	if !seqs["7"] || !seqs["8"] {
 		t.Fatalf("usher.store did not go on across the failover: the new VMs are numbered %v (want 7 and 8)", seqs)
 	}
+	// alice's client cache resynced on the new leader (as after a
+	// restart) and follows its events: her 8 VMs, each once.
+	waitfor.True(t, 60*time.Second, "alice's cache to hold her 8 VMs", func() bool {
+		names := map[string]bool{}
+		for _, v := range alice.VMs() {
+			names[v.Name] = true
+		}
+		return len(names) == 8 && len(alice.VMs()) == 8
+	})
 }
 
 func mustList(t *testing.T, cl *client.Client) *api.ListReply {
@@ -292,6 +326,42 @@ func mustList(t *testing.T, cl *client.Client) *api.ListReply {
 		t.Fatal("no list")
 	}
 	return lr
+}
+
+// haHTTPGet returns a GET with the bearer token tok that does not follow
+// redirects: status, Location and body.
+func (c *chaos) haHTTPGet(tok string) func(url string) (int, string, string) {
+	c.t.Helper()
+	pem, err := os.ReadFile(filepath.Join(c.dir, "pki", "ca.crt"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }, Timeout: 20 * time.Second}
+	c.t.Cleanup(hc.CloseIdleConnections)
+	return func(url string) (int, string, string) {
+		c.t.Helper()
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := hc.Do(req)
+		if err != nil {
+			c.t.Fatalf("GET %s: %v", url, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header.Get("Location"), string(b)
+	}
+}
+
+// countVMs counts the VMs of a list reply's JSON (-1: not one).
+func countVMs(body string) int {
+	var lr api.ListReply
+	if json.Unmarshal([]byte(body), &lr) != nil {
+		return -1
+	}
+	return len(lr.VMs)
 }
 
 // signal sends sig to process name.
@@ -310,6 +380,13 @@ func (c *chaos) signal(name string, sig os.Signal) {
 // named LNMs knowing both; it returns both addresses joined.
 func (c *chaos) startHA(lnms ...string) (eps []string, both string) {
 	c.t.Helper()
+	return c.startHAVia(nil, lnms...)
+}
+
+// startHAVia is startHA with each controller's etcd endpoints given by
+// route (nil: the members' own).
+func (c *chaos) startHAVia(route func(ctl string, eps []string) []string, lnms ...string) (eps []string, both string) {
+	c.t.Helper()
 	eps = c.etcdCluster()
 	addrs := []string{c.addr, freePort(c.t)}
 	base, err := os.ReadFile(c.ctlConf)
@@ -317,7 +394,15 @@ func (c *chaos) startHA(lnms ...string) (eps []string, both string) {
 		c.t.Fatal(err)
 	}
 	for i, name := range []string{"ctl1", "ctl2"} {
-		conf := strings.Replace(string(base), fmt.Sprintf("listen = %q", c.addr), fmt.Sprintf("listen = %q\nadvertise = %q\nid = %q\netcd = [%q, %q, %q]\netcd_ttl = \"3s\"", addrs[i], addrs[i], name, eps[0], eps[1], eps[2]), 1)
+		via := eps
+		if route != nil {
+			via = route(name, eps)
+		}
+		if c.haHTTP == nil {
+			c.haHTTP = map[string]string{}
+		}
+		c.haHTTP[name] = freePort(c.t)
+		conf := strings.Replace(string(base), fmt.Sprintf("listen = %q", c.addr), fmt.Sprintf("listen = %q\nadvertise = %q\nid = %q\netcd = [%q, %q, %q]\netcd_ttl = \"3s\"\nhttp_listen = %q", addrs[i], addrs[i], name, via[0], via[1], via[2], c.haHTTP[name]), 1)
 		conf = strings.Replace(conf, filepath.Join(c.dir, "ctl")+`"`, filepath.Join(c.dir, name)+`"`, 1)
 		c.start(name, []string{"controller"}, c.write(name+".toml", conf))
 	}
@@ -333,15 +418,22 @@ func (c *chaos) startHA(lnms ...string) (eps []string, both string) {
 func (c *chaos) haClient(user, addrs string) *client.Client {
 	c.t.Helper()
 	var cl *client.Client
+	// Its log (reconnects, redirects) is shown with the processes' when
+	// the test fails.
+	logf, err := os.Create(filepath.Join(c.dir, user+".client.log"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
 	waitfor.Error(c.t, 90*time.Second, user+" connected to the leader", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		var err error
 		cl, err = client.Connect(ctx, client.Config{Addr: addrs, CAFile: filepath.Join(c.dir, "pki", "ca.crt"), ServerName: "localhost",
-			User: user, Password: user + "-pw", MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
+			User: user, Password: user + "-pw", MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second,
+			Logger: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 		return err
 	})
-	c.t.Cleanup(func() { cl.Close() })
+	c.t.Cleanup(func() { cl.Close(); logf.Close() })
 	return cl
 }
 

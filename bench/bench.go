@@ -31,6 +31,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/usher-vm/usher/client"
+	"github.com/usher-vm/usher/ha"
 	"github.com/usher-vm/usher/transport"
 )
 
@@ -46,6 +47,8 @@ type benchReport struct {
 	// recovery: from the kill until every client's cache is whole again
 	// (clients reload once the controller's state is whole)
 	ClientsSeconds float64 `json:"clients_whole_seconds,omitempty"`
+	// failover: from the kill until etcd named the new leader
+	ElectedSeconds float64 `json:"elected_seconds,omitempty"`
 	Requests       int64   `json:"requests"`
 	ThroughputPerS float64 `json:"throughput_per_s"`
 	P50ms          float64 `json:"p50_ms"`
@@ -70,8 +73,11 @@ type benchReport struct {
 	ClientsCPU    float64 `json:"clients_cpu_seconds"`
 	Errors        int64   `json:"errors"`
 	Notes         string  `json:"notes,omitempty"`
-	Command       string  `json:"command"`
-	Date          string  `json:"date"`
+	// failover: the single controller's restart measured in the same run
+	// (Seconds and ClientsSeconds above are the failover's)
+	Restart *benchReport `json:"restart,omitempty"`
+	Command string       `json:"command"`
+	Date    string       `json:"date"`
 }
 
 type benchOpts struct {
@@ -96,6 +102,8 @@ type benchOpts struct {
 	pprofAddr    string
 	api          string // requests: native, http or both
 	httpAddr     string // the controller's HTTP API
+	ha           bool   // two controllers over an embedded etcd member
+	etcdTTL      time.Duration
 }
 
 // Run is `usher bench`: it parses args and runs one scenario. It must run
@@ -123,6 +131,10 @@ scenario:
   chain        per-event cost of a chain of five Lua handlers (in process)
   reload       hot-swap a placement script every 500ms under a stream of
                starts: errors must stay 0
+  failover     the recovery above, then the same on a highly available site
+               (two controllers, an embedded etcd member, LNMs and clients
+               knowing both): --vms VMs running, kill -9 the leader: time
+               until the standby leads a whole site, beside the restart
 
 It prints a table (throughput, p50/p95/p99, controller CPU seconds, peak RSS,
 errors) and, with --json FILE, the same as JSON. All loops are bounded.
@@ -130,13 +142,15 @@ errors) and, with --json FILE, the same as JSON. All loops are bounded.
 Examples:
   usher bench --scenario start-storm --lnms 100 --vms 10000 --batch 100 --clients 4
   usher bench --scenario steady --lnms 100 --vms 1000 --duration 60s --json steady.json
-  usher bench --scenario recovery --lnms 1000 --vms 100000`
+  usher bench --scenario recovery --lnms 1000 --vms 100000
+  usher bench --scenario failover --lnms 10000 --vms 1000000 --batch 1000 --generators 4`
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: usher bench %s\n\n%s\n\nFlags:\n", synopsis, description)
 		fs.PrintDefaults()
 	}
 	o := benchOpts{}
-	fs.StringVar(&o.scenario, "scenario", "start-storm", "start-storm, steady, recovery, requests, chain or reload")
+	fs.StringVar(&o.scenario, "scenario", "start-storm", "start-storm, steady, recovery, failover, requests, chain or reload")
+	fs.DurationVar(&o.etcdTTL, "etcd-ttl", 5*time.Second, "failover: the controllers' leadership lease (controller.etcd_ttl)")
 	fs.IntVar(&o.lnms, "lnms", 100, "simulated LNMs")
 	fs.IntVar(&o.vms, "vms", 10000, "VMs to start")
 	fs.IntVar(&o.batch, "batch", 100, "VMs per start request")
@@ -176,6 +190,8 @@ Examples:
 		err = benchChain(ctx, o, rep, out)
 	case "start-storm", "steady", "recovery", "requests", "reload":
 		err = benchSite(ctx, o, rep, out)
+	case "failover":
+		err = benchFailover(ctx, o, rep, out)
 	default:
 		return fmt.Errorf("unknown scenario %q", o.scenario)
 	}
@@ -201,6 +217,9 @@ func printReport(w io.Writer, r *benchReport) {
 	if r.ConnectSeconds > 0 {
 		fmt.Fprintf(w, "connect LNMs  %.2f s\n", r.ConnectSeconds)
 	}
+	if r.ElectedSeconds > 0 {
+		fmt.Fprintf(w, "elected       %.3f s (the standby leads)\n", r.ElectedSeconds)
+	}
 	fmt.Fprintf(w, "seconds       %.3f\n", r.Seconds)
 	if r.ClientsSeconds > 0 {
 		fmt.Fprintf(w, "clients whole %.3f s (every client's cache reloaded)\n", r.ClientsSeconds)
@@ -225,6 +244,10 @@ func printReport(w io.Writer, r *benchReport) {
 	fmt.Fprintf(w, "errors        %d\n", r.Errors)
 	if r.Notes != "" {
 		fmt.Fprintf(w, "notes         %s\n", r.Notes)
+	}
+	if r.Restart != nil {
+		fmt.Fprintf(w, "\nbeside it, in the same run:")
+		printReport(w, r.Restart)
 	}
 }
 
@@ -304,6 +327,11 @@ func (e *benchEnv) others() (gens, self float64) {
 	return gens, self
 }
 
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
 // benchEnv is a site made of real processes.
 type benchEnv struct {
 	o       benchOpts
@@ -319,6 +347,8 @@ type benchEnv struct {
 	clientLogOnce sync.Once
 	clientLog     *slog.Logger
 	users         []string
+	procs         []proc // every process started, to stop at the end
+	ha            *haSite
 	errMu         sync.Mutex
 	errMsg        string
 	died          error
@@ -340,9 +370,17 @@ func (e *benchEnv) progress(format string, args ...any) {
 }
 
 func (e *benchEnv) start(name string, args []string, conf string) (*exec.Cmd, error) {
-	logf, err := os.Create(filepath.Join(e.dir, name+".log"))
+	cmd, _, err := e.startProc(name, args, conf)
+	return cmd, err
+}
+
+// startProc starts the usher binary as process name (its log DIR/name.log)
+// and returns a channel closed when it has exited. A load generator
+// (name g…) must never exit on its own: that is recorded for dead.
+func (e *benchEnv) startProc(name string, args []string, conf string) (*exec.Cmd, chan struct{}, error) {
+	logf, err := os.OpenFile(filepath.Join(e.dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cmd := exec.Command(e.bin, args...)
 	cmd.Env = append(os.Environ(), "USHER_CONFIG="+conf)
@@ -350,18 +388,18 @@ func (e *benchEnv) start(name string, args []string, conf string) (*exec.Cmd, er
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	done := make(chan struct{})
 	if name == "controller" {
 		e.ctlDone = done
 	}
+	e.procs = append(e.procs, proc{cmd, done})
 	go func() {
 		err := cmd.Wait()
 		logf.Close()
 		close(done)
-		if name != "controller" {
-			// a load generator should never exit on its own
+		if strings.HasPrefix(name, "g") {
 			e.errMu.Lock()
 			if e.died == nil {
 				e.died = fmt.Errorf("%s exited (%v); see %s", name, err, filepath.Join(e.dir, name+".log"))
@@ -369,7 +407,7 @@ func (e *benchEnv) start(name string, args []string, conf string) (*exec.Cmd, er
 			e.errMu.Unlock()
 		}
 	}()
-	return cmd, nil
+	return cmd, done, nil
 }
 
 // dead reports a load generator that exited.
@@ -380,20 +418,28 @@ func (e *benchEnv) dead() error {
 }
 
 func (e *benchEnv) startController(ctx context.Context) error {
+	if e.ha != nil {
+		return e.startHA(ctx)
+	}
 	cmd, err := e.start("controller", []string{"controller"}, e.ctlCfg)
 	if err != nil {
 		return err
 	}
 	e.ctl = cmd
-	done := e.ctlDone
+	return e.waitListening(ctx, e.addr, e.ctlDone, "controller")
+}
+
+// waitListening waits until addr accepts connections (the process of
+// name, done when it exits, is serving).
+func (e *benchEnv) waitListening(ctx context.Context, addr string, done chan struct{}, name string) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
 		case <-done:
-			return fmt.Errorf("controller exited; see %s", filepath.Join(e.dir, "controller.log"))
+			return fmt.Errorf("%s exited; see %s", name, filepath.Join(e.dir, name+".log"))
 		default:
 		}
-		c, err := net.DialTimeout("tcp", e.addr, time.Second)
+		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
 			return nil
@@ -404,15 +450,19 @@ func (e *benchEnv) startController(ctx context.Context) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("controller did not start; see %s", filepath.Join(e.dir, "controller.log"))
+	return fmt.Errorf("%s did not start; see %s", name, filepath.Join(e.dir, name+".log"))
 }
 
 func (e *benchEnv) close() {
-	for _, g := range e.gens {
-		g.Process.Kill()
+	// Every process is gone before the next site of the same run starts.
+	for _, p := range e.procs {
+		p.cmd.Process.Kill()
 	}
-	if e.ctl != nil {
-		e.ctl.Process.Kill()
+	for _, p := range e.procs {
+		<-p.done
+	}
+	if e.ha != nil {
+		e.ha.obs.Close()
 	}
 	if !e.o.keep && e.o.dir == "" {
 		os.RemoveAll(e.dir)
@@ -515,6 +565,12 @@ level = %q
 		e.o.pprofAddr = pl.Addr().String()
 		pl.Close()
 		conf = strings.Replace(conf, "[policy]", fmt.Sprintf("pprof = %q\n\n[policy]", e.o.pprofAddr), 1)
+	}
+	if o.ha {
+		if err := e.setupHA(conf); err != nil {
+			return nil, err
+		}
+		return e, nil
 	}
 	if err := os.WriteFile(e.ctlCfg, []byte(conf), 0o600); err != nil {
 		return nil, err
@@ -769,13 +825,46 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 		for i, c := range clients {
 			want[i] = c.CachedCount()
 		}
-		e.progress("kill -9 controller (pid %d)", pid)
-		e.ctl.Process.Signal(syscall.SIGKILL)
-		<-e.ctlDone // its port is free once it is gone
-		mark()
-		start := time.Now()
-		if err := e.startController(ctx); err != nil {
-			return err
+		var start time.Time
+		var cpu0 float64
+		var elected chan float64
+		if e.ha != nil {
+			// The leader is killed; nothing is restarted: the standby,
+			// running all along, leads.
+			old, err := e.leader(ctx, func(ha.Leader) bool { return true })
+			if err != nil {
+				return err
+			}
+			var next *haCtl
+			for _, c := range e.ha.ctls {
+				if c.name != old.ID {
+					next = c
+				}
+			}
+			cpu0, _, _, _ = procStat(next.cmd.Process.Pid)
+			e.progress("kill -9 the leader %s (pid %d, term %d); %s stands by", old.ID, e.ctlNamed(old.ID).cmd.Process.Pid, old.Term, next.name)
+			e.ctlNamed(old.ID).cmd.Process.Signal(syscall.SIGKILL)
+			start = time.Now()
+			<-e.ctlNamed(old.ID).done
+			mark()
+			e.lead(next)
+			elected = make(chan float64, 1)
+			go func() {
+				l, err := e.leader(ctx, func(l ha.Leader) bool { return l.Term > old.Term })
+				if err == nil {
+					e.progress("%s leads in term %d", l.ID, l.Term)
+				}
+				elected <- time.Since(start).Seconds()
+			}()
+		} else {
+			e.progress("kill -9 controller (pid %d)", pid)
+			e.ctl.Process.Signal(syscall.SIGKILL)
+			<-e.ctlDone // its port is free once it is gone
+			mark()
+			start = time.Now()
+			if err := e.startController(ctx); err != nil {
+				return err
+			}
 		}
 		stopProf := e.startProfile(ctx)
 		if err := e.waitCounts(ctx, admin, "rebuilding state", 10*time.Minute, func(c api.Counts) bool {
@@ -791,9 +880,11 @@ func benchSite(ctx context.Context, o benchOpts, rep *benchReport, out io.Writer
 		}
 		rep.ClientsSeconds = time.Since(start).Seconds()
 		stopProf()
-		_, rss, peak, _ := procStat(e.ctl.Process.Pid)
-		cpu, _, _, _ := procStat(e.ctl.Process.Pid)
-		rep.ControllerCPU, rep.ControllerRSS, rep.ControllerPeakRSS = cpu, rss, peak
+		cpu, rss, peak, _ := procStat(e.ctl.Process.Pid)
+		rep.ControllerCPU, rep.ControllerRSS, rep.ControllerPeakRSS = cpu-cpu0, rss, peak
+		if elected != nil {
+			rep.ElectedSeconds = <-elected
+		}
 		rep.ThroughputPerS = float64(o.vms) / rep.Seconds
 		*lat = latencies{}
 	case "requests":

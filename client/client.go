@@ -181,7 +181,14 @@ func (c *Client) dial(ctx context.Context) error {
 			}
 			continue
 		}
-		return fmt.Errorf("authenticating as %s: %w", c.cfg.User, err)
+		if errors.As(err, &nl) || len(cands) == 1 {
+			// The controller answered: wrong credentials, refused, …
+			return fmt.Errorf("authenticating as %s: %w", c.cfg.User, err)
+		}
+		// The session failed (a controller stopping, or one that stands
+		// by and timed out): the next address.
+		c.log.Info("logging in failed; trying the next controller", "addr", addr, "err", err)
+		err = fmt.Errorf("authenticating as %s at %s: %w", c.cfg.User, addr, err)
 	}
 	if err != nil {
 		return err

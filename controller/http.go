@@ -63,7 +63,7 @@ func httpStatus(code string) int {
 		return http.StatusForbidden
 	case api.CodeTooMany:
 		return http.StatusTooManyRequests
-	case api.CodeUnavailable:
+	case api.CodeUnavailable, api.CodeNotLeader:
 		return http.StatusServiceUnavailable
 	case api.CodeUnknown:
 		return http.StatusNotFound

@@ -3,7 +3,11 @@ package controller
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
+	"net/http"
+	"strings"
+	"time"
 
 	"github.com/usher-vm/usher/api"
 	"github.com/usher-vm/usher/transport"
@@ -26,4 +30,47 @@ func ServeStandby(ctx context.Context, ln net.Listener, tlsCfg *tls.Config, opts
 		sess.Serve(ctx)
 	})
 	return srv.Serve(ctx, ln)
+}
+
+// ServeStandbyHTTP serves the HTTP API's address of a standby on ln until
+// ctx ends. Every request is sent to the leader: a 307 redirect to the
+// same path on the leader's HTTP API when leader names it (httpURL, e.g.
+// https://ctl1.example:8443), else 503 with Retry-After; the body is the
+// api.Error not_leader with the leader's native address either way.
+// Clients that follow redirects (curl -L, browsers) reach the leader; a
+// redirect to another host drops their Authorization header (Go, curl),
+// so API clients that send tokens should list every controller and retry
+// on 503.
+func ServeStandbyHTTP(ctx context.Context, ln net.Listener, tlsCfg *tls.Config, leader func() (addr, httpURL string)) error {
+	cfg := tlsCfg.Clone()
+	cfg.ClientAuth = tls.NoClientCert
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		addr, url := leader()
+		e := api.NotLeader(addr)
+		if url != "" {
+			w.Header().Set("Location", strings.TrimSuffix(url, "/")+r.URL.RequestURI())
+			writeJSON(w, http.StatusTemporaryRedirect, map[string]*api.Error{"error": e})
+			return
+		}
+		w.Header().Set("Retry-After", "1")
+		writeError(w, r, e)
+	})
+	srv := &http.Server{Handler: h, TLSConfig: cfg, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 64 << 10,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(tls.NewListener(ln, cfg)) }()
+	var err error
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		srv.Shutdown(sctx)
+		cancel()
+		err = <-errc
+	case err = <-errc:
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
 }

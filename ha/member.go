@@ -25,16 +25,19 @@ type Config struct {
 	Prefix    string      // key prefix of this site, e.g. "/usher/site1/"
 	TTL       time.Duration
 	// ID names this controller; Address is where clients and LNMs reach
-	// it (what a standby tells them the leader's address is).
-	ID, Address string
-	Logger      *slog.Logger
+	// it (what a standby tells them the leader's address is); HTTP is
+	// its HTTP API's URL ("" when it serves none).
+	ID, Address, HTTP string
+	Logger            *slog.Logger
 }
 
 // Leader is who leads, as the election says.
 type Leader struct {
 	ID      string `json:"id"`
 	Address string `json:"address"`
+	HTTP    string `json:"http,omitempty"` // the HTTP API's URL
 	Term    int64  `json:"term"`
+	lease   clientv3.LeaseID
 }
 
 // ErrNotLeader is returned by guarded writes once this controller no
@@ -143,16 +146,22 @@ func (m *Member) campaign(ctx context.Context, lead func(ctx context.Context, te
 	defer func() { stopKeep(); <-lost }() // the renewals end with the campaign
 	go func() {
 		defer close(lost)
-		t := time.NewTicker(m.cfg.TTL / 4)
-		defer t.Stop()
+		// Renew every TTL/4. A renewal may take until the moment this
+		// controller would have to stop anyway (a slow etcd — busy, its
+		// disk slow — answers late, and a late answer still vouches from
+		// when it was sent); one that fails quickly is tried again soon.
+		next := time.Now().Add(m.cfg.TTL / 4)
 		for {
 			select {
 			case <-keepCtx.Done():
 				return
-			case <-t.C:
+			case <-time.After(time.Until(next)):
 			}
 			sent := time.Now()
-			kctx, cancel := context.WithTimeout(keepCtx, m.cfg.TTL/4)
+			vmu.Lock()
+			stopAt := vouched.Add(-m.cfg.TTL / 4)
+			vmu.Unlock()
+			kctx, cancel := context.WithDeadline(keepCtx, stopAt)
 			resp, err := m.cli.KeepAliveOnce(kctx, lease)
 			cancel()
 			vmu.Lock()
@@ -168,6 +177,11 @@ func (m *Member) campaign(ctx context.Context, lead func(ctx context.Context, te
 				m.log.Warn("leadership lease can no longer be vouched for", "err", err, "left", left)
 				return
 			}
+			next = sent.Add(m.cfg.TTL / 4)
+			if err != nil {
+				m.log.Warn("renewing the leadership lease failed; trying again", "err", err, "left", left)
+				next = time.Now().Add(m.cfg.TTL / 20)
+			}
 		}
 	}()
 	sess, err := concurrency.NewSession(m.cli, concurrency.WithLease(lease), concurrency.WithContext(keepCtx))
@@ -181,7 +195,7 @@ func (m *Member) campaign(ctx context.Context, lead func(ctx context.Context, te
 		cancel()
 	}()
 	el := concurrency.NewElection(sess, m.electionPrefix())
-	me, _ := json.Marshal(Leader{ID: m.cfg.ID, Address: m.cfg.Address})
+	me, _ := json.Marshal(Leader{ID: m.cfg.ID, Address: m.cfg.Address, HTTP: m.cfg.HTTP})
 	cctx, cancelCampaign := context.WithCancel(keepCtx)
 	go func() {
 		select {
@@ -244,8 +258,75 @@ func (m *Member) CurrentLeader(ctx context.Context) (Leader, error) {
 	if err := json.Unmarshal(resp.Kvs[0].Value, &l); err != nil {
 		return Leader{}, fmt.Errorf("ha: leader record: %w", err)
 	}
-	l.Term = resp.Kvs[0].CreateRevision
+	l.Term, l.lease = resp.Kvs[0].CreateRevision, clientv3.LeaseID(resp.Kvs[0].Lease)
 	return l, nil
+}
+
+// WatchLeader runs while this controller stands by, until ctx ends: every
+// interval it connects to the leader's address (probe). Once it has seen
+// the leader of a term accept a connection, and then refusals consecutive
+// probes of that term are refused — nothing listens there any more: the
+// process is gone (a host that went away times out instead and is left
+// to its lease) — it revokes that leader's lease, so that a standby leads
+// now rather than when the lease expires. Were the leader alive after
+// all, its renewals would fail and it would stop acting, and every write
+// or command of its term is refused anyway (guarded writes, LNM terms):
+// a wrong guess costs a failover, never two leaders acting.
+//
+// A receive from poke probes at once (and at most every interval/5):
+// LNMs and clients come to a standby when they lose the leader.
+func (m *Member) WatchLeader(ctx context.Context, interval time.Duration, refusals int, poke <-chan struct{}, probe func(ctx context.Context, addr string) (refused bool)) {
+	if interval <= 0 {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var seenTerm int64 // the term whose leader was seen accepting
+	n := 0
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-poke:
+			if wait := interval/5 - time.Since(last); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
+		}
+		last = time.Now()
+		gctx, cancel := context.WithTimeout(ctx, m.cfg.TTL/2)
+		l, err := m.CurrentLeader(gctx)
+		cancel()
+		if err != nil || l.ID == m.cfg.ID {
+			n = 0
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, interval)
+		refused := probe(pctx, l.Address)
+		cancel()
+		switch {
+		case !refused:
+			seenTerm, n = l.Term, 0
+		case seenTerm == l.Term:
+			n++
+		}
+		if n < refusals {
+			continue
+		}
+		m.log.Warn("the leader's address refuses connections: its process is gone; revoking its lease to fail over now",
+			"leader", l.ID, "address", l.Address, "term", l.Term, "refused", n)
+		rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL/2)
+		if _, err := m.cli.Revoke(rctx, l.lease); err != nil && !isLeaseGone(err) && ctx.Err() == nil {
+			m.log.Warn("revoking the dead leader's lease", "err", err)
+		}
+		cancel()
+		seenTerm, n = 0, 0
+	}
 }
 
 // guard is the condition of a leader's writes: its election key still

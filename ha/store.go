@@ -217,3 +217,39 @@ func (b *Blob) Aside() (string, error) {
 	}
 	return "etcd:" + p + aside, nil
 }
+
+// TicketKeys is where the leaders of a site keep their TLS session ticket
+// keys (a transport.TicketStore): every controller that leads uses the
+// same keys, so the LNMs and clients that move to a new leader resume
+// their TLS sessions instead of full handshakes, as after a restart.
+// Whoever reads them can open the site's session tickets: they are as
+// secret as the controllers' private keys (etcd is reachable by
+// controller certificates only, see usher etcd --allowed-cn).
+func (s *Store) TicketKeys() TicketKeys { return TicketKeys{b: s.Blob("tls-ticket-keys")} }
+
+// TicketKeys is the ticket keys' document in etcd.
+type TicketKeys struct{ b *Blob }
+
+type ticketDoc struct {
+	Written time.Time `json:"written"`
+	Keys    []byte    `json:"keys"`
+}
+
+// Load returns the keys and when they were written (nil: none yet).
+func (t TicketKeys) Load() ([]byte, time.Time, error) {
+	b, err := t.b.Read()
+	if err != nil || b == nil {
+		return nil, time.Time{}, err
+	}
+	var d ticketDoc
+	if err := json.Unmarshal(b, &d); err != nil {
+		return nil, time.Time{}, nil // damaged: new keys replace it
+	}
+	return d.Keys, d.Written, nil
+}
+
+// Save writes the keys if the term lasts.
+func (t TicketKeys) Save(keys []byte) error {
+	b, _ := json.Marshal(ticketDoc{Written: time.Now(), Keys: keys})
+	return t.b.Write(b)
+}

@@ -46,7 +46,12 @@ type ControllerOptions struct {
 	// reservations come from it and go to it instead of the state
 	// directory.
 	Replicated *ha.Store
-	Logger     *slog.Logger
+	// Listener and HTTPListener, when set, are served instead of
+	// listening on controller.listen and controller.http_listen (a
+	// highly available controller's turn of its address,
+	// transport.Handoff).
+	Listener, HTTPListener net.Listener
+	Logger                 *slog.Logger
 }
 
 // Controller is an assembled controller process: TLS with session tickets
@@ -63,6 +68,7 @@ type Controller struct {
 	ln       net.Listener
 	httpLn   net.Listener // the HTTP API's, when controller.http_listen is set
 	tls      *tls.Config
+	tickets  transport.TicketStore
 	announce *tls.Config
 	stateDir string
 	known    controller.KnownStore
@@ -110,7 +116,11 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 	}
 	// TLS sessions survive a restart: the site reconnects with resumed
 	// handshakes. The keys rotate daily (checked hourly by Run).
-	if err := transport.UseTicketKeys(tlsCfg, filepath.Join(stateDir, "tls-ticket-keys")); err != nil {
+	tickets := transport.TicketStore(transport.TicketFile(filepath.Join(stateDir, "tls-ticket-keys")))
+	if o.Replicated != nil {
+		tickets = o.Replicated.TicketKeys() // the same for every leader
+	}
+	if err := transport.UseTicketKeysIn(tlsCfg, tickets); err != nil {
 		return nil, err
 	}
 	ccfg, err := coreConfig(cfg, log)
@@ -156,7 +166,7 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 	if err != nil {
 		return nil, err
 	}
-	c := &Controller{cfg: cfg, log: log, tls: tlsCfg, announce: announce, stateDir: stateDir}
+	c := &Controller{cfg: cfg, log: log, tls: tlsCfg, announce: announce, stateDir: stateDir, tickets: tickets}
 	hooks, policy := o.Hooks, o.Policy
 	if hooks == nil {
 		host, err := newPolicyHost(cfg, stateDir, o.ExtraPolicyDirs, o.Replicated, log)
@@ -208,10 +218,15 @@ func NewController(ctx context.Context, cfg *config.Set, o ControllerOptions) (*
 		Policy:         policy,
 		Logger:         log.With("component", "controller"),
 	})
-	if c.ln, err = net.Listen("tcp", cfg.String("controller.listen")); err != nil {
-		return fail(fmt.Errorf("controller.listen: %w", err))
+	c.ln = o.Listener
+	if c.ln == nil {
+		if c.ln, err = net.Listen("tcp", cfg.String("controller.listen")); err != nil {
+			return fail(fmt.Errorf("controller.listen: %w", err))
+		}
 	}
-	if addr := cfg.String("controller.http_listen"); addr != "" {
+	if addr := cfg.String("controller.http_listen"); o.HTTPListener != nil {
+		c.httpLn = o.HTTPListener
+	} else if addr != "" {
 		if c.httpLn, err = net.Listen("tcp", addr); err != nil {
 			c.ln.Close()
 			return fail(fmt.Errorf("controller.http_listen: %w", err))
@@ -286,7 +301,7 @@ func (c *Controller) Run(ctx context.Context) error {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := transport.UseTicketKeys(c.tls, filepath.Join(c.stateDir, "tls-ticket-keys")); err != nil {
+				if err := transport.UseTicketKeysIn(c.tls, c.tickets); err != nil {
 					c.log.Error("rotating TLS session ticket keys", "err", err)
 				}
 			}

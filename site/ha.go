@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/usher-vm/usher/controller"
@@ -39,7 +40,8 @@ func HAMember(cfg *config.Set, log *slog.Logger) (*ha.Member, error) {
 	if prefix == "" {
 		prefix = "/usher/" + cfg.String("controller.domain") + "/"
 	}
-	hc := ha.Config{Endpoints: eps, Prefix: prefix, TTL: cfg.Duration("controller.etcd_ttl"), ID: id, Address: adv, Logger: log.With("component", "ha")}
+	hc := ha.Config{Endpoints: eps, Prefix: prefix, TTL: cfg.Duration("controller.etcd_ttl"), ID: id, Address: adv,
+		HTTP: advertiseHTTP(cfg), Logger: log.With("component", "ha")}
 	if strings.HasPrefix(eps[0], "https://") {
 		t, err := ha.ClientTLS(cfg.String("controller.cert_file"), cfg.String("controller.key_file"), cfg.String("controller.ca_file"))
 		if err != nil {
@@ -76,42 +78,81 @@ func RunHA(ctx context.Context, cfg *config.Set, o ControllerOptions) error {
 	// While it stands by it answers on controller.listen with where the
 	// leader is (a leader found is remembered for a second).
 	var lmu sync.Mutex
-	var known string
+	var known ha.Leader
 	var at time.Time
-	leader := func() string {
+	// Someone asking where the leader is may have just lost it: the
+	// standby checks the leader's address at once.
+	poke := make(chan struct{}, 1)
+	whoLeads := func() ha.Leader {
+		select {
+		case poke <- struct{}{}:
+		default:
+		}
 		lmu.Lock()
 		defer lmu.Unlock()
-		// A known leader is kept a second; not knowing is asked again.
-		if known == "" || time.Since(at) > time.Second {
-			lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		// What etcd said (or that it did not answer) is kept a second:
+		// a standby cut off from etcd answers at once that it does not
+		// know, rather than keep every caller waiting on etcd.
+		if time.Since(at) > time.Second {
+			lctx, cancel := context.WithTimeout(ctx, time.Second)
 			l, err := m.CurrentLeader(lctx)
 			cancel()
-			known, at = "", time.Now()
+			known, at = ha.Leader{}, time.Now()
 			switch {
 			case err != nil:
 				log.Warn("standby: who leads is not known", "err", err)
 			case l.Address != cfg.String("controller.advertise"):
-				known = l.Address
+				known = l
 			}
 		}
 		return known
 	}
+	leader := func() string { return whoLeads().Address }
+	leaderHTTP := func() (string, string) { l := whoLeads(); return l.Address, l.HTTP }
+	// The addresses are this process's for its whole life, served in
+	// turns by the standby and each term's leader: they never refuse a
+	// connection while it lives (which is how standbys tell a dead leader).
+	ln, err := net.Listen("tcp", cfg.String("controller.listen"))
+	if err != nil {
+		return fmt.Errorf("controller.listen: %w", err)
+	}
+	native := transport.NewHandoff(ln)
+	defer native.Wait()
+	defer native.Close()
+	var web *transport.Handoff
+	if addr := cfg.String("controller.http_listen"); addr != "" {
+		hln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("controller.http_listen: %w", err)
+		}
+		web = transport.NewHandoff(hln)
+		defer web.Wait()
+		defer web.Close()
+	}
 	var stopStandby func()
 	standby := func() {
 		sctx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		ln, err := net.Listen("tcp", cfg.String("controller.listen"))
-		if err != nil {
-			log.Error("standby: cannot listen (clients and LNMs will not be told where the leader is)", "err", err)
-			close(done)
-		} else {
-			go func() {
-				defer close(done)
-				controller.ServeStandby(sctx, ln, tlsCfg, transport.ServerOptions{Limits: Limits(cfg, "controller."),
-					Logger: log.With("component", "transport")}, leader)
-			}()
+		var wg sync.WaitGroup
+		run := func(f func()) {
+			wg.Add(1)
+			go func() { defer wg.Done(); f() }()
 		}
-		stopStandby = func() { cancel(); <-done }
+		run(func() {
+			controller.ServeStandby(sctx, native.Turn(), tlsCfg, transport.ServerOptions{Limits: Limits(cfg, "controller."),
+				Logger: log.With("component", "transport")}, leader)
+		})
+		// The HTTP API's address sends its clients to the leader's.
+		if web != nil {
+			run(func() {
+				if err := controller.ServeStandbyHTTP(sctx, web.Turn(), tlsCfg, leaderHTTP); err != nil {
+					log.Error("standby: HTTP", "err", err)
+				}
+			})
+		}
+		// A leader whose process is gone is replaced at once, not when
+		// its lease expires (ha.Member.WatchLeader).
+		run(func() { m.WatchLeader(sctx, cfg.Duration("controller.leader_probe"), 2, poke, refusedAt) })
+		stopStandby = func() { cancel(); wg.Wait() }
 	}
 	standby()
 	defer func() { stopStandby() }()
@@ -121,6 +162,10 @@ func RunHA(ctx context.Context, cfg *config.Set, o ControllerOptions) error {
 		start := time.Now()
 		opts := o
 		opts.Replicated = m.Store(term)
+		opts.Listener = native.Turn()
+		if web != nil {
+			opts.HTTPListener = web.Turn()
+		}
 		opts.Logger = log.With("term", term)
 		c, err := NewController(lctx, cfg, opts)
 		if err != nil {
@@ -134,4 +179,37 @@ func RunHA(ctx context.Context, cfg *config.Set, o ControllerOptions) error {
 		c.Close()
 		log.Warn("no longer leading", "term", term)
 	})
+}
+
+// refusedAt connects to addr and reports whether the connection was
+// refused (nothing listens there: on a host that is up, the process is
+// gone). A timeout or any other failure is not a refusal.
+func refusedAt(ctx context.Context, addr string) bool {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return errors.Is(err, syscall.ECONNREFUSED)
+	}
+	c.Close()
+	return false
+}
+
+// advertiseHTTP is the URL of this controller's HTTP API that standbys
+// send API clients to: controller.advertise_http, else https:// with the
+// host of controller.advertise and the port of controller.http_listen
+// ("" when it serves no HTTP API).
+func advertiseHTTP(cfg *config.Set) string {
+	if u := cfg.String("controller.advertise_http"); u != "" {
+		return u
+	}
+	hl := cfg.String("controller.http_listen")
+	if hl == "" {
+		return ""
+	}
+	_, port, err := net.SplitHostPort(hl)
+	host, _, err2 := net.SplitHostPort(cfg.String("controller.advertise"))
+	if err != nil || err2 != nil {
+		return ""
+	}
+	return "https://" + net.JoinHostPort(host, port)
 }

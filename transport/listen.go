@@ -95,6 +95,9 @@ func NewServer(tlsCfg *tls.Config, opts ServerOptions, onSession func(ctx contex
 // sessions it started to end.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer s.wg.Wait()
+	// Closed when Serve returns, not later: a standby taking over the
+	// address must be able to bind it.
+	defer ln.Close()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var delay time.Duration

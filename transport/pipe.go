@@ -180,8 +180,12 @@ func (s *Session) getPipe(ctx context.Context) (*pipe, error) {
 	p := &pipe{s: s, st: st, pending: map[uint64]chan pipeReply{}, done: make(chan struct{})}
 	p.last.Store(time.Now().UnixNano())
 	p.idle = time.AfterFunc(s.limits.PipeIdle, p.idleCheck)
+	if !s.goStream(p.readLoop) {
+		st.Close()
+		p.idle.Stop()
+		return nil, errors.New("opening call pipe: the session is closed")
+	}
 	s.pipe = p
-	s.goStream(p.readLoop)
 	return p, nil
 }
 
@@ -411,11 +415,14 @@ func (s *Session) servePipe(ctx context.Context, st *yamux.Stream, mux *Mux) {
 			reply(req.ID, &api.Error{Code: api.CodeTooMany, Msg: fmt.Sprintf("more than %d concurrent calls", cap(s.sem))})
 			continue
 		}
-		s.goStream(func() {
+		if !s.goStream(func() {
 			defer release()
 			failed, body := s.handle(ctx, mux, req.Method, req.Args, req.Timeout)
 			write(appendReply(make([]byte, 0, 4+replyHead+len(body)), req.ID, failed, body))
-		})
+		}) {
+			release()
+			return
+		}
 	}
 }
 

@@ -236,6 +236,7 @@ type Session struct {
 	mu      sync.Mutex
 	mux     *Mux
 	closeFn []func()
+	waiting bool // Wait was called
 	once    sync.Once
 	wg      sync.WaitGroup
 
@@ -379,7 +380,12 @@ func (s *Session) Close() error {
 
 // Wait returns once every goroutine serving the session's streams and its
 // call pipe has ended (after Close, or when the peer went away).
-func (s *Session) Wait() { s.wg.Wait() }
+func (s *Session) Wait() {
+	s.mu.Lock()
+	s.waiting = true // no goroutine starts after this (WaitGroup rules)
+	s.mu.Unlock()
+	s.wg.Wait()
+}
 
 // OnClose registers f to run once when Close is called.
 func (s *Session) OnClose(f func()) {
@@ -395,13 +401,21 @@ func (s *Session) SetMux(m *Mux) {
 	s.mux = m
 }
 
-// goStream runs f in a goroutine the session owns.
-func (s *Session) goStream(f func()) {
+// goStream runs f in a goroutine the session owns; false (f not run)
+// once the session is closed and its owner waits for its goroutines.
+func (s *Session) goStream(f func()) bool {
+	s.mu.Lock()
+	if s.waiting {
+		s.mu.Unlock()
+		return false
+	}
 	s.wg.Add(1)
+	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
 		f()
 	}()
+	return true
 }
 
 // admit takes a slot for one inbound stream or call: of MaxStreams, and
@@ -443,17 +457,22 @@ func (s *Session) Serve(ctx context.Context) error {
 		}
 		release, ok := s.admit()
 		if !ok {
-			s.goStream(func() {
+			if !s.goStream(func() {
 				st.SetDeadline(time.Now().Add(time.Second))
 				WriteEnvelope(st, &Envelope{Error: &api.Error{Code: api.CodeTooMany, Msg: "too many concurrent streams"}})
 				st.Close()
-			})
+			}) {
+				st.Close()
+			}
 			continue
 		}
-		s.goStream(func() {
+		if !s.goStream(func() {
 			defer release()
 			s.serveStream(ctx, st)
-		})
+		}) {
+			release()
+			st.Close()
+		}
 	}
 }
 

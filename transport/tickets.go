@@ -25,21 +25,58 @@ import (
 // key before it are still accepted.
 const TicketRotation = 24 * time.Hour
 
+// TicketStore keeps the ticket keys: a file (TicketFile) of a controller
+// alone or, for highly available controllers, a document all of them
+// read, so that connections moving to a new leader resume too.
+type TicketStore interface {
+	// Load returns the stored keys and when they were written (nil: none).
+	Load() (keys []byte, written time.Time, err error)
+	Save(keys []byte) error
+}
+
+// TicketFile is a TicketStore in a file (its modification time is when
+// the keys were written).
+type TicketFile string
+
+// Load implements TicketStore.
+func (f TicketFile) Load() ([]byte, time.Time, error) {
+	b, err := os.ReadFile(string(f))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, time.Time{}, nil
+	}
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	st, err := os.Stat(string(f))
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	return b, st.ModTime(), nil
+}
+
+// Save implements TicketStore.
+func (f TicketFile) Save(b []byte) error { return renameio.WriteFile(string(f), b, 0o600) }
+
 // UseTicketKeys loads the ticket keys kept at path, creating or rotating
 // them as needed, and sets them on cfg: the first issues tickets, the
 // second (the previous one) still opens them.
 func UseTicketKeys(cfg *tls.Config, path string) error {
-	keys, err := ticketKeys(path, time.Now())
+	return UseTicketKeysIn(cfg, TicketFile(path))
+}
+
+// UseTicketKeysIn is UseTicketKeys with the keys kept in st.
+func UseTicketKeysIn(cfg *tls.Config, st TicketStore) error {
+	keys, err := ticketKeys(st, time.Now())
 	if err != nil {
-		return fmt.Errorf("TLS session ticket keys %s: %w", path, err)
+		return fmt.Errorf("TLS session ticket keys: %w", err)
 	}
 	cfg.SetSessionTicketKeys(keys)
 	return nil
 }
 
-func ticketKeys(path string, now time.Time) ([][32]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+func ticketKeys(st TicketStore, now time.Time) ([][32]byte, error) {
+	b, written, err := st.Load()
+	if err != nil {
 		return nil, err
 	}
 	var keys [][32]byte
@@ -48,13 +85,7 @@ func ticketKeys(path string, now time.Time) ([][32]byte, error) {
 			keys = append(keys, [32]byte(b[i:i+32]))
 		}
 	}
-	fresh := len(keys) > 0
-	if fresh {
-		if st, err := os.Stat(path); err != nil || now.Sub(st.ModTime()) >= TicketRotation {
-			fresh = false
-		}
-	}
-	if fresh {
+	if len(keys) > 0 && now.Sub(written) < TicketRotation {
 		return keys, nil
 	}
 	// A new key issues tickets from now on; the current one still opens
@@ -68,5 +99,5 @@ func ticketKeys(path string, now time.Time) ([][32]byte, error) {
 	for _, k := range keys {
 		out = append(out, k[:]...)
 	}
-	return keys, renameio.WriteFile(path, out, 0o600)
+	return keys, st.Save(out)
 }

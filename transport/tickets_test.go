@@ -107,8 +107,8 @@ func TestSessionsResumeAfterRestart(t *testing.T) {
 		t.Fatalf("ticket key file: %v, mode %v; want 0600", err, st.Mode())
 	}
 	// A day later the keys rotate: a new first key, the old one second.
-	old, _ := ticketKeys(keys, time.Now())
-	rotated, err := ticketKeys(keys, time.Now().Add(TicketRotation+time.Minute))
+	old, _ := ticketKeys(TicketFile(keys), time.Now())
+	rotated, err := ticketKeys(TicketFile(keys), time.Now().Add(TicketRotation+time.Minute))
 	if err != nil || len(rotated) != 2 || rotated[1] != old[0] || rotated[0] == old[0] {
 		t.Fatalf("rotation: %d keys (err %v); want a new first key and the old one second", len(rotated), err)
 	}
