@@ -131,7 +131,30 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 }
 
 // dial establishes a session, authenticates and (re)loads the cache.
+// While highly available controllers elect a leader every address may
+// answer not_leader: it tries them again, a little later each round
+// (100 ms up to 1 s), until ctx ends.
 func (c *Client) dial(ctx context.Context) error {
+	wait := 100 * time.Millisecond
+	for {
+		err := c.dialOnce(ctx)
+		var nl *api.Error
+		if err == nil || !errors.As(err, &nl) || nl.Code != api.CodeNotLeader {
+			return err
+		}
+		c.log.Info("no controller leads yet; trying again", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-c.closeCh:
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
+func (c *Client) dialOnce(ctx context.Context) error {
 	auth := api.AuthArgs{User: c.cfg.User, Password: c.cfg.Password, Cluster: c.cfg.Cluster}
 	if err := auth.Validate(); err != nil {
 		return fmt.Errorf("authenticating as %s: %w", c.cfg.User, err)
@@ -144,6 +167,7 @@ func (c *Client) dial(ctx context.Context) error {
 		cands[i] = strings.TrimSpace(cands[i])
 	}
 	tried := map[string]bool{}
+	again := false
 	var s *transport.Session
 	var rep api.AuthReply
 	var err error
@@ -175,6 +199,11 @@ func (c *Client) dial(ctx context.Context) error {
 		s.Close()
 		var nl *api.Error
 		if errors.As(err, &nl) && nl.Code == api.CodeNotLeader {
+			if nl.Leader == addr && !again {
+				// A standby that names itself was just elected: once more.
+				again = true
+				tried[addr] = false
+			}
 			if nl.Leader != "" && !tried[nl.Leader] {
 				// the leader next
 				cands = append(cands[:i+1], append([]string{nl.Leader}, cands[i+1:]...)...)

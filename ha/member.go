@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -50,6 +51,8 @@ type Member struct {
 	cfg Config
 	cli *clientv3.Client
 	log *slog.Logger
+
+	suspect atomic.Int64 // a term whose leader's address refused the last probe
 
 	mu      sync.Mutex
 	term    int64  // the term it leads in (0: not leading)
@@ -312,8 +315,10 @@ func (m *Member) WatchLeader(ctx context.Context, interval time.Duration, refusa
 		switch {
 		case !refused:
 			seenTerm, n = l.Term, 0
+			m.suspect.CompareAndSwap(l.Term, 0)
 		case seenTerm == l.Term:
 			n++
+			m.suspect.Store(l.Term)
 		}
 		if n < refusals {
 			continue
@@ -328,6 +333,11 @@ func (m *Member) WatchLeader(ctx context.Context, interval time.Duration, refusa
 		seenTerm, n = 0, 0
 	}
 }
+
+// Suspected is the term whose leader's address refused this standby's
+// last probe (0: none): a standby does not send LNMs and clients to a
+// leader it believes dead.
+func (m *Member) Suspected() int64 { return m.suspect.Load() }
 
 // guard is the condition of a leader's writes: its election key still
 // exists with the revision that made it leader.

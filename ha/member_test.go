@@ -228,3 +228,77 @@ func TestLeaderStopsWhenItsLeaseGoes(t *testing.T) {
 	// It campaigns again and leads in a new term.
 	waitfor.True(t, 60*time.Second, "c1 leads again", func() bool { t2 := rec.now()["c1"]; return t2 > term })
 }
+
+// TestWatchLeaderRevokesADeadLeader: a standby's probe of the leader's
+// address answers "accepting", then "refused": only after it was seen
+// accepting in the leader's term and refused twice in a row does the
+// standby revoke the leader's lease (the leader's lead context ends at
+// once, not after the TTL), and the standby leads in a newer term. A
+// leader never seen accepting is left to its lease.
+func TestWatchLeaderRevokesADeadLeader(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) })
+	ep := startEtcd(t)
+	rec := &leaders{leading: map[string]int64{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	// A long TTL: a failover within it is the probe's doing.
+	const ttl = 30 * time.Second
+	lead, err := ha.New(ha.Config{Endpoints: []string{ep}, Prefix: "/usher/w/", TTL: ttl, ID: "a", Address: "a:7000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lead.Close()
+	wg.Add(1)
+	go func() { defer wg.Done(); lead.Run(ctx, rec.lead("a")) }()
+	waitfor.True(t, 60*time.Second, "a to lead", func() bool { _, ok := rec.now()["a"]; return ok })
+	stby, err := ha.New(ha.Config{Endpoints: []string{ep}, Prefix: "/usher/w/", TTL: ttl, ID: "b", Address: "b:7000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stby.Close()
+	var mu sync.Mutex
+	refuse, probes := true, 0 // refused from the start: never seen alive
+	probe := func(ctx context.Context, addr string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if addr != "a:7000" {
+			t.Errorf("probed %s", addr)
+		}
+		probes++
+		return refuse
+	}
+	wctx, stopWatch := context.WithCancel(ctx)
+	poke := make(chan struct{}, 1)
+	wg.Add(1)
+	go func() { defer wg.Done(); stby.WatchLeader(wctx, 20*time.Millisecond, 2, poke, probe) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); stby.Run(ctx, rec.lead("b")) }()
+	count := func() int { mu.Lock(); defer mu.Unlock(); return probes }
+	waitfor.True(t, 30*time.Second, "ten refused probes", func() bool { return count() >= 10 })
+	if _, ok := rec.now()["a"]; !ok || stby.Suspected() != 0 {
+		t.Fatalf("a leader never seen accepting was replaced: leading %v, suspected %d", rec.now(), stby.Suspected())
+	}
+	// Seen alive, then gone.
+	mu.Lock()
+	refuse = false
+	mu.Unlock()
+	n := count()
+	waitfor.True(t, 30*time.Second, "a probe that is accepted", func() bool { return count() > n+1 })
+	mu.Lock()
+	refuse = true
+	mu.Unlock()
+	t0 := time.Now()
+	var bTerm int64
+	waitfor.True(t, 20*time.Second, "b to lead", func() bool {
+		now := rec.now()
+		_, aLeads := now["a"]
+		bTerm = now["b"]
+		return !aLeads && bTerm > 0
+	})
+	if d := time.Since(t0); d > ttl/2 {
+		t.Fatalf("b led %v after a's address refused: the lease was not revoked", d)
+	}
+	stopWatch()
+}

@@ -155,8 +155,10 @@ func (l *LNM) listenRecovery(ctx context.Context, wg *sync.WaitGroup) error {
 			}
 			if l.raiseTerm(a.Term) {
 				// A newer leader: the current session's controller may no
-				// longer act here.
-				if end := l.endSession.Load(); end != nil && l.sessTerm.Load() < a.Term {
+				// longer act here. A registration under way (term -1) is
+				// left to finish: its reply's term is checked against the
+				// newest seen (it may well be with the new leader).
+				if end := l.endSession.Load(); end != nil && l.sessTerm.Load() >= 0 && l.sessTerm.Load() < a.Term {
 					(*end)()
 				}
 			}
@@ -208,6 +210,15 @@ func (l *LNM) Run(ctx context.Context) error {
 			bo.Reset()
 		}
 		wait := bo.NextBackOff()
+		if wasUp && !redirected && strings.Contains(l.opts.Controller, ",") {
+			// Highly available controllers: a leader's session ended (it
+			// died or stepped down). Ask the next one (after the usual,
+			// jittered wait: a whole site asking one standby at the same
+			// instant would queue in its TLS handshakes): a standby holds
+			// the registration until the election ends and names the
+			// leader (itself, when it won).
+			l.nextController()
+		}
 		if redirected {
 			// A standby named the leader: go there (after the shortest
 			// wait, should two standbys name each other).
@@ -281,7 +292,9 @@ func (l *LNM) session(ctx context.Context) error {
 	hello, err := transport.Call(hctx, s, api.MHello, api.Hello{Node: info, Status: *status, MinTerm: l.maxTerm.Load()})
 	hcancel()
 	var nl *api.Error
-	if errors.As(err, &nl) && nl.Code == api.CodeNotLeader && nl.Leader != "" && nl.Leader != l.controllerAddr() {
+	// (A standby that names itself has just been elected: its address
+	// serves as leader a moment later.)
+	if errors.As(err, &nl) && nl.Code == api.CodeNotLeader && nl.Leader != "" {
 		leader := nl.Leader
 		l.target.Store(&leader)
 		return fmt.Errorf("%w: %s", errRedirected, leader)

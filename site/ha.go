@@ -107,8 +107,60 @@ func RunHA(ctx context.Context, cfg *config.Set, o ControllerOptions) error {
 		}
 		return known
 	}
-	leader := func() string { return whoLeads().Address }
-	leaderHTTP := func() (string, string) { l := whoLeads(); return l.Address, l.HTTP }
+	// While the leader is suspected dead, a standby holds who asks (up to
+	// 2 s) until the election ends: LNMs and clients are then sent
+	// straight to the new leader — to this controller itself if it won
+	// (its address waits for them across the switch, transport.Handoff) —
+	// rather than to the dead one or into backoff.
+	self := ha.Leader{Address: cfg.String("controller.advertise"), HTTP: advertiseHTTP(cfg)}
+	var emu sync.Mutex
+	var won bool              // this standby turn ended in an election won
+	var holding sync.WaitGroup // callers held (Add only while !won)
+	whoLeadsHeld := func() ha.Leader {
+		l := whoLeads()
+		if l.Term == 0 || l.Term != m.Suspected() {
+			return l
+		}
+		emu.Lock()
+		if won {
+			emu.Unlock()
+			return self
+		}
+		holding.Add(1)
+		emu.Unlock()
+		defer holding.Done()
+		limit := time.NewTimer(2 * time.Second)
+		defer limit.Stop()
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return ha.Leader{}
+			case <-limit.C:
+				return ha.Leader{}
+			case <-tick.C:
+			}
+			if _, term := m.Leading(); term > 0 {
+				return self
+			}
+			if n := whoLeads(); n.Term != 0 && n.Term != l.Term {
+				return n
+			}
+		}
+	}
+	// releaseHeld answers the held callers (this controller leads now)
+	// and gives their answers a moment to leave before the standby's
+	// sessions close.
+	releaseHeld := func() {
+		emu.Lock()
+		won = true
+		emu.Unlock()
+		holding.Wait()
+		time.Sleep(50 * time.Millisecond)
+	}
+	leader := func() string { return whoLeadsHeld().Address }
+	leaderHTTP := func() (string, string) { l := whoLeadsHeld(); return l.Address, l.HTTP }
 	// The addresses are this process's for its whole life, served in
 	// turns by the standby and each term's leader: they never refuse a
 	// connection while it lives (which is how standbys tell a dead leader).
@@ -131,12 +183,22 @@ func RunHA(ctx context.Context, cfg *config.Set, o ControllerOptions) error {
 	}
 	var stopStandby func()
 	standby := func() {
+		emu.Lock()
+		won = false
+		emu.Unlock()
 		sctx, cancel := context.WithCancel(ctx)
 		var wg sync.WaitGroup
 		run := func(f func()) {
 			wg.Add(1)
 			go func() { defer wg.Done(); f() }()
 		}
+		// The site's TLS session ticket keys (the leader keeps them in
+		// etcd): LNMs and clients that come here resume their sessions.
+		run(func() {
+			if err := transport.UseTicketKeysIn(tlsCfg, readOnlyTickets{m.Store(0).TicketKeys()}); err != nil {
+				log.Warn("standby: TLS session ticket keys", "err", err)
+			}
+		})
 		run(func() {
 			controller.ServeStandby(sctx, native.Turn(), tlsCfg, transport.ServerOptions{Limits: Limits(cfg, "controller."),
 				Logger: log.With("component", "transport")}, leader)
@@ -157,6 +219,7 @@ func RunHA(ctx context.Context, cfg *config.Set, o ControllerOptions) error {
 	standby()
 	defer func() { stopStandby() }()
 	return m.Run(ctx, func(lctx context.Context, term int64) {
+		releaseHeld()
 		stopStandby()
 		defer standby()
 		start := time.Now()
@@ -213,3 +276,9 @@ func advertiseHTTP(cfg *config.Set) string {
 	}
 	return "https://" + net.JoinHostPort(host, port)
 }
+
+// readOnlyTickets reads the leader's ticket keys; a standby never writes
+// them (without keys yet it uses keys of its own for the time being).
+type readOnlyTickets struct{ ha.TicketKeys }
+
+func (readOnlyTickets) Save([]byte) error { return nil }
