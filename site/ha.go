@@ -114,7 +114,7 @@ func RunHA(ctx context.Context, cfg *config.Set, o ControllerOptions) error {
 	// rather than to the dead one or into backoff.
 	self := ha.Leader{Address: cfg.String("controller.advertise"), HTTP: advertiseHTTP(cfg)}
 	var emu sync.Mutex
-	var won bool              // this standby turn ended in an election won
+	var won bool               // this standby turn ended in an election won
 	var holding sync.WaitGroup // callers held (Add only while !won)
 	whoLeadsHeld := func() ha.Leader {
 		l := whoLeads()
