@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usher-vm/usher/api"
 	"github.com/usher-vm/usher/ha"
 	"github.com/usher-vm/usher/internal/waitfor"
 )
@@ -137,5 +138,40 @@ func TestReplicatedPolicyStore(t *testing.T) {
 	stale := m.Store(term-1).KV(0, 0, 0)
 	if err := stale.Set("lease", "x", 1, 0); !errors.Is(err, ha.ErrNotLeader) {
 		t.Fatalf("a stale term's write: %v", err)
+	}
+}
+
+// TestKnownLNMsGroupCommit: a thousand registrations at once are recorded
+// (in batched transactions), each in etcd when its Record returns, as a
+// new term's Load sees; a store of an older term records nothing.
+func TestKnownLNMsGroupCommit(t *testing.T) {
+	ep := startEtcd(t)
+	m, term := leading(t, ep, "/usher/known/")
+	st := m.Store(term)
+	if err := st.Load(); err != nil {
+		t.Fatal(err)
+	}
+	const n = 1000
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			errs <- st.Record(api.NodeInfo{Name: fmt.Sprintf("n%d", i), Address: fmt.Sprintf("10.0.%d.%d:7001", i/250, i%250), Driver: "sim"})
+		}()
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("record: %v", err)
+		}
+	}
+	again := m.Store(term)
+	if err := again.Load(); err != nil {
+		t.Fatal(err)
+	}
+	if got := again.List(); len(got) != n || got[0].Driver != "sim" {
+		t.Fatalf("etcd holds %d known LNMs (want %d)", len(got), n)
+	}
+	stale := m.Store(term - 1)
+	if err := stale.Record(api.NodeInfo{Name: "late", Driver: "sim"}); !errors.Is(err, ha.ErrNotLeader) {
+		t.Fatalf("a record of an older term: %v", err)
 	}
 }

@@ -27,7 +27,24 @@ type Store struct {
 	mu      sync.Mutex
 	known   map[string]api.NodeInfo // as last read or written
 	lastErr error
+
+	// Known-LNM writes wait here and go to etcd together (group commit):
+	// a site's first registrations are thousands of them at once, which
+	// as separate transactions kept etcd too busy to renew the leader's
+	// lease in time.
+	wmu      sync.Mutex
+	pending  []pendingPut
+	flushing bool
 }
+
+type pendingPut struct {
+	key, value string
+	done       chan error
+}
+
+// maxBatch is the puts of one transaction (etcd's default limit is 128
+// operations, one of them the guard's comparison aside).
+const maxBatch = 100
 
 // Store returns the replicated state of term.
 func (m *Member) Store(term int64) *Store { return &Store{m: m, term: term} }
@@ -82,9 +99,7 @@ func (s *Store) Record(n api.NodeInfo) error {
 		return nil
 	}
 	b, _ := json.Marshal(rec)
-	ctx, cancel := s.ctx()
-	defer cancel()
-	err := s.m.Put(ctx, s.term, "lnms/"+n.Name, string(b))
+	err := s.put("lnms/"+n.Name, string(b))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.lastErr = err
@@ -95,6 +110,54 @@ func (s *Store) Record(n api.NodeInfo) error {
 		s.known[n.Name] = rec
 	}
 	return err
+}
+
+// put writes key with the writes waiting beside it, in one guarded
+// transaction of up to maxBatch, and returns once it is in etcd (or
+// failed).
+func (s *Store) put(key, value string) error {
+	done := make(chan error, 1)
+	s.wmu.Lock()
+	s.pending = append(s.pending, pendingPut{key, value, done})
+	start := !s.flushing
+	s.flushing = true
+	s.wmu.Unlock()
+	if start {
+		s.flush() // this caller writes for everyone waiting meanwhile
+	}
+	return <-done
+}
+
+// flush writes the waiting puts, batch after batch, until none wait.
+func (s *Store) flush() {
+	for {
+		s.wmu.Lock()
+		if len(s.pending) == 0 {
+			s.flushing = false
+			s.wmu.Unlock()
+			return
+		}
+		n := min(len(s.pending), maxBatch)
+		batch := append([]pendingPut(nil), s.pending[:n]...)
+		s.pending = s.pending[n:]
+		s.wmu.Unlock()
+		ops := make([]clientv3.Op, 0, len(batch))
+		seen := map[string]int{}
+		for _, p := range batch {
+			if i, ok := seen[p.key]; ok {
+				ops[i] = clientv3.OpPut(s.m.cfg.Prefix+p.key, p.value) // the later write wins
+				continue
+			}
+			seen[p.key] = len(ops)
+			ops = append(ops, clientv3.OpPut(s.m.cfg.Prefix+p.key, p.value))
+		}
+		ctx, cancel := s.ctx()
+		err := s.m.Txn(ctx, s.term, ops...)
+		cancel()
+		for _, p := range batch {
+			p.done <- err
+		}
+	}
 }
 
 // List implements controller.KnownStore.
