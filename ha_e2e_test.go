@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -497,25 +498,32 @@ func TestHAPausedLeaderIsFenced(t *testing.T) {
 		b, _ := os.ReadFile(logf)
 		return strings.Contains(string(b), "no longer leading")
 	})
-	if res := retry(t, "start after", func(ctx context.Context) (*api.Result, error) {
+	c.goesOn(alice, root, before, leader, next, "the old one woke")
+}
+
+// goesOn checks a site after its leader changed (what: to what) and the
+// old one came back: a start of two VMs is served, every VM of before is
+// still there, each VM runs on one hypervisor, and next still leads. It
+// returns the list.
+func (c *chaos) goesOn(alice, root *client.Client, before []vmKey, leader func() ha.Leader, next ha.Leader, what string) *api.ListReply {
+	t := c.t.(*testing.T)
+	t.Helper()
+	if res := retry(t, "start after "+what, func(ctx context.Context) (*api.Result, error) {
 		return alice.Start(ctx, api.StartArgs{Cluster: "q", Count: 2, ID: "q-2"})
 	}); res == nil || res.OK() != 2 {
-		t.Fatalf("start after: %+v", res)
+		t.Fatalf("start after %s: %+v", what, res)
 	}
-	after, lr := waitState(t, root, 60*time.Second, allRunning(6))
+	after, lr := waitState(t, root, 60*time.Second, allRunning(len(before)+2))
 	onlyOnce(t, c, lr)
 	for _, k := range before {
-		found := false
-		for _, a := range after {
-			found = found || a == k
-		}
-		if !found {
-			t.Errorf("%+v gone after the failover", k)
+		if !slices.Contains(after, k) {
+			t.Errorf("%+v gone after %s", k, what)
 		}
 	}
 	if l := leader(); l.ID != next.ID || l.Term != next.Term {
-		t.Fatalf("leader after the old one woke: %+v (was %+v)", l, next)
+		t.Fatalf("leader after %s: %+v (was %+v)", what, l, next)
 	}
+	return lr
 }
 
 // TestChaosHALeaderKills: under a steady load of starts (each retried

@@ -209,25 +209,7 @@ func TestHAPartitionedLeaderStopsActing(t *testing.T) {
 	for _, l := range links[old.ID] {
 		l.setCut(false)
 	}
-	if res := retry(t, "start after", func(ctx context.Context) (*api.Result, error) {
-		return alice.Start(ctx, api.StartArgs{Cluster: "q", Count: 2, ID: "q-2"})
-	}); res == nil || res.OK() != 2 {
-		t.Fatalf("start after: %+v", res)
-	}
-	after, lr := waitState(t, root, 60*time.Second, allRunning(6))
-	onlyOnce(t, c, lr)
-	for _, k := range before {
-		found := false
-		for _, a := range after {
-			found = found || a == k
-		}
-		if !found {
-			t.Errorf("%+v gone after the partition", k)
-		}
-	}
-	if l := leader(); l.ID != next.ID || l.Term != next.Term {
-		t.Fatalf("leader after healing: %+v (was %+v)", l, next)
-	}
+	lr := c.goesOn(alice, root, before, leader, next, "healing")
 	for _, v := range lr.VMs {
 		if v.Request == "x-1" {
 			t.Fatalf("the old leader's refused request made %s", v.Name)

@@ -177,22 +177,9 @@ func (s *Server) ServeHTTP(ctx context.Context, ln net.Listener, tlsCfg *tls.Con
 		defer wg.Done()
 		h.replay.follow(ctx, s.c, s.log)
 	}()
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(tls.NewListener(ln, cfg)) }()
-	var err error
-	select {
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		srv.Shutdown(sctx)
-		cancel()
-		<-errc
-	case err = <-errc:
-	}
+	err := serveUntil(ctx, srv, tls.NewListener(ln, cfg))
 	wg.Wait()
 	h.ops.wg.Wait()
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
 	return err
 }
 

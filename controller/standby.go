@@ -58,8 +58,14 @@ func ServeStandbyHTTP(ctx context.Context, ln net.Listener, tlsCfg *tls.Config, 
 	})
 	srv := &http.Server{Handler: h, TLSConfig: cfg, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 64 << 10,
 		BaseContext: func(net.Listener) context.Context { return ctx }}
+	return serveUntil(ctx, srv, tls.NewListener(ln, cfg))
+}
+
+// serveUntil serves srv on ln until ctx ends (then shuts it down, giving
+// requests under way 5 s) or it fails.
+func serveUntil(ctx context.Context, srv *http.Server, ln net.Listener) error {
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(tls.NewListener(ln, cfg)) }()
+	go func() { errc <- srv.Serve(ln) }()
 	var err error
 	select {
 	case <-ctx.Done():
