@@ -114,6 +114,28 @@ func parse(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
+// parseInterleaved parses flags wherever they stand among the positional
+// arguments (usher policy register SCRIPT EVENT HANDLER --order N, as
+// well as --order N first) and returns the positional ones. After "--"
+// everything is positional.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		rest := args
+		if err := parse(fs, args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if len(rest) > len(args) && rest[len(rest)-len(args)-1] == "--" {
+			return append(pos, args...), nil
+		}
+		pos, args = append(pos, args[0]), args[1:]
+	}
+}
+
 func logger(level, format string, w io.Writer) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {

@@ -129,4 +129,37 @@ func TestDemoPlanAndPolicyAdmin(t *testing.T) {
 	if code, out, errOut := run(t, "policy", "register", "quota", "start_request", "nope"); code != 1 {
 		t.Fatalf("register of a missing handler: %d %s %s", code, out, errOut)
 	}
+	// Flags anywhere, as the paper writes register_plugin: the request
+	// reaches the controller (which finds no such handler), it is not a
+	// usage error.
+	if code, out, errOut := run(t, "policy", "register", "quota", "start_request", "nope", "--order", "20"); code != 1 || !strings.Contains(errOut, `no global function "nope"`) {
+		t.Fatalf("register with --order last: %d %s %s", code, out, errOut)
+	}
+}
+
+// TestPolicyToolUsage: every policy subcommand has --help (exit 0); usage
+// errors exit 2; check takes globs and checks *_test.lua files as tests.
+func TestPolicyToolUsage(t *testing.T) {
+	for _, sub := range []string{"check", "test", "register", "unregister"} {
+		if code, _, errOut := run(t, "policy", sub, "--help"); code != 0 || !strings.Contains(errOut, "Usage: usher policy "+sub) {
+			t.Errorf("policy %s --help: %d %s", sub, code, errOut)
+		}
+	}
+	for _, args := range [][]string{{"policy", "check"}, {"policy", "test"}, {"policy", "frobnicate"}, {"policy", "check", "--bogus", "x.lua"}, {"policy", "register", "quota"}} {
+		if code, _, errOut := run(t, args...); code != 2 {
+			t.Errorf("%v: exit %d (want 2) %s", args, code, errOut)
+		}
+	}
+	code, out, errOut := run(t, "policy", "check", "../../scripts/place_*.lua")
+	if code != 0 || !strings.Contains(out, "test file(s) OK") || strings.HasPrefix(out, "0 script") || strings.Contains(out, " 0 test") {
+		t.Fatalf("policy check of a glob with tests: %d %s %s", code, out, errOut)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "x_test.lua"), []byte("usher_test.case(\"broken\", function()\n  if then end\nend)\n"), 0o644)
+	if code, _, errOut := run(t, "policy", "check", filepath.Join(dir, "*.lua")); code != 1 || !strings.Contains(errOut, "x_test.lua") {
+		t.Fatalf("a broken test file: %d %s", code, errOut)
+	}
+	if code, _, errOut := run(t, "policy", "check", filepath.Join(dir, "nothing*.lua")); code != 1 || !strings.Contains(errOut, "no such files") {
+		t.Fatalf("a glob matching nothing: %d %s", code, errOut)
+	}
 }

@@ -178,23 +178,66 @@ Example:
 	}
 	switch args[0] {
 	case "check":
-		if len(args) < 2 {
-			return fmt.Errorf("policy check needs at least one file")
+		fs := newFlags("policy check", "FILE|GLOB...", `Compiles each policy script and validates its registrations (event names,
+intervals, handler names) without a controller. Arguments may be globs
+(quote them); *_test.lua files among them are checked as tests: compiled,
+not run as policies (usher policy test runs them).
+
+Example:
+  usher policy check /etc/usher/policies/place_night.lua
+  usher policy check '/etc/usher/policies/*.lua'`, errOut)
+		if err := parse(fs, args[1:]); err != nil {
+			return err
 		}
-		errs := policytool.Check(args[1:])
+		if fs.NArg() == 0 {
+			fs.Usage()
+			return errUsage
+		}
+		var scripts, tests []string
+		for _, a := range fs.Args() {
+			files := []string{a}
+			if strings.ContainsAny(a, "*?[") {
+				m, err := filepath.Glob(a)
+				if err != nil || len(m) == 0 {
+					return fmt.Errorf("%s: no such files", a)
+				}
+				files = m
+			}
+			for _, f := range files {
+				if strings.HasSuffix(f, "_test.lua") {
+					tests = append(tests, f)
+				} else {
+					scripts = append(scripts, f)
+				}
+			}
+		}
+		var errs []error
+		if len(scripts) > 0 {
+			errs = policytool.Check(scripts)
+		}
+		errs = append(errs, policytool.CheckTests(tests)...)
 		for _, e := range errs {
 			fmt.Fprintln(errOut, e)
 		}
 		if len(errs) > 0 {
 			return fmt.Errorf("%d problem(s)", len(errs))
 		}
-		fmt.Fprintf(out, "%d script(s) OK\n", len(args)-1)
+		fmt.Fprintf(out, "%d script(s) and %d test file(s) OK\n", len(scripts), len(tests))
 		return nil
 	case "test":
-		if len(args) != 2 {
-			return fmt.Errorf("policy test needs one directory")
+		fs := newFlags("policy test", "DIR", `Runs every *_test.lua file of DIR against fixture state (docs/lua-api.md,
+"Testing policies") and prints each case and a summary.
+
+Example:
+  usher policy test /etc/usher/policies`, errOut)
+		if err := parse(fs, args[1:]); err != nil {
+			return err
 		}
-		_, failed, err := policytool.RunTests(args[1], out) // it prints the summary
+		if fs.NArg() != 1 {
+			fs.Usage()
+			return errUsage
+		}
+		_, failed, err := policytool.RunTests(fs.Arg(0), out) // it prints the summary
 		if err != nil {
 			return err
 		}
@@ -224,14 +267,15 @@ Example:
   usher policy register place_pack start_request place --order 50
   usher policy unregister place_leastloaded start_request`, errOut)
 		order := fs.Int("order", 50, "position in the chain (lower runs first)")
-		if err := parse(fs, args[1:]); err != nil {
+		pos, err := parseInterleaved(fs, args[1:])
+		if err != nil {
 			return err
 		}
 		want := 3
 		if args[0] == "unregister" {
 			want = 2
 		}
-		if fs.NArg() != want {
+		if len(pos) != want {
 			fs.Usage()
 			return errUsage
 		}
@@ -240,17 +284,18 @@ Example:
 			return err
 		}
 		defer c.Close()
-		a := api.PolicyArgs{Action: args[0], Script: fs.Arg(0), Event: fs.Arg(1), Order: *order}
+		a := api.PolicyArgs{Action: args[0], Script: pos[0], Event: pos[1], Order: *order}
 		if want == 3 {
-			a.Handler = fs.Arg(2)
+			a.Handler = pos[2]
 		}
 		if _, err := c.Policy(ctx, a); err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "%sed %s on %s\n", args[0], fs.Arg(0), fs.Arg(1))
+		fmt.Fprintf(out, "%sed %s on %s\n", args[0], pos[0], pos[1])
 		return nil
 	}
-	return fmt.Errorf("unknown policy command %q (check, test, status, register, unregister)", args[0])
+	fmt.Fprintf(errOut, "usher policy: unknown command %q (check, test, status, register, unregister; usher policy --help)\n", args[0])
+	return errUsage
 }
 
 func runPlan(ctx context.Context, args []string, out, errOut io.Writer) error {

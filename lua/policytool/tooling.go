@@ -1,6 +1,7 @@
 package policytool
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	glua "github.com/yuin/gopher-lua"
+	"github.com/yuin/gopher-lua/parse"
 
 	"github.com/usher-vm/usher/api"
 	"github.com/usher-vm/usher/core"
@@ -565,4 +567,27 @@ func strMap(L *glua.LState, m map[string]string) *glua.LTable {
 		t.RawSetString(k, glua.LString(v))
 	}
 	return t
+}
+
+// CheckTests compiles each *_test.lua file: a test is checked as a test
+// (it runs only under `usher policy test`, with usher_test and fixtures),
+// not as a policy script. Errors name file:line.
+func CheckTests(files []string) []error {
+	var errs []error
+	for _, f := range files {
+		src, err := os.ReadFile(f)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		name := filepath.Base(f)
+		chunk, err := parse.Parse(bytes.NewReader(src), name)
+		if err == nil {
+			_, err = glua.Compile(chunk, name)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", f, err))
+		}
+	}
+	return errs
 }
