@@ -140,12 +140,12 @@ func TestDemoPlanAndPolicyAdmin(t *testing.T) {
 // TestPolicyToolUsage: every policy subcommand has --help (exit 0); usage
 // errors exit 2; check takes globs and checks *_test.lua files as tests.
 func TestPolicyToolUsage(t *testing.T) {
-	for _, sub := range []string{"check", "test", "register", "unregister"} {
+	for _, sub := range []string{"check", "test", "status", "register", "unregister"} {
 		if code, _, errOut := run(t, "policy", sub, "--help"); code != 0 || !strings.Contains(errOut, "Usage: usher policy "+sub) {
 			t.Errorf("policy %s --help: %d %s", sub, code, errOut)
 		}
 	}
-	for _, args := range [][]string{{"policy", "check"}, {"policy", "test"}, {"policy", "frobnicate"}, {"policy", "check", "--bogus", "x.lua"}, {"policy", "register", "quota"}} {
+	for _, args := range [][]string{{"policy", "check"}, {"policy", "test"}, {"policy", "frobnicate"}, {"policy", "check", "--bogus", "x.lua"}, {"policy", "register", "quota"}, {"policy", "status", "extra"}} {
 		if code, _, errOut := run(t, args...); code != 2 {
 			t.Errorf("%v: exit %d (want 2) %s", args, code, errOut)
 		}

@@ -246,6 +246,16 @@ Example:
 		}
 		return nil
 	case "status":
+		fs := newFlags("policy status", "", `Asks the running controller (client configuration, an admin's) for the
+loaded scripts, their hashes, last errors and per-handler call counts and
+latency, as JSON.`, errOut)
+		if err := parse(fs, args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 0 {
+			fs.Usage()
+			return errUsage
+		}
 		c, err := dialFromConfig(ctx)
 		if err != nil {
 			return err
